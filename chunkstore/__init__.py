@@ -1,0 +1,1 @@
+"""Chunking, ids, keys, encryption and the on-disk chunk store. Synchronous and pure."""

@@ -1,0 +1,239 @@
+"""The catalog: file versions and snapshots, serialized with msgpack and sealed.
+
+A *file version* names one instant of one file: its path, fileId, size, mode, owner, times,
+desired degree and the ordered chunk addresses. A *snapshot* is the tree as of one instant: a
+sequence number, a time and the entries (path -> version, directory or symlink).
+
+Every record is a msgpack array whose first element is the record kind and second the format
+version, so a reader refuses what it does not know instead of misreading it. Sealed records are
+encrypted with the metadata key (``seal_record``); ``docs/formats.md`` gives the layout.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import nacl.bindings
+import nacl.exceptions
+import nacl.utils
+
+from .chunking import chunk_count
+from .errors import CatalogFormatError, TamperedEnvelopeError, TruncatedEnvelopeError
+from .keys import KeyRing
+
+CATALOG_VERSION = 1
+KIND_FILE_VERSION = 1
+KIND_SNAPSHOT = 2
+KIND_SNAPSHOT_ENTRY_DIR = 1
+KIND_SNAPSHOT_ENTRY_FILE = 2
+KIND_SNAPSHOT_ENTRY_SYMLINK = 3
+
+MAX_RECORD_SIZE = 256 * 1024 * 1024
+_SEALED_HEADER = struct.Struct(">4sBB24s")  # magic, version, kind, nonce
+_SEALED_MAGIC = b"LVMD"
+
+
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    path: str
+    file_id: bytes
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    ctime_ns: int
+    degree: int
+    chunks: tuple[bytes, ...]
+    owner: int
+
+    def __post_init__(self) -> None:
+        if len(self.file_id) != 32:
+            raise CatalogFormatError("fileId must be 32 bytes")
+        if self.size < 0:
+            raise CatalogFormatError("size must not be negative")
+        if not 1 <= self.degree <= 9:
+            raise CatalogFormatError(f"degree {self.degree} outside 1..9")
+        if len(self.chunks) != chunk_count(self.size):
+            raise CatalogFormatError(
+                f"{len(self.chunks)} chunk addresses for a {self.size}-byte file"
+                f" (expected {chunk_count(self.size)})"
+            )
+        if any(len(c) != 32 for c in self.chunks):
+            raise CatalogFormatError("chunk addresses must be 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEntry:
+    """One node of a snapshot tree: a directory, a file (by fileId) or a symlink."""
+
+    path: str
+    kind: int
+    mode: int
+    mtime_ns: int
+    file_id: bytes = b""
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    seq: int
+    taken_ns: int
+    owner: int
+    entries: tuple[SnapshotEntry, ...] = field(default_factory=tuple)
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(data: bytes) -> Any:
+    if len(data) > MAX_RECORD_SIZE:
+        raise CatalogFormatError("catalog record too large")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CatalogFormatError(f"malformed catalog record: {exc}") from None
+
+
+def _header(obj: Any, kind: int) -> list[Any]:
+    if not isinstance(obj, list) or len(obj) < 2:
+        raise CatalogFormatError("catalog record is not a versioned array")
+    if obj[0] != kind:
+        raise CatalogFormatError(f"expected record kind {kind}, found {obj[0]!r}")
+    if obj[1] != CATALOG_VERSION:
+        raise CatalogFormatError(f"catalog format version {obj[1]!r} is not supported")
+    return obj[2:]
+
+
+def _expect(value: Any, kind: type, name: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise CatalogFormatError(f"field {name} has the wrong type")
+    return value
+
+
+def encode_file_version(v: FileVersion) -> bytes:
+    return _pack(
+        [
+            KIND_FILE_VERSION,
+            CATALOG_VERSION,
+            v.path,
+            v.file_id,
+            v.size,
+            v.mode,
+            v.uid,
+            v.gid,
+            v.mtime_ns,
+            v.ctime_ns,
+            v.degree,
+            b"".join(v.chunks),
+            v.owner,
+        ]
+    )
+
+
+def decode_file_version(data: bytes) -> FileVersion:
+    fields = _header(_unpack(data), KIND_FILE_VERSION)
+    if len(fields) != 11:
+        raise CatalogFormatError("file version record has the wrong number of fields")
+    path, fid, size, mode, uid, gid, mtime, ctime, degree, chunks, owner = fields
+    blob = _expect(chunks, bytes, "chunks")
+    if len(blob) % 32:
+        raise CatalogFormatError("chunk list is not a whole number of addresses")
+    try:
+        return FileVersion(
+            path=_expect(path, str, "path"),
+            file_id=_expect(fid, bytes, "file_id"),
+            size=_expect(size, int, "size"),
+            mode=_expect(mode, int, "mode"),
+            uid=_expect(uid, int, "uid"),
+            gid=_expect(gid, int, "gid"),
+            mtime_ns=_expect(mtime, int, "mtime_ns"),
+            ctime_ns=_expect(ctime, int, "ctime_ns"),
+            degree=_expect(degree, int, "degree"),
+            chunks=tuple(blob[i : i + 32] for i in range(0, len(blob), 32)),
+            owner=_expect(owner, int, "owner"),
+        )
+    except ValueError as exc:
+        raise CatalogFormatError(str(exc)) from None
+
+
+def encode_snapshot(s: Snapshot) -> bytes:
+    return _pack(
+        [
+            KIND_SNAPSHOT,
+            CATALOG_VERSION,
+            s.seq,
+            s.taken_ns,
+            s.owner,
+            [[e.path, e.kind, e.mode, e.mtime_ns, e.file_id, e.target] for e in s.entries],
+        ]
+    )
+
+
+def decode_snapshot(data: bytes) -> Snapshot:
+    fields = _header(_unpack(data), KIND_SNAPSHOT)
+    if len(fields) != 4:
+        raise CatalogFormatError("snapshot record has the wrong number of fields")
+    seq, taken, owner, raw_entries = fields
+    entries = []
+    for raw in _expect(raw_entries, list, "entries"):
+        if not isinstance(raw, list) or len(raw) != 6:
+            raise CatalogFormatError("snapshot entry is malformed")
+        path, kind, mode, mtime, fid, target = raw
+        if kind not in (
+            KIND_SNAPSHOT_ENTRY_DIR,
+            KIND_SNAPSHOT_ENTRY_FILE,
+            KIND_SNAPSHOT_ENTRY_SYMLINK,
+        ):
+            raise CatalogFormatError(f"unknown snapshot entry kind {kind!r}")
+        file_id = _expect(fid, bytes, "file_id")
+        if kind == KIND_SNAPSHOT_ENTRY_FILE and len(file_id) != 32:
+            raise CatalogFormatError("file entry without a 32-byte fileId")
+        entries.append(
+            SnapshotEntry(
+                path=_expect(path, str, "path"),
+                kind=kind,
+                mode=_expect(mode, int, "mode"),
+                mtime_ns=_expect(mtime, int, "mtime_ns"),
+                file_id=file_id,
+                target=_expect(target, str, "target"),
+            )
+        )
+    return Snapshot(
+        seq=_expect(seq, int, "seq"),
+        taken_ns=_expect(taken, int, "taken_ns"),
+        owner=_expect(owner, int, "owner"),
+        entries=tuple(entries),
+    )
+
+
+def seal_record(keys: KeyRing, kind: int, plaintext: bytes) -> bytes:
+    """Encrypt a catalog record with the metadata key; the kind is bound as associated data."""
+    nonce = nacl.utils.random(24)
+    header = _SEALED_HEADER.pack(_SEALED_MAGIC, CATALOG_VERSION, kind, nonce)
+    return header + nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        plaintext, header, nonce, keys.metadata_key
+    )
+
+
+def open_record(keys: KeyRing, kind: int, sealed: bytes) -> bytes:
+    if len(sealed) < _SEALED_HEADER.size + 16:
+        raise TruncatedEnvelopeError("sealed catalog record is truncated")
+    header = sealed[: _SEALED_HEADER.size]
+    magic, version, rec_kind, nonce = _SEALED_HEADER.unpack(header)
+    if magic != _SEALED_MAGIC:
+        raise CatalogFormatError("not a sealed lanvault catalog record")
+    if version != CATALOG_VERSION:
+        raise CatalogFormatError(f"sealed record version {version} is not supported")
+    if rec_kind != kind:
+        raise CatalogFormatError(f"sealed record is of kind {rec_kind}, expected {kind}")
+    try:
+        return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed[_SEALED_HEADER.size :], header, nonce, keys.metadata_key
+        )
+    except nacl.exceptions.CryptoError:
+        raise TamperedEnvelopeError("catalog record failed authentication") from None

@@ -1,0 +1,154 @@
+"""Chunk addresses and the encrypted envelope a chunk travels and rests in.
+
+Address: HMAC-SHA256 of the plaintext under the owner's address key. It is keyed so that a peer
+cannot test whether an owner holds a known file; HMAC-SHA256 rather than keyed BLAKE2b because this
+machine's SHA instructions make it about twice as fast (see ``scripts/bench_chunkstore.py``).
+
+Envelope, version 1 (``docs/formats.md`` has the byte layout)::
+
+    version(1) | address(32) | length(u32, of what follows the nonce) | nonce(24)
+    | XChaCha20-Poly1305( codec(1) | body ) with tag(16)
+
+The associated data binds the version, the address and the length, so moving an envelope to
+another address, truncating it or flipping any bit each fail, each with its own error.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+import threading
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.utils
+import zstandard
+
+from .chunking import CHUNK_SIZE
+from .errors import (
+    EnvelopeError,
+    TamperedEnvelopeError,
+    TruncatedEnvelopeError,
+    UnsupportedVersionError,
+    WrongAddressError,
+)
+from .keys import KeyRing
+
+ADDRESS_SIZE = 32
+ENVELOPE_VERSION = 1
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+
+_HEADER = struct.Struct(">B32sI24s")
+_TAG_SIZE = 16
+MIN_ENVELOPE_SIZE = _HEADER.size + 1 + _TAG_SIZE
+# An envelope never exceeds an uncompressed chunk plus its overhead.
+MAX_ENVELOPE_SIZE = MIN_ENVELOPE_SIZE + CHUNK_SIZE
+_AAD_PREFIX = b"lanvault-chunk"
+
+# Compression is tried on a prefix first: random or already-compressed data is skipped for the
+# price of compressing 4 KiB, instead of the whole chunk.
+_PROBE_SIZE = 4096
+_PROBE_RATIO = 0.97
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    # zstd contexts are not thread-safe; one per thread, reused across chunks.
+    comp: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
+    if comp is None:
+        comp = zstandard.ZstdCompressor(level=3)
+        _local.compressor = comp
+    return comp
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dec: zstandard.ZstdDecompressor | None = getattr(_local, "decompressor", None)
+    if dec is None:
+        dec = zstandard.ZstdDecompressor()
+        _local.decompressor = dec
+    return dec
+
+
+def chunk_address(keys: KeyRing, plaintext: bytes) -> bytes:
+    """The 32-byte keyed address of a chunk's plaintext."""
+    return hmac.digest(keys.address_key, plaintext, "sha256")
+
+
+def _compress(plaintext: bytes) -> tuple[int, bytes]:
+    if len(plaintext) < 64:
+        return CODEC_RAW, plaintext
+    comp = _compressor()
+    if len(plaintext) > _PROBE_SIZE:
+        probe = comp.compress(plaintext[:_PROBE_SIZE])
+        if len(probe) > _PROBE_SIZE * _PROBE_RATIO:
+            return CODEC_RAW, plaintext
+    packed = comp.compress(plaintext)
+    if len(packed) < len(plaintext):
+        return CODEC_ZSTD, packed
+    return CODEC_RAW, plaintext
+
+
+def _aad(version: int, address: bytes, length: int) -> bytes:
+    return _AAD_PREFIX + bytes([version]) + address + length.to_bytes(4, "big")
+
+
+def seal_chunk(keys: KeyRing, address: bytes, plaintext: bytes) -> bytes:
+    """Compress (when it helps) and encrypt ``plaintext`` for storage under ``address``."""
+    if len(address) != ADDRESS_SIZE:
+        raise ValueError("address must be 32 bytes")
+    if len(plaintext) > CHUNK_SIZE:
+        raise ValueError(f"a chunk holds at most {CHUNK_SIZE} bytes")
+    codec, body = _compress(plaintext)
+    nonce = nacl.utils.random(24)
+    length = 1 + len(body) + _TAG_SIZE
+    sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        bytes([codec]) + body, _aad(ENVELOPE_VERSION, address, length), nonce, keys.data_key
+    )
+    return _HEADER.pack(ENVELOPE_VERSION, address, length, nonce) + sealed
+
+
+def envelope_address(envelope: bytes) -> bytes:
+    """The address recorded in an envelope's header (not authenticated by itself)."""
+    if len(envelope) < MIN_ENVELOPE_SIZE:
+        raise TruncatedEnvelopeError(f"envelope of {len(envelope)} bytes is truncated")
+    return bytes(envelope[1 : 1 + ADDRESS_SIZE])
+
+
+def open_chunk(keys: KeyRing, address: bytes, envelope: bytes) -> bytes:
+    """Decrypt and verify an envelope expected at ``address``; return the plaintext."""
+    if len(envelope) < MIN_ENVELOPE_SIZE:
+        raise TruncatedEnvelopeError(f"envelope of {len(envelope)} bytes is truncated")
+    version, recorded, length, nonce = _HEADER.unpack_from(envelope)
+    if version != ENVELOPE_VERSION:
+        raise UnsupportedVersionError(f"envelope format version {version} is not supported")
+    if recorded != address:
+        raise WrongAddressError(
+            f"envelope belongs to chunk {recorded.hex()[:16]}…, not {address.hex()[:16]}…"
+        )
+    actual = len(envelope) - _HEADER.size
+    if actual != length:
+        raise TruncatedEnvelopeError(f"envelope body has {actual} bytes, header says {length}")
+    try:
+        inner = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            bytes(envelope[_HEADER.size :]), _aad(version, address, length), nonce, keys.data_key
+        )
+    except nacl.exceptions.CryptoError:
+        raise TamperedEnvelopeError(
+            f"chunk {address.hex()[:16]}… failed authentication (modified or wrong key)"
+        ) from None
+    codec = inner[0]
+    if codec == CODEC_RAW:
+        plaintext = inner[1:]
+    elif codec == CODEC_ZSTD:
+        try:
+            plaintext = _decompressor().decompress(inner[1:], max_output_size=CHUNK_SIZE)
+        except zstandard.ZstdError as exc:
+            raise EnvelopeError(f"chunk {address.hex()[:16]}… does not decompress: {exc}") from None
+    else:
+        raise UnsupportedVersionError(f"unknown compression codec {codec}")
+    if len(plaintext) > CHUNK_SIZE or not hmac.compare_digest(
+        chunk_address(keys, plaintext), address
+    ):
+        raise TamperedEnvelopeError(f"chunk {address.hex()[:16]}… does not match its address")
+    return plaintext

@@ -1,0 +1,682 @@
+"""The on-disk chunk store every node uses to hold chunks for others.
+
+Layout (``docs/formats.md`` has the bytes)::
+
+    STORE/index.sqlite3        SQLite in WAL mode: (owner, address) -> where the envelope lies
+    STORE/segments/NNNNNNNN.seg append-only logs of records: header | envelope
+
+Durability: ``put_many`` appends every new record to the active segment, ``fdatasync``s it once,
+then commits the index rows in one transaction (WAL, ``synchronous=FULL``). Only then does it
+return, so one pair of flushes covers a whole batch (group commit). A crash before the commit
+leaves unreferenced records behind (garbage, never visible); a crash after it loses nothing.
+
+Deletion removes index rows; the space comes back when ``compact`` rewrites a segment's live
+records elsewhere, commits the new locations, and only then unlinks the old segment.
+
+The store never builds a path from an id it was given: ids are validated and looked up in the
+index, and segment names come from integers the store itself chose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .envelope import ADDRESS_SIZE, MAX_ENVELOPE_SIZE, MIN_ENVELOPE_SIZE
+from .errors import (
+    ChunkNotFoundError,
+    ChunkstoreError,
+    CorruptChunkError,
+    InvalidIdError,
+    QuotaExceededError,
+)
+
+RECORD_MAGIC = b"LVR1"
+# magic(4) owner(u32) address(32) length(u32) sha256-of-envelope(32)
+RECORD_HEADER = struct.Struct(">4sI32sI32s")
+SEGMENT_LIMIT = 64 * 1024 * 1024
+MAX_OWNER_ID = 2**32 - 1
+MAX_DEGREE = 9
+_SEGMENT_NAME = re.compile(r"^([0-9]{8})\.seg$")
+_HEX_ADDRESS = re.compile(r"^[0-9a-f]{64}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    owner     INTEGER NOT NULL,     -- node id of the chunk's owner (who may delete it)
+    address   BLOB    NOT NULL,     -- 32-byte keyed address chosen by the owner
+    segment   INTEGER NOT NULL,     -- segment file number
+    offset    INTEGER NOT NULL,     -- offset of the record header in that segment
+    length    INTEGER NOT NULL,     -- envelope length in bytes (what the quota counts)
+    digest    BLOB    NOT NULL,     -- SHA-256 of the envelope, checked on every read
+    degree    INTEGER NOT NULL,     -- the file's desired replication degree (1..9)
+    stored_at REAL    NOT NULL,     -- unix time of the first put
+    PRIMARY KEY (owner, address)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_segment ON chunks (segment);
+CREATE TABLE IF NOT EXISTS settings (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def validate_owner(owner: object) -> int:
+    if isinstance(owner, bool) or not isinstance(owner, int) or not 0 <= owner <= MAX_OWNER_ID:
+        raise InvalidIdError(
+            f"invalid owner id {owner!r}: expected an integer in 0..{MAX_OWNER_ID}"
+        )
+    return owner
+
+
+def validate_address(address: object) -> bytes:
+    if not isinstance(address, bytes) or len(address) != ADDRESS_SIZE:
+        shown = repr(address)[:40]
+        raise InvalidIdError(f"invalid chunk address {shown}: expected {ADDRESS_SIZE} bytes")
+    return address
+
+
+def parse_address(text: str) -> bytes:
+    """Parse a chunk address written as 64 lowercase hex digits; refuse anything else."""
+    if not isinstance(text, str) or not _HEX_ADDRESS.fullmatch(text):
+        raise InvalidIdError(f"invalid chunk address {text[:80]!r}: expected 64 hex digits")
+    return bytes.fromhex(text)
+
+
+@dataclass(frozen=True, slots=True)
+class PutItem:
+    owner: int
+    address: bytes
+    envelope: bytes
+    degree: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    owner: int
+    address: bytes
+    length: int
+    degree: int
+    stored_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BadChunk:
+    owner: int
+    address: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """What ``check`` found; ``clean`` means every index entry verified."""
+
+    verified: int = 0
+    bad: list[BadChunk] = field(default_factory=list)
+    orphan_records: int = 0
+    orphan_bytes: int = 0
+    torn_bytes: int = 0
+    repaired: bool = False
+
+    @property
+    def clean(self) -> bool:
+        return not self.bad
+
+
+@dataclass(frozen=True, slots=True)
+class _Location:
+    segment: int
+    offset: int
+    length: int
+    digest: bytes
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ChunkStore:
+    """A content-addressed, per-owner, quota-limited, crash-safe chunk store.
+
+    Thread-safe: index and appends are serialised by one lock; reads of chunk bytes happen
+    outside it.
+    """
+
+    def __init__(self, root: Path, conn: sqlite3.Connection, capacity: int) -> None:
+        self.root = root
+        self._segments_dir = root / "segments"
+        self._db = conn
+        self._lock = threading.RLock()
+        self._capacity = capacity
+        self._used = self._query_int("SELECT COALESCE(SUM(length), 0) FROM chunks")
+        self._read_fds: dict[int, int] = {}
+        self._active: tuple[int, int, int] | None = None  # (segment, fd, size)
+        existing = self._segment_numbers()
+        self._next_segment = (max(existing) + 1) if existing else 1
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], capacity: int | None = None) -> ChunkStore:
+        """Open (creating if needed) the store at ``root``; ``capacity`` sets the quota."""
+        path = Path(root)
+        (path / "segments").mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            path / "index.sqlite3", isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM settings WHERE name='capacity'").fetchone()
+        stored_capacity = int(row[0]) if row else 0
+        store = cls(path, conn, stored_capacity)
+        if capacity is not None:
+            store.set_capacity(capacity)
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._active is not None:
+                os.close(self._active[1])
+                self._active = None
+            for fd in self._read_fds.values():
+                os.close(fd)
+            self._read_fds.clear()
+            self._db.close()
+
+    def __enter__(self) -> ChunkStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- accounting ----------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    @property
+    def free_bytes(self) -> int:
+        return max(0, self._capacity - self._used)
+
+    def set_capacity(self, capacity: int) -> None:
+        """Set the quota. Lowering it below ``used_bytes`` is allowed: see ``evict``."""
+        if capacity < 0:
+            raise ValueError("capacity must not be negative")
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO settings(name, value) VALUES('capacity', ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                (capacity,),
+            )
+            self._capacity = capacity
+
+    def chunk_count(self) -> int:
+        return self._query_int("SELECT COUNT(*) FROM chunks")
+
+    # -- writing -------------------------------------------------------------------------
+
+    def put(self, owner: int, address: bytes, envelope: bytes, degree: int = 1) -> bool:
+        """Store one chunk durably. Returns False when it was already held (nothing written)."""
+        return self.put_many([PutItem(owner, address, envelope, degree)])[0]
+
+    def put_many(self, items: Sequence[PutItem]) -> list[bool]:
+        """Store chunks durably with one group commit; True for each chunk newly written.
+
+        All-or-nothing on refusal: if the batch would exceed the quota nothing is written.
+        """
+        for item in items:
+            self._validate_put(item)
+        with self._lock:
+            self._ensure_open()
+            fresh: dict[tuple[int, bytes], PutItem] = {}
+            written: list[bool] = []
+            for item in items:
+                key = (item.owner, item.address)
+                is_new = key not in fresh and self._location(item.owner, item.address) is None
+                if is_new:
+                    fresh[key] = item
+                written.append(is_new)
+            needed = sum(len(i.envelope) for i in fresh.values())
+            if needed and self._used + needed > self._capacity:
+                raise QuotaExceededError(
+                    f"quota exceeded: {needed} bytes do not fit in "
+                    f"{self.free_bytes} free of {self._capacity}"
+                )
+            if fresh:
+                placed = self._append_records(list(fresh.values()))
+                now = time.time()
+                with self._transaction():
+                    self._db.executemany(
+                        "INSERT INTO chunks(owner, address, segment, offset, length, digest,"
+                        " degree, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (it.owner, it.address, seg, off, len(it.envelope), dig, it.degree, now)
+                            for it, (seg, off, dig) in zip(fresh.values(), placed, strict=True)
+                        ],
+                    )
+                self._used += needed
+            return written
+
+    def _validate_put(self, item: PutItem) -> None:
+        validate_owner(item.owner)
+        validate_address(item.address)
+        if not isinstance(item.envelope, bytes):
+            raise InvalidIdError("envelope must be bytes")
+        if not MIN_ENVELOPE_SIZE <= len(item.envelope) <= MAX_ENVELOPE_SIZE:
+            raise InvalidIdError(
+                f"envelope of {len(item.envelope)} bytes is outside "
+                f"{MIN_ENVELOPE_SIZE}..{MAX_ENVELOPE_SIZE}"
+            )
+        if item.envelope[1 : 1 + ADDRESS_SIZE] != item.address:
+            raise InvalidIdError("envelope header names another address; refusing to misfile it")
+        if isinstance(item.degree, bool) or not 1 <= item.degree <= MAX_DEGREE:
+            raise InvalidIdError(f"invalid degree {item.degree!r}: expected 1..{MAX_DEGREE}")
+
+    def _append_records(self, items: Sequence[PutItem]) -> list[tuple[int, int, bytes]]:
+        """Append records and flush them; return (segment, offset, digest) per item."""
+        try:
+            return self._append_records_unguarded(items)
+        except OSError:
+            # A failed write may leave a partial record: never append after it.
+            self._retire_active()
+            raise
+
+    def _append_records_unguarded(self, items: Sequence[PutItem]) -> list[tuple[int, int, bytes]]:
+        placed: list[tuple[int, int, bytes]] = []
+        pending: list[bytes] = []
+        segment, fd, size = self._active_segment()
+        for item in items:
+            record_size = RECORD_HEADER.size + len(item.envelope)
+            if size > 0 and size + record_size > SEGMENT_LIMIT:
+                self._write_all(fd, pending)
+                pending = []
+                os.fdatasync(fd)
+                self._retire_active()
+                segment, fd, size = self._active_segment()
+            digest = hashlib.sha256(item.envelope).digest()
+            header = RECORD_HEADER.pack(
+                RECORD_MAGIC, item.owner, item.address, len(item.envelope), digest
+            )
+            pending.append(header)
+            pending.append(item.envelope)
+            placed.append((segment, size, digest))
+            size += record_size
+        self._write_all(fd, pending)
+        os.fdatasync(fd)
+        self._active = (segment, fd, size)
+        return placed
+
+    @staticmethod
+    def _write_all(fd: int, parts: list[bytes]) -> None:
+        if not parts:
+            return
+        data = b"".join(parts)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    def _active_segment(self) -> tuple[int, int, int]:
+        if self._active is not None:
+            return self._active
+        number = self._next_segment
+        self._next_segment += 1
+        path = self._segment_path(number)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        _fsync_dir(self._segments_dir)  # the new name must survive a crash too
+        self._active = (number, fd, 0)
+        return self._active
+
+    def _retire_active(self) -> None:
+        if self._active is not None:
+            os.close(self._active[1])
+            self._active = None
+
+    # -- reading -------------------------------------------------------------------------
+
+    def has(self, owner: int, address: bytes) -> bool:
+        validate_owner(owner)
+        validate_address(address)
+        with self._lock:
+            self._ensure_open()
+            return self._location(owner, address) is not None
+
+    def which_held(self, owner: int, addresses: Iterable[bytes]) -> set[bytes]:
+        """The subset of ``addresses`` this store holds for ``owner``."""
+        validate_owner(owner)
+        wanted = [validate_address(a) for a in addresses]
+        with self._lock:
+            self._ensure_open()
+            return {a for a in wanted if self._location(owner, a) is not None}
+
+    def get(self, owner: int, address: bytes) -> bytes:
+        """Return the verified envelope; ``CorruptChunkError`` if the bytes rotted."""
+        validate_owner(owner)
+        validate_address(address)
+        with self._lock:
+            self._ensure_open()
+            loc = self._location(owner, address)
+            if loc is None:
+                raise ChunkNotFoundError(f"no chunk {address.hex()} of owner {owner}")
+            fd = self._read_fd(loc.segment)
+        return self._read_verified(fd, owner, address, loc)
+
+    def _read_verified(self, fd: int, owner: int, address: bytes, loc: _Location) -> bytes:
+        total = RECORD_HEADER.size + loc.length
+        data = os.pread(fd, total, loc.offset)
+        short = address.hex()[:16]
+        if len(data) != total:
+            raise CorruptChunkError(f"chunk {short}… is cut short on disk")
+        magic, rec_owner, rec_address, rec_length, rec_digest = RECORD_HEADER.unpack_from(data)
+        if (magic, rec_owner, rec_address, rec_length, rec_digest) != (
+            RECORD_MAGIC,
+            owner,
+            address,
+            loc.length,
+            loc.digest,
+        ):
+            raise CorruptChunkError(f"chunk {short}… has a damaged record header")
+        envelope = data[RECORD_HEADER.size :]
+        if hashlib.sha256(envelope).digest() != loc.digest:
+            raise CorruptChunkError(f"chunk {short}… failed its checksum")
+        return envelope
+
+    def _read_fd(self, segment: int) -> int:
+        fd = self._read_fds.get(segment)
+        if fd is None:
+            try:
+                fd = os.open(self._segment_path(segment), os.O_RDONLY)
+            except FileNotFoundError:
+                raise CorruptChunkError(f"segment {segment} is missing") from None
+            self._read_fds[segment] = fd
+        return fd
+
+    def chunks(self, owner: int | None = None) -> list[StoredChunk]:
+        query = "SELECT owner, address, length, degree, stored_at FROM chunks"
+        args: tuple[int, ...] = ()
+        if owner is not None:
+            query += " WHERE owner = ?"
+            args = (validate_owner(owner),)
+        with self._lock:
+            self._ensure_open()
+            rows = self._db.execute(query + " ORDER BY owner, address", args).fetchall()
+        return [StoredChunk(int(o), bytes(a), int(n), int(d), float(t)) for o, a, n, d, t in rows]
+
+    def owners(self) -> list[int]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT owner FROM chunks ORDER BY owner").fetchall()
+        return [int(r[0]) for r in rows]
+
+    def set_degree(self, owner: int, address: bytes, degree: int) -> None:
+        validate_owner(owner)
+        validate_address(address)
+        if not 1 <= degree <= MAX_DEGREE:
+            raise InvalidIdError(f"invalid degree {degree}: expected 1..{MAX_DEGREE}")
+        with self._lock, self._transaction():
+            self._db.execute(
+                "UPDATE chunks SET degree=? WHERE owner=? AND address=?", (degree, owner, address)
+            )
+
+    # -- removing ------------------------------------------------------------------------
+
+    def delete(self, owner: int, address: bytes) -> bool:
+        """Remove ``owner``'s chunk; False if it was not held. Never touches other owners."""
+        return bool(self.delete_many(owner, [address]))
+
+    def delete_many(self, owner: int, addresses: Iterable[bytes]) -> list[bytes]:
+        validate_owner(owner)
+        wanted = [validate_address(a) for a in addresses]
+        removed: list[bytes] = []
+        with self._lock:
+            self._ensure_open()
+            with self._transaction():
+                for address in wanted:
+                    loc = self._location(owner, address)
+                    if loc is None:
+                        continue
+                    self._db.execute(
+                        "DELETE FROM chunks WHERE owner=? AND address=?", (owner, address)
+                    )
+                    self._used -= loc.length
+                    removed.append(address)
+        return removed
+
+    def evict(
+        self,
+        target_used: int,
+        priority: Callable[[StoredChunk], float] | None = None,
+    ) -> list[StoredChunk]:
+        """Drop chunks until ``used_bytes <= target_used``; return what was dropped.
+
+        ``priority`` ranks chunks (highest dropped first); by default the most replicated and
+        then the oldest go first, as they are the cheapest to lose.
+        """
+        if target_used < 0:
+            raise ValueError("target must not be negative")
+        with self._lock:
+            if self._used <= target_used:
+                return []
+            candidates = self.chunks()
+            rank = priority or (lambda c: c.degree * 1e12 - c.stored_at)
+            candidates.sort(key=rank, reverse=True)
+            dropped: list[StoredChunk] = []
+            to_free = self._used - target_used
+            for chunk in candidates:
+                if to_free <= 0:
+                    break
+                dropped.append(chunk)
+                to_free -= chunk.length
+            with self._transaction():
+                self._db.executemany(
+                    "DELETE FROM chunks WHERE owner=? AND address=?",
+                    [(c.owner, c.address) for c in dropped],
+                )
+            self._used -= sum(c.length for c in dropped)
+            return dropped
+
+    # -- verification and upkeep ---------------------------------------------------------
+
+    def scrub(self, drop_bad: bool = False) -> list[BadChunk]:
+        """Re-read and verify every chunk; return the bad ones (and forget them if asked)."""
+        bad: list[BadChunk] = []
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT owner, address, segment, offset, length, digest FROM chunks"
+            ).fetchall()
+        for owner, address, segment, offset, length, digest in rows:
+            loc = _Location(int(segment), int(offset), int(length), bytes(digest))
+            try:
+                with self._lock:
+                    fd = self._read_fd(loc.segment)
+                self._read_verified(fd, int(owner), bytes(address), loc)
+            except CorruptChunkError as exc:
+                bad.append(BadChunk(int(owner), bytes(address), str(exc)))
+        if drop_bad and bad:
+            with self._lock, self._transaction():
+                for item in bad:
+                    loc_now = self._location(item.owner, item.address)
+                    if loc_now is not None:
+                        self._db.execute(
+                            "DELETE FROM chunks WHERE owner=? AND address=?",
+                            (item.owner, item.address),
+                        )
+                        self._used -= loc_now.length
+        return bad
+
+    def check(self, repair: bool = False) -> CheckReport:
+        """Reconcile index and segments: every entry verified, orphans and torn tails counted.
+
+        With ``repair`` bad entries are dropped from the index (so the network re-replicates
+        them) and segments are compacted.
+        """
+        report = CheckReport()
+        bad = self.scrub(drop_bad=repair)
+        report.bad = bad
+        with self._lock:
+            report.verified = self.chunk_count() if repair else self.chunk_count() - len(bad)
+            live = {
+                (int(s), int(o))
+                for s, o in self._db.execute("SELECT segment, offset FROM chunks").fetchall()
+            }
+            for number in self._segment_numbers():
+                for offset, size, complete in self._scan_segment(number):
+                    if not complete:
+                        report.torn_bytes += size
+                    elif (number, offset) not in live:
+                        report.orphan_records += 1
+                        report.orphan_bytes += size
+        if repair:
+            self.compact(min_garbage_ratio=0.0)
+            report.repaired = True
+        return report
+
+    def _scan_segment(self, number: int) -> Iterator[tuple[int, int, bool]]:
+        """Yield ``(offset, record_size, complete)`` for each record of a segment."""
+        path = self._segment_path(number)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        offset = 0
+        while offset < len(data):
+            header = data[offset : offset + RECORD_HEADER.size]
+            if len(header) < RECORD_HEADER.size:
+                yield offset, len(data) - offset, False
+                return
+            magic, _owner, _address, length, digest = RECORD_HEADER.unpack(header)
+            end = offset + RECORD_HEADER.size + length
+            body = data[offset + RECORD_HEADER.size : end]
+            if magic != RECORD_MAGIC or end > len(data):
+                yield offset, len(data) - offset, False
+                return
+            if hashlib.sha256(body).digest() != digest:
+                yield offset, len(data) - offset, False
+                return
+            yield offset, end - offset, True
+            offset = end
+
+    def garbage_bytes(self) -> int:
+        """Bytes on disk not referenced by the index (reclaimable by ``compact``)."""
+        with self._lock:
+            live = self._query_int(
+                f"SELECT COALESCE(SUM(length + {RECORD_HEADER.size}), 0) FROM chunks"
+            )
+            on_disk = sum(self._segment_path(n).stat().st_size for n in self._segment_numbers())
+        return on_disk - live
+
+    def compact(self, min_garbage_ratio: float = 0.5) -> int:
+        """Rewrite segments whose garbage share is at least ``min_garbage_ratio``; return bytes freed."""
+        freed = 0
+        with self._lock:
+            self._ensure_open()
+            active = self._active[0] if self._active else None
+            live_by_segment = dict(
+                self._db.execute(
+                    f"SELECT segment, SUM(length + {RECORD_HEADER.size}) FROM chunks GROUP BY segment"
+                ).fetchall()
+            )
+            for number in self._segment_numbers():
+                if number == active:
+                    continue
+                size = self._segment_path(number).stat().st_size
+                garbage = size - int(live_by_segment.get(number, 0))
+                if size == 0 or (garbage > 0 and garbage / size >= min_garbage_ratio):
+                    freed += garbage
+                    self._rewrite_segment(number)
+        return freed
+
+    def _rewrite_segment(self, number: int) -> None:
+        rows = self._db.execute(
+            "SELECT owner, address, offset, length, digest, degree FROM chunks WHERE segment=?",
+            (number,),
+        ).fetchall()
+        moved: list[tuple[PutItem, bytes]] = []
+        lost: list[tuple[int, bytes]] = []
+        if rows:
+            fd = self._read_fd(number)
+            for owner, address, offset, length, digest, degree in rows:
+                loc = _Location(number, int(offset), int(length), bytes(digest))
+                try:
+                    envelope = self._read_verified(fd, int(owner), bytes(address), loc)
+                except CorruptChunkError:
+                    lost.append((int(owner), bytes(address)))
+                    continue
+                moved.append((PutItem(int(owner), bytes(address), envelope, int(degree)), digest))
+        placed = self._append_records([item for item, _ in moved]) if moved else []
+        with self._transaction():
+            for (item, _), (seg, off, _dig) in zip(moved, placed, strict=True):
+                self._db.execute(
+                    "UPDATE chunks SET segment=?, offset=? WHERE owner=? AND address=?",
+                    (seg, off, item.owner, item.address),
+                )
+            for owner, address in lost:
+                self._db.execute("DELETE FROM chunks WHERE owner=? AND address=?", (owner, address))
+        self._used = self._query_int("SELECT COALESCE(SUM(length), 0) FROM chunks")
+        fd_old = self._read_fds.pop(number, None)
+        if fd_old is not None:
+            os.close(fd_old)
+        with contextlib.suppress(FileNotFoundError):
+            self._segment_path(number).unlink()
+        _fsync_dir(self._segments_dir)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise ChunkstoreError("chunk store is closed")
+
+    def _location(self, owner: int, address: bytes) -> _Location | None:
+        row = self._db.execute(
+            "SELECT segment, offset, length, digest FROM chunks WHERE owner=? AND address=?",
+            (owner, address),
+        ).fetchone()
+        if row is None:
+            return None
+        return _Location(int(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
+
+    def _query_int(self, sql: str) -> int:
+        return int(self._db.execute(sql).fetchone()[0])
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _segment_path(self, number: int) -> Path:
+        return self._segments_dir / f"{number:08d}.seg"
+
+    def _segment_numbers(self) -> list[int]:
+        numbers = []
+        for entry in os.listdir(self._segments_dir):
+            match = _SEGMENT_NAME.match(entry)
+            if match:
+                numbers.append(int(match.group(1)))
+        return sorted(numbers)

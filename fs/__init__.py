@@ -1,0 +1,1 @@
+"""The FUSE mount and the versions/ view."""

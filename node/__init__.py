@@ -1,0 +1,1 @@
+"""The peer daemon: protocol, transport, membership, placement, replication, repair."""

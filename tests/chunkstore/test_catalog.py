@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chunkstore.catalog import (
+    KIND_FILE_VERSION,
+    KIND_SNAPSHOT,
+    KIND_SNAPSHOT_ENTRY_DIR,
+    KIND_SNAPSHOT_ENTRY_FILE,
+    KIND_SNAPSHOT_ENTRY_SYMLINK,
+    FileVersion,
+    Snapshot,
+    SnapshotEntry,
+    decode_file_version,
+    decode_snapshot,
+    encode_file_version,
+    encode_snapshot,
+    open_record,
+    seal_record,
+)
+from chunkstore.chunking import chunk_count
+from chunkstore.errors import CatalogFormatError, ChunkstoreError, TamperedEnvelopeError
+from chunkstore.keys import KeyRing
+
+RING = KeyRing.from_master(bytes(32))
+addresses = st.binary(min_size=32, max_size=32)
+texts = st.text(min_size=1, max_size=60)
+
+
+@st.composite
+def file_versions(draw: st.DrawFn) -> FileVersion:
+    size = draw(st.one_of(st.sampled_from([0, 1, 63_999, 64_000, 128_000]), st.integers(0, 10**7)))
+    return FileVersion(
+        path=draw(texts),
+        file_id=draw(addresses),
+        size=size,
+        mode=draw(st.integers(0, 0o177777)),
+        uid=draw(st.integers(0, 2**32 - 1)),
+        gid=draw(st.integers(0, 2**32 - 1)),
+        mtime_ns=draw(st.integers(-(2**62), 2**62)),
+        ctime_ns=draw(st.integers(0, 2**62)),
+        degree=draw(st.integers(1, 9)),
+        chunks=tuple(
+            draw(st.lists(addresses, min_size=chunk_count(size), max_size=chunk_count(size)))
+        ),
+        owner=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> Snapshot:
+    entries = []
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(
+            st.sampled_from(
+                [KIND_SNAPSHOT_ENTRY_DIR, KIND_SNAPSHOT_ENTRY_FILE, KIND_SNAPSHOT_ENTRY_SYMLINK]
+            )
+        )
+        entries.append(
+            SnapshotEntry(
+                path=draw(texts),
+                kind=kind,
+                mode=draw(st.integers(0, 0o177777)),
+                mtime_ns=draw(st.integers(0, 2**62)),
+                file_id=draw(addresses) if kind == KIND_SNAPSHOT_ENTRY_FILE else b"",
+                target=draw(texts) if kind == KIND_SNAPSHOT_ENTRY_SYMLINK else "",
+            )
+        )
+    return Snapshot(
+        seq=draw(st.integers(0, 2**63)),
+        taken_ns=draw(st.integers(0, 2**62)),
+        owner=draw(st.integers(0, 99)),
+        entries=tuple(entries),
+    )
+
+
+@given(file_versions())
+@settings(max_examples=50)
+def test_file_version_round_trip(version: FileVersion) -> None:
+    encoded = encode_file_version(version)
+    assert decode_file_version(encoded) == version
+    sealed = seal_record(RING, KIND_FILE_VERSION, encoded)
+    assert decode_file_version(open_record(RING, KIND_FILE_VERSION, sealed)) == version
+
+
+@given(snapshots())
+@settings(max_examples=50)
+def test_snapshot_round_trip(snapshot: Snapshot) -> None:
+    encoded = encode_snapshot(snapshot)
+    assert decode_snapshot(encoded) == snapshot
+    assert (
+        decode_snapshot(open_record(RING, KIND_SNAPSHOT, seal_record(RING, KIND_SNAPSHOT, encoded)))
+        == snapshot
+    )
+
+
+def test_version_is_compact() -> None:
+    version = FileVersion(
+        "a.txt", os.urandom(32), 10, 0o100644, 0, 0, 1, 1, 2, (os.urandom(32),), 1
+    )
+    assert len(encode_file_version(version)) < 130
+
+
+def test_chunk_list_must_match_size() -> None:
+    with pytest.raises(CatalogFormatError, match="chunk addresses"):
+        FileVersion("a", bytes(32), 64_000, 0, 0, 0, 0, 0, 1, (bytes(32),), 1)
+
+
+def test_unknown_version_refused() -> None:
+    import msgpack
+
+    with pytest.raises(CatalogFormatError, match="version"):
+        decode_file_version(msgpack.packb([KIND_FILE_VERSION, 99]))
+    with pytest.raises(CatalogFormatError, match="kind"):
+        decode_file_version(encode_snapshot(Snapshot(1, 1, 1)))
+
+
+def test_sealed_record_tampering_and_kind_binding() -> None:
+    sealed = bytearray(seal_record(RING, KIND_SNAPSHOT, encode_snapshot(Snapshot(1, 2, 3))))
+    with pytest.raises(CatalogFormatError, match="kind"):
+        open_record(RING, KIND_FILE_VERSION, bytes(sealed))
+    sealed[-3] ^= 1
+    with pytest.raises(TamperedEnvelopeError):
+        open_record(RING, KIND_SNAPSHOT, bytes(sealed))
+
+
+@given(st.binary(max_size=400))
+@settings(max_examples=300)
+def test_decoders_raise_only_their_own_error_on_garbage(garbage: bytes) -> None:
+    for decode in (decode_file_version, decode_snapshot):
+        with contextlib.suppress(CatalogFormatError):
+            decode(garbage)
+    with contextlib.suppress(ChunkstoreError):
+        open_record(RING, KIND_SNAPSHOT, garbage)
+
+
+@given(file_versions(), st.data())
+@settings(max_examples=100)
+def test_mutated_records_raise_only_format_errors(
+    version: FileVersion, data: st.DataObject
+) -> None:
+    encoded = bytearray(encode_file_version(version))
+    position = data.draw(st.integers(0, len(encoded) - 1))
+    encoded[position] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(CatalogFormatError):
+        decode_file_version(bytes(encoded))

@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from chunkstore.errors import (
+    ChunkNotFoundError,
+    ChunkstoreError,
+    CorruptChunkError,
+    InvalidIdError,
+    QuotaExceededError,
+)
+from chunkstore.keys import KeyRing
+from chunkstore.pipeline import PreparedChunk, prepare_chunk
+from chunkstore.store import ChunkStore, PutItem, parse_address
+
+
+def chunk(keys: KeyRing, n: int, size: int = 1000) -> PreparedChunk:
+    return prepare_chunk(keys, os.urandom(size - 8) + n.to_bytes(8, "big"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ChunkStore:
+    s = ChunkStore.open(tmp_path / "store", capacity=10_000_000)
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+def test_put_get_round_trip_and_persistence(tmp_path: Path, keys: KeyRing) -> None:
+    c = chunk(keys, 1)
+    with ChunkStore.open(tmp_path / "s", capacity=1_000_000) as s:
+        assert s.put(5, c.address, c.envelope, degree=3) is True
+        assert s.get(5, c.address) == c.envelope
+        assert s.used_bytes == len(c.envelope)
+    with ChunkStore.open(tmp_path / "s") as s:
+        assert s.capacity == 1_000_000
+        assert s.get(5, c.address) == c.envelope
+        assert s.used_bytes == len(c.envelope)
+        [stored] = s.chunks()
+        assert (stored.owner, stored.degree, stored.length) == (5, 3, len(c.envelope))
+
+
+def test_duplicate_put_stores_nothing_twice(store: ChunkStore, keys: KeyRing) -> None:
+    c = chunk(keys, 1)
+    assert store.put(1, c.address, c.envelope) is True
+    used = store.used_bytes
+    again = prepare_chunk(keys, b"")  # a different envelope under a different address
+    assert store.put(1, c.address, c.envelope) is False
+    assert store.put_many(
+        [PutItem(1, c.address, c.envelope), PutItem(1, again.address, again.envelope)]
+    ) == [False, True]
+    assert store.used_bytes == used + len(again.envelope)
+    assert store.garbage_bytes() == 0
+
+
+def test_batch_with_the_same_chunk_twice(store: ChunkStore, keys: KeyRing) -> None:
+    c = chunk(keys, 1)
+    assert store.put_many([PutItem(1, c.address, c.envelope)] * 2) == [True, False]
+    assert store.chunk_count() == 1
+
+
+def test_owners_are_isolated(store: ChunkStore, keys: KeyRing) -> None:
+    c = chunk(keys, 1)
+    store.put(1, c.address, c.envelope)
+    # Another owner putting the same address gets its own copy; it can neither read,
+    # overwrite nor delete owner 1's.
+    assert store.has(2, c.address) is False
+    with pytest.raises(ChunkNotFoundError):
+        store.get(2, c.address)
+    assert store.delete(2, c.address) is False
+    assert store.get(1, c.address) == c.envelope
+    store.put(2, c.address, c.envelope)
+    assert store.delete(2, c.address) is True
+    assert store.get(1, c.address) == c.envelope
+
+
+def test_exact_quota(tmp_path: Path, keys: KeyRing) -> None:
+    a, b = chunk(keys, 1), chunk(keys, 2)
+    with ChunkStore.open(tmp_path / "s", capacity=len(a.envelope) + len(b.envelope) - 1) as s:
+        s.put(1, a.address, a.envelope)
+        with pytest.raises(QuotaExceededError, match="quota exceeded"):
+            s.put(1, b.address, b.envelope)
+        assert s.chunk_count() == 1
+        s.set_capacity(len(a.envelope) + len(b.envelope))
+        s.put(1, b.address, b.envelope)
+        assert s.free_bytes == 0
+        # A batch that does not fit writes nothing at all.
+        s.set_capacity(s.used_bytes + 10)
+        c, d = chunk(keys, 3), chunk(keys, 4)
+        with pytest.raises(QuotaExceededError):
+            s.put_many([PutItem(1, c.address, c.envelope), PutItem(1, d.address, d.envelope)])
+        assert s.chunk_count() == 2
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"../x", b"", b"\x00" * 31, b"\x00" * 33, "00" * 32, None, 5],
+)
+def test_hostile_addresses_refused_before_touching_disk(store: ChunkStore, bad: object) -> None:
+    before = sorted(os.listdir(store.root / "segments"))
+    with pytest.raises(InvalidIdError):
+        store.put(1, bad, b"x" * 100)  # type: ignore[arg-type]
+    with pytest.raises(InvalidIdError):
+        store.get(1, bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidIdError):
+        store.delete(1, bad)  # type: ignore[arg-type]
+    assert sorted(os.listdir(store.root / "segments")) == before
+
+
+@pytest.mark.parametrize(
+    "text", ["../" + "a" * 61, "A" * 64, "a" * 63, "a" * 65, "a" * 63 + "\x00", "g" * 64, ""]
+)
+def test_parse_address_refuses_hostile_text(text: str) -> None:
+    with pytest.raises(InvalidIdError):
+        parse_address(text)
+    assert parse_address("ab" * 32) == bytes([0xAB]) * 32
+
+
+@pytest.mark.parametrize("owner", [-1, 2**32, True, "1", None])
+def test_hostile_owner_refused(store: ChunkStore, keys: KeyRing, owner: object) -> None:
+    c = chunk(keys, 1)
+    with pytest.raises(InvalidIdError):
+        store.put(owner, c.address, c.envelope)  # type: ignore[arg-type]
+
+
+def test_misfiled_envelope_and_bad_degree_refused(store: ChunkStore, keys: KeyRing) -> None:
+    a, b = chunk(keys, 1), chunk(keys, 2)
+    with pytest.raises(InvalidIdError, match="another address"):
+        store.put(1, a.address, b.envelope)
+    with pytest.raises(InvalidIdError, match="degree"):
+        store.put(1, a.address, a.envelope, degree=0)
+    with pytest.raises(InvalidIdError, match="degree"):
+        store.put(1, a.address, a.envelope, degree=10)
+    with pytest.raises(InvalidIdError, match="outside"):
+        store.put(1, a.address, a.envelope[:20])
+    assert store.chunk_count() == 0
+
+
+def test_corruption_found_by_get_and_scrub(store: ChunkStore, keys: KeyRing) -> None:
+    good, bad = chunk(keys, 1), chunk(keys, 2)
+    store.put(1, good.address, good.envelope)
+    store.put(1, bad.address, bad.envelope)
+    [segment] = (store.root / "segments").iterdir()
+    raw = bytearray(segment.read_bytes())
+    position = raw.find(bad.envelope) + 500
+    raw[position] ^= 0x40
+    segment.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunkError, match="checksum"):
+        store.get(1, bad.address)
+    assert store.get(1, good.address) == good.envelope
+    report = store.scrub()
+    assert [(b.owner, b.address) for b in report] == [(1, bad.address)]
+    store.scrub(drop_bad=True)
+    assert not store.has(1, bad.address)
+    assert store.used_bytes == len(good.envelope)
+
+
+def test_evict_for_reclaim(store: ChunkStore, keys: KeyRing) -> None:
+    chunks = [chunk(keys, n) for n in range(10)]
+    for n, c in enumerate(chunks):
+        store.put(1, c.address, c.envelope, degree=1 + n % 3)
+    total = store.used_bytes
+    dropped = store.evict(total // 2)
+    assert store.used_bytes <= total // 2
+    assert sum(d.length for d in dropped) + store.used_bytes == total
+    # Highest degree first: what was kept has degree <= what was dropped.
+    assert max(c.degree for c in store.chunks()) <= min(d.degree for d in dropped)
+    assert store.evict(store.used_bytes) == []
+    everything = store.evict(0)
+    assert store.used_bytes == 0 and store.chunk_count() == 0 and everything
+
+
+def test_delete_then_compact_returns_disk_space(store: ChunkStore, keys: KeyRing) -> None:
+    chunks = [chunk(keys, n, size=60_000) for n in range(20)]
+    for c in chunks:
+        store.put(1, c.address, c.envelope)
+    removed = store.delete_many(1, [c.address for c in chunks[:15]])
+    assert len(removed) == 15
+    assert store.garbage_bytes() > 15 * 60_000
+    store.close()
+    reopened = ChunkStore.open(store.root)
+    freed = reopened.compact()
+    assert freed > 15 * 60_000
+    assert reopened.garbage_bytes() == 0
+    for c in chunks[15:]:
+        assert reopened.get(1, c.address) == c.envelope
+    reopened.close()
+
+
+def test_check_reports_orphans_and_torn_tails(store: ChunkStore, keys: KeyRing) -> None:
+    c = chunk(keys, 1)
+    store.put(1, c.address, c.envelope)
+    store.close()
+    # Simulate a crash after the append but before the index commit, then a torn write.
+    segments = sorted((store.root / "segments").iterdir())
+    raw = segments[-1].read_bytes()
+    orphan = segments[-1].with_name("00000099.seg")
+    orphan.write_bytes(raw + raw[:100])
+    s = ChunkStore.open(store.root)
+    report = s.check()
+    assert report.clean and report.verified == 1
+    assert report.orphan_records == 1
+    assert report.torn_bytes == 100
+    repaired = s.check(repair=True)
+    assert repaired.repaired
+    after = s.check()
+    assert after.orphan_records == 0 and after.torn_bytes == 0 and after.verified == 1
+    s.close()
+
+
+def test_check_reports_missing_segment(store: ChunkStore, keys: KeyRing) -> None:
+    c = chunk(keys, 1)
+    store.put(1, c.address, c.envelope)
+    store.close()
+    for seg in (store.root / "segments").iterdir():
+        seg.unlink()
+    s = ChunkStore.open(store.root)
+    report = s.check()
+    assert not report.clean and "missing" in report.bad[0].reason
+    s.check(repair=True)
+    assert s.chunk_count() == 0 and s.used_bytes == 0
+    s.close()
+
+
+def test_segments_roll_over(
+    store: ChunkStore, keys: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chunkstore.store as module
+
+    monkeypatch.setattr(module, "SEGMENT_LIMIT", 5_000)
+    chunks = [chunk(keys, n, size=2_000) for n in range(10)]
+    store.put_many([PutItem(1, c.address, c.envelope) for c in chunks])
+    assert len(list((store.root / "segments").iterdir())) >= 4
+    for c in chunks:
+        assert store.get(1, c.address) == c.envelope
+
+
+def test_closed_store_refuses(store: ChunkStore, keys: KeyRing) -> None:
+    store.close()
+    with pytest.raises(ChunkstoreError, match="closed"):
+        store.has(1, bytes(32))
+
+
+def test_write_failure_surfaces_and_nothing_half_visible(
+    store: ChunkStore, keys: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = chunk(keys, 1), chunk(keys, 2)
+    store.put(1, a.address, a.envelope)
+    import chunkstore.store as module
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module.os, "fdatasync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        store.put(1, b.address, b.envelope)
+    monkeypatch.undo()
+    assert not store.has(1, b.address)
+    assert store.put(1, b.address, b.envelope) is True
+    assert store.get(1, b.address) == b.envelope
+    assert store.check().clean
