@@ -57,7 +57,7 @@ def _compressor() -> zstandard.ZstdCompressor:
     # zstd contexts are not thread-safe; one per thread, reused across chunks.
     comp: zstandard.ZstdCompressor | None = getattr(_local, "compressor", None)
     if comp is None:
-        comp = zstandard.ZstdCompressor(level=3)
+        comp = zstandard.ZstdCompressor(level=1)
         _local.compressor = comp
     return comp
 

@@ -248,17 +248,19 @@ class ChunkStore:
         """
         for item in items:
             self._validate_put(item)
+        # Hash outside the lock, so one caller's hashing overlaps another's flush.
+        digests = [hashlib.sha256(item.envelope).digest() for item in items]
         with self._lock:
             self._ensure_open()
-            fresh: dict[tuple[int, bytes], PutItem] = {}
+            fresh: dict[tuple[int, bytes], tuple[PutItem, bytes]] = {}
             written: list[bool] = []
-            for item in items:
+            for item, digest in zip(items, digests, strict=True):
                 key = (item.owner, item.address)
                 is_new = key not in fresh and self._location(item.owner, item.address) is None
                 if is_new:
-                    fresh[key] = item
+                    fresh[key] = (item, digest)
                 written.append(is_new)
-            needed = sum(len(i.envelope) for i in fresh.values())
+            needed = sum(len(i.envelope) for i, _ in fresh.values())
             if needed and self._used + needed > self._capacity:
                 raise QuotaExceededError(
                     f"quota exceeded: {needed} bytes do not fit in "
@@ -273,7 +275,7 @@ class ChunkStore:
                         " degree, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [
                             (it.owner, it.address, seg, off, len(it.envelope), dig, it.degree, now)
-                            for it, (seg, off, dig) in zip(fresh.values(), placed, strict=True)
+                            for (it, dig), (seg, off) in zip(fresh.values(), placed, strict=True)
                         ],
                     )
                 self._used += needed
@@ -294,8 +296,8 @@ class ChunkStore:
         if isinstance(item.degree, bool) or not 1 <= item.degree <= MAX_DEGREE:
             raise InvalidIdError(f"invalid degree {item.degree!r}: expected 1..{MAX_DEGREE}")
 
-    def _append_records(self, items: Sequence[PutItem]) -> list[tuple[int, int, bytes]]:
-        """Append records and flush them; return (segment, offset, digest) per item."""
+    def _append_records(self, items: Sequence[tuple[PutItem, bytes]]) -> list[tuple[int, int]]:
+        """Append ``(item, sha256 of envelope)`` records, flush; return (segment, offset) each."""
         try:
             return self._append_records_unguarded(items)
         except OSError:
@@ -303,11 +305,13 @@ class ChunkStore:
             self._retire_active()
             raise
 
-    def _append_records_unguarded(self, items: Sequence[PutItem]) -> list[tuple[int, int, bytes]]:
-        placed: list[tuple[int, int, bytes]] = []
+    def _append_records_unguarded(
+        self, items: Sequence[tuple[PutItem, bytes]]
+    ) -> list[tuple[int, int]]:
+        placed: list[tuple[int, int]] = []
         pending: list[bytes] = []
         segment, fd, size = self._active_segment()
-        for item in items:
+        for item, digest in items:
             record_size = RECORD_HEADER.size + len(item.envelope)
             if size > 0 and size + record_size > SEGMENT_LIMIT:
                 self._write_all(fd, pending)
@@ -315,13 +319,12 @@ class ChunkStore:
                 os.fdatasync(fd)
                 self._retire_active()
                 segment, fd, size = self._active_segment()
-            digest = hashlib.sha256(item.envelope).digest()
             header = RECORD_HEADER.pack(
                 RECORD_MAGIC, item.owner, item.address, len(item.envelope), digest
             )
             pending.append(header)
             pending.append(item.envelope)
-            placed.append((segment, size, digest))
+            placed.append((segment, size))
             size += record_size
         self._write_all(fd, pending)
         os.fdatasync(fd)
@@ -625,9 +628,9 @@ class ChunkStore:
                     lost.append((int(owner), bytes(address)))
                     continue
                 moved.append((PutItem(int(owner), bytes(address), envelope, int(degree)), digest))
-        placed = self._append_records([item for item, _ in moved]) if moved else []
+        placed = self._append_records(moved) if moved else []
         with self._transaction():
-            for (item, _), (seg, off, _dig) in zip(moved, placed, strict=True):
+            for (item, _), (seg, off) in zip(moved, placed, strict=True):
                 self._db.execute(
                     "UPDATE chunks SET segment=?, offset=? WHERE owner=? AND address=?",
                     (seg, off, item.owner, item.address),
