@@ -1,0 +1,483 @@
+"""The peer protocol as a pure state machine (sans-I/O, as h11 is): no sockets, no trio.
+
+``Connection.receive_data`` takes bytes from the network; ``Connection.next_event`` returns the
+next complete message (or ``NEED_DATA``); ``Connection.send`` turns a message into bytes to
+write. ``docs/protocol.md`` is the specification; this module follows it field for field.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Final
+
+import msgpack
+
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (1,)
+MAX_FRAME: Final = 1_048_576
+MAX_BUFFER: Final = 4 * MAX_FRAME
+MAX_ADDRESSES: Final = 16_384
+MAX_ENVELOPE: Final = 64_078
+MAX_BLOB: Final = 900_000
+MAX_MESSAGE_TEXT: Final = 400
+_LENGTH = struct.Struct(">I")
+_META_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow; the connection must close."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code  # the ErrorCode to report to the peer before closing
+
+
+class ErrorCode:
+    BAD_MESSAGE: Final = 1
+    UNSUPPORTED_VERSION: Final = 2
+    NOT_FOUND: Final = 3
+    QUOTA_EXCEEDED: Final = 4
+    FORBIDDEN: Final = 5
+    CORRUPT: Final = 6
+    INTERNAL: Final = 7
+    SHUTTING_DOWN: Final = 8
+
+    NAMES: ClassVar[dict[int, str]] = {
+        1: "BAD_MESSAGE",
+        2: "UNSUPPORTED_VERSION",
+        3: "NOT_FOUND",
+        4: "QUOTA_EXCEEDED",
+        5: "FORBIDDEN",
+        6: "CORRUPT",
+        7: "INTERNAL",
+        8: "SHUTTING_DOWN",
+    }
+
+
+# -- field validators: each returns the value or raises ProtocolError ------------------------
+
+
+def _u32(v: Any) -> int:
+    if type(v) is not int or not 0 <= v < 2**32:
+        raise ProtocolError(f"expected a u32, got {type(v).__name__}")
+    return v
+
+
+def _req(v: Any) -> int:
+    if _u32(v) == 0:
+        raise ProtocolError("request id 0 is reserved")
+    return int(v)
+
+
+def _u64(v: Any) -> int:
+    if type(v) is not int or not 0 <= v < 2**64:
+        raise ProtocolError(f"expected a u64, got {type(v).__name__}")
+    return v
+
+
+def _degree(v: Any) -> int:
+    if type(v) is not int or not 1 <= v <= 9:
+        raise ProtocolError("degree must be 1..9")
+    return v
+
+
+def _address(v: Any) -> bytes:
+    if type(v) is not bytes or len(v) != 32:
+        raise ProtocolError("address must be 32 bytes")
+    return v
+
+
+def _addresses(v: Any) -> tuple[bytes, ...]:
+    if type(v) is not list or len(v) > MAX_ADDRESSES:
+        raise ProtocolError(f"address list must be a list of at most {MAX_ADDRESSES}")
+    return tuple(_address(a) for a in v)
+
+
+def _envelope(v: Any) -> bytes:
+    if type(v) is not bytes or not 0 < len(v) <= MAX_ENVELOPE:
+        raise ProtocolError(f"envelope must be 1..{MAX_ENVELOPE} bytes")
+    return v
+
+
+def _blob(v: Any) -> bytes:
+    if type(v) is not bytes or len(v) > MAX_BLOB:
+        raise ProtocolError(f"blob must be at most {MAX_BLOB} bytes")
+    return v
+
+
+def _name(v: Any) -> str:
+    if type(v) is not str or not _META_NAME.fullmatch(v):
+        raise ProtocolError("blob name must be 1..64 of [A-Za-z0-9._-]")
+    return v
+
+
+def _text(limit: int) -> Any:
+    def check(v: Any) -> str:
+        if type(v) is not str or len(v) > limit:
+            raise ProtocolError(f"text field must be a string of at most {limit} characters")
+        return v
+
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise ProtocolError("expected a boolean")
+    return v
+
+
+def _versions(v: Any) -> tuple[int, ...]:
+    if type(v) is not list or not 1 <= len(v) <= 16:
+        raise ProtocolError("versions must be a list of 1..16 integers")
+    return tuple(_u32(x) for x in v)
+
+
+def _info(v: Any) -> dict[str, Any]:
+    if type(v) is not dict or len(v) > 256 or any(type(k) is not str for k in v):
+        raise ProtocolError("info must be a map with string keys")
+    return v
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    TYPE: ClassVar[int] = 0
+    CHECKS: ClassVar[tuple[Any, ...]] = ()
+
+    def to_list(self) -> list[Any]:
+        out: list[Any] = [self.TYPE]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out.append(list(value) if isinstance(value, tuple) else value)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Request(Message):
+    """A message that expects an answer carrying the same ``req``."""
+
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    TYPE: ClassVar[int] = 1
+    CHECKS: ClassVar[tuple[Any, ...]] = (_versions, _u32, _text(128), _text(300))
+    versions: tuple[int, ...]
+    node_id: int
+    host_id: str
+    listen: str
+
+
+@dataclass(frozen=True, slots=True)
+class PutChunk(Request):
+    TYPE: ClassVar[int] = 2
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _address, _degree, _envelope)
+    owner: int
+    address: bytes
+    degree: int
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stored(Message):
+    TYPE: ClassVar[int] = 3
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _address, _bool)
+    req: int
+    address: bytes
+    new: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GetChunk(Request):
+    TYPE: ClassVar[int] = 4
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _address)
+    owner: int
+    address: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk(Message):
+    TYPE: ClassVar[int] = 5
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _address, _envelope)
+    req: int
+    address: bytes
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Delete(Request):
+    TYPE: ClassVar[int] = 6
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _addresses)
+    owner: int
+    addresses: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted(Message):
+    TYPE: ClassVar[int] = 7
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32)
+    req: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Removed(Request):
+    TYPE: ClassVar[int] = 8
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _address, _degree)
+    owner: int
+    address: bytes
+    degree: int
+
+
+@dataclass(frozen=True, slots=True)
+class Query(Request):
+    TYPE: ClassVar[int] = 9
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _addresses)
+    owner: int
+    addresses: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Holding(Message):
+    TYPE: ClassVar[int] = 10
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _addresses)
+    req: int
+    addresses: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    TYPE: ClassVar[int] = 11
+    CHECKS: ClassVar[tuple[Any, ...]] = (_u64, _u64, _u64)
+    capacity: int
+    used: int
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class Online(Message):
+    TYPE: ClassVar[int] = 12
+    CHECKS: ClassVar[tuple[Any, ...]] = (_u64,)
+    boot_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ok(Message):
+    TYPE: ClassVar[int] = 13
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req,)
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    TYPE: ClassVar[int] = 14
+    CHECKS: ClassVar[tuple[Any, ...]] = (_u32, _u32, _text(MAX_MESSAGE_TEXT))
+    req: int
+    code: int
+    message: str
+
+    @property
+    def code_name(self) -> str:
+        return ErrorCode.NAMES.get(self.code, f"code {self.code}")
+
+
+@dataclass(frozen=True, slots=True)
+class PutMeta(Request):
+    TYPE: ClassVar[int] = 15
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _name, _u64, _blob)
+    owner: int
+    name: str
+    seq: int
+    blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetMeta(Request):
+    TYPE: ClassVar[int] = 16
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _name)
+    owner: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Meta(Message):
+    TYPE: ClassVar[int] = 17
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _name, _u64, _blob)
+    req: int
+    name: str
+    seq: int
+    blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Request):
+    TYPE: ClassVar[int] = 18
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req,)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply(Message):
+    TYPE: ClassVar[int] = 19
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _info)
+    req: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        PutChunk,
+        Stored,
+        GetChunk,
+        Chunk,
+        Delete,
+        Deleted,
+        Removed,
+        Query,
+        Holding,
+        Heartbeat,
+        Online,
+        Ok,
+        Error,
+        PutMeta,
+        GetMeta,
+        Meta,
+        Status,
+        StatusReply,
+    )
+}
+# Answers: messages that carry the ``req`` of a request they reply to.
+ANSWER_TYPES: Final = (Stored, Chunk, Deleted, Holding, Ok, Error, Meta, StatusReply)
+
+
+def encode_message(message: Message) -> bytes:
+    """Serialize one message as a frame (length prefix included)."""
+    payload: bytes = msgpack.packb(message.to_list(), use_bin_type=True)
+    if len(payload) > MAX_FRAME:
+        raise ProtocolError(
+            f"message of {len(payload)} bytes exceeds the {MAX_FRAME}-byte frame limit"
+        )
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> Message:
+    """Parse and validate one frame payload."""
+    try:
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=MAX_FRAME,
+            max_str_len=MAX_FRAME,
+            max_array_len=MAX_ADDRESSES + 16,
+            max_map_len=256,
+            max_ext_len=0,
+        )
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from None
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        raise ProtocolError("frame is not a typed message")
+    cls = MESSAGE_TYPES.get(obj[0])
+    if cls is None:
+        raise ProtocolError(f"unknown message type {obj[0]}")
+    values = obj[1:]
+    if len(values) != len(cls.CHECKS):
+        raise ProtocolError(f"{cls.__name__} takes {len(cls.CHECKS)} fields, got {len(values)}")
+    checked = [check(value) for check, value in zip(cls.CHECKS, values, strict=True)]
+    return cls(*checked)
+
+
+class NeedData:
+    """Sentinel returned by ``next_event`` when more bytes are required."""
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+
+class Connection:
+    """One side of a peer connection: framing, the HELLO handshake, and message validation."""
+
+    def __init__(self, hello: Hello) -> None:
+        self._our_hello = hello
+        self._buffer = bytearray()
+        self._hello_sent = False
+        self.peer_hello: Hello | None = None
+        self.version: int | None = None
+        self.closed = False
+
+    def initiate(self) -> bytes:
+        """Bytes to send first: our HELLO."""
+        if self._hello_sent:
+            raise ProtocolError("HELLO already sent")
+        self._hello_sent = True
+        return encode_message(self._our_hello)
+
+    def send(self, message: Message) -> bytes:
+        if self.closed:
+            raise ProtocolError("connection is closed")
+        if isinstance(message, Hello):
+            raise ProtocolError("HELLO is sent by initiate()")
+        if not self._hello_sent:
+            raise ProtocolError("HELLO must be sent first")
+        return encode_message(message)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the network. ``b""`` means the peer closed its side."""
+        if not data:
+            self.closed = True
+            return
+        if len(self._buffer) + len(data) > MAX_BUFFER:
+            raise ProtocolError("receive buffer overflow: events are not being consumed")
+        self._buffer += data
+
+    def next_event(self) -> Message | NeedData:
+        """The next complete message, or ``NEED_DATA``; raises ``ProtocolError`` on bad input."""
+        if len(self._buffer) < _LENGTH.size:
+            return self._end_or_need()
+        (length,) = _LENGTH.unpack_from(self._buffer)
+        if not 1 <= length <= MAX_FRAME:
+            raise ProtocolError(f"frame length {length} outside 1..{MAX_FRAME}")
+        if len(self._buffer) < _LENGTH.size + length:
+            return self._end_or_need()
+        payload = bytes(self._buffer[_LENGTH.size : _LENGTH.size + length])
+        del self._buffer[: _LENGTH.size + length]
+        message = decode_payload(payload)
+        if self.peer_hello is None:
+            if not isinstance(message, Hello):
+                raise ProtocolError(f"expected HELLO first, got {type(message).__name__}")
+            common = set(message.versions) & set(SUPPORTED_VERSIONS)
+            if not common:
+                raise ProtocolError(
+                    f"no common protocol version (peer speaks {list(message.versions)})",
+                    ErrorCode.UNSUPPORTED_VERSION,
+                )
+            self.peer_hello = message
+            self.version = max(common)
+        elif isinstance(message, Hello):
+            raise ProtocolError("HELLO sent twice")
+        return message
+
+    def _end_or_need(self) -> NeedData:
+        if self.closed and self._buffer:
+            raise ProtocolError("connection closed in the middle of a frame")
+        return NEED_DATA
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)

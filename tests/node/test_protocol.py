@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+import tracemalloc
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.protocol import (
+    MAX_FRAME,
+    NEED_DATA,
+    Chunk,
+    Connection,
+    Delete,
+    Deleted,
+    Error,
+    ErrorCode,
+    GetChunk,
+    GetMeta,
+    Heartbeat,
+    Hello,
+    Holding,
+    Message,
+    Meta,
+    Ok,
+    Online,
+    ProtocolError,
+    PutChunk,
+    PutMeta,
+    Query,
+    Removed,
+    Status,
+    StatusReply,
+    Stored,
+    decode_payload,
+    encode_message,
+)
+
+HELLO = Hello((1,), 7, "host-a", "127.0.0.1:7420")
+addr = st.binary(min_size=32, max_size=32)
+req = st.integers(1, 2**32 - 1)
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+envelope = st.binary(min_size=1, max_size=2000)
+names = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True)
+
+messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(PutChunk, req, u32, addr, st.integers(1, 9), envelope),
+    st.builds(Stored, req, addr, st.booleans()),
+    st.builds(GetChunk, req, u32, addr),
+    st.builds(Chunk, req, addr, envelope),
+    st.builds(Delete, req, u32, st.lists(addr, max_size=5).map(tuple)),
+    st.builds(Deleted, req, u32),
+    st.builds(Removed, req, u32, addr, st.integers(1, 9)),
+    st.builds(Query, req, u32, st.lists(addr, max_size=5).map(tuple)),
+    st.builds(Holding, req, st.lists(addr, max_size=5).map(tuple)),
+    st.builds(Heartbeat, u64, u64, u64),
+    st.builds(Online, u64),
+    st.builds(Ok, req),
+    st.builds(Error, u32, st.integers(1, 8), st.text(max_size=100)),
+    st.builds(PutMeta, req, u32, names, u64, st.binary(max_size=500)),
+    st.builds(GetMeta, req, u32, names),
+    st.builds(Meta, req, names, u64, st.binary(max_size=500)),
+    st.builds(Status, req),
+    st.builds(StatusReply, req, st.dictionaries(st.text(max_size=10), st.integers(), max_size=5)),
+)
+
+
+def open_pair() -> tuple[Connection, Connection]:
+    a = Connection(HELLO)
+    b = Connection(Hello((1, 2), 8, "host-b", "127.0.0.1:7421"))
+    b.receive_data(a.initiate())
+    a.receive_data(b.initiate())
+    assert b.next_event() == HELLO
+    assert isinstance(a.next_event(), Hello)
+    return a, b
+
+
+def drain(conn: Connection) -> list[Message]:
+    out = []
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA:
+            return out
+        assert isinstance(event, Message)
+        out.append(event)
+
+
+@given(messages)
+@settings(max_examples=300)
+def test_every_message_round_trips(message: Message) -> None:
+    a, b = open_pair()
+    b.receive_data(a.send(message))
+    assert drain(b) == [message]
+
+
+@given(st.lists(messages, min_size=1, max_size=8), st.data())
+@settings(max_examples=150)
+def test_splitting_the_stream_anywhere_gives_the_same_events(
+    batch: list[Message], data: st.DataObject
+) -> None:
+    a, _ = open_pair()
+    stream = b"".join(a.send(m) for m in batch)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    receiver = Connection(HELLO)
+    receiver.initiate()
+    receiver.receive_data(encode_message(HELLO))
+    got: list[Message] = []
+    previous = 0
+    for cut in [*cuts, len(stream)]:
+        if cut > previous:
+            receiver.receive_data(stream[previous:cut])
+        previous = max(previous, cut)
+        got.extend(drain(receiver))
+    assert got[0] == HELLO
+    assert got[1:] == batch
+
+
+def test_one_byte_at_a_time() -> None:
+    a, _ = open_pair()
+    message = PutChunk(5, 1, bytes(32), 3, b"x" * 5000)
+    receiver = Connection(HELLO)
+    got = []
+    for byte in encode_message(HELLO) + a.send(message):
+        receiver.receive_data(bytes([byte]))
+        got.extend(drain(receiver))
+    assert got == [HELLO, message]
+
+
+def test_oversized_frame_refused_before_buffering() -> None:
+    conn = Connection(HELLO)
+    conn.receive_data((MAX_FRAME + 1).to_bytes(4, "big") + b"x" * 10)
+    with pytest.raises(ProtocolError, match="frame length"):
+        conn.next_event()
+    zero = Connection(HELLO)
+    zero.receive_data(b"\x00\x00\x00\x00")
+    with pytest.raises(ProtocolError):
+        zero.next_event()
+
+
+def test_hello_must_come_first_and_once() -> None:
+    conn = Connection(HELLO)
+    conn.receive_data(encode_message(Ok(1)))
+    with pytest.raises(ProtocolError, match="HELLO first"):
+        conn.next_event()
+    _a, b = open_pair()
+    b.receive_data(encode_message(HELLO))
+    with pytest.raises(ProtocolError, match="twice"):
+        b.next_event()
+
+
+def test_version_negotiation() -> None:
+    a, b = open_pair()
+    assert a.version == 1 and b.version == 1
+    future_only = Connection(HELLO)
+    future_only.receive_data(encode_message(Hello((2, 3), 9, "h", "x:1")))
+    with pytest.raises(ProtocolError) as info:
+        future_only.next_event()
+    assert info.value.code == ErrorCode.UNSUPPORTED_VERSION
+
+
+def test_sending_rules() -> None:
+    conn = Connection(HELLO)
+    with pytest.raises(ProtocolError, match="HELLO must be sent first"):
+        conn.send(Ok(1))
+    conn.initiate()
+    with pytest.raises(ProtocolError):
+        conn.initiate()
+    with pytest.raises(ProtocolError):
+        conn.send(HELLO)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [2, 1, 1, b"short", 2, b"env"],  # address not 32 bytes
+        [2, 1, 1, bytes(32), 10, b"env"],  # degree out of range
+        [2, 0, 1, bytes(32), 1, b"env"],  # request id 0
+        [2, 1, -1, bytes(32), 1, b"env"],  # negative owner
+        [2, 1, 2**32, bytes(32), 1, b"env"],  # owner too large
+        [2, 1, 1, bytes(32), True, b"env"],  # bool is not an int
+        [2, 1, 1, bytes(32), 1, b""],  # empty envelope
+        [2, 1, 1, bytes(32), 1, b"x" * 70_000],  # oversized envelope
+        [2, 1, 1, bytes(32), 1],  # missing field
+        [99, 1],  # unknown type
+        [15, 1, 1, "../etc", 1, b""],  # hostile blob name
+        [15, 1, 1, "a\x00b", 1, b""],  # NUL in a name
+        "not a list",
+        [],
+    ],
+)
+def test_malformed_payloads_are_protocol_errors(payload: object) -> None:
+    with pytest.raises(ProtocolError):
+        decode_payload(msgpack.packb(payload, use_bin_type=True))
+
+
+def test_trailing_bytes_refused() -> None:
+    with pytest.raises(ProtocolError):
+        decode_payload(msgpack.packb([13, 1]) + b"\x00")
+
+
+def test_truncated_stream_on_close() -> None:
+    conn = Connection(HELLO)
+    frame = encode_message(HELLO)
+    conn.receive_data(frame[:-2])
+    conn.receive_data(b"")
+    with pytest.raises(ProtocolError, match="middle of a frame"):
+        conn.next_event()
+
+
+def test_receive_buffer_is_bounded() -> None:
+    conn = Connection(HELLO)
+    with pytest.raises(ProtocolError, match="overflow"):
+        for _ in range(10):
+            conn.receive_data(b"\x00\x0f\xff\xff" + b"x" * (MAX_FRAME - 4))
+
+
+@given(st.binary(max_size=4096))
+@settings(max_examples=500)
+def test_fuzz_arbitrary_bytes_raise_only_protocol_errors(garbage: bytes) -> None:
+    conn = Connection(HELLO)
+    try:
+        conn.receive_data(garbage)
+        drain(conn)
+    except ProtocolError:
+        pass
+    assert conn.buffered <= len(garbage)
+
+
+@given(st.lists(st.binary(max_size=600), max_size=30))
+@settings(max_examples=200)
+def test_fuzz_after_handshake_and_memory_stays_bounded(pieces: list[bytes]) -> None:
+    _, conn = open_pair()
+    tracemalloc.start()
+    try:
+        for piece in pieces:
+            conn.receive_data(piece)
+            drain(conn)
+    except ProtocolError:
+        pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 2 * MAX_FRAME
