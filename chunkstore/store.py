@@ -48,6 +48,7 @@ MAX_OWNER_ID = 2**32 - 1
 MAX_DEGREE = 9
 _SEGMENT_NAME = re.compile(r"^([0-9]{8})\.seg$")
 _HEX_ADDRESS = re.compile(r"^[0-9a-f]{64}$")
+_BLOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -65,6 +66,13 @@ CREATE INDEX IF NOT EXISTS chunks_by_segment ON chunks (segment);
 CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs (   -- small per-owner records kept for recovery
+    owner INTEGER NOT NULL,
+    name  TEXT    NOT NULL,
+    seq   INTEGER NOT NULL,          -- only the highest sequence number is kept
+    data  BLOB    NOT NULL,
+    PRIMARY KEY (owner, name)
 ) WITHOUT ROWID;
 """
 
@@ -441,6 +449,36 @@ class ChunkStore:
             self._db.execute(
                 "UPDATE chunks SET degree=? WHERE owner=? AND address=?", (degree, owner, address)
             )
+
+    # -- small per-owner blobs (wrapped keys, sealed catalogs) ------------------------------
+
+    def put_blob(self, owner: int, name: str, seq: int, data: bytes) -> bool:
+        """Keep ``data`` unless a blob with a higher or equal ``seq`` is already kept."""
+        validate_owner(owner)
+        if not _BLOB_NAME.fullmatch(name):
+            raise InvalidIdError(f"invalid blob name {name[:70]!r}")
+        with self._lock, self._transaction():
+            row = self._db.execute(
+                "SELECT seq FROM blobs WHERE owner=? AND name=?", (owner, name)
+            ).fetchone()
+            if row is not None and int(row[0]) >= seq:
+                return False
+            self._db.execute(
+                "INSERT INTO blobs(owner, name, seq, data) VALUES (?,?,?,?)"
+                " ON CONFLICT(owner, name) DO UPDATE SET seq=excluded.seq, data=excluded.data",
+                (owner, name, seq, data),
+            )
+            return True
+
+    def get_blob(self, owner: int, name: str) -> tuple[int, bytes] | None:
+        validate_owner(owner)
+        if not _BLOB_NAME.fullmatch(name):
+            raise InvalidIdError(f"invalid blob name {name[:70]!r}")
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq, data FROM blobs WHERE owner=? AND name=?", (owner, name)
+            ).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
 
     # -- removing ------------------------------------------------------------------------
 

@@ -437,7 +437,7 @@ class Connection:
             raise ProtocolError("HELLO must be sent first")
         return encode_message(message)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the network. ``b""`` means the peer closed its side."""
         if not data:
             self.closed = True

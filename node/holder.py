@@ -1,0 +1,191 @@
+"""The holder role: serving this node's chunk store to peers.
+
+Puts are collected by writer tasks into batches and stored with one group commit
+(``ChunkStore.put_many``), so many concurrent PUTCHUNKs cost one pair of flushes. A STORED answer
+is sent only after that commit returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from chunkstore.errors import (
+    ChunkNotFoundError,
+    CorruptChunkError,
+    InvalidIdError,
+    QuotaExceededError,
+)
+from chunkstore.store import ChunkStore, PutItem
+
+from .protocol import (
+    Chunk,
+    Delete,
+    Deleted,
+    Error,
+    ErrorCode,
+    GetChunk,
+    GetMeta,
+    Holding,
+    Message,
+    Meta,
+    Ok,
+    PutChunk,
+    PutMeta,
+    Query,
+    Removed,
+    Request,
+    Status,
+    StatusReply,
+    Stored,
+)
+
+log = logging.getLogger(__name__)
+BATCH_LIMIT = 64
+
+
+@dataclass(slots=True)
+class _PendingPut:
+    item: PutItem
+    done: trio.Event = field(default_factory=trio.Event)
+    stored: bool = False
+    error: BaseException | None = None
+
+
+class HolderService:
+    def __init__(
+        self,
+        store: ChunkStore,
+        limiter: trio.CapacityLimiter,
+        status: Callable[[], dict[str, object]],
+        on_removed: Callable[[int, bytes], None],
+        on_corrupt: Callable[[int, bytes], None],
+    ) -> None:
+        self.store = store
+        self._limiter = limiter
+        self._status = status
+        self._on_removed = on_removed
+        self._on_corrupt = on_corrupt
+        self._send, self._receive = trio.open_memory_channel[_PendingPut](4 * BATCH_LIMIT)
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    async def run_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """One group-commit writer; run two so one hashes while the other flushes."""
+        task_status.started()
+        async for first in self._receive.clone():
+            batch = [first]
+            while len(batch) < BATCH_LIMIT:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_PendingPut]) -> None:
+        try:
+            results = await trio.to_thread.run_sync(
+                self.store.put_many, [p.item for p in batch], limiter=self._limiter
+            )
+            for pending, stored in zip(batch, results, strict=True):
+                pending.stored = stored
+        except QuotaExceededError:
+            # Sort out which of the batch fit, one by one.
+            for pending in batch:
+                try:
+                    [pending.stored] = await trio.to_thread.run_sync(
+                        self.store.put_many, [pending.item], limiter=self._limiter
+                    )
+                except Exception as exc:
+                    pending.error = exc
+        except Exception as exc:
+            log.error("storing a batch of %d chunks failed: %s", len(batch), exc)
+            for pending in batch:
+                pending.error = exc
+        finally:
+            for pending in batch:
+                pending.done.set()
+
+    async def put(self, item: PutItem) -> bool:
+        pending = _PendingPut(item)
+        await self._send.send(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.stored
+
+    async def handle(self, message: Request, peer_id: int) -> Message:
+        """Answer one request from authenticated node ``peer_id``."""
+        try:
+            return await self._dispatch(message, peer_id)
+        except QuotaExceededError as exc:
+            return Error(message.req, ErrorCode.QUOTA_EXCEEDED, str(exc))
+        except InvalidIdError as exc:
+            return Error(message.req, ErrorCode.BAD_MESSAGE, str(exc))
+        except ChunkNotFoundError as exc:
+            return Error(message.req, ErrorCode.NOT_FOUND, str(exc))
+        except OSError as exc:
+            log.error("I/O error serving node %d: %s", peer_id, exc)
+            return Error(message.req, ErrorCode.INTERNAL, f"I/O error: {exc.strerror or exc}")
+
+    async def _dispatch(self, message: Request, peer_id: int) -> Message:
+        req = message.req
+        if isinstance(message, PutChunk):
+            stored = await self.put(
+                PutItem(message.owner, message.address, message.envelope, message.degree)
+            )
+            self.bytes_received += len(message.envelope)
+            return Stored(req, message.address, stored)
+        if isinstance(message, GetChunk):
+            try:
+                envelope = await trio.to_thread.run_sync(
+                    self.store.get, message.owner, message.address, limiter=self._limiter
+                )
+            except CorruptChunkError as exc:
+                log.warning("corrupt copy of a chunk of node %d: %s", message.owner, exc)
+                self._on_corrupt(message.owner, message.address)
+                return Error(req, ErrorCode.CORRUPT, str(exc))
+            self.bytes_sent += len(envelope)
+            return Chunk(req, message.address, envelope)
+        if isinstance(message, Delete):
+            if message.owner != peer_id:
+                return Error(req, ErrorCode.FORBIDDEN, "only a chunk's owner may delete it")
+            removed = await trio.to_thread.run_sync(
+                self.store.delete_many, message.owner, message.addresses, limiter=self._limiter
+            )
+            return Deleted(req, len(removed))
+        if isinstance(message, Query):
+            held = await trio.to_thread.run_sync(
+                self.store.which_held, message.owner, message.addresses, limiter=self._limiter
+            )
+            return Holding(req, tuple(a for a in message.addresses if a in held))
+        if isinstance(message, Removed):
+            self._on_removed(message.owner, message.address)
+            return Ok(req)
+        if isinstance(message, PutMeta):
+            if message.owner != peer_id:
+                return Error(req, ErrorCode.FORBIDDEN, "only the owner may write its records")
+            await trio.to_thread.run_sync(
+                self.store.put_blob,
+                message.owner,
+                message.name,
+                message.seq,
+                message.blob,
+                limiter=self._limiter,
+            )
+            return Ok(req)
+        if isinstance(message, GetMeta):
+            found = await trio.to_thread.run_sync(
+                self.store.get_blob, message.owner, message.name, limiter=self._limiter
+            )
+            if found is None:
+                return Error(req, ErrorCode.NOT_FOUND, f"no record {message.name}")
+            return Meta(req, message.name, found[0], found[1])
+        if isinstance(message, Status):
+            return StatusReply(req, self._status())
+        return Error(req, ErrorCode.BAD_MESSAGE, f"{type(message).__name__} is not a request")

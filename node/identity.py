@@ -1,0 +1,194 @@
+"""Network membership credentials: the network's CA, node certificates, join codes, TLS contexts.
+
+Every network has its own certificate authority, made by ``lanvault init``. The join code carries
+the CA (certificate and key) to other computers, so whoever holds it can join: it is printed once
+and stored owner-readable. Each node issues its own certificate for its own id; peers pin the
+first certificate they see for an id, so a member cannot later pose as another known member.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import re
+import ssl
+from dataclasses import dataclass
+
+import msgpack
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+JOIN_CODE_PREFIX = "lvjoin1-"
+_CN = re.compile(r"^lanvault-node-([0-9]{1,10})$")
+_VALIDITY = datetime.timedelta(days=365 * 100)
+
+
+class IdentityError(Exception):
+    """A credential is malformed or does not belong to this network."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkCA:
+    network_id: str
+    cert_pem: bytes
+    key_pem: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCredentials:
+    node_id: int
+    cert_pem: bytes
+    key_pem: bytes
+    ca_cert_pem: bytes
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def create_network_ca() -> NetworkCA:
+    key = ec.generate_private_key(ec.SECP256R1())
+    network_id = hashlib.sha256(
+        key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).hexdigest()[:16]
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"lanvault-ca-{network_id}"))
+        .issuer_name(_name(f"lanvault-ca-{network_id}"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return NetworkCA(
+        network_id=network_id,
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def issue_node_credentials(ca: NetworkCA, node_id: int) -> NodeCredentials:
+    """A key and certificate binding ``node_id``, signed by the network's CA."""
+    if not 0 <= node_id < 2**32:
+        raise IdentityError(f"node id {node_id} outside 0..{2**32 - 1}")
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise IdentityError("the network CA key is not an EC key")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"lanvault-node-{node_id}"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return NodeCredentials(
+        node_id=node_id,
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        ca_cert_pem=ca.cert_pem,
+    )
+
+
+def encode_join_code(ca: NetworkCA) -> str:
+    payload = msgpack.packb([1, ca.network_id, ca.cert_pem, ca.key_pem], use_bin_type=True)
+    return JOIN_CODE_PREFIX + base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def decode_join_code(code: str) -> NetworkCA:
+    code = code.strip()
+    if not code.startswith(JOIN_CODE_PREFIX):
+        raise IdentityError("not a lanvault join code (it starts with 'lvjoin1-')")
+    body = code[len(JOIN_CODE_PREFIX) :]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        version, network_id, cert_pem, key_pem = msgpack.unpackb(raw, raw=False)
+        x509.load_pem_x509_certificate(cert_pem)
+        serialization.load_pem_private_key(key_pem, password=None)
+    except Exception:  # any decoding failure means the same thing to the user
+        raise IdentityError("the join code is damaged (copy it again, whole)") from None
+    if version != 1 or not isinstance(network_id, str):
+        raise IdentityError("the join code is from an unsupported lanvault version")
+    return NetworkCA(network_id, cert_pem, key_pem)
+
+
+def _context(
+    creds: NodeCredentials, purpose: ssl.Purpose, cert_file: str, key_file: str
+) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(purpose, cadata=creds.ca_cert_pem.decode())
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False  # peers are named by the node id in their certificate, checked after
+    ctx.verify_mode = ssl.CERT_REQUIRED  # mutual authentication on both sides
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def tls_contexts(
+    creds: NodeCredentials, cert_file: str, key_file: str
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context) for this node. The files hold ``creds`` in PEM form."""
+    return (
+        _context(creds, ssl.Purpose.CLIENT_AUTH, cert_file, key_file),
+        _context(creds, ssl.Purpose.SERVER_AUTH, cert_file, key_file),
+    )
+
+
+def node_id_from_certificate(der: bytes | None) -> int:
+    """The node id bound in a verified peer certificate."""
+    if not der:
+        raise IdentityError("peer presented no certificate")
+    cert = x509.load_der_x509_certificate(der)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    match = _CN.match(str(names[0].value)) if names else None
+    if match is None:
+        raise IdentityError("peer certificate does not name a lanvault node")
+    node_id = int(match.group(1))
+    if node_id >= 2**32:
+        raise IdentityError("peer certificate names an out-of-range node id")
+    return node_id
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()

@@ -1,0 +1,110 @@
+"""Who is in the network, how to reach them, and whether they are up, down or gone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .placement import Candidate
+
+
+@dataclass(slots=True)
+class PeerInfo:
+    node_id: int
+    address: str = ""
+    host_id: str = ""
+    capacity: int = 0
+    used: int = 0
+    chunks: int = 0
+    last_seen: float = 0.0
+    first_seen: float = field(default=0.0)
+
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - self.used)
+
+
+class Membership:
+    """The peer table. Times come from ``clock`` so tests can run on trio's MockClock."""
+
+    def __init__(
+        self,
+        own_id: int,
+        down_after: float,
+        gone_after: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.own_id = own_id
+        self.down_after = down_after
+        self.gone_after = gone_after
+        self._clock = clock
+        self._peers: dict[int, PeerInfo] = {}
+        self._started = clock()
+
+    def get(self, node_id: int) -> PeerInfo | None:
+        return self._peers.get(node_id)
+
+    def peers(self) -> list[PeerInfo]:
+        return sorted(self._peers.values(), key=lambda p: p.node_id)
+
+    def learn(
+        self, node_id: int, address: str | None = None, host_id: str | None = None
+    ) -> PeerInfo:
+        """Record a peer we heard of (HELLO, config, discovery)."""
+        info = self._peers.get(node_id)
+        if info is None:
+            info = PeerInfo(node_id, first_seen=self._clock())
+            self._peers[node_id] = info
+        if address:
+            info.address = address
+        if host_id:
+            info.host_id = host_id
+        return info
+
+    def seen(
+        self,
+        node_id: int,
+        capacity: int | None = None,
+        used: int | None = None,
+        chunks: int | None = None,
+    ) -> None:
+        info = self.learn(node_id)
+        info.last_seen = self._clock()
+        if capacity is not None:
+            info.capacity = capacity
+        if used is not None:
+            info.used = used
+        if chunks is not None:
+            info.chunks = chunks
+
+    def is_up(self, node_id: int) -> bool:
+        info = self._peers.get(node_id)
+        return (
+            info is not None
+            and info.last_seen > 0
+            and self._clock() - info.last_seen < self.down_after
+        )
+
+    def is_gone(self, node_id: int) -> bool:
+        """Silent for the grace period (counting from our own start for never-seen peers)."""
+        info = self._peers.get(node_id)
+        if info is None:
+            return True
+        reference = info.last_seen if info.last_seen > 0 else self._started
+        return self._clock() - reference >= self.gone_after
+
+    def up_ids(self) -> list[int]:
+        return [p.node_id for p in self.peers() if self.is_up(p.node_id)]
+
+    def candidates(self) -> list[Candidate]:
+        """Live peers as placement candidates (host id defaults to the node id)."""
+        return [
+            Candidate(p.node_id, p.host_id or f"node-{p.node_id}", p.free)
+            for p in self.peers()
+            if self.is_up(p.node_id)
+        ]
+
+    def host_of(self, node_id: int) -> str:
+        info = self._peers.get(node_id)
+        return info.host_id if info and info.host_id else f"node-{node_id}"

@@ -1,0 +1,435 @@
+"""A node: the chunk store served to peers, links to peers, membership, repair and reclaim.
+
+The owner role (backing up this computer's own files) is in ``owner.py`` and uses a node.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from chunkstore.store import ChunkStore, StoredChunk
+
+from .holder import HolderService
+from .membership import Membership
+from .placement import choose_targets
+from .pool import PeerPool
+from .protocol import (
+    PROTOCOL_VERSION,
+    ErrorCode,
+    Heartbeat,
+    Hello,
+    Holding,
+    Message,
+    Online,
+    ProtocolError,
+    PutChunk,
+    Query,
+    Removed,
+    Request,
+    Stored,
+)
+from .transport import Authenticated, Channel, Network, PeerUnavailable, RemoteError
+
+log = logging.getLogger(__name__)
+QUERY_BATCH = 4096
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    node_id: int
+    host_id: str
+    listen: str = "127.0.0.1:7420"
+    advertise: str = ""  # the address peers should dial; defaults to the bound listen address
+    seeds: list[str] = field(default_factory=list)
+    heartbeat_interval: float = 1.0
+    down_after: float = 5.0
+    gone_after: float = 600.0
+    request_timeout: float = 20.0
+    repair_interval: float = 30.0
+    repair_rate: float = 64e6  # bytes per second a node spends re-creating copies
+    scrub_interval: float = 24 * 3600.0
+    max_requests_per_connection: int = 64
+
+
+@dataclass(slots=True)
+class RepairReport:
+    checked: int = 0
+    below_degree: int = 0
+    copies_made: int = 0
+    failed: int = 0
+
+
+class Node:
+    def __init__(self, config: NodeConfig, store: ChunkStore, network: Network) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.store = store
+        self.network = network
+        self.membership = Membership(
+            config.node_id, config.down_after, config.gone_after, clock=trio.current_time
+        )
+        self.cpu_limiter = trio.CapacityLimiter(2)
+        self.disk_limiter = trio.CapacityLimiter(4)
+        self.boot_id = random.getrandbits(63)
+        self.address = config.advertise or config.listen
+        self.pool = PeerPool(
+            config.node_id, network, self.hello, self.membership, self.heartbeat, self.boot_id
+        )
+        self.pool.seeds = list(config.seeds)
+        self.holder = HolderService(
+            store,
+            self.disk_limiter,
+            self.status_info,
+            on_removed=lambda _o, _a: self.request_repair(),
+            on_corrupt=self._corrupt_copy_found,
+        )
+        self._repair_wanted = trio.Event()
+        self._gone_handled: set[int] = set()
+        self._holder_cache: dict[tuple[int, bytes], set[int]] = {}
+        self.on_online: list[Callable[[int], None]] = []  # run when a peer announces ONLINE
+        self.last_repair = RepairReport()
+        self.last_scrub_bad = 0
+        self.ready = trio.Event()
+        self._repair_lock = trio.Lock()
+
+    # -- identity and liveness -----------------------------------------------------------
+
+    def hello(self) -> Hello:
+        return Hello((PROTOCOL_VERSION,), self.node_id, self.config.host_id, self.address)
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(self.store.capacity, self.store.used_bytes, 0)
+
+    def status_info(self) -> dict[str, object]:
+        return {
+            "node_id": self.node_id,
+            "host_id": self.config.host_id,
+            "address": self.address,
+            "capacity_bytes": self.store.capacity,
+            "used_bytes": self.store.used_bytes,
+            "peers": [
+                [p.node_id, p.address, p.host_id, self.membership.is_up(p.node_id)]
+                for p in self.membership.peers()
+            ],
+        }
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.pool.bind(nursery)
+            bound = await nursery.start(self.network.serve, self.config.listen, self._serve)
+            if not self.config.advertise:
+                self.address = bound
+            for _ in range(2):
+                await nursery.start(self.holder.run_writer)
+            await nursery.start(self.pool.maintain, self.config.heartbeat_interval)
+            await nursery.start(self._repair_loop)
+            await nursery.start(self._scrub_loop)
+            self.ready.set()
+            log.info("node %d serving on %s", self.node_id, self.address)
+            task_status.started(self.address)
+
+    async def _serve(self, auth: Authenticated) -> None:
+        """One incoming connection: HELLO, then requests answered concurrently."""
+        channel = Channel(auth, self.hello())
+        peer = auth.peer_id
+        try:
+            hello = await channel.handshake()
+        except (
+            ProtocolError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+            trio.EndOfChannel,
+        ) as exc:
+            log.info("handshake with node %d failed: %s", peer, exc)
+            if isinstance(exc, ProtocolError):
+                await channel.send_error(0, exc.code, str(exc))
+            return
+        self.membership.learn(peer, hello.listen, hello.host_id)
+        self.membership.seen(peer)
+        slots = trio.Semaphore(self.config.max_requests_per_connection)
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    message = await channel.receive()
+                    self._note(peer, message)
+                    if isinstance(message, Request):
+                        await slots.acquire()
+                        nursery.start_soon(self._answer, channel, message, peer, slots)
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except ProtocolError as exc:
+            log.warning("node %d broke the protocol: %s", peer, exc)
+            await channel.send_error(0, exc.code, str(exc))
+
+    async def _answer(
+        self, channel: Channel, message: Request, peer: int, slots: trio.Semaphore
+    ) -> None:
+        try:
+            answer = await self.holder.handle(message, peer)
+            await channel.send(answer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception as exc:  # a bug must not take the node down: report it to the peer
+            log.exception("failed to answer %s from node %d", type(message).__name__, peer)
+            await channel.send_error(message.req, ErrorCode.INTERNAL, f"internal error: {exc}")
+        finally:
+            slots.release()
+
+    def _note(self, peer: int, message: Message) -> None:
+        if isinstance(message, Heartbeat):
+            self.membership.seen(peer, message.capacity, message.used, message.chunks)
+        else:
+            self.membership.seen(peer)
+        if isinstance(message, Online):
+            log.info("node %d is online", peer)
+            self._gone_handled.discard(peer)
+            for callback in self.on_online:
+                callback(peer)
+
+    # -- requests to peers ---------------------------------------------------------------
+
+    async def query_holders(self, owner: int, addresses: list[bytes]) -> dict[bytes, set[int]]:
+        """Ask every live peer which of ``addresses`` of ``owner`` it holds."""
+        result: dict[bytes, set[int]] = {a: set() for a in addresses}
+
+        async def ask(peer: int, batch: list[bytes]) -> None:
+            answer = await self.pool.request_quietly(
+                peer, lambda r: Query(r, owner, tuple(batch)), self.config.request_timeout
+            )
+            if isinstance(answer, Holding):
+                for address in answer.addresses:
+                    if address in result:
+                        result[address].add(peer)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.membership.up_ids():
+                for i in range(0, len(addresses), QUERY_BATCH):
+                    nursery.start_soon(ask, peer, addresses[i : i + QUERY_BATCH])
+        return result
+
+    async def put_copy(
+        self, target: int, owner: int, address: bytes, degree: int, envelope: bytes
+    ) -> bool:
+        """Send one copy; True once the target acknowledged it durable."""
+        try:
+            answer = await self.pool.request(
+                target,
+                lambda r: PutChunk(r, owner, address, degree, envelope),
+                self.config.request_timeout,
+            )
+        except (PeerUnavailable, RemoteError) as exc:
+            log.info("copy to node %d failed: %s", target, exc)
+            return False
+        return isinstance(answer, Stored)
+
+    # -- repair --------------------------------------------------------------------------
+
+    def request_repair(self) -> None:
+        self._repair_wanted.set()
+
+    def _corrupt_copy_found(self, owner: int, address: bytes) -> None:
+        self.store.delete_many(owner, [address])
+        self.request_repair()
+
+    async def _repair_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            with trio.move_on_after(self.config.repair_interval):
+                await self._repair_wanted.wait()
+            self._repair_wanted = trio.Event()
+            newly_gone = [
+                p.node_id
+                for p in self.membership.peers()
+                if self.membership.is_gone(p.node_id) and p.node_id not in self._gone_handled
+            ]
+            for peer in newly_gone:
+                log.info("node %d is gone; restoring the degree of its chunks", peer)
+                self._gone_handled.add(peer)
+            try:
+                self.last_repair = await self.repair_once()
+            except Exception:
+                log.exception("repair pass failed")
+
+    async def repair_once(self) -> RepairReport:
+        """Find chunks this node holds that are below their degree and re-create copies.
+
+        Of the live holders of a chunk, only the lowest id repairs it, so holders do not race.
+        Copies on peers that are down but not yet gone still count (from the last pass).
+        """
+        async with self._repair_lock:
+            return await self._repair_pass()
+
+    async def _repair_pass(self) -> RepairReport:
+        report = RepairReport()
+        chunks = await trio.to_thread.run_sync(self.store.chunks, limiter=self.disk_limiter)
+        by_owner: dict[int, list[StoredChunk]] = defaultdict(list)
+        for chunk in chunks:
+            by_owner[chunk.owner].append(chunk)
+        deficits: list[tuple[int, StoredChunk, set[int]]] = []
+        for owner, owned in by_owner.items():
+            found = await self.query_holders(owner, [c.address for c in owned])
+            for chunk in owned:
+                report.checked += 1
+                live = found[chunk.address] | {self.node_id}
+                key = (owner, chunk.address)
+                remembered = {
+                    p
+                    for p in self._holder_cache.get(key, set())
+                    if not self.membership.is_up(p) and not self.membership.is_gone(p)
+                }
+                self._holder_cache[key] = live | remembered
+                holders = live | remembered
+                if len(holders) >= chunk.degree:
+                    continue
+                report.below_degree += 1
+                if min(live) == self.node_id:
+                    deficits.append((len(holders), chunk, holders))
+        deficits.sort(key=lambda d: d[0])  # weakest first
+        budget_start = trio.current_time()
+        sent_bytes = 0
+        for _count, chunk, holders in deficits:
+            made = await self._repair_chunk(chunk, holders)
+            report.copies_made += made
+            report.failed += chunk.degree - len(holders) - made
+            sent_bytes += made * chunk.length
+            # Bounded rate: never spend more than repair_rate bytes per second on copies.
+            ahead = sent_bytes / self.config.repair_rate - (trio.current_time() - budget_start)
+            if ahead > 0:
+                await trio.sleep(ahead)
+        if report.below_degree:
+            log.info(
+                "repair: %d chunks checked, %d below degree, %d copies made, %d not possible now",
+                report.checked,
+                report.below_degree,
+                report.copies_made,
+                report.failed,
+            )
+        return report
+
+    async def _repair_chunk(self, chunk: StoredChunk, holders: set[int]) -> int:
+        try:
+            envelope = await trio.to_thread.run_sync(
+                self.store.get, chunk.owner, chunk.address, limiter=self.disk_limiter
+            )
+        except Exception as exc:
+            log.warning("cannot read a chunk to repair it: %s", exc)
+            return 0
+        return await self.replicate(chunk.owner, chunk.address, chunk.degree, envelope, holders)
+
+    async def replicate(
+        self, owner: int, address: bytes, degree: int, envelope: bytes, holders: set[int]
+    ) -> int:
+        """Make copies until ``holders`` reaches ``degree``; returns how many were made."""
+        made = 0
+        tried: set[int] = set()
+        key = owner.to_bytes(4, "big") + address
+        while len(holders) < degree:
+            targets = choose_targets(
+                key,
+                self.membership.candidates(),
+                owner,
+                degree - len(holders),
+                exclude=holders | tried | {self.node_id},
+                avoid_hosts={self.membership.host_of(h) for h in holders}
+                | {self.config.host_id if self.node_id in holders else ""},
+            )
+            if not targets:
+                break
+            for target in targets:
+                tried.add(target.node_id)
+                if await self.put_copy(target.node_id, owner, address, degree, envelope):
+                    holders.add(target.node_id)
+                    made += 1
+        self._holder_cache[(owner, address)] = set(holders)
+        return made
+
+    # -- reclaim -------------------------------------------------------------------------
+
+    async def reclaim(self, capacity: int) -> dict[str, int]:
+        """Lend at most ``capacity`` bytes: copy what must go elsewhere first, then drop it."""
+        await trio.to_thread.run_sync(self.store.set_capacity, capacity, limiter=self.disk_limiter)
+        excess = self.store.used_bytes - capacity
+        if excess <= 0:
+            return {"dropped": 0, "copied": 0, "freed_bytes": 0}
+        chunks = await trio.to_thread.run_sync(self.store.chunks, limiter=self.disk_limiter)
+        chunks.sort(key=lambda c: (c.degree, c.stored_at), reverse=True)
+        victims: list[StoredChunk] = []
+        for chunk in chunks:
+            if excess <= 0:
+                break
+            victims.append(chunk)
+            excess -= chunk.length
+        copied = dropped = freed = 0
+        by_owner: dict[int, list[StoredChunk]] = defaultdict(list)
+        for chunk in victims:
+            by_owner[chunk.owner].append(chunk)
+        for owner, owned in by_owner.items():
+            found = await self.query_holders(owner, [c.address for c in owned])
+            for chunk in owned:
+                others = found[chunk.address] - {self.node_id}
+                if len(others) < chunk.degree:
+                    envelope = await trio.to_thread.run_sync(
+                        self.store.get, owner, chunk.address, limiter=self.disk_limiter
+                    )
+                    copied += await self.replicate(
+                        owner, chunk.address, chunk.degree, envelope, set(others)
+                    )
+                await trio.to_thread.run_sync(
+                    self.store.delete_many, owner, [chunk.address], limiter=self.disk_limiter
+                )
+                dropped += 1
+                freed += chunk.length
+                for peer in others:
+                    notice = functools.partial(
+                        Removed, owner=chunk.owner, address=chunk.address, degree=chunk.degree
+                    )
+                    await self.pool.request_quietly(peer, notice, 5)
+        await trio.to_thread.run_sync(self.store.compact, 0.0, limiter=self.disk_limiter)
+        log.info(
+            "reclaim: dropped %d chunks (%d bytes), made %d copies first", dropped, freed, copied
+        )
+        return {"dropped": dropped, "copied": copied, "freed_bytes": freed}
+
+    # -- scrub ---------------------------------------------------------------------------
+
+    async def scrub(self) -> int:
+        bad = await trio.to_thread.run_sync(
+            lambda: self.store.scrub(drop_bad=True), limiter=self.disk_limiter
+        )
+        self.last_scrub_bad = len(bad)
+        if bad:
+            log.warning(
+                "scrub: %d bad copies dropped; re-creating them from other holders", len(bad)
+            )
+            for item in bad:
+                notice = functools.partial(
+                    Removed, owner=item.owner, address=item.address, degree=1
+                )
+                for peer in self.membership.up_ids():
+                    await self.pool.request_quietly(peer, notice, 5)
+        return len(bad)
+
+    async def _scrub_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        if math.isinf(self.config.scrub_interval):
+            return
+        while True:
+            await trio.sleep(self.config.scrub_interval)
+            try:
+                await self.scrub()
+            except Exception:
+                log.exception("scrub failed")

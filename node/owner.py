@@ -1,0 +1,490 @@
+"""The owner role: back up this computer's files to peers, restore them, delete them.
+
+Chunks are read and sealed on worker threads (``cpu_limiter``), sent to holders chosen by
+placement, and counted only once a holder answered STORED. A version is marked complete in the
+catalog only when every chunk has its degree; incomplete versions are resumed in the background.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from chunkstore.catalog import FileVersion
+from chunkstore.catalogdb import CatalogDB
+from chunkstore.chunking import CHUNK_SIZE, chunk_count
+from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
+from chunkstore.errors import EnvelopeError
+from chunkstore.fileid import content_digest, file_id
+from chunkstore.keys import KeyRing
+
+from .node import Node
+from .protocol import Chunk, Delete, Deleted, GetChunk
+from .transport import PeerUnavailable, RemoteError
+
+log = logging.getLogger(__name__)
+READ_BATCH = 16  # chunks per worker-thread hop
+IN_FLIGHT_CHUNKS = 96  # bounds memory: at most this many chunks read but not yet stored
+
+
+class BackupError(Exception):
+    """A backup could not reach its degree (yet); the version stays pending and is retried."""
+
+
+class RestoreError(Exception):
+    """A file could not be restored (no holder had a valid copy of some chunk)."""
+
+
+@dataclass(slots=True)
+class Progress:
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    bytes_sent: int = 0
+    chunks_skipped: int = 0
+
+
+ProgressFn = Callable[[Progress], None]
+T = TypeVar("T")
+
+
+def _scan(root: str) -> tuple[list[str], int]:
+    """Regular files under ``root`` (or ``root`` itself), sorted, and their total size."""
+    if os.path.isdir(root) and not os.path.islink(root):
+        found = []
+        for dirpath, _dirs, names in os.walk(root):
+            for name in names:
+                full = os.path.join(dirpath, name)
+                if os.path.isfile(full) and not os.path.islink(full):
+                    found.append(full)
+        files = sorted(found)
+    elif os.path.isfile(root):
+        files = [root]
+    else:
+        raise BackupError(f"{root}: not a regular file or folder")
+    return files, sum(os.path.getsize(f) for f in files)
+
+
+def _addresses(keys: KeyRing, plaintexts: list[bytes]) -> list[bytes]:
+    return [chunk_address(keys, p) for p in plaintexts]
+
+
+def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
+    with open(path, "rb") as handle:
+        handle.seek(first_no * CHUNK_SIZE)
+        return [handle.read(CHUNK_SIZE) for _ in range(count)]
+
+
+class Owner:
+    def __init__(
+        self, node: Node, keys: KeyRing, catalog: CatalogDB, default_degree: int = 2
+    ) -> None:
+        self.node = node
+        self.keys = keys
+        self.catalog = catalog
+        self.default_degree = default_degree
+        self.owner_id = node.node_id
+        self._db_limiter = trio.CapacityLimiter(1)
+        self._tombstones_wanted = trio.Event()
+        self.last_backup_ns = catalog.get_setting("last_backup_ns")
+        node.on_online.append(lambda _peer: self._tombstones_wanted.set())
+        node.pool.on_new_link = lambda _peer: self._tombstones_wanted.set()
+
+    async def _db(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._db_limiter)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background duties: re-send owed deletes, finish incomplete backups."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._tombstone_loop)
+            nursery.start_soon(self._resume_loop)
+            task_status.started()
+
+    # -- backup --------------------------------------------------------------------------
+
+    async def backup_path(
+        self, path: Path, degree: int | None = None, progress: ProgressFn | None = None
+    ) -> Progress:
+        """Back up a file or a whole folder (regular files; symlinks are not followed)."""
+        degree = degree or self.default_degree
+        files, total = await trio.to_thread.run_sync(_scan, str(path))
+        report = Progress(files_total=len(files), bytes_total=total)
+        failures: list[str] = []
+        for file in files:
+            try:
+                await self.backup_file(Path(file), degree, report, progress)
+            except (BackupError, OSError) as exc:
+                failures.append(f"{file}: {exc}")
+            report.files_done += 1
+            if progress:
+                progress(report)
+        if failures:
+            raise BackupError(f"{len(failures)} of {len(files)} files not backed up: {failures[0]}")
+        return report
+
+    async def backup_file(
+        self,
+        path: Path,
+        degree: int,
+        report: Progress | None = None,
+        progress: ProgressFn | None = None,
+    ) -> FileVersion:
+        report = report or Progress(files_total=1)
+        key = str(path)
+        for _attempt in range(5):
+            before = os.stat(key, follow_symlinks=False)
+            if not stat.S_ISREG(before.st_mode):
+                raise BackupError(f"{path}: not a regular file")
+            latest = await self._db(self.catalog.latest, key)
+            if (
+                latest is not None
+                and latest.size == before.st_size
+                and latest.mtime_ns == before.st_mtime_ns
+                and latest.ctime_ns == before.st_ctime_ns
+                and latest.degree == degree
+            ):
+                await self._ensure_version(latest, report, progress)
+                report.bytes_done += before.st_size
+                return latest
+            addresses = await self._store_content(key, before.st_size, degree, report, progress)
+            after = os.stat(key, follow_symlinks=False)
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                log.info("%s changed while it was read; reading it again", key)
+                continue  # a torn read: the chunks went out, but no version names them
+            version = FileVersion(
+                path=key,
+                file_id=file_id(
+                    self.owner_id,
+                    key,
+                    before.st_size,
+                    before.st_mtime_ns,
+                    content_digest(addresses),
+                ),
+                size=before.st_size,
+                mode=before.st_mode,
+                uid=before.st_uid,
+                gid=before.st_gid,
+                mtime_ns=before.st_mtime_ns,
+                ctime_ns=before.st_ctime_ns,
+                degree=degree,
+                chunks=tuple(addresses),
+                owner=self.owner_id,
+            )
+            await self._db(self.catalog.add_version, version, time.time_ns())
+            await self._db(self.catalog.set_complete, version.file_id)
+            self._note_backup()
+            return version
+        raise BackupError(f"{path} keeps changing; try again when it is not being written")
+
+    def _note_backup(self) -> None:
+        self.last_backup_ns = time.time_ns()
+        self.catalog.set_setting("last_backup_ns", self.last_backup_ns)
+
+    async def _store_content(
+        self, path: str, size: int, degree: int, report: Progress, progress: ProgressFn | None
+    ) -> list[bytes]:
+        """Read, address, seal and send every chunk of ``path``; return the addresses in order."""
+        count = chunk_count(size)
+        addresses: list[bytes | None] = [None] * count
+        budget = trio.Semaphore(IN_FLIGHT_CHUNKS)
+        failures: list[str] = []
+
+        async def send_one(no: int, plaintext: bytes) -> None:
+            try:
+                address = addresses[no]
+                assert address is not None
+                holders = {
+                    h
+                    for h in await self._db(self.catalog.holders, address)
+                    if not self.node.membership.is_gone(h)
+                }
+                if len(holders) >= degree:
+                    report.chunks_skipped += 1
+                    return
+                envelope = await trio.to_thread.run_sync(
+                    seal_chunk, self.keys, address, plaintext, limiter=self.node.cpu_limiter
+                )
+                before = set(holders)
+                await self.node.replicate(self.owner_id, address, degree, envelope, holders)
+                new = holders - before
+                report.bytes_sent += len(envelope) * len(new)
+                if new:
+                    await self._db(self.catalog.add_holders, [(address, h) for h in new])
+                if len(holders) < degree:
+                    failures.append(
+                        f"chunk {no} has {len(holders)} of {degree} copies"
+                        f" ({len(self.node.membership.up_ids())} peers up)"
+                    )
+            finally:
+                budget.release()
+
+        async with trio.open_nursery() as nursery:
+            for first in range(0, count, READ_BATCH):
+                n = min(READ_BATCH, count - first)
+                for _ in range(n):
+                    await budget.acquire()
+                plaintexts = await trio.to_thread.run_sync(
+                    _read_batch, path, first, n, limiter=self.node.disk_limiter
+                )
+                batch_addresses = await trio.to_thread.run_sync(
+                    _addresses, self.keys, plaintexts, limiter=self.node.cpu_limiter
+                )
+                for offset, (plain, address) in enumerate(
+                    zip(plaintexts, batch_addresses, strict=True)
+                ):
+                    addresses[first + offset] = address
+                    report.bytes_done += len(plain)
+                    nursery.start_soon(send_one, first + offset, plain)
+                if progress:
+                    progress(report)
+        if failures:
+            raise BackupError(f"{path}: {failures[0]}")
+        return [a for a in addresses if a is not None]
+
+    async def _ensure_version(
+        self, version: FileVersion, report: Progress, progress: ProgressFn | None
+    ) -> None:
+        """An already recorded version: make sure each chunk still has its known holders."""
+        missing = []
+        for address in set(version.chunks):
+            holders = {
+                h
+                for h in await self._db(self.catalog.holders, address)
+                if not self.node.membership.is_gone(h)
+            }
+            if len(holders) < version.degree:
+                missing.append(address)
+        if missing:
+            # The data is read again from the file only if it still matches the version.
+            await self._store_content(version.path, version.size, version.degree, report, progress)
+        await self._db(self.catalog.set_complete, version.file_id)
+
+    async def _resume_loop(self) -> None:
+        while True:
+            await trio.sleep(10)
+            pending = await self._db(self.catalog.incomplete_versions)
+            for version in pending:
+                try:
+                    await self._ensure_version(version, Progress(), None)
+                except (BackupError, OSError) as exc:
+                    log.info("pending backup of %s still waits: %s", version.path, exc)
+
+    # -- restore -------------------------------------------------------------------------
+
+    async def fetch_chunk(self, address: bytes, preferred: set[int] | None = None) -> bytes:
+        """Get and verify one chunk's plaintext, failing over between holders."""
+        tried: set[int] = set()
+        if preferred is None:
+            preferred = await self._db(self.catalog.holders, address)
+        rounds = [sorted(preferred, key=lambda h: not self.node.membership.is_up(h)), None]
+        for candidates in rounds:
+            if candidates is None:
+                found = await self.node.query_holders(self.owner_id, [address])
+                candidates = sorted(found[address] - tried)
+                if candidates:
+                    await self._db(self.catalog.add_holders, [(address, h) for h in candidates])
+            for holder in candidates:
+                if holder in tried:
+                    continue
+                tried.add(holder)
+                try:
+                    answer = await self.node.pool.request(
+                        holder,
+                        lambda r: GetChunk(r, self.owner_id, address),
+                        self.node.config.request_timeout,
+                    )
+                    if not isinstance(answer, Chunk):
+                        continue
+                    return await trio.to_thread.run_sync(
+                        open_chunk,
+                        self.keys,
+                        address,
+                        answer.envelope,
+                        limiter=self.node.cpu_limiter,
+                    )
+                except (PeerUnavailable, RemoteError, EnvelopeError) as exc:
+                    log.info("chunk %s… from node %d: %s", address.hex()[:12], holder, exc)
+        raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
+
+    async def restore_version(
+        self, version: FileVersion, dest: Path, report: Progress | None = None
+    ) -> None:
+        """Write ``version`` to ``dest`` atomically (temp file, fsync, rename) with mode and times."""
+        report = report or Progress()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.lanvault-restore")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            limit = trio.Semaphore(16)
+
+            async def one(no: int, address: bytes) -> None:
+                async with limit:
+                    plain = await self.fetch_chunk(address)
+                    expected = min(CHUNK_SIZE, version.size - no * CHUNK_SIZE)
+                    if len(plain) != expected:
+                        raise RestoreError(f"chunk {no} of {version.path} has the wrong length")
+                    await trio.to_thread.run_sync(os.pwrite, fd, plain, no * CHUNK_SIZE)
+                    report.bytes_done += len(plain)
+
+            async with trio.open_nursery() as nursery:
+                for no, address in enumerate(version.chunks):
+                    nursery.start_soon(one, no, address)
+            os.ftruncate(fd, version.size)
+            os.fchmod(fd, stat.S_IMODE(version.mode))
+            await trio.to_thread.run_sync(os.fsync, fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.utime(tmp, ns=(version.mtime_ns, version.mtime_ns))
+        os.replace(tmp, dest)
+        dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def restore_path(
+        self, path: Path, dest: Path | None, progress: ProgressFn | None = None
+    ) -> Progress:
+        """Restore the newest version of a file, or of every file under a folder."""
+        key = str(path)
+        versions = [v for v, _ in await self._db(self.catalog.latest_versions, key)]
+        if not versions:
+            raise RestoreError(f"{path}: nothing backed up under this path")
+        report = Progress(files_total=len(versions), bytes_total=sum(v.size for v in versions))
+        single = len(versions) == 1 and versions[0].path == key
+        dest_is_dir = dest is not None and await trio.to_thread.run_sync(dest.is_dir)
+        for version in versions:
+            if dest is None:
+                target = Path(version.path)
+            elif single:
+                target = dest / Path(key).name if dest_is_dir else dest
+            else:
+                target = dest / version.path[len(key) :].lstrip("/")
+            await self.restore_version(version, target, report)
+            report.files_done += 1
+            if progress:
+                progress(report)
+        return report
+
+    # -- delete --------------------------------------------------------------------------
+
+    async def delete_path(self, path: Path) -> dict[str, int]:
+        """Forget every version under ``path`` and remove their chunks from every holder.
+
+        Holders that are offline get the delete when they are back (tombstones).
+        """
+        key = str(path)
+        paths = sorted({v.path for v, _ in await self._db(self.catalog.latest_versions, key)})
+        if not paths:
+            raise BackupError(f"{path}: nothing backed up under this path")
+        orphaned = await self._db(self.catalog.remove_paths, paths)
+        nodes = {p.node_id for p in self.node.membership.peers()}
+        for address in orphaned:
+            nodes |= await self._db(self.catalog.holders, address)
+        nodes.discard(self.owner_id)
+        await self._db(self.catalog.add_tombstones, [(n, a) for n in nodes for a in orphaned])
+        await self._db(self.catalog.forget_holders, orphaned)
+        pending = await self.flush_tombstones()
+        return {"files": len(paths), "chunks": len(orphaned), "pending_holders": pending}
+
+    async def flush_tombstones(self) -> int:
+        """Send owed deletes; returns how many holders still owe an acknowledgement."""
+        owed = await self._db(self.catalog.tombstones)
+        waiting = 0
+        for node_id, addresses in owed.items():
+            if not self.node.membership.is_up(node_id):
+                waiting += 1
+                continue
+            done = True
+            for i in range(0, len(addresses), 4096):
+                batch = tuple(addresses[i : i + 4096])
+                try:
+                    answer = await self.node.pool.request(
+                        node_id, functools.partial(Delete, owner=self.owner_id, addresses=batch), 30
+                    )
+                except (PeerUnavailable, RemoteError) as exc:
+                    log.info("delete on node %d deferred: %s", node_id, exc)
+                    done = False
+                    break
+                if isinstance(answer, Deleted):
+                    await self._db(self.catalog.clear_tombstones, node_id, batch)
+            if not done:
+                waiting += 1
+        return waiting
+
+    async def _tombstone_loop(self) -> None:
+        while True:
+            with trio.move_on_after(5):
+                await self._tombstones_wanted.wait()
+            self._tombstones_wanted = trio.Event()
+            try:
+                await self.flush_tombstones()
+            except Exception:
+                log.exception("sending owed deletes failed")
+
+    # -- state ---------------------------------------------------------------------------
+
+    async def chunk_degrees(self, addresses: list[bytes]) -> dict[bytes, int]:
+        found = await self.node.query_holders(self.owner_id, addresses)
+        return {a: len(h) for a, h in found.items()}
+
+    async def state(self) -> dict[str, object]:
+        """The original service's STATE report (see the spec's JSON shape)."""
+        files = await self._db(self.catalog.latest_versions, "")
+        wanted = sorted({a for v, _ in files for a in v.chunks})
+        degrees = await self.chunk_degrees(wanted) if wanted else {}
+        stored = await trio.to_thread.run_sync(self.node.store.chunks)
+        stored_degrees: dict[tuple[int, bytes], int] = {}
+        by_owner: dict[int, list[bytes]] = {}
+        for chunk in stored:
+            by_owner.setdefault(chunk.owner, []).append(chunk.address)
+        for owner, addresses in by_owner.items():
+            found = await self.node.query_holders(owner, addresses)
+            for address, holders in found.items():
+                stored_degrees[(owner, address)] = len(holders | {self.node.node_id})
+        return {
+            "node_id": self.node.node_id,
+            "capacity_bytes": self.node.store.capacity,
+            "used_bytes": self.node.store.used_bytes,
+            "files": [
+                {
+                    "path": v.path,
+                    "file_id": v.file_id.hex(),
+                    "desired_degree": v.degree,
+                    "size": v.size,
+                    "complete": complete,
+                    "chunks": [
+                        {
+                            "no": no,
+                            "size": min(CHUNK_SIZE, v.size - no * CHUNK_SIZE),
+                            "degree": degrees.get(a, 0),
+                        }
+                        for no, a in enumerate(v.chunks)
+                    ],
+                }
+                for v, complete in files
+            ],
+            "stored": [
+                {
+                    "owner": c.owner,
+                    "chunk": c.address.hex(),
+                    "size": c.length,
+                    "degree": stored_degrees.get((c.owner, c.address), 1),
+                    "desired_degree": c.degree,
+                }
+                for c in stored
+            ],
+        }

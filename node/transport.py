@@ -1,0 +1,309 @@
+"""The trio side of the protocol: authenticated streams, a pump around ``protocol.Connection``,
+and request/answer multiplexing over one connection.
+
+``Network`` is what a node dials and listens with. ``TLSNetwork`` is the real one (TCP + TLS 1.3,
+mutual certificates); the tests also use an in-memory network with the same interface.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from .identity import IdentityError, certificate_fingerprint, node_id_from_certificate
+from .protocol import (
+    ANSWER_TYPES,
+    NEED_DATA,
+    Connection,
+    Error,
+    ErrorCode,
+    Hello,
+    Message,
+    ProtocolError,
+    Request,
+)
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = 10.0
+READ_SIZE = 256 * 1024
+
+
+class PeerUnavailable(Exception):
+    """A peer could not be reached or answered nothing in time."""
+
+
+class RemoteError(Exception):
+    """The peer answered a request with ERROR."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(f"{error.code_name}: {error.message}")
+        self.code = error.code
+        self.error = error
+
+
+@dataclass(slots=True)
+class Authenticated:
+    """A stream whose far end proved to be node ``peer_id``."""
+
+    stream: trio.abc.Stream
+    peer_id: int
+
+
+Handler = Callable[[Authenticated], Awaitable[None]]
+
+
+class Network(Protocol):
+    async def connect(self, address: str) -> Authenticated: ...
+
+    async def serve(
+        self, listen: str, handler: Handler, *, task_status: trio.TaskStatus[str] = ...
+    ) -> None: ...
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid address {address!r}: expected HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class PinStore:
+    """Trust on first use of a node id: the first certificate fingerprint seen for it sticks."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._pins: dict[str, str] = {}
+        if path is not None and path.exists():
+            self._pins = json.loads(path.read_text())
+
+    def check(self, node_id: int, fingerprint: str) -> None:
+        known = self._pins.get(str(node_id))
+        if known is None:
+            self._pins[str(node_id)] = fingerprint
+            self._save()
+        elif known != fingerprint:
+            raise IdentityError(
+                f"node {node_id} presented a different certificate than before; refusing it"
+            )
+
+    def _save(self) -> None:
+        if self._path is None:
+            return
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._pins, indent=1))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        tmp.replace(self._path)
+
+
+class TLSNetwork:
+    """TCP with TLS 1.3 and mutual certificate authentication."""
+
+    def __init__(
+        self,
+        server_ctx: ssl.SSLContext,
+        client_ctx: ssl.SSLContext,
+        pins: PinStore,
+        own_id: int,
+    ) -> None:
+        self._server_ctx = server_ctx
+        self._client_ctx = client_ctx
+        self._pins = pins
+        self._own_id = own_id
+
+    def _authenticate(self, stream: trio.SSLStream[trio.SocketStream]) -> int:
+        der = stream.getpeercert(binary_form=True)
+        peer_id = node_id_from_certificate(der)
+        assert der is not None
+        self._pins.check(peer_id, certificate_fingerprint(der))
+        return peer_id
+
+    async def connect(self, address: str) -> Authenticated:
+        host, port = split_address(address)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                tcp = await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            raise PeerUnavailable(f"cannot connect to {address}: {exc or 'timeout'}") from None
+        stream = trio.SSLStream(tcp, self._client_ctx, server_hostname="lanvault-peer")
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await stream.do_handshake()
+            peer_id = self._authenticate(stream)
+        except (trio.BrokenResourceError, trio.TooSlowError, IdentityError, ssl.SSLError) as exc:
+            await trio.aclose_forcefully(stream)
+            raise PeerUnavailable(f"TLS with {address} failed: {exc}") from None
+        return Authenticated(stream, peer_id)
+
+    async def serve(
+        self,
+        listen: str,
+        handler: Handler,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        host, port = split_address(listen)
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()
+        actual = f"{host}:{bound[1]}"
+
+        async def on_connection(tcp: trio.SocketStream) -> None:
+            stream = trio.SSLStream(tcp, self._server_ctx, server_side=True)
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    await stream.do_handshake()
+                peer_id = self._authenticate(stream)
+            except (
+                trio.BrokenResourceError,
+                trio.TooSlowError,
+                IdentityError,
+                ssl.SSLError,
+            ) as exc:
+                log.info("refused a connection: %s", exc)
+                await trio.aclose_forcefully(stream)
+                return
+            try:
+                await handler(Authenticated(stream, peer_id))
+            finally:
+                await trio.aclose_forcefully(stream)
+
+        async with trio.open_nursery() as nursery:
+            task_status.started(actual)
+            await trio.serve_listeners(on_connection, listeners, handler_nursery=nursery)
+
+
+class Channel:
+    """The protocol pump on one authenticated stream: HELLO, then messages in and out."""
+
+    def __init__(self, auth: Authenticated, hello: Hello) -> None:
+        self.auth = auth
+        self.peer_id = auth.peer_id
+        self._conn = Connection(hello)
+        self._send_lock = trio.Lock()
+        self.peer_hello: Hello | None = None
+
+    async def handshake(self, timeout: float = HANDSHAKE_TIMEOUT) -> Hello:
+        with trio.fail_after(timeout):
+            await self._write(self._conn.initiate())
+            message = await self.receive()
+        if not isinstance(message, Hello):  # Connection enforces this; keeps mypy informed
+            raise ProtocolError("expected HELLO")
+        if message.node_id != self.peer_id:
+            await self.send_error(
+                0, ErrorCode.FORBIDDEN, "HELLO names another node than the certificate"
+            )
+            raise ProtocolError(
+                f"peer authenticated as node {self.peer_id} but says it is node {message.node_id}"
+            )
+        self.peer_hello = message
+        return message
+
+    async def _write(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.auth.stream.send_all(data)
+
+    async def send(self, message: Message) -> None:
+        await self._write(self._conn.send(message))
+
+    async def send_error(self, req: int, code: int, text: str) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
+            await self.send(Error(req, code, text[:400]))
+
+    async def receive(self) -> Message:
+        """The next message; raises ``trio.EndOfChannel`` when the peer closed cleanly."""
+        while True:
+            event = self._conn.next_event()
+            if event is not NEED_DATA:
+                assert isinstance(event, Message)
+                return event
+            if self._conn.closed:
+                raise trio.EndOfChannel
+            data = await self.auth.stream.receive_some(READ_SIZE)
+            self._conn.receive_data(data)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.auth.stream)
+
+
+class Link:
+    """Our outgoing connection to one peer: many concurrent requests, answers matched by id."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.peer_id = channel.peer_id
+        self._next_req = 1
+        self._waiting: dict[int, trio.MemorySendChannel[Message]] = {}
+        self.closed = trio.Event()
+        self.on_message: Callable[[Message], None] | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read answers until the connection ends; then fail every waiting request."""
+        task_status.started()
+        try:
+            while True:
+                message = await self.channel.receive()
+                if self.on_message is not None:
+                    self.on_message(message)
+                if isinstance(message, ANSWER_TYPES):
+                    waiter = self._waiting.pop(message.req, None)
+                    if waiter is not None:
+                        waiter.send_nowait(message)
+                    elif isinstance(message, Error) and message.req == 0:
+                        log.info("node %d closed our link: %s", self.peer_id, message.message)
+                        return
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except ProtocolError as exc:
+            log.warning("node %d broke the protocol: %s", self.peer_id, exc)
+            await self.channel.send_error(0, exc.code, str(exc))
+        finally:
+            self.closed.set()
+            for waiter in self._waiting.values():
+                waiter.close()
+            self._waiting.clear()
+            await self.channel.aclose()
+
+    async def request(self, make: Callable[[int], Request], timeout: float) -> Message:
+        """Send ``make(req)`` and wait for its answer. Raises ``PeerUnavailable`` or ``RemoteError``."""
+        if self.closed.is_set():
+            raise PeerUnavailable(f"link to node {self.peer_id} is closed")
+        req = self._next_req
+        self._next_req = self._next_req % (2**32 - 1) + 1
+        send, receive = trio.open_memory_channel[Message](1)
+        self._waiting[req] = send
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await self.channel.send(make(req))
+                try:
+                    answer = await receive.receive()
+                except trio.EndOfChannel:
+                    raise PeerUnavailable(f"connection to node {self.peer_id} broke") from None
+            if scope.cancelled_caught:
+                raise PeerUnavailable(f"node {self.peer_id} did not answer within {timeout:.0f} s")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise PeerUnavailable(f"connection to node {self.peer_id} broke") from None
+        finally:
+            self._waiting.pop(req, None)
+        if isinstance(answer, Error):
+            raise RemoteError(answer)
+        return answer
+
+    async def notify(self, message: Message) -> None:
+        """Send a one-way message (HEARTBEAT, ONLINE)."""
+        try:
+            await self.channel.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise PeerUnavailable(f"connection to node {self.peer_id} broke") from exc
+
+    async def aclose(self) -> None:
+        await self.channel.aclose()
