@@ -157,19 +157,20 @@ class Node:
         self.membership.learn(peer, hello.listen, hello.host_id)
         self.membership.seen(peer)
         slots = trio.Semaphore(self.config.max_requests_per_connection)
-        try:
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
+            try:
                 while True:
                     message = await channel.receive()
                     self._note(peer, message)
                     if isinstance(message, Request):
                         await slots.acquire()
                         nursery.start_soon(self._answer, channel, message, peer, slots)
-        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        except ProtocolError as exc:
-            log.warning("node %d broke the protocol: %s", peer, exc)
-            await channel.send_error(0, exc.code, str(exc))
+            except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except ProtocolError as exc:
+                log.warning("node %d broke the protocol: %s", peer, exc)
+                await channel.send_error(0, exc.code, str(exc))
+            nursery.cancel_scope.cancel()  # the peer is gone: answers cannot be delivered
 
     async def _answer(
         self, channel: Channel, message: Request, peer: int, slots: trio.Semaphore
@@ -203,13 +204,16 @@ class Node:
         result: dict[bytes, set[int]] = {a: set() for a in addresses}
 
         async def ask(peer: int, batch: list[bytes]) -> None:
-            answer = await self.pool.request_quietly(
-                peer, lambda r: Query(r, owner, tuple(batch)), self.config.request_timeout
-            )
-            if isinstance(answer, Holding):
-                for address in answer.addresses:
-                    if address in result:
-                        result[address].add(peer)
+            for attempt in range(3):  # queries are idempotent: retry lost ones
+                answer = await self.pool.request_quietly(
+                    peer, lambda r: Query(r, owner, tuple(batch)), self.config.request_timeout
+                )
+                if isinstance(answer, Holding):
+                    for address in answer.addresses:
+                        if address in result:
+                            result[address].add(peer)
+                    return
+                await trio.sleep(0.2 * 2**attempt)
 
         async with trio.open_nursery() as nursery:
             for peer in self.membership.up_ids():
@@ -329,29 +333,54 @@ class Node:
         return await self.replicate(chunk.owner, chunk.address, chunk.degree, envelope, holders)
 
     async def replicate(
-        self, owner: int, address: bytes, degree: int, envelope: bytes, holders: set[int]
+        self,
+        owner: int,
+        address: bytes,
+        degree: int,
+        envelope: bytes,
+        holders: set[int],
+        rounds: int = 6,
     ) -> int:
-        """Make copies until ``holders`` reaches ``degree``; returns how many were made."""
+        """Make copies until ``holders`` reaches ``degree``; returns how many were made.
+
+        Each round tries the best placement targets not yet holding the chunk; a target that
+        fails is skipped for the rest of the round and the next in placement order is used.
+        Between rounds the sender backs off (0.2 s doubling, with jitter) and tries again.
+        """
         made = 0
-        tried: set[int] = set()
         key = owner.to_bytes(4, "big") + address
-        while len(holders) < degree:
-            targets = choose_targets(
-                key,
-                self.membership.candidates(),
-                owner,
-                degree - len(holders),
-                exclude=holders | tried | {self.node_id},
-                avoid_hosts={self.membership.host_of(h) for h in holders}
-                | {self.config.host_id if self.node_id in holders else ""},
-            )
-            if not targets:
+        delay = 0.2
+        for round_no in range(rounds):
+            tried: set[int] = set()
+            while len(holders) < degree:
+                targets = choose_targets(
+                    key,
+                    self.membership.candidates(),
+                    owner,
+                    degree - len(holders),
+                    exclude=holders | tried | {self.node_id},
+                    avoid_hosts={self.membership.host_of(h) for h in holders}
+                    | ({self.config.host_id} if self.node_id in holders else set()),
+                )
+                if not targets:
+                    break
+                results: dict[int, bool] = {}
+
+                async def one(target: int, out: dict[int, bool]) -> None:
+                    out[target] = await self.put_copy(target, owner, address, degree, envelope)
+
+                async with trio.open_nursery() as nursery:
+                    for target in targets:
+                        tried.add(target.node_id)
+                        nursery.start_soon(one, target.node_id, results)
+                for target_id, ok in results.items():
+                    if ok:
+                        holders.add(target_id)
+                        made += 1
+            if len(holders) >= degree or round_no == rounds - 1:
                 break
-            for target in targets:
-                tried.add(target.node_id)
-                if await self.put_copy(target.node_id, owner, address, degree, envelope):
-                    holders.add(target.node_id)
-                    made += 1
+            await trio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 5.0)
         self._holder_cache[(owner, address)] = set(holders)
         return made
 

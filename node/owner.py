@@ -326,19 +326,31 @@ class Owner:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             limit = trio.Semaphore(16)
+            errors: list[RestoreError] = []
 
             async def one(no: int, address: bytes) -> None:
                 async with limit:
-                    plain = await self.fetch_chunk(address)
+                    if errors:
+                        return
+                    try:
+                        plain = await self.fetch_chunk(address)
+                    except RestoreError as exc:
+                        errors.append(exc)
+                        return
                     expected = min(CHUNK_SIZE, version.size - no * CHUNK_SIZE)
                     if len(plain) != expected:
-                        raise RestoreError(f"chunk {no} of {version.path} has the wrong length")
+                        errors.append(
+                            RestoreError(f"chunk {no} of {version.path} has the wrong length")
+                        )
+                        return
                     await trio.to_thread.run_sync(os.pwrite, fd, plain, no * CHUNK_SIZE)
                     report.bytes_done += len(plain)
 
             async with trio.open_nursery() as nursery:
                 for no, address in enumerate(version.chunks):
                     nursery.start_soon(one, no, address)
+            if errors:
+                raise errors[0]
             os.ftruncate(fd, version.size)
             os.fchmod(fd, stat.S_IMODE(version.mode))
             await trio.to_thread.run_sync(os.fsync, fd)

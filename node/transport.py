@@ -213,6 +213,8 @@ class Channel:
             await self.auth.stream.send_all(data)
 
     async def send(self, message: Message) -> None:
+        if self._conn.closed:
+            raise trio.ClosedResourceError("the peer closed the connection")
         await self._write(self._conn.send(message))
 
     async def send_error(self, req: int, code: int, text: str) -> None:

@@ -14,3 +14,15 @@ from chunkstore.keys import KeyRing, new_master_key
 @pytest.fixture
 def keys() -> KeyRing:
     return KeyRing.from_master(new_master_key())
+
+
+@pytest.fixture
+def slow_autojump_clock() -> object:
+    """A MockClock that jumps only after 50 ms of real idleness.
+
+    The nodes do disk I/O on worker threads; an autojump threshold of 0 would jump the clock
+    while a thread works and fire timeouts that real time would never fire.
+    """
+    import trio.testing
+
+    return trio.testing.MockClock(autojump_threshold=0.05)

@@ -1,0 +1,99 @@
+"""An in-process cluster of real nodes (real chunk stores on disk) over a ``MemoryHub``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from chunkstore.catalogdb import CatalogDB
+from chunkstore.keys import KeyRing
+from chunkstore.store import ChunkStore
+from node.node import Node, NodeConfig
+from node.owner import Owner
+
+from .memnet import FaultPlan, MemoryHub
+
+
+@dataclass
+class Member:
+    node: Node
+    owner: Owner
+    store: ChunkStore
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+@dataclass
+class Cluster:
+    hub: MemoryHub
+    members: dict[int, Member]
+    root: Path
+    nursery: trio.Nursery
+    capacity: int
+
+    def address(self, node_id: int) -> str:
+        return f"mem:{node_id}"
+
+    async def start(self, node_id: int, host: str | None = None, **overrides: object) -> Member:
+        store = ChunkStore.open(self.root / f"n{node_id}" / "store", capacity=self.capacity)
+        config = NodeConfig(
+            node_id=node_id,
+            host_id=host or f"host-{node_id}",
+            listen=self.address(node_id),
+            seeds=[self.address(n) for n in sorted(self.members) if n != node_id][:2]
+            or [self.address(1)],
+            heartbeat_interval=1.0,
+            down_after=4.0,
+            gone_after=20.0,
+            request_timeout=5.0,
+            repair_interval=3.0,
+            scrub_interval=math.inf,
+        )
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        node = Node(config, store, self.hub.network_for(node_id))
+        catalog = CatalogDB(self.root / f"n{node_id}" / "catalog.sqlite3")
+        owner = Owner(node, KeyRing.from_master(node_id.to_bytes(32, "big")), catalog)
+        member = Member(node, owner, store)
+        self.members[node_id] = member
+
+        async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with member.scope:
+                async with trio.open_nursery() as inner:
+                    await inner.start(node.run)
+                    await inner.start(owner.run)
+                    task_status.started()
+            store.close()
+            catalog.close()
+
+        await self.nursery.start(run)
+        return member
+
+    def kill(self, node_id: int) -> None:
+        self.members[node_id].scope.cancel()
+
+    async def wait_connected(self, timeout: float = 60) -> None:
+        with trio.fail_after(timeout):
+            while True:
+                live = [m for m in self.members.values() if not m.scope.cancel_called]
+                if all(len(m.node.membership.up_ids()) >= len(live) - 1 for m in live):
+                    return
+                await trio.sleep(0.5)
+
+
+@asynccontextmanager
+async def open_cluster(
+    root: Path, count: int, faults: FaultPlan | None = None, capacity: int = 10**9
+) -> AsyncIterator[Cluster]:
+    async with trio.open_nursery() as nursery:
+        hub = MemoryHub(nursery, faults)
+        cluster = Cluster(hub, {}, root, nursery, capacity)
+        for node_id in range(1, count + 1):
+            await cluster.start(node_id)
+        await cluster.wait_connected()
+        yield cluster
+        nursery.cancel_scope.cancel()
