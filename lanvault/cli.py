@@ -1,11 +1,409 @@
-"""Command line entry point (filled in as capabilities land)."""
+"""The ``lanvault`` command line. Exit status: 0 success, 1 a failure the message explains,
+2 wrong usage."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import os
 import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from chunkstore.errors import ChunkstoreError
+from chunkstore.sizes import parse_size
+from node.identity import IdentityError
+
+from .control import DaemonUnavailable, call
+from .state import (
+    CommandError,
+    StateDir,
+    UsageError,
+    default_state_dir,
+    initialize,
+    read_passphrase,
+)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"lanvault: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 30s, 10m, 2h)") from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ChunkstoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _degree(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 9:
+        raise argparse.ArgumentTypeError("the degree must be 1..9")
+    return int(text)
+
+
+def build_parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--dir",
+        type=Path,
+        help="state directory (default: $LANVAULT_DIR or ~/.local/share/lanvault)",
+    )
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument("-v", "--verbose", action="store_true", help="more log output")
+
+    parser = Parser(prog="lanvault", description="A backup filesystem for a local network.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    p = sub.add_parser("init", parents=[common], help="create a node's state, keys and config")
+    p.add_argument("--id", type=int, required=True, help="this node's id, unique in the network")
+    p.add_argument("--join", metavar="CODE", help="join an existing network with its join code")
+    p.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to serve peers on (default 127.0.0.1:7420)"
+    )
+    p.add_argument(
+        "--peer", action="append", default=[], metavar="HOST:PORT", help="a peer to contact"
+    )
+    p.add_argument(
+        "--host-id", help="name of this computer (nodes sharing it count as one computer)"
+    )
+    p.add_argument("--passphrase-file", help="read the passphrase from FILE")
+
+    p = sub.add_parser("node", parents=[common], help="run the node daemon (foreground)")
+    p.add_argument("--listen", metavar="HOST:PORT")
+    p.add_argument(
+        "--advertise", metavar="HOST:PORT", help="address peers should dial, if not --listen"
+    )
+    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT")
+    p.add_argument("--quota", type=_size, help="space lent to others (e.g. 500MB, 10GiB)")
+    p.add_argument(
+        "--gone-after", type=_duration, help="silence after which a peer is gone (default 10m)"
+    )
+    p.add_argument("--heartbeat", type=_duration, help=argparse.SUPPRESS)
+    p.add_argument("--repair-interval", type=_duration, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("backup", parents=[common], help="back up a file or folder")
+    p.add_argument("path", type=Path)
+    p.add_argument("--degree", type=_degree, help="copies on other computers (1..9, default 2)")
+
+    p = sub.add_parser("restore", parents=[common], help="restore a file or folder")
+    p.add_argument("path", type=Path)
+    p.add_argument(
+        "--to", type=Path, metavar="DEST", help="where to write (default: the original place)"
+    )
+
+    p = sub.add_parser(
+        "delete", parents=[common], help="delete a file's or folder's backups everywhere"
+    )
+    p.add_argument("path", type=Path)
+
+    p = sub.add_parser("reclaim", parents=[common], help="lower the space this node lends")
+    p.add_argument("size", type=_size, help="new space lent, e.g. 0, 500MB, 10GiB")
+
+    sub.add_parser("state", parents=[common], help="files backed up, chunks stored, capacity")
+    sub.add_parser("status", parents=[common], help="the network's health")
+
+    p = sub.add_parser("check", parents=[common], help="verify chunk integrity and degrees")
+    p.add_argument("--repair", action="store_true", help="repair what can be repaired")
+    return parser
+
+
+# -- output helpers ------------------------------------------------------------------------
+
+
+def kb(count: int) -> str:
+    return f"{count / 1000:,.1f} KB"
+
+
+class ProgressLine:
+    """A bar with rate and ETA on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, event: dict[str, Any]) -> None:
+        done, total = int(event.get("bytes_done", 0)), int(event.get("bytes_total", 0))
+        elapsed = max(float(event.get("elapsed", 0)), 1e-6)
+        rate = done / elapsed
+        eta = (total - done) / rate if rate > 0 and total > done else 0
+        files = f"{event.get('files_done', 0)}/{event.get('files_total', 0)} files"
+        share = done / total if total else 1.0
+        if self.tty:
+            bar = "#" * int(share * 30)
+            sys.stderr.write(
+                f"\r{self.verb} [{bar:<30}] {share:4.0%} {rate / 1e6:7.1f} MB/s ETA {eta:5.0f}s {files}"
+            )
+            sys.stderr.flush()
+        elif time.monotonic() - self.last >= 5:
+            self.last = time.monotonic()
+            print(
+                f"{self.verb}: {share:.0%} ({done / 1e6:.1f} of {total / 1e6:.1f} MB), {rate / 1e6:.1f} MB/s, ETA {eta:.0f}s, {files}",
+                file=sys.stderr,
+            )
+
+    def finish(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def request(state: StateDir, op: dict[str, Any], verb: str | None = None) -> Any:
+    state.require()
+    bar = ProgressLine(verb) if verb else None
+    try:
+        for event in call(state.socket_path, op):
+            if event.get("event") == "progress" and bar:
+                bar.update(event)
+            elif event.get("event") == "result":
+                if bar and bar.last:
+                    bar.finish()
+                if not event.get("ok"):
+                    raise CommandError(str(event.get("error")))
+                return event.get("data")
+    except DaemonUnavailable as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"cannot talk to the node: {exc}") from None
+    raise CommandError("the node gave no answer")
+
+
+def print_state(data: dict[str, Any]) -> None:
+    print(
+        f"Node {data['node_id']}: capacity {kb(data['capacity_bytes'])}, used {kb(data['used_bytes'])}"
+    )
+    print(f"Files backed up by this node ({len(data['files'])}):")
+    for f in data["files"]:
+        print(f"  {f['path']}")
+        print(
+            f"    fileId {f['file_id']}  desired degree {f['desired_degree']}  size {kb(f['size'])}"
+        )
+        for c in f["chunks"]:
+            print(f"      chunk {c['no']:>5}  {kb(c['size']):>10}  degree {c['degree']}")
+    print(f"Chunks stored for others ({len(data['stored'])}):")
+    for c in data["stored"]:
+        print(f"  owner {c['owner']:>4}  {c['chunk']}  {kb(c['size']):>10}  degree {c['degree']}")
+
+
+def print_status(data: dict[str, Any]) -> None:
+    print(f"{'id':>5}  {'address':<22} {'computer':<24} {'state':<6} {'lent':>12} {'used':>12}")
+    for n in data["nodes"]:
+        state = "up" if n["up"] else ("gone" if n.get("gone") else "down")
+        mark = "*" if n.get("self") else " "
+        print(
+            f"{n['id']:>4}{mark}  {n['address']:<22} {str(n.get('computer', ''))[:24]:<24} {state:<6}"
+            f" {kb(n['capacity_bytes']):>12} {kb(n['used_bytes']):>12}"
+        )
+    print(f"chunks below their degree: {data['under_replicated_chunks']}")
+    print(f"backups waiting to be sent: {data['pending_backlog']}")
+    for owner, when in data.get("last_backup", {}).items():
+        shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "never"
+        print(f"last backup of node {owner}: {shown}")
+    print(f"bad copies found by the last scrub: {data['scrub_bad_copies']}")
+
+
+def emit(args: argparse.Namespace, data: Any, human: str | None = None) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif human is not None:
+        print(human)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, state: StateDir) -> int:
+    passphrase = read_passphrase(args.passphrase_file, confirm=True)
+    config, code = initialize(
+        state.root, args.id, passphrase, args.join, args.listen, args.peer, args.host_id
+    )
+    if args.json:
+        print(json.dumps({"node_id": config.node_id, "join_code": code}))
+    else:
+        print(f"Created node {config.node_id} in {state.root} (network {config.network_id}).")
+        if not args.join:
+            print("Join code for the other computers (keep it secret: it lets them in):")
+            print(code)
+        print(f"Start it with: lanvault node --dir {state.root}")
+    return 0
+
+
+def cmd_node(args: argparse.Namespace, state: StateDir) -> int:
+    import trio
+
+    from .daemon import run_daemon
+
+    config = state.load_config()
+    if args.listen:
+        config.listen = args.listen
+    if args.advertise:
+        config.advertise = args.advertise
+    if args.peer:
+        config.peers = list(dict.fromkeys(config.peers + args.peer))
+    if args.gone_after is not None:
+        config.gone_after = args.gone_after
+    if args.heartbeat is not None:
+        config.heartbeat_interval = args.heartbeat
+        config.down_after = max(3 * args.heartbeat, 1.0)
+    if args.repair_interval is not None:
+        config.repair_interval = args.repair_interval
+    if args.quota is not None:
+        config.quota = args.quota
+    state.save_config(config)
+    if args.quota is not None:
+        from chunkstore.store import ChunkStore
+
+        with ChunkStore.open(state.store_path) as store:
+            store.set_capacity(args.quota)
+    trio.run(run_daemon, state, config)
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
+    path = args.path.absolute()
+    if not path.exists():
+        raise CommandError(f"{args.path}: no such file or folder")
+    data = request(state, {"op": "backup", "path": str(path), "degree": args.degree}, "backup")
+    emit(
+        args,
+        data,
+        f"backed up {data['files']} files ({data['bytes'] / 1e6:.1f} MB, {data['bytes_sent'] / 1e6:.1f} MB sent)"
+        f" at degree {data['degree']} in {data['seconds']:.1f} s",
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
+    op = {"op": "restore", "path": str(args.path.absolute())}
+    if args.to:
+        op["to"] = str(args.to.absolute())
+    data = request(state, op, "restore")
+    emit(
+        args,
+        data,
+        f"restored {data['files']} files ({data['bytes'] / 1e6:.1f} MB) in {data['seconds']:.1f} s",
+    )
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, state: StateDir) -> int:
+    data = request(state, {"op": "delete", "path": str(args.path.absolute())})
+    pending = data["pending_holders"]
+    extra = f"; {pending} offline holders will delete when they are back" if pending else ""
+    emit(
+        args,
+        data,
+        f"deleted {data['files']} files ({data['chunks']} chunks) from every holder{extra}",
+    )
+    return 0
+
+
+def cmd_reclaim(args: argparse.Namespace, state: StateDir) -> int:
+    data = request(state, {"op": "reclaim", "bytes": args.size})
+    emit(
+        args,
+        data,
+        f"now lending {kb(data['capacity_bytes'])}, using {kb(data['used_bytes'])};"
+        f" dropped {data['dropped']} chunks after making {data['copied']} copies elsewhere",
+    )
+    return 0
+
+
+def cmd_state(args: argparse.Namespace, state: StateDir) -> int:
+    data = request(state, {"op": "state"})
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_state(data)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
+    data = request(state, {"op": "status"})
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_status(data)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
+    data = request(state, {"op": "check", "repair": args.repair})
+    emit(
+        args,
+        data,
+        f"{data['store_chunks_verified']} stored copies verified, {len(data['store_bad_copies'])} bad;"
+        f" {data['own_chunks_checked']} own chunks checked, {data['own_chunks_below_degree']} below degree,"
+        f" {data['own_chunks_lost']} lost; {data['copies_made']} copies made",
+    )
+    bad = data["store_bad_copies"] or data["own_chunks_below_degree"]
+    return 1 if bad and not args.repair else 0
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "node": cmd_node,
+    "backup": cmd_backup,
+    "restore": cmd_restore,
+    "delete": cmd_delete,
+    "reclaim": cmd_reclaim,
+    "state": cmd_state,
+    "status": cmd_status,
+    "check": cmd_check,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    del argv
-    print("lanvault: no commands yet", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose
+        else logging.INFO
+        if args.command == "node"
+        else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    state = StateDir(args.dir or default_state_dir())
+    try:
+        return COMMANDS[args.command](args, state)
+    except UsageError as exc:
+        print(f"lanvault: {exc}", file=sys.stderr)
+        return 2
+    except (CommandError, ChunkstoreError, IdentityError) as exc:
+        print(f"lanvault: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lanvault: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader (e.g. `head`) went away: stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        print(
+            f"lanvault: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

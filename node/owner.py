@@ -447,6 +447,32 @@ class Owner:
             except Exception:
                 log.exception("sending owed deletes failed")
 
+    async def rereplicate(self, address: bytes, degree: int) -> int:
+        """Bring one of our chunks back to ``degree`` from any holder's copy (for ``check --repair``)."""
+        found = await self.node.query_holders(self.owner_id, [address])
+        holders = found[address]
+        for holder in sorted(holders):
+            try:
+                answer = await self.node.pool.request(
+                    holder,
+                    lambda r: GetChunk(r, self.owner_id, address),
+                    self.node.config.request_timeout,
+                )
+            except (PeerUnavailable, RemoteError):
+                continue
+            if not isinstance(answer, Chunk):
+                continue
+            try:
+                await trio.to_thread.run_sync(open_chunk, self.keys, address, answer.envelope)
+            except EnvelopeError:
+                continue
+            made = await self.node.replicate(
+                self.owner_id, address, degree, answer.envelope, set(holders)
+            )
+            await self._db(self.catalog.set_holders, address, holders)
+            return made
+        return 0
+
     # -- state ---------------------------------------------------------------------------
 
     async def chunk_degrees(self, addresses: list[bytes]) -> dict[bytes, int]:

@@ -1,0 +1,122 @@
+"""The control socket between the CLI and the running daemon: newline-delimited JSON.
+
+A request is one line ``{"op": ..., ...}``. The daemon answers with zero or more
+``{"event": "progress", ...}`` lines and one ``{"event": "result", "ok": true, "data": ...}`` or
+``{"event": "result", "ok": false, "error": "one line"}``. The socket lives in the state directory
+and is created owner-only (mode 0600).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+MAX_REQUEST = 1 << 20
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+OpHandler = Callable[[dict[str, Any], Emit], Awaitable[Any]]
+
+
+class OpError(Exception):
+    """A request failed in a way the message explains (sent back as one line)."""
+
+
+async def serve_control(
+    path: Path,
+    handlers: dict[str, OpHandler],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+
+    async def on_client(stream: trio.SocketStream) -> None:
+        buffer = bytearray()
+        try:
+            while b"\n" not in buffer:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                buffer += data
+                if len(buffer) > MAX_REQUEST:
+                    raise OpError("request too large")
+            line = bytes(buffer.split(b"\n", 1)[0])
+
+            async def emit(event: dict[str, Any]) -> None:
+                await stream.send_all(json.dumps(event).encode() + b"\n")
+
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                    raise OpError("malformed request")
+                handler = handlers.get(request["op"])
+                if handler is None:
+                    raise OpError(f"unknown operation {request['op']!r}")
+                data_out = await handler(request, emit)
+                await emit({"event": "result", "ok": True, "data": data_out})
+            except (OpError, ValueError) as exc:
+                await emit({"event": "result", "ok": False, "error": str(exc)})
+            except Exception as exc:
+                log.exception("control operation failed")
+                await emit({"event": "result", "ok": False, "error": f"internal error: {exc}"})
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the CLI went away (Ctrl-C); the operation's own effects stand
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(on_client, [listener], handler_nursery=nursery)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class DaemonUnavailable(Exception):
+    pass
+
+
+def call(
+    path: Path, request: dict[str, Any], timeout: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Send one request; yield every event line (the last is the result)."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(10)
+    try:
+        client.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        client.close()
+        raise DaemonUnavailable(
+            f"no lanvault node is running for {path.parent} (start it with 'lanvault node --dir {path.parent}')"
+        ) from None
+    client.settimeout(timeout)
+    try:
+        client.sendall(json.dumps(request).encode() + b"\n")
+        with client.makefile("rb") as reader:
+            for line in reader:
+                event = json.loads(line)
+                yield event
+                if event.get("event") == "result":
+                    return
+        raise DaemonUnavailable("the node stopped before answering")
+    finally:
+        client.close()

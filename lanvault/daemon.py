@@ -1,0 +1,272 @@
+"""The node daemon: wires the chunk store, the node, the owner role and the control socket."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from chunkstore.catalogdb import CatalogDB
+from chunkstore.keys import KeyRing
+from chunkstore.store import ChunkStore
+from node.identity import tls_contexts
+from node.node import Node, NodeConfig
+from node.owner import BackupError, Owner, Progress, RestoreError
+from node.transport import PinStore, TLSNetwork
+
+from .control import Emit, OpError, serve_control
+from .state import Config, StateDir
+
+log = logging.getLogger("lanvault")
+
+
+def _progress_event(report: Progress, started: float) -> dict[str, Any]:
+    return {
+        "event": "progress",
+        "files_done": report.files_done,
+        "files_total": report.files_total,
+        "bytes_done": report.bytes_done,
+        "bytes_total": report.bytes_total,
+        "elapsed": time.monotonic() - started,
+    }
+
+
+class Daemon:
+    def __init__(self, state: StateDir, config: Config) -> None:
+        self.state = state
+        self.config = config
+        self.store = ChunkStore.open(state.store_path)
+        if self.store.capacity == 0 and config.quota:
+            self.store.set_capacity(config.quota)
+        creds = state.credentials()
+        cert_file, key_file = state.tls_files()
+        server_ctx, client_ctx = tls_contexts(creds, cert_file, key_file)
+        network = TLSNetwork(
+            server_ctx, client_ctx, PinStore(state.root / "tls" / "pins.json"), config.node_id
+        )
+        self.node = Node(
+            NodeConfig(
+                node_id=config.node_id,
+                host_id=config.host_id,
+                listen=config.listen,
+                advertise=config.advertise,
+                seeds=list(config.peers),
+                heartbeat_interval=config.heartbeat_interval,
+                down_after=config.down_after,
+                gone_after=config.gone_after,
+                repair_interval=config.repair_interval,
+                scrub_interval=config.scrub_interval if config.scrub_interval > 0 else math.inf,
+            ),
+            self.store,
+            network,
+        )
+        self.catalog = CatalogDB(state.catalog_path)
+        self.keys = KeyRing.from_master(state.master_key())
+        self.owner = Owner(self.node, self.keys, self.catalog, config.default_degree)
+        self.started = time.time()
+
+    def close(self) -> None:
+        self.catalog.close()
+        self.store.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(self.node.run)
+            await nursery.start(self.owner.run)
+            await nursery.start(serve_control, self.state.socket_path, self.handlers())
+            task_status.started(address)
+
+    # -- control operations --------------------------------------------------------------
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "ping": self.op_ping,
+            "state": self.op_state,
+            "status": self.op_status,
+            "backup": self.op_backup,
+            "restore": self.op_restore,
+            "delete": self.op_delete,
+            "reclaim": self.op_reclaim,
+            "check": self.op_check,
+        }
+
+    async def op_ping(self, request: dict[str, Any], emit: Emit) -> Any:
+        return {"node_id": self.node.node_id, "address": self.node.address}
+
+    async def op_state(self, request: dict[str, Any], emit: Emit) -> Any:
+        return await self.owner.state()
+
+    async def op_status(self, request: dict[str, Any], emit: Emit) -> Any:
+        membership = self.node.membership
+        nodes: list[dict[str, Any]] = [
+            {
+                "id": self.node.node_id,
+                "address": self.node.address,
+                "computer": self.config.host_id,
+                "up": True,
+                "self": True,
+                "capacity_bytes": self.store.capacity,
+                "used_bytes": self.store.used_bytes,
+            }
+        ]
+        for peer in membership.peers():
+            nodes.append(
+                {
+                    "id": peer.node_id,
+                    "address": peer.address,
+                    "computer": peer.host_id,
+                    "up": membership.is_up(peer.node_id),
+                    "gone": membership.is_gone(peer.node_id),
+                    "capacity_bytes": peer.capacity,
+                    "used_bytes": peer.used,
+                }
+            )
+        files = await trio.to_thread.run_sync(self.catalog.latest_versions, "")
+        wanted: dict[bytes, int] = {}
+        for version, _ in files:
+            for address in version.chunks:
+                wanted[address] = max(wanted.get(address, 0), version.degree)
+        degrees = await self.owner.chunk_degrees(sorted(wanted)) if wanted else {}
+        own_under = sum(1 for a, d in wanted.items() if degrees.get(a, 0) < d)
+        pending = await trio.to_thread.run_sync(self.catalog.incomplete_versions)
+        repair = self.node.last_repair
+        return {
+            "node_id": self.node.node_id,
+            "nodes": nodes,
+            "under_replicated_chunks": own_under + repair.below_degree - repair.copies_made,
+            "own_chunks_below_degree": own_under,
+            "held_chunks_below_degree": max(0, repair.below_degree - repair.copies_made),
+            "pending_backlog": len(pending),
+            "last_backup": {
+                str(self.node.node_id): (self.owner.last_backup_ns / 1e9)
+                if self.owner.last_backup_ns
+                else None
+            },
+            "scrub_bad_copies": self.node.last_scrub_bad,
+            "bytes_received": self.node.holder.bytes_received,
+            "bytes_sent": self.node.holder.bytes_sent,
+        }
+
+    async def op_backup(self, request: dict[str, Any], emit: Emit) -> Any:
+        path = Path(str(request.get("path", "")))
+        degree = request.get("degree") or self.config.default_degree
+        if not isinstance(degree, int) or not 1 <= degree <= 9:
+            raise OpError("the degree must be 1..9")
+        started = time.monotonic()
+        last = [0.0]
+
+        def progress(report: Progress) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.5:
+                last[0] = now
+                pending_events.append(_progress_event(report, started))
+
+        pending_events: list[dict[str, Any]] = []
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def forward() -> None:
+                while not done.is_set():
+                    while pending_events:
+                        await emit(pending_events.pop(0))
+                    with trio.move_on_after(0.5):
+                        await done.wait()
+
+            nursery.start_soon(forward)
+            try:
+                report = await self.owner.backup_path(path, degree, progress)
+            except (BackupError, OSError) as exc:
+                raise OpError(str(exc)) from None
+            finally:
+                done.set()
+        return {
+            "files": report.files_done,
+            "bytes": report.bytes_done,
+            "bytes_sent": report.bytes_sent,
+            "chunks_already_safe": report.chunks_skipped,
+            "seconds": time.monotonic() - started,
+            "degree": degree,
+        }
+
+    async def op_restore(self, request: dict[str, Any], emit: Emit) -> Any:
+        path = Path(str(request.get("path", "")))
+        dest = Path(str(request["to"])) if request.get("to") else None
+        started = time.monotonic()
+        try:
+            report = await self.owner.restore_path(path, dest)
+        except (RestoreError, OSError) as exc:
+            raise OpError(str(exc)) from None
+        return {
+            "files": report.files_done,
+            "bytes": report.bytes_done,
+            "seconds": time.monotonic() - started,
+        }
+
+    async def op_delete(self, request: dict[str, Any], emit: Emit) -> Any:
+        try:
+            return await self.owner.delete_path(Path(str(request.get("path", ""))))
+        except BackupError as exc:
+            raise OpError(str(exc)) from None
+
+    async def op_reclaim(self, request: dict[str, Any], emit: Emit) -> Any:
+        size = request.get("bytes")
+        if not isinstance(size, int) or size < 0:
+            raise OpError("reclaim needs a size of 0 or more bytes")
+        result = await self.node.reclaim(size)
+        self.config.quota = size
+        self.state.save_config(self.config)
+        return {
+            **result,
+            "capacity_bytes": self.store.capacity,
+            "used_bytes": self.store.used_bytes,
+        }
+
+    async def op_check(self, request: dict[str, Any], emit: Emit) -> Any:
+        repair = bool(request.get("repair"))
+        report = await trio.to_thread.run_sync(self.store.check, repair)
+        files = await trio.to_thread.run_sync(self.catalog.latest_versions, "")
+        wanted: dict[bytes, int] = {}
+        for version, _ in files:
+            for address in version.chunks:
+                wanted[address] = max(wanted.get(address, 0), version.degree)
+        degrees = await self.owner.chunk_degrees(sorted(wanted)) if wanted else {}
+        low = {a: d for a, d in wanted.items() if degrees.get(a, 0) < d}
+        lost = [a for a in low if degrees.get(a, 0) == 0]
+        repaired = 0
+        if repair:
+            for address, degree in low.items():
+                if degrees.get(address, 0) == 0:
+                    continue
+                repaired += await self.owner.rereplicate(address, degree)
+            await self.node.repair_once()
+        return {
+            "store_chunks_verified": report.verified,
+            "store_bad_copies": [f"{b.owner}:{b.address.hex()} {b.reason}" for b in report.bad],
+            "store_orphan_records": report.orphan_records,
+            "own_chunks_checked": len(wanted),
+            "own_chunks_below_degree": len(low),
+            "own_chunks_lost": len(lost),
+            "copies_made": repaired,
+        }
+
+
+async def run_daemon(state: StateDir, config: Config) -> None:
+    daemon = Daemon(state, config)
+    try:
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(daemon.run)
+            log.info(
+                "node %d of network %s listening on %s", config.node_id, config.network_id, address
+            )
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("stopping (%s)", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        daemon.close()

@@ -1,0 +1,246 @@
+"""A node's state directory: config, keys, TLS credentials, store, catalog, control socket.
+
+```
+STATE/config.json        node id, network id, listen address, peers, defaults
+STATE/keys/master.key    the master key wrapped under the passphrase (safe to copy anywhere)
+STATE/keys/master.raw    the master key itself, owner-readable only, so the daemon starts unattended
+STATE/tls/ca.pem         the network's CA certificate
+STATE/tls/node.pem/.key  this node's certificate and key
+STATE/tls/join-code      the join code (owner-readable only: it lets computers in)
+STATE/tls/pins.json      certificate fingerprints pinned per node id
+STATE/store/             the chunk store this node lends
+STATE/catalog.sqlite3    this node's own backups (versions, holders, owed deletes)
+STATE/control.sock       the daemon's control socket (owner only)
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from chunkstore.keys import new_master_key, unwrap_master_key, wrap_master_key
+from node.identity import (
+    NetworkCA,
+    NodeCredentials,
+    create_network_ca,
+    decode_join_code,
+    encode_join_code,
+    issue_node_credentials,
+)
+
+DEFAULT_PORT = 7420
+
+
+class UsageError(Exception):
+    """Wrong usage: exit status 2."""
+
+
+class CommandError(Exception):
+    """A failure the message explains: exit status 1."""
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("LANVAULT_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "lanvault"
+
+
+def default_host_id() -> str:
+    """A stable name for this computer: nodes with the same host id share one computer."""
+    env = os.environ.get("LANVAULT_HOST_ID")
+    if env:
+        return env
+    with contextlib.suppress(OSError):
+        machine = Path("/etc/machine-id").read_text().strip()
+        if machine:
+            return f"{socket.gethostname()}-{machine[:8]}"
+    return socket.gethostname()
+
+
+@dataclass
+class Config:
+    node_id: int
+    network_id: str
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    advertise: str = ""
+    peers: list[str] = field(default_factory=list)
+    quota: int = 10 * 1000**3
+    gone_after: float = 600.0
+    host_id: str = ""
+    default_degree: int = 2
+    heartbeat_interval: float = 1.0
+    down_after: float = 5.0
+    repair_interval: float = 30.0
+    scrub_interval: float = 24 * 3600.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Config:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)  # type: ignore[arg-type]
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file readable by its owner only, durably, replacing atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class StateDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.root / "control.sock"
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.sqlite3"
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def require(self) -> None:
+        if not self.exists():
+            raise CommandError(
+                f"{self.root} is not a lanvault state directory (run 'lanvault init --dir {self.root} --id N')"
+            )
+
+    def load_config(self) -> Config:
+        self.require()
+        try:
+            return Config.from_json(json.loads(self.config_path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise CommandError(f"{self.config_path} is damaged: {exc}") from None
+
+    def save_config(self, config: Config) -> None:
+        write_private(self.config_path, json.dumps(asdict(config), indent=2).encode())
+
+    def master_key(self) -> bytes:
+        try:
+            return (self.root / "keys" / "master.raw").read_bytes()
+        except FileNotFoundError:
+            raise CommandError(
+                f"{self.root}/keys/master.raw is missing (run 'lanvault recover')"
+            ) from None
+
+    def wrapped_key(self) -> bytes:
+        return (self.root / "keys" / "master.key").read_bytes()
+
+    def credentials(self) -> NodeCredentials:
+        tls = self.root / "tls"
+        config = self.load_config()
+        return NodeCredentials(
+            node_id=config.node_id,
+            cert_pem=(tls / "node.pem").read_bytes(),
+            key_pem=(tls / "node.key").read_bytes(),
+            ca_cert_pem=(tls / "ca.pem").read_bytes(),
+        )
+
+    def tls_files(self) -> tuple[str, str]:
+        return str(self.root / "tls" / "node.pem"), str(self.root / "tls" / "node.key")
+
+    def join_code(self) -> str:
+        return (self.root / "tls" / "join-code").read_text().strip()
+
+
+def read_passphrase(passphrase_file: str | None, confirm: bool = False) -> str:
+    """From --passphrase-file, LANVAULT_PASSPHRASE, or the terminal (asked twice if confirming)."""
+    if passphrase_file:
+        try:
+            text = Path(passphrase_file).read_text()
+        except OSError as exc:
+            raise CommandError(
+                f"cannot read passphrase file {passphrase_file}: {exc.strerror}"
+            ) from None
+        phrase = text.rstrip("\r\n")
+    elif "LANVAULT_PASSPHRASE" in os.environ:
+        phrase = os.environ["LANVAULT_PASSPHRASE"]
+    elif sys.stdin.isatty():
+        phrase = getpass.getpass("Passphrase: ")
+        if confirm and getpass.getpass("Passphrase again: ") != phrase:
+            raise CommandError("the passphrases do not match")
+    else:
+        raise CommandError(
+            "a passphrase is needed: use --passphrase-file FILE or LANVAULT_PASSPHRASE, or run on a terminal"
+        )
+    if not phrase:
+        raise CommandError("the passphrase must not be empty")
+    return phrase
+
+
+def initialize(
+    root: Path,
+    node_id: int,
+    passphrase: str,
+    join_code: str | None,
+    listen: str | None,
+    peers: list[str],
+    host_id: str | None,
+    master_key: bytes | None = None,
+) -> tuple[Config, str]:
+    """Create a state directory; everything is written aside and moved into place at the end."""
+    if StateDir(root).exists():
+        raise CommandError(f"{root} already holds node state; refusing to overwrite it")
+    if not 0 <= node_id < 2**32:
+        raise UsageError(f"--id must be in 0..{2**32 - 1}")
+    ca: NetworkCA = decode_join_code(join_code) if join_code else create_network_ca()
+    creds = issue_node_credentials(ca, node_id)
+    master = master_key or new_master_key()
+    wrapped = wrap_master_key(master, passphrase)
+    unwrap_master_key(wrapped, passphrase)  # never leave a key we could not open again
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".lanvault-init-", dir=root.parent))
+    try:
+        os.chmod(staging, 0o700)
+        (staging / "keys").mkdir(mode=0o700)
+        (staging / "tls").mkdir(mode=0o700)
+        write_private(staging / "keys" / "master.key", wrapped)
+        write_private(staging / "keys" / "master.raw", master)
+        write_private(staging / "tls" / "ca.pem", ca.cert_pem)
+        write_private(staging / "tls" / "node.pem", creds.cert_pem)
+        write_private(staging / "tls" / "node.key", creds.key_pem)
+        code = encode_join_code(ca)
+        write_private(staging / "tls" / "join-code", code.encode())
+        config = Config(
+            node_id=node_id,
+            network_id=ca.network_id,
+            listen=listen or f"127.0.0.1:{DEFAULT_PORT}",
+            peers=peers,
+            host_id=host_id or default_host_id(),
+        )
+        StateDir(staging).save_config(config)
+        if root.exists():
+            if any(root.iterdir()):
+                raise CommandError(f"{root} exists and is not empty; refusing to mix state into it")
+            root.rmdir()
+        os.replace(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return config, code

@@ -1,0 +1,190 @@
+"""Real lanvault processes on real TCP sockets (TLS), driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "LANVAULT_PASSPHRASE": "correct horse battery staple",
+        "LANVAULT_TEST_WEAKEN_KDF": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def lanvault(
+    *args: str | Path,
+    check: bool = True,
+    timeout: float = 120,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "lanvault.cli", *map(str, args)],
+        cwd=ROOT,
+        env={**env(), **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"lanvault {' '.join(map(str, args))} failed ({result.returncode}): {result.stderr.strip()}"
+        )
+    return result
+
+
+@dataclass
+class ProcNode:
+    node_id: int
+    state: Path
+    port: int
+    host: str
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(default_factory=Path)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class ProcessCluster:
+    def __init__(
+        self, root: Path, count: int, hosts: list[str] | None = None, gone_after: str = "10m"
+    ) -> None:
+        self.root = root
+        self.gone_after = gone_after
+        self.nodes: dict[int, ProcNode] = {}
+        join = ""
+        for node_id in range(1, count + 1):
+            host = hosts[node_id - 1] if hosts else f"computer-{node_id}"
+            node = ProcNode(
+                node_id, root / f"n{node_id}", free_port(), host, log=root / f"n{node_id}.log"
+            )
+            args = [
+                "init",
+                "--dir",
+                node.state,
+                "--id",
+                str(node_id),
+                "--listen",
+                node.address,
+                "--host-id",
+                host,
+                "--json",
+            ]
+            if join:
+                args += ["--join", join, "--peer", self.nodes[1].address]
+            out = json.loads(lanvault(*args).stdout)
+            join = join or out["join_code"]
+            self.nodes[node_id] = node
+        self.join_code = join
+
+    def start(self, node_id: int, *extra: str) -> None:
+        node = self.nodes[node_id]
+        with open(node.log, "ab") as handle:  # the child keeps its own copy of the descriptor
+            node.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lanvault.cli",
+                    "node",
+                    "--dir",
+                    str(node.state),
+                    "--quota",
+                    "2GB",
+                    "--gone-after",
+                    self.gone_after,
+                    "--heartbeat",
+                    "0.5",
+                    "--repair-interval",
+                    "2",
+                    *extra,
+                ],
+                cwd=ROOT,
+                env=env(),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while not (node.state / "control.sock").exists():
+            if node.proc.poll() is not None:
+                raise AssertionError(f"node {node_id} exited: {node.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {node_id} did not start")
+            time.sleep(0.05)
+
+    def start_all(self) -> None:
+        for node_id in self.nodes:
+            self.start(node_id)
+        self.wait_mesh()
+
+    def kill(self, node_id: int) -> None:
+        proc = self.nodes[node_id].proc
+        if proc and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        sock = self.nodes[node_id].state / "control.sock"
+        sock.unlink(missing_ok=True)
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            if node.proc and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes.values():
+            if node.proc:
+                try:
+                    node.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+
+    def cli(
+        self, node_id: int, *args: str | Path, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return lanvault(*args, "--dir", self.nodes[node_id].state, check=check, timeout=timeout)
+
+    def json(self, node_id: int, *args: str | Path) -> Any:
+        return json.loads(self.cli(node_id, *args, "--json").stdout)
+
+    def wait_mesh(self, timeout: float = 30) -> None:
+        running = [n for n, node in self.nodes.items() if node.proc and node.proc.poll() is None]
+        self.wait(
+            lambda: all(
+                sum(1 for n in self.json(i, "status")["nodes"] if n["up"]) == len(running)
+                for i in running
+            ),
+            timeout,
+            "the nodes did not all see each other",
+        )
+
+    @staticmethod
+    def wait(predicate: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate():
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out: {what}")
+            time.sleep(0.3)
+
+    def degrees(self, owner: int) -> list[int]:
+        state = self.json(owner, "state")
+        return [c["degree"] for f in state["files"] for c in f["chunks"]]

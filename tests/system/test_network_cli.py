@@ -1,0 +1,216 @@
+"""The CLI end to end on four real node processes over TLS on loopback."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .procs import ROOT, ProcessCluster, env, lanvault
+
+pytestmark = pytest.mark.slow
+
+
+def make_tree(root: Path, big: int = 0) -> None:
+    (root / "docs" / "deep").mkdir(parents=True)
+    (root / "empty.txt").write_bytes(b"")
+    (root / "exact.bin").write_bytes(os.urandom(128_000))
+    (root / "docs" / "report.odt").write_bytes(os.urandom(200_001))
+    (root / "docs" / "deep" / "naïve name with spaces.txt").write_text("héllo\n" * 1000)
+    if big:
+        (root / "big.bin").write_bytes(os.urandom(big))
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.diff_files or cmp.funny_files:
+        return False
+    for name in cmp.common_files:
+        if (a / name).read_bytes() != (b / name).read_bytes():
+            return False
+    return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def test_cli_end_to_end(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    out = cluster4.cli(1, "backup", src, "--degree", "2").stdout
+    assert "backed up 4 files" in out
+    assert min(cluster4.degrees(1)) >= 2
+    state = cluster4.json(1, "state")
+    assert {"node_id", "capacity_bytes", "used_bytes", "files", "stored"} <= state.keys()
+    entry = next(f for f in state["files"] if f["path"].endswith("exact.bin"))
+    assert len(entry["file_id"]) == 64 and entry["desired_degree"] == 2
+    assert [c["size"] for c in entry["chunks"]] == [64_000, 64_000, 0]
+    holder_state = cluster4.json(2, "state")
+    for stored in holder_state["stored"]:
+        assert {"owner", "chunk", "size", "degree"} <= stored.keys()
+    human = cluster4.cli(1, "state").stdout
+    assert "KB" in human and "degree 2" in human
+
+    status = cluster4.json(3, "status")
+    assert len(status["nodes"]) == 4 and all(n["up"] for n in status["nodes"])
+    assert status["under_replicated_chunks"] == 0
+
+    dest = tmp_path / "restored"
+    cluster4.cli(1, "restore", src, "--to", dest)
+    assert same_tree(src, dest)
+    mode_src = os.stat(src / "exact.bin")
+    mode_dst = os.stat(dest / "exact.bin")
+    assert mode_src.st_mtime_ns == mode_dst.st_mtime_ns and mode_src.st_mode == mode_dst.st_mode
+
+    cluster4.cli(1, "delete", src)
+    for node_id in (2, 3, 4):
+        assert cluster4.json(node_id, "state")["stored"] == []
+    failed = cluster4.cli(1, "restore", src, "--to", tmp_path / "again", check=False)
+    assert failed.returncode == 1 and "nothing backed up" in failed.stderr
+
+
+def test_bad_input_gives_one_line_and_status(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    cases = [
+        (["backup", tmp_path / "missing"], 1, "no such file"),
+        (["backup", tmp_path, "--degree", "10"], 2, "degree"),
+        (["reclaim", "lots"], 2, "invalid size"),
+        (["restore", tmp_path / "never"], 1, "nothing backed up"),
+    ]
+    for args, code, text in cases:
+        result = cluster4.cli(1, *args, check=False)
+        assert result.returncode == code, (args, result.stderr)
+        assert text in result.stderr
+        assert "Traceback" not in result.stderr
+    result = lanvault("state", "--dir", tmp_path / "nowhere", check=False)
+    assert result.returncode == 1 and "not a lanvault state directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_kill_holder_during_backup_and_restore(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(40_000_000)
+    (src / "big.bin").write_bytes(data)
+    backup = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lanvault.cli",
+            "backup",
+            str(src),
+            "--degree",
+            "2",
+            "--dir",
+            str(cluster4.nodes[1].state),
+        ],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.4)
+    cluster4.kill(3)
+    out, err = backup.communicate(timeout=120)
+    assert backup.returncode == 0, err
+    # Chunks that were on node 3 come back to degree 2 once it is gone (6 s).
+    cluster4.wait(lambda: min(cluster4.degrees(1)) >= 2, 60, "degree restored after kill -9")
+
+    restore = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lanvault.cli",
+            "restore",
+            str(src),
+            "--to",
+            str(tmp_path / "out"),
+            "--dir",
+            str(cluster4.nodes[1].state),
+        ],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.2)
+    cluster4.kill(2)
+    out, err = restore.communicate(timeout=120)
+    assert restore.returncode == 0, err
+    assert (tmp_path / "out" / "big.bin").read_bytes() == data
+
+
+def test_reclaim_zero_then_every_chunk_at_degree(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src, big=3_000_000)
+    cluster4.cli(1, "backup", src, "--degree", "2")
+    holder = max((2, 3, 4), key=lambda n: cluster4.json(n, "state")["used_bytes"])
+    out = cluster4.json(holder, "reclaim", "0")
+    assert out["used_bytes"] == 0 and out["capacity_bytes"] == 0
+    assert cluster4.json(holder, "state")["stored"] == []
+    cluster4.wait(lambda: min(cluster4.degrees(1)) >= 2, 30, "degree after reclaim 0")
+    dest = tmp_path / "out"
+    cluster4.cli(1, "restore", src, "--to", dest)
+    assert same_tree(src, dest)
+
+
+def test_gone_node_is_repaired_and_status_reports_it(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src, big=2_000_000)
+    cluster4.cli(1, "backup", src, "--degree", "2")
+    victim = max((2, 3, 4), key=lambda n: cluster4.json(n, "state")["used_bytes"])
+    cluster4.kill(victim)
+    cluster4.wait(
+        lambda: not next(n for n in cluster4.json(1, "status")["nodes"] if n["id"] == victim)["up"],
+        15,
+        "killed node reported down",
+    )
+    status = cluster4.json(1, "status")
+    assert status["under_replicated_chunks"] > 0
+    cluster4.wait(
+        lambda: cluster4.json(1, "status")["under_replicated_chunks"] == 0,
+        60,
+        "healthy after repair",
+    )
+    assert min(cluster4.degrees(1)) >= 2
+
+
+def test_delete_while_holder_down_reaches_it_later(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    cluster4.cli(1, "backup", src, "--degree", "3")
+    cluster4.kill(4)
+    time.sleep(2)
+    out = cluster4.json(1, "delete", src)
+    assert out["pending_holders"] >= 1
+    cluster4.start(4)
+    cluster4.wait(
+        lambda: cluster4.json(4, "state")["stored"] == [], 30, "node 4 deleted its copies"
+    )
+
+
+def test_non_member_is_refused_and_writes_nothing(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    # A node of another network (its own CA) points at our nodes.
+    stranger = ProcessCluster(tmp_path / "other", 1)
+    stranger.nodes[1].node_id = 9
+    stranger.start(1, "--peer", cluster4.nodes[2].address)
+    try:
+        src = tmp_path / "src"
+        make_tree(src)
+        time.sleep(3)
+        failed = stranger.cli(1, "backup", src, check=False)
+        assert failed.returncode == 1
+        for node_id in cluster4.nodes:
+            assert cluster4.json(node_id, "state")["stored"] == []
+            assert all(n["id"] in cluster4.nodes for n in cluster4.json(node_id, "status")["nodes"])
+        log = cluster4.nodes[2].log.read_text()
+        assert "refused a connection" in log
+    finally:
+        stranger.stop_all()
