@@ -113,7 +113,7 @@ def test_kill_holder_during_backup_and_restore(cluster4: ProcessCluster, tmp_pat
     )
     time.sleep(0.4)
     cluster4.kill(3)
-    out, err = backup.communicate(timeout=120)
+    _out, err = backup.communicate(timeout=120)
     assert backup.returncode == 0, err
     # Chunks that were on node 3 come back to degree 2 once it is gone (6 s).
     cluster4.wait(lambda: min(cluster4.degrees(1)) >= 2, 60, "degree restored after kill -9")
@@ -138,7 +138,7 @@ def test_kill_holder_during_backup_and_restore(cluster4: ProcessCluster, tmp_pat
     )
     time.sleep(0.2)
     cluster4.kill(2)
-    out, err = restore.communicate(timeout=120)
+    _out, err = restore.communicate(timeout=120)
     assert restore.returncode == 0, err
     assert (tmp_path / "out" / "big.bin").read_bytes() == data
 
