@@ -96,6 +96,9 @@ def build_parser() -> Parser:
     p.add_argument(
         "--gone-after", type=_duration, help="silence after which a peer is gone (default 10m)"
     )
+    p.add_argument(
+        "--no-discovery", action="store_true", help="do not announce or look for peers on the LAN"
+    )
     p.add_argument("--heartbeat", type=_duration, help=argparse.SUPPRESS)
     p.add_argument("--repair-interval", type=_duration, help=argparse.SUPPRESS)
 
@@ -266,6 +269,8 @@ def cmd_node(args: argparse.Namespace, state: StateDir) -> int:
         config.repair_interval = args.repair_interval
     if args.quota is not None:
         config.quota = args.quota
+    if args.discovery is not None:
+        config.discovery = args.discovery
     state.save_config(config)
     if args.quota is not None:
         from chunkstore.store import ChunkStore

@@ -61,6 +61,8 @@ class Daemon:
                 gone_after=config.gone_after,
                 repair_interval=config.repair_interval,
                 scrub_interval=config.scrub_interval if config.scrub_interval > 0 else math.inf,
+                network_id=config.network_id,
+                discovery=config.discovery,
             ),
             self.store,
             network,

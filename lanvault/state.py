@@ -83,6 +83,7 @@ class Config:
     down_after: float = 5.0
     repair_interval: float = 30.0
     scrub_interval: float = 24 * 3600.0
+    discovery: bool = True
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Config:

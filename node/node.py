@@ -17,6 +17,7 @@ import trio
 
 from chunkstore.store import ChunkStore, StoredChunk
 
+from .discovery import run_discovery, with_source_host
 from .holder import HolderService
 from .membership import Membership
 from .placement import choose_targets
@@ -57,6 +58,9 @@ class NodeConfig:
     repair_rate: float = 64e6  # bytes per second a node spends re-creating copies
     scrub_interval: float = 24 * 3600.0
     max_requests_per_connection: int = 64
+    network_id: str = ""
+    discovery: bool = False  # UDP multicast announcements on the LAN
+    discovery_port: int = 7421
 
 
 @dataclass(slots=True)
@@ -134,6 +138,18 @@ class Node:
             await nursery.start(self.pool.maintain, self.config.heartbeat_interval)
             await nursery.start(self._repair_loop)
             await nursery.start(self._scrub_loop)
+            if self.config.discovery:
+                await nursery.start(
+                    functools.partial(
+                        run_discovery,
+                        self.config.network_id,
+                        self.node_id,
+                        lambda: self.address,
+                        self.config.host_id,
+                        self._discovered,
+                        port=self.config.discovery_port,
+                    )
+                )
             self.ready.set()
             log.info("node %d serving on %s", self.node_id, self.address)
             task_status.started(self.address)
@@ -154,7 +170,10 @@ class Node:
             if isinstance(exc, ProtocolError):
                 await channel.send_error(0, exc.code, str(exc))
             return
-        self.membership.learn(peer, hello.listen, hello.host_id)
+        address = (
+            with_source_host(hello.listen, auth.remote_host) if auth.remote_host else hello.listen
+        )
+        self.membership.learn(peer, address, hello.host_id)
         self.membership.seen(peer)
         slots = trio.Semaphore(self.config.max_requests_per_connection)
         async with trio.open_nursery() as nursery:
@@ -196,6 +215,12 @@ class Node:
             self._gone_handled.discard(peer)
             for callback in self.on_online:
                 callback(peer)
+
+    def _discovered(self, peer: int, address: str, host_id: str) -> None:
+        known = self.membership.get(peer)
+        if known is None or known.address != address:
+            log.info("discovered node %d at %s", peer, address)
+        self.membership.learn(peer, address, host_id)
 
     # -- requests to peers ---------------------------------------------------------------
 
@@ -332,6 +357,14 @@ class Node:
             return 0
         return await self.replicate(chunk.owner, chunk.address, chunk.degree, envelope, holders)
 
+    def _known_hosts(self, exclude: set[int]) -> set[str]:
+        """Computers with a node that is not gone (down ones included: they may come back)."""
+        return {
+            self.membership.host_of(p.node_id)
+            for p in self.membership.peers()
+            if p.node_id not in exclude and not self.membership.is_gone(p.node_id)
+        }
+
     async def replicate(
         self,
         owner: int,
@@ -339,28 +372,39 @@ class Node:
         degree: int,
         envelope: bytes,
         holders: set[int],
-        rounds: int = 6,
+        rounds: int = 8,
     ) -> int:
         """Make copies until ``holders`` reaches ``degree``; returns how many were made.
 
         Each round tries the best placement targets not yet holding the chunk; a target that
         fails is skipped for the rest of the round and the next in placement order is used.
-        Between rounds the sender backs off (0.2 s doubling, with jitter) and tries again.
+        Between rounds the sender backs off (0.2 s doubling to 5 s, with jitter). Copies go to
+        computers that hold none yet (the owner's own computer included among those to avoid);
+        a second copy on one computer is made only when the network has too few computers, or
+        as a last resort when the missing computers stay unreachable.
         """
         made = 0
         key = owner.to_bytes(4, "big") + address
+        owner_host = (
+            self.config.host_id if owner == self.node_id else self.membership.host_of(owner)
+        )
         delay = 0.2
         for round_no in range(rounds):
             tried: set[int] = set()
             while len(holders) < degree:
+                busy = {self.membership.host_of(h) for h in holders} | {owner_host}
+                if self.node_id in holders:
+                    busy.add(self.config.host_id)
+                spare_hosts = self._known_hosts(holders | {owner, self.node_id}) - busy
+                strict = round_no < rounds - 1 and len(spare_hosts) >= degree - len(holders)
                 targets = choose_targets(
                     key,
                     self.membership.candidates(),
                     owner,
                     degree - len(holders),
                     exclude=holders | tried | {self.node_id},
-                    avoid_hosts={self.membership.host_of(h) for h in holders}
-                    | ({self.config.host_id} if self.node_id in holders else set()),
+                    avoid_hosts=busy,
+                    allow_same_host=not strict,
                 )
                 if not targets:
                     break

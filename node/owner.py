@@ -281,40 +281,46 @@ class Owner:
 
     # -- restore -------------------------------------------------------------------------
 
-    async def fetch_chunk(self, address: bytes, preferred: set[int] | None = None) -> bytes:
-        """Get and verify one chunk's plaintext, failing over between holders."""
-        tried: set[int] = set()
-        if preferred is None:
-            preferred = await self._db(self.catalog.holders, address)
-        rounds = [sorted(preferred, key=lambda h: not self.node.membership.is_up(h)), None]
-        for candidates in rounds:
-            if candidates is None:
-                found = await self.node.query_holders(self.owner_id, [address])
-                candidates = sorted(found[address] - tried)
-                if candidates:
-                    await self._db(self.catalog.add_holders, [(address, h) for h in candidates])
-            for holder in candidates:
-                if holder in tried:
-                    continue
-                tried.add(holder)
-                try:
-                    answer = await self.node.pool.request(
-                        holder,
-                        lambda r: GetChunk(r, self.owner_id, address),
-                        self.node.config.request_timeout,
-                    )
-                    if not isinstance(answer, Chunk):
-                        continue
-                    return await trio.to_thread.run_sync(
-                        open_chunk,
-                        self.keys,
-                        address,
-                        answer.envelope,
-                        limiter=self.node.cpu_limiter,
-                    )
-                except (PeerUnavailable, RemoteError, EnvelopeError) as exc:
-                    log.info("chunk %s… from node %d: %s", address.hex()[:12], holder, exc)
+    async def fetch_chunk(self, address: bytes, rounds: int = 5) -> bytes:
+        """Get and verify one chunk's plaintext, failing over between holders.
+
+        Known holders (up ones first) are tried, then every live peer is asked who holds it;
+        the whole sequence is retried with backoff, since answers can be lost.
+        """
+        delay = 0.5
+        for round_no in range(rounds):
+            known = await self._db(self.catalog.holders, address)
+            ordered = sorted(known, key=lambda h: not self.node.membership.is_up(h))
+            plain = await self._try_holders(address, ordered)
+            if plain is not None:
+                return plain
+            found = (await self.node.query_holders(self.owner_id, [address]))[address]
+            if found - known:
+                await self._db(self.catalog.add_holders, [(address, h) for h in found])
+            plain = await self._try_holders(address, sorted(found - known))
+            if plain is not None:
+                return plain
+            if round_no < rounds - 1:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
+
+    async def _try_holders(self, address: bytes, holders: list[int]) -> bytes | None:
+        for holder in holders:
+            try:
+                answer = await self.node.pool.request(
+                    holder,
+                    lambda r: GetChunk(r, self.owner_id, address),
+                    self.node.config.request_timeout,
+                )
+                if not isinstance(answer, Chunk):
+                    continue
+                return await trio.to_thread.run_sync(
+                    open_chunk, self.keys, address, answer.envelope, limiter=self.node.cpu_limiter
+                )
+            except (PeerUnavailable, RemoteError, EnvelopeError) as exc:
+                log.info("chunk %s… from node %d: %s", address.hex()[:12], holder, exc)
+        return None
 
     async def restore_version(
         self, version: FileVersion, dest: Path, report: Progress | None = None

@@ -67,8 +67,13 @@ def choose_targets(
     count: int,
     exclude: Iterable[int] = (),
     avoid_hosts: Iterable[str] = (),
+    allow_same_host: bool = True,
 ) -> list[Candidate]:
-    """Up to ``count`` new holders for a chunk: not in ``exclude``, new computers first."""
+    """Up to ``count`` new holders for a chunk: not in ``exclude``, new computers first.
+
+    With ``allow_same_host=False`` only computers in neither ``avoid_hosts`` nor the choice so
+    far are used (the caller waits for a missing computer instead of doubling up on one).
+    """
     excluded = set(exclude)
     busy_hosts = set(avoid_hosts)
     ordered = [c for c in rank(key, candidates, owner) if c.node_id not in excluded]
@@ -79,6 +84,8 @@ def choose_targets(
         if cand.host_id not in busy_hosts:
             chosen.append(cand)
             busy_hosts.add(cand.host_id)
+    if not allow_same_host:
+        return chosen
     for cand in ordered:  # not enough computers: allow a second node of one computer
         if len(chosen) == count:
             break

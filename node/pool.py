@@ -68,7 +68,10 @@ class PeerPool:
             except Exception as exc:
                 await channel.aclose()
                 raise PeerUnavailable(f"handshake with {address} failed: {exc}") from None
-            self._membership.learn(auth.peer_id, hello.listen or address, hello.host_id)
+            announced = hello.listen or address
+            if announced.rpartition(":")[0] in ("", "0.0.0.0", "::", "[::]"):
+                announced = address  # it listens on all interfaces: keep the address that worked
+            self._membership.learn(auth.peer_id, announced, hello.host_id)
             self._membership.seen(auth.peer_id)
             link = Link(channel)
             peer_id = auth.peer_id

@@ -358,7 +358,10 @@ ANSWER_TYPES: Final = (Stored, Chunk, Deleted, Holding, Ok, Error, Meta, StatusR
 
 def encode_message(message: Message) -> bytes:
     """Serialize one message as a frame (length prefix included)."""
-    payload: bytes = msgpack.packb(message.to_list(), use_bin_type=True)
+    try:
+        payload: bytes = msgpack.packb(message.to_list(), use_bin_type=True)
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"{type(message).__name__} cannot be encoded: {exc}") from None
     if len(payload) > MAX_FRAME:
         raise ProtocolError(
             f"message of {len(payload)} bytes exceeds the {MAX_FRAME}-byte frame limit"

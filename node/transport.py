@@ -57,6 +57,7 @@ class Authenticated:
 
     stream: trio.abc.Stream
     peer_id: int
+    remote_host: str = ""  # the far end's IP address, when the transport knows it
 
 
 Handler = Callable[[Authenticated], Awaitable[None]]
@@ -173,7 +174,8 @@ class TLSNetwork:
                 await trio.aclose_forcefully(stream)
                 return
             try:
-                await handler(Authenticated(stream, peer_id))
+                remote = tcp.socket.getpeername()[0]
+                await handler(Authenticated(stream, peer_id, remote))
             finally:
                 await trio.aclose_forcefully(stream)
 

@@ -63,7 +63,11 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(GetMeta, req, u32, names),
     st.builds(Meta, req, names, u64, st.binary(max_size=500)),
     st.builds(Status, req),
-    st.builds(StatusReply, req, st.dictionaries(st.text(max_size=10), st.integers(), max_size=5)),
+    st.builds(
+        StatusReply,
+        req,
+        st.dictionaries(st.text(max_size=10), st.integers(-(2**63), 2**64 - 1), max_size=5),
+    ),
 )
 
 
@@ -193,6 +197,11 @@ def test_sending_rules() -> None:
 def test_malformed_payloads_are_protocol_errors(payload: object) -> None:
     with pytest.raises(ProtocolError):
         decode_payload(msgpack.packb(payload, use_bin_type=True))
+
+
+def test_unencodable_message_is_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="cannot be encoded"):
+        encode_message(StatusReply(1, {"n": 2**70}))
 
 
 def test_trailing_bytes_refused() -> None:
