@@ -97,7 +97,10 @@ def build_parser() -> Parser:
         "--gone-after", type=_duration, help="silence after which a peer is gone (default 10m)"
     )
     p.add_argument(
-        "--no-discovery", action="store_true", help="do not announce or look for peers on the LAN"
+        "--discovery",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="announce this node and find peers on the LAN by multicast (default on)",
     )
     p.add_argument("--heartbeat", type=_duration, help=argparse.SUPPRESS)
     p.add_argument("--repair-interval", type=_duration, help=argparse.SUPPRESS)

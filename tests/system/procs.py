@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,39 +61,46 @@ class ProcNode:
     host: str
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
+    ip: str = "127.0.0.1"
+    prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NAME]
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.ip}:{self.port}"
 
 
 class ProcessCluster:
     def __init__(
-        self, root: Path, count: int, hosts: list[str] | None = None, gone_after: str = "10m"
+        self,
+        root: Path,
+        count: int,
+        hosts: list[str] | None = None,
+        gone_after: str = "10m",
+        ips: list[str] | None = None,
+        prefixes: list[list[str]] | None = None,
+        seed_peer: bool = True,
+        first_id: int = 1,
     ) -> None:
         self.root = root
         self.gone_after = gone_after
         self.nodes: dict[int, ProcNode] = {}
         join = ""
-        for node_id in range(1, count + 1):
-            host = hosts[node_id - 1] if hosts else f"computer-{node_id}"
+        for index in range(count):
+            node_id = first_id + index
+            host = hosts[index] if hosts else f"computer-{node_id}"
             node = ProcNode(
                 node_id, root / f"n{node_id}", free_port(), host, log=root / f"n{node_id}.log"
             )
-            args = [
-                "init",
-                "--dir",
-                node.state,
-                "--id",
-                str(node_id),
-                "--listen",
-                node.address,
-                "--host-id",
-                host,
-                "--json",
-            ]
+            if ips:
+                node.ip = ips[index]
+            if prefixes:
+                node.prefix = prefixes[index]
+            args: list[str | Path] = ["init", "--dir", node.state, "--id", str(node_id)]
+            args += ["--listen", node.address, "--host-id", host, "--json"]
             if join:
-                args += ["--join", join, "--peer", self.nodes[1].address]
+                args += ["--join", join]
+                if seed_peer:
+                    args += ["--peer", self.nodes[first_id].address]
             out = json.loads(lanvault(*args).stdout)
             join = join or out["join_code"]
             self.nodes[node_id] = node
@@ -100,29 +108,20 @@ class ProcessCluster:
 
     def start(self, node_id: int, *extra: str) -> None:
         node = self.nodes[node_id]
+        command = [
+            *node.prefix,
+            sys.executable,
+            "-m",
+            "lanvault.cli",
+            "node",
+            "--dir",
+            str(node.state),
+        ]
+        command += ["--quota", "2GB", "--gone-after", self.gone_after, "--heartbeat", "0.5"]
+        command += ["--repair-interval", "2", *extra]
         with open(node.log, "ab") as handle:  # the child keeps its own copy of the descriptor
             node.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "lanvault.cli",
-                    "node",
-                    "--dir",
-                    str(node.state),
-                    "--quota",
-                    "2GB",
-                    "--gone-after",
-                    self.gone_after,
-                    "--heartbeat",
-                    "0.5",
-                    "--repair-interval",
-                    "2",
-                    *extra,
-                ],
-                cwd=ROOT,
-                env=env(),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
+                command, cwd=ROOT, env=env(), stdout=handle, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 30
         while not (node.state / "control.sock").exists():
@@ -142,8 +141,7 @@ class ProcessCluster:
         if proc and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-        sock = self.nodes[node_id].state / "control.sock"
-        sock.unlink(missing_ok=True)
+        (self.nodes[node_id].state / "control.sock").unlink(missing_ok=True)
 
     def stop_all(self) -> None:
         for node in self.nodes.values():
@@ -155,6 +153,7 @@ class ProcessCluster:
                     node.proc.wait(10)
                 except subprocess.TimeoutExpired:
                     node.proc.kill()
+                    node.proc.wait(10)
 
     def cli(
         self, node_id: int, *args: str | Path, check: bool = True, timeout: float = 120
@@ -164,8 +163,11 @@ class ProcessCluster:
     def json(self, node_id: int, *args: str | Path) -> Any:
         return json.loads(self.cli(node_id, *args, "--json").stdout)
 
+    def running(self) -> list[int]:
+        return [n for n, node in self.nodes.items() if node.proc and node.proc.poll() is None]
+
     def wait_mesh(self, timeout: float = 30) -> None:
-        running = [n for n, node in self.nodes.items() if node.proc and node.proc.poll() is None]
+        running = self.running()
         self.wait(
             lambda: all(
                 sum(1 for n in self.json(i, "status")["nodes"] if n["up"]) == len(running)
@@ -176,7 +178,7 @@ class ProcessCluster:
         )
 
     @staticmethod
-    def wait(predicate: Any, timeout: float, what: str) -> None:
+    def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if predicate():

@@ -198,14 +198,13 @@ def test_delete_while_holder_down_reaches_it_later(
 
 def test_non_member_is_refused_and_writes_nothing(cluster4: ProcessCluster, tmp_path: Path) -> None:
     # A node of another network (its own CA) points at our nodes.
-    stranger = ProcessCluster(tmp_path / "other", 1)
-    stranger.nodes[1].node_id = 9
-    stranger.start(1, "--peer", cluster4.nodes[2].address)
+    stranger = ProcessCluster(tmp_path / "other", 1, first_id=9)
+    stranger.start(9, "--peer", cluster4.nodes[2].address)
     try:
         src = tmp_path / "src"
         make_tree(src)
         time.sleep(3)
-        failed = stranger.cli(1, "backup", src, check=False)
+        failed = stranger.cli(9, "backup", src, check=False)
         assert failed.returncode == 1
         for node_id in cluster4.nodes:
             assert cluster4.json(node_id, "state")["stored"] == []

@@ -1,0 +1,97 @@
+"""Several "computers" on one machine: network namespaces joined by veth pairs to a bridge.
+
+Each computer is a namespace with one interface (``eth0``) on 10.231.N.0/24 and a multicast
+route, so LAN discovery works as on a real switch. The bridge lives in its own namespace, so
+nothing touches the host's network. ``link_down``/``link_up`` unplug and replug a computer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+
+def run(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+def netns_available() -> str | None:
+    """None if namespaces can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if shutil.which("ip") is None:
+        return "needs iproute2 (ip)"
+    probe = f"lvprobe{os.getpid()}"
+    try:
+        run("ip", "netns", "add", probe)
+        run("ip", "netns", "del", probe)
+    except subprocess.CalledProcessError as exc:
+        return f"ip netns does not work here: {exc.stderr.strip()}"
+    return None
+
+
+@dataclass
+class Lan:
+    tag: str
+    subnet: int
+    computers: list[str] = field(default_factory=list)
+
+    @property
+    def switch(self) -> str:
+        return f"lv{self.tag}sw"
+
+    def ip(self, index: int) -> str:
+        return f"10.231.{self.subnet}.{index + 1}"
+
+    def create(self, count: int) -> None:
+        run("ip", "netns", "add", self.switch)
+        run("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.switch, "link", "set", "br0", "up")
+        for index in range(count):
+            name = f"lv{self.tag}c{index}"
+            run("ip", "netns", "add", name)
+            self.computers.append(name)
+            run(
+                "ip",
+                "link",
+                "add",
+                f"lv{self.tag}p{index}",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"lv{self.tag}q{index}",
+            )
+            run("ip", "link", "set", f"lv{self.tag}p{index}", "netns", name)
+            run("ip", "link", "set", f"lv{self.tag}q{index}", "netns", self.switch)
+            run("ip", "-n", name, "link", "set", f"lv{self.tag}p{index}", "name", "eth0")
+            run("ip", "-n", name, "addr", "add", f"{self.ip(index)}/24", "dev", "eth0")
+            run("ip", "-n", name, "link", "set", "eth0", "up")
+            run("ip", "-n", name, "link", "set", "lo", "up")
+            run("ip", "-n", name, "route", "add", "224.0.0.0/4", "dev", "eth0")
+            run("ip", "-n", self.switch, "link", "set", f"lv{self.tag}q{index}", "master", "br0")
+            run("ip", "-n", self.switch, "link", "set", f"lv{self.tag}q{index}", "up")
+
+    def prefix(self, index: int) -> list[str]:
+        return ["ip", "netns", "exec", self.computers[index]]
+
+    def link_down(self, index: int) -> None:
+        run("ip", "-n", self.switch, "link", "set", f"lv{self.tag}q{index}", "down")
+
+    def link_up(self, index: int) -> None:
+        run("ip", "-n", self.switch, "link", "set", f"lv{self.tag}q{index}", "up")
+
+    def destroy(self) -> None:
+        for name in [*self.computers, self.switch]:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def sweep_stale(prefix: str = "lv") -> None:
+    """Remove namespaces left behind by an earlier, killed run."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(prefix) and ("sw" in name or "c" in name[2:]):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -1,0 +1,121 @@
+"""Nodes on separate "computers" (network namespaces): placement, discovery, a link going down."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .netns import Lan, netns_available, sweep_stale
+from .procs import ROOT, ProcessCluster, env
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+why_not = netns_available()
+
+
+@pytest.fixture
+def lan_cluster(tmp_path: Path) -> Iterator[tuple[Lan, ProcessCluster]]:
+    if why_not:
+        pytest.skip(why_not)
+    sweep_stale()
+    lan = Lan(tag=f"{os.getpid() % 1000}", subnet=os.getpid() % 200 + 20)
+    lan.create(3)
+    # Computer 0 runs nodes 1 and 2; computers 1 and 2 run nodes 3 and 4.
+    computers = [0, 0, 1, 2]
+    cluster = ProcessCluster(
+        tmp_path / "net",
+        4,
+        hosts=[f"computer-{c}" for c in computers],
+        gone_after="8s",
+        ips=[lan.ip(c) for c in computers],
+        prefixes=[lan.prefix(c) for c in computers],
+        seed_peer=False,  # they must find each other by LAN discovery
+    )
+    try:
+        for node_id in cluster.nodes:
+            cluster.start(node_id)
+        cluster.wait_mesh(timeout=40)
+        yield lan, cluster
+    finally:
+        cluster.stop_all()
+        lan.destroy()
+
+
+def holders_by_chunk(cluster: ProcessCluster, owner: int) -> dict[str, list[int]]:
+    holders: dict[str, list[int]] = collections.defaultdict(list)
+    for node_id in cluster.nodes:
+        for stored in cluster.json(node_id, "state")["stored"]:
+            if stored["owner"] == owner:
+                holders[stored["chunk"]].append(node_id)
+    return holders
+
+
+def computer_of(cluster: ProcessCluster, node_id: int) -> str:
+    return cluster.nodes[node_id].host
+
+
+def test_discovery_and_placement_on_distinct_computers(
+    lan_cluster: tuple[Lan, ProcessCluster], tmp_path: Path
+) -> None:
+    _lan, cluster = lan_cluster
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(3_000_000))
+    cluster.cli(3, "backup", src, "--degree", "2")
+    placed = holders_by_chunk(cluster, owner=3)
+    assert placed
+    for chunk, nodes in placed.items():
+        computers = [computer_of(cluster, n) for n in nodes]
+        assert len(nodes) == 2, (chunk, nodes)
+        assert len(set(computers)) == 2, f"two copies of {chunk[:12]} on one computer: {nodes}"
+        assert computer_of(cluster, 3) not in computers  # never on the owner's computer
+    # Node 1's copies go to computers 1 and 2, never to node 2 (its own computer).
+    cluster.cli(1, "backup", src, "--degree", "2")
+    for nodes in holders_by_chunk(cluster, owner=1).values():
+        assert 2 not in nodes and sorted(nodes) == [3, 4]
+
+
+def test_link_down_during_backup_then_back(
+    lan_cluster: tuple[Lan, ProcessCluster], tmp_path: Path
+) -> None:
+    lan, cluster = lan_cluster
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(30_000_000)
+    (src / "big.bin").write_bytes(data)
+    backup = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lanvault.cli",
+            "backup",
+            str(src),
+            "--degree",
+            "2",
+            "--dir",
+            str(cluster.nodes[1].state),
+        ],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.3)
+    lan.link_down(2)  # the computer of node 4 is unplugged
+    time.sleep(4)
+    lan.link_up(2)
+    _out, err = backup.communicate(timeout=240)
+    assert backup.returncode == 0, err
+    cluster.wait(lambda: min(cluster.degrees(1)) >= 2, 60, "every chunk at degree 2")
+    for chunk, nodes in holders_by_chunk(cluster, owner=1).items():
+        assert len({computer_of(cluster, n) for n in nodes}) == len(nodes), (chunk, nodes)
+    out = tmp_path / "out"
+    cluster.cli(1, "restore", src, "--to", out)
+    assert (out / "big.bin").read_bytes() == data
