@@ -71,9 +71,10 @@ class Network(Protocol):
     ) -> None: ...
 
 
-def split_address(address: str) -> tuple[str, int]:
+def split_address(address: str, allow_any_port: bool = False) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    lowest = 0 if allow_any_port else 1
+    if not sep or not port.isdigit() or not lowest <= int(port) < 65536:
         raise ValueError(f"invalid address {address!r}: expected HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 
@@ -153,7 +154,7 @@ class TLSNetwork:
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        host, port = split_address(listen)
+        host, port = split_address(listen, allow_any_port=True)
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()
         actual = f"{host}:{bound[1]}"
