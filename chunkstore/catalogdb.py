@@ -236,6 +236,19 @@ class CatalogDB:
                 for r in self._db.execute("SELECT node FROM holders WHERE address=?", (address,))
             }
 
+    def holders_many(self, addresses: Iterable[bytes]) -> dict[bytes, set[int]]:
+        wanted = list(dict.fromkeys(addresses))
+        out: dict[bytes, set[int]] = {a: set() for a in wanted}
+        with self._lock:
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                for address, node in self._db.execute(
+                    f"SELECT address, node FROM holders WHERE address IN ({marks})", batch
+                ):
+                    out[bytes(address)].add(int(node))
+        return out
+
     def forget_holders(self, addresses: Iterable[bytes]) -> None:
         with self._tx() as db:
             db.executemany("DELETE FROM holders WHERE address=?", [(a,) for a in addresses])

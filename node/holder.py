@@ -22,18 +22,24 @@ from chunkstore.errors import (
 from chunkstore.store import ChunkStore, PutItem
 
 from .protocol import (
+    STORED_ALREADY,
+    STORED_ERROR_BASE,
+    STORED_NEW,
     Chunk,
+    ChunksMany,
     Delete,
     Deleted,
     Error,
     ErrorCode,
     GetChunk,
+    GetChunks,
     GetMeta,
     Holding,
     Message,
     Meta,
     Ok,
     PutChunk,
+    PutChunks,
     PutMeta,
     Query,
     Removed,
@@ -41,6 +47,7 @@ from .protocol import (
     Status,
     StatusReply,
     Stored,
+    StoredMany,
 )
 
 log = logging.getLogger(__name__)
@@ -119,6 +126,24 @@ class HolderService:
             raise pending.error
         return pending.stored
 
+    def _get_many(
+        self, owner: int, addresses: tuple[bytes, ...]
+    ) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+        envelopes: list[bytes] = []
+        codes: list[int] = []
+        for address in addresses:
+            try:
+                envelopes.append(self.store.get(owner, address))
+                codes.append(0)
+            except ChunkNotFoundError:
+                envelopes.append(b"")
+                codes.append(ErrorCode.NOT_FOUND)
+            except CorruptChunkError as exc:
+                log.warning("corrupt copy of a chunk of node %d: %s", owner, exc)
+                envelopes.append(b"")
+                codes.append(ErrorCode.CORRUPT)
+        return tuple(envelopes), tuple(codes)
+
     async def handle(self, message: Request, peer_id: int) -> Message:
         """Answer one request from authenticated node ``peer_id``."""
         try:
@@ -141,6 +166,34 @@ class HolderService:
             )
             self.bytes_received += len(message.envelope)
             return Stored(req, message.address, stored)
+        if isinstance(message, PutChunks):
+            results = [STORED_NEW] * len(message.chunks)
+
+            async def one(index: int, address: bytes, envelope: bytes) -> None:
+                try:
+                    new = await self.put(PutItem(message.owner, address, envelope, message.degree))
+                    results[index] = STORED_NEW if new else STORED_ALREADY
+                    self.bytes_received += len(envelope)
+                except QuotaExceededError:
+                    results[index] = STORED_ERROR_BASE + ErrorCode.QUOTA_EXCEEDED
+                except InvalidIdError:
+                    results[index] = STORED_ERROR_BASE + ErrorCode.BAD_MESSAGE
+                except OSError:
+                    results[index] = STORED_ERROR_BASE + ErrorCode.INTERNAL
+
+            async with trio.open_nursery() as nursery:
+                for index, (address, envelope) in enumerate(message.chunks):
+                    nursery.start_soon(one, index, address, envelope)
+            return StoredMany(req, tuple(results))
+        if isinstance(message, GetChunks):
+            envelopes, codes = await trio.to_thread.run_sync(
+                self._get_many, message.owner, message.addresses, limiter=self._limiter
+            )
+            self.bytes_sent += sum(len(e) for e in envelopes)
+            for address, code in zip(message.addresses, codes, strict=True):
+                if code == ErrorCode.CORRUPT:
+                    self._on_corrupt(message.owner, address)
+            return ChunksMany(req, envelopes, codes)
         if isinstance(message, GetChunk):
             try:
                 envelope = await trio.to_thread.run_sync(

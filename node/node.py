@@ -24,6 +24,8 @@ from .placement import choose_targets
 from .pool import PeerPool
 from .protocol import (
     PROTOCOL_VERSION,
+    STORED_ALREADY,
+    STORED_NEW,
     ErrorCode,
     Heartbeat,
     Hello,
@@ -32,10 +34,12 @@ from .protocol import (
     Online,
     ProtocolError,
     PutChunk,
+    PutChunks,
     Query,
     Removed,
     Request,
     Stored,
+    StoredMany,
 )
 from .transport import Authenticated, Channel, Network, PeerUnavailable, RemoteError
 
@@ -365,6 +369,52 @@ class Node:
             if p.node_id not in exclude and not self.membership.is_gone(p.node_id)
         }
 
+    def plan_targets(
+        self,
+        owner: int,
+        address: bytes,
+        degree: int,
+        holders: set[int],
+        tried: set[int],
+        final: bool,
+    ) -> list[int]:
+        """New holders for a chunk by placement, spread over computers (see ``replicate``)."""
+        owner_host = (
+            self.config.host_id if owner == self.node_id else self.membership.host_of(owner)
+        )
+        busy = {self.membership.host_of(h) for h in holders} | {owner_host}
+        if self.node_id in holders:
+            busy.add(self.config.host_id)
+        spare_hosts = self._known_hosts(holders | {owner, self.node_id}) - busy
+        strict = not final and len(spare_hosts) >= degree - len(holders)
+        targets = choose_targets(
+            owner.to_bytes(4, "big") + address,
+            self.membership.candidates(),
+            owner,
+            degree - len(holders),
+            exclude=holders | tried | {self.node_id},
+            avoid_hosts=busy,
+            allow_same_host=not strict,
+        )
+        return [t.node_id for t in targets]
+
+    async def put_batch(
+        self, target: int, owner: int, degree: int, items: list[tuple[bytes, bytes]]
+    ) -> list[bool]:
+        """Send up to MAX_BATCH chunks in one PUTCHUNKS; True where the target stored it durably."""
+        try:
+            answer = await self.pool.request(
+                target,
+                functools.partial(PutChunks, owner=owner, degree=degree, chunks=tuple(items)),
+                self.config.request_timeout,
+            )
+        except (PeerUnavailable, RemoteError) as exc:
+            log.info("batch to node %d failed: %s", target, exc)
+            return [False] * len(items)
+        if not isinstance(answer, StoredMany) or len(answer.results) != len(items):
+            return [False] * len(items)
+        return [r in (STORED_NEW, STORED_ALREADY) for r in answer.results]
+
     async def replicate(
         self,
         owner: int,
@@ -384,27 +434,12 @@ class Node:
         as a last resort when the missing computers stay unreachable.
         """
         made = 0
-        key = owner.to_bytes(4, "big") + address
-        owner_host = (
-            self.config.host_id if owner == self.node_id else self.membership.host_of(owner)
-        )
         delay = 0.2
         for round_no in range(rounds):
             tried: set[int] = set()
             while len(holders) < degree:
-                busy = {self.membership.host_of(h) for h in holders} | {owner_host}
-                if self.node_id in holders:
-                    busy.add(self.config.host_id)
-                spare_hosts = self._known_hosts(holders | {owner, self.node_id}) - busy
-                strict = round_no < rounds - 1 and len(spare_hosts) >= degree - len(holders)
-                targets = choose_targets(
-                    key,
-                    self.membership.candidates(),
-                    owner,
-                    degree - len(holders),
-                    exclude=holders | tried | {self.node_id},
-                    avoid_hosts=busy,
-                    allow_same_host=not strict,
+                targets = self.plan_targets(
+                    owner, address, degree, holders, tried, final=round_no == rounds - 1
                 )
                 if not targets:
                     break
@@ -414,9 +449,9 @@ class Node:
                     out[target] = await self.put_copy(target, owner, address, degree, envelope)
 
                 async with trio.open_nursery() as nursery:
-                    for target in targets:
-                        tried.add(target.node_id)
-                        nursery.start_soon(one, target.node_id, results)
+                    for target_id in targets:
+                        tried.add(target_id)
+                        nursery.start_soon(one, target_id, results)
                 for target_id, ok in results.items():
                     if ok:
                         holders.add(target_id)

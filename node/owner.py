@@ -28,12 +28,12 @@ from chunkstore.fileid import content_digest, file_id
 from chunkstore.keys import KeyRing
 
 from .node import Node
-from .protocol import Chunk, Delete, Deleted, GetChunk
+from .protocol import MAX_BATCH, Chunk, ChunksMany, Delete, Deleted, GetChunk, GetChunks
 from .transport import PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)
-READ_BATCH = 16  # chunks per worker-thread hop
-IN_FLIGHT_CHUNKS = 96  # bounds memory: at most this many chunks read but not yet stored
+READ_BATCH = MAX_BATCH  # chunks per worker-thread hop and per PUTCHUNKS
+IN_FLIGHT_CHUNKS = 128  # bounds memory (8 MiB of chunks) while keeping holders busy
 
 
 class BackupError(Exception):
@@ -75,8 +75,15 @@ def _scan(root: str) -> tuple[list[str], int]:
     return files, sum(os.path.getsize(f) for f in files)
 
 
-def _addresses(keys: KeyRing, plaintexts: list[bytes]) -> list[bytes]:
-    return [chunk_address(keys, p) for p in plaintexts]
+def _read_and_address(
+    keys: KeyRing, path: str, first_no: int, count: int
+) -> tuple[list[bytes], list[bytes]]:
+    plaintexts = _read_batch(path, first_no, count)
+    return plaintexts, [chunk_address(keys, p) for p in plaintexts]
+
+
+def _seal_all(keys: KeyRing, items: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return [seal_chunk(keys, address, plain) for address, plain in items]
 
 
 def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
@@ -198,55 +205,100 @@ class Owner:
         addresses: list[bytes | None] = [None] * count
         budget = trio.Semaphore(IN_FLIGHT_CHUNKS)
         failures: list[str] = []
+        learned: list[tuple[bytes, int]] = []  # (address, holder) pairs not yet in the catalog
 
-        async def send_one(no: int, plaintext: bytes) -> None:
+        async def send_batch(items: list[tuple[int, bytes, bytes, set[int]]]) -> None:
+            """First try: one PUTCHUNKS per target; then per-chunk retries for what is missing."""
             try:
-                address = addresses[no]
-                assert address is not None
-                holders = {
-                    h
-                    for h in await self._db(self.catalog.holders, address)
-                    if not self.node.membership.is_gone(h)
-                }
-                if len(holders) >= degree:
-                    report.chunks_skipped += 1
-                    return
-                envelope = await trio.to_thread.run_sync(
-                    seal_chunk, self.keys, address, plaintext, limiter=self.node.cpu_limiter
-                )
-                before = set(holders)
-                await self.node.replicate(self.owner_id, address, degree, envelope, holders)
-                new = holders - before
-                report.bytes_sent += len(envelope) * len(new)
-                if new:
-                    await self._db(self.catalog.add_holders, [(address, h) for h in new])
-                if len(holders) < degree:
-                    failures.append(
-                        f"chunk {no} has {len(holders)} of {degree} copies"
-                        f" ({len(self.node.membership.up_ids())} peers up)"
+                before = [set(holders) for _no, _a, _e, holders in items]
+                by_target: dict[int, list[int]] = {}
+                for index, (_no, address, _env, holders) in enumerate(items):
+                    for target in self.node.plan_targets(
+                        self.owner_id, address, degree, holders, set(), final=False
+                    ):
+                        by_target.setdefault(target, []).append(index)
+
+                async def to_target(target: int, indexes: list[int]) -> None:
+                    ok = await self.node.put_batch(
+                        target, self.owner_id, degree, [(items[i][1], items[i][2]) for i in indexes]
                     )
+                    for index, stored in zip(indexes, ok, strict=True):
+                        if stored:
+                            items[index][3].add(target)
+
+                async with trio.open_nursery() as inner:
+                    for target, indexes in by_target.items():
+                        inner.start_soon(to_target, target, indexes)
+
+                async def finish(index: int) -> None:
+                    no, address, envelope, holders = items[index]
+                    if len(holders) < degree:
+                        await self.node.replicate(self.owner_id, address, degree, envelope, holders)
+                    new = holders - before[index]
+                    report.bytes_sent += len(envelope) * len(new)
+                    learned.extend((address, h) for h in new)
+                    if len(holders) < degree:
+                        failures.append(
+                            f"chunk {no} has {len(holders)} of {degree} copies"
+                            f" ({len(self.node.membership.up_ids())} peers up)"
+                        )
+
+                async with trio.open_nursery() as inner:
+                    for index in range(len(items)):
+                        inner.start_soon(finish, index)
             finally:
-                budget.release()
+                for _ in items:
+                    budget.release()
+
+        async def flush_learned() -> None:
+            if learned:
+                pending = learned[:]
+                del learned[:]
+                await self._db(self.catalog.add_holders, pending)
 
         async with trio.open_nursery() as nursery:
             for first in range(0, count, READ_BATCH):
                 n = min(READ_BATCH, count - first)
                 for _ in range(n):
                     await budget.acquire()
-                plaintexts = await trio.to_thread.run_sync(
-                    _read_batch, path, first, n, limiter=self.node.disk_limiter
+                # One thread hop reads and addresses the batch, one seals what must be sent.
+                plaintexts, batch_addresses = await trio.to_thread.run_sync(
+                    _read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
                 )
-                batch_addresses = await trio.to_thread.run_sync(
-                    _addresses, self.keys, plaintexts, limiter=self.node.cpu_limiter
-                )
+                known = await self._db(self.catalog.holders_many, batch_addresses)
+                to_send: list[tuple[int, bytes, bytes, set[int]]] = []
                 for offset, (plain, address) in enumerate(
                     zip(plaintexts, batch_addresses, strict=True)
                 ):
                     addresses[first + offset] = address
                     report.bytes_done += len(plain)
-                    nursery.start_soon(send_one, first + offset, plain)
+                    holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
+                    if len(holders) >= degree:
+                        report.chunks_skipped += 1
+                        budget.release()
+                    else:
+                        to_send.append((first + offset, address, plain, holders))
+                if to_send:
+                    envelopes = await trio.to_thread.run_sync(
+                        _seal_all,
+                        self.keys,
+                        [(address, plain) for _no, address, plain, _h in to_send],
+                        limiter=self.node.cpu_limiter,
+                    )
+                    nursery.start_soon(
+                        send_batch,
+                        [
+                            (no, address, envelope, holders)
+                            for (no, address, _plain, holders), envelope in zip(
+                                to_send, envelopes, strict=True
+                            )
+                        ],
+                    )
+                if len(learned) >= 1024:  # record holders in batches, not one commit per chunk
+                    await flush_learned()
                 if progress:
                     progress(report)
+        await flush_learned()
         if failures:
             raise BackupError(f"{path}: {failures[0]}")
         return [a for a in addresses if a is not None]
@@ -281,31 +333,46 @@ class Owner:
 
     # -- restore -------------------------------------------------------------------------
 
-    async def fetch_chunk(self, address: bytes, rounds: int = 5) -> bytes:
-        """Get and verify one chunk's plaintext, failing over between holders.
+    async def fetch_chunk(
+        self,
+        address: bytes,
+        rounds: int = 5,
+        known: set[int] | None = None,
+        sink: Callable[[bytes], T] | None = None,
+    ) -> T | bytes:
+        """Get and verify one chunk, failing over between holders.
 
         Known holders (up ones first) are tried, then every live peer is asked who holds it;
-        the whole sequence is retried with backoff, since answers can be lost.
+        the whole sequence is retried with backoff, since answers can be lost. The verified
+        plaintext is returned, or, with ``sink``, handed to it on the same worker thread that
+        opened it (one thread hop per chunk) and its result returned.
         """
         delay = 0.5
         for round_no in range(rounds):
-            known = await self._db(self.catalog.holders, address)
+            if known is None or round_no > 0:
+                known = await self._db(self.catalog.holders, address)
             ordered = sorted(known, key=lambda h: not self.node.membership.is_up(h))
-            plain = await self._try_holders(address, ordered)
-            if plain is not None:
-                return plain
+            result = await self._try_holders(address, ordered, sink)
+            if result is not None:
+                return result
             found = (await self.node.query_holders(self.owner_id, [address]))[address]
             if found - known:
                 await self._db(self.catalog.add_holders, [(address, h) for h in found])
-            plain = await self._try_holders(address, sorted(found - known))
-            if plain is not None:
-                return plain
+            result = await self._try_holders(address, sorted(found - known), sink)
+            if result is not None:
+                return result
             if round_no < rounds - 1:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
 
-    async def _try_holders(self, address: bytes, holders: list[int]) -> bytes | None:
+    async def _try_holders(
+        self, address: bytes, holders: list[int], sink: Callable[[bytes], T] | None
+    ) -> T | bytes | None:
+        def open_and_sink(envelope: bytes) -> T | bytes:
+            plain = open_chunk(self.keys, address, envelope)
+            return sink(plain) if sink is not None else plain
+
         for holder in holders:
             try:
                 answer = await self.node.pool.request(
@@ -316,7 +383,7 @@ class Owner:
                 if not isinstance(answer, Chunk):
                     continue
                 return await trio.to_thread.run_sync(
-                    open_chunk, self.keys, address, answer.envelope, limiter=self.node.cpu_limiter
+                    open_and_sink, answer.envelope, limiter=self.node.cpu_limiter
                 )
             except (PeerUnavailable, RemoteError, EnvelopeError) as exc:
                 log.info("chunk %s… from node %d: %s", address.hex()[:12], holder, exc)
@@ -331,30 +398,94 @@ class Owner:
         tmp = dest.with_name(f".{dest.name}.lanvault-restore")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            limit = trio.Semaphore(16)
+            windows = trio.Semaphore(6)  # batches of MAX_BATCH chunks in flight
             errors: list[RestoreError] = []
+            holders = await self._db(self.catalog.holders_many, version.chunks)
+            count = len(version.chunks)
 
-            async def one(no: int, address: bytes) -> None:
-                async with limit:
+            def write(no: int, plain: bytes) -> int:
+                expected = min(CHUNK_SIZE, version.size - no * CHUNK_SIZE)
+                if len(plain) != expected:
+                    raise RestoreError(f"chunk {no} of {version.path} has the wrong length")
+                os.pwrite(fd, plain, no * CHUNK_SIZE)
+                return len(plain)
+
+            def open_and_write(items: list[tuple[int, bytes]]) -> tuple[int, list[int]]:
+                """Verify and write fetched chunks; return bytes written and the chunks that failed."""
+                done, failed = 0, []
+                for no, envelope in items:
+                    try:
+                        done += write(no, open_chunk(self.keys, version.chunks[no], envelope))
+                    except (EnvelopeError, RestoreError) as exc:
+                        log.warning("chunk %d of %s: %s", no, version.path, exc)
+                        failed.append(no)
+                return done, failed
+
+            async def from_holder(holder: int, nos: list[int], leftovers: list[int]) -> None:
+                try:
+                    answer = await self.node.pool.request(
+                        holder,
+                        functools.partial(
+                            GetChunks,
+                            owner=self.owner_id,
+                            addresses=tuple(version.chunks[no] for no in nos),
+                        ),
+                        self.node.config.request_timeout,
+                    )
+                except (PeerUnavailable, RemoteError) as exc:
+                    log.info("batch from node %d failed: %s", holder, exc)
+                    leftovers.extend(nos)
+                    return
+                if not isinstance(answer, ChunksMany) or len(answer.codes) != len(nos):
+                    leftovers.extend(nos)
+                    return
+                fetched = [
+                    (no, envelope)
+                    for no, envelope, code in zip(nos, answer.envelopes, answer.codes, strict=True)
+                    if code == 0
+                ]
+                leftovers.extend(
+                    no for no, code in zip(nos, answer.codes, strict=True) if code != 0
+                )
+                written, failed = await trio.to_thread.run_sync(
+                    open_and_write, fetched, limiter=self.node.cpu_limiter
+                )
+                report.bytes_done += written
+                leftovers.extend(failed)
+
+            async def window(start: int) -> None:
+                async with windows:
                     if errors:
                         return
-                    try:
-                        plain = await self.fetch_chunk(address)
-                    except RestoreError as exc:
-                        errors.append(exc)
-                        return
-                    expected = min(CHUNK_SIZE, version.size - no * CHUNK_SIZE)
-                    if len(plain) != expected:
-                        errors.append(
-                            RestoreError(f"chunk {no} of {version.path} has the wrong length")
-                        )
-                        return
-                    await trio.to_thread.run_sync(os.pwrite, fd, plain, no * CHUNK_SIZE)
-                    report.bytes_done += len(plain)
+                    groups: dict[int, list[int]] = {}
+                    leftovers: list[int] = []
+                    for no in range(start, min(start + MAX_BATCH, count)):
+                        live = [
+                            h for h in holders[version.chunks[no]] if self.node.membership.is_up(h)
+                        ]
+                        if not live:
+                            leftovers.append(no)
+                            continue
+                        # Spread a window over its holders: parallel reads, no hot spot.
+                        choice = min(live, key=lambda h: (len(groups.get(h, ())), h))
+                        groups.setdefault(choice, []).append(no)
+                    async with trio.open_nursery() as inner:
+                        for holder, nos in groups.items():
+                            inner.start_soon(from_holder, holder, nos, leftovers)
+                    for no in leftovers:  # the slow path: failover and retries per chunk
+                        try:
+                            written = await self.fetch_chunk(
+                                version.chunks[no], sink=functools.partial(write, no)
+                            )
+                        except RestoreError as exc:
+                            errors.append(exc)
+                            return
+                        assert isinstance(written, int)
+                        report.bytes_done += written
 
             async with trio.open_nursery() as nursery:
-                for no, address in enumerate(version.chunks):
-                    nursery.start_soon(one, no, address)
+                for start in range(0, count, MAX_BATCH):
+                    nursery.start_soon(window, start)
             if errors:
                 raise errors[0]
             os.ftruncate(fd, version.size)

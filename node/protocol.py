@@ -22,6 +22,7 @@ MAX_ADDRESSES: Final = 16_384
 MAX_ENVELOPE: Final = 64_078
 MAX_BLOB: Final = 900_000
 MAX_MESSAGE_TEXT: Final = 400
+MAX_BATCH: Final = 15  # chunks per PUTCHUNKS/GETCHUNKS: 15 full envelopes fit in one frame
 _LENGTH = struct.Struct(">I")
 _META_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -132,6 +133,36 @@ def _versions(v: Any) -> tuple[int, ...]:
     if type(v) is not list or not 1 <= len(v) <= 16:
         raise ProtocolError("versions must be a list of 1..16 integers")
     return tuple(_u32(x) for x in v)
+
+
+def _envelope_batch(v: Any) -> tuple[tuple[bytes, bytes], ...]:
+    if type(v) is not list or not 1 <= len(v) <= MAX_BATCH:
+        raise ProtocolError(f"a chunk batch holds 1..{MAX_BATCH} chunks")
+    out = []
+    for item in v:
+        if type(item) is not list or len(item) != 2:
+            raise ProtocolError("a batch item is [address, envelope]")
+        out.append((_address(item[0]), _envelope(item[1])))
+    return tuple(out)
+
+
+def _address_batch(v: Any) -> tuple[bytes, ...]:
+    if type(v) is not list or not 1 <= len(v) <= MAX_BATCH:
+        raise ProtocolError(f"a chunk batch holds 1..{MAX_BATCH} chunks")
+    return tuple(_address(a) for a in v)
+
+
+def _results(v: Any) -> tuple[int, ...]:
+    if type(v) is not list or len(v) > MAX_BATCH:
+        raise ProtocolError(f"a result list holds at most {MAX_BATCH} entries")
+    return tuple(_u32(x) for x in v)
+
+
+def _maybe_envelopes(v: Any) -> tuple[bytes, ...]:
+    """Envelopes, or empty bytes where a chunk could not be given (see the codes)."""
+    if type(v) is not list or len(v) > MAX_BATCH:
+        raise ProtocolError(f"a result list holds at most {MAX_BATCH} entries")
+    return tuple(b"" if x == b"" else _envelope(x) for x in v)
 
 
 def _info(v: Any) -> dict[str, Any]:
@@ -328,6 +359,52 @@ class StatusReply(Message):
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class PutChunks(Request):
+    TYPE: ClassVar[int] = 20
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _degree, _envelope_batch)
+    owner: int
+    degree: int
+    chunks: tuple[tuple[bytes, bytes], ...]
+
+    def to_list(self) -> list[Any]:
+        return [self.TYPE, self.req, self.owner, self.degree, [list(c) for c in self.chunks]]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMany(Message):
+    """Per chunk of a PUTCHUNKS, in order: 0 stored now, 1 already held, else an error code + 100."""
+
+    TYPE: ClassVar[int] = 21
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _results)
+    req: int
+    results: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GetChunks(Request):
+    TYPE: ClassVar[int] = 22
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _address_batch)
+    owner: int
+    addresses: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunksMany(Message):
+    """Per address of a GETCHUNKS, in order: the envelope, or b"" with its error code."""
+
+    TYPE: ClassVar[int] = 23
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _maybe_envelopes, _results)
+    req: int
+    envelopes: tuple[bytes, ...]
+    codes: tuple[int, ...]
+
+
+STORED_NEW: Final = 0
+STORED_ALREADY: Final = 1
+STORED_ERROR_BASE: Final = 100
+
+
 MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
     cls.TYPE: cls
     for cls in (
@@ -350,10 +427,25 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
         Meta,
         Status,
         StatusReply,
+        PutChunks,
+        StoredMany,
+        GetChunks,
+        ChunksMany,
     )
 }
 # Answers: messages that carry the ``req`` of a request they reply to.
-ANSWER_TYPES: Final = (Stored, Chunk, Deleted, Holding, Ok, Error, Meta, StatusReply)
+ANSWER_TYPES: Final = (
+    Stored,
+    Chunk,
+    Deleted,
+    Holding,
+    Ok,
+    Error,
+    Meta,
+    StatusReply,
+    StoredMany,
+    ChunksMany,
+)
 
 
 def encode_message(message: Message) -> bytes:

@@ -11,12 +11,14 @@ from node.protocol import (
     MAX_FRAME,
     NEED_DATA,
     Chunk,
+    ChunksMany,
     Connection,
     Delete,
     Deleted,
     Error,
     ErrorCode,
     GetChunk,
+    GetChunks,
     GetMeta,
     Heartbeat,
     Hello,
@@ -27,12 +29,14 @@ from node.protocol import (
     Online,
     ProtocolError,
     PutChunk,
+    PutChunks,
     PutMeta,
     Query,
     Removed,
     Status,
     StatusReply,
     Stored,
+    StoredMany,
     decode_payload,
     encode_message,
 )
@@ -63,6 +67,21 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(GetMeta, req, u32, names),
     st.builds(Meta, req, names, u64, st.binary(max_size=500)),
     st.builds(Status, req),
+    st.builds(
+        PutChunks,
+        req,
+        u32,
+        st.integers(1, 9),
+        st.lists(st.tuples(addr, envelope), min_size=1, max_size=15).map(tuple),
+    ),
+    st.builds(StoredMany, req, st.lists(st.integers(0, 200), max_size=15).map(tuple)),
+    st.builds(GetChunks, req, u32, st.lists(addr, min_size=1, max_size=15).map(tuple)),
+    st.builds(
+        ChunksMany,
+        req,
+        st.lists(st.one_of(st.just(b""), envelope), max_size=15).map(tuple),
+        st.lists(st.integers(0, 8), max_size=15).map(tuple),
+    ),
     st.builds(
         StatusReply,
         req,
@@ -190,6 +209,9 @@ def test_sending_rules() -> None:
         [99, 1],  # unknown type
         [15, 1, 1, "../etc", 1, b""],  # hostile blob name
         [15, 1, 1, "a\x00b", 1, b""],  # NUL in a name
+        [20, 1, 1, 2, []],  # empty batch
+        [20, 1, 1, 2, [[bytes(32), b"e"]] * 16],  # batch too large
+        [22, 1, 1, [b"short"]],  # bad address in a batch
         "not a list",
         [],
     ],

@@ -110,11 +110,14 @@ async def test_a_member_cannot_pose_as_a_known_node(tmp_path: Path) -> None:
         assert seen == [2]
         with pytest.raises((PeerUnavailable, trio.BrokenResourceError)):
             auth2 = await impostor.connect(address)
-            # TLS 1.3 may finish the client side first; the server then drops the connection.
-            await auth2.stream.send_all(b"\x00\x00\x00\x01\x00")
-            await auth2.stream.receive_some(10)
-            await auth2.stream.send_all(b"\x00\x00\x00\x01\x00")
-            raise PeerUnavailable("closed")
+            try:
+                # TLS 1.3 may finish the client side first; the server then drops the connection.
+                await auth2.stream.send_all(b"\x00\x00\x00\x01\x00")
+                await auth2.stream.receive_some(10)
+                await auth2.stream.send_all(b"\x00\x00\x00\x01\x00")
+                raise PeerUnavailable("closed")
+            finally:
+                await trio.aclose_forcefully(auth2.stream)
         await trio.sleep(0.2)
         assert seen == [2]
         # The pin survives a restart.
