@@ -6,11 +6,13 @@ machine's SHA instructions make it about twice as fast (see ``scripts/bench_chun
 
 Envelope, version 1 (``docs/formats.md`` has the byte layout)::
 
-    version(1) | address(32) | length(u32, of what follows the nonce) | nonce(24)
-    | XChaCha20-Poly1305( codec(1) | body ) with tag(16)
+    version(1) | codec(1) | address(32) | length(u32, of what follows the nonce) | nonce(24)
+    | XChaCha20-Poly1305( body ) with tag(16)
 
-The associated data binds the version, the address and the length, so moving an envelope to
-another address, truncating it or flipping any bit each fail, each with its own error.
+The associated data binds the version, the codec, the address and the length, so moving an
+envelope to another address, truncating it or flipping any bit each fail, each with its own
+error. (The codec is authenticated but not secret: the length shows compressibility anyway, and
+keeping it outside saves a copy of every chunk.)
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ ENVELOPE_VERSION = 1
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 
-_HEADER = struct.Struct(">B32sI24s")
+_HEADER = struct.Struct(">BB32sI24s")
+ADDRESS_OFFSET = 2
 _TAG_SIZE = 16
-MIN_ENVELOPE_SIZE = _HEADER.size + 1 + _TAG_SIZE
+MIN_ENVELOPE_SIZE = _HEADER.size + _TAG_SIZE
 # An envelope never exceeds an uncompressed chunk plus its overhead.
 MAX_ENVELOPE_SIZE = MIN_ENVELOPE_SIZE + CHUNK_SIZE
 _AAD_PREFIX = b"lanvault-chunk"
@@ -89,8 +92,8 @@ def _compress(plaintext: bytes) -> tuple[int, bytes]:
     return CODEC_RAW, plaintext
 
 
-def _aad(version: int, address: bytes, length: int) -> bytes:
-    return _AAD_PREFIX + bytes([version]) + address + length.to_bytes(4, "big")
+def _aad(version: int, codec: int, address: bytes, length: int) -> bytes:
+    return _AAD_PREFIX + bytes([version, codec]) + address + length.to_bytes(4, "big")
 
 
 def seal_chunk(keys: KeyRing, address: bytes, plaintext: bytes) -> bytes:
@@ -101,25 +104,25 @@ def seal_chunk(keys: KeyRing, address: bytes, plaintext: bytes) -> bytes:
         raise ValueError(f"a chunk holds at most {CHUNK_SIZE} bytes")
     codec, body = _compress(plaintext)
     nonce = nacl.utils.random(24)
-    length = 1 + len(body) + _TAG_SIZE
+    length = len(body) + _TAG_SIZE
     sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        bytes([codec]) + body, _aad(ENVELOPE_VERSION, address, length), nonce, keys.data_key
+        body, _aad(ENVELOPE_VERSION, codec, address, length), nonce, keys.data_key
     )
-    return _HEADER.pack(ENVELOPE_VERSION, address, length, nonce) + sealed
+    return _HEADER.pack(ENVELOPE_VERSION, codec, address, length, nonce) + sealed
 
 
 def envelope_address(envelope: bytes) -> bytes:
     """The address recorded in an envelope's header (not authenticated by itself)."""
     if len(envelope) < MIN_ENVELOPE_SIZE:
         raise TruncatedEnvelopeError(f"envelope of {len(envelope)} bytes is truncated")
-    return bytes(envelope[1 : 1 + ADDRESS_SIZE])
+    return bytes(envelope[ADDRESS_OFFSET : ADDRESS_OFFSET + ADDRESS_SIZE])
 
 
 def open_chunk(keys: KeyRing, address: bytes, envelope: bytes) -> bytes:
     """Decrypt and verify an envelope expected at ``address``; return the plaintext."""
     if len(envelope) < MIN_ENVELOPE_SIZE:
         raise TruncatedEnvelopeError(f"envelope of {len(envelope)} bytes is truncated")
-    version, recorded, length, nonce = _HEADER.unpack_from(envelope)
+    version, codec, recorded, length, nonce = _HEADER.unpack_from(envelope)
     if version != ENVELOPE_VERSION:
         raise UnsupportedVersionError(f"envelope format version {version} is not supported")
     if recorded != address:
@@ -129,24 +132,26 @@ def open_chunk(keys: KeyRing, address: bytes, envelope: bytes) -> bytes:
     actual = len(envelope) - _HEADER.size
     if actual != length:
         raise TruncatedEnvelopeError(f"envelope body has {actual} bytes, header says {length}")
+    if codec not in (CODEC_RAW, CODEC_ZSTD):
+        raise UnsupportedVersionError(f"unknown compression codec {codec}")
     try:
-        inner = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            bytes(envelope[_HEADER.size :]), _aad(version, address, length), nonce, keys.data_key
+        body = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            bytes(envelope[_HEADER.size :]),
+            _aad(version, codec, address, length),
+            nonce,
+            keys.data_key,
         )
     except nacl.exceptions.CryptoError:
         raise TamperedEnvelopeError(
             f"chunk {address.hex()[:16]}… failed authentication (modified or wrong key)"
         ) from None
-    codec = inner[0]
     if codec == CODEC_RAW:
-        plaintext = inner[1:]
-    elif codec == CODEC_ZSTD:
+        plaintext = body
+    else:
         try:
-            plaintext = _decompressor().decompress(inner[1:], max_output_size=CHUNK_SIZE)
+            plaintext = _decompressor().decompress(body, max_output_size=CHUNK_SIZE)
         except zstandard.ZstdError as exc:
             raise EnvelopeError(f"chunk {address.hex()[:16]}… does not decompress: {exc}") from None
-    else:
-        raise UnsupportedVersionError(f"unknown compression codec {codec}")
     if len(plaintext) > CHUNK_SIZE or not hmac.compare_digest(
         chunk_address(keys, plaintext), address
     ):

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .envelope import ADDRESS_SIZE, MAX_ENVELOPE_SIZE, MIN_ENVELOPE_SIZE
+from .envelope import ADDRESS_OFFSET, ADDRESS_SIZE, MAX_ENVELOPE_SIZE, MIN_ENVELOPE_SIZE
 from .errors import (
     ChunkNotFoundError,
     ChunkstoreError,
@@ -299,7 +299,7 @@ class ChunkStore:
                 f"envelope of {len(item.envelope)} bytes is outside "
                 f"{MIN_ENVELOPE_SIZE}..{MAX_ENVELOPE_SIZE}"
             )
-        if item.envelope[1 : 1 + ADDRESS_SIZE] != item.address:
+        if item.envelope[ADDRESS_OFFSET : ADDRESS_OFFSET + ADDRESS_SIZE] != item.address:
             raise InvalidIdError("envelope header names another address; refusing to misfile it")
         if isinstance(item.degree, bool) or not 1 <= item.degree <= MAX_DEGREE:
             raise InvalidIdError(f"invalid degree {item.degree!r}: expected 1..{MAX_DEGREE}")

@@ -17,6 +17,7 @@ from chunkstore.sizes import parse_size
 from node.identity import IdentityError
 
 from .control import DaemonUnavailable, call
+from .runtime import tune_allocator
 from .state import (
     CommandError,
     StateDir,
@@ -380,6 +381,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()
     logging.basicConfig(
         level=logging.DEBUG
         if args.verbose

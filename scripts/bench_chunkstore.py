@@ -37,6 +37,7 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.pipeline import PreparedChunk, prepare_chunks
 from chunkstore.store import ChunkStore, PutItem
+from lanvault.runtime import tune_allocator
 
 BATCH = 16  # chunks per thread hop: a hop costs about as much as hashing one chunk
 
@@ -225,6 +226,7 @@ def bench_put(keys: KeyRing, chunks: list[bytes], repeat: int, workdir: Path) ->
 
 
 def main() -> int:
+    tune_allocator()  # as the daemon does (see lanvault/runtime.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--random-mib", type=int, default=1024)
     parser.add_argument("--text-mib", type=int, default=512)

@@ -34,6 +34,7 @@ import trio
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.pipeline import prepare_chunks
+from lanvault.runtime import tune_allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 GONE_AFTER = 5.0
@@ -219,6 +220,7 @@ class Net:
 
 
 def main() -> int:
+    tune_allocator()  # as the daemon does (see lanvault/runtime.py)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--json", action="store_true")

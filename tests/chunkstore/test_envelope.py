@@ -74,7 +74,7 @@ def test_any_flipped_bit_in_the_sealed_part_is_tampering(
     plaintext: bytes, data: st.DataObject
 ) -> None:
     prepared = prepare_chunk(RING, plaintext)
-    header = MIN_ENVELOPE_SIZE - 17  # version, address, length, nonce
+    header = MIN_ENVELOPE_SIZE - 16  # version, codec, address, length, nonce
     nonce_start = header - 24
     position = data.draw(st.integers(nonce_start, len(prepared.envelope) - 1))
     bit = data.draw(st.integers(0, 7))
@@ -96,15 +96,21 @@ def test_swapped_envelope_has_its_own_error() -> None:
     with pytest.raises(WrongAddressError):
         open_chunk(RING, a.address, b.envelope)
     # Rewriting the header to claim the other address is caught by authentication.
-    forged = b.envelope[:1] + a.address + b.envelope[33:]
+    forged = b.envelope[:2] + a.address + b.envelope[34:]
     with pytest.raises(TamperedEnvelopeError):
         open_chunk(RING, a.address, forged)
 
 
-def test_unknown_version_and_wrong_key() -> None:
+def test_unknown_version_codec_and_wrong_key() -> None:
     prepared = prepare_chunk(RING, b"data")
     with pytest.raises(UnsupportedVersionError):
         open_chunk(RING, prepared.address, b"\x09" + prepared.envelope[1:])
+    with pytest.raises(UnsupportedVersionError, match="codec"):
+        open_chunk(RING, prepared.address, prepared.envelope[:1] + b"\x07" + prepared.envelope[2:])
+    # A codec flipped between the two known ones is caught by authentication.
+    flipped = prepared.envelope[:1] + bytes([prepared.envelope[1] ^ 1]) + prepared.envelope[2:]
+    with pytest.raises(TamperedEnvelopeError):
+        open_chunk(RING, prepared.address, flipped)
     other = KeyRing.from_master(new_master_key())
     with pytest.raises(TamperedEnvelopeError):
         open_chunk(other, prepared.address, prepared.envelope)
