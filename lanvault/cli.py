@@ -127,6 +127,10 @@ def build_parser() -> Parser:
     sub.add_parser("state", parents=[common], help="files backed up, chunks stored, capacity")
     sub.add_parser("status", parents=[common], help="the network's health")
 
+    p = sub.add_parser("mount", parents=[common], help="mount a backed-up folder (foreground)")
+    p.add_argument("source", type=Path, help="the folder holding the real files")
+    p.add_argument("mountpoint", type=Path, help="where to mount it (may be SOURCE itself)")
+
     p = sub.add_parser("check", parents=[common], help="verify chunk integrity and degrees")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired")
     return parser
@@ -366,7 +370,15 @@ def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
     return 1 if bad and not args.repair else 0
 
 
+def cmd_mount(args: argparse.Namespace, state: StateDir) -> int:
+    from .mount import run_mount
+
+    run_mount(state, args.source.absolute(), args.mountpoint.absolute())
+    return 0
+
+
 COMMANDS = {
+    "mount": cmd_mount,
     "init": cmd_init,
     "node": cmd_node,
     "backup": cmd_backup,

@@ -69,10 +69,12 @@ class Daemon:
         )
         self.catalog = CatalogDB(state.catalog_path)
         self.keys = KeyRing.from_master(state.master_key())
-        self.owner = Owner(self.node, self.keys, self.catalog, config.default_degree)
+        self.outbox = ChunkStore.open(state.outbox_path, capacity=1 << 62)
+        self.owner = Owner(self.node, self.keys, self.catalog, config.default_degree, self.outbox)
         self.started = time.time()
 
     def close(self) -> None:
+        self.outbox.close()
         self.catalog.close()
         self.store.close()
 
@@ -95,7 +97,12 @@ class Daemon:
             "delete": self.op_delete,
             "reclaim": self.op_reclaim,
             "check": self.op_check,
+            "kick": self.op_kick,
         }
+
+    async def op_kick(self, request: dict[str, Any], emit: Emit) -> Any:
+        self.owner.kick()
+        return {}
 
     async def op_ping(self, request: dict[str, Any], emit: Emit) -> Any:
         return {"node_id": self.node.node_id, "address": self.node.address}

@@ -10,6 +10,7 @@ STATE/tls/join-code      the join code (owner-readable only: it lets computers i
 STATE/tls/pins.json      certificate fingerprints pinned per node id
 STATE/store/             the chunk store this node lends
 STATE/catalog.sqlite3    this node's own backups (versions, holders, owed deletes)
+STATE/outbox/            sealed chunks a mount cut aside, kept until their version is safe
 STATE/control.sock       the daemon's control socket (owner only)
 ```
 """
@@ -118,6 +119,10 @@ class StateDir:
     @property
     def store_path(self) -> Path:
         return self.root / "store"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.root / "outbox"
 
     @property
     def catalog_path(self) -> Path:

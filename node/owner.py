@@ -23,9 +23,10 @@ from chunkstore.catalog import FileVersion
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
-from chunkstore.errors import EnvelopeError
+from chunkstore.errors import ChunkstoreError, EnvelopeError
 from chunkstore.fileid import content_digest, file_id
 from chunkstore.keys import KeyRing
+from chunkstore.store import ChunkStore
 
 from .node import Node
 from .protocol import MAX_BATCH, Chunk, ChunksMany, Delete, Deleted, GetChunk, GetChunks
@@ -94,7 +95,12 @@ def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
 
 class Owner:
     def __init__(
-        self, node: Node, keys: KeyRing, catalog: CatalogDB, default_degree: int = 2
+        self,
+        node: Node,
+        keys: KeyRing,
+        catalog: CatalogDB,
+        default_degree: int = 2,
+        outbox: ChunkStore | None = None,
     ) -> None:
         self.node = node
         self.keys = keys
@@ -103,6 +109,8 @@ class Owner:
         self.owner_id = node.node_id
         self._db_limiter = trio.CapacityLimiter(1)
         self._tombstones_wanted = trio.Event()
+        self._resume_wanted = trio.Event()
+        self.outbox = outbox
         self.last_backup_ns = catalog.get_setting("last_backup_ns")
         node.on_online.append(lambda _peer: self._tombstones_wanted.set())
         node.pool.on_new_link = lambda _peer: self._tombstones_wanted.set()
@@ -306,24 +314,72 @@ class Owner:
     async def _ensure_version(
         self, version: FileVersion, report: Progress, progress: ProgressFn | None
     ) -> None:
-        """An already recorded version: make sure each chunk still has its known holders."""
-        missing = []
-        for address in set(version.chunks):
-            holders = {
-                h
-                for h in await self._db(self.catalog.holders, address)
-                if not self.node.membership.is_gone(h)
-            }
+        """Bring every chunk of a recorded version to its degree, then mark it complete.
+
+        A missing copy is made from the outbox (chunks a mount cut aside), else from the file
+        itself if that chunk still has the same content; otherwise the version stays pending.
+        """
+        known = await self._db(self.catalog.holders_many, version.chunks)
+        missing: dict[bytes, int] = {}
+        for no, address in enumerate(version.chunks):
+            holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
+            if len(holders) < version.degree and address not in missing:
+                missing[address] = no
+        unreachable = 0
+        for address, no in missing.items():
+            envelope = await trio.to_thread.run_sync(self._envelope_for, version, no, address)
+            if envelope is None:
+                unreachable += 1
+                continue
+            holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
+            before = set(holders)
+            await self.node.replicate(self.owner_id, address, version.degree, envelope, holders)
+            if holders - before:
+                await self._db(self.catalog.add_holders, [(address, h) for h in holders - before])
+                report.bytes_sent += len(envelope) * len(holders - before)
             if len(holders) < version.degree:
-                missing.append(address)
-        if missing:
-            # The data is read again from the file only if it still matches the version.
-            await self._store_content(version.path, version.size, version.degree, report, progress)
+                unreachable += 1
+        if unreachable:
+            raise BackupError(
+                f"{version.path}: {unreachable} chunks not yet at degree {version.degree}"
+            )
         await self._db(self.catalog.set_complete, version.file_id)
+        if self.outbox is not None:
+            await trio.to_thread.run_sync(self._release_outbox, version)
+        self._note_backup()
+
+    def _envelope_for(self, version: FileVersion, no: int, address: bytes) -> bytes | None:
+        if self.outbox is not None:
+            try:
+                return self.outbox.get(self.owner_id, address)
+            except ChunkstoreError:
+                pass
+        try:
+            with open(version.path, "rb") as handle:
+                handle.seek(no * CHUNK_SIZE)
+                data = handle.read(CHUNK_SIZE)
+        except OSError:
+            return None
+        if chunk_address(self.keys, data) != address:
+            return None  # the file moved on since this version: its copy is in the outbox or lost
+        return seal_chunk(self.keys, address, data)
+
+    def _release_outbox(self, version: FileVersion) -> None:
+        """Drop outbox chunks that no pending version needs any more."""
+        assert self.outbox is not None
+        still_needed = {a for v in self.catalog.incomplete_versions() for a in v.chunks}
+        done = [a for a in set(version.chunks) if a not in still_needed]
+        self.outbox.delete_many(self.owner_id, done)
+
+    def kick(self) -> None:
+        """Look at pending versions now (a mount just cut one)."""
+        self._resume_wanted.set()
 
     async def _resume_loop(self) -> None:
         while True:
-            await trio.sleep(10)
+            with trio.move_on_after(10):
+                await self._resume_wanted.wait()
+            self._resume_wanted = trio.Event()
             pending = await self._db(self.catalog.incomplete_versions)
             for version in pending:
                 try:

@@ -1,0 +1,527 @@
+"""The live folder: a FUSE passthrough of SOURCE that records what is written.
+
+``PassthroughOps`` is an adapter only: every handler is a thin ``async`` method that calls the
+synchronous helpers below, and maps ``OSError`` to ``FUSEError`` with the same errno (the only
+exception a pyfuse3 handler may raise; anything else would take the mount down).
+
+SOURCE is reached through a directory descriptor opened before mounting, with ``*at`` calls
+(``dir_fd=``), so mounting over SOURCE itself protects it in place. FUSE inode numbers are the
+underlying inode numbers, so they stay the same across remounts.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
+
+from .dirty import DirtyFile, DirtyTracker
+
+log = logging.getLogger(__name__)
+ENTRY_TIMEOUT = 1.0
+VERSIONS_NAME = "versions"
+
+# Called when a written file is closed or fsync'd: (relative path, descriptor to read it with,
+# what changed). It runs with writes to that file held back, so what it reads is one instant.
+CutHandler = Callable[[str, int, DirtyFile], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Handle:
+    fd: int
+    inode: int
+    writable: bool
+
+
+@dataclass(slots=True)
+class _Inode:
+    paths: set[str] = field(default_factory=set)
+    lookups: int = 0
+    open_handles: int = 0
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+@contextmanager
+def _fuse_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+
+def _name(raw: bytes) -> str:
+    name = os.fsdecode(raw)
+    if not name or "/" in name or "\x00" in name or name in (".", ".."):
+        raise pyfuse3.FUSEError(errno.EINVAL)
+    return name
+
+
+class PassthroughOps(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, source_fd: int, on_cut: CutHandler | None = None) -> None:
+        super().__init__()
+        self.source_fd = source_fd
+        self.root_ino = os.fstat(source_fd).st_ino
+        self.inodes: dict[int, _Inode] = {pyfuse3.ROOT_INODE: _Inode(paths={""})}
+        self.handles: dict[int, _Handle] = {}
+        self.dirty = DirtyTracker()
+        self.on_cut = on_cut
+        self.i_am_root = os.geteuid() == 0
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _path(self, inode: int) -> str:
+        entry = self.inodes.get(inode)
+        if entry is None or not entry.paths:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return min(entry.paths)
+
+    def _rel(self, path: str) -> str:
+        return path or "."
+
+    def _child(self, parent: int, raw: bytes) -> str:
+        base = self._path(parent)
+        name = _name(raw)
+        return f"{base}/{name}" if base else name
+
+    def _fuse_ino(self, st_ino: int) -> InodeT:
+        return InodeT(pyfuse3.ROOT_INODE if st_ino == self.root_ino else st_ino)
+
+    def _stat(self, path: str) -> os.stat_result:
+        return os.stat(self._rel(path), dir_fd=self.source_fd, follow_symlinks=False)
+
+    def _attrs(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = self._fuse_ino(st.st_ino)
+        entry.generation = 0
+        entry.entry_timeout = ENTRY_TIMEOUT
+        entry.attr_timeout = ENTRY_TIMEOUT
+        entry.st_mode = ModeT(st.st_mode)
+        entry.st_nlink = st.st_nlink
+        entry.st_uid = st.st_uid
+        entry.st_gid = st.st_gid
+        entry.st_rdev = st.st_rdev
+        entry.st_size = st.st_size
+        entry.st_blksize = st.st_blksize
+        entry.st_blocks = st.st_blocks
+        entry.st_atime_ns = st.st_atime_ns
+        entry.st_mtime_ns = st.st_mtime_ns
+        entry.st_ctime_ns = st.st_ctime_ns
+        return entry
+
+    def _remember(
+        self, path: str, st: os.stat_result, count_lookup: bool = True
+    ) -> pyfuse3.EntryAttributes:
+        ino = self._fuse_ino(st.st_ino)
+        entry = self.inodes.setdefault(ino, _Inode())
+        entry.paths.add(path)
+        if count_lookup:
+            entry.lookups += 1
+        return self._attrs(st)
+
+    def _forget_path(self, path: str) -> None:
+        for entry in self.inodes.values():
+            entry.paths.discard(path)
+
+    def _moved(self, old: str, new: str) -> None:
+        prefix = old + "/"
+        for entry in self.inodes.values():
+            for path in list(entry.paths):
+                if path == old:
+                    entry.paths.discard(path)
+                    entry.paths.add(new)
+                elif path.startswith(prefix):
+                    entry.paths.discard(path)
+                    entry.paths.add(new + path[len(old) :])
+
+    def _own(self, path: str, ctx: pyfuse3.RequestContext) -> None:
+        # As root, give new entries to the user who made them, as a normal folder does.
+        if self.i_am_root:
+            os.chown(
+                self._rel(path), ctx.uid, ctx.gid, dir_fd=self.source_fd, follow_symlinks=False
+            )
+
+    # -- lookups and attributes ------------------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        with _fuse_errors():
+            path = self._child(parent_inode, name)
+            return self._remember(path, self._stat(path))
+
+    async def forget(self, inode_list: list[tuple[InodeT, int]]) -> None:  # type: ignore[override]
+        for inode, count in inode_list:
+            entry = self.inodes.get(inode)
+            if entry is None or inode == pyfuse3.ROOT_INODE:
+                continue
+            entry.lookups -= count
+            if entry.lookups <= 0 and entry.open_handles == 0:
+                del self.inodes[inode]
+                self.dirty.forget(inode)
+
+    async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with _fuse_errors():
+            for handle in self.handles.values():
+                if handle.inode == inode:  # an unlinked but open file still has attributes
+                    return self._attrs(os.fstat(handle.fd))
+            return self._attrs(self._stat(self._path(inode)))
+
+    async def setattr(
+        self,
+        inode: InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with _fuse_errors():
+            path = self._rel(self._path(inode)) if fh is None else ""
+            target: int | str = self.handles[fh].fd if fh is not None else path
+            kwargs = {} if fh is not None else {"dir_fd": self.source_fd}
+            if fields.update_size:
+                entry = self.inodes[inode]
+                async with entry.lock:
+                    if fh is not None:
+                        os.ftruncate(self.handles[fh].fd, attr.st_size)
+                    else:
+                        fd = os.open(path, os.O_WRONLY, dir_fd=self.source_fd)
+                        try:
+                            os.ftruncate(fd, attr.st_size)
+                        finally:
+                            os.close(fd)
+                    self.dirty.truncate(inode, attr.st_size)
+                    if entry.open_handles == 0:
+                        await self._cut(inode)
+            if fields.update_mode:
+                if isinstance(target, int):
+                    os.fchmod(target, stat.S_IMODE(attr.st_mode))
+                else:
+                    os.chmod(target, stat.S_IMODE(attr.st_mode), dir_fd=self.source_fd)
+            if fields.update_uid or fields.update_gid:
+                uid = attr.st_uid if fields.update_uid else -1
+                gid = attr.st_gid if fields.update_gid else -1
+                if isinstance(target, int):
+                    os.fchown(target, uid, gid)
+                else:
+                    os.chown(target, uid, gid, dir_fd=self.source_fd, follow_symlinks=False)
+            if fields.update_atime or fields.update_mtime:
+                current = (
+                    os.fstat(target) if isinstance(target, int) else self._stat(self._path(inode))
+                )
+                atime = attr.st_atime_ns if fields.update_atime else current.st_atime_ns
+                mtime = attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns
+                if isinstance(target, int):
+                    os.utime(target, ns=(atime, mtime))
+                else:
+                    os.utime(target, ns=(atime, mtime), **kwargs, follow_symlinks=False)  # type: ignore[arg-type]
+            st = os.fstat(target) if isinstance(target, int) else self._stat(self._path(inode))
+            return self._attrs(st)
+
+    async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
+        with _fuse_errors():
+            return FileNameT(
+                os.fsencode(os.readlink(self._rel(self._path(inode)), dir_fd=self.source_fd))
+            )
+
+    async def access(self, inode: InodeT, mode: ModeT, ctx: pyfuse3.RequestContext) -> bool:
+        return True  # mounted with default_permissions: the kernel checks modes
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        with _fuse_errors():
+            st = os.statvfs(self.source_fd)
+        data = pyfuse3.StatvfsData()
+        for name in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+        ):
+            setattr(data, name, getattr(st, name))
+        data.f_namemax = st.f_namemax
+        return data
+
+    # -- directories -----------------------------------------------------------------------
+
+    async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
+        with _fuse_errors():
+            self._path(inode)
+        return FileHandleT(inode)
+
+    async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        with _fuse_errors():
+            base = self._path(fh)
+            dir_fd = os.open(self._rel(base), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.source_fd)
+            try:
+                names = sorted(os.listdir(dir_fd))
+            finally:
+                os.close(dir_fd)
+        # Cookies are positions in the sorted listing (+1: 0 means "from the start").
+        for index in range(start_id, len(names)):
+            name = names[index]
+            path = f"{base}/{name}" if base else name
+            try:
+                st = self._stat(path)
+            except OSError:
+                continue  # removed meanwhile
+            if not pyfuse3.readdir_reply(
+                token, FileNameT(os.fsencode(name)), self._remember(path, st), index + 1
+            ):
+                # Not sent: undo the lookup count readdir_reply would have implied.
+                self.inodes[self._fuse_ino(st.st_ino)].lookups -= 1
+                return
+
+    async def releasedir(self, fh: FileHandleT) -> None:
+        return None
+
+    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
+        with _fuse_errors():
+            fd = os.open(
+                self._rel(self._path(fh)), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.source_fd
+            )
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    async def mkdir(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        with _fuse_errors():
+            path = self._child(parent_inode, name)
+            os.mkdir(path, mode & ~ctx.umask, dir_fd=self.source_fd)
+            self._own(path, ctx)
+            return self._remember(path, self._stat(path))
+
+    async def rmdir(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with _fuse_errors():
+            path = self._child(parent_inode, name)
+            os.rmdir(path, dir_fd=self.source_fd)
+            self._forget_path(path)
+
+    async def unlink(
+        self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with _fuse_errors():
+            path = self._child(parent_inode, name)
+            os.unlink(path, dir_fd=self.source_fd)
+            self._forget_path(path)
+
+    async def rename(
+        self,
+        parent_inode_old: InodeT,
+        name_old: FileNameT,
+        parent_inode_new: InodeT,
+        name_new: FileNameT,
+        flags: FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE/NOREPLACE: not offered
+        with _fuse_errors():
+            old = self._child(parent_inode_old, name_old)
+            new = self._child(parent_inode_new, name_new)
+            os.rename(old, new, src_dir_fd=self.source_fd, dst_dir_fd=self.source_fd)
+            self._forget_path(new)
+            self._moved(old, new)
+
+    async def link(
+        self,
+        inode: InodeT,
+        new_parent_inode: InodeT,
+        new_name: FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with _fuse_errors():
+            new = self._child(new_parent_inode, new_name)
+            os.link(
+                self._path(inode),
+                new,
+                src_dir_fd=self.source_fd,
+                dst_dir_fd=self.source_fd,
+                follow_symlinks=False,
+            )
+            return self._remember(new, self._stat(new))
+
+    async def symlink(
+        self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        with _fuse_errors():
+            path = self._child(parent_inode, name)
+            os.symlink(os.fsdecode(target), path, dir_fd=self.source_fd)
+            self._own(path, ctx)
+            return self._remember(path, self._stat(path))
+
+    async def mknod(
+        self,
+        parent_inode: InodeT,
+        name: FileNameT,
+        mode: ModeT,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        with _fuse_errors():
+            path = self._child(parent_inode, name)
+            os.mknod(path, mode & ~ctx.umask, rdev, dir_fd=self.source_fd)
+            self._own(path, ctx)
+            return self._remember(path, self._stat(path))
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _register(self, fd: int, inode: int, flags: int) -> pyfuse3.FileInfo:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        self.handles[fd] = _Handle(fd, inode, writable)
+        self.inodes.setdefault(inode, _Inode()).open_handles += 1
+        return pyfuse3.FileInfo(fh=FileHandleT(fd))
+
+    async def open(
+        self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        with _fuse_errors():
+            path = self._rel(self._path(inode))
+            # O_APPEND would let the kernel pick offsets we do not see; writes come with them.
+            fd = os.open(
+                path,
+                (flags & ~os.O_APPEND & ~os.O_CREAT & ~os.O_EXCL) | os.O_NOFOLLOW,
+                dir_fd=self.source_fd,
+            )
+            if flags & os.O_TRUNC:
+                self.dirty.truncate(inode, 0)
+            return self._register(fd, inode, flags)
+
+    async def create(
+        self,
+        parent_inode: InodeT,
+        name: FileNameT,
+        mode: ModeT,
+        flags: FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        with _fuse_errors():
+            path = self._child(parent_inode, name)
+            fd = os.open(
+                path,
+                (flags & ~os.O_APPEND) | os.O_CREAT | os.O_NOFOLLOW,
+                mode & ~ctx.umask,
+                dir_fd=self.source_fd,
+            )
+            self._own(path, ctx)
+            attrs = self._remember(path, os.fstat(fd))
+            self.dirty.truncate(attrs.st_ino, 0)
+            return self._register(fd, attrs.st_ino, flags), attrs
+
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        with _fuse_errors():
+            return os.pread(fh, size, off)
+
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        handle = self.handles[fh]
+        entry = self.inodes[handle.inode]
+        with _fuse_errors():
+            async with entry.lock:  # a version being cut holds the lock: writes wait for it
+                written = os.pwrite(fh, buf, off)
+                self.dirty.write(handle.inode, off, written)
+                return written
+
+    async def flush(self, fh: FileHandleT) -> None:
+        return None
+
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        handle = self.handles[fh]
+        with _fuse_errors():
+            if datasync:
+                os.fdatasync(fh)
+            else:
+                os.fsync(fh)
+        await self._cut(handle.inode, fh)
+
+    async def release(self, fh: FileHandleT) -> None:
+        handle = self.handles.pop(fh)
+        entry = self.inodes.get(handle.inode)
+        try:
+            if entry is not None:
+                entry.open_handles -= 1
+                if entry.open_handles == 0:
+                    await self._cut(handle.inode, fh)
+        finally:
+            with _fuse_errors():
+                os.close(fh)
+
+    async def _cut(self, inode: int, fd: int | None = None) -> None:
+        """Hand a written file's changes over for backup, holding its writes back meanwhile."""
+        if self.on_cut is None or not self.dirty.is_dirty(inode):
+            return
+        entry = self.inodes.get(inode)
+        if entry is None or not entry.paths:
+            self.dirty.forget(inode)  # unlinked: nothing to version under a name
+            return
+        async with entry.lock:
+            changes = self.dirty.take(inode)
+            if changes is None:
+                return
+            path = min(entry.paths)
+            read_fd = None
+            try:
+                # A read-only descriptor of our own: the writer's may be write-only. Reopening
+                # through /proc reaches the same inode even if it was renamed meanwhile.
+                if fd is not None:
+                    read_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+                else:
+                    read_fd = os.open(
+                        self._rel(path), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.source_fd
+                    )
+                await self.on_cut(path, read_fd, changes)
+            except Exception:
+                # The changes stay recorded and are retried at the next cut.
+                log.exception("could not record a new version of %s", path)
+                again = self.dirty._files.setdefault(inode, DirtyFile())
+                again.chunks |= changes.chunks
+                again.written = True
+            finally:
+                if read_fd is not None:
+                    os.close(read_fd)
+
+    # -- extended attributes ---------------------------------------------------------------
+
+    def _xattr_path(self, inode: int) -> str:
+        return f"/proc/self/fd/{self.source_fd}/{self._path(inode)}"
+
+    async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
+        with _fuse_errors():
+            return os.getxattr(self._xattr_path(inode), os.fsdecode(name), follow_symlinks=False)
+
+    async def setxattr(
+        self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with _fuse_errors():
+            os.setxattr(self._xattr_path(inode), os.fsdecode(name), value, follow_symlinks=False)
+
+    async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
+        with _fuse_errors():
+            return [
+                XAttrNameT(os.fsencode(n))
+                for n in os.listxattr(self._xattr_path(inode), follow_symlinks=False)
+            ]
+
+    async def removexattr(
+        self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        with _fuse_errors():
+            os.removexattr(self._xattr_path(inode), os.fsdecode(name), follow_symlinks=False)

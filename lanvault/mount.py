@@ -1,0 +1,100 @@
+"""``lanvault mount SOURCE MOUNTPOINT``: the mount process.
+
+It runs apart from the node daemon, so that a crash of either loses nothing and leaves the other
+working: versions cut by the mount wait in the outbox and the catalog (both durable) until the
+daemon sends them, and the daemon keeps serving peers whether or not a folder is mounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from chunkstore.catalogdb import CatalogDB
+from chunkstore.keys import KeyRing
+from chunkstore.store import ChunkStore
+from fs.capture import VersionCutter
+from fs.dirty import DirtyFile
+from fs.passthrough import PassthroughOps
+
+from .control import DaemonUnavailable, call
+from .state import CommandError, StateDir
+
+log = logging.getLogger("lanvault.mount")
+
+
+def _kick_daemon(state: StateDir) -> None:
+    with contextlib.suppress(DaemonUnavailable, OSError, ValueError):
+        for _event in call(state.socket_path, {"op": "kick"}, timeout=5):
+            pass
+
+
+async def _outbox_upkeep(outbox: ChunkStore) -> None:
+    while True:
+        await trio.sleep(60)
+        if await trio.to_thread.run_sync(outbox.garbage_bytes) > 64 << 20:
+            await trio.to_thread.run_sync(outbox.compact, 0.5)
+
+
+def run_mount(
+    state: StateDir, source: Path, mountpoint: Path, foreground_signals: bool = True
+) -> None:
+    config = state.load_config()
+    if not source.is_dir():
+        raise CommandError(f"{source} is not a folder")
+    if not mountpoint.is_dir():
+        raise CommandError(f"{mountpoint} is not a folder (create it first)")
+    # Opened before mounting: with SOURCE == MOUNTPOINT the real files stay reachable.
+    source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    keys = KeyRing.from_master(state.master_key())
+    catalog = CatalogDB(state.catalog_path)
+    outbox = ChunkStore.open(state.outbox_path, capacity=1 << 62)
+    source_root = str(source.resolve())
+
+    def degree_for(relative: str) -> int:
+        return config.default_degree
+
+    cutter = VersionCutter(keys, catalog, outbox, config.node_id, source_root, degree_for)
+
+    async def on_cut(relative: str, fd: int, changes: DirtyFile) -> None:
+        version = await cutter.cut(relative, fd, changes)
+        log.info("new version of %s (%d bytes)", version.path, version.size)
+        await trio.to_thread.run_sync(_kick_daemon, state)
+
+    ops = PassthroughOps(source_fd, on_cut)
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=lanvault", "default_permissions"}
+    if os.geteuid() == 0:
+        options.add("allow_other")
+    pyfuse3.init(ops, str(mountpoint), options)
+    log.info("mounted %s at %s", source, mountpoint)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_outbox_upkeep, outbox)
+            if foreground_signals:
+
+                async def stop_on_signal() -> None:
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            pyfuse3.terminate()
+                            return
+
+                nursery.start_soon(stop_on_signal)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        pyfuse3.close(unmount=True)
+        outbox.close()
+        catalog.close()
+        os.close(source_fd)
+        log.info("unmounted %s", mountpoint)
