@@ -12,6 +12,8 @@ underlying inode numbers, so they stay the same across remounts.
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import logging
 import os
 import stat
@@ -64,6 +66,31 @@ def _name(raw: bytes) -> str:
     return name
 
 
+def _guarded(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
+    """Turn any unexpected exception of a handler into EIO: it must never take the mount down."""
+
+    def wrap(
+        name: str, method: Callable[..., Awaitable[object]]
+    ) -> Callable[..., Awaitable[object]]:
+        @functools.wraps(method)
+        async def handler(*args: object, **kwargs: object) -> object:
+            try:
+                return await method(*args, **kwargs)
+            except pyfuse3.FUSEError:
+                raise
+            except Exception:
+                log.exception("%s failed", name)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
+        return handler
+
+    for name, method in list(vars(cls).items()):
+        if inspect.iscoroutinefunction(method) and not name.startswith("_"):
+            setattr(cls, name, wrap(name, method))
+    return cls
+
+
+@_guarded
 class PassthroughOps(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -202,8 +229,8 @@ class PassthroughOps(pyfuse3.Operations):
                         finally:
                             os.close(fd)
                     self.dirty.truncate(inode, attr.st_size)
-                    if entry.open_handles == 0:
-                        await self._cut(inode)
+                if entry.open_handles == 0:
+                    await self._cut(inode)
             if fields.update_mode:
                 if isinstance(target, int):
                     os.fchmod(target, stat.S_IMODE(attr.st_mode))

@@ -1,0 +1,93 @@
+"""A real FUSE mount in a subprocess: waits until mounted, always unmounts, sweeps stale mounts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.system.procs import ROOT, env, lanvault
+
+
+def fuse_available() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if shutil.which("fusermount3") is None:
+        return "no fusermount3 (package fuse3)"
+    return None
+
+
+def sweep_stale_mounts() -> None:
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[0] == "lanvault" and "pytest-of-" in fields[1]:
+                subprocess.run(["fusermount3", "-u", "-z", fields[1]], capture_output=True)
+
+
+@dataclass
+class Mount:
+    state: Path
+    source: Path
+    mountpoint: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as handle:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lanvault.cli", "mount", str(self.source), str(self.mountpoint), "--dir", str(self.state)],
+                cwd=ROOT, env=env(), stdout=handle, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(self.mountpoint):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mount exited: {self.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("not mounted after 20 s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        if self.proc is not None:
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        log = self.log.read_text() if self.log.exists() else ""
+        assert "Traceback" not in log, f"the mount logged a traceback:\n{log[-3000:]}"
+
+
+@pytest.fixture
+def node_state(tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    out = json.loads(lanvault("init", "--dir", state, "--id", "1", "--json").stdout)
+    assert out["node_id"] == 1
+    return state
+
+
+@pytest.fixture
+def mounted(tmp_path: Path, node_state: Path) -> Iterator[Mount]:
+    why = fuse_available()
+    if why:
+        pytest.skip(why)
+    sweep_stale_mounts()
+    source, mountpoint = tmp_path / "source", tmp_path / "mnt"
+    source.mkdir()
+    mountpoint.mkdir()
+    mount = Mount(node_state, source, mountpoint, tmp_path / "mount.log")
+    mount.start()
+    try:
+        yield mount
+    finally:
+        mount.stop()
