@@ -74,11 +74,17 @@ class VersionCutter:
         count = chunk_count(st.st_size)
         addresses: list[bytes | None] = [None] * count
         if previous is not None:
-            # A chunk keeps its address if it was not written and lies wholly inside both the
-            # old and the new size (growing or shrinking a file changes its last chunk).
-            unchanged_limit = min(previous.size, st.st_size)
+            # A chunk keeps its address if it was not written and its bytes lie wholly below
+            # the old size, the new size and any size the file was truncated to meanwhile
+            # (growing or shrinking changes the last chunk; a truncation zeroes what follows).
+            limit = min(previous.size, st.st_size)
+            if changes.truncated_to is not None:
+                limit = min(limit, changes.truncated_to)
+            same_end = previous.size == st.st_size == limit
             for no in range(count):
-                if no not in changes.chunks and (no + 1) * CHUNK_SIZE <= unchanged_limit:
+                if no in changes.chunks:
+                    continue
+                if (no + 1) * CHUNK_SIZE <= limit or (same_end and no == count - 1):
                     addresses[no] = previous.chunks[no]
         wanted = [no for no, address in enumerate(addresses) if address is None]
         for start in range(0, len(wanted), BATCH):
