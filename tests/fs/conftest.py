@@ -44,8 +44,20 @@ class Mount:
     def start(self) -> None:
         with open(self.log, "ab") as handle:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "lanvault.cli", "mount", str(self.source), str(self.mountpoint), "--dir", str(self.state)],
-                cwd=ROOT, env=env(), stdout=handle, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "lanvault.cli",
+                    "mount",
+                    str(self.source),
+                    str(self.mountpoint),
+                    "--dir",
+                    str(self.state),
+                ],
+                cwd=ROOT,
+                env=env(),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 20
         while not os.path.ismount(self.mountpoint):

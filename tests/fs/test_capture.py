@@ -65,7 +65,9 @@ async def test_only_dirty_chunks_are_read(cutter: VersionCutter, tmp_path: Path)
 
 
 @pytest.mark.parametrize("seed", range(8))
-async def test_random_edits_always_match_a_full_rechunk(cutter: VersionCutter, tmp_path: Path, seed: int) -> None:
+async def test_random_edits_always_match_a_full_rechunk(
+    cutter: VersionCutter, tmp_path: Path, seed: int
+) -> None:
     rng = random.Random(seed)
     (tmp_path / "src").mkdir()
     path = tmp_path / "src" / "f.bin"
