@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 import pytest
-import trio
 
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import CHUNK_SIZE, split_bytes
@@ -94,4 +93,3 @@ async def test_random_edits_always_match_a_full_rechunk(
                 changes.truncate(size)
         path.write_bytes(data)
         await cut(cutter, path, changes)
-    await trio.sleep(0)
