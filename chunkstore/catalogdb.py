@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,25 @@ CREATE TABLE IF NOT EXISTS tombstones (   -- deletes not yet acknowledged by a h
     address BLOB    NOT NULL,
     PRIMARY KEY (node, address)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tree_events (  -- how a mounted tree changed, in order
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    root     TEXT    NOT NULL,   -- the mounted SOURCE folder (absolute)
+    parent   TEXT    NOT NULL,   -- parent folder, relative to root ('' for the top)
+    name     TEXT    NOT NULL,
+    kind     INTEGER NOT NULL,   -- 1 folder, 2 file, 3 symlink, 0 gone
+    file_id  BLOB,               -- for files: the version
+    mode     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    target   TEXT    NOT NULL,   -- for symlinks
+    time_ns  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tree_events_by_entry ON tree_events (root, parent, name, seq);
+CREATE TABLE IF NOT EXISTS snapshots (    -- one per commit: the tree as of tree_events.seq
+    seq     INTEGER PRIMARY KEY,
+    root    TEXT    NOT NULL,
+    time_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_root ON snapshots (root, seq);
 CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -58,6 +78,23 @@ CREATE TABLE IF NOT EXISTS settings (
 """
 
 _VERSION_COLUMNS = "id, path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns, degree, owner"
+TREE_GONE = 0
+TREE_DIR = 1
+TREE_FILE = 2
+TREE_SYMLINK = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEvent:
+    """One entry of a mounted tree at some moment (kind ``TREE_GONE`` records a removal)."""
+
+    parent: str
+    name: str
+    kind: int
+    file_id: bytes = b""
+    mode: int = 0
+    mtime_ns: int = 0
+    target: str = ""
 
 
 class CatalogDB:
@@ -273,6 +310,88 @@ class CatalogDB:
             db.executemany(
                 "DELETE FROM tombstones WHERE node=? AND address=?", [(node, a) for a in addresses]
             )
+
+    # -- the tree's history: snapshots ----------------------------------------------------
+
+    def record_tree(self, root: str, entries: Iterable[TreeEvent], time_ns: int) -> int:
+        """Append tree changes and commit them as one snapshot; returns its sequence number."""
+        with self._tx() as db:
+            seq = 0
+            for e in entries:
+                cur = db.execute(
+                    "INSERT INTO tree_events(root, parent, name, kind, file_id, mode, mtime_ns,"
+                    " target, time_ns) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (
+                        root,
+                        e.parent,
+                        e.name,
+                        e.kind,
+                        e.file_id,
+                        e.mode,
+                        e.mtime_ns,
+                        e.target,
+                        time_ns,
+                    ),
+                )
+                seq = int(cur.lastrowid or 0)
+            if seq:
+                db.execute(
+                    "INSERT INTO snapshots(seq, root, time_ns) VALUES (?,?,?)", (seq, root, time_ns)
+                )
+            return seq
+
+    def snapshots(self, root: str | None = None) -> list[tuple[int, str, int]]:
+        """(seq, root, time_ns) of every snapshot, oldest first."""
+        with self._lock:
+            if root is None:
+                rows = self._db.execute("SELECT seq, root, time_ns FROM snapshots ORDER BY seq")
+            else:
+                rows = self._db.execute(
+                    "SELECT seq, root, time_ns FROM snapshots WHERE root=? ORDER BY seq", (root,)
+                )
+            return [(int(a), str(b), int(c)) for a, b, c in rows.fetchall()]
+
+    def tree_entry(self, root: str, parent: str, name: str, seq: int) -> TreeEvent | None:
+        """The entry ``parent/name`` as of snapshot ``seq`` (None if absent then)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT parent, name, kind, file_id, mode, mtime_ns, target FROM tree_events"
+                " WHERE root=? AND parent=? AND name=? AND seq<=? ORDER BY seq DESC LIMIT 1",
+                (root, parent, name, seq),
+            ).fetchone()
+        if row is None or row[2] == TREE_GONE:
+            return None
+        return TreeEvent(
+            str(row[0]),
+            str(row[1]),
+            int(row[2]),
+            bytes(row[3] or b""),
+            int(row[4]),
+            int(row[5]),
+            str(row[6]),
+        )
+
+    def tree_children(self, root: str, parent: str, seq: int) -> list[TreeEvent]:
+        """A folder's entries as of snapshot ``seq``, sorted by name; built from the index."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target"
+                " FROM tree_events e WHERE e.root=? AND e.parent=? AND e.seq = ("
+                "  SELECT MAX(seq) FROM tree_events w WHERE w.root=e.root AND w.parent=e.parent"
+                "  AND w.name=e.name AND w.seq<=?) AND e.kind != 0 ORDER BY e.name",
+                (root, parent, seq),
+            ).fetchall()
+        return [
+            TreeEvent(str(a), str(b), int(c), bytes(d or b""), int(m), int(t), str(g))
+            for a, b, c, d, m, t, g in rows
+        ]
+
+    def version_by_id(self, file_id: bytes) -> FileVersion | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE file_id=?", (file_id,)
+            ).fetchone()
+            return self._version_from_row(row) if row else None
 
     # -- settings ------------------------------------------------------------------------
 

@@ -11,13 +11,14 @@ node daemon sends the outbox's chunks to their holders and marks the version com
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable
 
 import trio
 
 from chunkstore.catalog import FileVersion
-from chunkstore.catalogdb import CatalogDB
+from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_GONE, TREE_SYMLINK, CatalogDB, TreeEvent
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.fileid import content_digest, file_id
@@ -108,6 +109,102 @@ class VersionCutter:
             owner=self.owner,
         )
         await trio.to_thread.run_sync(self.catalog.add_version, version, time.time_ns())
+        await self._record(
+            [self._event(relative, TREE_FILE, version.file_id, st.st_mode, st.st_mtime_ns)]
+        )
         if self.on_version is not None:
             self.on_version(version)
         return version
+
+    # -- the tree's structure ----------------------------------------------------------------
+
+    @staticmethod
+    def _event(
+        relative: str,
+        kind: int,
+        file_id: bytes = b"",
+        mode: int = 0,
+        mtime_ns: int = 0,
+        target: str = "",
+    ) -> TreeEvent:
+        parent, _, name = relative.rpartition("/")
+        return TreeEvent(parent, name, kind, file_id, mode, mtime_ns, target)
+
+    async def _record(self, events: list[TreeEvent]) -> None:
+        if events:
+            await trio.to_thread.run_sync(
+                self.catalog.record_tree, self.source_root, events, time.time_ns()
+            )
+
+    def _latest_seq(self) -> int:
+        rows = self.catalog.snapshots(self.source_root)
+        return rows[-1][0] if rows else 0
+
+    async def made(self, relative: str, st: os.stat_result, target: str = "") -> None:
+        """A folder or symlink appeared (files are recorded when their version is cut)."""
+        if stat.S_ISDIR(st.st_mode):
+            await self._record(
+                [self._event(relative, TREE_DIR, mode=st.st_mode, mtime_ns=st.st_mtime_ns)]
+            )
+        elif stat.S_ISLNK(st.st_mode):
+            await self._record(
+                [
+                    self._event(
+                        relative,
+                        TREE_SYMLINK,
+                        mode=st.st_mode,
+                        mtime_ns=st.st_mtime_ns,
+                        target=target,
+                    )
+                ]
+            )
+
+    async def removed(self, relative: str) -> None:
+        await self._record([self._event(relative, TREE_GONE)])
+
+    def _renamed_events(self, old: str, new: str) -> list[TreeEvent]:
+        """Events moving ``old`` (and, for a folder, everything under it) to ``new``."""
+        seq = self._latest_seq()
+        parent, _, name = old.rpartition("/")
+        entry = self.catalog.tree_entry(self.source_root, parent, name, seq) if seq else None
+        events = [self._event(old, TREE_GONE)]
+        if entry is None:
+            return events
+        pending = [(old, new, entry)]
+        while pending:
+            src, dst, item = pending.pop()
+            file_id = item.file_id
+            if item.kind == TREE_FILE:
+                version = self.catalog.version_by_id(item.file_id)
+                if version is not None:
+                    # Same chunks under a new name: a new version, no data read or sent.
+                    moved = FileVersion(
+                        path=self.catalog_path(dst),
+                        file_id=file_id_for(self.owner, self.catalog_path(dst), version),
+                        size=version.size,
+                        mode=version.mode,
+                        uid=version.uid,
+                        gid=version.gid,
+                        mtime_ns=version.mtime_ns,
+                        ctime_ns=version.ctime_ns,
+                        degree=version.degree,
+                        chunks=version.chunks,
+                        owner=self.owner,
+                    )
+                    self.catalog.add_version(moved, time.time_ns())
+                    file_id = moved.file_id
+            events.append(
+                self._event(dst, item.kind, file_id, item.mode, item.mtime_ns, item.target)
+            )
+            if item.kind == TREE_DIR:
+                for child in self.catalog.tree_children(self.source_root, src, seq):
+                    pending.append((f"{src}/{child.name}", f"{dst}/{child.name}", child))
+        return events
+
+    async def renamed(self, old: str, new: str) -> None:
+        events = await trio.to_thread.run_sync(self._renamed_events, old, new)
+        await self._record(events)
+
+
+def file_id_for(owner: int, path: str, version: FileVersion) -> bytes:
+    return file_id(owner, path, version.size, version.mtime_ns, content_digest(version.chunks))

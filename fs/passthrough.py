@@ -20,12 +20,14 @@ import stat
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
 from .dirty import DirtyFile, DirtyTracker
+from .versions import VIRTUAL_BASE, VersionsView
 
 log = logging.getLogger(__name__)
 ENTRY_TIMEOUT = 1.0
@@ -34,6 +36,16 @@ VERSIONS_NAME = "versions"
 # Called when a written file is closed or fsync'd: (relative path, descriptor to read it with,
 # what changed). It runs with writes to that file held back, so what it reads is one instant.
 CutHandler = Callable[[str, int, DirtyFile], Awaitable[None]]
+
+
+class TreeListener(Protocol):
+    """Told about structural changes, so that snapshots record folders, links and removals."""
+
+    async def made(self, relative: str, st: os.stat_result, target: str = "") -> None: ...
+
+    async def removed(self, relative: str) -> None: ...
+
+    async def renamed(self, old: str, new: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -96,8 +108,18 @@ class PassthroughOps(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, source_fd: int, on_cut: CutHandler | None = None) -> None:
+    def __init__(
+        self,
+        source_fd: int,
+        on_cut: CutHandler | None = None,
+        versions: VersionsView | None = None,
+        tree: TreeListener | None = None,
+    ) -> None:
         super().__init__()
+        self.versions = versions
+        self.tree = tree
+        self.virtual_handles: dict[int, int] = {}
+        self._next_virtual_fh = VIRTUAL_BASE
         self.source_fd = source_fd
         self.root_ino = os.fstat(source_fd).st_ino
         self.inodes: dict[int, _Inode] = {pyfuse3.ROOT_INODE: _Inode(paths={""})}
@@ -107,6 +129,23 @@ class PassthroughOps(pyfuse3.Operations):
         self.i_am_root = os.geteuid() == 0
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _virtual(self, inode: int) -> bool:
+        return self.versions is not None and VersionsView.is_virtual(inode)
+
+    def _refuse_virtual(self, *inodes: int) -> None:
+        """versions/ is read-only: any change there fails with EROFS."""
+        for inode in inodes:
+            if self._virtual(inode):
+                raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _refuse_versions_name(self, parent: int, raw: bytes) -> None:
+        if (
+            self.versions is not None
+            and parent == pyfuse3.ROOT_INODE
+            and raw == VERSIONS_NAME.encode()
+        ):
+            raise pyfuse3.FUSEError(errno.EROFS)
 
     def _path(self, inode: int) -> str:
         entry = self.inodes.get(inode)
@@ -184,12 +223,19 @@ class PassthroughOps(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        if self.versions is not None:
+            if self._virtual(parent_inode):
+                return self.versions.attrs(self.versions.lookup(parent_inode, _name(name)))
+            if parent_inode == pyfuse3.ROOT_INODE and name == VERSIONS_NAME.encode():
+                return self.versions.attrs(self.versions.top)
         with _fuse_errors():
             path = self._child(parent_inode, name)
             return self._remember(path, self._stat(path))
 
     async def forget(self, inode_list: list[tuple[InodeT, int]]) -> None:  # type: ignore[override]
         for inode, count in inode_list:
+            if self._virtual(inode):
+                continue
             entry = self.inodes.get(inode)
             if entry is None or inode == pyfuse3.ROOT_INODE:
                 continue
@@ -199,6 +245,8 @@ class PassthroughOps(pyfuse3.Operations):
                 self.dirty.forget(inode)
 
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self.versions is not None and self._virtual(inode):
+            return self.versions.attrs(inode)
         with _fuse_errors():
             for handle in self.handles.values():
                 if handle.inode == inode:  # an unlinked but open file still has attributes
@@ -213,6 +261,7 @@ class PassthroughOps(pyfuse3.Operations):
         fh: FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_virtual(inode)
         with _fuse_errors():
             path = self._rel(self._path(inode)) if fh is None else ""
             target: int | str = self.handles[fh].fd if fh is not None else path
@@ -257,6 +306,8 @@ class PassthroughOps(pyfuse3.Operations):
             return self._attrs(st)
 
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
+        if self.versions is not None and self._virtual(inode):
+            return self.versions.readlink(inode)
         with _fuse_errors():
             return FileNameT(
                 os.fsencode(os.readlink(self._rel(self._path(inode)), dir_fd=self.source_fd))
@@ -286,11 +337,31 @@ class PassthroughOps(pyfuse3.Operations):
     # -- directories -----------------------------------------------------------------------
 
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
+        if self.versions is not None and self._virtual(inode):
+            self.versions.node(inode)
+            return FileHandleT(inode)
         with _fuse_errors():
             self._path(inode)
         return FileHandleT(inode)
 
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if self.versions is not None and self._virtual(fh):
+            entries = self.versions.listing(fh)
+            for index in range(start_id, len(entries)):
+                name, inode = entries[index]
+                attrs = self.versions.attrs(inode)
+                if not pyfuse3.readdir_reply(token, FileNameT(os.fsencode(name)), attrs, index + 1):
+                    return
+            return
+        offset = 0
+        if self.versions is not None and fh == pyfuse3.ROOT_INODE:
+            offset = 1  # versions/ comes first in the top folder
+            if start_id == 0:
+                attrs = self.versions.attrs(self.versions.top)
+                if not pyfuse3.readdir_reply(token, FileNameT(VERSIONS_NAME.encode()), attrs, 1):
+                    return
+                start_id = 1
+            start_id -= 1
         with _fuse_errors():
             base = self._path(fh)
             dir_fd = os.open(self._rel(base), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.source_fd)
@@ -301,13 +372,15 @@ class PassthroughOps(pyfuse3.Operations):
         # Cookies are positions in the sorted listing (+1: 0 means "from the start").
         for index in range(start_id, len(names)):
             name = names[index]
+            if offset and name == VERSIONS_NAME:
+                continue  # a real entry of that name is hidden behind versions/
             path = f"{base}/{name}" if base else name
             try:
                 st = self._stat(path)
             except OSError:
                 continue  # removed meanwhile
             if not pyfuse3.readdir_reply(
-                token, FileNameT(os.fsencode(name)), self._remember(path, st), index + 1
+                token, FileNameT(os.fsencode(name)), self._remember(path, st), index + 1 + offset
             ):
                 # Not sent: undo the lookup count readdir_reply would have implied.
                 self.inodes[self._fuse_ino(st.st_ino)].lookups -= 1
@@ -317,6 +390,8 @@ class PassthroughOps(pyfuse3.Operations):
         return None
 
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
+        if self._virtual(fh):
+            return
         with _fuse_errors():
             fd = os.open(
                 self._rel(self._path(fh)), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.source_fd
@@ -329,27 +404,40 @@ class PassthroughOps(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_virtual(parent_inode)
+        self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
             os.mkdir(path, mode & ~ctx.umask, dir_fd=self.source_fd)
             self._own(path, ctx)
-            return self._remember(path, self._stat(path))
+            st = self._stat(path)
+        if self.tree is not None:
+            await self.tree.made(path, st)
+        return self._remember(path, st)
 
     async def rmdir(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_virtual(parent_inode)
+        self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
             os.rmdir(path, dir_fd=self.source_fd)
             self._forget_path(path)
+        if self.tree is not None:
+            await self.tree.removed(path)
 
     async def unlink(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_virtual(parent_inode)
+        self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
             os.unlink(path, dir_fd=self.source_fd)
             self._forget_path(path)
+        if self.tree is not None:
+            await self.tree.removed(path)
 
     async def rename(
         self,
@@ -360,6 +448,9 @@ class PassthroughOps(pyfuse3.Operations):
         flags: FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> None:
+        self._refuse_virtual(parent_inode_old, parent_inode_new)
+        self._refuse_versions_name(parent_inode_old, name_old)
+        self._refuse_versions_name(parent_inode_new, name_new)
         if flags:
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE/NOREPLACE: not offered
         with _fuse_errors():
@@ -368,6 +459,8 @@ class PassthroughOps(pyfuse3.Operations):
             os.rename(old, new, src_dir_fd=self.source_fd, dst_dir_fd=self.source_fd)
             self._forget_path(new)
             self._moved(old, new)
+        if self.tree is not None:
+            await self.tree.renamed(old, new)
 
     async def link(
         self,
@@ -376,6 +469,8 @@ class PassthroughOps(pyfuse3.Operations):
         new_name: FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_virtual(inode, new_parent_inode)
+        self._refuse_versions_name(new_parent_inode, new_name)
         with _fuse_errors():
             new = self._child(new_parent_inode, new_name)
             os.link(
@@ -390,11 +485,16 @@ class PassthroughOps(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_virtual(parent_inode)
+        self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
             os.symlink(os.fsdecode(target), path, dir_fd=self.source_fd)
             self._own(path, ctx)
-            return self._remember(path, self._stat(path))
+            st = self._stat(path)
+        if self.tree is not None:
+            await self.tree.made(path, st, os.fsdecode(target))
+        return self._remember(path, st)
 
     async def mknod(
         self,
@@ -404,6 +504,8 @@ class PassthroughOps(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_virtual(parent_inode)
+        self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
             os.mknod(path, mode & ~ctx.umask, rdev, dir_fd=self.source_fd)
@@ -421,6 +523,13 @@ class PassthroughOps(pyfuse3.Operations):
     async def open(
         self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
+        if self.versions is not None and self._virtual(inode):
+            if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            self.versions.version(inode)
+            self._next_virtual_fh += 1
+            self.virtual_handles[self._next_virtual_fh] = inode
+            return pyfuse3.FileInfo(fh=FileHandleT(self._next_virtual_fh), keep_cache=True)
         with _fuse_errors():
             path = self._rel(self._path(inode))
             # O_APPEND would let the kernel pick offsets we do not see; writes come with them.
@@ -441,6 +550,8 @@ class PassthroughOps(pyfuse3.Operations):
         flags: FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._refuse_virtual(parent_inode)
+        self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
             fd = os.open(
@@ -455,6 +566,10 @@ class PassthroughOps(pyfuse3.Operations):
             return self._register(fd, attrs.st_ino, flags), attrs
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        virtual = self.virtual_handles.get(fh)
+        if virtual is not None and self.versions is not None:
+            with _fuse_errors():
+                return await self.versions.read(virtual, off, size)
         with _fuse_errors():
             return os.pread(fh, size, off)
 
@@ -471,6 +586,8 @@ class PassthroughOps(pyfuse3.Operations):
         return None
 
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        if fh in self.virtual_handles:
+            return
         handle = self.handles[fh]
         with _fuse_errors():
             if datasync:
@@ -480,6 +597,8 @@ class PassthroughOps(pyfuse3.Operations):
         await self._cut(handle.inode, fh)
 
     async def release(self, fh: FileHandleT) -> None:
+        if self.virtual_handles.pop(fh, None) is not None:
+            return
         handle = self.handles.pop(fh)
         entry = self.inodes.get(handle.inode)
         try:
@@ -531,16 +650,21 @@ class PassthroughOps(pyfuse3.Operations):
         return f"/proc/self/fd/{self.source_fd}/{self._path(inode)}"
 
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
+        if self._virtual(inode):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         with _fuse_errors():
             return os.getxattr(self._xattr_path(inode), os.fsdecode(name), follow_symlinks=False)
 
     async def setxattr(
         self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_virtual(inode)
         with _fuse_errors():
             os.setxattr(self._xattr_path(inode), os.fsdecode(name), value, follow_symlinks=False)
 
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
+        if self._virtual(inode):
+            return []
         with _fuse_errors():
             return [
                 XAttrNameT(os.fsencode(n))
@@ -550,5 +674,6 @@ class PassthroughOps(pyfuse3.Operations):
     async def removexattr(
         self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        self._refuse_virtual(inode)
         with _fuse_errors():
             os.removexattr(self._xattr_path(inode), os.fsdecode(name), follow_symlinks=False)

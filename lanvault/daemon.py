@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import signal
@@ -98,7 +99,23 @@ class Daemon:
             "reclaim": self.op_reclaim,
             "check": self.op_check,
             "kick": self.op_kick,
+            "read_chunk": self.op_read_chunk,
         }
+
+    async def op_read_chunk(self, request: dict[str, Any], emit: Emit) -> Any:
+        """A verified chunk of one of our versions, from the peers (for versions/ reads)."""
+        try:
+            address = bytes.fromhex(str(request.get("address", "")))
+        except ValueError:
+            raise OpError("bad chunk address") from None
+        if len(address) != 32:
+            raise OpError("bad chunk address")
+        try:
+            plain = await self.owner.fetch_chunk(address)
+        except RestoreError as exc:
+            raise OpError(str(exc)) from None
+        assert isinstance(plain, bytes)
+        return {"data": base64.b64encode(plain).decode()}
 
     async def op_kick(self, request: dict[str, Any], emit: Emit) -> Any:
         self.owner.kick()

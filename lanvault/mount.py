@@ -7,7 +7,9 @@ daemon sends them, and the daemon keeps serving peers whether or not a folder is
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -16,12 +18,17 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from chunkstore.catalog import FileVersion
 from chunkstore.catalogdb import CatalogDB
+from chunkstore.chunking import CHUNK_SIZE
+from chunkstore.envelope import chunk_address, open_chunk
+from chunkstore.errors import ChunkstoreError
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from fs.capture import VersionCutter
 from fs.dirty import DirtyFile
 from fs.passthrough import PassthroughOps
+from fs.versions import VersionsView
 
 from .control import DaemonUnavailable, call
 from .state import CommandError, StateDir
@@ -62,12 +69,51 @@ def run_mount(
 
     cutter = VersionCutter(keys, catalog, outbox, config.node_id, source_root, degree_for)
 
+    def read_local(version: FileVersion, no: int) -> bytes | None:
+        address = version.chunks[no]
+        # The chunk may still be in the live file, unchanged: cheapest of all.
+        with contextlib.suppress(OSError):
+            fd = os.open(version.path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                data = os.pread(fd, CHUNK_SIZE, no * CHUNK_SIZE)
+            finally:
+                os.close(fd)
+            if chunk_address(keys, data) == address:
+                return data
+        with contextlib.suppress(ChunkstoreError):
+            return open_chunk(keys, address, outbox.get(config.node_id, address))
+        return None
+
+    def read_remote(address: bytes) -> bytes:
+        for event in call(
+            state.socket_path, {"op": "read_chunk", "address": address.hex()}, timeout=120
+        ):
+            if event.get("event") == "result":
+                if not event.get("ok"):
+                    raise OSError(errno.EIO, str(event.get("error")))
+                data = base64.b64decode(event["data"]["data"])
+                if chunk_address(keys, data) != address:
+                    raise OSError(errno.EIO, "the node returned a chunk that does not match")
+                return data
+        raise OSError(errno.EIO, "no answer from the node")
+
+    async def read_chunk(version: FileVersion, no: int) -> bytes:
+        data = await trio.to_thread.run_sync(read_local, version, no)
+        if data is not None:
+            return data
+        try:
+            return await trio.to_thread.run_sync(read_remote, version.chunks[no])
+        except DaemonUnavailable as exc:
+            raise OSError(errno.EIO, str(exc)) from None
+
+    versions = VersionsView(catalog, source_root, read_chunk, os.getuid(), os.getgid())
+
     async def on_cut(relative: str, fd: int, changes: DirtyFile) -> None:
         version = await cutter.cut(relative, fd, changes)
         log.info("new version of %s (%d bytes)", version.path, version.size)
         await trio.to_thread.run_sync(_kick_daemon, state)
 
-    ops = PassthroughOps(source_fd, on_cut)
+    ops = PassthroughOps(source_fd, on_cut, versions, cutter)
     options = set(pyfuse3.default_options)
     options |= {"fsname=lanvault", "default_permissions"}
     if os.geteuid() == 0:
