@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkstore.store import ChunkStore
 from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
 
 from .procs import ProcessCluster
@@ -107,3 +109,63 @@ def test_mount_killed_then_remounted_loses_nothing(
     cluster4.wait(
         lambda: safe(cluster4, source.resolve() / "synced.bin", len(payload)), 60, "backlog done"
     )
+
+
+def outbox_empty(path: Path) -> bool:
+    with ChunkStore.open(path) as store:
+        return store.chunk_count() == 0
+
+
+def test_versions_folder_shows_every_snapshot_even_from_peers(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    if fuse_available():
+        pytest.skip(str(fuse_available()))
+    sweep_stale_mounts()
+    source, mnt = tmp_path / "data", tmp_path / "Backup"
+    source.mkdir()
+    mnt.mkdir()
+    mount = Mount(cluster4.nodes[1].state, source, mnt, tmp_path / "mount.log")
+    mount.start()
+    try:
+        first = os.urandom(150_000)
+        (mnt / "report.odt").write_bytes(first)
+        cluster4.wait(
+            lambda: safe(cluster4, source.resolve() / "report.odt", len(first)), 30, "v1 safe"
+        )
+        (mnt / "docs").mkdir()
+        os.rename(mnt / "report.odt", mnt / "docs" / "report.odt")
+        second = os.urandom(70_000)
+        (mnt / "docs" / "report.odt").write_bytes(second)
+        cluster4.wait(
+            lambda: safe(cluster4, source.resolve() / "docs" / "report.odt", len(second)),
+            30,
+            "v2 safe",
+        )
+
+        snapshots = sorted(os.listdir(mnt / "versions"))
+        assert "latest" in snapshots and len(snapshots) >= 4
+        trees = {name: sorted(os.listdir(mnt / "versions" / name)) for name in snapshots}
+        with_v1 = [n for n, t in trees.items() if "report.odt" in t]
+        assert with_v1, trees
+        assert (mnt / "versions" / with_v1[0] / "report.odt").read_bytes() == first
+        assert (mnt / "versions" / "latest" / "docs" / "report.odt").read_bytes() == second
+        assert "report.odt" not in trees["latest"]  # the rename is part of the snapshot
+
+        for attempt in (
+            lambda: (mnt / "versions" / "latest" / "new").write_text("x"),
+            lambda: (mnt / "versions" / "latest" / "docs" / "report.odt").unlink(),
+            lambda: (mnt / "versions" / "x").mkdir(),
+        ):
+            with pytest.raises(OSError) as info:
+                attempt()
+            assert info.value.errno == errno.EROFS
+
+        # SOURCE and the local outbox wiped: old versions come from the peers.
+        os.unlink(source / "docs" / "report.odt")
+        outbox = cluster4.nodes[1].state / "outbox"
+        cluster4.wait(lambda: outbox_empty(outbox), 30, "outbox emptied once safe")
+        assert (mnt / "versions" / with_v1[0] / "report.odt").read_bytes() == first
+        assert (mnt / "versions" / "latest" / "docs" / "report.odt").read_bytes() == second
+    finally:
+        mount.stop()
