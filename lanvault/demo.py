@@ -1,15 +1,15 @@
 """The runnable default behind ``scripts/run``: a small lanvault network on this one machine.
 
 Creates (once) three nodes on 127.0.0.1 with their state under ``.lanvault-demo/`` (ignored by
-git), starts them, and stays in the foreground until Ctrl-C, when every node is stopped cleanly.
-Running it again reuses the same network and data. ``--check`` starts the network, backs up a
-file, restores it, compares, and stops: a smoke test of the whole path.
+git), starts them, mounts ``./vault`` (its real files in ``.lanvault-demo/vault-data``), and stays
+in the foreground until Ctrl-C, when it unmounts and stops every node cleanly. Running it again
+reuses the same network and data. ``--check`` starts everything, writes a file through the mount,
+waits until it is at its degree and visible in ``vault/versions/``, restores it, and stops.
 """
 
 from __future__ import annotations
 
 import argparse
-import filecmp
 import json
 import os
 import secrets
@@ -37,9 +37,11 @@ def _free_port(preferred: int) -> int:
 
 
 class Demo:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, vault: Path) -> None:
         self.home = home
+        self.vault = vault
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.mount_proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "LANVAULT_PASSPHRASE": self.passphrase()}
@@ -130,7 +132,44 @@ class Demo:
                 raise SystemExit(f"the nodes did not find each other; see {self.home}/node*.log")
             time.sleep(0.3)
 
+    def mount(self) -> None:
+        data = self.home / "vault-data"
+        data.mkdir(parents=True, exist_ok=True)
+        self.vault.mkdir(parents=True, exist_ok=True)
+        if os.path.ismount(self.vault):  # left behind by a killed run
+            subprocess.run(["fusermount3", "-u", "-z", str(self.vault)], capture_output=True)
+        with open(self.home / "mount.log", "ab") as log:
+            self.mount_proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lanvault.cli",
+                    "mount",
+                    str(data),
+                    str(self.vault),
+                    "--dir",
+                    str(self.node_dir(1)),
+                ],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.vault):
+            if self.mount_proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"mounting {self.vault} failed; see {self.home}/mount.log")
+            time.sleep(0.05)
+
     def stop(self) -> None:
+        if self.mount_proc is not None and self.mount_proc.poll() is None:
+            self.mount_proc.send_signal(signal.SIGTERM)
+            try:
+                self.mount_proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.mount_proc.kill()
+        if os.path.ismount(self.vault):
+            subprocess.run(["fusermount3", "-u", "-z", str(self.vault)], capture_output=True)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -141,26 +180,32 @@ class Demo:
                 proc.kill()
 
     def check(self) -> int:
-        with tempfile.TemporaryDirectory(dir=self.home) as tmp:
-            src = Path(tmp) / "hello"
-            src.mkdir()
-            (src / "greeting.txt").write_text("hello from lanvault\n")
-            (src / "random.bin").write_bytes(os.urandom(300_000))
-            node1 = str(self.node_dir(1))
-            self.lanvault("backup", str(src), "--degree", "2", "--dir", node1)
-            self.lanvault("restore", str(src), "--to", str(Path(tmp) / "back"), "--dir", node1)
-            same = not filecmp.dircmp(src, Path(tmp) / "back").diff_files
-            same = (
-                same
-                and (src / "random.bin").read_bytes()
-                == (Path(tmp) / "back" / "random.bin").read_bytes()
+        """Write through the mount, wait until safe and in versions/, restore, compare."""
+        payload = os.urandom(300_000)
+        name = f"check-{secrets.token_hex(4)}.bin"
+        (self.vault / name).write_bytes(payload)
+        node1 = str(self.node_dir(1))
+        real = (self.home / "vault-data" / name).resolve()
+        deadline = time.monotonic() + 60
+        safe = False
+        while time.monotonic() < deadline and not safe:
+            state = json.loads(self.lanvault("state", "--json", "--dir", node1).stdout)
+            entry = next((f for f in state["files"] if f["path"] == str(real)), None)
+            safe = bool(
+                entry and entry["complete"] and all(c["degree"] >= 2 for c in entry["chunks"])
             )
-            self.lanvault("delete", str(src), "--dir", node1)
+            time.sleep(0.3)
+        in_versions = (self.vault / "versions" / "latest" / name).read_bytes() == payload
+        with tempfile.TemporaryDirectory(dir=self.home) as tmp:
+            self.lanvault("restore", str(real), "--to", str(Path(tmp) / name), "--dir", node1)
+            restored = (Path(tmp) / name).read_bytes() == payload
+        (self.vault / name).unlink()
+        ok = safe and in_versions and restored
         print(
-            "check: backup, restore and delete across the demo network:",
-            "OK" if same else "MISMATCH",
+            f"check: written through {self.vault}: at degree 2: {safe}; in versions/: {in_versions};"
+            f" restored identical: {restored} -> {'OK' if ok else 'FAILED'}"
         )
-        return 0 if same else 1
+        return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path(os.environ.get("LANVAULT_DEMO_DIR", ROOT / ".lanvault-demo")),
     )
+    parser.add_argument(
+        "--vault", type=Path, default=ROOT / "vault", help="where to mount the folder"
+    )
     args = parser.parse_args(argv)
-    demo = Demo(args.home.absolute())
+    demo = Demo(args.home.absolute(), args.vault.absolute())
     demo.create()
     stop = {"now": False}
 
@@ -183,25 +231,29 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    demo.start()
     try:
+        demo.start()
+        demo.mount()
         if args.check:
             return demo.check()
         node1 = demo.node_dir(1)
         print(
             f"""
 lanvault demo network: {NODES} nodes on 127.0.0.1, state in {demo.home}
-(passphrase in {demo.home}/passphrase; logs in {demo.home}/node*.log)
+(passphrase in {demo.home}/passphrase; logs in {demo.home}/node*.log and mount.log)
 
+{demo.vault} is mounted: whatever you save there is backed up within seconds.
 Try, in another terminal:
+  cp -r ~/Documents {demo.vault}/
+  ls {demo.vault}/versions/          # every snapshot, as plain folders
   export LANVAULT_DIR={node1}
-  .venv/bin/lanvault backup ~/Documents --degree 2
+  .venv/bin/lanvault backup ~/Pictures --degree 2   # plain backups work too
   .venv/bin/lanvault status
   .venv/bin/lanvault state
   .venv/bin/lanvault restore ~/Documents --to /tmp/restored
   .venv/bin/lanvault reclaim 0 --dir {demo.node_dir(2)}
 
-Press Ctrl-C to stop every node.""",
+Press Ctrl-C to unmount and stop every node.""",
             flush=True,
         )
         while not stop["now"]:
@@ -210,7 +262,7 @@ Press Ctrl-C to stop every node.""",
                     print(f"node {node_id} stopped unexpectedly; see {demo.home}/node{node_id}.log")
                     return 1
             time.sleep(0.5)
-        print("\nstopping the nodes …")
+        print("\nunmounting and stopping the nodes …")
         return 0
     finally:
         demo.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,9 +12,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.fuse
 def test_scripts_run_check(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(ROOT / "scripts" / "run"), "--check", "--home", str(tmp_path / "demo")],
+        [
+            str(ROOT / "scripts" / "run"),
+            "--check",
+            "--home",
+            str(tmp_path / "demo"),
+            "--vault",
+            str(tmp_path / "vault"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -22,10 +31,18 @@ def test_scripts_run_check(tmp_path: Path) -> None:
     assert "OK" in result.stdout
     # Running it again reuses the same network.
     again = subprocess.run(
-        [str(ROOT / "scripts" / "run"), "--check", "--home", str(tmp_path / "demo")],
+        [
+            str(ROOT / "scripts" / "run"),
+            "--check",
+            "--home",
+            str(tmp_path / "demo"),
+            "--vault",
+            str(tmp_path / "vault"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert again.returncode == 0 and "creating node" not in again.stdout
     assert not list((tmp_path / "demo").glob("node*/control.sock"))
+    assert not os.path.ismount(tmp_path / "vault")
