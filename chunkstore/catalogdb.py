@@ -208,6 +208,18 @@ class CatalogDB:
             ).fetchall()
             return [(self._version_from_row(r[:11]), bool(r[11])) for r in rows]
 
+    def versions_at(self, prefix: str, at_ns: int) -> list[FileVersion]:
+        """The newest version of every path under ``prefix`` cut at or before ``at_ns``."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE removed=0 AND created_ns <= ?"
+                " AND id = (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND removed=0"
+                " AND created_ns <= ?)"
+                " AND (path = ? OR path LIKE ? ESCAPE '\\' OR ? = '') ORDER BY path",
+                (at_ns, at_ns, prefix, _like_prefix(prefix), prefix),
+            ).fetchall()
+            return [self._version_from_row(r) for r in rows]
+
     def set_complete(self, file_id: bytes, complete: bool = True) -> None:
         with self._tx() as db:
             db.execute("UPDATE versions SET complete=? WHERE file_id=?", (int(complete), file_id))

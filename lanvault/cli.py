@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -51,6 +52,23 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ChunkstoreError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _moment(text: str) -> int:
+    """A point in time, as nanoseconds since the epoch."""
+    text = text.strip()
+    if text and text[-1] in "smhd" and text[:-1].replace(".", "", 1).isdigit():
+        return time.time_ns() - int(_duration(text) * 1e9)
+    candidate = text.replace("Z", "+00:00")
+    try:
+        moment = datetime.datetime.fromisoformat(candidate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r} (e.g. 2026-11-21T17:30, 2026-11-21T17:30:00Z, 2h, 3d)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # local time, as people write it
+    return int(moment.timestamp() * 1e9)
 
 
 def _degree(text: str) -> int:
@@ -115,6 +133,17 @@ def build_parser() -> Parser:
     p.add_argument(
         "--to", type=Path, metavar="DEST", help="where to write (default: the original place)"
     )
+    p.add_argument(
+        "--at",
+        type=_moment,
+        metavar="TIME",
+        help="restore as of TIME: 2026-11-21T17:30, a snapshot name, or an age such as 2h or 3d",
+    )
+
+    p = sub.add_parser(
+        "versions", parents=[common], help="list snapshots, or the versions of a file"
+    )
+    p.add_argument("path", type=Path, nargs="?")
 
     p = sub.add_parser(
         "delete", parents=[common], help="delete a file's or folder's backups everywhere"
@@ -304,7 +333,9 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
-    op = {"op": "restore", "path": str(args.path.absolute())}
+    op: dict[str, Any] = {"op": "restore", "path": str(args.path.absolute())}
+    if args.at is not None:
+        op["at_ns"] = args.at
     if args.to:
         op["to"] = str(args.to.absolute())
     data = request(state, op, "restore")
@@ -357,6 +388,27 @@ def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
     return 0
 
 
+def cmd_versions(args: argparse.Namespace, state: StateDir) -> int:
+    op: dict[str, Any] = {"op": "versions"}
+    if args.path:
+        op["path"] = str(args.path.absolute())
+    data = request(state, op)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif "snapshots" in data:
+        if not data["snapshots"]:
+            print("no snapshots yet (they come from mounted folders: lanvault mount)")
+        for snap in data["snapshots"]:
+            print(f"{snap['name']}  {snap['root']}")
+    else:
+        print(data["path"])
+        for v in data["versions"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["time"]))
+            state_word = "safe" if v["complete"] else "pending"
+            print(f"  {when}  {kb(v['size']):>12}  {state_word:<7}  {v['file_id'][:16]}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
     data = request(state, {"op": "check", "repair": args.repair})
     emit(
@@ -388,6 +440,7 @@ COMMANDS = {
     "state": cmd_state,
     "status": cmd_status,
     "check": cmd_check,
+    "versions": cmd_versions,
 }
 
 

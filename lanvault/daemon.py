@@ -15,6 +15,7 @@ import trio
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
+from fs.versions import snapshot_name
 from node.identity import tls_contexts
 from node.node import Node, NodeConfig
 from node.owner import BackupError, Owner, Progress, RestoreError
@@ -100,6 +101,40 @@ class Daemon:
             "check": self.op_check,
             "kick": self.op_kick,
             "read_chunk": self.op_read_chunk,
+            "versions": self.op_versions,
+        }
+
+    async def op_versions(self, request: dict[str, Any], emit: Emit) -> Any:
+        """Snapshots of mounted folders, or every version of one file."""
+        path = request.get("path")
+        if not path:
+            rows = await trio.to_thread.run_sync(self.catalog.snapshots)
+            return {
+                "snapshots": [
+                    {
+                        "seq": seq,
+                        "root": root,
+                        "time": time_ns / 1e9,
+                        "name": snapshot_name(time_ns),
+                    }
+                    for seq, root, time_ns in rows
+                ]
+            }
+        history = await trio.to_thread.run_sync(self.catalog.versions_of, str(path))
+        if not history:
+            raise OpError(f"{path}: no versions backed up")
+        return {
+            "path": str(path),
+            "versions": [
+                {
+                    "time": created / 1e9,
+                    "file_id": v.file_id.hex(),
+                    "size": v.size,
+                    "mtime": v.mtime_ns / 1e9,
+                    "complete": complete,
+                }
+                for v, created, complete in history
+            ],
         }
 
     async def op_read_chunk(self, request: dict[str, Any], emit: Emit) -> Any:
@@ -222,9 +257,12 @@ class Daemon:
     async def op_restore(self, request: dict[str, Any], emit: Emit) -> Any:
         path = Path(str(request.get("path", "")))
         dest = Path(str(request["to"])) if request.get("to") else None
+        at_ns = request.get("at_ns")
+        if at_ns is not None and not isinstance(at_ns, int):
+            raise OpError("bad time")
         started = time.monotonic()
         try:
-            report = await self.owner.restore_path(path, dest)
+            report = await self.owner.restore_path(path, dest, at_ns=at_ns)
         except (RestoreError, OSError) as exc:
             raise OpError(str(exc)) from None
         return {

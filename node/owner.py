@@ -561,11 +561,18 @@ class Owner:
             os.close(dir_fd)
 
     async def restore_path(
-        self, path: Path, dest: Path | None, progress: ProgressFn | None = None
+        self,
+        path: Path,
+        dest: Path | None,
+        progress: ProgressFn | None = None,
+        at_ns: int | None = None,
     ) -> Progress:
-        """Restore the newest version of a file, or of every file under a folder."""
+        """Restore the newest version (or the newest as of ``at_ns``) of a file or folder."""
         key = str(path)
-        versions = [v for v, _ in await self._db(self.catalog.latest_versions, key)]
+        if at_ns is None:
+            versions = [v for v, _ in await self._db(self.catalog.latest_versions, key)]
+        else:
+            versions = await self._db(self.catalog.versions_at, key, at_ns)
         if not versions:
             raise RestoreError(f"{path}: nothing backed up under this path")
         report = Progress(files_total=len(versions), bytes_total=sum(v.size for v in versions))

@@ -213,3 +213,25 @@ def test_non_member_is_refused_and_writes_nothing(cluster4: ProcessCluster, tmp_
         assert "refused a connection" in log
     finally:
         stranger.stop_all()
+
+
+def test_versions_and_restore_at_a_time(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    path = tmp_path / "report.txt"
+    path.write_text("first draft\n")
+    cluster4.cli(1, "backup", path)
+    time.sleep(1.5)
+    between = time.time()
+    time.sleep(1.5)
+    path.write_text("second draft, longer\n")
+    cluster4.cli(1, "backup", path)
+    history = cluster4.json(1, "versions", path)["versions"]
+    assert len(history) == 2 and all(v["complete"] for v in history)
+    assert "safe" in cluster4.cli(1, "versions", path).stdout
+    moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(between))
+    cluster4.cli(1, "restore", path, "--at", moment, "--to", tmp_path / "old.txt")
+    assert (tmp_path / "old.txt").read_text() == "first draft\n"
+    cluster4.cli(1, "restore", path, "--to", tmp_path / "new.txt")
+    assert (tmp_path / "new.txt").read_text() == "second draft, longer\n"
+    bad = cluster4.cli(1, "restore", path, "--at", "yesterday-ish", check=False)
+    assert bad.returncode == 2 and "invalid time" in bad.stderr
+    assert "no snapshots" in cluster4.cli(1, "versions").stdout
