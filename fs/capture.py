@@ -136,7 +136,7 @@ class VersionCutter:
                 self.catalog.record_tree, self.source_root, events, time.time_ns()
             )
 
-    def _latest_seq(self) -> int:
+    def latest_seq(self) -> int:
         rows = self.catalog.snapshots(self.source_root)
         return rows[-1][0] if rows else 0
 
@@ -164,7 +164,7 @@ class VersionCutter:
 
     def _renamed_events(self, old: str, new: str) -> list[TreeEvent]:
         """Events moving ``old`` (and, for a folder, everything under it) to ``new``."""
-        seq = self._latest_seq()
+        seq = self.latest_seq()
         parent, _, name = old.rpartition("/")
         entry = self.catalog.tree_entry(self.source_root, parent, name, seq) if seq else None
         events = [self._event(old, TREE_GONE)]

@@ -27,11 +27,10 @@ import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
 from .dirty import DirtyFile, DirtyTracker
-from .versions import VIRTUAL_BASE, VersionsView
+from .versions import VERSIONS_NAME, VIRTUAL_BASE, VersionsView
 
 log = logging.getLogger(__name__)
 ENTRY_TIMEOUT = 1.0
-VERSIONS_NAME = "versions"
 
 # Called when a written file is closed or fsync'd: (relative path, descriptor to read it with,
 # what changed). It runs with writes to that file held back, so what it reads is one instant.
@@ -583,7 +582,11 @@ class PassthroughOps(pyfuse3.Operations):
                 return written
 
     async def flush(self, fh: FileHandleT) -> None:
-        return None
+        # close() waits for flush (release comes later, asynchronously): cutting here means a
+        # file is recorded by the time the program that wrote it has closed it.
+        handle = self.handles.get(fh)
+        if handle is not None and handle.writable:
+            await self._cut(handle.inode, fh)
 
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
         if fh in self.virtual_handles:

@@ -24,6 +24,7 @@ from chunkstore.chunking import CHUNK_SIZE
 
 VIRTUAL_BASE = 1 << 62  # virtual inode numbers start here; real ones stay below
 LATEST = "latest"
+VERSIONS_NAME = "versions"
 CACHE_CHUNKS = 64
 
 ReadChunk = Callable[[FileVersion, int], Awaitable[bytes]]
@@ -99,8 +100,10 @@ class VersionsView:
         node = self.node(inode)
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = InodeT(inode)
-        entry.entry_timeout = 60 if node.seq else 1
-        entry.attr_timeout = 60 if node.seq else 1
+        # Inside a snapshot nothing changes: cache long. The snapshot names themselves (and
+        # "latest", which moves) are looked up afresh every time.
+        entry.entry_timeout = 60 if node.path else 0
+        entry.attr_timeout = 60 if node.path else 0
         entry.st_uid, entry.st_gid = self.uid, self.gid
         entry.st_blksize = CHUNK_SIZE
         event = node.event

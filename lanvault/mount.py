@@ -28,6 +28,7 @@ from chunkstore.store import ChunkStore
 from fs.capture import VersionCutter
 from fs.dirty import DirtyFile
 from fs.passthrough import PassthroughOps
+from fs.scan import catch_up
 from fs.versions import VersionsView
 
 from .control import DaemonUnavailable, call
@@ -63,6 +64,11 @@ def run_mount(
     catalog = CatalogDB(state.catalog_path)
     outbox = ChunkStore.open(state.outbox_path, capacity=1 << 62)
     source_root = str(source.resolve())
+    # The real files, even when SOURCE is the mountpoint (then its path leads into the mount).
+    real_root = f"/proc/self/fd/{source_fd}"
+
+    def real_path(catalog_path: str) -> str:
+        return real_root + catalog_path[len(source_root) :]
 
     def degree_for(relative: str) -> int:
         return config.default_degree
@@ -73,7 +79,7 @@ def run_mount(
         address = version.chunks[no]
         # The chunk may still be in the live file, unchanged: cheapest of all.
         with contextlib.suppress(OSError):
-            fd = os.open(version.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(real_path(version.path), os.O_RDONLY | os.O_NOFOLLOW)
             try:
                 data = os.pread(fd, CHUNK_SIZE, no * CHUNK_SIZE)
             finally:
@@ -133,6 +139,9 @@ def run_mount(
                             return
 
                 nursery.start_soon(stop_on_signal)
+            # Requests wait while SOURCE is compared with the last snapshot: no change made
+            # meanwhile through the mount can slip between the scan and the first cut.
+            await catch_up(cutter, real_root)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
