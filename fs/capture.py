@@ -208,3 +208,21 @@ class VersionCutter:
 
 def file_id_for(owner: int, path: str, version: FileVersion) -> bytes:
     return file_id(owner, path, version.size, version.mtime_ns, content_digest(version.chunks))
+
+
+DEGREE_XATTR = "user.lanvault.degree"
+
+
+def degree_from_xattrs(real_root: str, relative: str, default: int) -> int:
+    """The file's ``user.lanvault.degree``, else the nearest folder's above it, else ``default``."""
+    parts = relative.split("/") if relative else []
+    for depth in range(len(parts), -1, -1):
+        path = "/".join([real_root, *parts[:depth]])
+        try:
+            value = os.getxattr(path, DEGREE_XATTR, follow_symlinks=False)
+        except OSError:
+            continue
+        text = value.decode("ascii", "replace").strip()
+        if text.isdigit() and 1 <= int(text) <= 9:
+            return int(text)
+    return default

@@ -25,7 +25,7 @@ from chunkstore.envelope import chunk_address, open_chunk
 from chunkstore.errors import ChunkstoreError
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
-from fs.capture import VersionCutter
+from fs.capture import VersionCutter, degree_from_xattrs
 from fs.dirty import DirtyFile
 from fs.passthrough import PassthroughOps
 from fs.scan import catch_up
@@ -71,7 +71,7 @@ def run_mount(
         return real_root + catalog_path[len(source_root) :]
 
     def degree_for(relative: str) -> int:
-        return config.default_degree
+        return degree_from_xattrs(real_root, relative, config.default_degree)
 
     cutter = VersionCutter(keys, catalog, outbox, config.node_id, source_root, degree_for)
 

@@ -93,3 +93,17 @@ async def test_random_edits_always_match_a_full_rechunk(
                 changes.truncate(size)
         path.write_bytes(data)
         await cut(cutter, path, changes)
+
+
+def test_degree_from_xattrs_is_inherited(tmp_path: Path) -> None:
+    from fs.capture import DEGREE_XATTR, degree_from_xattrs
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f").write_text("x")
+    assert degree_from_xattrs(str(tmp_path), "a/b/f", 2) == 2
+    os.setxattr(tmp_path / "a", DEGREE_XATTR, b"4")
+    assert degree_from_xattrs(str(tmp_path), "a/b/f", 2) == 4
+    os.setxattr(tmp_path / "a" / "b" / "f", DEGREE_XATTR, b"1")
+    assert degree_from_xattrs(str(tmp_path), "a/b/f", 2) == 1
+    os.setxattr(tmp_path / "a" / "b", DEGREE_XATTR, b"not a number")
+    assert degree_from_xattrs(str(tmp_path), "a/b/other", 2) == 4
