@@ -11,7 +11,9 @@ encrypted with the metadata key (``seal_record``); ``docs/formats.md`` gives the
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ import nacl.utils
 
 from .chunking import chunk_count
 from .errors import CatalogFormatError, TamperedEnvelopeError, TruncatedEnvelopeError
+from .fileid import content_digest, file_id
 from .keys import KeyRing
 
 CATALOG_VERSION = 1
@@ -64,6 +67,25 @@ class FileVersion:
             )
         if any(len(c) != 32 for c in self.chunks):
             raise CatalogFormatError("chunk addresses must be 32 bytes")
+
+
+def version_from_stat(
+    owner: int, path: str, st: os.stat_result, degree: int, chunks: Sequence[bytes]
+) -> FileVersion:
+    """The version of ``path`` whose metadata is ``st`` and content the ordered ``chunks``."""
+    return FileVersion(
+        path=path,
+        file_id=file_id(owner, path, st.st_size, st.st_mtime_ns, content_digest(chunks)),
+        size=st.st_size,
+        mode=st.st_mode,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        degree=degree,
+        chunks=tuple(chunks),
+        owner=owner,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import trio
 
-from chunkstore.catalog import FileVersion
+from chunkstore.catalog import FileVersion, version_from_stat
 from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_GONE, TREE_SYMLINK, CatalogDB, TreeEvent
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.envelope import chunk_address, seal_chunk
@@ -95,19 +95,7 @@ class VersionCutter:
             ):
                 addresses[no] = address
         final = [a for a in addresses if a is not None]
-        version = FileVersion(
-            path=path,
-            file_id=file_id(self.owner, path, st.st_size, st.st_mtime_ns, content_digest(final)),
-            size=st.st_size,
-            mode=st.st_mode,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
-            degree=degree,
-            chunks=tuple(final),
-            owner=self.owner,
-        )
+        version = version_from_stat(self.owner, path, st, degree, final)
         await trio.to_thread.run_sync(self.catalog.add_version, version, time.time_ns())
         await self._record(
             [self._event(relative, TREE_FILE, version.file_id, st.st_mode, st.st_mtime_ns)]

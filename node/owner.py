@@ -19,12 +19,11 @@ from typing import TypeVar
 
 import trio
 
-from chunkstore.catalog import FileVersion
+from chunkstore.catalog import FileVersion, version_from_stat
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
 from chunkstore.errors import ChunkstoreError, EnvelopeError
-from chunkstore.fileid import content_digest, file_id
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 
@@ -176,25 +175,7 @@ class Owner:
             if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 log.info("%s changed while it was read; reading it again", key)
                 continue  # a torn read: the chunks went out, but no version names them
-            version = FileVersion(
-                path=key,
-                file_id=file_id(
-                    self.owner_id,
-                    key,
-                    before.st_size,
-                    before.st_mtime_ns,
-                    content_digest(addresses),
-                ),
-                size=before.st_size,
-                mode=before.st_mode,
-                uid=before.st_uid,
-                gid=before.st_gid,
-                mtime_ns=before.st_mtime_ns,
-                ctime_ns=before.st_ctime_ns,
-                degree=degree,
-                chunks=tuple(addresses),
-                owner=self.owner_id,
-            )
+            version = version_from_stat(self.owner_id, key, before, degree, addresses)
             await self._db(self.catalog.add_version, version, time.time_ns())
             await self._db(self.catalog.set_complete, version.file_id)
             self._note_backup()
