@@ -417,23 +417,19 @@ class PassthroughOps(pyfuse3.Operations):
     async def rmdir(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        self._refuse_virtual(parent_inode)
-        self._refuse_versions_name(parent_inode, name)
-        with _fuse_errors():
-            path = self._child(parent_inode, name)
-            os.rmdir(path, dir_fd=self.source_fd)
-            self._forget_path(path)
-        if self.tree is not None:
-            await self.tree.removed(path)
+        await self._remove(parent_inode, name, os.rmdir)
 
     async def unlink(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        await self._remove(parent_inode, name, os.unlink)
+
+    async def _remove(self, parent_inode: int, name: bytes, remove: Callable[..., None]) -> None:
         self._refuse_virtual(parent_inode)
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            os.unlink(path, dir_fd=self.source_fd)
+            remove(path, dir_fd=self.source_fd)
             self._forget_path(path)
         if self.tree is not None:
             await self.tree.removed(path)

@@ -15,7 +15,7 @@ import stat
 
 import trio
 
-from chunkstore.catalogdb import TREE_DIR, TREE_FILE
+from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK
 from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import VersionCutter
@@ -77,8 +77,9 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
             parent, _, name = path.rpartition("/")
             seq = cutter.latest_seq()
             known = cutter.catalog.tree_entry(root, parent, name, seq) if seq else None
-            if known is None or (known.kind not in (TREE_DIR,) and stat.S_ISDIR(st.st_mode)):
-                target = os.readlink(os.path.join(disk, path)) if stat.S_ISLNK(st.st_mode) else ""
+            target = os.readlink(os.path.join(disk, path)) if stat.S_ISLNK(st.st_mode) else ""
+            kind = TREE_DIR if stat.S_ISDIR(st.st_mode) else TREE_SYMLINK
+            if known is None or known.kind != kind or known.target != target:
                 await cutter.made(path, st, target)
                 changes += 1
     seq = cutter.latest_seq()

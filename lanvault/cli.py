@@ -372,19 +372,13 @@ def cmd_reclaim(args: argparse.Namespace, state: StateDir) -> int:
 
 def cmd_state(args: argparse.Namespace, state: StateDir) -> int:
     data = request(state, {"op": "state"})
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        print_state(data)
+    print(json.dumps(data, indent=2)) if args.json else print_state(data)
     return 0
 
 
 def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
     data = request(state, {"op": "status"})
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        print_status(data)
+    print(json.dumps(data, indent=2)) if args.json else print_status(data)
     return 0
 
 

@@ -196,12 +196,14 @@ class Daemon:
         own_under = sum(1 for a, d in wanted.items() if degrees.get(a, 0) < d)
         pending = await trio.to_thread.run_sync(self.catalog.incomplete_versions)
         repair = self.node.last_repair
+        # Chunks this node holds for others that the last repair pass left below their degree.
+        held_under = max(0, repair.below_degree - repair.copies_made)
         return {
             "node_id": self.node.node_id,
             "nodes": nodes,
-            "under_replicated_chunks": own_under + repair.below_degree - repair.copies_made,
+            "under_replicated_chunks": own_under + held_under,
             "own_chunks_below_degree": own_under,
-            "held_chunks_below_degree": max(0, repair.below_degree - repair.copies_made),
+            "held_chunks_below_degree": held_under,
             "pending_backlog": len(pending),
             "last_backup": {
                 str(self.node.node_id): (self.owner.last_backup_ns / 1e9)

@@ -100,6 +100,7 @@ class Node:
             on_corrupt=self._corrupt_copy_found,
         )
         self._repair_wanted = trio.Event()
+        self._corrupt: set[tuple[int, bytes]] = set()
         self._gone_handled: set[int] = set()
         self._holder_cache: dict[tuple[int, bytes], set[int]] = {}
         self.on_online: list[Callable[[int], None]] = []  # run when a peer announces ONLINE
@@ -271,7 +272,8 @@ class Node:
         self._repair_wanted.set()
 
     def _corrupt_copy_found(self, owner: int, address: bytes) -> None:
-        self.store.delete_many(owner, [address])
+        # Called on the event loop: the bad copy is dropped by the repair task, off the loop.
+        self._corrupt.add((owner, address))
         self.request_repair()
 
     async def _repair_loop(
@@ -282,6 +284,11 @@ class Node:
             with trio.move_on_after(self.config.repair_interval):
                 await self._repair_wanted.wait()
             self._repair_wanted = trio.Event()
+            corrupt, self._corrupt = self._corrupt, set()
+            for owner, address in corrupt:
+                await trio.to_thread.run_sync(
+                    self.store.delete_many, owner, [address], limiter=self.disk_limiter
+                )
             newly_gone = [
                 p.node_id
                 for p in self.membership.peers()

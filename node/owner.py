@@ -178,13 +178,13 @@ class Owner:
             version = version_from_stat(self.owner_id, key, before, degree, addresses)
             await self._db(self.catalog.add_version, version, time.time_ns())
             await self._db(self.catalog.set_complete, version.file_id)
-            self._note_backup()
+            await self._note_backup()
             return version
         raise BackupError(f"{path} keeps changing; try again when it is not being written")
 
-    def _note_backup(self) -> None:
+    async def _note_backup(self) -> None:
         self.last_backup_ns = time.time_ns()
-        self.catalog.set_setting("last_backup_ns", self.last_backup_ns)
+        await self._db(self.catalog.set_setting, "last_backup_ns", self.last_backup_ns)
 
     async def _store_content(
         self, path: str, size: int, degree: int, report: Progress, progress: ProgressFn | None
@@ -327,7 +327,7 @@ class Owner:
         await self._db(self.catalog.set_complete, version.file_id)
         if self.outbox is not None:
             await trio.to_thread.run_sync(self._release_outbox, version)
-        self._note_backup()
+        await self._note_backup()
 
     def _envelope_for(self, version: FileVersion, no: int, address: bytes) -> bytes | None:
         if self.outbox is not None:

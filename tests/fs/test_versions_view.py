@@ -48,14 +48,18 @@ def test_changes_made_while_unmounted_are_caught_up(mounted: Mount) -> None:
     (m / "keep.txt").write_text("same")
     (m / "edit.txt").write_text("before")
     (m / "gone.txt").write_text("bye")
+    os.symlink("keep.txt", m / "pointer")
     mounted.stop()
+    os.unlink(s / "pointer")
+    os.symlink("edit.txt", s / "pointer")
     (s / "edit.txt").write_text("after, while unmounted")
     (s / "gone.txt").unlink()
     (s / "new").mkdir()
     (s / "new" / "file.bin").write_bytes(os.urandom(100_000))
     mounted.start()
     view = latest(mounted)
-    assert sorted(os.listdir(view)) == ["edit.txt", "keep.txt", "new"]
+    assert sorted(os.listdir(view)) == ["edit.txt", "keep.txt", "new", "pointer"]
+    assert os.readlink(view / "pointer") == "edit.txt"
     assert (view / "edit.txt").read_text() == "after, while unmounted"
     assert (view / "new" / "file.bin").read_bytes() == (s / "new" / "file.bin").read_bytes()
     assert (view / "keep.txt").read_text() == "same"

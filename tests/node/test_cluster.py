@@ -174,3 +174,25 @@ async def test_delete_reaches_a_holder_that_was_down(tmp_path: Path) -> None:
             while cluster.members[4].store.chunks(1):
                 await trio.sleep(0.5)
         assert owner.catalog.tombstones() == {}
+
+
+async def test_corrupt_copy_found_by_scrub_is_replaced(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path / "c", 4) as cluster:
+        write_files(tmp_path / "src", random.Random(6))
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=2)
+        holder = max(range(2, 5), key=lambda n: len(cluster.members[n].store.chunks(1)))
+        store = cluster.members[holder].store
+        victim = max(store.chunks(1), key=lambda c: c.length)
+        for segment in (store.root / "segments").iterdir():
+            raw = bytearray(segment.read_bytes())
+            at = raw.find(store.get(1, victim.address)[100:164])
+            if at >= 0:
+                raw[at] ^= 0xFF  # bit rot on the holder's disk
+                segment.write_bytes(bytes(raw))
+        assert await cluster.members[holder].node.scrub() == 1
+        assert not store.has(1, victim.address)
+        with trio.fail_after(60):
+            while copies(cluster, 1).get(victim.address, 0) < 2:
+                await trio.sleep(0.5)
+        await assert_at_degree(cluster, 1, 2)
