@@ -1,8 +1,18 @@
 """The owner's local catalog: every file version it backed up, where each chunk's copies are,
-and the deletes still owed by holders that were offline.
+the deletes still owed by holders that were offline, and the history of mounted trees.
 
 SQLite in WAL mode with ``synchronous=FULL``: a version marked complete stays complete after a
-crash. Thread-safe through one lock (callers run it on a worker thread).
+crash. Shared by the daemon and the mount process (SQLite serialises their transactions);
+thread-safe within a process through one lock (callers run it on a worker thread).
+
+Two rules keep pruning from deleting what a backup is about to use:
+
+* a mount cut takes a *lease* on the previous version of its file (whose chunk addresses it
+  reuses) in the same transaction that reads it, and gives it back when it commits; pruning
+  never drops a leased version;
+* pruning, ``delete`` and the tombstones and holder rows they change happen in one transaction,
+  so a chunk is either still referenced by a live version or already scheduled for deletion,
+  never in between.
 """
 
 from __future__ import annotations
@@ -16,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import FileVersion
+from .fileid import content_digest, file_id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
-    path       TEXT    NOT NULL,   -- path relative to the backed-up root, '/'-separated
+    path       TEXT    NOT NULL,   -- absolute path on the owner's computer
     file_id    BLOB    NOT NULL UNIQUE,
     size       INTEGER NOT NULL,
     mode       INTEGER NOT NULL,
@@ -32,7 +43,8 @@ CREATE TABLE IF NOT EXISTS versions (
     owner      INTEGER NOT NULL,
     created_ns INTEGER NOT NULL,   -- when this version was cut
     complete   INTEGER NOT NULL DEFAULT 0,  -- 1 once every chunk reached its degree
-    removed    INTEGER NOT NULL DEFAULT 0   -- 1 after `delete PATH`
+    removed    INTEGER NOT NULL DEFAULT 0,  -- 1 after `delete PATH`
+    origin     INTEGER NOT NULL DEFAULT 0   -- 0 `backup` command, 1 cut by a mount
 );
 CREATE INDEX IF NOT EXISTS versions_by_path ON versions (path, id);
 CREATE TABLE IF NOT EXISTS version_chunks (
@@ -65,12 +77,22 @@ CREATE TABLE IF NOT EXISTS tree_events (  -- how a mounted tree changed, in orde
     time_ns  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tree_events_by_entry ON tree_events (root, parent, name, seq);
+CREATE INDEX IF NOT EXISTS tree_events_by_file ON tree_events (file_id);
 CREATE TABLE IF NOT EXISTS snapshots (    -- one per commit: the tree as of tree_events.seq
     seq     INTEGER PRIMARY KEY,
     root    TEXT    NOT NULL,
     time_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_by_root ON snapshots (root, seq);
+CREATE TABLE IF NOT EXISTS leases (       -- versions a cut in progress reuses chunks of
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_id  BLOB    NOT NULL,
+    taken_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_by_file ON leases (file_id);
+CREATE TABLE IF NOT EXISTS catalog_chunks (  -- chunks of the catalog's own backup (recovery)
+    address BLOB PRIMARY KEY
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -82,6 +104,15 @@ TREE_GONE = 0
 TREE_DIR = 1
 TREE_FILE = 2
 TREE_SYMLINK = 3
+ORIGIN_BACKUP = 0
+ORIGIN_MOUNT = 1
+LEASE_TTL_NS = 3600 * 10**9  # a lease older than this belongs to a cut that died with its mount
+
+# A file entry counts only while its version exists (``delete PATH`` removes versions).
+_LIVE_FILE = (
+    "(e.kind != 2 OR EXISTS (SELECT 1 FROM versions v WHERE v.file_id = e.file_id"
+    " AND v.removed = 0))"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +128,104 @@ class TreeEvent:
     target: str = ""
 
 
+# -- changes of a mounted tree, committed in order by ``commit_tree`` ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CutRecord:
+    """A new version of the file at ``relative`` (its chunks already durable somewhere)."""
+
+    relative: str
+    version: FileVersion
+    lease: int = 0  # the lease taken on the previous version, given back by the commit
+    aliases: tuple[str, ...] = ()  # other names (hard links) of the same file
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """A folder or symlink appeared (or changed)."""
+
+    relative: str
+    kind: int
+    mode: int
+    mtime_ns: int
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalRecord:
+    relative: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttrRecord:
+    """An entry's mode or times changed (chmod, touch), its content did not."""
+
+    relative: str
+    mode: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRecord:
+    """A new name (hard link) for the file at ``existing``."""
+
+    existing: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenameRecord:
+    old: str
+    new: str
+
+
+TreeChange = CutRecord | EntryRecord | RemovalRecord | RenameRecord | AttrRecord | LinkRecord
+
+
+@dataclass(slots=True)
+class PruneReport:
+    snapshots_dropped: int = 0
+    events_dropped: int = 0
+    versions_dropped: int = 0
+    chunks_orphaned: int = 0
+
+
+@dataclass(slots=True)
+class DeleteReport:
+    files: int
+    orphaned: list[bytes]
+    nodes: set[int]
+
+
+class _DryRun(Exception):
+    pass
+
+
+def _split(relative: str) -> tuple[str, str]:
+    parent, _, name = relative.rpartition("/")
+    return parent, name
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
 class CatalogDB:
     def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=60
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self._lock = threading.RLock()
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(versions)")}
+        if "origin" not in columns:
+            self._db.execute("ALTER TABLE versions ADD COLUMN origin INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -122,37 +244,44 @@ class CatalogDB:
 
     # -- versions ------------------------------------------------------------------------
 
-    def add_version(self, version: FileVersion, created_ns: int) -> int:
+    def add_version(
+        self, version: FileVersion, created_ns: int, origin: int = ORIGIN_BACKUP
+    ) -> int:
         """Record a version (idempotent by fileId); returns its row id."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT id FROM versions WHERE file_id=?", (version.file_id,)
-            ).fetchone()
-            if row:
-                return int(row[0])
-            cur = db.execute(
-                "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
-                " degree, owner, created_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    version.path,
-                    version.file_id,
-                    version.size,
-                    version.mode,
-                    version.uid,
-                    version.gid,
-                    version.mtime_ns,
-                    version.ctime_ns,
-                    version.degree,
-                    version.owner,
-                    created_ns,
-                ),
-            )
-            vid = int(cur.lastrowid or 0)
-            db.executemany(
-                "INSERT INTO version_chunks(version_id, no, address) VALUES (?,?,?)",
-                [(vid, no, a) for no, a in enumerate(version.chunks)],
-            )
-            return vid
+            return self._insert_version(db, version, created_ns, origin)
+
+    @staticmethod
+    def _insert_version(
+        db: sqlite3.Connection, version: FileVersion, created_ns: int, origin: int
+    ) -> int:
+        row = db.execute("SELECT id FROM versions WHERE file_id=?", (version.file_id,)).fetchone()
+        if row:
+            return int(row[0])
+        cur = db.execute(
+            "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
+            " degree, owner, created_ns, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                version.path,
+                version.file_id,
+                version.size,
+                version.mode,
+                version.uid,
+                version.gid,
+                version.mtime_ns,
+                version.ctime_ns,
+                version.degree,
+                version.owner,
+                created_ns,
+                origin,
+            ),
+        )
+        vid = int(cur.lastrowid or 0)
+        db.executemany(
+            "INSERT INTO version_chunks(version_id, no, address) VALUES (?,?,?)",
+            [(vid, no, a) for no, a in enumerate(version.chunks)],
+        )
+        return vid
 
     def _version_from_row(self, row: Sequence[Any]) -> FileVersion:
         vid = int(row[0])
@@ -186,6 +315,27 @@ class CatalogDB:
                 (path,),
             ).fetchone()
             return self._version_from_row(row) if row else None
+
+    def lease_latest(self, path: str, now_ns: int) -> tuple[FileVersion | None, int]:
+        """The newest live version of ``path``, leased so pruning keeps it: (version, lease)."""
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE path=? AND removed=0"
+                " ORDER BY id DESC LIMIT 1",
+                (path,),
+            ).fetchone()
+            if row is None:
+                return None, 0
+            version = self._version_from_row(row)
+            cur = db.execute(
+                "INSERT INTO leases(file_id, taken_ns) VALUES (?,?)", (version.file_id, now_ns)
+            )
+            return version, int(cur.lastrowid or 0)
+
+    def release_lease(self, lease: int) -> None:
+        if lease:
+            with self._tx() as db:
+                db.execute("DELETE FROM leases WHERE id=?", (lease,))
 
     def versions_of(self, path: str) -> list[tuple[FileVersion, int, bool]]:
         """Every version of ``path``, oldest first, with its cut time and completeness."""
@@ -231,9 +381,22 @@ class CatalogDB:
             ).fetchall()
             return [self._version_from_row(r) for r in rows]
 
-    def remove_paths(self, paths: Iterable[str]) -> list[bytes]:
-        """Mark every version of ``paths`` removed; return addresses no live version still uses."""
-        wanted = list(paths)
+    def backup_versions(self) -> list[tuple[int, str, int]]:
+        """(id, path, created_ns) of every complete live version made by the backup command."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, path, created_ns FROM versions WHERE origin=0 AND removed=0"
+                " AND complete=1 ORDER BY path, id"
+            ).fetchall()
+            return [(int(a), str(b), int(c)) for a, b, c in rows]
+
+    def delete_paths(self, paths: Iterable[str], known_nodes: Iterable[int]) -> DeleteReport:
+        """Forget every version of ``paths``; schedule deletes of the chunks nothing else uses.
+
+        One transaction: the versions are marked removed, a tombstone is written for every
+        orphaned chunk on every node that may hold it, and its holder rows are forgotten.
+        """
+        wanted = list(dict.fromkeys(paths))
         with self._tx() as db:
             candidates: set[bytes] = set()
             for path in wanted:
@@ -244,16 +407,47 @@ class CatalogDB:
                 ):
                     candidates.add(bytes(address))
                 db.execute("UPDATE versions SET removed=1 WHERE path=?", (path,))
-            orphaned = []
-            for address in candidates:
+            orphaned = self._unreferenced(db, candidates)
+            nodes = self._schedule_deletes(db, orphaned, known_nodes)
+            return DeleteReport(len(wanted), orphaned, nodes)
+
+    @staticmethod
+    def _unreferenced(db: sqlite3.Connection, candidates: Iterable[bytes]) -> list[bytes]:
+        """Those of ``candidates`` that no live version and no catalog backup uses."""
+        orphaned = []
+        for address in candidates:
+            still = db.execute(
+                "SELECT 1 FROM version_chunks c JOIN versions v ON v.id = c.version_id"
+                " WHERE c.address=? AND v.removed=0 LIMIT 1",
+                (address,),
+            ).fetchone()
+            if still is None:
                 still = db.execute(
-                    "SELECT 1 FROM version_chunks c JOIN versions v ON v.id = c.version_id"
-                    " WHERE c.address=? AND v.removed=0 LIMIT 1",
-                    (address,),
+                    "SELECT 1 FROM catalog_chunks WHERE address=?", (address,)
                 ).fetchone()
-                if still is None:
-                    orphaned.append(address)
-            return sorted(orphaned)
+            if still is None:
+                orphaned.append(address)
+        return sorted(orphaned)
+
+    @staticmethod
+    def _schedule_deletes(
+        db: sqlite3.Connection, orphaned: list[bytes], known_nodes: Iterable[int]
+    ) -> set[int]:
+        everyone = set(known_nodes)
+        nodes: set[int] = set()
+        for address in orphaned:
+            held = {
+                int(r[0])
+                for r in db.execute("SELECT node FROM holders WHERE address=?", (address,))
+            }
+            targets = held | everyone
+            nodes |= targets
+            db.executemany(
+                "INSERT OR IGNORE INTO tombstones(node, address) VALUES (?,?)",
+                [(n, address) for n in targets],
+            )
+            db.execute("DELETE FROM holders WHERE address=?", (address,))
+        return nodes
 
     def live_addresses(self) -> list[tuple[bytes, int]]:
         """Every chunk address a live version uses, with the highest degree asked for it."""
@@ -263,6 +457,105 @@ class CatalogDB:
                 " JOIN versions v ON v.id = c.version_id WHERE v.removed=0 GROUP BY c.address"
             ).fetchall()
             return [(bytes(a), int(d)) for a, d in rows]
+
+    # -- pruning ---------------------------------------------------------------------------
+
+    def prune(
+        self,
+        drop_snapshots: Iterable[int],
+        drop_backup_versions: Iterable[int],
+        known_nodes: Iterable[int],
+        now_ns: int,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Drop snapshots and backup-command versions the retention policy lets go.
+
+        In one transaction: the snapshots go (never the newest of a tree); tree events no
+        remaining snapshot needs go; mount versions no remaining event refers to go, and so do
+        the given backup versions unless they are the newest of their path; a leased or
+        incomplete version always stays. Chunks nothing references any more get tombstones
+        (see ``delete_paths``). ``dry_run`` computes the same report and changes nothing.
+        """
+        report = PruneReport()
+        with contextlib.suppress(_DryRun):
+            self._prune(report, drop_snapshots, drop_backup_versions, known_nodes, now_ns, dry_run)
+        return report
+
+    def _prune(
+        self,
+        report: PruneReport,
+        drop_snapshots: Iterable[int],
+        drop_backup_versions: Iterable[int],
+        known_nodes: Iterable[int],
+        now_ns: int,
+        dry_run: bool,
+    ) -> None:
+        drop = sorted(set(drop_snapshots))
+        drop_ids = sorted(set(drop_backup_versions))
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE taken_ns < ?", (now_ns - LEASE_TTL_NS,))
+            newest = {int(r[0]) for r in db.execute("SELECT MAX(seq) FROM snapshots GROUP BY root")}
+            gone = [s for s in drop if s not in newest]
+            db.executemany("DELETE FROM snapshots WHERE seq=?", [(s,) for s in gone])
+            report.snapshots_dropped = len(gone)
+            if gone:
+                # An event is needed while some snapshot lies between it and the next event
+                # of the same entry; a removal with nothing before it says nothing.
+                cur = db.execute(
+                    "DELETE FROM tree_events WHERE seq IN ("
+                    " SELECT c.seq FROM (SELECT seq, root, LEAD(seq) OVER"
+                    "  (PARTITION BY root, parent, name ORDER BY seq) AS next_seq"
+                    "  FROM tree_events) c WHERE NOT EXISTS (SELECT 1 FROM snapshots s"
+                    "  WHERE s.root = c.root AND s.seq >= c.seq"
+                    "  AND (c.next_seq IS NULL OR s.seq < c.next_seq)))"
+                )
+                report.events_dropped = cur.rowcount
+                cur = db.execute(
+                    "DELETE FROM tree_events WHERE kind = 0 AND seq IN ("
+                    " SELECT seq FROM (SELECT seq, kind, LAG(seq) OVER"
+                    "  (PARTITION BY root, parent, name ORDER BY seq) AS prev_seq"
+                    "  FROM tree_events) WHERE kind = 0 AND prev_seq IS NULL)"
+                )
+                report.events_dropped += cur.rowcount
+            unleased = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.file_id = v.file_id)"
+            # Mount versions live as long as an event of a remaining snapshot names them.
+            victims = [
+                int(r[0])
+                for r in db.execute(
+                    "SELECT v.id FROM versions v WHERE v.origin = 1 AND v.removed = 0"
+                    f" AND v.complete = 1 AND {unleased} AND NOT EXISTS"
+                    " (SELECT 1 FROM tree_events e WHERE e.file_id = v.file_id)"
+                )
+            ]
+            keep = (
+                f"v.removed = 0 AND v.complete = 1 AND {unleased}"
+                " AND v.id < (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND w.removed=0)"
+            )
+            for vid in drop_ids:
+                row = db.execute(
+                    f"SELECT v.id FROM versions v WHERE v.id = ? AND v.origin = 0 AND {keep}",
+                    (vid,),
+                ).fetchone()
+                if row is not None:
+                    victims.append(int(row[0]))
+            candidates: set[bytes] = set()
+            for vid in victims:
+                candidates.update(
+                    bytes(r[0])
+                    for r in db.execute(
+                        "SELECT address FROM version_chunks WHERE version_id=?", (vid,)
+                    )
+                )
+            # Versions removed by `delete` had their chunks scheduled then: just forget them.
+            victims += [int(r[0]) for r in db.execute("SELECT id FROM versions WHERE removed=1")]
+            db.executemany("DELETE FROM version_chunks WHERE version_id=?", [(v,) for v in victims])
+            db.executemany("DELETE FROM versions WHERE id=?", [(v,) for v in victims])
+            report.versions_dropped = len(set(victims))
+            orphaned = self._unreferenced(db, candidates)
+            self._schedule_deletes(db, orphaned, known_nodes)
+            report.chunks_orphaned = len(orphaned)
+            if dry_run:
+                raise _DryRun  # rolls the transaction back
 
     # -- holders and tombstones ----------------------------------------------------------
 
@@ -298,15 +591,18 @@ class CatalogDB:
                     out[bytes(address)].add(int(node))
         return out
 
-    def forget_holders(self, addresses: Iterable[bytes]) -> None:
-        with self._tx() as db:
-            db.executemany("DELETE FROM holders WHERE address=?", [(a,) for a in addresses])
-
-    def add_tombstones(self, pairs: Iterable[tuple[int, bytes]]) -> None:
-        with self._tx() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO tombstones(node, address) VALUES (?,?)", list(pairs)
-            )
+    def any_tombstoned(self, addresses: Iterable[bytes]) -> bool:
+        """Whether a delete is pending for any of ``addresses`` (on any node)."""
+        wanted = list(addresses)
+        with self._lock:
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                if self._db.execute(
+                    f"SELECT 1 FROM tombstones WHERE address IN ({marks}) LIMIT 1", batch
+                ).fetchone():
+                    return True
+        return False
 
     def tombstones(self) -> dict[int, list[bytes]]:
         with self._lock:
@@ -323,6 +619,42 @@ class CatalogDB:
                 "DELETE FROM tombstones WHERE node=? AND address=?", [(node, a) for a in addresses]
             )
 
+    def revive(self, addresses: Iterable[bytes]) -> None:
+        """Content that was deleted is wanted again: drop the deletes still owed for it."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM tombstones WHERE address=?", [(a,) for a in addresses])
+
+    # -- the catalog's own backup --------------------------------------------------------
+
+    def set_catalog_chunks(self, addresses: Iterable[bytes]) -> list[bytes]:
+        """Record the chunks of the newest catalog backup; returns those no longer needed."""
+        wanted = set(addresses)
+        with self._tx() as db:
+            old = {bytes(r[0]) for r in db.execute("SELECT address FROM catalog_chunks")}
+            db.execute("DELETE FROM catalog_chunks")
+            db.executemany(
+                "INSERT INTO catalog_chunks(address) VALUES (?)", [(a,) for a in sorted(wanted)]
+            )
+            return self._unreferenced(db, old - wanted)
+
+    def catalog_chunks(self) -> set[bytes]:
+        with self._lock:
+            return {bytes(r[0]) for r in self._db.execute("SELECT address FROM catalog_chunks")}
+
+    def schedule_deletes(self, addresses: list[bytes], known_nodes: Iterable[int]) -> set[int]:
+        with self._tx() as db:
+            return self._schedule_deletes(db, self._unreferenced(db, addresses), known_nodes)
+
+    def copy_to(self, path: str | Path) -> None:
+        """A consistent copy of the whole catalog (SQLite's online backup), fsync'd."""
+        target = sqlite3.connect(str(path))
+        try:
+            with self._lock:
+                self._db.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+
     # -- the tree's history: snapshots ----------------------------------------------------
 
     def record_tree(self, root: str, entries: Iterable[TreeEvent], time_ns: int) -> int:
@@ -330,27 +662,187 @@ class CatalogDB:
         with self._tx() as db:
             seq = 0
             for e in entries:
-                cur = db.execute(
-                    "INSERT INTO tree_events(root, parent, name, kind, file_id, mode, mtime_ns,"
-                    " target, time_ns) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (
-                        root,
-                        e.parent,
-                        e.name,
-                        e.kind,
-                        e.file_id,
-                        e.mode,
-                        e.mtime_ns,
-                        e.target,
-                        time_ns,
-                    ),
-                )
-                seq = int(cur.lastrowid or 0)
+                seq = self._insert_event(db, root, e, time_ns)
             if seq:
                 db.execute(
                     "INSERT INTO snapshots(seq, root, time_ns) VALUES (?,?,?)", (seq, root, time_ns)
                 )
             return seq
+
+    @staticmethod
+    def _insert_event(db: sqlite3.Connection, root: str, e: TreeEvent, time_ns: int) -> int:
+        cur = db.execute(
+            "INSERT INTO tree_events(root, parent, name, kind, file_id, mode, mtime_ns,"
+            " target, time_ns) VALUES (?,?,?,?,?,?,?,?,?)",
+            (root, e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target, time_ns),
+        )
+        return int(cur.lastrowid or 0)
+
+    def commit_tree(self, root: str, changes: Sequence[TreeChange], time_ns: int) -> int:
+        """Apply changes of a mounted tree, in order, as one snapshot; returns its seq.
+
+        New versions are recorded (as cut by a mount), leases given back, and renames and
+        removals expanded over everything under the entry, in one transaction.
+        """
+        with self._tx() as db:
+            seq = 0
+            for change in changes:
+                for event in self._expand(db, root, change, time_ns):
+                    seq = self._insert_event(db, root, event, time_ns)
+                if isinstance(change, CutRecord) and change.lease:
+                    db.execute("DELETE FROM leases WHERE id=?", (change.lease,))
+            if seq:
+                db.execute(
+                    "INSERT INTO snapshots(seq, root, time_ns) VALUES (?,?,?)", (seq, root, time_ns)
+                )
+            return seq
+
+    def _expand(
+        self, db: sqlite3.Connection, root: str, change: TreeChange, time_ns: int
+    ) -> list[TreeEvent]:
+        if isinstance(change, CutRecord):
+            v = change.version
+            self._insert_version(db, v, time_ns, ORIGIN_MOUNT)
+            parent, name = _split(change.relative)
+            events = [TreeEvent(parent, name, TREE_FILE, v.file_id, v.mode, v.mtime_ns)]
+            for alias in change.aliases:
+                events += self._rename_events(
+                    db, root, change.relative, alias, time_ns, True, events[0]
+                )
+            return events
+        if isinstance(change, EntryRecord):
+            parent, name = _split(change.relative)
+            return [
+                TreeEvent(
+                    parent, name, change.kind, b"", change.mode, change.mtime_ns, change.target
+                )
+            ]
+        if isinstance(change, RemovalRecord):
+            return self._removal_events(db, root, change.relative)
+        if isinstance(change, AttrRecord):
+            current = self._current(db, root, change.relative)
+            if current is None:
+                return []
+            return [
+                TreeEvent(
+                    current.parent,
+                    current.name,
+                    current.kind,
+                    current.file_id,
+                    change.mode,
+                    change.mtime_ns,
+                    current.target,
+                )
+            ]
+        if isinstance(change, LinkRecord):
+            return self._rename_events(db, root, change.existing, change.new, time_ns, True)
+        return self._rename_events(db, root, change.old, change.new, time_ns)
+
+    def _current(self, db: sqlite3.Connection, root: str, relative: str) -> TreeEvent | None:
+        parent, name = _split(relative)
+        row = db.execute(
+            "SELECT parent, name, kind, file_id, mode, mtime_ns, target FROM tree_events"
+            " WHERE root=? AND parent=? AND name=? ORDER BY seq DESC LIMIT 1",
+            (root, parent, name),
+        ).fetchone()
+        if row is None or row[2] == TREE_GONE:
+            return None
+        return _event(row)
+
+    def _current_children(self, db: sqlite3.Connection, root: str, parent: str) -> list[TreeEvent]:
+        rows = db.execute(
+            "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target"
+            " FROM tree_events e WHERE e.root=? AND e.parent=? AND e.seq = ("
+            "  SELECT MAX(seq) FROM tree_events w WHERE w.root=e.root AND w.parent=e.parent"
+            "  AND w.name=e.name) AND e.kind != 0",
+            (root, parent),
+        ).fetchall()
+        return [_event(r) for r in rows]
+
+    def _subtree(
+        self, db: sqlite3.Connection, root: str, relative: str
+    ) -> list[tuple[str, TreeEvent]]:
+        """The current entry at ``relative`` and everything under it, parents first."""
+        top = self._current(db, root, relative)
+        if top is None:
+            return []
+        out = [(relative, top)]
+        index = 0
+        while index < len(out):
+            path, entry = out[index]
+            index += 1
+            if entry.kind == TREE_DIR:
+                for child in self._current_children(db, root, path):
+                    out.append((_join(path, child.name), child))
+        return out
+
+    def _removal_events(self, db: sqlite3.Connection, root: str, relative: str) -> list[TreeEvent]:
+        # Everything under a removed folder is gone too, so a new folder of that name is empty.
+        gone = [path for path, _ in self._subtree(db, root, relative)] or [relative]
+        return [TreeEvent(*_split(path), TREE_GONE) for path in reversed(gone)]
+
+    def _rename_events(
+        self,
+        db: sqlite3.Connection,
+        root: str,
+        old: str,
+        new: str,
+        time_ns: int,
+        keep_old: bool = False,
+        entry: TreeEvent | None = None,
+    ) -> list[TreeEvent]:
+        """Move ``old`` (with everything under it) to ``new``; with ``keep_old``, a second
+        name for it (a hard link). ``entry`` stands for ``old`` when it is not committed yet."""
+        moving = [(old, entry)] if entry is not None else self._subtree(db, root, old)
+        events = self._removal_events(db, root, new) if moving else []
+        if not keep_old:
+            events += [TreeEvent(*_split(path), TREE_GONE) for path, _ in reversed(moving)]
+            if not moving:
+                events.append(TreeEvent(*_split(old), TREE_GONE))
+        for path, item in moving:
+            assert item is not None
+            entry = item
+            target = new + path[len(old) :]
+            fid = entry.file_id
+            if entry.kind == TREE_FILE:
+                row = db.execute(
+                    f"SELECT {_VERSION_COLUMNS} FROM versions WHERE file_id=?", (entry.file_id,)
+                ).fetchone()
+                if row is not None:
+                    # Same chunks under a new name: a new version, no data read or sent.
+                    version = self._version_from_row(row)
+                    moved_path = root.rstrip("/") + "/" + target
+                    moved = FileVersion(
+                        path=moved_path,
+                        file_id=file_id(
+                            version.owner,
+                            moved_path,
+                            version.size,
+                            version.mtime_ns,
+                            content_digest(version.chunks),
+                        ),
+                        size=version.size,
+                        mode=version.mode,
+                        uid=version.uid,
+                        gid=version.gid,
+                        mtime_ns=version.mtime_ns,
+                        ctime_ns=version.ctime_ns,
+                        degree=version.degree,
+                        chunks=version.chunks,
+                        owner=version.owner,
+                    )
+                    vid = self._insert_version(db, moved, time_ns, ORIGIN_MOUNT)
+                    complete = db.execute(
+                        "SELECT complete FROM versions WHERE file_id=?", (entry.file_id,)
+                    ).fetchone()
+                    if complete and complete[0]:
+                        db.execute("UPDATE versions SET complete=1 WHERE id=?", (vid,))
+                    fid = moved.file_id
+            parent, name = _split(target)
+            events.append(
+                TreeEvent(parent, name, entry.kind, fid, entry.mode, entry.mtime_ns, entry.target)
+            )
+        return events
 
     def snapshots(self, root: str | None = None) -> list[tuple[int, str, int]]:
         """(seq, root, time_ns) of every snapshot, oldest first."""
@@ -363,25 +855,47 @@ class CatalogDB:
                 )
             return [(int(a), str(b), int(c)) for a, b, c in rows.fetchall()]
 
+    def latest_seq(self, root: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(seq) FROM snapshots WHERE root=?", (root,)
+            ).fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+    def roots(self) -> list[str]:
+        """Every mounted tree with a history."""
+        with self._lock:
+            return [str(r[0]) for r in self._db.execute("SELECT DISTINCT root FROM snapshots")]
+
+    def snapshot_at(self, root: str, at_ns: int) -> int:
+        """The newest snapshot of ``root`` taken at or before ``at_ns`` (0 if none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(seq) FROM snapshots WHERE root=? AND time_ns <= ?", (root, at_ns)
+            ).fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
     def tree_entry(self, root: str, parent: str, name: str, seq: int) -> TreeEvent | None:
         """The entry ``parent/name`` as of snapshot ``seq`` (None if absent then)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT parent, name, kind, file_id, mode, mtime_ns, target FROM tree_events"
-                " WHERE root=? AND parent=? AND name=? AND seq<=? ORDER BY seq DESC LIMIT 1",
+                "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target"
+                " FROM tree_events e WHERE e.root=? AND e.parent=? AND e.name=? AND e.seq<=?"
+                " ORDER BY e.seq DESC LIMIT 1",
                 (root, parent, name, seq),
             ).fetchone()
-        if row is None or row[2] == TREE_GONE:
-            return None
-        return TreeEvent(
-            str(row[0]),
-            str(row[1]),
-            int(row[2]),
-            bytes(row[3] or b""),
-            int(row[4]),
-            int(row[5]),
-            str(row[6]),
-        )
+            if row is None or row[2] == TREE_GONE:
+                return None
+            entry = _event(row)
+            if entry.kind == TREE_FILE and self._live_version(entry.file_id) is None:
+                return None
+            return entry
+
+    def _live_version(self, fid: bytes) -> int | None:
+        row = self._db.execute(
+            "SELECT id FROM versions WHERE file_id=? AND removed=0", (fid,)
+        ).fetchone()
+        return int(row[0]) if row else None
 
     def tree_children(self, root: str, parent: str, seq: int) -> list[TreeEvent]:
         """A folder's entries as of snapshot ``seq``, sorted by name; built from the index."""
@@ -390,18 +904,37 @@ class CatalogDB:
                 "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target"
                 " FROM tree_events e WHERE e.root=? AND e.parent=? AND e.seq = ("
                 "  SELECT MAX(seq) FROM tree_events w WHERE w.root=e.root AND w.parent=e.parent"
-                "  AND w.name=e.name AND w.seq<=?) AND e.kind != 0 ORDER BY e.name",
+                f"  AND w.name=e.name AND w.seq<=?) AND e.kind != 0 AND {_LIVE_FILE}"
+                " ORDER BY e.name",
                 (root, parent, seq),
             ).fetchall()
-        return [
-            TreeEvent(str(a), str(b), int(c), bytes(d or b""), int(m), int(t), str(g))
-            for a, b, c, d, m, t, g in rows
-        ]
+        return [_event(r) for r in rows]
+
+    def tree_walk(self, root: str, top: str, seq: int) -> list[tuple[str, TreeEvent]]:
+        """Every entry at or under ``top`` as of snapshot ``seq``, parents before children."""
+        out: list[tuple[str, TreeEvent]] = []
+        if top:
+            entry = self.tree_entry(root, *_split(top), seq)
+            if entry is None:
+                return []
+            out.append((top, entry))
+            if entry.kind != TREE_DIR:
+                return out
+        pending = [top]
+        while pending:
+            folder = pending.pop(0)
+            for child in self.tree_children(root, folder, seq):
+                path = _join(folder, child.name)
+                out.append((path, child))
+                if child.kind == TREE_DIR:
+                    pending.append(path)
+        return out
 
     def version_by_id(self, file_id: bytes) -> FileVersion | None:
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE file_id=?", (file_id,)
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE file_id=? AND removed=0",
+                (file_id,),
             ).fetchone()
             return self._version_from_row(row) if row else None
 
@@ -419,6 +952,33 @@ class CatalogDB:
                 " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
                 (name, value),
             )
+
+    def counts(self) -> dict[str, int]:
+        """Sizes of the catalog, for status and metrics."""
+        with self._lock:
+            one = self._db.execute
+            return {
+                "versions": int(one("SELECT COUNT(*) FROM versions WHERE removed=0").fetchone()[0]),
+                "pending_versions": int(
+                    one("SELECT COUNT(*) FROM versions WHERE complete=0 AND removed=0").fetchone()[
+                        0
+                    ]
+                ),
+                "snapshots": int(one("SELECT COUNT(*) FROM snapshots").fetchone()[0]),
+                "tombstones": int(one("SELECT COUNT(*) FROM tombstones").fetchone()[0]),
+            }
+
+
+def _event(row: Sequence[Any]) -> TreeEvent:
+    return TreeEvent(
+        str(row[0]),
+        str(row[1]),
+        int(row[2]),
+        bytes(row[3] or b""),
+        int(row[4]),
+        int(row[5]),
+        str(row[6]),
+    )
 
 
 def _like_prefix(prefix: str) -> str:

@@ -1,33 +1,114 @@
-"""Cutting versions of files written through the mount.
+"""Cutting versions of files written through the mount, and recording the tree's changes.
 
-When a written file is closed or fsync'd, ``VersionCutter.cut`` runs while writes to that file are
-held back. It re-reads only the chunks that changed (the others keep their addresses from the
-previous version), addresses and seals them, and puts the envelopes into the *outbox*: a local
-chunk store, so that the version no longer depends on the file (it may be overwritten a moment
-later) and survives a crash. Then it records the version in the catalog as not yet complete; the
-node daemon sends the outbox's chunks to their holders and marks the version complete.
+When a written file is closed or fsync'd, ``VersionCutter.cut`` starts a *cut*: it notes the
+file's size and times at that instant, takes a lease on the previous version (whose chunk
+addresses unchanged chunks keep) and decides which chunks must be read — only the changed ones.
+It returns at once; the chunks are read, addressed and sealed in the background into the
+*outbox* (a local chunk store, so the version no longer depends on the file and survives a
+crash).
+
+A version is never torn: until a cut has read a chunk, a write or truncation that would change
+it first copies the chunk's current bytes aside (``before_write``/``before_truncate``, called
+by the mount with the file's lock held). The reads take the same lock, so each chunk is read
+either before the write or from the copy.
+
+Every change of the tree (new versions, folders, links, removals, renames, modes) goes through
+one ordered queue. A committer takes what is ready from its head — in order — and records it
+with one outbox flush and one catalog transaction: one snapshot per commit, however many files
+it holds. ``barrier`` waits until everything queued so far is committed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import trio
 
 from chunkstore.catalog import FileVersion, version_from_stat
-from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_GONE, TREE_SYMLINK, CatalogDB, TreeEvent
+from chunkstore.catalogdb import (
+    TREE_DIR,
+    TREE_SYMLINK,
+    AttrRecord,
+    CatalogDB,
+    CutRecord,
+    EntryRecord,
+    LinkRecord,
+    RemovalRecord,
+    RenameRecord,
+    TreeChange,
+)
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.envelope import chunk_address, seal_chunk
-from chunkstore.fileid import content_digest, file_id
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore, PutItem
 
 from .dirty import DirtyFile
 
-BATCH = 15
+log = logging.getLogger(__name__)
+BATCH = 15  # chunks per read under the file's lock (about 1 MB: writers wait at most that)
+FLUSH_BYTES = 8 << 20  # a big cut puts its sealed chunks into the outbox in groups this large
+ASIDE_LIMIT = 64 << 20  # bytes copied aside for one cut before writers wait for it
+COMMIT_BATCH = 256  # tree changes per catalog transaction
+
+
+class CutFailed(Exception):
+    """A version could not be cut (the file's changes stay dirty and are retried)."""
+
+
+@dataclass(eq=False)
+class CutJob:
+    """One version being cut: what to read, and what was copied aside before a write."""
+
+    relative: str
+    fd: int  # our own read-only descriptor, closed when the cut ends
+    st: os.stat_result
+    changes: DirtyFile
+    degree: int
+    lock: trio.Lock  # the file's lock: held by writers, and by us while reading
+    previous: FileVersion | None = None
+    lease: int = 0
+    addresses: list[bytes | None] = field(default_factory=list)
+    unread: set[int] = field(default_factory=set)
+    aside: dict[int, bytes] = field(default_factory=dict)
+    aside_bytes: int = 0
+    sealed: list[PutItem] = field(default_factory=list)
+    bytes_read: int = 0
+    ready: trio.Event = field(default_factory=trio.Event)
+    committed: trio.Event = field(default_factory=trio.Event)
+    progressed: trio.Event = field(default_factory=trio.Event)
+    version: FileVersion | None = None
+    error: BaseException | None = None
+    on_failure: Callable[[DirtyFile], None] | None = None
+    aliases: tuple[str, ...] = ()  # the file's other names (hard links)
+
+    def length(self, no: int) -> int:
+        return max(0, min(CHUNK_SIZE, self.st.st_size - no * CHUNK_SIZE))
+
+    def keep_aside(self, no: int) -> None:
+        """Copy chunk ``no`` as the cut must see it, before something changes it."""
+        if no in self.unread and no not in self.aside:
+            data = os.pread(self.fd, self.length(no), no * CHUNK_SIZE)
+            self.aside[no] = data
+            self.aside_bytes += len(data)
+
+    async def result(self) -> FileVersion:
+        await self.committed.wait()
+        if self.version is None:
+            raise CutFailed(f"{self.relative}: {self.error}")
+        return self.version
+
+
+@dataclass(eq=False)
+class _Queued:
+    change: TreeChange | None = None
+    job: CutJob | None = None
+    done: trio.Event = field(default_factory=trio.Event)
 
 
 class VersionCutter:
@@ -39,7 +120,7 @@ class VersionCutter:
         owner: int,
         source_root: str,
         degree_for: Callable[[str], int],
-        on_version: Callable[[FileVersion], None] | None = None,
+        on_commit: Callable[[list[FileVersion]], None] | None = None,
     ) -> None:
         self.keys = keys
         self.catalog = catalog
@@ -47,155 +128,311 @@ class VersionCutter:
         self.owner = owner
         self.source_root = source_root.rstrip("/")
         self.degree_for = degree_for
-        self.on_version = on_version
+        self.on_commit = on_commit
         self.limiter = trio.CapacityLimiter(2)
         self.bytes_read = 0
+        self.versions_cut = 0
+        self._active: dict[int, list[CutJob]] = {}  # inode -> cuts still reading
+        self._queue: deque[_Queued] = deque()
+        self._last: _Queued | None = None  # the newest change queued (maybe being committed)
+        self._queue_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
 
     def catalog_path(self, relative: str) -> str:
         return f"{self.source_root}/{relative}"
 
-    def _seal_batch(self, fd: int, numbers: list[int], degree: int) -> list[tuple[int, bytes]]:
-        """Read, address and seal chunks; put them in the outbox durably; return their addresses."""
-        items: list[PutItem] = []
-        out: list[tuple[int, bytes]] = []
-        for no in numbers:
-            data = os.pread(fd, CHUNK_SIZE, no * CHUNK_SIZE)
-            self.bytes_read += len(data)
-            address = chunk_address(self.keys, data)
-            items.append(PutItem(self.owner, address, seal_chunk(self.keys, address, data), degree))
-            out.append((no, address))
-        self.outbox.put_many(items)
-        return out
+    # -- running -------------------------------------------------------------------------
 
-    async def cut(self, relative: str, fd: int, changes: DirtyFile) -> FileVersion:
-        path = self.catalog_path(relative)
-        st = os.fstat(fd)
-        degree = self.degree_for(relative)
-        previous = await trio.to_thread.run_sync(self.catalog.latest, path)
-        count = chunk_count(st.st_size)
-        addresses: list[bytes | None] = [None] * count
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The cuts' readers and the committer; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._committer)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def barrier(self) -> None:
+        """Wait until everything queued so far is committed (or has failed)."""
+        if self._last is not None:
+            await self._last.done.wait()
+
+    def _enqueue(self, item: _Queued) -> None:
+        self._queue.append(item)
+        self._last = item
+        self._queue_changed.set()
+
+    # -- cuts ----------------------------------------------------------------------------
+
+    async def cut(
+        self,
+        relative: str,
+        fd: int,
+        changes: DirtyFile,
+        lock: trio.Lock | None = None,
+        inode: int | None = None,
+        on_failure: Callable[[DirtyFile], None] | None = None,
+        aliases: tuple[str, ...] = (),
+    ) -> CutJob:
+        """Start cutting a version of ``relative`` as it is now; returns once it is queued.
+
+        Called with the file's ``lock`` held (writes wait meanwhile). ``fd`` is only borrowed.
+        """
+        assert self._nursery is not None, "VersionCutter.run is not running"
+        own_fd = os.dup(fd)
+        try:
+            st = os.fstat(own_fd)
+            previous, lease = await trio.to_thread.run_sync(
+                self.catalog.lease_latest, self.catalog_path(relative), time.time_ns()
+            )
+        except BaseException:
+            os.close(own_fd)
+            raise
+        job = CutJob(
+            relative=relative,
+            fd=own_fd,
+            st=st,
+            changes=changes,
+            degree=self.degree_for(relative),
+            lock=lock or trio.Lock(),
+            previous=previous,
+            lease=lease,
+            on_failure=on_failure,
+            aliases=aliases,
+        )
+        self._plan(job)
+        if inode is not None and job.unread:
+            self._active.setdefault(inode, []).append(job)
+        self._enqueue(_Queued(job=job))
+        self._nursery.start_soon(self._read_and_seal, job, inode)
+        return job
+
+    @staticmethod
+    def _plan(job: CutJob) -> None:
+        """Which chunks keep the previous version's address, and which must be read."""
+        size = job.st.st_size
+        count = chunk_count(size)
+        job.addresses = [None] * count
+        previous, changes = job.previous, job.changes
         if previous is not None:
             # A chunk keeps its address if it was not written and its bytes lie wholly below
             # the old size, the new size and any size the file was truncated to meanwhile
             # (growing or shrinking changes the last chunk; a truncation zeroes what follows).
-            limit = min(previous.size, st.st_size)
+            limit = min(previous.size, size)
             if changes.truncated_to is not None:
                 limit = min(limit, changes.truncated_to)
-            same_end = previous.size == st.st_size == limit
+            same_end = previous.size == size == limit
             for no in range(count):
                 if no in changes.chunks:
                     continue
                 if (no + 1) * CHUNK_SIZE <= limit or (same_end and no == count - 1):
-                    addresses[no] = previous.chunks[no]
-        wanted = [no for no, address in enumerate(addresses) if address is None]
-        for start in range(0, len(wanted), BATCH):
-            batch = wanted[start : start + BATCH]
-            for no, address in await trio.to_thread.run_sync(
-                self._seal_batch, fd, batch, degree, limiter=self.limiter
-            ):
-                addresses[no] = address
-        final = [a for a in addresses if a is not None]
-        version = version_from_stat(self.owner, path, st, degree, final)
-        await trio.to_thread.run_sync(self.catalog.add_version, version, time.time_ns())
-        await self._record(
-            [self._event(relative, TREE_FILE, version.file_id, st.st_mode, st.st_mtime_ns)]
-        )
-        if self.on_version is not None:
-            self.on_version(version)
-        return version
+                    job.addresses[no] = previous.chunks[no]
+        job.unread = {no for no, a in enumerate(job.addresses) if a is None}
+
+    def before_write(self, inode: int, offset: int, length: int) -> None:
+        """A write of ``length`` bytes at ``offset`` is about to happen (file lock held)."""
+        jobs = self._active.get(inode)
+        if not jobs or length <= 0:
+            return
+        first, last = offset // CHUNK_SIZE, (offset + length - 1) // CHUNK_SIZE
+        for job in jobs:
+            for no in range(first, last + 1):
+                job.keep_aside(no)
+
+    def before_truncate(self, inode: int, size: int) -> None:
+        """The file is about to be truncated (or extended) to ``size`` (file lock held)."""
+        for job in self._active.get(inode, ()):
+            for no in sorted(job.unread):
+                if (no + 1) * CHUNK_SIZE > size:
+                    job.keep_aside(no)
+
+    def busy(self, inode: int) -> bool:
+        """Whether a cut of ``inode`` is still reading it."""
+        return bool(self._active.get(inode))
+
+    def aside_full(self, inode: int) -> CutJob | None:
+        """A cut of ``inode`` that has copied so much aside that writers should wait for it."""
+        for job in self._active.get(inode, ()):
+            if job.aside_bytes >= ASIDE_LIMIT:
+                return job
+        return None
+
+    def _read_batch(self, job: CutJob, numbers: list[int]) -> list[tuple[int, bytes]]:
+        out = []
+        for no in numbers:
+            data = job.aside.pop(no, None)
+            if data is None:
+                data = os.pread(job.fd, job.length(no), no * CHUNK_SIZE)
+                job.bytes_read += len(data)
+            else:
+                job.aside_bytes -= len(data)
+            out.append((no, data))
+        return out
+
+    def _seal(self, degree: int, batch: list[tuple[int, bytes]]) -> list[tuple[int, PutItem]]:
+        sealed = []
+        for no, data in batch:
+            address = chunk_address(self.keys, data)
+            envelope = seal_chunk(self.keys, address, data)
+            sealed.append((no, PutItem(self.owner, address, envelope, degree)))
+        return sealed
+
+    async def _read_and_seal(self, job: CutJob, inode: int | None) -> None:
+        pending_bytes = 0
+
+        async def flush_sealed() -> None:
+            nonlocal pending_bytes
+            items, job.sealed = job.sealed, []
+            pending_bytes = 0
+            if items:
+                await trio.to_thread.run_sync(self.outbox.put_many, items)
+
+        async def worker() -> None:
+            nonlocal pending_bytes
+            while True:
+                async with job.lock:
+                    numbers = sorted(job.unread)[:BATCH]
+                    if not numbers:
+                        return
+                    job.unread.difference_update(numbers)
+                    batch = await trio.to_thread.run_sync(self._read_batch, job, numbers)
+                job.progressed.set()
+                job.progressed = trio.Event()
+                sealed = await trio.to_thread.run_sync(
+                    self._seal, job.degree, batch, limiter=self.limiter
+                )
+                for no, item in sealed:
+                    job.addresses[no] = item.address
+                    job.sealed.append(item)
+                    pending_bytes += len(item.envelope)
+                if pending_bytes >= FLUSH_BYTES:
+                    await flush_sealed()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(2):  # one reads under the lock while the other seals
+                    nursery.start_soon(worker)
+            if sum(len(i.envelope) for i in job.sealed) >= FLUSH_BYTES // 4:
+                await flush_sealed()  # big leftovers go now; small ones ride the group commit
+            final = [a for a in job.addresses if a is not None]
+            if len(final) != len(job.addresses):
+                raise CutFailed("some chunks were not read")
+            job.version = version_from_stat(
+                self.owner, self.catalog_path(job.relative), job.st, job.degree, final
+            )
+        except Exception as exc:  # an I/O error: the version is not recorded, the changes stay
+            log.warning("could not cut a version of %s: %s", job.relative, exc)
+            job.error = exc
+            job.version = None
+        finally:
+            self.bytes_read += job.bytes_read
+            if inode is not None:
+                jobs = self._active.get(inode, [])
+                if job in jobs:
+                    jobs.remove(job)
+                if not jobs:
+                    self._active.pop(inode, None)
+            job.aside.clear()
+            job.aside_bytes = 0
+            job.progressed.set()
+            os.close(job.fd)
+            job.ready.set()
+            self._queue_changed.set()
 
     # -- the tree's structure ----------------------------------------------------------------
 
-    @staticmethod
-    def _event(
-        relative: str,
-        kind: int,
-        file_id: bytes = b"",
-        mode: int = 0,
-        mtime_ns: int = 0,
-        target: str = "",
-    ) -> TreeEvent:
-        parent, _, name = relative.rpartition("/")
-        return TreeEvent(parent, name, kind, file_id, mode, mtime_ns, target)
-
-    async def _record(self, events: list[TreeEvent]) -> None:
-        if events:
-            await trio.to_thread.run_sync(
-                self.catalog.record_tree, self.source_root, events, time.time_ns()
-            )
-
-    def latest_seq(self) -> int:
-        rows = self.catalog.snapshots(self.source_root)
-        return rows[-1][0] if rows else 0
-
-    async def made(self, relative: str, st: os.stat_result, target: str = "") -> None:
+    def made(self, relative: str, st: os.stat_result, target: str = "") -> None:
         """A folder or symlink appeared (files are recorded when their version is cut)."""
         if stat.S_ISDIR(st.st_mode):
-            await self._record(
-                [self._event(relative, TREE_DIR, mode=st.st_mode, mtime_ns=st.st_mtime_ns)]
-            )
+            self._enqueue(_Queued(EntryRecord(relative, TREE_DIR, st.st_mode, st.st_mtime_ns)))
         elif stat.S_ISLNK(st.st_mode):
-            await self._record(
-                [
-                    self._event(
-                        relative,
-                        TREE_SYMLINK,
-                        mode=st.st_mode,
-                        mtime_ns=st.st_mtime_ns,
-                        target=target,
-                    )
-                ]
+            self._enqueue(
+                _Queued(EntryRecord(relative, TREE_SYMLINK, st.st_mode, st.st_mtime_ns, target))
             )
 
-    async def removed(self, relative: str) -> None:
-        await self._record([self._event(relative, TREE_GONE)])
+    def removed(self, relative: str) -> None:
+        self._enqueue(_Queued(RemovalRecord(relative)))
 
-    def _renamed_events(self, old: str, new: str) -> list[TreeEvent]:
-        """Events moving ``old`` (and, for a folder, everything under it) to ``new``."""
-        seq = self.latest_seq()
-        parent, _, name = old.rpartition("/")
-        entry = self.catalog.tree_entry(self.source_root, parent, name, seq) if seq else None
-        events = [self._event(old, TREE_GONE)]
-        if entry is None:
-            return events
-        pending = [(old, new, entry)]
-        while pending:
-            src, dst, item = pending.pop()
-            file_id = item.file_id
-            if item.kind == TREE_FILE:
-                version = self.catalog.version_by_id(item.file_id)
-                if version is not None:
-                    # Same chunks under a new name: a new version, no data read or sent.
-                    moved = FileVersion(
-                        path=self.catalog_path(dst),
-                        file_id=file_id_for(self.owner, self.catalog_path(dst), version),
-                        size=version.size,
-                        mode=version.mode,
-                        uid=version.uid,
-                        gid=version.gid,
-                        mtime_ns=version.mtime_ns,
-                        ctime_ns=version.ctime_ns,
-                        degree=version.degree,
-                        chunks=version.chunks,
-                        owner=self.owner,
-                    )
-                    self.catalog.add_version(moved, time.time_ns())
-                    file_id = moved.file_id
-            events.append(
-                self._event(dst, item.kind, file_id, item.mode, item.mtime_ns, item.target)
-            )
-            if item.kind == TREE_DIR:
-                for child in self.catalog.tree_children(self.source_root, src, seq):
-                    pending.append((f"{src}/{child.name}", f"{dst}/{child.name}", child))
-        return events
+    def renamed(self, old: str, new: str) -> None:
+        self._enqueue(_Queued(RenameRecord(old, new)))
 
-    async def renamed(self, old: str, new: str) -> None:
-        events = await trio.to_thread.run_sync(self._renamed_events, old, new)
-        await self._record(events)
+    def linked(self, existing: str, new: str) -> None:
+        self._enqueue(_Queued(LinkRecord(existing, new)))
 
+    def attributes_changed(self, relative: str, st: os.stat_result) -> None:
+        """chmod or touch without a content change: recorded for the entry as it is."""
+        self._enqueue(_Queued(AttrRecord(relative, st.st_mode, st.st_mtime_ns)))
 
-def file_id_for(owner: int, path: str, version: FileVersion) -> bytes:
-    return file_id(owner, path, version.size, version.mtime_ns, content_digest(version.chunks))
+    def latest_seq(self) -> int:
+        return self.catalog.latest_seq(self.source_root)
+
+    # -- committing ----------------------------------------------------------------------
+
+    async def _committer(self) -> None:
+        while True:
+            while not self._queue or (
+                self._queue[0].job is not None and not self._queue[0].job.ready.is_set()
+            ):
+                await self._queue_changed.wait()
+                self._queue_changed = trio.Event()
+            batch: list[_Queued] = []
+            while self._queue and len(batch) < COMMIT_BATCH:
+                head = self._queue[0]
+                if head.job is not None and not head.job.ready.is_set():
+                    break
+                batch.append(self._queue.popleft())
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Queued]) -> None:
+        changes: list[TreeChange] = []
+        items: list[PutItem] = []
+        cut_jobs: list[CutJob] = []
+        for queued in batch:
+            job = queued.job
+            if job is None:
+                assert queued.change is not None
+                changes.append(queued.change)
+            elif job.version is not None:
+                changes.append(CutRecord(job.relative, job.version, job.lease, job.aliases))
+                items.extend(job.sealed)
+                cut_jobs.append(job)
+
+        def write() -> None:
+            if items:
+                self.outbox.put_many(items)  # durable before the catalog names them
+            if changes:
+                self.catalog.commit_tree(self.source_root, changes, time.time_ns())
+
+        error: BaseException | None = None
+        for attempt in range(5):
+            try:
+                await trio.to_thread.run_sync(write)
+                error = None
+                break
+            except Exception as exc:
+                error = exc
+                log.warning("recording %d tree changes failed (%s); retrying", len(changes), exc)
+                await trio.sleep(0.2 * 2**attempt)
+        for queued in batch:
+            job = queued.job
+            if job is None:
+                continue
+            if error is not None and job.version is not None:
+                job.error, job.version = error, None
+            if job.version is None:
+                await trio.to_thread.run_sync(self.catalog.release_lease, job.lease)
+                if job.on_failure is not None:
+                    job.on_failure(job.changes)
+            job.sealed = []
+        if error is not None:
+            log.error("lost %d tree changes (%s); the next mount catches up", len(changes), error)
+        versions = [j.version for j in cut_jobs if j.version is not None]
+        self.versions_cut += len(versions)
+        for queued in batch:
+            if queued.job is not None:
+                queued.job.committed.set()
+            queued.done.set()
+        if versions and self.on_commit is not None:
+            self.on_commit(versions)
 
 
 DEGREE_XATTR = "user.lanvault.degree"

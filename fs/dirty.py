@@ -44,5 +44,17 @@ class DirtyTracker:
         """The dirty state of ``inode``, which is then clean."""
         return self._files.pop(inode, None)
 
+    def restore(self, inode: int, changes: DirtyFile) -> None:
+        """A cut failed: its changes are dirty again (with whatever was written since)."""
+        entry = self._files.setdefault(inode, DirtyFile())
+        entry.chunks |= changes.chunks
+        if changes.truncated_to is not None:
+            entry.truncated_to = (
+                changes.truncated_to
+                if entry.truncated_to is None
+                else min(entry.truncated_to, changes.truncated_to)
+            )
+        entry.written = True
+
     def forget(self, inode: int) -> None:
         self._files.pop(inode, None)

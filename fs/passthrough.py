@@ -20,31 +20,18 @@ import stat
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
-from .dirty import DirtyFile, DirtyTracker
+from .capture import CutJob, VersionCutter
+from .dirty import DirtyTracker
 from .versions import VERSIONS_NAME, VIRTUAL_BASE, VersionsView
 
 log = logging.getLogger(__name__)
 ENTRY_TIMEOUT = 1.0
-
-# Called when a written file is closed or fsync'd: (relative path, descriptor to read it with,
-# what changed). It runs with writes to that file held back, so what it reads is one instant.
-CutHandler = Callable[[str, int, DirtyFile], Awaitable[None]]
-
-
-class TreeListener(Protocol):
-    """Told about structural changes, so that snapshots record folders, links and removals."""
-
-    async def made(self, relative: str, st: os.stat_result, target: str = "") -> None: ...
-
-    async def removed(self, relative: str) -> None: ...
-
-    async def renamed(self, old: str, new: str) -> None: ...
+DEFAULT_MIN_INTERVAL = 2.0  # seconds between two versions of a file written continuously
 
 
 @dataclass(slots=True)
@@ -110,13 +97,18 @@ class PassthroughOps(pyfuse3.Operations):
     def __init__(
         self,
         source_fd: int,
-        on_cut: CutHandler | None = None,
+        capture: VersionCutter | None = None,
         versions: VersionsView | None = None,
-        tree: TreeListener | None = None,
+        min_interval: float = DEFAULT_MIN_INTERVAL,
     ) -> None:
         super().__init__()
         self.versions = versions
-        self.tree = tree
+        self.capture = capture
+        self.min_interval = min_interval
+        self._last_cut: dict[int, float] = {}
+        # inode -> ("cut now", "cut done") of a debounced cut
+        self._deferred: dict[int, tuple[trio.Event, trio.Event]] = {}
+        self._nursery: trio.Nursery | None = None
         self.virtual_handles: dict[int, int] = {}
         self._next_virtual_fh = VIRTUAL_BASE
         self.source_fd = source_fd
@@ -124,8 +116,22 @@ class PassthroughOps(pyfuse3.Operations):
         self.inodes: dict[int, _Inode] = {pyfuse3.ROOT_INODE: _Inode(paths={""})}
         self.handles: dict[int, _Handle] = {}
         self.dirty = DirtyTracker()
-        self.on_cut = on_cut
         self.i_am_root = os.geteuid() == 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Holds the nursery of debounced cuts; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def settle(self) -> None:
+        """Cut every debounced file now and wait until all is recorded (versions/ is exact)."""
+        for fire, done in list(self._deferred.values()):
+            fire.set()
+            await done.wait()
+        if self.capture is not None:
+            await self.capture.barrier()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -224,6 +230,8 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         if self.versions is not None:
             if self._virtual(parent_inode):
+                if parent_inode == self.versions.top:
+                    await self.settle()  # a snapshot name: show everything written so far
                 return self.versions.attrs(self.versions.lookup(parent_inode, _name(name)))
             if parent_inode == pyfuse3.ROOT_INODE and name == VERSIONS_NAME.encode():
                 return self.versions.attrs(self.versions.top)
@@ -240,6 +248,10 @@ class PassthroughOps(pyfuse3.Operations):
                 continue
             entry.lookups -= count
             if entry.lookups <= 0 and entry.open_handles == 0:
+                if self.dirty.is_dirty(inode):
+                    await self._cut(inode, debounce=False)  # never drop a pending version
+                if self.capture is not None and self.capture.busy(inode):
+                    continue  # a cut still reads it under this entry's lock: keep the entry
                 del self.inodes[inode]
                 self.dirty.forget(inode)
 
@@ -267,7 +279,11 @@ class PassthroughOps(pyfuse3.Operations):
             kwargs = {} if fh is not None else {"dir_fd": self.source_fd}
             if fields.update_size:
                 entry = self.inodes[inode]
+                await self._cut_deferred(inode)
+                await self._wait_for_room(inode)
                 async with entry.lock:
+                    if self.capture is not None:
+                        self.capture.before_truncate(inode, attr.st_size)
                     if fh is not None:
                         os.ftruncate(self.handles[fh].fd, attr.st_size)
                     else:
@@ -302,7 +318,13 @@ class PassthroughOps(pyfuse3.Operations):
                 else:
                     os.utime(target, ns=(atime, mtime), **kwargs, follow_symlinks=False)  # type: ignore[arg-type]
             st = os.fstat(target) if isinstance(target, int) else self._stat(self._path(inode))
-            return self._attrs(st)
+        changed_attrs = fields.update_mode or fields.update_atime or fields.update_mtime
+        if self.capture is not None and changed_attrs and not self.dirty.is_dirty(inode):
+            # A dirty file's next version carries its new mode and times anyway.
+            with _fuse_errors():
+                for path in sorted(self.inodes[inode].paths):
+                    self.capture.attributes_changed(path, st)
+        return self._attrs(st)
 
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
         if self.versions is not None and self._virtual(inode):
@@ -345,6 +367,8 @@ class PassthroughOps(pyfuse3.Operations):
 
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         if self.versions is not None and self._virtual(fh):
+            if fh == self.versions.top and start_id == 0:
+                await self.settle()
             entries = self.versions.listing(fh)
             for index in range(start_id, len(entries)):
                 name, inode = entries[index]
@@ -410,8 +434,8 @@ class PassthroughOps(pyfuse3.Operations):
             os.mkdir(path, mode & ~ctx.umask, dir_fd=self.source_fd)
             self._own(path, ctx)
             st = self._stat(path)
-        if self.tree is not None:
-            await self.tree.made(path, st)
+        if self.capture is not None:
+            self.capture.made(path, st)
         return self._remember(path, st)
 
     async def rmdir(
@@ -429,10 +453,12 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
+        await self._cut_pending(path)  # what was written last is versioned under its name
+        with _fuse_errors():
             remove(path, dir_fd=self.source_fd)
             self._forget_path(path)
-        if self.tree is not None:
-            await self.tree.removed(path)
+        if self.capture is not None:
+            self.capture.removed(path)
 
     async def rename(
         self,
@@ -451,11 +477,14 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             old = self._child(parent_inode_old, name_old)
             new = self._child(parent_inode_new, name_new)
+        await self._cut_pending(old)
+        await self._cut_pending(new)
+        with _fuse_errors():
             os.rename(old, new, src_dir_fd=self.source_fd, dst_dir_fd=self.source_fd)
             self._forget_path(new)
             self._moved(old, new)
-        if self.tree is not None:
-            await self.tree.renamed(old, new)
+        if self.capture is not None:
+            self.capture.renamed(old, new)
 
     async def link(
         self,
@@ -468,14 +497,18 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(new_parent_inode, new_name)
         with _fuse_errors():
             new = self._child(new_parent_inode, new_name)
+            existing = self._path(inode)
             os.link(
-                self._path(inode),
+                existing,
                 new,
                 src_dir_fd=self.source_fd,
                 dst_dir_fd=self.source_fd,
                 follow_symlinks=False,
             )
-            return self._remember(new, self._stat(new))
+            attrs = self._remember(new, self._stat(new))
+        if self.capture is not None:
+            self.capture.linked(existing, new)
+        return attrs
 
     async def symlink(
         self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: pyfuse3.RequestContext
@@ -487,8 +520,8 @@ class PassthroughOps(pyfuse3.Operations):
             os.symlink(os.fsdecode(target), path, dir_fd=self.source_fd)
             self._own(path, ctx)
             st = self._stat(path)
-        if self.tree is not None:
-            await self.tree.made(path, st, os.fsdecode(target))
+        if self.capture is not None:
+            self.capture.made(path, st, os.fsdecode(target))
         return self._remember(path, st)
 
     async def mknod(
@@ -528,14 +561,35 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             path = self._rel(self._path(inode))
             # O_APPEND would let the kernel pick offsets we do not see; writes come with them.
+            # O_TRUNC is done here, after a cut still reading the file kept its bytes aside.
             fd = os.open(
                 path,
-                (flags & ~os.O_APPEND & ~os.O_CREAT & ~os.O_EXCL) | os.O_NOFOLLOW,
+                (flags & ~os.O_APPEND & ~os.O_CREAT & ~os.O_EXCL & ~os.O_TRUNC) | os.O_NOFOLLOW,
                 dir_fd=self.source_fd,
             )
-            if flags & os.O_TRUNC:
-                self.dirty.truncate(inode, 0)
-            return self._register(fd, inode, flags)
+        handle = self._register(fd, inode, flags)
+        if flags & os.O_TRUNC:
+            with _fuse_errors():
+                await self._truncate_fd(inode, fd, 0)
+        return handle
+
+    async def _truncate_fd(self, inode: int, fd: int, size: int) -> None:
+        await self._cut_deferred(inode)
+        await self._wait_for_room(inode)
+        entry = self.inodes.setdefault(inode, _Inode())
+        async with entry.lock:
+            if self.capture is not None:
+                self.capture.before_truncate(inode, size)
+            os.ftruncate(fd, size)
+            self.dirty.truncate(inode, size)
+
+    async def _wait_for_room(self, inode: int) -> None:
+        """Writers wait while a cut of this file holds too much copied aside."""
+        while self.capture is not None:
+            job = self.capture.aside_full(inode)
+            if job is None:
+                return
+            await job.progressed.wait()
 
     async def create(
         self,
@@ -551,14 +605,18 @@ class PassthroughOps(pyfuse3.Operations):
             path = self._child(parent_inode, name)
             fd = os.open(
                 path,
-                (flags & ~os.O_APPEND) | os.O_CREAT | os.O_NOFOLLOW,
+                (flags & ~os.O_APPEND & ~os.O_TRUNC) | os.O_CREAT | os.O_NOFOLLOW,
                 mode & ~ctx.umask,
                 dir_fd=self.source_fd,
             )
             self._own(path, ctx)
             attrs = self._remember(path, os.fstat(fd))
-            self.dirty.truncate(attrs.st_ino, 0)
-            return self._register(fd, attrs.st_ino, flags), attrs
+            handle = self._register(fd, attrs.st_ino, flags)
+        with _fuse_errors():
+            # Usually a new file; if it existed, truncate it as a write would (kept aside).
+            await self._truncate_fd(attrs.st_ino, fd, 0)
+            attrs = self._attrs(os.fstat(fd))
+        return handle, attrs
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         virtual = self.virtual_handles.get(fh)
@@ -571,8 +629,11 @@ class PassthroughOps(pyfuse3.Operations):
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
         entry = self.inodes[handle.inode]
+        await self._wait_for_room(handle.inode)
         with _fuse_errors():
-            async with entry.lock:  # a version being cut holds the lock: writes wait for it
+            async with entry.lock:  # a cut reading this file holds the lock between batches
+                if self.capture is not None:
+                    self.capture.before_write(handle.inode, off, len(buf))
                 written = os.pwrite(fh, buf, off)
                 self.dirty.write(handle.inode, off, written)
                 return written
@@ -589,11 +650,13 @@ class PassthroughOps(pyfuse3.Operations):
             return
         handle = self.handles[fh]
         with _fuse_errors():
-            if datasync:
-                os.fdatasync(fh)
-            else:
-                os.fsync(fh)
-        await self._cut(handle.inode, fh)
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+        job = await self._cut(handle.inode, fh)
+        if job is not None:
+            # Asked for durability: the version is durable (outbox and catalog) on return too.
+            # (A debounced cut is not waited for: SOURCE itself is durable, and a crash before
+            # its version is cut is caught up at the next mount.)
+            await job.committed.wait()
 
     async def release(self, fh: FileHandleT) -> None:
         if self.virtual_handles.pop(fh, None) is not None:
@@ -609,18 +672,34 @@ class PassthroughOps(pyfuse3.Operations):
             with _fuse_errors():
                 os.close(fh)
 
-    async def _cut(self, inode: int, fd: int | None = None) -> None:
-        """Hand a written file's changes over for backup, holding its writes back meanwhile."""
-        if self.on_cut is None or not self.dirty.is_dirty(inode):
-            return
+    async def _cut(self, inode: int, fd: int | None = None, debounce: bool = True) -> CutJob | None:
+        """Hand a written file's changes over for backup (a version of this instant).
+
+        A file cut less than ``min_interval`` ago gets its next version when the interval
+        is over (debounce), so a file written continuously does not make a version per close.
+        """
+        if self.capture is None or not self.dirty.is_dirty(inode):
+            return None
         entry = self.inodes.get(inode)
         if entry is None or not entry.paths:
             self.dirty.forget(inode)  # unlinked: nothing to version under a name
-            return
+            return None
+        now = trio.current_time()
+        last = self._last_cut.get(inode)
+        if debounce and last is not None and now - last < self.min_interval:
+            if inode not in self._deferred and self._nursery is not None:
+                events = (trio.Event(), trio.Event())
+                self._deferred[inode] = events
+                self._nursery.start_soon(
+                    self._deferred_cut, inode, last + self.min_interval, events
+                )
+            if self._nursery is not None:
+                return None
+        self._last_cut[inode] = now
         async with entry.lock:
             changes = self.dirty.take(inode)
             if changes is None:
-                return
+                return None
             path = min(entry.paths)
             read_fd = None
             try:
@@ -632,16 +711,67 @@ class PassthroughOps(pyfuse3.Operations):
                     read_fd = os.open(
                         self._rel(path), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.source_fd
                     )
-                await self.on_cut(path, read_fd, changes)
+                return await self.capture.cut(
+                    path,
+                    read_fd,
+                    changes,
+                    lock=entry.lock,
+                    inode=inode,
+                    on_failure=functools.partial(self.dirty.restore, inode),
+                    aliases=tuple(sorted(entry.paths - {path})),  # its hard links
+                )
             except Exception:
                 # The changes stay recorded and are retried at the next cut.
                 log.exception("could not record a new version of %s", path)
-                again = self.dirty._files.setdefault(inode, DirtyFile())
-                again.chunks |= changes.chunks
-                again.written = True
+                self.dirty.restore(inode, changes)
+                return None
             finally:
                 if read_fd is not None:
                     os.close(read_fd)
+
+    async def _cut_deferred(self, inode: int) -> None:
+        """A truncation is coming: a saved state still waiting for its version gets it now."""
+        if inode in self._deferred:
+            await self._cut(inode, debounce=False)
+
+    async def _cut_pending(self, path: str) -> None:
+        """Cut now a debounced version of the file at ``path`` (before it moves or goes)."""
+        try:
+            st = self._stat(path)
+        except OSError:
+            return
+        inode = self._fuse_ino(st.st_ino)
+        if stat.S_ISREG(st.st_mode) and self.dirty.is_dirty(inode):
+            await self._cut(inode, debounce=False)
+
+    async def _deferred_cut(
+        self, inode: int, due: float, events: tuple[trio.Event, trio.Event]
+    ) -> None:
+        fire, done = events
+        try:
+            with trio.move_on_at(due):
+                await fire.wait()
+            # Gone from the table first: a write during this cut schedules the next one.
+            if self._deferred.get(inode) is events:
+                del self._deferred[inode]
+            await self._cut(inode, debounce=False)
+        except pyfuse3.FUSEError:
+            pass
+        except Exception:
+            log.exception("a debounced cut failed")
+        finally:
+            if self._deferred.get(inode) is events:
+                del self._deferred[inode]
+            done.set()
+
+    async def cut_everything(self) -> None:
+        """At unmount: a version of every file with unrecorded changes, then wait for them."""
+        await self.settle()
+        for inode in list(self.inodes):
+            if self.dirty.is_dirty(inode):
+                await self._cut(inode, debounce=False)
+        if self.capture is not None:
+            await self.capture.barrier()
 
     # -- extended attributes ---------------------------------------------------------------
 

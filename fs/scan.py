@@ -15,7 +15,7 @@ import stat
 
 import trio
 
-from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK
+from chunkstore.catalogdb import TREE_DIR, TREE_SYMLINK
 from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import VersionCutter
@@ -45,13 +45,15 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
     """Record what changed in SOURCE since the last snapshot; returns the number of changes.
 
     ``real_root`` reaches the real files when SOURCE is also the mountpoint (e.g.
-    ``/proc/self/fd/N`` of a descriptor opened before mounting).
+    ``/proc/self/fd/N`` of a descriptor opened before mounting). Returns once every change is
+    committed.
     """
     root = cutter.source_root
     disk = real_root or root
     entries = await trio.to_thread.run_sync(_walk, disk)
     changes = 0
     present = {path for path, _ in entries}
+    seq = await trio.to_thread.run_sync(cutter.latest_seq)
     for path, st in entries:
         if stat.S_ISREG(st.st_mode):
             latest = await trio.to_thread.run_sync(cutter.catalog.latest, cutter.catalog_path(path))
@@ -75,14 +77,16 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
             changes += 1
         elif stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
             parent, _, name = path.rpartition("/")
-            seq = cutter.latest_seq()
-            known = cutter.catalog.tree_entry(root, parent, name, seq) if seq else None
+            known = (
+                await trio.to_thread.run_sync(cutter.catalog.tree_entry, root, parent, name, seq)
+                if seq
+                else None
+            )
             target = os.readlink(os.path.join(disk, path)) if stat.S_ISLNK(st.st_mode) else ""
             kind = TREE_DIR if stat.S_ISDIR(st.st_mode) else TREE_SYMLINK
             if known is None or known.kind != kind or known.target != target:
-                await cutter.made(path, st, target)
+                cutter.made(path, st, target)
                 changes += 1
-    seq = cutter.latest_seq()
     if seq:
         pending = [""]
         while pending:
@@ -92,12 +96,11 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
             ):
                 path = f"{folder}/{child.name}" if folder else child.name
                 if path not in present:
-                    await cutter.removed(path)
+                    cutter.removed(path)  # with everything under it
                     changes += 1
                 elif child.kind == TREE_DIR:
                     pending.append(path)
-                elif child.kind == TREE_FILE:
-                    continue
+    await cutter.barrier()
     if changes:
         log.info("caught up with %d changes made while %s was not mounted", changes, root)
     return changes

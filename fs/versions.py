@@ -3,7 +3,9 @@
 ``versions/<UTC time>/…`` is the tree as of that snapshot (``latest`` is the newest), with the
 sizes, modes and times of then. Nothing is materialised: a folder is listed by one indexed
 query of the catalog's tree history, and a file's bytes come chunk by chunk from ``read_chunk``
-(the current SOURCE file when the chunk is unchanged, else the outbox, else the peers).
+(the current SOURCE file when the chunk is unchanged, else the outbox, else the peers). A
+sequential reader gets the next chunks fetched ahead, in batches, several at once; recently
+read chunks stay in a bounded cache.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 from pyfuse3 import FileNameT, InodeT, ModeT
 
 from chunkstore.catalog import FileVersion
@@ -25,9 +28,12 @@ from chunkstore.chunking import CHUNK_SIZE
 VIRTUAL_BASE = 1 << 62  # virtual inode numbers start here; real ones stay below
 LATEST = "latest"
 VERSIONS_NAME = "versions"
-CACHE_CHUNKS = 64
+CACHE_CHUNKS = 256  # about 16 MB of recently read chunks
 
-ReadChunk = Callable[[FileVersion, int], Awaitable[bytes]]
+# Reads chunks ``nos`` of a version (from SOURCE, the outbox or the peers), verified.
+ReadChunks = Callable[[FileVersion, list[int]], Awaitable[list[bytes]]]
+READ_AHEAD = 48  # chunks (about 3 MB) fetched ahead of a sequential reader
+FETCH_BATCH = 16  # chunks per request to the daemon
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,18 +53,35 @@ def snapshot_name(time_ns: int) -> str:
 
 class VersionsView:
     def __init__(
-        self, catalog: CatalogDB, root: str, read_chunk: ReadChunk, owner_uid: int, owner_gid: int
+        self,
+        catalog: CatalogDB,
+        root: str,
+        read_chunks: ReadChunks,
+        owner_uid: int,
+        owner_gid: int,
     ) -> None:
         self.catalog = catalog
         self.root = root
-        self.read_chunk = read_chunk
+        self.read_chunks = read_chunks
         self.uid = owner_uid
         self.gid = owner_gid
         self._by_key: dict[tuple[int, str], int] = {}
         self._nodes: dict[int, Node] = {}
         self._next = VIRTUAL_BASE + 1
         self.top = self._inode(Node(0, "", TREE_DIR))
-        self._cache: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._fetching: dict[bytes, trio.Event] = {}
+        self._failed: dict[bytes, BaseException] = {}
+        self._next_expected: dict[int, int] = {}  # inode -> chunk a sequential reader reads next
+        self._nursery: trio.Nursery | None = None
+        self.fetches = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Holds the nursery of read-ahead fetches; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     @staticmethod
     def is_virtual(inode: int) -> bool:
@@ -123,7 +146,8 @@ class VersionsView:
             version = self.catalog.version_by_id(event.file_id)
             if version is None:
                 raise pyfuse3.FUSEError(errno.EIO)
-            entry.st_mode = ModeT(stat.S_IFREG | (stat.S_IMODE(version.mode) & 0o555))
+            # The entry's mode: a chmod after the content was saved is recorded there.
+            entry.st_mode = ModeT(stat.S_IFREG | (stat.S_IMODE(event.mode) & 0o555))
             entry.st_size = version.size
             entry.st_blocks = (version.size + 511) // 512
         entry.st_nlink = 1
@@ -182,27 +206,74 @@ class VersionsView:
     async def read(self, inode: int, offset: int, size: int) -> bytes:
         version = self.version(inode)
         end = min(version.size, offset + size)
+        if offset >= end:
+            return b""
+        first, last = offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE
+        sequential = self._next_expected.get(inode) in (first, first + 1) or first == 0
+        self._next_expected[inode] = last + 1 if end % CHUNK_SIZE == 0 else last
+        wanted = list(range(first, last + 1))
+        if sequential and self._nursery is not None:
+            ahead = range(last + 1, min(len(version.chunks), last + 1 + READ_AHEAD))
+            self._start_fetch(version, [n for n in ahead if not self._known(version, n)])
+        self._start_fetch(version, [n for n in wanted if not self._known(version, n)], now=True)
         parts = []
-        position = offset
-        while position < end:
-            no = position // CHUNK_SIZE
-            data = await self._chunk(version, no)
-            start = position - no * CHUNK_SIZE
-            piece = data[start : start + (end - position)]
-            if not piece:
-                break
-            parts.append(piece)
-            position += len(piece)
+        for no in wanted:
+            data = await self._wait_chunk(version, no)
+            start = max(offset, no * CHUNK_SIZE) - no * CHUNK_SIZE
+            stop = min(end, (no + 1) * CHUNK_SIZE) - no * CHUNK_SIZE
+            parts.append(data[start:stop])
         return b"".join(parts)
 
-    async def _chunk(self, version: FileVersion, no: int) -> bytes:
-        key = (version.chunks[no], no)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
-        data = await self.read_chunk(version, no)
-        self._cache[key] = data
-        if len(self._cache) > CACHE_CHUNKS:
-            self._cache.popitem(last=False)
-        return data
+    def _known(self, version: FileVersion, no: int) -> bool:
+        address = version.chunks[no]
+        return address in self._cache or address in self._fetching
+
+    def _start_fetch(self, version: FileVersion, nos: list[int], now: bool = False) -> None:
+        """Fetch chunks ``nos`` in batches, in the background (read-ahead) or for a reader."""
+        nos = [n for n in dict.fromkeys(nos) if version.chunks[n] not in self._fetching]
+        for i in range(0, len(nos), FETCH_BATCH):
+            batch = nos[i : i + FETCH_BATCH]
+            for no in batch:
+                self._fetching[version.chunks[no]] = trio.Event()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._fetch, version, batch)
+            elif now:
+                raise RuntimeError("VersionsView.run is not running")
+
+    async def _fetch(self, version: FileVersion, nos: list[int]) -> None:
+        addresses = [version.chunks[n] for n in nos]
+        try:
+            self.fetches += 1
+            chunks = await self.read_chunks(version, nos)
+            for address, data in zip(addresses, chunks, strict=True):
+                self._failed.pop(address, None)
+                self._cache[address] = data
+                self._cache.move_to_end(address)
+            while len(self._cache) > CACHE_CHUNKS:
+                self._cache.popitem(last=False)
+        except Exception as exc:
+            for address in addresses:
+                self._failed[address] = exc
+        finally:
+            for address in addresses:
+                event = self._fetching.pop(address, None)
+                if event is not None:
+                    event.set()
+
+    async def _wait_chunk(self, version: FileVersion, no: int) -> bytes:
+        address = version.chunks[no]
+        for _attempt in range(3):
+            cached = self._cache.get(address)
+            if cached is not None:
+                self._cache.move_to_end(address)
+                return cached
+            event = self._fetching.get(address)
+            if event is None:
+                failed = self._failed.pop(address, None)
+                if failed is not None:
+                    raise OSError(errno.EIO, f"cannot read a chunk of {version.path}: {failed}")
+                self._start_fetch(version, [no], now=True)
+                event = self._fetching[address]
+            await event.wait()
+        failed = self._failed.pop(address, None)
+        raise OSError(errno.EIO, f"cannot read a chunk of {version.path}: {failed or 'evicted'}")

@@ -159,6 +159,17 @@ def build_parser() -> Parser:
     p = sub.add_parser("mount", parents=[common], help="mount a backed-up folder (foreground)")
     p.add_argument("source", type=Path, help="the folder holding the real files")
     p.add_argument("mountpoint", type=Path, help="where to mount it (may be SOURCE itself)")
+    p.add_argument(
+        "--min-interval",
+        type=_duration,
+        metavar="DURATION",
+        help="least time between two versions of a file written continuously (default 2s)",
+    )
+
+    p = sub.add_parser(
+        "prune", parents=[common], help="apply the retention policy to snapshots and versions"
+    )
+    p.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
 
     p = sub.add_parser("check", parents=[common], help="verify chunk integrity and degrees")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired")
@@ -416,10 +427,25 @@ def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
     return 1 if bad and not args.repair else 0
 
 
+def cmd_prune(args: argparse.Namespace, state: StateDir) -> int:
+    data = request(state, {"op": "prune", "dry_run": args.dry_run})
+    verb = "would drop" if data["dry_run"] else "dropped"
+    emit(
+        args,
+        data,
+        f"{verb} {data['snapshots_dropped']} snapshots and {data['versions_dropped']} versions;"
+        f" {data['chunks_deleted']} chunks {'would be' if data['dry_run'] else 'are being'}"
+        f" deleted from their holders (policy {data['policy']})",
+    )
+    return 0
+
+
 def cmd_mount(args: argparse.Namespace, state: StateDir) -> int:
     from .mount import run_mount
 
-    run_mount(state, args.source.absolute(), args.mountpoint.absolute())
+    run_mount(
+        state, args.source.absolute(), args.mountpoint.absolute(), min_interval=args.min_interval
+    )
     return 0
 
 
@@ -435,6 +461,7 @@ COMMANDS = {
     "status": cmd_status,
     "check": cmd_check,
     "versions": cmd_versions,
+    "prune": cmd_prune,
 }
 
 

@@ -7,6 +7,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import trio
 
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
+from chunkstore.retention import RetentionPolicy
 from chunkstore.store import ChunkStore
 from fs.versions import snapshot_name
 from node.identity import tls_contexts
@@ -72,7 +74,15 @@ class Daemon:
         self.catalog = CatalogDB(state.catalog_path)
         self.keys = KeyRing.from_master(state.master_key())
         self.outbox = ChunkStore.open(state.outbox_path, capacity=1 << 62)
-        self.owner = Owner(self.node, self.keys, self.catalog, config.default_degree, self.outbox)
+        self.owner = Owner(
+            self.node,
+            self.keys,
+            self.catalog,
+            config.default_degree,
+            self.outbox,
+            retention=RetentionPolicy.parse(config.retention),
+            prune_interval=config.prune_interval,
+        )
         self.started = time.time()
 
     def close(self) -> None:
@@ -101,8 +111,14 @@ class Daemon:
             "check": self.op_check,
             "kick": self.op_kick,
             "read_chunk": self.op_read_chunk,
+            "read_chunks": self.op_read_chunks,
             "versions": self.op_versions,
+            "prune": self.op_prune,
         }
+
+    async def op_prune(self, request: dict[str, Any], emit: Emit) -> Any:
+        policy = self.owner.retention or RetentionPolicy.parse(self.config.retention)
+        return await self.owner.prune(policy, dry_run=bool(request.get("dry_run")))
 
     async def op_versions(self, request: dict[str, Any], emit: Emit) -> Any:
         """Snapshots of mounted folders, or every version of one file."""
@@ -151,6 +167,23 @@ class Daemon:
             raise OpError(str(exc)) from None
         assert isinstance(plain, bytes)
         return {"data": base64.b64encode(plain).decode()}
+
+    async def op_read_chunks(self, request: dict[str, Any], emit: Emit) -> Any:
+        """Several verified chunks of our versions at once (versions/ read-ahead)."""
+        raw = request.get("addresses")
+        if not isinstance(raw, list) or not 1 <= len(raw) <= 256:
+            raise OpError("read_chunks needs 1..256 addresses")
+        try:
+            addresses = [bytes.fromhex(str(a)) for a in raw]
+        except ValueError:
+            raise OpError("bad chunk address") from None
+        if any(len(a) != 32 for a in addresses):
+            raise OpError("bad chunk address")
+        try:
+            plains = await self.owner.fetch_many(addresses)
+        except RestoreError as exc:
+            raise OpError(str(exc)) from None
+        return {"data": [base64.b64encode(p).decode() for p in plains]}
 
     async def op_kick(self, request: dict[str, Any], emit: Emit) -> Any:
         self.owner.kick()
@@ -215,38 +248,49 @@ class Daemon:
             "bytes_sent": self.node.holder.bytes_sent,
         }
 
-    async def op_backup(self, request: dict[str, Any], emit: Emit) -> Any:
-        path = Path(str(request.get("path", "")))
-        degree = request.get("degree") or self.config.default_degree
-        if not isinstance(degree, int) or not 1 <= degree <= 9:
-            raise OpError("the degree must be 1..9")
+    @staticmethod
+    async def _with_progress(
+        emit: Emit, work: Callable[[Callable[[Progress], None]], Awaitable[Progress]]
+    ) -> Progress:
+        """Run ``work``, forwarding its progress to the CLI at most twice a second."""
         started = time.monotonic()
+        latest: list[dict[str, Any]] = []
         last = [0.0]
 
         def progress(report: Progress) -> None:
             now = time.monotonic()
             if now - last[0] >= 0.5:
                 last[0] = now
-                pending_events.append(_progress_event(report, started))
+                latest[:] = [_progress_event(report, started)]
 
-        pending_events: list[dict[str, Any]] = []
+        done = trio.Event()
+
+        async def forward() -> None:
+            while not done.is_set():
+                if latest:
+                    await emit(latest.pop())
+                with trio.move_on_after(0.5):
+                    await done.wait()
+
         async with trio.open_nursery() as nursery:
-            done = trio.Event()
-
-            async def forward() -> None:
-                while not done.is_set():
-                    while pending_events:
-                        await emit(pending_events.pop(0))
-                    with trio.move_on_after(0.5):
-                        await done.wait()
-
             nursery.start_soon(forward)
             try:
-                report = await self.owner.backup_path(path, degree, progress)
-            except (BackupError, OSError) as exc:
-                raise OpError(str(exc)) from None
+                return await work(progress)
             finally:
                 done.set()
+
+    async def op_backup(self, request: dict[str, Any], emit: Emit) -> Any:
+        path = Path(str(request.get("path", "")))
+        degree = request.get("degree") or self.config.default_degree
+        if not isinstance(degree, int) or not 1 <= degree <= 9:
+            raise OpError("the degree must be 1..9")
+        started = time.monotonic()
+        try:
+            report = await self._with_progress(
+                emit, lambda progress: self.owner.backup_path(path, degree, progress)
+            )
+        except (BackupError, OSError) as exc:
+            raise OpError(str(exc)) from None
         return {
             "files": report.files_done,
             "bytes": report.bytes_done,
@@ -264,7 +308,9 @@ class Daemon:
             raise OpError("bad time")
         started = time.monotonic()
         try:
-            report = await self.owner.restore_path(path, dest, at_ns=at_ns)
+            report = await self._with_progress(
+                emit, lambda progress: self.owner.restore_path(path, dest, progress, at_ns)
+            )
         except (RestoreError, OSError) as exc:
             raise OpError(str(exc)) from None
         return {

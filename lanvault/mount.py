@@ -26,7 +26,6 @@ from chunkstore.errors import ChunkstoreError
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from fs.capture import VersionCutter, degree_from_xattrs
-from fs.dirty import DirtyFile
 from fs.passthrough import PassthroughOps
 from fs.scan import catch_up
 from fs.versions import VersionsView
@@ -51,9 +50,15 @@ async def _outbox_upkeep(outbox: ChunkStore) -> None:
 
 
 def run_mount(
-    state: StateDir, source: Path, mountpoint: Path, foreground_signals: bool = True
+    state: StateDir,
+    source: Path,
+    mountpoint: Path,
+    foreground_signals: bool = True,
+    min_interval: float | None = None,
 ) -> None:
     config = state.load_config()
+    if min_interval is not None:
+        config.version_interval = min_interval
     if not source.is_dir():
         raise CommandError(f"{source} is not a folder")
     if not mountpoint.is_dir():
@@ -73,7 +78,23 @@ def run_mount(
     def degree_for(relative: str) -> int:
         return degree_from_xattrs(real_root, relative, config.default_degree)
 
-    cutter = VersionCutter(keys, catalog, outbox, config.node_id, source_root, degree_for)
+    committed = trio.Event()
+
+    def on_commit(versions: list[FileVersion]) -> None:
+        for version in versions:
+            log.info("new version of %s (%d bytes)", version.path, version.size)
+        committed.set()
+
+    cutter = VersionCutter(
+        keys, catalog, outbox, config.node_id, source_root, degree_for, on_commit=on_commit
+    )
+
+    async def kick_daemon_on_commits() -> None:
+        nonlocal committed
+        while True:
+            await committed.wait()
+            committed = trio.Event()
+            await trio.to_thread.run_sync(_kick_daemon, state)
 
     def read_local(version: FileVersion, no: int) -> bytes | None:
         address = version.chunks[no]
@@ -90,36 +111,38 @@ def run_mount(
             return open_chunk(keys, address, outbox.get(config.node_id, address))
         return None
 
-    def read_remote(address: bytes) -> bytes:
-        for event in call(
-            state.socket_path, {"op": "read_chunk", "address": address.hex()}, timeout=120
-        ):
+    def read_remote(addresses: list[bytes]) -> list[bytes]:
+        request = {"op": "read_chunks", "addresses": [a.hex() for a in addresses]}
+        for event in call(state.socket_path, request, timeout=120):
             if event.get("event") == "result":
                 if not event.get("ok"):
                     raise OSError(errno.EIO, str(event.get("error")))
-                data = base64.b64decode(event["data"]["data"])
-                if chunk_address(keys, data) != address:
-                    raise OSError(errno.EIO, "the node returned a chunk that does not match")
-                return data
+                chunks = [base64.b64decode(text) for text in event["data"]["data"]]
+                if len(chunks) != len(addresses) or any(
+                    chunk_address(keys, data) != address
+                    for address, data in zip(addresses, chunks, strict=True)
+                ):
+                    raise OSError(errno.EIO, "the node returned chunks that do not match")
+                return chunks
         raise OSError(errno.EIO, "no answer from the node")
 
-    async def read_chunk(version: FileVersion, no: int) -> bytes:
-        data = await trio.to_thread.run_sync(read_local, version, no)
-        if data is not None:
-            return data
-        try:
-            return await trio.to_thread.run_sync(read_remote, version.chunks[no])
-        except DaemonUnavailable as exc:
-            raise OSError(errno.EIO, str(exc)) from None
+    def read_chunks_sync(version: FileVersion, nos: list[int]) -> list[bytes]:
+        found = {no: read_local(version, no) for no in nos}
+        missing = [no for no, data in found.items() if data is None]
+        if missing:
+            try:
+                remote = read_remote([version.chunks[no] for no in missing])
+            except DaemonUnavailable as exc:
+                raise OSError(errno.EIO, str(exc)) from None
+            found.update(zip(missing, remote, strict=True))
+        return [d for d in (found[no] for no in nos) if d is not None]
 
-    versions = VersionsView(catalog, source_root, read_chunk, os.getuid(), os.getgid())
+    async def read_chunks(version: FileVersion, nos: list[int]) -> list[bytes]:
+        return await trio.to_thread.run_sync(read_chunks_sync, version, nos)
 
-    async def on_cut(relative: str, fd: int, changes: DirtyFile) -> None:
-        version = await cutter.cut(relative, fd, changes)
-        log.info("new version of %s (%d bytes)", version.path, version.size)
-        await trio.to_thread.run_sync(_kick_daemon, state)
+    versions = VersionsView(catalog, source_root, read_chunks, os.getuid(), os.getgid())
 
-    ops = PassthroughOps(source_fd, on_cut, versions, cutter)
+    ops = PassthroughOps(source_fd, cutter, versions, min_interval=config.version_interval)
     options = set(pyfuse3.default_options)
     options |= {"fsname=lanvault", "default_permissions"}
     if os.geteuid() == 0:
@@ -129,7 +152,11 @@ def run_mount(
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            await nursery.start(cutter.run)
+            await nursery.start(ops.run)
+            await nursery.start(versions.run)
             nursery.start_soon(_outbox_upkeep, outbox)
+            nursery.start_soon(kick_daemon_on_commits)
             if foreground_signals:
 
                 async def stop_on_signal() -> None:
@@ -143,6 +170,9 @@ def run_mount(
             # meanwhile through the mount can slip between the scan and the first cut.
             await catch_up(cutter, real_root)
             await pyfuse3.main()
+            # Unmounted: record every change still pending before leaving.
+            await ops.cut_everything()
+            await trio.to_thread.run_sync(_kick_daemon, state)
             nursery.cancel_scope.cancel()
 
     try:

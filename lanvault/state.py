@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from chunkstore.keys import new_master_key, unwrap_master_key, wrap_master_key
+from chunkstore.retention import DEFAULT_POLICY
 from node.identity import (
     NetworkCA,
     NodeCredentials,
@@ -85,6 +86,9 @@ class Config:
     repair_interval: float = 30.0
     scrub_interval: float = 24 * 3600.0
     discovery: bool = True
+    version_interval: float = 2.0  # least seconds between two versions of one file (mount)
+    retention: str = DEFAULT_POLICY  # which snapshots and versions are kept (see retention.py)
+    prune_interval: float = 3600.0  # how often the retention policy is applied
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Config:

@@ -7,12 +7,14 @@ catalog only when every chunk has its degree; incomplete versions are resumed in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -20,11 +22,12 @@ from typing import TypeVar
 import trio
 
 from chunkstore.catalog import FileVersion, version_from_stat
-from chunkstore.catalogdb import CatalogDB
+from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK, CatalogDB, TreeEvent
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
 from chunkstore.errors import ChunkstoreError, EnvelopeError
 from chunkstore.keys import KeyRing
+from chunkstore.retention import RetentionPolicy
 from chunkstore.store import ChunkStore
 
 from .node import Node
@@ -34,6 +37,54 @@ from .transport import PeerUnavailable, RemoteError
 log = logging.getLogger(__name__)
 READ_BATCH = MAX_BATCH  # chunks per worker-thread hop and per PUTCHUNKS
 IN_FLIGHT_CHUNKS = 128  # bounds memory (8 MiB of chunks) while keeping holders busy
+
+
+class SharedExclusive:
+    """A trio read-write lock: backups share it; pruning and deleting take it alone.
+
+    A backup skips chunks the catalog says are held; pruning and deleting forget holders of
+    what they drop. Holding this apart keeps a backup from relying on a chunk being dropped.
+    Waiting writers go first, so a stream of backups cannot starve a prune.
+    """
+
+    def __init__(self) -> None:
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+        self._changed = trio.Event()
+
+    async def _wait(self) -> None:
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        while self._writer or self._writers_waiting:
+            await self._wait()
+        self._readers += 1
+        try:
+            yield
+        finally:
+            self._readers -= 1
+            self._notify()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        self._writers_waiting += 1
+        try:
+            while self._writer or self._readers:
+                await self._wait()
+        finally:
+            self._writers_waiting -= 1
+        self._writer = True
+        try:
+            yield
+        finally:
+            self._writer = False
+            self._notify()
 
 
 class BackupError(Exception):
@@ -86,6 +137,41 @@ def _seal_all(keys: KeyRing, items: list[tuple[bytes, bytes]]) -> list[bytes]:
     return [seal_chunk(keys, address, plain) for address, plain in items]
 
 
+def _make_folder(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    target.mkdir(parents=True, exist_ok=True)
+
+
+def _make_symlink(target: Path, entry: TreeEvent) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    os.symlink(entry.target, target)
+    os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+
+
+def _finish_folder(target: Path, entry: TreeEvent) -> None:
+    os.chmod(target, stat.S_IMODE(entry.mode) or 0o755)
+    os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+def _already_restored(dest: Path, size: int, mode: int, mtime_ns: int) -> bool:
+    try:
+        st = os.stat(dest, follow_symlinks=False)
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_size == size
+        and st.st_mtime_ns == mtime_ns
+        and stat.S_IMODE(st.st_mode) == stat.S_IMODE(mode)
+    )
+
+
 def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
     with open(path, "rb") as handle:
         handle.seek(first_no * CHUNK_SIZE)
@@ -100,8 +186,13 @@ class Owner:
         catalog: CatalogDB,
         default_degree: int = 2,
         outbox: ChunkStore | None = None,
+        retention: RetentionPolicy | None = None,
+        prune_interval: float = 3600.0,
     ) -> None:
         self.node = node
+        self.retention = retention
+        self.prune_interval = prune_interval
+        self.last_prune: dict[str, object] = {}
         self.keys = keys
         self.catalog = catalog
         self.default_degree = default_degree
@@ -110,6 +201,8 @@ class Owner:
         self._tombstones_wanted = trio.Event()
         self._resume_wanted = trio.Event()
         self.outbox = outbox
+        self._delete_lock = trio.Lock()  # held while owed deletes are being sent
+        self._guard = SharedExclusive()
         self.last_backup_ns = catalog.get_setting("last_backup_ns")
         node.on_online.append(lambda _peer: self._tombstones_wanted.set())
         node.pool.on_new_link = lambda _peer: self._tombstones_wanted.set()
@@ -118,11 +211,68 @@ class Owner:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._db_limiter)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Background duties: re-send owed deletes, finish incomplete backups."""
+        """Background duties: re-send owed deletes, finish incomplete backups, prune."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._tombstone_loop)
             nursery.start_soon(self._resume_loop)
+            if self.retention is not None:
+                nursery.start_soon(self._prune_loop, self.retention)
             task_status.started()
+
+    # -- retention -----------------------------------------------------------------------
+
+    async def prune(self, policy: RetentionPolicy, dry_run: bool = False) -> dict[str, object]:
+        """Apply the retention policy: drop old snapshots and versions, delete what they alone
+        used from every holder. Never a leased, pending or newest version, never the newest
+        snapshot of a tree."""
+        now = time.time_ns()
+        by_root: dict[str, list[tuple[int, int]]] = {}
+        for seq, root, taken in await self._db(self.catalog.snapshots):
+            by_root.setdefault(root, []).append((seq, taken))
+        drop: list[int] = []
+        for rows in by_root.values():
+            keep = policy.keep([taken for _seq, taken in rows], now)
+            drop += [seq for index, (seq, _t) in enumerate(rows) if index not in keep]
+        by_path: dict[str, list[tuple[int, int]]] = {}
+        for vid, path, created in await self._db(self.catalog.backup_versions):
+            by_path.setdefault(path, []).append((vid, created))
+        drop_ids: list[int] = []
+        for rows in by_path.values():
+            keep = policy.keep([created for _vid, created in rows], now)
+            drop_ids += [vid for index, (vid, _c) in enumerate(rows) if index not in keep]
+        async with self._guard.exclusive():
+            report = await self._db(
+                self.catalog.prune, drop, drop_ids, self._known_nodes(), now, dry_run
+            )
+        if report.chunks_orphaned and not dry_run:
+            self._tombstones_wanted.set()
+        result: dict[str, object] = {
+            "policy": policy.describe(),
+            "dry_run": dry_run,
+            "snapshots_dropped": report.snapshots_dropped,
+            "versions_dropped": report.versions_dropped,
+            "tree_events_dropped": report.events_dropped,
+            "chunks_deleted": report.chunks_orphaned,
+            "time": now / 1e9,
+        }
+        if not dry_run:
+            self.last_prune = result
+            if report.snapshots_dropped or report.versions_dropped:
+                log.info(
+                    "pruned %d snapshots and %d versions; %d chunks are deleted from holders",
+                    report.snapshots_dropped,
+                    report.versions_dropped,
+                    report.chunks_orphaned,
+                )
+        return result
+
+    async def _prune_loop(self, policy: RetentionPolicy) -> None:
+        while True:
+            await trio.sleep(self.prune_interval)
+            try:
+                await self.prune(policy)
+            except Exception:
+                log.exception("pruning failed")
 
     # -- backup --------------------------------------------------------------------------
 
@@ -153,7 +303,14 @@ class Owner:
         report: Progress | None = None,
         progress: ProgressFn | None = None,
     ) -> FileVersion:
-        report = report or Progress(files_total=1)
+        async with self._guard.shared():
+            return await self._backup_file(
+                path, degree, report or Progress(files_total=1), progress
+            )
+
+    async def _backup_file(
+        self, path: Path, degree: int, report: Progress, progress: ProgressFn | None
+    ) -> FileVersion:
         key = str(path)
         for _attempt in range(5):
             before = os.stat(key, follow_symlinks=False)
@@ -186,6 +343,63 @@ class Owner:
         self.last_backup_ns = time.time_ns()
         await self._db(self.catalog.set_setting, "last_backup_ns", self.last_backup_ns)
 
+    async def _send(
+        self, items: list[tuple[bytes, bytes, set[int]]], degree: int, report: Progress
+    ) -> tuple[list[tuple[bytes, int]], list[str]]:
+        """Bring each (address, envelope, holders) to ``degree`` copies.
+
+        First one PUTCHUNKS per target holder for the whole batch, then, for any chunk still
+        short, per-chunk retries with backoff moving down the placement order. ``holders`` sets
+        grow as copies are acknowledged. Returns the new (address, holder) pairs and the
+        chunks that stayed short.
+        """
+        addresses = [address for address, _e, _h in items]
+        if await self._db(self.catalog.any_tombstoned, addresses):
+            # Deleted content is wanted again: no owed delete may remove the new copies.
+            async with self._delete_lock:
+                await self._db(self.catalog.revive, addresses)
+        before = [set(holders) for _a, _e, holders in items]
+        by_target: dict[int, list[int]] = {}
+        for index, (address, _env, holders) in enumerate(items):
+            for target in self.node.plan_targets(
+                self.owner_id, address, degree, holders, set(), final=False
+            ):
+                by_target.setdefault(target, []).append(index)
+
+        async def to_target(target: int, indexes: list[int]) -> None:
+            ok = await self.node.put_batch(
+                target, self.owner_id, degree, [(items[i][0], items[i][1]) for i in indexes]
+            )
+            for index, stored in zip(indexes, ok, strict=True):
+                if stored:
+                    items[index][2].add(target)
+
+        async with trio.open_nursery() as nursery:
+            for target, indexes in by_target.items():
+                for i in range(0, len(indexes), MAX_BATCH):
+                    nursery.start_soon(to_target, target, indexes[i : i + MAX_BATCH])
+
+        learned: list[tuple[bytes, int]] = []
+        failures: list[str] = []
+
+        async def finish(index: int) -> None:
+            address, envelope, holders = items[index]
+            if len(holders) < degree:
+                await self.node.replicate(self.owner_id, address, degree, envelope, holders)
+            new = holders - before[index]
+            report.bytes_sent += len(envelope) * len(new)
+            learned.extend((address, h) for h in new)
+            if len(holders) < degree:
+                failures.append(
+                    f"chunk {address.hex()[:12]}… has {len(holders)} of {degree} copies"
+                    f" ({len(self.node.membership.up_ids())} peers up)"
+                )
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(items)):
+                nursery.start_soon(finish, index)
+        return learned, failures
+
     async def _store_content(
         self, path: str, size: int, degree: int, report: Progress, progress: ProgressFn | None
     ) -> list[bytes]:
@@ -196,45 +410,11 @@ class Owner:
         failures: list[str] = []
         learned: list[tuple[bytes, int]] = []  # (address, holder) pairs not yet in the catalog
 
-        async def send_batch(items: list[tuple[int, bytes, bytes, set[int]]]) -> None:
-            """First try: one PUTCHUNKS per target; then per-chunk retries for what is missing."""
+        async def send_batch(items: list[tuple[bytes, bytes, set[int]]]) -> None:
             try:
-                before = [set(holders) for _no, _a, _e, holders in items]
-                by_target: dict[int, list[int]] = {}
-                for index, (_no, address, _env, holders) in enumerate(items):
-                    for target in self.node.plan_targets(
-                        self.owner_id, address, degree, holders, set(), final=False
-                    ):
-                        by_target.setdefault(target, []).append(index)
-
-                async def to_target(target: int, indexes: list[int]) -> None:
-                    ok = await self.node.put_batch(
-                        target, self.owner_id, degree, [(items[i][1], items[i][2]) for i in indexes]
-                    )
-                    for index, stored in zip(indexes, ok, strict=True):
-                        if stored:
-                            items[index][3].add(target)
-
-                async with trio.open_nursery() as inner:
-                    for target, indexes in by_target.items():
-                        inner.start_soon(to_target, target, indexes)
-
-                async def finish(index: int) -> None:
-                    no, address, envelope, holders = items[index]
-                    if len(holders) < degree:
-                        await self.node.replicate(self.owner_id, address, degree, envelope, holders)
-                    new = holders - before[index]
-                    report.bytes_sent += len(envelope) * len(new)
-                    learned.extend((address, h) for h in new)
-                    if len(holders) < degree:
-                        failures.append(
-                            f"chunk {no} has {len(holders)} of {degree} copies"
-                            f" ({len(self.node.membership.up_ids())} peers up)"
-                        )
-
-                async with trio.open_nursery() as inner:
-                    for index in range(len(items)):
-                        inner.start_soon(finish, index)
+                new, short = await self._send(items, degree, report)
+                learned.extend(new)
+                failures.extend(short)
             finally:
                 for _ in items:
                     budget.release()
@@ -255,7 +435,7 @@ class Owner:
                     _read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
                 )
                 known = await self._db(self.catalog.holders_many, batch_addresses)
-                to_send: list[tuple[int, bytes, bytes, set[int]]] = []
+                to_send: list[tuple[bytes, bytes, set[int]]] = []
                 for offset, (plain, address) in enumerate(
                     zip(plaintexts, batch_addresses, strict=True)
                 ):
@@ -266,19 +446,19 @@ class Owner:
                         report.chunks_skipped += 1
                         budget.release()
                     else:
-                        to_send.append((first + offset, address, plain, holders))
+                        to_send.append((address, plain, holders))
                 if to_send:
                     envelopes = await trio.to_thread.run_sync(
                         _seal_all,
                         self.keys,
-                        [(address, plain) for _no, address, plain, _h in to_send],
+                        [(address, plain) for address, plain, _h in to_send],
                         limiter=self.node.cpu_limiter,
                     )
                     nursery.start_soon(
                         send_batch,
                         [
-                            (no, address, envelope, holders)
-                            for (no, address, _plain, holders), envelope in zip(
+                            (address, envelope, holders)
+                            for (address, _plain, holders), envelope in zip(
                                 to_send, envelopes, strict=True
                             )
                         ],
@@ -299,6 +479,7 @@ class Owner:
 
         A missing copy is made from the outbox (chunks a mount cut aside), else from the file
         itself if that chunk still has the same content; otherwise the version stays pending.
+        Chunks travel in batches (one PUTCHUNKS per holder), several batches at once.
         """
         known = await self._db(self.catalog.holders_many, version.chunks)
         missing: dict[bytes, int] = {}
@@ -307,27 +488,51 @@ class Owner:
             if len(holders) < version.degree and address not in missing:
                 missing[address] = no
         unreachable = 0
-        for address, no in missing.items():
-            envelope = await trio.to_thread.run_sync(self._envelope_for, version, no, address)
-            if envelope is None:
-                unreachable += 1
-                continue
-            holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
-            before = set(holders)
-            await self.node.replicate(self.owner_id, address, version.degree, envelope, holders)
-            if holders - before:
-                await self._db(self.catalog.add_holders, [(address, h) for h in holders - before])
-                report.bytes_sent += len(envelope) * len(holders - before)
-            if len(holders) < version.degree:
-                unreachable += 1
-        if unreachable:
+        short: list[str] = []
+        window = trio.Semaphore(8)  # batches in flight
+        wanted = list(missing.items())
+
+        async def one_batch(batch: list[tuple[bytes, int]]) -> None:
+            nonlocal unreachable
+            try:
+                envelopes = await trio.to_thread.run_sync(
+                    self._envelopes_for, version, batch, limiter=self.node.disk_limiter
+                )
+                items = []
+                for (address, _no), envelope in zip(batch, envelopes, strict=True):
+                    if envelope is None:
+                        unreachable += 1
+                        continue
+                    holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
+                    items.append((address, envelope, holders))
+                if items:
+                    learned, failures = await self._send(items, version.degree, report)
+                    short.extend(failures)
+                    if learned:
+                        await self._db(self.catalog.add_holders, learned)
+                if progress:
+                    progress(report)
+            finally:
+                window.release()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(0, len(wanted), READ_BATCH):
+                await window.acquire()
+                nursery.start_soon(one_batch, wanted[i : i + READ_BATCH])
+        if unreachable or short:
             raise BackupError(
-                f"{version.path}: {unreachable} chunks not yet at degree {version.degree}"
+                f"{version.path}: {unreachable + len(short)} chunks not yet at degree"
+                f" {version.degree}"
             )
         await self._db(self.catalog.set_complete, version.file_id)
         if self.outbox is not None:
             await trio.to_thread.run_sync(self._release_outbox, version)
         await self._note_backup()
+
+    def _envelopes_for(
+        self, version: FileVersion, batch: list[tuple[bytes, int]]
+    ) -> list[bytes | None]:
+        return [self._envelope_for(version, no, address) for address, no in batch]
 
     def _envelope_for(self, version: FileVersion, no: int, address: bytes) -> bytes | None:
         if self.outbox is not None:
@@ -403,6 +608,75 @@ class Owner:
                 delay = min(delay * 2, 5.0)
         raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
 
+    async def fetch_many(self, addresses: list[bytes]) -> list[bytes]:
+        """Verified plaintexts of our chunks at ``addresses``, fetched in parallel.
+
+        One GETCHUNKS per holder for what it holds (the batch spread over the holders), then
+        ``fetch_chunk``'s failover and retries for anything that did not come back valid.
+        """
+        unique = list(dict.fromkeys(addresses))
+        holders = await self._db(self.catalog.holders_many, unique)
+        groups: dict[int, list[bytes]] = {}
+        leftovers: list[bytes] = []
+        for address in unique:
+            live = [h for h in holders[address] if self.node.membership.is_up(h)]
+            if not live:
+                leftovers.append(address)
+                continue
+            choice = min(live, key=lambda h: (len(groups.get(h, ())), h))
+            groups.setdefault(choice, []).append(address)
+        found: dict[bytes, bytes] = {}
+
+        def open_many(items: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], list[bytes]]:
+            opened, failed = {}, []
+            for address, envelope in items:
+                try:
+                    opened[address] = open_chunk(self.keys, address, envelope)
+                except EnvelopeError:
+                    failed.append(address)
+            return opened, failed
+
+        async def from_holder(holder: int, batch: list[bytes]) -> None:
+            try:
+                answer = await self.node.pool.request(
+                    holder,
+                    functools.partial(GetChunks, owner=self.owner_id, addresses=tuple(batch)),
+                    self.node.config.request_timeout,
+                )
+            except (PeerUnavailable, RemoteError) as exc:
+                log.info("batch from node %d failed: %s", holder, exc)
+                leftovers.extend(batch)
+                return
+            if not isinstance(answer, ChunksMany) or len(answer.codes) != len(batch):
+                leftovers.extend(batch)
+                return
+            items = []
+            for address, envelope, code in zip(batch, answer.envelopes, answer.codes, strict=True):
+                if code == 0:
+                    items.append((address, envelope))
+                else:
+                    leftovers.append(address)
+            opened, failed = await trio.to_thread.run_sync(
+                open_many, items, limiter=self.node.cpu_limiter
+            )
+            found.update(opened)
+            leftovers.extend(failed)
+
+        async with trio.open_nursery() as nursery:
+            for holder, wanted in groups.items():
+                for i in range(0, len(wanted), MAX_BATCH):
+                    nursery.start_soon(from_holder, holder, wanted[i : i + MAX_BATCH])
+
+        async def slow(address: bytes) -> None:
+            plain = await self.fetch_chunk(address)
+            assert isinstance(plain, bytes)
+            found[address] = plain
+
+        async with trio.open_nursery() as nursery:
+            for address in leftovers:
+                nursery.start_soon(slow, address)
+        return [found[a] for a in addresses]
+
     async def _try_holders(
         self, address: bytes, holders: list[int], sink: Callable[[bytes], T] | None
     ) -> T | bytes | None:
@@ -427,18 +701,41 @@ class Owner:
         return None
 
     async def restore_version(
-        self, version: FileVersion, dest: Path, report: Progress | None = None
+        self,
+        version: FileVersion,
+        dest: Path,
+        report: Progress | None = None,
+        mode: int | None = None,
+        mtime_ns: int | None = None,
     ) -> None:
-        """Write ``version`` to ``dest`` atomically (temp file, fsync, rename) with mode and times."""
+        """Write ``version`` to ``dest`` atomically (temp file, fsync, rename) with mode and times.
+
+        Resumable: a destination that already is this version (same size, time and mode) is
+        left alone, and the chunks already in an interrupted restore's temporary file are
+        verified and kept rather than fetched again.
+        """
         report = report or Progress()
+        mode = version.mode if mode is None else mode
+        mtime_ns = version.mtime_ns if mtime_ns is None else mtime_ns
+        if await trio.to_thread.run_sync(_already_restored, dest, version.size, mode, mtime_ns):
+            report.bytes_done += version.size
+            return
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.lanvault-restore")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             windows = trio.Semaphore(6)  # batches of MAX_BATCH chunks in flight
             errors: list[RestoreError] = []
             holders = await self._db(self.catalog.holders_many, version.chunks)
             count = len(version.chunks)
+            kept = await trio.to_thread.run_sync(
+                self._chunks_in_place, fd, version, limiter=self.node.cpu_limiter
+            )
+            if kept:
+                log.info("resuming the restore of %s: %d chunks already there", dest, len(kept))
+                report.bytes_done += sum(
+                    min(CHUNK_SIZE, version.size - no * CHUNK_SIZE) for no in kept
+                )
 
             def write(no: int, plain: bytes) -> int:
                 expected = min(CHUNK_SIZE, version.size - no * CHUNK_SIZE)
@@ -497,6 +794,8 @@ class Owner:
                     groups: dict[int, list[int]] = {}
                     leftovers: list[int] = []
                     for no in range(start, min(start + MAX_BATCH, count)):
+                        if no in kept:
+                            continue
                         live = [
                             h for h in holders[version.chunks[no]] if self.node.membership.is_up(h)
                         ]
@@ -526,20 +825,33 @@ class Owner:
             if errors:
                 raise errors[0]
             os.ftruncate(fd, version.size)
-            os.fchmod(fd, stat.S_IMODE(version.mode))
+            os.fchmod(fd, stat.S_IMODE(mode))
             await trio.to_thread.run_sync(os.fsync, fd)
         except BaseException:
+            # The temporary file stays: what it holds is verified and reused next time.
             os.close(fd)
-            tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
-        os.utime(tmp, ns=(version.mtime_ns, version.mtime_ns))
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, dest)
         dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _chunks_in_place(self, fd: int, version: FileVersion) -> set[int]:
+        """Chunks of ``version`` an interrupted restore already wrote correctly to ``fd``."""
+        size = os.fstat(fd).st_size
+        kept: set[int] = set()
+        for no, address in enumerate(version.chunks):
+            expected = min(CHUNK_SIZE, version.size - no * CHUNK_SIZE)
+            if no * CHUNK_SIZE + expected > size or expected == 0:
+                continue
+            data = os.pread(fd, expected, no * CHUNK_SIZE)
+            if len(data) == expected and chunk_address(self.keys, data) == address:
+                kept.add(no)
+        return kept
 
     async def restore_path(
         self,
@@ -548,8 +860,16 @@ class Owner:
         progress: ProgressFn | None = None,
         at_ns: int | None = None,
     ) -> Progress:
-        """Restore the newest version (or the newest as of ``at_ns``) of a file or folder."""
+        """Restore the newest version (or the newest as of ``at_ns``) of a file or folder.
+
+        Inside a mounted tree, the snapshot of that moment is restored whole: folders,
+        symlinks and files with their modes and times. Elsewhere (``lanvault backup``), the
+        newest version of each file as of that moment.
+        """
         key = str(path)
+        tree = await self._tree_for(key, at_ns)
+        if tree is not None:
+            return await self._restore_tree(key, tree[0], tree[1], dest, progress)
         if at_ns is None:
             versions = [v for v, _ in await self._db(self.catalog.latest_versions, key)]
         else:
@@ -572,6 +892,72 @@ class Owner:
                 progress(report)
         return report
 
+    async def _tree_for(self, key: str, at_ns: int | None) -> tuple[str, int] | None:
+        """(mounted root, snapshot seq) whose tree holds ``key`` as of ``at_ns``, if any."""
+        for root in await self._db(self.catalog.roots):
+            if key != root and not key.startswith(root.rstrip("/") + "/"):
+                continue
+            if at_ns is None:
+                seq = await self._db(self.catalog.latest_seq, root)
+            else:
+                seq = await self._db(self.catalog.snapshot_at, root, at_ns)
+                if not seq:
+                    raise RestoreError(f"{key}: no snapshot of {root} is that old")
+            relative = key[len(root) :].strip("/")
+            found = await self._db(self.catalog.tree_walk, root, relative, seq) if relative else []
+            if not relative or found:
+                return root, seq
+        return None
+
+    async def _restore_tree(
+        self, key: str, root: str, seq: int, dest: Path | None, progress: ProgressFn | None
+    ) -> Progress:
+        relative = key[len(root) :].strip("/")
+        entries = await self._db(self.catalog.tree_walk, root, relative, seq)
+        files: list[tuple[str, FileVersion, TreeEvent]] = []
+        for path, entry in entries:
+            if any(part in ("", ".", "..") or "\0" in part for part in path.split("/")):
+                raise RestoreError(f"refusing the unsafe name {path!r} in the catalog")
+            if entry.kind == TREE_FILE:
+                version = await self._db(self.catalog.version_by_id, entry.file_id)
+                if version is None:
+                    raise RestoreError(f"{root}/{path}: its version is missing from the catalog")
+                files.append((path, version, entry))
+        report = Progress(files_total=len(files), bytes_total=sum(v.size for _p, v, _e in files))
+        top_is_file = bool(entries) and entries[0][1].kind != TREE_DIR and relative != ""
+        if dest is None:
+            base = Path(key)
+        elif top_is_file and await trio.to_thread.run_sync(dest.is_dir):
+            base = dest / Path(key).name
+        else:
+            base = dest
+
+        def target_of(path: str) -> Path:
+            rest = path[len(relative) :].lstrip("/") if relative else path
+            return base / rest if rest else base
+
+        await trio.to_thread.run_sync(
+            functools.partial(base.parent.mkdir, parents=True, exist_ok=True)
+        )
+        folders: list[tuple[Path, TreeEvent]] = []
+        for path, entry in entries:
+            target = target_of(path)
+            if entry.kind == TREE_DIR:
+                await trio.to_thread.run_sync(_make_folder, target)
+                folders.append((target, entry))
+            elif entry.kind == TREE_SYMLINK:
+                await trio.to_thread.run_sync(_make_symlink, target, entry)
+        for path, version, entry in files:
+            await self.restore_version(
+                version, target_of(path), report, mode=entry.mode, mtime_ns=entry.mtime_ns
+            )
+            report.files_done += 1
+            if progress:
+                progress(report)
+        for target, entry in reversed(folders):  # children first: their writes move mtimes
+            await trio.to_thread.run_sync(_finish_folder, target, entry)
+        return report
+
     # -- delete --------------------------------------------------------------------------
 
     async def delete_path(self, path: Path) -> dict[str, int]:
@@ -583,18 +969,22 @@ class Owner:
         paths = sorted({v.path for v, _ in await self._db(self.catalog.latest_versions, key)})
         if not paths:
             raise BackupError(f"{path}: nothing backed up under this path")
-        orphaned = await self._db(self.catalog.remove_paths, paths)
-        nodes = {p.node_id for p in self.node.membership.peers()}
-        for address in orphaned:
-            nodes |= await self._db(self.catalog.holders, address)
-        nodes.discard(self.owner_id)
-        await self._db(self.catalog.add_tombstones, [(n, a) for n in nodes for a in orphaned])
-        await self._db(self.catalog.forget_holders, orphaned)
+        async with self._guard.exclusive():
+            report = await self._db(self.catalog.delete_paths, paths, self._known_nodes())
         pending = await self.flush_tombstones()
-        return {"files": len(paths), "chunks": len(orphaned), "pending_holders": pending}
+        return {"files": len(paths), "chunks": len(report.orphaned), "pending_holders": pending}
+
+    def _known_nodes(self) -> set[int]:
+        nodes = {p.node_id for p in self.node.membership.peers()}
+        nodes.discard(self.owner_id)
+        return nodes
 
     async def flush_tombstones(self) -> int:
         """Send owed deletes; returns how many holders still owe an acknowledgement."""
+        async with self._delete_lock:
+            return await self._flush_tombstones()
+
+    async def _flush_tombstones(self) -> int:
         owed = await self._db(self.catalog.tombstones)
         waiting = 0
         for node_id, addresses in owed.items():

@@ -1,4 +1,5 @@
-"""Version cuts re-read only what changed, and always equal a full re-chunking of the file."""
+"""Version cuts: only changed chunks are read, a cut is one instant however the file is written
+meanwhile, and tree changes are committed in order."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import random
 from pathlib import Path
 
 import pytest
+import trio
 
-from chunkstore.catalogdb import CatalogDB
+from chunkstore.catalogdb import TREE_DIR, CatalogDB
 from chunkstore.chunking import CHUNK_SIZE, split_bytes
 from chunkstore.envelope import chunk_address, open_chunk
 from chunkstore.keys import KeyRing
@@ -20,23 +22,32 @@ KEYS = KeyRing.from_master(bytes(range(32)))
 
 
 @pytest.fixture
-def cutter(tmp_path: Path) -> VersionCutter:
+async def cutter(tmp_path: Path, nursery: trio.Nursery) -> VersionCutter:
     catalog = CatalogDB(tmp_path / "catalog.sqlite3")
     outbox = ChunkStore.open(tmp_path / "outbox", capacity=1 << 40)
-    return VersionCutter(KEYS, catalog, outbox, 1, str(tmp_path / "src"), lambda _p: 2)
+    (tmp_path / "src").mkdir()
+    made = VersionCutter(KEYS, catalog, outbox, 1, str(tmp_path / "src"), lambda _p: 2)
+    await nursery.start(made.run)
+    return made
+
+
+def addresses_of(data: bytes) -> list[bytes]:
+    return [chunk_address(KEYS, c) for c in split_bytes(data)]
+
+
+def assert_recoverable(cutter: VersionCutter, chunks: list[bytes]) -> None:
+    for address in chunks:  # every chunk is in the outbox, sealed, and opens
+        open_chunk(KEYS, address, cutter.outbox.get(1, address))
 
 
 async def cut(cutter: VersionCutter, path: Path, changes: DirtyFile) -> list[bytes]:
     fd = os.open(path, os.O_RDONLY)
     try:
-        version = await cutter.cut(path.name, fd, changes)
+        job = await cutter.cut(path.name, fd, changes)
     finally:
         os.close(fd)
-    expected = [chunk_address(KEYS, c) for c in split_bytes(path.read_bytes())]
-    assert list(version.chunks) == expected  # never a stale address
-    for address in version.chunks:  # every chunk is recoverable from the outbox
-        if cutter.outbox.has(1, address):
-            open_chunk(KEYS, address, cutter.outbox.get(1, address))
+    version = await job.result()
+    assert list(version.chunks) == addresses_of(path.read_bytes())  # never a stale address
     return list(version.chunks)
 
 
@@ -47,11 +58,11 @@ def everything(size: int) -> DirtyFile:
 
 
 async def test_only_dirty_chunks_are_read(cutter: VersionCutter, tmp_path: Path) -> None:
-    (tmp_path / "src").mkdir()
     path = tmp_path / "src" / "big.bin"
     data = bytearray(os.urandom(20 * CHUNK_SIZE + 100))
     path.write_bytes(data)
     first = await cut(cutter, path, everything(len(data)))
+    assert_recoverable(cutter, first)
     assert cutter.bytes_read == len(data)
     data[5 * CHUNK_SIZE + 7 : 5 * CHUNK_SIZE + 20] = b"z" * 13
     path.write_bytes(data)
@@ -68,7 +79,6 @@ async def test_random_edits_always_match_a_full_rechunk(
     cutter: VersionCutter, tmp_path: Path, seed: int
 ) -> None:
     rng = random.Random(seed)
-    (tmp_path / "src").mkdir()
     path = tmp_path / "src" / "f.bin"
     data = bytearray(rng.randbytes(rng.randint(0, 5 * CHUNK_SIZE)))
     path.write_bytes(data)
@@ -93,6 +103,80 @@ async def test_random_edits_always_match_a_full_rechunk(
                 changes.truncate(size)
         path.write_bytes(data)
         await cut(cutter, path, changes)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_a_cut_is_one_instant_whatever_is_written_meanwhile(
+    cutter: VersionCutter, tmp_path: Path, seed: int
+) -> None:
+    """Writes and truncations racing a cut never leak into it (they copy chunks aside)."""
+    rng = random.Random(seed)
+    path = tmp_path / "src" / "busy.bin"
+    original = rng.randbytes(rng.randint(30, 60) * CHUNK_SIZE + rng.randint(0, CHUNK_SIZE))
+    path.write_bytes(original)
+    inode = os.stat(path).st_ino
+    lock = trio.Lock()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        async with lock:  # as the mount does: the cut starts with the file's lock held
+            job = await cutter.cut(path.name, fd, everything(len(original)), lock, inode)
+        size = len(original)
+        for _ in range(40):
+            async with lock:
+                if rng.random() < 0.15:
+                    size = rng.randint(0, len(original) + CHUNK_SIZE)
+                    cutter.before_truncate(inode, size)
+                    os.ftruncate(fd, size)
+                else:
+                    offset = rng.randint(0, size + 1000)
+                    blob = rng.randbytes(rng.randint(1, 3 * CHUNK_SIZE))
+                    cutter.before_write(inode, offset, len(blob))
+                    os.pwrite(fd, blob, offset)
+                    size = max(size, offset + len(blob))
+            await trio.sleep(rng.choice([0, 0, 0.001]))  # let the cut read a little
+        version = await job.result()
+    finally:
+        os.close(fd)
+    assert list(version.chunks) == addresses_of(original), f"torn cut (seed {seed})"
+    assert version.size == len(original)
+    assert_recoverable(cutter, list(version.chunks))
+    assert not cutter.busy(inode)
+
+
+async def test_tree_changes_are_committed_in_order(cutter: VersionCutter, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "docs").mkdir()
+    cutter.made("docs", os.stat(src / "docs"))
+    path = src / "docs" / "a.txt"
+    path.write_bytes(os.urandom(3 * CHUNK_SIZE))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        job = await cutter.cut("docs/a.txt", fd, everything(3 * CHUNK_SIZE))
+    finally:
+        os.close(fd)
+    # Renamed before its version is written: the rename must still apply to it.
+    os.rename(src / "docs", src / "papers")
+    cutter.renamed("docs", "papers")
+    await cutter.barrier()
+    version = await job.result()
+    seq = cutter.latest_seq()
+    entries = {p: e for p, e in cutter.catalog.tree_walk(cutter.source_root, "", seq)}
+    assert set(entries) == {"papers", "papers/a.txt"}
+    assert entries["papers"].kind == TREE_DIR
+    moved = cutter.catalog.version_by_id(entries["papers/a.txt"].file_id)
+    assert moved is not None and moved.chunks == version.chunks
+    # Many small cuts in a row share one commit (one snapshot), not one each.
+    before = len(cutter.catalog.snapshots())
+    for n in range(20):
+        small = src / f"small{n}"
+        small.write_bytes(b"x" * n)
+        fd = os.open(small, os.O_RDONLY)
+        try:
+            await cutter.cut(small.name, fd, everything(n))
+        finally:
+            os.close(fd)
+    await cutter.barrier()
+    assert len(cutter.catalog.snapshots()) - before < 20
 
 
 def test_degree_from_xattrs_is_inherited(tmp_path: Path) -> None:

@@ -24,6 +24,9 @@ def test_snapshots_follow_the_tree(mounted: Mount) -> None:
     (m / "dir").mkdir()
     os.symlink("a.txt", m / "dir" / "link")
     (m / "a.txt").write_text("two")
+    # Looking at versions/ shows everything saved so far (each commit is one snapshot; a save
+    # and a rename committed together would show only the renamed file).
+    assert (latest(mounted) / "a.txt").read_text() == "two"
     os.rename(m / "a.txt", m / "dir" / "b.txt")
     assert sorted(os.listdir(latest(mounted))) == ["dir"]
     assert sorted(os.listdir(latest(mounted) / "dir")) == ["b.txt", "link"]

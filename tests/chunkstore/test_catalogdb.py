@@ -1,0 +1,201 @@
+"""The owner's catalog: tree history, leases, delete and prune."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from chunkstore.catalog import FileVersion
+from chunkstore.catalogdb import (
+    TREE_DIR,
+    TREE_FILE,
+    CatalogDB,
+    CutRecord,
+    EntryRecord,
+    RemovalRecord,
+    RenameRecord,
+    TreeEvent,
+)
+from chunkstore.chunking import chunk_count
+from chunkstore.fileid import content_digest, file_id
+
+ROOT = "/home/ann/data"
+T0 = 1_700_000_000 * 10**9
+
+
+def address(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def version(relative: str, content: str, size: int = 10, complete_marker: int = 0) -> FileVersion:
+    path = f"{ROOT}/{relative}"
+    chunks = tuple(address(f"{content}:{n}") for n in range(chunk_count(size)))
+    return FileVersion(
+        path=path,
+        file_id=file_id(1, path, size, T0 + complete_marker, content_digest(chunks)),
+        size=size,
+        mode=0o100644,
+        uid=0,
+        gid=0,
+        mtime_ns=T0 + complete_marker,
+        ctime_ns=T0,
+        degree=2,
+        chunks=chunks,
+        owner=1,
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> CatalogDB:
+    return CatalogDB(tmp_path / "catalog.sqlite3")
+
+
+def tree(db: CatalogDB, seq: int) -> dict[str, tuple[int, bytes]]:
+    return {path: (e.kind, e.file_id) for path, e in db.tree_walk(ROOT, "", seq)}
+
+
+def commit(db: CatalogDB, *changes: object, at: int = 0) -> int:
+    seq = db.commit_tree(ROOT, list(changes), T0 + at)  # type: ignore[arg-type]
+    for change in changes:
+        if isinstance(change, CutRecord):
+            db.set_complete(change.version.file_id)
+    return seq
+
+
+def test_commit_tree_renames_and_removals(db: CatalogDB) -> None:
+    a = version("docs/a.txt", "a")
+    s1 = commit(
+        db,
+        EntryRecord("docs", TREE_DIR, 0o40755, T0),
+        CutRecord("docs/a.txt", a),
+        EntryRecord("docs/sub", TREE_DIR, 0o40755, T0),
+        CutRecord("docs/sub/b.txt", version("docs/sub/b.txt", "b")),
+    )
+    assert set(tree(db, s1)) == {"docs", "docs/a.txt", "docs/sub", "docs/sub/b.txt"}
+    s2 = commit(db, RenameRecord("docs", "papers"))
+    after = tree(db, s2)
+    assert set(after) == {"papers", "papers/a.txt", "papers/sub", "papers/sub/b.txt"}
+    moved = db.version_by_id(after["papers/a.txt"][1])
+    assert moved is not None and moved.path == f"{ROOT}/papers/a.txt"
+    assert moved.chunks == a.chunks  # no data read or sent for a rename
+    assert tree(db, s1) == tree(db, s1)  # the past is unchanged
+    s3 = commit(db, RemovalRecord("papers"))
+    assert tree(db, s3) == {}
+    # A new folder with an old name starts empty.
+    s4 = commit(db, EntryRecord("papers", TREE_DIR, 0o40755, T0))
+    assert set(tree(db, s4)) == {"papers"}
+    # Renaming over an existing file replaces it.
+    s5 = commit(
+        db,
+        CutRecord("x", version("x", "x")),
+        CutRecord("y", version("y", "y")),
+        RenameRecord("x", "y"),
+    )
+    now = tree(db, s5)
+    assert "x" not in now
+    replaced = db.version_by_id(now["y"][1])
+    assert replaced is not None and replaced.chunks == version("x", "x").chunks
+
+
+def test_deleted_versions_disappear_from_the_tree(db: CatalogDB) -> None:
+    s = commit(db, CutRecord("a", version("a", "a")), CutRecord("b", version("b", "b")))
+    db.add_holders([(c, 7) for c in version("a", "a").chunks])
+    report = db.delete_paths([f"{ROOT}/a"], known_nodes=[8])
+    assert report.orphaned == sorted(version("a", "a").chunks)
+    assert report.nodes == {7, 8}
+    assert set(tree(db, s)) == {"b"}
+    owed = db.tombstones()
+    assert sorted(owed[7]) == sorted(owed[8]) == report.orphaned
+    assert db.holders_many(report.orphaned) == {a: set() for a in report.orphaned}
+
+
+def test_prune_keeps_what_kept_snapshots_need(db: CatalogDB) -> None:
+    shared = version("shared", "same")
+    old = version("f", "old")
+    new = version("f", "new", complete_marker=1)
+    s1 = commit(db, CutRecord("shared", shared), CutRecord("f", old), at=1)
+    s2 = commit(db, CutRecord("f", new), at=2)
+    s3 = commit(db, CutRecord("g", version("g", "g")), at=3)
+    db.add_holders([(c, 5) for c in old.chunks + new.chunks])
+    before = {s: tree(db, s) for s in (s2, s3)}
+    report = db.prune([s1, s3], [], known_nodes=[6], now_ns=T0 + 10)
+    assert report.snapshots_dropped == 1  # s3 is the newest: never dropped
+    assert [s for s, _, _ in db.snapshots()] == [s2, s3]
+    assert {s: tree(db, s) for s in (s2, s3)} == before
+    assert db.version_by_id(old.file_id) is None
+    assert report.versions_dropped == 1
+    owed = db.tombstones()
+    assert sorted(owed[5]) == sorted(owed[6]) == sorted(old.chunks)
+    assert db.version_by_id(shared.file_id) is not None
+
+
+def test_leased_and_incomplete_versions_survive_pruning(db: CatalogDB) -> None:
+    first = version("f", "one")
+    s1 = commit(db, CutRecord("f", first), at=1)
+    previous, lease = db.lease_latest(f"{ROOT}/f", T0)
+    assert previous == first and lease
+    pending = version("p", "pending")
+    sp = db.commit_tree(ROOT, [CutRecord("p", pending)], T0 + 2)  # never marked complete
+    s2 = commit(db, CutRecord("f", version("f", "two", complete_marker=1)), RemovalRecord("p"))
+    db.prune([s1, sp], [], [], now_ns=T0 + 5)
+    assert db.version_by_id(first.file_id) is not None  # leased
+    assert db.version_by_id(pending.file_id) is not None  # not yet safe: never pruned
+    db.release_lease(lease)
+    db.prune([], [], [], now_ns=T0 + 6)
+    assert db.version_by_id(first.file_id) is None
+    assert s2
+
+
+def test_prune_of_backup_versions_keeps_the_newest(db: CatalogDB) -> None:
+    for n in range(3):
+        v = version(f"plain{n % 1}", f"c{n}", complete_marker=n)
+        db.add_version(v, T0 + n)
+        db.set_complete(v.file_id)
+    rows = db.backup_versions()
+    assert len(rows) == 3
+    db.prune([], [vid for vid, _, _ in rows], [], now_ns=T0 + 10)
+    assert [vid for vid, _, _ in db.backup_versions()] == [rows[-1][0]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_histories_pruned_keep_every_kept_snapshot(db: CatalogDB, seed: int) -> None:
+    """Whatever is pruned, every remaining snapshot shows exactly the tree it showed before."""
+    rng = random.Random(seed)
+    names = ["a", "b", "c", "d/e", "d/f", "g/h/i"]
+    for step in range(60):
+        changes: list[object] = []
+        for _ in range(rng.randint(1, 3)):
+            name = rng.choice(names)
+            roll = rng.random()
+            if roll < 0.5:
+                parts = name.split("/")
+                for depth in range(1, len(parts)):
+                    changes.append(EntryRecord("/".join(parts[:depth]), TREE_DIR, 0o40755, T0))
+                changes.append(CutRecord(name, version(name, f"{step}-{rng.random()}", 10, step)))
+            elif roll < 0.75:
+                changes.append(RemovalRecord(name))
+            else:
+                changes.append(RenameRecord(name, rng.choice(names)))
+        commit(db, *changes, at=step)
+    seqs = [s for s, _, _ in db.snapshots()]
+    before = {s: tree(db, s) for s in seqs}
+    drop = {s for s in seqs if rng.random() < 0.7}
+    db.prune(drop, [], [3], now_ns=T0 + 100)
+    remaining = [s for s, _, _ in db.snapshots()]
+    assert remaining[-1] == seqs[-1]
+    for s in remaining:
+        assert tree(db, s) == before[s], f"snapshot {s} changed (seed {seed})"
+        for _path, (kind, fid) in before[s].items():
+            if kind == TREE_FILE:
+                assert db.version_by_id(fid) is not None
+    # Every tombstoned chunk is used by no remaining version.
+    live = {a for a, _ in db.live_addresses()}
+    for addresses in db.tombstones().values():
+        assert not live & set(addresses)
+
+
+def test_tree_event_dataclass_defaults() -> None:
+    assert TreeEvent("", "x", TREE_DIR).file_id == b""
