@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from chunkstore.errors import ChunkstoreError
+from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.sizes import parse_size
 from node.identity import IdentityError
 
@@ -69,6 +70,13 @@ def _moment(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.astimezone()  # local time, as people write it
     return int(moment.timestamp() * 1e9)
+
+
+def _policy(text: str) -> str:
+    try:
+        return RetentionPolicy.parse(text).describe()
+    except RetentionFormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _degree(text: str) -> int:
@@ -170,6 +178,12 @@ def build_parser() -> Parser:
         "prune", parents=[common], help="apply the retention policy to snapshots and versions"
     )
     p.add_argument("--dry-run", action="store_true", help="show what would go, change nothing")
+    p.add_argument(
+        "--keep",
+        metavar="POLICY",
+        type=_policy,
+        help="this policy instead of the configured one, e.g. all:24h,hourly:7d,daily:30d",
+    )
 
     p = sub.add_parser("check", parents=[common], help="verify chunk integrity and degrees")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired")
@@ -428,7 +442,10 @@ def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, state: StateDir) -> int:
-    data = request(state, {"op": "prune", "dry_run": args.dry_run})
+    op: dict[str, Any] = {"op": "prune", "dry_run": args.dry_run}
+    if args.keep:
+        op["policy"] = args.keep
+    data = request(state, op)
     verb = "would drop" if data["dry_run"] else "dropped"
     emit(
         args,

@@ -15,7 +15,7 @@ import trio
 
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
-from chunkstore.retention import RetentionPolicy
+from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.store import ChunkStore
 from fs.versions import snapshot_name
 from node.identity import tls_contexts
@@ -117,7 +117,14 @@ class Daemon:
         }
 
     async def op_prune(self, request: dict[str, Any], emit: Emit) -> Any:
-        policy = self.owner.retention or RetentionPolicy.parse(self.config.retention)
+        try:
+            policy = (
+                RetentionPolicy.parse(str(request["policy"]))
+                if request.get("policy")
+                else self.owner.retention or RetentionPolicy.parse(self.config.retention)
+            )
+        except RetentionFormatError as exc:
+            raise OpError(str(exc)) from None
         return await self.owner.prune(policy, dry_run=bool(request.get("dry_run")))
 
     async def op_versions(self, request: dict[str, Any], emit: Emit) -> Any:
@@ -272,12 +279,19 @@ class Daemon:
                 with trio.move_on_after(0.5):
                     await done.wait()
 
+        outcome: list[Progress] = []
+        failure: list[Exception] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forward)
             try:
-                return await work(progress)
+                outcome.append(await work(progress))
+            except Exception as exc:  # raised outside the nursery: no exception group
+                failure.append(exc)
             finally:
                 done.set()
+        if failure:
+            raise failure[0]
+        return outcome[0]
 
     async def op_backup(self, request: dict[str, Any], emit: Emit) -> Any:
         path = Path(str(request.get("path", "")))

@@ -667,14 +667,22 @@ class Owner:
                 for i in range(0, len(wanted), MAX_BATCH):
                     nursery.start_soon(from_holder, holder, wanted[i : i + MAX_BATCH])
 
+        errors: list[RestoreError] = []
+
         async def slow(address: bytes) -> None:
-            plain = await self.fetch_chunk(address)
+            try:
+                plain = await self.fetch_chunk(address)
+            except RestoreError as exc:
+                errors.append(exc)
+                return
             assert isinstance(plain, bytes)
             found[address] = plain
 
         async with trio.open_nursery() as nursery:
             for address in leftovers:
                 nursery.start_soon(slow, address)
+        if errors:
+            raise errors[0]
         return [found[a] for a in addresses]
 
     async def _try_holders(

@@ -40,6 +40,7 @@ class Mount:
     mountpoint: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()  # more `lanvault mount` options
 
     def start(self) -> None:
         with open(self.log, "ab") as handle:
@@ -53,6 +54,7 @@ class Mount:
                     str(self.mountpoint),
                     "--dir",
                     str(self.state),
+                    *self.extra,
                 ],
                 cwd=ROOT,
                 env=env(),

@@ -1,0 +1,222 @@
+"""The mount's history across real processes: crashes of the mount during writes and backups,
+retention pruning that deletes chunks from holders, and restoring a whole tree as of a time
+after SOURCE is gone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
+
+from .procs import ProcessCluster
+
+pytestmark = [pytest.mark.fuse, pytest.mark.slow]
+
+
+def start_mount(cluster: ProcessCluster, tmp_path: Path, *extra: str) -> tuple[Mount, Path, Path]:
+    why = fuse_available()
+    if why:
+        pytest.skip(why)
+    sweep_stale_mounts()
+    source, mnt = tmp_path / "data", tmp_path / "Backup"
+    source.mkdir(exist_ok=True)
+    mnt.mkdir(exist_ok=True)
+    mount = Mount(cluster.nodes[1].state, source, mnt, tmp_path / "mount.log", extra=extra)
+    mount.start()
+    return mount, source.resolve(), mnt
+
+
+def kill_mount(mount: Mount) -> None:
+    assert mount.proc is not None
+    mount.proc.send_signal(signal.SIGKILL)
+    mount.proc.wait(10)
+    mount.proc = None
+    mount.stop()  # lazy-unmounts what the dead process left
+
+
+def all_safe(cluster: ProcessCluster, source: Path) -> bool:
+    """Every file in SOURCE has a complete version of exactly its current content."""
+    files = {f["path"]: f for f in cluster.json(1, "state")["files"]}
+    for path in source.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        entry = files.get(str(path))
+        if (
+            entry is None
+            or not entry["complete"]
+            or entry["size"] != path.stat().st_size
+            or any(c["degree"] < 2 for c in entry["chunks"])
+        ):
+            return False
+    return True
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_mount_killed_during_writes_and_backups_loses_nothing(
+    cluster4: ProcessCluster, tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    mount, source, mnt = start_mount(cluster4, tmp_path)
+    synced: dict[str, bytes] = {}  # the last fsync'd content of each name
+    overwritten: set[str] = set()  # names written again after their last fsync
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            name = f"f{n % 12}.bin"
+            data = rng.randbytes(rng.choice([100, 70_000, 3_000_000, rng.randint(0, 9_000_000)]))
+            if name in synced:
+                overwritten.add(name)
+            try:
+                fd = os.open(mnt / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.write(fd, data)
+                    if n % 2 == 0:
+                        os.fsync(fd)
+                        synced[name] = data  # acknowledged: must survive
+                        overwritten.discard(name)
+                finally:
+                    os.close(fd)
+            except OSError:
+                return  # the mount died under us
+            n += 1
+
+    try:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        time.sleep(rng.uniform(1.0, 3.0))  # mid-stream: cuts and sends in progress
+        kill_mount(mount)
+        stop.set()
+        thread.join(30)
+        assert synced, "the writer got nothing fsync'd before the kill"
+        for name, data in synced.items():
+            if name not in overwritten:
+                assert (source / name).read_bytes() == data, f"fsync'd {name} damaged"
+        mount.start()  # catches up with what the dead mount did not record
+        cluster4.wait(lambda: all_safe(cluster4, source), 120, "every file safe after remount")
+        for path in source.iterdir():
+            out = tmp_path / "restored" / path.name
+            cluster4.cli(1, "restore", path, "--to", out)
+            assert digest(out) == digest(path), f"{path.name} (seed {seed})"
+    finally:
+        stop.set()
+        mount.stop()
+
+
+def test_prune_drops_old_snapshots_and_deletes_their_chunks(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    mount, source, mnt = start_mount(cluster4, tmp_path, "--min-interval", "0")
+    try:
+        contents = [os.urandom(200_000) for _ in range(4)]
+        for data in contents:
+            (mnt / "report.odt").write_bytes(data)
+            cluster4.wait(lambda: all_safe(cluster4, source), 30, "version safe")
+        (mnt / "keep.txt").write_text("kept")
+        cluster4.wait(lambda: all_safe(cluster4, source), 30, "safe")
+        snapshots = [n for n in os.listdir(mnt / "versions") if n != "latest"]
+        assert len(snapshots) >= 5
+
+        def held_for_owner_1() -> int:
+            return sum(
+                1 for n in (2, 3, 4) for c in cluster4.json(n, "state")["stored"] if c["owner"] == 1
+            )
+
+        before = held_for_owner_1()
+        time.sleep(3)
+        dry = cluster4.json(1, "prune", "--keep", "all:2s", "--dry-run")
+        assert dry["snapshots_dropped"] == len(snapshots) - 1 and dry["dry_run"]
+        assert len(os.listdir(mnt / "versions")) == len(snapshots) + 1  # nothing changed yet
+        done = cluster4.json(1, "prune", "--keep", "all:2s")
+        assert done["snapshots_dropped"] == len(snapshots) - 1
+        assert done["chunks_deleted"] >= 3 * 4  # the three older versions' chunks
+        assert sorted(os.listdir(mnt / "versions"))[0] != sorted(snapshots)[0]
+        assert (mnt / "versions" / "latest" / "report.odt").read_bytes() == contents[-1]
+        assert (mnt / "versions" / "latest" / "keep.txt").read_text() == "kept"
+        # The holders really give the space back, and what is kept stays at its degree.
+        cluster4.wait(lambda: held_for_owner_1() <= before - 3 * 4 * 2, 30, "chunks deleted")
+        assert all_safe(cluster4, source)
+        history = cluster4.json(1, "versions", source / "report.odt")["versions"]
+        assert len(history) == 1
+        out = tmp_path / "out.odt"
+        cluster4.cli(1, "restore", source / "report.odt", "--to", out)
+        assert out.read_bytes() == contents[-1]
+    finally:
+        mount.stop()
+
+
+def tree_of(root: Path) -> dict[str, tuple[str, str, int]]:
+    out: dict[str, tuple[str, str, int]] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(path), 0)
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", "", stat.S_IMODE(st.st_mode))
+        else:
+            out[rel] = ("file", digest(path), stat.S_IMODE(st.st_mode))
+    return out
+
+
+def test_whole_tree_restored_as_of_a_time_from_the_peers(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    mount, source, mnt = start_mount(cluster4, tmp_path)
+    try:
+        (mnt / "docs" / "deep").mkdir(parents=True)
+        (mnt / "docs" / "a.txt").write_text("alpha")
+        (mnt / "docs" / "deep" / "big.bin").write_bytes(os.urandom(500_000))
+        (mnt / "run.sh").write_text("#!/bin/sh\necho hi\n")
+        os.chmod(mnt / "run.sh", 0o755)
+        os.chmod(mnt / "docs" / "deep", 0o700)
+        os.symlink("docs/a.txt", mnt / "shortcut")
+        cluster4.wait(lambda: all_safe(cluster4, source), 30, "tree safe")
+        os.listdir(mnt / "versions")  # everything so far is in the newest snapshot
+        then = tree_of(mnt)
+        then.pop("versions", None)
+        then = {k: v for k, v in then.items() if not k.startswith("versions/")}
+        time.sleep(1.1)
+        moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 0.5)) + "Z"
+        time.sleep(1.1)
+        # Later changes that must not show in a restore as of `moment`.
+        (mnt / "docs" / "a.txt").write_text("changed")
+        os.unlink(mnt / "run.sh")
+        os.rename(mnt / "docs" / "deep", mnt / "docs" / "shallow")
+        (mnt / "new.txt").write_text("new")
+        cluster4.wait(lambda: all_safe(cluster4, source), 30, "changes safe")
+        now = {k: v for k, v in tree_of(mnt).items() if not k.startswith("versions")}
+    finally:
+        mount.stop()
+    # The computer's copy is gone: SOURCE wiped, outbox too. Everything comes from peers.
+    shutil.rmtree(source)
+    shutil.rmtree(cluster4.nodes[1].state / "outbox", ignore_errors=True)
+    past = tmp_path / "past"
+    cluster4.cli(1, "restore", source, "--at", moment, "--to", past)
+    assert tree_of(past) == then
+    present = tmp_path / "present"
+    cluster4.cli(1, "restore", source, "--to", present)
+    assert tree_of(present) == now
+    # One file out of the past, and a folder.
+    cluster4.cli(1, "restore", source / "run.sh", "--at", moment, "--to", tmp_path / "run.sh")
+    assert (tmp_path / "run.sh").stat().st_mode & 0o777 == 0o755
+    cluster4.cli(1, "restore", source / "docs", "--at", moment, "--to", tmp_path / "docs-then")
+    assert (tmp_path / "docs-then" / "deep" / "big.bin").stat().st_size == 500_000
+    # Interrupted restores resume: a second run finds everything in place.
+    again = cluster4.json(1, "restore", source, "--to", present)
+    assert again["files"] >= 3
