@@ -7,12 +7,13 @@ thread-safe within a process through one lock (callers run it on a worker thread
 
 Two rules keep pruning from deleting what a backup is about to use:
 
-* a mount cut takes a *lease* on the previous version of its file (whose chunk addresses it
-  reuses) in the same transaction that reads it, and gives it back when it commits; pruning
-  never drops a leased version;
+* a mount cut reuses the chunk addresses of the file's previous version: the cut still in
+  flight for the same file, or else the newest version of its path, which the newest event of
+  that path names. An event lives while a snapshot at or after it remains, and the newest
+  snapshot of a tree is never pruned: so what a cut reuses is never pruned under it;
 * pruning, ``delete`` and the tombstones and holder rows they change happen in one transaction,
   so a chunk is either still referenced by a live version or already scheduled for deletion,
-  never in between.
+  never in between (backups in the daemon are held apart from both, see ``node/owner.py``).
 """
 
 from __future__ import annotations
@@ -84,12 +85,6 @@ CREATE TABLE IF NOT EXISTS snapshots (    -- one per commit: the tree as of tree
     time_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_by_root ON snapshots (root, seq);
-CREATE TABLE IF NOT EXISTS leases (       -- versions a cut in progress reuses chunks of
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    file_id  BLOB    NOT NULL,
-    taken_ns INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS leases_by_file ON leases (file_id);
 CREATE TABLE IF NOT EXISTS catalog_chunks (  -- chunks of the catalog's own backup (recovery)
     address BLOB PRIMARY KEY
 ) WITHOUT ROWID;
@@ -106,7 +101,6 @@ TREE_FILE = 2
 TREE_SYMLINK = 3
 ORIGIN_BACKUP = 0
 ORIGIN_MOUNT = 1
-LEASE_TTL_NS = 3600 * 10**9  # a lease older than this belongs to a cut that died with its mount
 
 # A file entry counts only while its version exists (``delete PATH`` removes versions).
 _LIVE_FILE = (
@@ -137,7 +131,6 @@ class CutRecord:
 
     relative: str
     version: FileVersion
-    lease: int = 0  # the lease taken on the previous version, given back by the commit
     aliases: tuple[str, ...] = ()  # other names (hard links) of the same file
 
 
@@ -221,15 +214,28 @@ class CatalogDB:
         self._db.executescript(_SCHEMA)
         self._migrate()
         self._lock = threading.RLock()
+        # Reads go through their own connection: WAL lets them run while a commit (and its
+        # fsync) holds the writer, so a lookup never waits for a transaction.
+        self._reader = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=60
+        )
+        self._read_lock = threading.Lock()
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(versions)")}
         if "origin" not in columns:
             self._db.execute("ALTER TABLE versions ADD COLUMN origin INTEGER NOT NULL DEFAULT 0")
+        self._db.execute("DROP TABLE IF EXISTS leases")  # an earlier design's, unused now
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._db.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            yield self._reader
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -283,11 +289,12 @@ class CatalogDB:
         )
         return vid
 
-    def _version_from_row(self, row: Sequence[Any]) -> FileVersion:
+    @staticmethod
+    def _version_from_row(db: sqlite3.Connection, row: Sequence[Any]) -> FileVersion:
         vid = int(row[0])
         chunks = tuple(
             bytes(r[0])
-            for r in self._db.execute(
+            for r in db.execute(
                 "SELECT address FROM version_chunks WHERE version_id=? ORDER BY no", (vid,)
             )
         )
@@ -307,84 +314,63 @@ class CatalogDB:
         )
 
     def latest(self, path: str, include_removed: bool = False) -> FileVersion | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM versions WHERE path=?"
                 + ("" if include_removed else " AND removed=0")
                 + " ORDER BY id DESC LIMIT 1",
                 (path,),
             ).fetchone()
-            return self._version_from_row(row) if row else None
-
-    def lease_latest(self, path: str, now_ns: int) -> tuple[FileVersion | None, int]:
-        """The newest live version of ``path``, leased so pruning keeps it: (version, lease)."""
-        with self._tx() as db:
-            row = db.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE path=? AND removed=0"
-                " ORDER BY id DESC LIMIT 1",
-                (path,),
-            ).fetchone()
-            if row is None:
-                return None, 0
-            version = self._version_from_row(row)
-            cur = db.execute(
-                "INSERT INTO leases(file_id, taken_ns) VALUES (?,?)", (version.file_id, now_ns)
-            )
-            return version, int(cur.lastrowid or 0)
-
-    def release_lease(self, lease: int) -> None:
-        if lease:
-            with self._tx() as db:
-                db.execute("DELETE FROM leases WHERE id=?", (lease,))
+            return self._version_from_row(db, row) if row else None
 
     def versions_of(self, path: str) -> list[tuple[FileVersion, int, bool]]:
         """Every version of ``path``, oldest first, with its cut time and completeness."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT {_VERSION_COLUMNS}, created_ns, complete FROM versions"
                 " WHERE path=? AND removed=0 ORDER BY id",
                 (path,),
             ).fetchall()
-            return [(self._version_from_row(r[:11]), int(r[11]), bool(r[12])) for r in rows]
+            return [(self._version_from_row(db, r[:11]), int(r[11]), bool(r[12])) for r in rows]
 
     def latest_versions(self, prefix: str = "") -> list[tuple[FileVersion, bool]]:
         """The newest live version of every path (under ``prefix``), with completeness."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT {_VERSION_COLUMNS}, complete FROM versions v WHERE removed=0"
                 " AND id = (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND removed=0)"
                 " AND (path = ? OR path LIKE ? ESCAPE '\\' OR ? = '') ORDER BY path",
                 (prefix, _like_prefix(prefix), prefix),
             ).fetchall()
-            return [(self._version_from_row(r[:11]), bool(r[11])) for r in rows]
+            return [(self._version_from_row(db, r[:11]), bool(r[11])) for r in rows]
 
     def versions_at(self, prefix: str, at_ns: int) -> list[FileVersion]:
         """The newest version of every path under ``prefix`` cut at or before ``at_ns``."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE removed=0 AND created_ns <= ?"
                 " AND id = (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND removed=0"
                 " AND created_ns <= ?)"
                 " AND (path = ? OR path LIKE ? ESCAPE '\\' OR ? = '') ORDER BY path",
                 (at_ns, at_ns, prefix, _like_prefix(prefix), prefix),
             ).fetchall()
-            return [self._version_from_row(r) for r in rows]
+            return [self._version_from_row(db, r) for r in rows]
 
     def set_complete(self, file_id: bytes, complete: bool = True) -> None:
         with self._tx() as db:
             db.execute("UPDATE versions SET complete=? WHERE file_id=?", (int(complete), file_id))
 
     def incomplete_versions(self) -> list[FileVersion]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM versions WHERE complete=0 AND removed=0 ORDER BY id"
             ).fetchall()
-            return [self._version_from_row(r) for r in rows]
+            return [self._version_from_row(db, r) for r in rows]
 
     def backup_versions(self) -> list[tuple[int, str, int]]:
         """(id, path, created_ns) of every complete live version made by the backup command."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT id, path, created_ns FROM versions WHERE origin=0 AND removed=0"
                 " AND complete=1 ORDER BY path, id"
             ).fetchall()
@@ -451,8 +437,8 @@ class CatalogDB:
 
     def live_addresses(self) -> list[tuple[bytes, int]]:
         """Every chunk address a live version uses, with the highest degree asked for it."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT c.address, MAX(v.degree) FROM version_chunks c"
                 " JOIN versions v ON v.id = c.version_id WHERE v.removed=0 GROUP BY c.address"
             ).fetchall()
@@ -472,7 +458,7 @@ class CatalogDB:
 
         In one transaction: the snapshots go (never the newest of a tree); tree events no
         remaining snapshot needs go; mount versions no remaining event refers to go, and so do
-        the given backup versions unless they are the newest of their path; a leased or
+        the given backup versions unless they are the newest of their path; an
         incomplete version always stays. Chunks nothing references any more get tombstones
         (see ``delete_paths``). ``dry_run`` computes the same report and changes nothing.
         """
@@ -493,7 +479,6 @@ class CatalogDB:
         drop = sorted(set(drop_snapshots))
         drop_ids = sorted(set(drop_backup_versions))
         with self._tx() as db:
-            db.execute("DELETE FROM leases WHERE taken_ns < ?", (now_ns - LEASE_TTL_NS,))
             newest = {int(r[0]) for r in db.execute("SELECT MAX(seq) FROM snapshots GROUP BY root")}
             gone = [s for s in drop if s not in newest]
             db.executemany("DELETE FROM snapshots WHERE seq=?", [(s,) for s in gone])
@@ -517,18 +502,17 @@ class CatalogDB:
                     "  FROM tree_events) WHERE kind = 0 AND prev_seq IS NULL)"
                 )
                 report.events_dropped += cur.rowcount
-            unleased = "NOT EXISTS (SELECT 1 FROM leases l WHERE l.file_id = v.file_id)"
             # Mount versions live as long as an event of a remaining snapshot names them.
             victims = [
                 int(r[0])
                 for r in db.execute(
                     "SELECT v.id FROM versions v WHERE v.origin = 1 AND v.removed = 0"
-                    f" AND v.complete = 1 AND {unleased} AND NOT EXISTS"
+                    " AND v.complete = 1 AND NOT EXISTS"
                     " (SELECT 1 FROM tree_events e WHERE e.file_id = v.file_id)"
                 )
             ]
             keep = (
-                f"v.removed = 0 AND v.complete = 1 AND {unleased}"
+                "v.removed = 0 AND v.complete = 1"
                 " AND v.id < (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND w.removed=0)"
             )
             for vid in drop_ids:
@@ -572,20 +556,20 @@ class CatalogDB:
             )
 
     def holders(self, address: bytes) -> set[int]:
-        with self._lock:
+        with self._reading() as db:
             return {
                 int(r[0])
-                for r in self._db.execute("SELECT node FROM holders WHERE address=?", (address,))
+                for r in db.execute("SELECT node FROM holders WHERE address=?", (address,))
             }
 
     def holders_many(self, addresses: Iterable[bytes]) -> dict[bytes, set[int]]:
         wanted = list(dict.fromkeys(addresses))
         out: dict[bytes, set[int]] = {a: set() for a in wanted}
-        with self._lock:
+        with self._reading() as db:
             for i in range(0, len(wanted), 500):
                 batch = wanted[i : i + 500]
                 marks = ",".join("?" * len(batch))
-                for address, node in self._db.execute(
+                for address, node in db.execute(
                     f"SELECT address, node FROM holders WHERE address IN ({marks})", batch
                 ):
                     out[bytes(address)].add(int(node))
@@ -594,22 +578,20 @@ class CatalogDB:
     def any_tombstoned(self, addresses: Iterable[bytes]) -> bool:
         """Whether a delete is pending for any of ``addresses`` (on any node)."""
         wanted = list(addresses)
-        with self._lock:
+        with self._reading() as db:
             for i in range(0, len(wanted), 500):
                 batch = wanted[i : i + 500]
                 marks = ",".join("?" * len(batch))
-                if self._db.execute(
+                if db.execute(
                     f"SELECT 1 FROM tombstones WHERE address IN ({marks}) LIMIT 1", batch
                 ).fetchone():
                     return True
         return False
 
     def tombstones(self) -> dict[int, list[bytes]]:
-        with self._lock:
+        with self._reading() as db:
             out: dict[int, list[bytes]] = {}
-            for node, address in self._db.execute(
-                "SELECT node, address FROM tombstones ORDER BY node"
-            ):
+            for node, address in db.execute("SELECT node, address FROM tombstones ORDER BY node"):
                 out.setdefault(int(node), []).append(bytes(address))
             return out
 
@@ -638,8 +620,8 @@ class CatalogDB:
             return self._unreferenced(db, old - wanted)
 
     def catalog_chunks(self) -> set[bytes]:
-        with self._lock:
-            return {bytes(r[0]) for r in self._db.execute("SELECT address FROM catalog_chunks")}
+        with self._reading() as db:
+            return {bytes(r[0]) for r in db.execute("SELECT address FROM catalog_chunks")}
 
     def schedule_deletes(self, addresses: list[bytes], known_nodes: Iterable[int]) -> set[int]:
         with self._tx() as db:
@@ -681,7 +663,7 @@ class CatalogDB:
     def commit_tree(self, root: str, changes: Sequence[TreeChange], time_ns: int) -> int:
         """Apply changes of a mounted tree, in order, as one snapshot; returns its seq.
 
-        New versions are recorded (as cut by a mount), leases given back, and renames and
+        New versions are recorded (as cut by a mount), and renames and
         removals expanded over everything under the entry, in one transaction.
         """
         with self._tx() as db:
@@ -689,8 +671,6 @@ class CatalogDB:
             for change in changes:
                 for event in self._expand(db, root, change, time_ns):
                     seq = self._insert_event(db, root, event, time_ns)
-                if isinstance(change, CutRecord) and change.lease:
-                    db.execute("DELETE FROM leases WHERE id=?", (change.lease,))
             if seq:
                 db.execute(
                     "INSERT INTO snapshots(seq, root, time_ns) VALUES (?,?,?)", (seq, root, time_ns)
@@ -810,7 +790,7 @@ class CatalogDB:
                 ).fetchone()
                 if row is not None:
                     # Same chunks under a new name: a new version, no data read or sent.
-                    version = self._version_from_row(row)
+                    version = self._version_from_row(db, row)
                     moved_path = root.rstrip("/") + "/" + target
                     moved = FileVersion(
                         path=moved_path,
@@ -846,39 +826,37 @@ class CatalogDB:
 
     def snapshots(self, root: str | None = None) -> list[tuple[int, str, int]]:
         """(seq, root, time_ns) of every snapshot, oldest first."""
-        with self._lock:
+        with self._reading() as db:
             if root is None:
-                rows = self._db.execute("SELECT seq, root, time_ns FROM snapshots ORDER BY seq")
+                rows = db.execute("SELECT seq, root, time_ns FROM snapshots ORDER BY seq")
             else:
-                rows = self._db.execute(
+                rows = db.execute(
                     "SELECT seq, root, time_ns FROM snapshots WHERE root=? ORDER BY seq", (root,)
                 )
             return [(int(a), str(b), int(c)) for a, b, c in rows.fetchall()]
 
     def latest_seq(self, root: str) -> int:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT MAX(seq) FROM snapshots WHERE root=?", (root,)
-            ).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT MAX(seq) FROM snapshots WHERE root=?", (root,)).fetchone()
             return int(row[0]) if row and row[0] is not None else 0
 
     def roots(self) -> list[str]:
         """Every mounted tree with a history."""
-        with self._lock:
-            return [str(r[0]) for r in self._db.execute("SELECT DISTINCT root FROM snapshots")]
+        with self._reading() as db:
+            return [str(r[0]) for r in db.execute("SELECT DISTINCT root FROM snapshots")]
 
     def snapshot_at(self, root: str, at_ns: int) -> int:
         """The newest snapshot of ``root`` taken at or before ``at_ns`` (0 if none)."""
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT MAX(seq) FROM snapshots WHERE root=? AND time_ns <= ?", (root, at_ns)
             ).fetchone()
             return int(row[0]) if row and row[0] is not None else 0
 
     def tree_entry(self, root: str, parent: str, name: str, seq: int) -> TreeEvent | None:
         """The entry ``parent/name`` as of snapshot ``seq`` (None if absent then)."""
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target"
                 " FROM tree_events e WHERE e.root=? AND e.parent=? AND e.name=? AND e.seq<=?"
                 " ORDER BY e.seq DESC LIMIT 1",
@@ -887,20 +865,19 @@ class CatalogDB:
             if row is None or row[2] == TREE_GONE:
                 return None
             entry = _event(row)
-            if entry.kind == TREE_FILE and self._live_version(entry.file_id) is None:
+            if entry.kind == TREE_FILE and self._live_version(db, entry.file_id) is None:
                 return None
             return entry
 
-    def _live_version(self, fid: bytes) -> int | None:
-        row = self._db.execute(
-            "SELECT id FROM versions WHERE file_id=? AND removed=0", (fid,)
-        ).fetchone()
+    @staticmethod
+    def _live_version(db: sqlite3.Connection, fid: bytes) -> int | None:
+        row = db.execute("SELECT id FROM versions WHERE file_id=? AND removed=0", (fid,)).fetchone()
         return int(row[0]) if row else None
 
     def tree_children(self, root: str, parent: str, seq: int) -> list[TreeEvent]:
         """A folder's entries as of snapshot ``seq``, sorted by name; built from the index."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target"
                 " FROM tree_events e WHERE e.root=? AND e.parent=? AND e.seq = ("
                 "  SELECT MAX(seq) FROM tree_events w WHERE w.root=e.root AND w.parent=e.parent"
@@ -931,18 +908,18 @@ class CatalogDB:
         return out
 
     def version_by_id(self, file_id: bytes) -> FileVersion | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM versions WHERE file_id=? AND removed=0",
                 (file_id,),
             ).fetchone()
-            return self._version_from_row(row) if row else None
+            return self._version_from_row(db, row) if row else None
 
     # -- settings ------------------------------------------------------------------------
 
     def get_setting(self, name: str, default: int = 0) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM settings WHERE name=?", (name,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT value FROM settings WHERE name=?", (name,)).fetchone()
             return int(row[0]) if row else default
 
     def set_setting(self, name: str, value: int) -> None:
@@ -955,8 +932,8 @@ class CatalogDB:
 
     def counts(self) -> dict[str, int]:
         """Sizes of the catalog, for status and metrics."""
-        with self._lock:
-            one = self._db.execute
+        with self._reading() as db:
+            one = db.execute
             return {
                 "versions": int(one("SELECT COUNT(*) FROM versions WHERE removed=0").fetchone()[0]),
                 "pending_versions": int(

@@ -1,8 +1,9 @@
 """Cutting versions of files written through the mount, and recording the tree's changes.
 
 When a written file is closed or fsync'd, ``VersionCutter.cut`` starts a *cut*: it notes the
-file's size and times at that instant, takes a lease on the previous version (whose chunk
-addresses unchanged chunks keep) and decides which chunks must be read — only the changed ones.
+file's size and times at that instant and decides which chunks must be read — only the changed
+ones; the others keep the addresses of the previous version (the previous cut of the same file
+if that one is still in flight).
 It returns at once; the chunks are read, addressed and sealed in the background into the
 *outbox* (a local chunk store, so the version no longer depends on the file and survives a
 crash).
@@ -72,7 +73,9 @@ class CutJob:
     degree: int
     lock: trio.Lock  # the file's lock: held by writers, and by us while reading
     previous: FileVersion | None = None
-    lease: int = 0
+    before: CutJob | None = None  # the cut of the same file still in flight when this began
+    inode: int | None = None
+    planned: bool = False
     addresses: list[bytes | None] = field(default_factory=list)
     unread: set[int] = field(default_factory=set)
     aside: dict[int, bytes] = field(default_factory=dict)
@@ -92,7 +95,7 @@ class CutJob:
 
     def keep_aside(self, no: int) -> None:
         """Copy chunk ``no`` as the cut must see it, before something changes it."""
-        if no in self.unread and no not in self.aside:
+        if no < chunk_count(self.st.st_size) and no in self.unread and no not in self.aside:
             data = os.pread(self.fd, self.length(no), no * CHUNK_SIZE)
             self.aside[no] = data
             self.aside_bytes += len(data)
@@ -133,6 +136,7 @@ class VersionCutter:
         self.bytes_read = 0
         self.versions_cut = 0
         self._active: dict[int, list[CutJob]] = {}  # inode -> cuts still reading
+        self._latest_job: dict[int, CutJob] = {}  # inode -> its newest cut
         self._queue: deque[_Queued] = deque()
         self._last: _Queued | None = None  # the newest change queued (maybe being committed)
         self._queue_changed = trio.Event()
@@ -181,9 +185,16 @@ class VersionCutter:
         own_fd = os.dup(fd)
         try:
             st = os.fstat(own_fd)
-            previous, lease = await trio.to_thread.run_sync(
-                self.catalog.lease_latest, self.catalog_path(relative), time.time_ns()
-            )
+            in_flight = self._latest_job.get(inode) if inode is not None else None
+            if in_flight is not None and in_flight.committed.is_set():
+                in_flight = None
+            previous = None
+            if in_flight is None:
+                # The newest version of the path: the one its newest event names, which
+                # pruning never takes away (see chunkstore/catalogdb.py).
+                previous = await trio.to_thread.run_sync(
+                    self.catalog.latest, self.catalog_path(relative)
+                )
         except BaseException:
             os.close(own_fd)
             raise
@@ -195,13 +206,22 @@ class VersionCutter:
             degree=self.degree_for(relative),
             lock=lock or trio.Lock(),
             previous=previous,
-            lease=lease,
+            before=in_flight,
+            inode=inode,
             on_failure=on_failure,
             aliases=aliases,
         )
-        self._plan(job)
-        if inode is not None and job.unread:
-            self._active.setdefault(inode, []).append(job)
+        if in_flight is None:
+            self._plan(job)
+        else:
+            # Until the cut before it is done, nothing is known to be reusable: every chunk
+            # is protected as if it had to be read.
+            job.addresses = [None] * chunk_count(st.st_size)
+            job.unread = set(range(len(job.addresses)))
+        if inode is not None:
+            self._latest_job[inode] = job
+            if job.unread:
+                self._active.setdefault(inode, []).append(job)
         self._enqueue(_Queued(job=job))
         self._nursery.start_soon(self._read_and_seal, job, inode)
         return job
@@ -209,6 +229,7 @@ class VersionCutter:
     @staticmethod
     def _plan(job: CutJob) -> None:
         """Which chunks keep the previous version's address, and which must be read."""
+        job.planned = True
         size = job.st.st_size
         count = chunk_count(size)
         job.addresses = [None] * count
@@ -227,6 +248,19 @@ class VersionCutter:
                 if (no + 1) * CHUNK_SIZE <= limit or (same_end and no == count - 1):
                     job.addresses[no] = previous.chunks[no]
         job.unread = {no for no, a in enumerate(job.addresses) if a is None}
+
+    @staticmethod
+    def _replan(job: CutJob) -> None:
+        """The cut before this one is done: reuse what it had, drop copies no longer needed."""
+        before = job.before
+        job.previous = before.version if before is not None else None
+        job.before = None
+        protected = job.unread
+        VersionCutter._plan(job)
+        for no in protected - job.unread:
+            data = job.aside.pop(no, None)
+            if data is not None:
+                job.aside_bytes -= len(data)
 
     def before_write(self, inode: int, offset: int, length: int) -> None:
         """A write of ``length`` bytes at ``offset`` is about to happen (file lock held)."""
@@ -288,6 +322,11 @@ class VersionCutter:
 
         async def worker() -> None:
             nonlocal pending_bytes
+            if job.before is not None:
+                await job.before.ready.wait()
+                async with job.lock:
+                    if not job.planned:
+                        self._replan(job)
             while True:
                 async with job.lock:
                     numbers = sorted(job.unread)[:BATCH]
@@ -392,7 +431,7 @@ class VersionCutter:
                 assert queued.change is not None
                 changes.append(queued.change)
             elif job.version is not None:
-                changes.append(CutRecord(job.relative, job.version, job.lease, job.aliases))
+                changes.append(CutRecord(job.relative, job.version, job.aliases))
                 items.extend(job.sealed)
                 cut_jobs.append(job)
 
@@ -418,18 +457,19 @@ class VersionCutter:
                 continue
             if error is not None and job.version is not None:
                 job.error, job.version = error, None
-            if job.version is None:
-                await trio.to_thread.run_sync(self.catalog.release_lease, job.lease)
-                if job.on_failure is not None:
-                    job.on_failure(job.changes)
+            if job.version is None and job.on_failure is not None:
+                job.on_failure(job.changes)
             job.sealed = []
         if error is not None:
             log.error("lost %d tree changes (%s); the next mount catches up", len(changes), error)
         versions = [j.version for j in cut_jobs if j.version is not None]
         self.versions_cut += len(versions)
         for queued in batch:
-            if queued.job is not None:
-                queued.job.committed.set()
+            job = queued.job
+            if job is not None:
+                job.committed.set()
+                if job.inode is not None and self._latest_job.get(job.inode) is job:
+                    del self._latest_job[job.inode]
             queued.done.set()
         if versions and self.on_commit is not None:
             self.on_commit(versions)

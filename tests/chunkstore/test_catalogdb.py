@@ -132,21 +132,18 @@ def test_prune_keeps_what_kept_snapshots_need(db: CatalogDB) -> None:
     assert db.version_by_id(shared.file_id) is not None
 
 
-def test_leased_and_incomplete_versions_survive_pruning(db: CatalogDB) -> None:
+def test_incomplete_versions_and_the_newest_snapshot_survive_pruning(db: CatalogDB) -> None:
     first = version("f", "one")
     s1 = commit(db, CutRecord("f", first), at=1)
-    previous, lease = db.lease_latest(f"{ROOT}/f", T0)
-    assert previous == first and lease
     pending = version("p", "pending")
     sp = db.commit_tree(ROOT, [CutRecord("p", pending)], T0 + 2)  # never marked complete
     s2 = commit(db, CutRecord("f", version("f", "two", complete_marker=1)), RemovalRecord("p"))
-    db.prune([s1, sp], [], [], now_ns=T0 + 5)
-    assert db.version_by_id(first.file_id) is not None  # leased
-    assert db.version_by_id(pending.file_id) is not None  # not yet safe: never pruned
-    db.release_lease(lease)
-    db.prune([], [], [], now_ns=T0 + 6)
+    db.prune([s1, sp, s2], [], [], now_ns=T0 + 5)
+    assert [s for s, _, _ in db.snapshots()] == [s2]  # the newest stays
     assert db.version_by_id(first.file_id) is None
-    assert s2
+    assert db.version_by_id(pending.file_id) is not None  # not yet safe: never pruned
+    latest = db.latest(f"{ROOT}/f")
+    assert latest is not None and latest.chunks == version("f", "two", complete_marker=1).chunks
 
 
 def test_prune_of_backup_versions_keeps_the_newest(db: CatalogDB) -> None:

@@ -143,6 +143,36 @@ async def test_a_cut_is_one_instant_whatever_is_written_meanwhile(
     assert not cutter.busy(inode)
 
 
+async def test_a_cut_right_after_another_builds_on_it(
+    cutter: VersionCutter, tmp_path: Path
+) -> None:
+    """The second cut of a file, begun while the first is still in flight, reuses the first's
+    chunks, not the older committed version's."""
+    path = tmp_path / "src" / "twice.bin"
+    data = bytearray(os.urandom(40 * CHUNK_SIZE))
+    path.write_bytes(data)
+    await cut(cutter, path, everything(len(data)))
+    inode = os.stat(path).st_ino
+    lock = trio.Lock()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        jobs = []
+        for no in (5, 7):
+            async with lock:
+                blob = os.urandom(100)
+                cutter.before_write(inode, no * CHUNK_SIZE, len(blob))
+                os.pwrite(fd, blob, no * CHUNK_SIZE)
+                data[no * CHUNK_SIZE : no * CHUNK_SIZE + 100] = blob
+                changes = DirtyFile()
+                changes.write(no * CHUNK_SIZE, len(blob))
+                jobs.append(await cutter.cut(path.name, fd, changes, lock, inode))
+        first, second = [await job.result() for job in jobs]
+    finally:
+        os.close(fd)
+    assert list(second.chunks) == addresses_of(bytes(data))
+    assert first.chunks[5] == second.chunks[5] != first.chunks[7]
+
+
 async def test_tree_changes_are_committed_in_order(cutter: VersionCutter, tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "docs").mkdir()
