@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS versions (
     created_ns INTEGER NOT NULL,   -- when this version was cut
     complete   INTEGER NOT NULL DEFAULT 0,  -- 1 once every chunk reached its degree
     removed    INTEGER NOT NULL DEFAULT 0,  -- 1 after `delete PATH`
-    origin     INTEGER NOT NULL DEFAULT 0   -- 0 `backup` command, 1 cut by a mount
+    origin     INTEGER NOT NULL DEFAULT 0,  -- 0 `backup` command, 1 cut by a mount
+    inode      INTEGER NOT NULL DEFAULT 0   -- the file a mount cut it from (0: unknown)
 );
 CREATE INDEX IF NOT EXISTS versions_by_path ON versions (path, id);
 CREATE TABLE IF NOT EXISTS version_chunks (
@@ -132,6 +133,7 @@ class CutRecord:
     relative: str
     version: FileVersion
     aliases: tuple[str, ...] = ()  # other names (hard links) of the same file
+    inode: int = 0  # the file it was cut from
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,8 @@ class CatalogDB:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(versions)")}
         if "origin" not in columns:
             self._db.execute("ALTER TABLE versions ADD COLUMN origin INTEGER NOT NULL DEFAULT 0")
+        if "inode" not in columns:
+            self._db.execute("ALTER TABLE versions ADD COLUMN inode INTEGER NOT NULL DEFAULT 0")
         self._db.execute("DROP TABLE IF EXISTS leases")  # an earlier design's, unused now
 
     def close(self) -> None:
@@ -259,14 +263,14 @@ class CatalogDB:
 
     @staticmethod
     def _insert_version(
-        db: sqlite3.Connection, version: FileVersion, created_ns: int, origin: int
+        db: sqlite3.Connection, version: FileVersion, created_ns: int, origin: int, inode: int = 0
     ) -> int:
         row = db.execute("SELECT id FROM versions WHERE file_id=?", (version.file_id,)).fetchone()
         if row:
             return int(row[0])
         cur = db.execute(
             "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
-            " degree, owner, created_ns, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " degree, owner, created_ns, origin, inode) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 version.path,
                 version.file_id,
@@ -280,6 +284,7 @@ class CatalogDB:
                 version.owner,
                 created_ns,
                 origin,
+                inode,
             ),
         )
         vid = int(cur.lastrowid or 0)
@@ -313,15 +318,20 @@ class CatalogDB:
             owner=int(owner),
         )
 
-    def latest(self, path: str, include_removed: bool = False) -> FileVersion | None:
+    def latest(
+        self, path: str, include_removed: bool = False, inode: int | None = None
+    ) -> FileVersion | None:
+        """The newest version of ``path``; with ``inode``, only if it was cut from that file."""
         with self._reading() as db:
             row = db.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE path=?"
+                f"SELECT {_VERSION_COLUMNS}, inode FROM versions WHERE path=?"
                 + ("" if include_removed else " AND removed=0")
                 + " ORDER BY id DESC LIMIT 1",
                 (path,),
             ).fetchone()
-            return self._version_from_row(db, row) if row else None
+            if row is None or (inode is not None and int(row[11]) != inode):
+                return None
+            return self._version_from_row(db, row[:11])
 
     def versions_of(self, path: str) -> list[tuple[FileVersion, int, bool]]:
         """Every version of ``path``, oldest first, with its cut time and completeness."""
@@ -682,7 +692,7 @@ class CatalogDB:
     ) -> list[TreeEvent]:
         if isinstance(change, CutRecord):
             v = change.version
-            self._insert_version(db, v, time_ns, ORIGIN_MOUNT)
+            self._insert_version(db, v, time_ns, ORIGIN_MOUNT, change.inode)
             parent, name = _split(change.relative)
             events = [TreeEvent(parent, name, TREE_FILE, v.file_id, v.mode, v.mtime_ns)]
             for alias in change.aliases:
@@ -786,9 +796,12 @@ class CatalogDB:
             fid = entry.file_id
             if entry.kind == TREE_FILE:
                 row = db.execute(
-                    f"SELECT {_VERSION_COLUMNS} FROM versions WHERE file_id=?", (entry.file_id,)
+                    f"SELECT {_VERSION_COLUMNS}, inode FROM versions WHERE file_id=?",
+                    (entry.file_id,),
                 ).fetchone()
                 if row is not None:
+                    inode = int(row[11])
+                    row = row[:11]
                     # Same chunks under a new name: a new version, no data read or sent.
                     version = self._version_from_row(db, row)
                     moved_path = root.rstrip("/") + "/" + target
@@ -811,7 +824,7 @@ class CatalogDB:
                         chunks=version.chunks,
                         owner=version.owner,
                     )
-                    vid = self._insert_version(db, moved, time_ns, ORIGIN_MOUNT)
+                    vid = self._insert_version(db, moved, time_ns, ORIGIN_MOUNT, inode)
                     complete = db.execute(
                         "SELECT complete FROM versions WHERE file_id=?", (entry.file_id,)
                     ).fetchone()

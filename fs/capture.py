@@ -21,6 +21,7 @@ it holds. ``barrier`` waits until everything queued so far is committed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -56,6 +57,7 @@ BATCH = 15  # chunks per read under the file's lock (about 1 MB: writers wait at
 FLUSH_BYTES = 8 << 20  # a big cut puts its sealed chunks into the outbox in groups this large
 ASIDE_LIMIT = 64 << 20  # bytes copied aside for one cut before writers wait for it
 COMMIT_BATCH = 256  # tree changes per catalog transaction
+COMMIT_DELAY = 0.1  # seconds the committer waits for more changes (unless someone waits)
 
 
 class CutFailed(Exception):
@@ -140,6 +142,7 @@ class VersionCutter:
         self._queue: deque[_Queued] = deque()
         self._last: _Queued | None = None  # the newest change queued (maybe being committed)
         self._queue_changed = trio.Event()
+        self._hurry = trio.Event()  # someone waits for a commit: do not gather more
         self._nursery: trio.Nursery | None = None
 
     def catalog_path(self, relative: str) -> str:
@@ -157,8 +160,15 @@ class VersionCutter:
 
     async def barrier(self) -> None:
         """Wait until everything queued so far is committed (or has failed)."""
-        if self._last is not None:
+        if self._last is not None and not self._last.done.is_set():
+            self._hurry.set()
             await self._last.done.wait()
+
+    async def committed(self, job: CutJob) -> None:
+        """Wait until ``job`` is committed (fsync asks for it)."""
+        if not job.committed.is_set():
+            self._hurry.set()
+            await job.committed.wait()
 
     def _enqueue(self, item: _Queued) -> None:
         self._queue.append(item)
@@ -189,11 +199,14 @@ class VersionCutter:
             if in_flight is not None and in_flight.committed.is_set():
                 in_flight = None
             previous = None
-            if in_flight is None:
-                # The newest version of the path: the one its newest event names, which
+            if in_flight is None and changes.truncated_to != 0:  # else nothing is reusable
+                # The newest version of the path, if it was cut from this very file (a rename
+                # onto the path may still be queued): the one its newest event names, which
                 # pruning never takes away (see chunkstore/catalogdb.py).
                 previous = await trio.to_thread.run_sync(
-                    self.catalog.latest, self.catalog_path(relative)
+                    functools.partial(
+                        self.catalog.latest, self.catalog_path(relative), inode=st.st_ino
+                    )
                 )
         except BaseException:
             os.close(own_fd)
@@ -302,6 +315,9 @@ class VersionCutter:
             out.append((no, data))
         return out
 
+    def _read_and_seal_batch(self, job: CutJob, numbers: list[int]) -> list[tuple[int, PutItem]]:
+        return self._seal(job.degree, self._read_batch(job, numbers))
+
     def _seal(self, degree: int, batch: list[tuple[int, bytes]]) -> list[tuple[int, PutItem]]:
         sealed = []
         for no, data in batch:
@@ -333,12 +349,20 @@ class VersionCutter:
                     if not numbers:
                         return
                     job.unread.difference_update(numbers)
-                    batch = await trio.to_thread.run_sync(self._read_batch, job, numbers)
+                    if len(numbers) == 1:
+                        # One chunk (most small files): read and seal in one thread hop.
+                        sealed = await trio.to_thread.run_sync(
+                            self._read_and_seal_batch, job, numbers, limiter=self.limiter
+                        )
+                        batch = []
+                    else:
+                        batch = await trio.to_thread.run_sync(self._read_batch, job, numbers)
                 job.progressed.set()
                 job.progressed = trio.Event()
-                sealed = await trio.to_thread.run_sync(
-                    self._seal, job.degree, batch, limiter=self.limiter
-                )
+                if batch:
+                    sealed = await trio.to_thread.run_sync(
+                        self._seal, job.degree, batch, limiter=self.limiter
+                    )
                 for no, item in sealed:
                     job.addresses[no] = item.address
                     job.sealed.append(item)
@@ -347,9 +371,12 @@ class VersionCutter:
                     await flush_sealed()
 
         try:
-            async with trio.open_nursery() as nursery:
-                for _ in range(2):  # one reads under the lock while the other seals
-                    nursery.start_soon(worker)
+            if len(job.unread) <= BATCH and job.before is None:
+                await worker()  # one batch: nothing to overlap
+            else:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(2):  # one reads under the lock while the other seals
+                        nursery.start_soon(worker)
             if sum(len(i.envelope) for i in job.sealed) >= FLUSH_BYTES // 4:
                 await flush_sealed()  # big leftovers go now; small ones ride the group commit
             final = [a for a in job.addresses if a is not None]
@@ -413,6 +440,12 @@ class VersionCutter:
             ):
                 await self._queue_changed.wait()
                 self._queue_changed = trio.Event()
+            if len(self._queue) < COMMIT_BATCH:
+                # Gather what comes within a moment into the same commit (one snapshot and one
+                # flush for a burst of small files), unless someone is waiting for it.
+                with trio.move_on_after(COMMIT_DELAY):
+                    await self._hurry.wait()
+            self._hurry = trio.Event()
             batch: list[_Queued] = []
             while self._queue and len(batch) < COMMIT_BATCH:
                 head = self._queue[0]
@@ -431,7 +464,7 @@ class VersionCutter:
                 assert queued.change is not None
                 changes.append(queued.change)
             elif job.version is not None:
-                changes.append(CutRecord(job.relative, job.version, job.aliases))
+                changes.append(CutRecord(job.relative, job.version, job.aliases, job.st.st_ino))
                 items.extend(job.sealed)
                 cut_jobs.append(job)
 

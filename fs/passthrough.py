@@ -652,11 +652,11 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
         job = await self._cut(handle.inode, fh)
-        if job is not None:
+        if job is not None and self.capture is not None:
             # Asked for durability: the version is durable (outbox and catalog) on return too.
             # (A debounced cut is not waited for: SOURCE itself is durable, and a crash before
             # its version is cut is caught up at the next mount.)
-            await job.committed.wait()
+            await self.capture.committed(job)
 
     async def release(self, fh: FileHandleT) -> None:
         if self.virtual_handles.pop(fh, None) is not None:

@@ -19,7 +19,7 @@ from chunkstore.sizes import parse_size
 from node.identity import IdentityError
 
 from .control import DaemonUnavailable, call
-from .runtime import tune_allocator
+from .runtime import tune_allocator, tune_switch_interval
 from .state import (
     CommandError,
     StateDir,
@@ -485,6 +485,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()
+    tune_switch_interval()
     logging.basicConfig(
         level=logging.DEBUG
         if args.verbose

@@ -137,8 +137,11 @@ def disk_ceiling(folder: Path, mib: int) -> float:
 
 
 class Net:
-    def __init__(self, root: Path, count: int, gone_after: float = GONE_AFTER) -> None:
+    def __init__(
+        self, root: Path, count: int, gone_after: float = GONE_AFTER, repair_interval: float = 30
+    ) -> None:
         self.gone_after = gone_after
+        self.repair_interval = repair_interval
         self.root = root
         self.dirs: dict[int, Path] = {}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -173,7 +176,7 @@ class Net:
                         "--heartbeat",
                         "0.5",
                         "--repair-interval",
-                        "1",
+                        str(self.repair_interval),
                         "--no-discovery",
                     ],
                     cwd=ROOT,
