@@ -28,11 +28,12 @@ from chunkstore.chunking import CHUNK_SIZE
 VIRTUAL_BASE = 1 << 62  # virtual inode numbers start here; real ones stay below
 LATEST = "latest"
 VERSIONS_NAME = "versions"
-CACHE_CHUNKS = 256  # about 16 MB of recently read chunks
+CACHE_CHUNKS = 320  # about 20 MB of recently read chunks (more than the read-ahead)
 
 # Reads chunks ``nos`` of a version (from SOURCE, the outbox or the peers), verified.
 ReadChunks = Callable[[FileVersion, list[int]], Awaitable[list[bytes]]]
-READ_AHEAD = 48  # chunks (about 3 MB) fetched ahead of a sequential reader
+READ_AHEAD = 96  # chunks (about 6 MB) fetched ahead of a sequential reader
+VERSION_CACHE = 64  # versions of recently read files (a big file's list of chunks is long)
 FETCH_BATCH = 16  # chunks per request to the daemon
 
 
@@ -70,6 +71,7 @@ class VersionsView:
         self._next = VIRTUAL_BASE + 1
         self.top = self._inode(Node(0, "", TREE_DIR))
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._versions: OrderedDict[bytes, FileVersion] = OrderedDict()
         self._fetching: dict[bytes, trio.Event] = {}
         self._failed: dict[bytes, BaseException] = {}
         self._next_expected: dict[int, int] = {}  # inode -> chunk a sequential reader reads next
@@ -143,9 +145,7 @@ class VersionsView:
             entry.st_mode = ModeT(stat.S_IFLNK | 0o777)
             entry.st_size = len(event.target.encode())
         else:
-            version = self.catalog.version_by_id(event.file_id)
-            if version is None:
-                raise pyfuse3.FUSEError(errno.EIO)
+            version = self._version_of(event.file_id)
             # The entry's mode: a chmod after the content was saved is recorded there.
             entry.st_mode = ModeT(stat.S_IFREG | (stat.S_IMODE(event.mode) & 0o555))
             entry.st_size = version.size
@@ -198,9 +198,19 @@ class VersionsView:
         node = self.node(inode)
         if node.kind != TREE_FILE or node.event is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        version = self.catalog.version_by_id(node.event.file_id)
+        return self._version_of(node.event.file_id)
+
+    def _version_of(self, file_id: bytes) -> FileVersion:
+        version = self._versions.get(file_id)
         if version is None:
-            raise pyfuse3.FUSEError(errno.EIO)
+            version = self.catalog.version_by_id(file_id)
+            if version is None:
+                raise pyfuse3.FUSEError(errno.EIO)
+            self._versions[file_id] = version  # a version never changes
+            while len(self._versions) > VERSION_CACHE:
+                self._versions.popitem(last=False)
+        else:
+            self._versions.move_to_end(file_id)
         return version
 
     async def read(self, inode: int, offset: int, size: int) -> bytes:

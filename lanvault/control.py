@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ OpHandler = Callable[[dict[str, Any], Emit], Awaitable[Any]]
 
 class OpError(Exception):
     """A request failed in a way the message explains (sent back as one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Binary:
+    """A result followed on the socket by ``blob``, raw (chunk data: no base64, no JSON)."""
+
+    data: dict[str, Any]
+    blob: bytes
 
 
 async def serve_control(
@@ -71,7 +80,12 @@ async def serve_control(
                 if handler is None:
                     raise OpError(f"unknown operation {request['op']!r}")
                 data_out = await handler(request, emit)
-                await emit({"event": "result", "ok": True, "data": data_out})
+                if isinstance(data_out, Binary):
+                    head = {"event": "result", "ok": True, "data": data_out.data}
+                    head["blob_bytes"] = len(data_out.blob)
+                    await stream.send_all(json.dumps(head).encode() + b"\n" + data_out.blob)
+                else:
+                    await emit({"event": "result", "ok": True, "data": data_out})
             except (OpError, ValueError) as exc:
                 await emit({"event": "result", "ok": False, "error": str(exc)})
             except Exception as exc:
@@ -95,10 +109,30 @@ class DaemonUnavailable(Exception):
     pass
 
 
-def call(
-    path: Path, request: dict[str, Any], timeout: float | None = None
-) -> Iterator[dict[str, Any]]:
-    """Send one request; yield every event line (the last is the result)."""
+def call_binary(
+    path: Path, request: dict[str, Any], timeout: float
+) -> tuple[dict[str, Any], bytes]:
+    """One request whose result carries raw bytes: (the result event, the bytes)."""
+    client = _connect(path)
+    client.settimeout(timeout)
+    try:
+        client.sendall(json.dumps(request).encode() + b"\n")
+        with client.makefile("rb") as reader:
+            for line in reader:
+                event = json.loads(line)
+                if event.get("event") != "result":
+                    continue
+                size = int(event.get("blob_bytes", 0))
+                blob = reader.read(size) if size else b""
+                if len(blob) != size:
+                    raise DaemonUnavailable("the node stopped in the middle of an answer")
+                return event, blob
+        raise DaemonUnavailable("the node stopped before answering")
+    finally:
+        client.close()
+
+
+def _connect(path: Path) -> socket.socket:
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(10)
     try:
@@ -108,6 +142,14 @@ def call(
         raise DaemonUnavailable(
             f"no lanvault node is running for {path.parent} (start it with 'lanvault node --dir {path.parent}')"
         ) from None
+    return client
+
+
+def call(
+    path: Path, request: dict[str, Any], timeout: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Send one request; yield every event line (the last is the result)."""
+    client = _connect(path)
     client.settimeout(timeout)
     try:
         client.sendall(json.dumps(request).encode() + b"\n")

@@ -23,7 +23,7 @@ from node.node import Node, NodeConfig
 from node.owner import BackupError, Owner, Progress, RestoreError
 from node.transport import PinStore, TLSNetwork
 
-from .control import Emit, OpError, serve_control
+from .control import Binary, Emit, OpError, serve_control
 from .state import Config, StateDir
 
 log = logging.getLogger("lanvault")
@@ -190,7 +190,7 @@ class Daemon:
             plains = await self.owner.fetch_many(addresses)
         except RestoreError as exc:
             raise OpError(str(exc)) from None
-        return {"data": [base64.b64encode(p).decode() for p in plains]}
+        return Binary({"sizes": [len(p) for p in plains]}, b"".join(plains))
 
     async def op_kick(self, request: dict[str, Any], emit: Emit) -> Any:
         self.owner.kick()

@@ -7,7 +7,6 @@ daemon sends them, and the daemon keeps serving peers whether or not a folder is
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import logging
@@ -30,7 +29,7 @@ from fs.passthrough import PassthroughOps
 from fs.scan import catch_up
 from fs.versions import VersionsView
 
-from .control import DaemonUnavailable, call
+from .control import DaemonUnavailable, call, call_binary
 from .state import CommandError, StateDir
 
 log = logging.getLogger("lanvault.mount")
@@ -113,18 +112,19 @@ def run_mount(
 
     def read_remote(addresses: list[bytes]) -> list[bytes]:
         request = {"op": "read_chunks", "addresses": [a.hex() for a in addresses]}
-        for event in call(state.socket_path, request, timeout=120):
-            if event.get("event") == "result":
-                if not event.get("ok"):
-                    raise OSError(errno.EIO, str(event.get("error")))
-                chunks = [base64.b64decode(text) for text in event["data"]["data"]]
-                if len(chunks) != len(addresses) or any(
-                    chunk_address(keys, data) != address
-                    for address, data in zip(addresses, chunks, strict=True)
-                ):
-                    raise OSError(errno.EIO, "the node returned chunks that do not match")
-                return chunks
-        raise OSError(errno.EIO, "no answer from the node")
+        event, blob = call_binary(state.socket_path, request, timeout=120)
+        if not event.get("ok"):
+            raise OSError(errno.EIO, str(event.get("error")))
+        sizes = event["data"]["sizes"]
+        if len(sizes) != len(addresses) or sum(sizes) != len(blob):
+            raise OSError(errno.EIO, "the node answered with the wrong number of chunks")
+        chunks, offset = [], 0
+        for size in sizes:
+            chunks.append(blob[offset : offset + size])
+            offset += size
+        if any(chunk_address(keys, d) != a for a, d in zip(addresses, chunks, strict=True)):
+            raise OSError(errno.EIO, "the node returned chunks that do not match")
+        return chunks
 
     def read_chunks_sync(version: FileVersion, nos: list[int]) -> list[bytes]:
         found = {no: read_local(version, no) for no in nos}
