@@ -66,29 +66,64 @@ def wrap_master_key(master_key: bytes, passphrase: str) -> bytes:
     return header + sealed
 
 
-def unwrap_master_key(wrapped: bytes, passphrase: str) -> bytes:
-    """Recover the master key; raise ``WrongPassphraseError`` if the passphrase is wrong."""
+@dataclass(frozen=True, slots=True)
+class KdfParams:
+    """The Argon2id parameters a wrapped key was made with (public: salt and limits)."""
+
+    opslimit: int
+    memlimit: int
+    salt: bytes
+
+
+def kdf_params(wrapped: bytes) -> KdfParams:
+    """Parse and check the header of a wrapped key."""
     if len(wrapped) != _WRAPPED_SIZE:
         raise KeyFileError(f"wrapped key has {len(wrapped)} bytes, expected {_WRAPPED_SIZE}")
-    header = wrapped[: _WRAP_HEADER.size]
-    magic, version, opslimit, memlimit, salt, nonce = _WRAP_HEADER.unpack(header)
+    magic, version, opslimit, memlimit, salt, _nonce = _WRAP_HEADER.unpack(
+        wrapped[: _WRAP_HEADER.size]
+    )
     if magic != _WRAP_MAGIC:
         raise KeyFileError("not a lanvault wrapped key (bad magic)")
     if version != _WRAP_VERSION:
         raise KeyFileError(f"wrapped key format version {version} is not supported")
+    check_kdf_limits(opslimit, memlimit)
+    return KdfParams(opslimit, memlimit, salt)
+
+
+def check_kdf_limits(opslimit: int, memlimit: int) -> None:
     limits = nacl.pwhash.argon2id
     if not (
         limits.OPSLIMIT_MIN <= opslimit <= limits.OPSLIMIT_MAX
         and limits.MEMLIMIT_MIN <= memlimit <= min(limits.MEMLIMIT_MAX, 4 << 30)
     ):
-        raise KeyFileError("wrapped key has out-of-range Argon2id limits")
-    wrapping_key = _derive_wrapping_key(passphrase, salt, opslimit, memlimit)
+        raise KeyFileError("out-of-range Argon2id limits")
+
+
+def derive_wrapping_key(passphrase: str, params: KdfParams) -> bytes:
+    """The key a passphrase gives with these parameters (Argon2id: deliberately slow)."""
+    if len(params.salt) != nacl.pwhash.argon2id.SALTBYTES:
+        raise KeyFileError("bad Argon2id salt")
+    check_kdf_limits(params.opslimit, params.memlimit)
+    return _derive_wrapping_key(passphrase, params.salt, params.opslimit, params.memlimit)
+
+
+def unwrap_with_key(wrapped: bytes, wrapping_key: bytes) -> bytes:
+    """The master key from a wrapped key and its (already derived) wrapping key."""
+    kdf_params(wrapped)
+    header = wrapped[: _WRAP_HEADER.size]
+    nonce = header[-24:]
     try:
         return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
             wrapped[_WRAP_HEADER.size :], header, nonce, wrapping_key
         )
     except nacl.exceptions.CryptoError:
         raise WrongPassphraseError("wrong passphrase") from None
+
+
+def unwrap_master_key(wrapped: bytes, passphrase: str) -> bytes:
+    """Recover the master key; raise ``WrongPassphraseError`` if the passphrase is wrong."""
+    params = kdf_params(wrapped)
+    return unwrap_with_key(wrapped, derive_wrapping_key(passphrase, params))
 
 
 def _subkey(master_key: bytes, domain: bytes) -> bytes:
