@@ -208,6 +208,7 @@ def _join(parent: str, name: str) -> str:
 
 class CatalogDB:
     def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
         self._db = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=60
         )
@@ -942,6 +943,19 @@ class CatalogDB:
                 " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
                 (name, value),
             )
+
+    def fingerprint(self) -> tuple[int, ...]:
+        """Changes whenever what a recovery needs changes: versions, completeness, the trees."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT (SELECT COALESCE(MAX(id), 0) FROM versions),"
+                " (SELECT COUNT(*) FROM versions WHERE removed=0),"
+                " (SELECT COUNT(*) FROM versions WHERE complete=1),"
+                " (SELECT COALESCE(MAX(seq), 0) FROM tree_events),"
+                " (SELECT COUNT(*) FROM tree_events),"
+                " (SELECT COUNT(*) FROM snapshots)"
+            ).fetchone()
+            return tuple(int(v) for v in row)
 
     def counts(self) -> dict[str, int]:
         """Sizes of the catalog, for status and metrics."""

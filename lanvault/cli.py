@@ -113,6 +113,27 @@ def build_parser() -> Parser:
     )
     p.add_argument("--passphrase-file", help="read the passphrase from FILE")
 
+    p = sub.add_parser(
+        "recover",
+        parents=[common],
+        help="rebuild a lost node's keys and catalog from its passphrase and the peers",
+    )
+    p.add_argument("--id", type=int, required=True, help="the lost node's id")
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a node of the network (default: listen for nodes on the LAN)",
+    )
+    p.add_argument("--passphrase-file", help="read the passphrase from FILE")
+    p.add_argument(
+        "--listen-seconds",
+        type=float,
+        default=10.0,
+        help="how long to listen for LAN announcements without --peer (default 10)",
+    )
+
     p = sub.add_parser("node", parents=[common], help="run the node daemon (foreground)")
     p.add_argument("--listen", metavar="HOST:PORT")
     p.add_argument(
@@ -282,6 +303,16 @@ def print_status(data: dict[str, Any]) -> None:
         shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "never"
         print(f"last backup of node {owner}: {shown}")
     print(f"bad copies found by the last scrub: {data['scrub_bad_copies']}")
+    rec = data.get("recovery") or {}
+    if not rec.get("kit"):
+        print("recovery: no recovery kit (this node predates them)")
+    else:
+        when = rec.get("last_catalog_backup")
+        shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "not yet"
+        print(
+            f"recovery: kit on {rec['kit_holders']} nodes; catalog copy on"
+            f" {rec['catalog_holders']} nodes ({rec['catalog_bytes'] / 1e6:.1f} MB, {shown})"
+        )
 
 
 def emit(args: argparse.Namespace, data: Any, human: str | None = None) -> None:
@@ -307,6 +338,38 @@ def cmd_init(args: argparse.Namespace, state: StateDir) -> int:
             print("Join code for the other computers (keep it secret: it lets them in):")
             print(code)
         print(f"Start it with: lanvault node --dir {state.root}")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace, state: StateDir) -> int:
+    import trio
+
+    from .recover import recover
+
+    if not 0 <= args.id < 2**32:
+        raise UsageError(f"--id must be in 0..{2**32 - 1}")
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr, flush=True)
+
+    data = trio.run(
+        recover,
+        state.root,
+        args.id,
+        lambda: read_passphrase(args.passphrase_file),
+        args.peer,
+        args.listen_seconds,
+        say,
+    )
+    emit(
+        args,
+        data,
+        f"recovered node {data['node_id']} in {data['state']}: {data['files']} files,"
+        f" {data['versions']} versions, {data['snapshots']} snapshots"
+        f" (catalog copy {data['catalog_seq']}). Start it with: lanvault node --dir {data['state']};"
+        f" then e.g. lanvault restore PATH --to DEST",
+    )
     return 0
 
 
@@ -468,6 +531,7 @@ def cmd_mount(args: argparse.Namespace, state: StateDir) -> int:
 
 COMMANDS = {
     "mount": cmd_mount,
+    "recover": cmd_recover,
     "init": cmd_init,
     "node": cmd_node,
     "backup": cmd_backup,

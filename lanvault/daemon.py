@@ -15,12 +15,14 @@ import trio
 
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
+from chunkstore.recovery import make_kit
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.store import ChunkStore
 from fs.versions import snapshot_name
 from node.identity import tls_contexts
 from node.node import Node, NodeConfig
 from node.owner import BackupError, Owner, Progress, RestoreError
+from node.safekeeping import Safekeeping
 from node.transport import PinStore, TLSNetwork
 
 from .control import Binary, Emit, OpError, serve_control
@@ -41,7 +43,7 @@ def _progress_event(report: Progress, started: float) -> dict[str, Any]:
 
 
 class Daemon:
-    def __init__(self, state: StateDir, config: Config) -> None:
+    def __init__(self, state: StateDir, config: Config, catalog_path: Path | None = None) -> None:
         self.state = state
         self.config = config
         self.store = ChunkStore.open(state.store_path)
@@ -71,7 +73,7 @@ class Daemon:
             self.store,
             network,
         )
-        self.catalog = CatalogDB(state.catalog_path)
+        self.catalog = CatalogDB(catalog_path or state.catalog_path)
         self.keys = KeyRing.from_master(state.master_key())
         self.outbox = ChunkStore.open(state.outbox_path, capacity=1 << 62)
         self.owner = Owner(
@@ -84,6 +86,20 @@ class Daemon:
             prune_interval=config.prune_interval,
         )
         self.started = time.time()
+        identity = state.identity()
+        kit: tuple[int, bytes] | None = None
+        if identity is None:
+            log.warning(
+                "this node has no recovery kit (made before they existed): a lost computer"
+                " cannot be recovered from the passphrase alone"
+            )
+        else:
+            blob = make_kit(
+                self.keys, identity.wrapped, identity.verifier, identity.credentials_blob()
+            )
+            kit = (time.time_ns(), blob)
+        self.safekeeping = Safekeeping(self.owner, lambda: state.config_path.read_bytes(), kit)
+        self.owner.safekeeping = self.safekeeping
 
     def close(self) -> None:
         self.outbox.close()
@@ -251,6 +267,14 @@ class Daemon:
                 else None
             },
             "scrub_bad_copies": self.node.last_scrub_bad,
+            "recovery": {
+                "kit": self.safekeeping.kit is not None,
+                "kit_holders": self.safekeeping.report.kit_holders,
+                "catalog_seq": self.safekeeping.report.catalog_seq,
+                "catalog_bytes": self.safekeeping.report.catalog_bytes,
+                "catalog_holders": self.safekeeping.report.manifest_holders,
+                "last_catalog_backup": self.safekeeping.report.last_catalog_backup or None,
+            },
             "bytes_received": self.node.holder.bytes_received,
             "bytes_sent": self.node.holder.bytes_sent,
         }

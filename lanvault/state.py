@@ -4,6 +4,7 @@
 STATE/config.json        node id, network id, listen address, peers, defaults
 STATE/keys/master.key    the master key wrapped under the passphrase (safe to copy anywhere)
 STATE/keys/master.raw    the master key itself, owner-readable only, so the daemon starts unattended
+STATE/keys/verifier      checks passphrase proofs for the recovery kit (one-way from the passphrase)
 STATE/tls/ca.pem         the network's CA certificate
 STATE/tls/node.pem/.key  this node's certificate and key
 STATE/tls/join-code      the join code (owner-readable only: it lets computers in)
@@ -28,7 +29,16 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from chunkstore.keys import new_master_key, unwrap_master_key, wrap_master_key
+import msgpack
+
+from chunkstore.keys import (
+    derive_wrapping_key,
+    kdf_params,
+    new_master_key,
+    unwrap_with_key,
+    wrap_master_key,
+)
+from chunkstore.recovery import kit_verifier
 from chunkstore.retention import DEFAULT_POLICY
 from node.identity import (
     NetworkCA,
@@ -172,6 +182,23 @@ class StateDir:
             ca_cert_pem=(tls / "ca.pem").read_bytes(),
         )
 
+    def identity(self) -> Identity | None:
+        """The recovery kit's content, or None for a node made before kits existed."""
+        try:
+            verifier = (self.root / "keys" / "verifier").read_bytes()
+        except FileNotFoundError:
+            return None
+        tls = self.root / "tls"
+        return Identity(
+            master=self.master_key(),
+            wrapped=self.wrapped_key(),
+            verifier=verifier,
+            join_code=self.join_code(),
+            node_cert=(tls / "node.pem").read_bytes(),
+            node_key=(tls / "node.key").read_bytes(),
+            config=self.config_path.read_bytes(),
+        )
+
     def tls_files(self) -> tuple[str, str]:
         return str(self.root / "tls" / "node.pem"), str(self.root / "tls" / "node.key")
 
@@ -223,28 +250,95 @@ def initialize(
     creds = issue_node_credentials(ca, node_id)
     master = master_key or new_master_key()
     wrapped = wrap_master_key(master, passphrase)
-    unwrap_master_key(wrapped, passphrase)  # never leave a key we could not open again
+    wrapping = derive_wrapping_key(passphrase, kdf_params(wrapped))
+    unwrap_with_key(wrapped, wrapping)  # never leave a key we could not open again
+    config = Config(
+        node_id=node_id,
+        network_id=ca.network_id,
+        listen=listen or f"127.0.0.1:{DEFAULT_PORT}",
+        peers=peers,
+        host_id=host_id or default_host_id(),
+    )
+    code = encode_join_code(ca)
+    install_state(
+        root,
+        Identity(
+            master=master,
+            wrapped=wrapped,
+            verifier=kit_verifier(wrapping),
+            join_code=code,
+            node_cert=creds.cert_pem,
+            node_key=creds.key_pem,
+            config=json.dumps(asdict(config), indent=2).encode(),
+        ),
+    )
+    return config, code
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Everything a node's state directory holds that cannot be re-created from the peers'
+    chunks: its keys, its credentials in the network, its config (the recovery kit's content)."""
+
+    master: bytes
+    wrapped: bytes
+    verifier: bytes
+    join_code: str
+    node_cert: bytes
+    node_key: bytes
+    config: bytes
+
+    def credentials_blob(self) -> bytes:
+        """What the recovery kit seals (the master key itself stays out: it is wrapped)."""
+        packed: bytes = msgpack.packb(
+            {
+                "join_code": self.join_code,
+                "node_cert": self.node_cert,
+                "node_key": self.node_key,
+                "config": self.config,
+            },
+            use_bin_type=True,
+        )
+        return packed
+
+    @classmethod
+    def from_kit(
+        cls, master: bytes, wrapped: bytes, verifier: bytes, credentials: bytes
+    ) -> Identity:
+        try:
+            fields = msgpack.unpackb(credentials, raw=False)
+            return cls(
+                master=master,
+                wrapped=wrapped,
+                verifier=verifier,
+                join_code=str(fields["join_code"]),
+                node_cert=bytes(fields["node_cert"]),
+                node_key=bytes(fields["node_key"]),
+                config=bytes(fields["config"]),
+            )
+        except Exception:  # any damage means the same: this kit cannot be used
+            raise CommandError("the recovery kit is damaged") from None
+
+
+def install_state(root: Path, identity: Identity, marker: str | None = None) -> None:
+    """Write a state directory aside, then move it into place (``root`` must not hold state)."""
+    ca = decode_join_code(identity.join_code)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".lanvault-init-", dir=root.parent))
     try:
         os.chmod(staging, 0o700)
         (staging / "keys").mkdir(mode=0o700)
         (staging / "tls").mkdir(mode=0o700)
-        write_private(staging / "keys" / "master.key", wrapped)
-        write_private(staging / "keys" / "master.raw", master)
+        write_private(staging / "keys" / "master.key", identity.wrapped)
+        write_private(staging / "keys" / "master.raw", identity.master)
+        write_private(staging / "keys" / "verifier", identity.verifier)
         write_private(staging / "tls" / "ca.pem", ca.cert_pem)
-        write_private(staging / "tls" / "node.pem", creds.cert_pem)
-        write_private(staging / "tls" / "node.key", creds.key_pem)
-        code = encode_join_code(ca)
-        write_private(staging / "tls" / "join-code", code.encode())
-        config = Config(
-            node_id=node_id,
-            network_id=ca.network_id,
-            listen=listen or f"127.0.0.1:{DEFAULT_PORT}",
-            peers=peers,
-            host_id=host_id or default_host_id(),
-        )
-        StateDir(staging).save_config(config)
+        write_private(staging / "tls" / "node.pem", identity.node_cert)
+        write_private(staging / "tls" / "node.key", identity.node_key)
+        write_private(staging / "tls" / "join-code", identity.join_code.encode())
+        write_private(staging / "config.json", identity.config)
+        if marker:
+            write_private(staging / marker, b"")
         if root.exists():
             if any(root.iterdir()):
                 raise CommandError(f"{root} exists and is not empty; refusing to mix state into it")
@@ -253,4 +347,3 @@ def initialize(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return config, code

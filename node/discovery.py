@@ -106,3 +106,31 @@ async def run_discovery(
                 if their_network != network_id or their_id == node_id:
                     continue
                 on_peer(their_id, with_source_host(their_address, source[0]), their_host)
+
+
+async def listen_for_nodes(
+    seconds: float, group: str = GROUP, port: int = PORT
+) -> list[tuple[str, int, str]]:
+    """(network id, node id, address) of every node heard announcing itself within ``seconds``
+    (any network: a computer recovering from nothing does not know its network yet)."""
+    receiver = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with contextlib.suppress(AttributeError, OSError):
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    heard: dict[tuple[str, int], str] = {}
+    with receiver:
+        try:
+            await receiver.bind(("", port))
+            membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("0.0.0.0"))
+            receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        except OSError as exc:
+            log.warning("cannot listen for LAN announcements: %s", exc)
+            return []
+        with trio.move_on_after(seconds):
+            while True:
+                data, source = await receiver.recvfrom(MAX_DATAGRAM + 1)
+                parsed = decode_announcement(data)
+                if parsed is not None:
+                    network, node_id, address, _host = parsed
+                    heard[(network, node_id)] = with_source_host(address, source[0])
+    return [(network, node_id, address) for (network, node_id), address in sorted(heard.items())]

@@ -8,17 +8,20 @@ is sent only after that commit returned.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from chunkstore.errors import (
+    CatalogFormatError,
     ChunkNotFoundError,
     CorruptChunkError,
     InvalidIdError,
     QuotaExceededError,
 )
+from chunkstore.recovery import RecoveryKit, parse_kit
 from chunkstore.store import ChunkStore, PutItem
 
 from .protocol import (
@@ -35,6 +38,10 @@ from .protocol import (
     GetChunks,
     GetMeta,
     Holding,
+    Kit,
+    KitChallenge,
+    KitProof,
+    KitRequest,
     Message,
     Meta,
     Ok,
@@ -52,6 +59,79 @@ from .protocol import (
 
 log = logging.getLogger(__name__)
 BATCH_LIMIT = 64
+KIT_BLOB = "recovery-kit"
+KIT_FIRST_DELAY = 1.0  # seconds between two passphrase proofs for one owner, doubled per failure
+KIT_MAX_DELAY = 60.0
+
+
+class KitGate:
+    """Hands out recovery kits on anonymous connections, to passphrase proofs only.
+
+    One proof per owner per second at most, the delay doubling after each failure (up to a
+    minute): the passphrase can be guessed online only, and slowly.
+    """
+
+    def __init__(self, store: ChunkStore, limiter: trio.CapacityLimiter) -> None:
+        self.store = store
+        self._limiter = limiter
+        self._next_try: dict[int, float] = {}
+        self._delay: dict[int, float] = {}
+        self._busy: dict[int, trio.Lock] = {}
+        self.refused = 0
+
+    async def _kit(self, owner: int) -> RecoveryKit | None:
+        found = await trio.to_thread.run_sync(
+            self.store.get_blob, owner, KIT_BLOB, limiter=self._limiter
+        )
+        if found is None:
+            return None
+        try:
+            return parse_kit(found[1])
+        except CatalogFormatError as exc:
+            log.warning("the recovery kit of node %d is damaged: %s", owner, exc)
+            return None
+
+    async def challenge(self, request: KitRequest, issued: set[bytes]) -> Message:
+        kit = await self._kit(request.owner)
+        if kit is None:
+            return Error(
+                request.req, ErrorCode.NOT_FOUND, f"no recovery kit for node {request.owner}"
+            )
+        nonce = secrets.token_bytes(32)
+        issued.add(nonce)
+        kdf = kit.kdf
+        return KitChallenge(request.req, kdf.opslimit, kdf.memlimit, kdf.salt, nonce)
+
+    async def answer(self, proof: KitProof, issued: set[bytes]) -> Message:
+        if proof.nonce not in issued:
+            return Error(proof.req, ErrorCode.FORBIDDEN, "that challenge was not issued here")
+        issued.discard(proof.nonce)  # one use
+        async with self._busy.setdefault(proof.owner, trio.Lock()):
+            wait = self._next_try.get(proof.owner, 0.0) - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
+            kit = await self._kit(proof.owner)
+            ok = kit is not None and kit.proof_matches(proof.owner, proof.nonce, proof.proof)
+            delay = (
+                KIT_FIRST_DELAY
+                if ok
+                else min(KIT_MAX_DELAY, 2 * self._delay.get(proof.owner, KIT_FIRST_DELAY / 2))
+            )
+            self._delay[proof.owner] = delay if not ok else KIT_FIRST_DELAY / 2
+            self._next_try[proof.owner] = trio.current_time() + delay
+        if kit is None or not ok:
+            self.refused += 1
+            log.warning(
+                "refused a recovery-kit request for node %d (wrong passphrase)", proof.owner
+            )
+            return Error(proof.req, ErrorCode.FORBIDDEN, "wrong passphrase")
+        log.info("handed the recovery kit of node %d to a passphrase proof", proof.owner)
+        found = await trio.to_thread.run_sync(
+            self.store.get_blob, proof.owner, KIT_BLOB, limiter=self._limiter
+        )
+        if found is None:
+            return Error(proof.req, ErrorCode.NOT_FOUND, "the recovery kit went away")
+        return Kit(proof.req, found[1])
 
 
 @dataclass(slots=True)

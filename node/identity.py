@@ -160,7 +160,10 @@ def _context(
     ctx = ssl.create_default_context(purpose, cadata=creds.ca_cert_pem.decode())
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False  # peers are named by the node id in their certificate, checked after
-    ctx.verify_mode = ssl.CERT_REQUIRED  # mutual authentication on both sides
+    # Mutual authentication: a server still accepts a client with *no* certificate, for the
+    # recovery-kit exchange only (docs/protocol.md); a client with a bad one is refused.
+    server = purpose == ssl.Purpose.CLIENT_AUTH
+    ctx.verify_mode = ssl.CERT_OPTIONAL if server else ssl.CERT_REQUIRED
     ctx.load_cert_chain(cert_file, key_file)
     return ctx
 
@@ -188,6 +191,17 @@ def node_id_from_certificate(der: bytes | None) -> int:
     if node_id >= 2**32:
         raise IdentityError("peer certificate names an out-of-range node id")
     return node_id
+
+
+def issued_by(der: bytes, ca_cert_pem: bytes) -> bool:
+    """Whether the certificate ``der`` was signed by this CA (checked after an anonymous TLS)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        ca = x509.load_pem_x509_certificate(ca_cert_pem)
+        cert.verify_directly_issued_by(ca)
+    except Exception:  # any failure means: not one of ours
+        return False
+    return True
 
 
 def certificate_fingerprint(der: bytes) -> str:

@@ -18,7 +18,7 @@ import trio
 from chunkstore.store import ChunkStore, StoredChunk
 
 from .discovery import run_discovery, with_source_host
-from .holder import HolderService
+from .holder import HolderService, KitGate
 from .membership import Membership
 from .placement import choose_targets
 from .pool import PeerPool
@@ -30,6 +30,8 @@ from .protocol import (
     Heartbeat,
     Hello,
     Holding,
+    KitProof,
+    KitRequest,
     Message,
     Online,
     ProtocolError,
@@ -99,6 +101,7 @@ class Node:
             on_removed=lambda _o, _a: self.request_repair(),
             on_corrupt=self._corrupt_copy_found,
         )
+        self.kits = KitGate(store, self.disk_limiter)
         self._repair_wanted = trio.Event()
         self._corrupt: set[tuple[int, bytes]] = set()
         self._gone_handled: set[int] = set()
@@ -162,6 +165,9 @@ class Node:
     async def _serve(self, auth: Authenticated) -> None:
         """One incoming connection: HELLO, then requests answered concurrently."""
         channel = Channel(auth, self.hello())
+        if auth.anonymous:
+            await self._serve_anonymous(channel)
+            return
         peer = auth.peer_id
         try:
             hello = await channel.handshake()
@@ -195,6 +201,33 @@ class Node:
                 log.warning("node %d broke the protocol: %s", peer, exc)
                 await channel.send_error(0, exc.code, str(exc))
             nursery.cancel_scope.cancel()  # the peer is gone: answers cannot be delivered
+
+    async def _serve_anonymous(self, channel: Channel) -> None:
+        """A computer without a certificate: only the recovery-kit exchange, one at a time."""
+        issued: set[bytes] = set()
+        try:
+            with trio.fail_after(120):  # a recovery takes seconds; nobody lingers here
+                await channel.handshake()
+                while True:
+                    message = await channel.receive()
+                    if isinstance(message, KitRequest):
+                        await channel.send(await self.kits.challenge(message, issued))
+                    elif isinstance(message, KitProof):
+                        await channel.send(await self.kits.answer(message, issued))
+                    else:
+                        raise ProtocolError(
+                            f"{type(message).__name__} needs a member's certificate"
+                        )
+        except ProtocolError as exc:
+            log.info("anonymous connection closed: %s", exc)
+            await channel.send_error(0, exc.code, str(exc))
+        except (
+            trio.TooSlowError,
+            trio.EndOfChannel,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ):
+            pass
 
     async def _answer(
         self, channel: Channel, message: Request, peer: int, slots: trio.Semaphore
@@ -281,8 +314,19 @@ class Node:
     ) -> None:
         task_status.started()
         while True:
-            with trio.move_on_after(self.config.repair_interval):
-                await self._repair_wanted.wait()
+            # A full pass every repair_interval, or at once when asked (a REMOVED notice, a
+            # corrupt copy) or when a peer has just been declared gone.
+            deadline = trio.current_time() + self.config.repair_interval
+            while not self._repair_wanted.is_set() and trio.current_time() < deadline:
+                with trio.move_on_at(
+                    min(deadline, trio.current_time() + self.config.heartbeat_interval)
+                ):
+                    await self._repair_wanted.wait()
+                if any(
+                    self.membership.is_gone(p.node_id) and p.node_id not in self._gone_handled
+                    for p in self.membership.peers()
+                ):
+                    break
             self._repair_wanted = trio.Event()
             corrupt, self._corrupt = self._corrupt, set()
             for owner, address in corrupt:

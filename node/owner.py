@@ -32,6 +32,7 @@ from chunkstore.store import ChunkStore
 
 from .node import Node
 from .protocol import MAX_BATCH, Chunk, ChunksMany, Delete, Deleted, GetChunk, GetChunks
+from .safekeeping import Safekeeping
 from .transport import PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,18 @@ class Owner:
         self._delete_lock = trio.Lock()  # held while owed deletes are being sent
         self._guard = SharedExclusive()
         self.last_backup_ns = catalog.get_setting("last_backup_ns")
+        self.safekeeping: Safekeeping | None = None  # set by the daemon: kit and catalog copies
         node.on_online.append(lambda _peer: self._tombstones_wanted.set())
-        node.pool.on_new_link = lambda _peer: self._tombstones_wanted.set()
+        node.pool.on_new_link = self._new_link
+
+    def _new_link(self, _peer: int) -> None:
+        self._tombstones_wanted.set()
+        if self.safekeeping is not None:
+            self.safekeeping.publish_wanted.set()
+
+    def _catalog_changed(self) -> None:
+        if self.safekeeping is not None:
+            self.safekeeping.catalog_changed()
 
     async def _db(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._db_limiter)
@@ -217,6 +228,8 @@ class Owner:
             nursery.start_soon(self._resume_loop)
             if self.retention is not None:
                 nursery.start_soon(self._prune_loop, self.retention)
+            if self.safekeeping is not None:
+                await nursery.start(self.safekeeping.run)
             task_status.started()
 
     # -- retention -----------------------------------------------------------------------
@@ -246,6 +259,8 @@ class Owner:
             )
         if report.chunks_orphaned and not dry_run:
             self._tombstones_wanted.set()
+        if not dry_run and (report.snapshots_dropped or report.versions_dropped):
+            self._catalog_changed()
         result: dict[str, object] = {
             "policy": policy.describe(),
             "dry_run": dry_run,
@@ -342,6 +357,7 @@ class Owner:
     async def _note_backup(self) -> None:
         self.last_backup_ns = time.time_ns()
         await self._db(self.catalog.set_setting, "last_backup_ns", self.last_backup_ns)
+        self._catalog_changed()
 
     async def _send(
         self, items: list[tuple[bytes, bytes, set[int]]], degree: int, report: Progress
@@ -882,9 +898,30 @@ class Owner:
             versions = [v for v, _ in await self._db(self.catalog.latest_versions, key)]
         else:
             versions = await self._db(self.catalog.versions_at, key, at_ns)
-        if not versions:
+        # Mounted trees below the path (e.g. `restore /` after a recovery) come back whole,
+        # as trees; their files are not restored a second time from the plain versions.
+        prefix = key.rstrip("/") + "/"
+        trees = []
+        for root in await self._db(self.catalog.roots):
+            if root.startswith(prefix):
+                if at_ns is None:
+                    seq = await self._db(self.catalog.latest_seq, root)
+                else:
+                    seq = await self._db(self.catalog.snapshot_at, root, at_ns)
+                if seq:
+                    trees.append((root, seq))
+        tree_prefixes = tuple(root.rstrip("/") + "/" for root, _seq in trees)
+        versions = [v for v in versions if not v.path.startswith(tree_prefixes)]
+        if not versions and not trees:
             raise RestoreError(f"{path}: nothing backed up under this path")
         report = Progress(files_total=len(versions), bytes_total=sum(v.size for v in versions))
+        for root, seq in trees:
+            target_root = dest / root[len(prefix) :] if dest is not None else None
+            done = await self._restore_tree(root, root, seq, target_root, progress)
+            report.files_done += done.files_done
+            report.files_total += done.files_total
+            report.bytes_done += done.bytes_done
+            report.bytes_total += done.bytes_total
         single = len(versions) == 1 and versions[0].path == key
         dest_is_dir = dest is not None and await trio.to_thread.run_sync(dest.is_dir)
         for version in versions:
@@ -979,6 +1016,7 @@ class Owner:
             raise BackupError(f"{path}: nothing backed up under this path")
         async with self._guard.exclusive():
             report = await self._db(self.catalog.delete_paths, paths, self._known_nodes())
+        self._catalog_changed()
         pending = await self.flush_tombstones()
         return {"files": len(paths), "chunks": len(report.orphaned), "pending_holders": pending}
 

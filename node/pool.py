@@ -162,10 +162,14 @@ class PeerPool:
                 continue
             self._nursery.start_soon(self._try_dial, address, delay)
         if gossip:
-            for node_id in self.linked():
-                reply = await self.request_quietly(node_id, lambda r: Status(r), 5)
-                if isinstance(reply, StatusReply):
-                    self._learn_from(reply)
+            await self.gossip()
+
+    async def gossip(self) -> None:
+        """Learn the peers our linked peers know of (STATUS replies list them)."""
+        for node_id in self.linked():
+            reply = await self.request_quietly(node_id, lambda r: Status(r), 5)
+            if isinstance(reply, StatusReply):
+                self._learn_from(reply)
 
     async def _try_dial(self, address: str, delay: float) -> None:
         try:

@@ -165,6 +165,15 @@ def _maybe_envelopes(v: Any) -> tuple[bytes, ...]:
     return tuple(b"" if x == b"" else _envelope(x) for x in v)
 
 
+def _fixed(size: int) -> Any:
+    def check(v: Any) -> bytes:
+        if type(v) is not bytes or len(v) != size:
+            raise ProtocolError(f"expected exactly {size} bytes")
+        return v
+
+    return check
+
+
 def _info(v: Any) -> dict[str, Any]:
     if type(v) is not dict or len(v) > 256 or any(type(k) is not str for k in v):
         raise ProtocolError("info must be a map with string keys")
@@ -400,6 +409,43 @@ class ChunksMany(Message):
     codes: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class KitRequest(Request):
+    """Anonymous connections only: ask for ``owner``'s recovery kit."""
+
+    TYPE: ClassVar[int] = 24
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32)
+    owner: int
+
+
+@dataclass(frozen=True, slots=True)
+class KitChallenge(Message):
+    TYPE: ClassVar[int] = 25
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u64, _u64, _fixed(16), _fixed(32))
+    req: int
+    opslimit: int
+    memlimit: int
+    salt: bytes
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KitProof(Request):
+    TYPE: ClassVar[int] = 26
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _fixed(32), _fixed(32))
+    owner: int
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Kit(Message):
+    TYPE: ClassVar[int] = 27
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _blob)
+    req: int
+    blob: bytes
+
+
 STORED_NEW: Final = 0
 STORED_ALREADY: Final = 1
 STORED_ERROR_BASE: Final = 100
@@ -431,6 +477,10 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
         StoredMany,
         GetChunks,
         ChunksMany,
+        KitRequest,
+        KitChallenge,
+        KitProof,
+        Kit,
     )
 }
 # Answers: messages that carry the ``req`` of a request they reply to.
@@ -445,6 +495,8 @@ ANSWER_TYPES: Final = (
     StatusReply,
     StoredMany,
     ChunksMany,
+    KitChallenge,
+    Kit,
 )
 
 

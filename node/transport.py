@@ -58,6 +58,8 @@ class Authenticated:
     stream: trio.abc.Stream
     peer_id: int
     remote_host: str = ""  # the far end's IP address, when the transport knows it
+    # No certificate at all: only the recovery-kit exchange is allowed (docs/protocol.md).
+    anonymous: bool = False
 
 
 Handler = Callable[[Authenticated], Awaitable[None]]
@@ -123,8 +125,11 @@ class TLSNetwork:
         self._pins = pins
         self._own_id = own_id
 
-    def _authenticate(self, stream: trio.SSLStream[trio.SocketStream]) -> int:
+    def _authenticate(self, stream: trio.SSLStream[trio.SocketStream]) -> int | None:
+        """The verified peer's node id; None for a client without a certificate."""
         der = stream.getpeercert(binary_form=True)
+        if not der:
+            return None
         peer_id = node_id_from_certificate(der)
         assert der is not None
         self._pins.check(peer_id, certificate_fingerprint(der))
@@ -142,6 +147,8 @@ class TLSNetwork:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await stream.do_handshake()
             peer_id = self._authenticate(stream)
+            if peer_id is None:
+                raise IdentityError("the peer presented no certificate")
         except (trio.BrokenResourceError, trio.TooSlowError, IdentityError, ssl.SSLError) as exc:
             await trio.aclose_forcefully(stream)
             raise PeerUnavailable(f"TLS with {address} failed: {exc}") from None
@@ -176,13 +183,46 @@ class TLSNetwork:
                 return
             try:
                 remote = tcp.socket.getpeername()[0]
-                await handler(Authenticated(stream, peer_id, remote))
+                if peer_id is None:
+                    await handler(Authenticated(stream, 0, remote, anonymous=True))
+                else:
+                    await handler(Authenticated(stream, peer_id, remote))
             finally:
                 await trio.aclose_forcefully(stream)
 
         async with trio.open_nursery() as nursery:
             task_status.started(actual)
             await trio.serve_listeners(on_connection, listeners, handler_nursery=nursery)
+
+
+async def connect_anonymous(address: str) -> tuple[Authenticated, bytes]:
+    """TLS without a certificate of our own (recovery): the stream and the server's certificate.
+
+    The server cannot be verified yet (we have no CA); the caller checks the returned
+    certificate against the CA it recovers before trusting anything else it got.
+    """
+    host, port = split_address(address)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            tcp = await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as exc:
+        raise PeerUnavailable(f"cannot connect to {address}: {exc or 'timeout'}") from None
+    stream = trio.SSLStream(tcp, ctx, server_hostname="lanvault-peer")
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            await stream.do_handshake()
+        der = stream.getpeercert(binary_form=True)
+        if not der:
+            raise IdentityError("the peer presented no certificate")
+        peer_id = node_id_from_certificate(der)
+    except (trio.BrokenResourceError, trio.TooSlowError, IdentityError, ssl.SSLError) as exc:
+        await trio.aclose_forcefully(stream)
+        raise PeerUnavailable(f"TLS with {address} failed: {exc}") from None
+    return Authenticated(stream, peer_id, host, anonymous=True), der
 
 
 class Channel:
@@ -201,6 +241,9 @@ class Channel:
             message = await self.receive()
         if not isinstance(message, Hello):  # Connection enforces this; keeps mypy informed
             raise ProtocolError("expected HELLO")
+        if self.auth.anonymous:
+            self.peer_hello = message  # an unknown computer: it may only ask for a kit
+            return message
         if message.node_id != self.peer_id:
             await self.send_error(
                 0, ErrorCode.FORBIDDEN, "HELLO names another node than the certificate"

@@ -23,6 +23,10 @@ from node.protocol import (
     Heartbeat,
     Hello,
     Holding,
+    Kit,
+    KitChallenge,
+    KitProof,
+    KitRequest,
     Message,
     Meta,
     Ok,
@@ -87,6 +91,19 @@ messages: st.SearchStrategy[Message] = st.one_of(
         req,
         st.dictionaries(st.text(max_size=10), st.integers(-(2**63), 2**64 - 1), max_size=5),
     ),
+    st.builds(KitRequest, req, u32),
+    st.builds(
+        KitChallenge,
+        req,
+        u64,
+        u64,
+        st.binary(min_size=16, max_size=16),
+        st.binary(min_size=32, max_size=32),
+    ),
+    st.builds(
+        KitProof, req, u32, st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32)
+    ),
+    st.builds(Kit, req, st.binary(max_size=500)),
 )
 
 

@@ -1,0 +1,308 @@
+"""What a lost computer needs to come back, kept by the peers: the owner's recovery kit and a
+copy of its catalog.
+
+* The **recovery kit** (``chunkstore/recovery.py``) is put on every node this one links to,
+  as the ``recovery-kit`` blob (PUTMETA), again whenever a new link comes up.
+* The **catalog** is copied (SQLite's online backup), split into 64,000-byte chunks,
+  encrypted and stored on the peers at the owner's default degree like any file; unchanged
+  chunks are not sent again. A **manifest** listing them, with a sequence number that only
+  grows, is then put on every linked node as the ``catalog`` blob. This happens a moment after
+  every backup commit (and at start); the previous copy's chunks are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from chunkstore.chunking import CHUNK_SIZE
+from chunkstore.envelope import chunk_address, seal_chunk
+from chunkstore.recovery import CatalogManifest, seal_manifest
+
+from .protocol import (
+    PROTOCOL_VERSION,
+    Error,
+    GetMeta,
+    Hello,
+    Kit,
+    KitChallenge,
+    KitProof,
+    KitRequest,
+    Meta,
+    ProtocolError,
+    PutMeta,
+)
+from .transport import Channel, PeerUnavailable, RemoteError, connect_anonymous
+
+if TYPE_CHECKING:
+    from .owner import Owner
+
+log = logging.getLogger(__name__)
+KIT_NAME = "recovery-kit"
+CATALOG_NAME = "catalog"
+SETTLE = 2.0  # seconds after a change before the catalog is copied (commits come in bursts)
+
+
+@dataclass(slots=True)
+class SafekeepingReport:
+    catalog_seq: int = 0
+    catalog_bytes: int = 0
+    catalog_chunks: int = 0
+    catalog_sent_bytes: int = 0
+    last_catalog_backup: float = 0.0
+    kit_holders: int = 0
+    manifest_holders: int = 0
+
+
+class Safekeeping:
+    def __init__(
+        self,
+        owner: Owner,
+        config_json: Callable[[], bytes],
+        kit: tuple[int, bytes] | None,
+        interval: float = 60.0,
+    ) -> None:
+        self.owner = owner
+        self.config_json = config_json
+        self.kit = kit  # (seq, blob); None when this node has no verifier to build one
+        self.interval = interval
+        self.manifest: tuple[int, bytes] | None = None
+        self._sent: dict[tuple[int, str], int] = {}  # (peer, name) -> seq it holds
+        self._fingerprint: tuple[int, ...] | None = None
+        self.changed = trio.Event()
+        self.publish_wanted = trio.Event()
+        self.report = SafekeepingReport()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._catalog_loop)
+            nursery.start_soon(self._publish_loop)
+            task_status.started()
+
+    def catalog_changed(self) -> None:
+        self.changed.set()
+
+    # -- the catalog ---------------------------------------------------------------------
+
+    async def _catalog_loop(self) -> None:
+        await trio.sleep(1)  # let the links come up
+        while True:
+            try:
+                await self.backup_catalog()
+            except Exception as exc:  # peers down, quota: try again later
+                log.info("catalog copy for the peers waits: %s", exc)
+            with trio.move_on_after(self.interval):
+                await self.changed.wait()
+            self.changed = trio.Event()
+            await trio.sleep(SETTLE)
+
+    async def backup_catalog(self, force: bool = False) -> bool:
+        """Put a fresh copy of the catalog on the peers if it changed; True if one was made."""
+        from .owner import Progress  # the owner module imports this one
+
+        owner = self.owner
+        catalog = owner.catalog
+        fingerprint = await owner._db(catalog.fingerprint)
+        if fingerprint == self._fingerprint and self.manifest is not None and not force:
+            return False
+        tmp = Path(str(catalog.path) + ".peers-copy")
+        try:
+            await trio.to_thread.run_sync(catalog.copy_to, tmp)
+            size = (await trio.to_thread.run_sync(os.stat, tmp)).st_size
+            addresses = await trio.to_thread.run_sync(
+                self._addresses, tmp, limiter=owner.node.cpu_limiter
+            )
+            degree = owner.default_degree
+            known = await owner._db(catalog.holders_many, addresses)
+            sent = 0
+            wanted = [
+                (no, a)
+                for no, a in enumerate(addresses)
+                if len({h for h in known[a] if not owner.node.membership.is_gone(h)}) < degree
+            ]
+            for i in range(0, len(wanted), 15):
+                batch = wanted[i : i + 15]
+                envelopes = await trio.to_thread.run_sync(
+                    self._seal, tmp, batch, limiter=owner.node.cpu_limiter
+                )
+                items = [
+                    (
+                        address,
+                        envelope,
+                        {h for h in known[address] if not owner.node.membership.is_gone(h)},
+                    )
+                    for (_no, address), envelope in zip(batch, envelopes, strict=True)
+                ]
+                report = Progress()
+                learned, failures = await owner._send(items, degree, report)
+                if learned:
+                    await owner._db(catalog.add_holders, learned)
+                if failures:
+                    raise RuntimeError(f"catalog copy: {failures[0]}")
+                sent += report.bytes_sent
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # small: not worth a thread
+        previous_seq = await owner._db(catalog.get_setting, "catalog_seq")
+        seq = max(previous_seq + 1, time.time_ns())
+        manifest = CatalogManifest(
+            owner.owner_id, seq, time.time_ns(), size, tuple(addresses), self.config_json()
+        )
+        blob = await trio.to_thread.run_sync(seal_manifest, owner.keys, manifest)
+        self.manifest = (seq, blob)
+        await owner._db(catalog.set_setting, "catalog_seq", seq)
+        holders = await self.publish()
+        obsolete = await owner._db(catalog.set_catalog_chunks, addresses)
+        if obsolete and holders:
+            await owner._db(catalog.schedule_deletes, obsolete, owner._known_nodes())
+            owner._tombstones_wanted.set()
+        self._fingerprint = fingerprint
+        self.report.catalog_seq = seq
+        self.report.catalog_bytes = size
+        self.report.catalog_chunks = len(addresses)
+        self.report.catalog_sent_bytes += sent
+        self.report.last_catalog_backup = time.time()
+        log.info(
+            "catalog copy %d on the peers: %d bytes in %d chunks (%d bytes sent), manifest on %d"
+            " nodes",
+            seq,
+            size,
+            len(addresses),
+            sent,
+            holders,
+        )
+        return True
+
+    def _addresses(self, path: Path) -> list[bytes]:
+        out = []
+        with open(path, "rb") as handle:
+            while True:
+                data = handle.read(CHUNK_SIZE)
+                out.append(chunk_address(self.owner.keys, data))
+                if len(data) < CHUNK_SIZE:
+                    return out  # the last chunk is shorter (empty for an exact multiple)
+
+    def _seal(self, path: Path, batch: list[tuple[int, bytes]]) -> list[bytes]:
+        out = []
+        with open(path, "rb") as handle:
+            for no, address in batch:
+                handle.seek(no * CHUNK_SIZE)
+                data = handle.read(CHUNK_SIZE)
+                if chunk_address(self.owner.keys, data) != address:
+                    raise RuntimeError("the catalog copy changed while it was read")
+                out.append(seal_chunk(self.owner.keys, address, data))
+        return out
+
+    # -- putting blobs on the peers ------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        while True:
+            try:
+                await self.publish()
+            except Exception:
+                log.exception("putting the recovery kit on the peers failed")
+            with trio.move_on_after(self.interval):
+                await self.publish_wanted.wait()
+            self.publish_wanted = trio.Event()
+
+    async def publish(self) -> int:
+        """Put the kit and the newest manifest on every up peer lacking them; returns how many
+        peers hold the newest manifest."""
+        node = self.owner.node
+        wanted = [(KIT_NAME, self.kit), (CATALOG_NAME, self.manifest)]
+
+        async def put(peer: int, name: str, seq: int, blob: bytes) -> None:
+            try:
+                await node.pool.request(
+                    peer,
+                    functools.partial(
+                        PutMeta, owner=self.owner.owner_id, name=name, seq=seq, blob=blob
+                    ),
+                    node.config.request_timeout,
+                )
+            except (PeerUnavailable, RemoteError) as exc:
+                log.info("%s not put on node %d yet: %s", name, peer, exc)
+                return
+            self._sent[(peer, name)] = seq
+
+        async with trio.open_nursery() as nursery:
+            for peer in node.membership.up_ids():
+                for name, item in wanted:
+                    if item is not None and self._sent.get((peer, name)) != item[0]:
+                        nursery.start_soon(put, peer, name, item[0], item[1])
+        kit_seq = self.kit[0] if self.kit else -1
+        manifest_seq = self.manifest[0] if self.manifest else -1
+        self.report.kit_holders = sum(
+            1 for (_p, n), s in self._sent.items() if n == KIT_NAME and s == kit_seq
+        )
+        self.report.manifest_holders = sum(
+            1 for (_p, n), s in self._sent.items() if n == CATALOG_NAME and s == manifest_seq
+        )
+        return self.report.manifest_holders
+
+
+async def newest_manifests(owner: Owner, name: str = CATALOG_NAME) -> list[tuple[int, int, bytes]]:
+    """(seq, peer, blob) of ``name`` from every up peer, highest seq first (not yet checked)."""
+    node = owner.node
+    found: list[tuple[int, int, bytes]] = []
+
+    async def ask(peer: int) -> None:
+        try:
+            answer = await node.pool.request(
+                peer,
+                functools.partial(GetMeta, owner=owner.owner_id, name=name),
+                node.config.request_timeout,
+            )
+        except (PeerUnavailable, RemoteError):
+            return
+        if isinstance(answer, Meta):
+            found.append((answer.seq, peer, answer.blob))
+
+    async with trio.open_nursery() as nursery:
+        for peer in node.membership.up_ids():
+            nursery.start_soon(ask, peer)
+    return sorted(found, reverse=True)
+
+
+async def fetch_kit(
+    address: str, owner: int, prove: Callable[[KitChallenge], Awaitable[bytes]]
+) -> tuple[bytes, bytes]:
+    """Ask the node at ``address`` for ``owner``'s recovery kit over an anonymous connection.
+
+    ``prove`` turns the challenge into the passphrase proof. Returns the kit and the server's
+    certificate (DER), which the caller must check against the CA inside the kit. Raises
+    ``PeerUnavailable`` or ``RemoteError`` (``NOT_FOUND``: no kit there; ``FORBIDDEN``: the
+    proof was refused).
+    """
+    auth, der = await connect_anonymous(address)
+    channel = Channel(auth, Hello((PROTOCOL_VERSION,), owner, "recovering", ""))
+    try:
+        with trio.fail_after(60):
+            await channel.handshake()
+            await channel.send(KitRequest(1, owner))
+            answer = await channel.receive()
+            if isinstance(answer, Error):
+                raise RemoteError(answer)
+            if not isinstance(answer, KitChallenge):
+                raise PeerUnavailable(f"{address} answered {type(answer).__name__}")
+            proof = await prove(answer)
+            await channel.send(KitProof(2, owner, answer.nonce, proof))
+            answer = await channel.receive()
+            if isinstance(answer, Error):
+                raise RemoteError(answer)
+            if not isinstance(answer, Kit):
+                raise PeerUnavailable(f"{address} answered {type(answer).__name__}")
+            return answer.blob, der
+    except (trio.TooSlowError, trio.EndOfChannel, trio.BrokenResourceError, ProtocolError) as exc:
+        raise PeerUnavailable(f"recovery exchange with {address} failed: {exc}") from None
+    finally:
+        await channel.aclose()

@@ -1,0 +1,92 @@
+"""The anonymous recovery channel on a real node over TLS: a computer without a certificate
+gets a recovery kit for a passphrase proof, and nothing else."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from chunkstore.keys import (
+    KdfParams,
+    KeyRing,
+    derive_wrapping_key,
+    kdf_params,
+    new_master_key,
+    wrap_master_key,
+)
+from chunkstore.recovery import kit_proof, kit_verifier, make_kit
+from chunkstore.store import ChunkStore
+from node.identity import create_network_ca
+from node.node import Node, NodeConfig
+from node.protocol import PROTOCOL_VERSION, Error, ErrorCode, Hello, KitChallenge, PutChunk
+from node.safekeeping import KIT_NAME, fetch_kit
+from node.transport import Channel, RemoteError, connect_anonymous
+from tests.node.test_transport import network_for
+
+
+@pytest.fixture
+async def serving(tmp_path: Path) -> AsyncIterator[tuple[str, ChunkStore]]:
+    store = ChunkStore.open(tmp_path / "store", capacity=10**9)
+    network = network_for(tmp_path, create_network_ca(), 1)
+    node = Node(NodeConfig(node_id=1, host_id="a", listen="127.0.0.1:0"), store, network)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(node.run)
+        yield str(address), store
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+def prover(passphrase: str, owner: int) -> object:
+    async def prove(challenge: KitChallenge) -> bytes:
+        params = KdfParams(challenge.opslimit, challenge.memlimit, challenge.salt)
+        key = await trio.to_thread.run_sync(derive_wrapping_key, passphrase, params)
+        return kit_proof(kit_verifier(key), owner, challenge.nonce)
+
+    return prove
+
+
+async def test_anonymous_clients_may_only_ask_for_a_kit(serving: tuple[str, ChunkStore]) -> None:
+    address, store = serving
+    auth, _der = await connect_anonymous(address)
+    channel = Channel(auth, Hello((PROTOCOL_VERSION,), 7, "stranger", ""))
+    try:
+        await channel.handshake()
+        envelope = bytes(100)
+        await channel.send(PutChunk(1, 7, bytes(32), 1, envelope))
+        answer = await channel.receive()
+        assert isinstance(answer, Error) and answer.code == ErrorCode.BAD_MESSAGE
+        with pytest.raises((trio.EndOfChannel, trio.BrokenResourceError)):
+            await channel.receive()
+    finally:
+        await channel.aclose()
+    assert store.chunk_count() == 0
+    # No kit stored for that owner: NOT_FOUND, and the passphrase is never asked for.
+    with pytest.raises(RemoteError) as info:
+        await fetch_kit(address, 7, prover("x", 7))  # type: ignore[arg-type]
+    assert info.value.code == ErrorCode.NOT_FOUND
+
+
+async def test_kit_for_the_passphrase_only_and_slowly(serving: tuple[str, ChunkStore]) -> None:
+    address, store = serving
+    master = new_master_key()
+    wrapped = wrap_master_key(master, "the passphrase")
+    verifier = kit_verifier(derive_wrapping_key("the passphrase", kdf_params(wrapped)))
+    blob = make_kit(KeyRing.from_master(master), wrapped, verifier, b"credentials")
+    store.put_blob(9, KIT_NAME, 1, blob)
+
+    got, der = await fetch_kit(address, 9, prover("the passphrase", 9))  # type: ignore[arg-type]
+    assert got == blob and der
+    started = time.monotonic()
+    for _ in range(2):
+        with pytest.raises(RemoteError) as info:
+            await fetch_kit(address, 9, prover("a guess", 9))  # type: ignore[arg-type]
+        assert info.value.code == ErrorCode.FORBIDDEN
+    # Guessing is slow: after the right proof one per second, then the delay doubles.
+    assert time.monotonic() - started >= 1.5
+    # A proof for another owner's challenge, or a nonce never issued, is refused.
+    with pytest.raises(RemoteError):
+        await fetch_kit(address, 9, prover("the passphrase", 10))  # type: ignore[arg-type]
