@@ -72,6 +72,15 @@ def _moment(text: str) -> int:
     return int(moment.timestamp() * 1e9)
 
 
+def _host_port(text: str) -> str:
+    if text == "off":
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r} (expected HOST:PORT)")
+    return text
+
+
 def _policy(text: str) -> str:
     try:
         return RetentionPolicy.parse(text).describe()
@@ -149,6 +158,12 @@ def build_parser() -> Parser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="announce this node and find peers on the LAN by multicast (default on)",
+    )
+    p.add_argument(
+        "--metrics",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics ('off' to stop)",
     )
     p.add_argument("--heartbeat", type=_duration, help=argparse.SUPPRESS)
     p.add_argument("--repair-interval", type=_duration, help=argparse.SUPPRESS)
@@ -396,6 +411,8 @@ def cmd_node(args: argparse.Namespace, state: StateDir) -> int:
         config.quota = args.quota
     if args.discovery is not None:
         config.discovery = args.discovery
+    if args.metrics is not None:
+        config.metrics = "" if args.metrics == "off" else args.metrics
     state.save_config(config)
     if args.quota is not None:
         from chunkstore.store import ChunkStore

@@ -111,6 +111,10 @@ class Daemon:
             address = await nursery.start(self.node.run)
             await nursery.start(self.owner.run)
             await nursery.start(serve_control, self.state.socket_path, self.handlers())
+            if self.config.metrics:
+                from .metrics import serve_metrics  # prometheus_client only when asked for
+
+                await nursery.start(serve_metrics, self, self.config.metrics)
             task_status.started(address)
 
     # -- control operations --------------------------------------------------------------

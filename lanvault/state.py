@@ -99,6 +99,7 @@ class Config:
     version_interval: float = 2.0  # least seconds between two versions of one file (mount)
     retention: str = DEFAULT_POLICY  # which snapshots and versions are kept (see retention.py)
     prune_interval: float = 3600.0  # how often the retention policy is applied
+    metrics: str = ""  # HOST:PORT of the Prometheus endpoint; "" = off
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Config:

@@ -69,6 +69,25 @@ class NodeConfig:
     discovery_port: int = 7421
 
 
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(slots=True)
+class LatencyStats:
+    """How long answering one kind of request took (cumulative buckets, as Prometheus has)."""
+
+    count: int = 0
+    total: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        for index, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.buckets[index] += 1
+
+
 @dataclass(slots=True)
 class RepairReport:
     checked: int = 0
@@ -102,6 +121,7 @@ class Node:
             on_corrupt=self._corrupt_copy_found,
         )
         self.kits = KitGate(store, self.disk_limiter)
+        self.latency: dict[str, LatencyStats] = {}  # request type -> time to answer it
         self._repair_wanted = trio.Event()
         self._corrupt: set[tuple[int, bytes]] = set()
         self._gone_handled: set[int] = set()
@@ -232,8 +252,11 @@ class Node:
     async def _answer(
         self, channel: Channel, message: Request, peer: int, slots: trio.Semaphore
     ) -> None:
+        started = trio.current_time()
         try:
             answer = await self.holder.handle(message, peer)
+            kind = type(message).__name__
+            self.latency.setdefault(kind, LatencyStats()).observe(trio.current_time() - started)
             await channel.send(answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 KIT_NAME = "recovery-kit"
 CATALOG_NAME = "catalog"
 SETTLE = 2.0  # seconds after a change before the catalog is copied (commits come in bursts)
+FIRST_COPY_DELAY = 10.0
 
 
 @dataclass(slots=True)
@@ -94,7 +95,7 @@ class Safekeeping:
     # -- the catalog ---------------------------------------------------------------------
 
     async def _catalog_loop(self) -> None:
-        await trio.sleep(1)  # let the links come up
+        await trio.sleep(FIRST_COPY_DELAY)  # let the links come up and placement know them
         while True:
             try:
                 await self.backup_catalog()
@@ -114,6 +115,8 @@ class Safekeeping:
         fingerprint = await owner._db(catalog.fingerprint)
         if fingerprint == self._fingerprint and self.manifest is not None and not force:
             return False
+        if not any(fingerprint):
+            return False  # nothing backed up yet: nothing a recovery could bring back
         tmp = Path(str(catalog.path) + ".peers-copy")
         try:
             await trio.to_thread.run_sync(catalog.copy_to, tmp)

@@ -235,3 +235,39 @@ def test_versions_and_restore_at_a_time(cluster4: ProcessCluster, tmp_path: Path
     bad = cluster4.cli(1, "restore", path, "--at", "yesterday-ish", check=False)
     assert bad.returncode == 2 and "invalid time" in bad.stderr
     assert "no snapshots" in cluster4.cli(1, "versions").stdout
+
+
+def test_metrics_endpoint_and_status_for_people(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from .procs import free_port
+
+    port = free_port()
+    cluster4.kill(1)
+    cluster4.start(1, "--metrics", f"127.0.0.1:{port}")
+    cluster4.wait_mesh()
+    src = tmp_path / "src"
+    make_tree(src, big=500_000)
+    cluster4.cli(1, "backup", src)
+    cluster4.cli(2, "restore", src, check=False)  # node 2 has none: an error, and a request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        assert reply.status == 200
+        text = reply.read().decode()
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["lanvault_peers_up"] == 3
+    assert values["lanvault_store_capacity_bytes"] == 2e9
+    assert values["lanvault_versions"] >= 4
+    assert values["lanvault_last_backup_timestamp_seconds"] > 0
+    assert "lanvault_request_seconds_bucket" in text
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=10)
+    assert info.value.code == 404
+    info.value.close()
+    human = cluster4.cli(1, "status").stdout
+    assert "chunks below their degree: 0" in human and "recovery:" in human
+    assert sum(1 for line in human.splitlines() if " up " in line) == 4
