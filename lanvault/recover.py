@@ -146,12 +146,16 @@ async def restore_catalog(state: StateDir, config: Config, say: Progress) -> dic
         # Every reachable peer is asked (the highest catalog wins): learn them from the
         # first ones, then give the links a moment to come up.
         membership = daemon.node.membership
-        for _ in range(50):
+        steady = 0  # rounds in which nothing new was learned and everyone known was up
+        previous: set[int] = set()
+        for _ in range(60):
             await daemon.node.pool.gossip()
-            known = [p.node_id for p in membership.peers() if not membership.is_gone(p.node_id)]
-            if len(known) > 0 and set(known) <= set(membership.up_ids()):
+            known = {p.node_id for p in membership.peers() if not membership.is_gone(p.node_id)}
+            steady = steady + 1 if known == previous and known <= set(membership.up_ids()) else 0
+            if steady >= 4:  # about two seconds without news: we know whom we can reach
                 break
-            await trio.sleep(0.2)
+            previous = known
+            await trio.sleep(0.5)
         up = daemon.node.membership.up_ids()
         if not up:
             raise CommandError("no peer could be reached to fetch the catalog from")

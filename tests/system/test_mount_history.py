@@ -4,6 +4,7 @@ after SOURCE is gone."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import random
@@ -59,6 +60,11 @@ def all_safe(cluster: ProcessCluster, source: Path) -> bool:
         ):
             return False
     return True
+
+
+def iso_utc(seconds: float) -> str:
+    """A moment as `restore --at` takes it, to the microsecond."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
 
 
 def digest(path: Path) -> str:
@@ -192,7 +198,7 @@ def test_whole_tree_restored_as_of_a_time_from_the_peers(
         then.pop("versions", None)
         then = {k: v for k, v in then.items() if not k.startswith("versions/")}
         time.sleep(1.1)
-        moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 0.5)) + "Z"
+        moment = iso_utc(time.time() - 0.5)
         time.sleep(1.1)
         # Later changes that must not show in a restore as of `moment`.
         (mnt / "docs" / "a.txt").write_text("changed")

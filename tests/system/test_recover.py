@@ -14,7 +14,7 @@ import pytest
 from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
 
 from .procs import ProcessCluster, lanvault
-from .test_mount_history import all_safe, tree_of
+from .test_mount_history import all_safe, iso_utc, tree_of
 
 pytestmark = [pytest.mark.fuse, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ def test_recover_a_lost_node_with_only_the_passphrase(
         os.listdir(mnt / "versions")
         first = {k: v for k, v in tree_of(mnt).items() if not k.startswith("versions")}
         time.sleep(1.1)
-        moment = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 0.5)) + "Z"
+        moment = iso_utc(time.time() - 0.5)
         time.sleep(1.1)
         # Node 4 stops now: it keeps an older catalog copy, which must not win later.
         cluster4.wait(lambda: catalog_on_peers(cluster4, 0), 30, "first catalog copy out")
