@@ -255,16 +255,17 @@ class ChunkStore:
         All-or-nothing on refusal: if the batch would exceed the quota nothing is written.
         """
         for item in items:
-            self._validate_put(item)
+            self.check_item(item)
         # Hash outside the lock, so one caller's hashing overlaps another's flush.
         digests = [hashlib.sha256(item.envelope).digest() for item in items]
         with self._lock:
             self._ensure_open()
             fresh: dict[tuple[int, bytes], tuple[PutItem, bytes]] = {}
             written: list[bool] = []
+            held = self._held_pairs([(i.owner, i.address) for i in items])
             for item, digest in zip(items, digests, strict=True):
                 key = (item.owner, item.address)
-                is_new = key not in fresh and self._location(item.owner, item.address) is None
+                is_new = key not in fresh and key not in held
                 if is_new:
                     fresh[key] = (item, digest)
                 written.append(is_new)
@@ -289,7 +290,8 @@ class ChunkStore:
                 self._used += needed
             return written
 
-    def _validate_put(self, item: PutItem) -> None:
+    def check_item(self, item: PutItem) -> None:
+        """Refuse (``InvalidIdError``) what ``put_many`` would refuse, before any I/O."""
         validate_owner(item.owner)
         validate_address(item.address)
         if not isinstance(item.envelope, bytes):
@@ -381,7 +383,27 @@ class ChunkStore:
         wanted = [validate_address(a) for a in addresses]
         with self._lock:
             self._ensure_open()
-            return {a for a in wanted if self._location(owner, a) is not None}
+            return {a for o, a in self._held_pairs([(owner, a) for a in wanted])}
+
+    def _held_pairs(self, pairs: list[tuple[int, bytes]]) -> set[tuple[int, bytes]]:
+        """Which (owner, address) pairs are held: one query per 400, not one per chunk."""
+        held: set[tuple[int, bytes]] = set()
+        by_owner: dict[int, list[bytes]] = {}
+        for owner, address in pairs:
+            by_owner.setdefault(owner, []).append(address)
+        for owner, addresses in by_owner.items():
+            unique = list(dict.fromkeys(addresses))
+            for i in range(0, len(unique), 400):
+                batch = unique[i : i + 400]
+                marks = ",".join("?" * len(batch))
+                held.update(
+                    (owner, bytes(row[0]))
+                    for row in self._db.execute(
+                        f"SELECT address FROM chunks WHERE owner=? AND address IN ({marks})",
+                        (owner, *batch),
+                    )
+                )
+        return held
 
     def get(self, owner: int, address: bytes) -> bytes:
         """Return the verified envelope; ``CorruptChunkError`` if the bytes rotted."""

@@ -136,10 +136,11 @@ class KitGate:
 
 @dataclass(slots=True)
 class _PendingPut:
-    item: PutItem
+    """One request's chunks, stored together in the next group commit."""
+
+    items: list[PutItem]
     done: trio.Event = field(default_factory=trio.Event)
-    stored: bool = False
-    error: BaseException | None = None
+    results: list[bool | BaseException] = field(default_factory=list)
 
 
 class HolderService:
@@ -167,44 +168,59 @@ class HolderService:
         task_status.started()
         async for first in self._receive.clone():
             batch = [first]
-            while len(batch) < BATCH_LIMIT:
+            count = len(first.items)
+            while count < BATCH_LIMIT:
                 try:
-                    batch.append(self._receive.receive_nowait())
+                    more = self._receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+                batch.append(more)
+                count += len(more.items)
             await self._commit(batch)
 
     async def _commit(self, batch: list[_PendingPut]) -> None:
+        items = [item for pending in batch for item in pending.items]
         try:
-            results = await trio.to_thread.run_sync(
-                self.store.put_many, [p.item for p in batch], limiter=self._limiter
+            stored = await trio.to_thread.run_sync(
+                self.store.put_many, items, limiter=self._limiter
             )
-            for pending, stored in zip(batch, results, strict=True):
-                pending.stored = stored
+            flat: list[bool | BaseException] = list(stored)
         except QuotaExceededError:
             # Sort out which of the batch fit, one by one.
-            for pending in batch:
+            flat = []
+            for item in items:
                 try:
-                    [pending.stored] = await trio.to_thread.run_sync(
-                        self.store.put_many, [pending.item], limiter=self._limiter
+                    [one] = await trio.to_thread.run_sync(
+                        self.store.put_many, [item], limiter=self._limiter
                     )
+                    flat.append(one)
                 except Exception as exc:
-                    pending.error = exc
+                    flat.append(exc)
         except Exception as exc:
-            log.error("storing a batch of %d chunks failed: %s", len(batch), exc)
-            for pending in batch:
-                pending.error = exc
+            log.error("storing a batch of %d chunks failed: %s", len(items), exc)
+            flat = [exc] * len(items)
         finally:
+            position = 0
             for pending in batch:
+                if len(flat) == len(items):
+                    pending.results = flat[position : position + len(pending.items)]
+                else:  # cancelled half-way: nothing is known to be stored
+                    pending.results = [OSError("the store was interrupted")] * len(pending.items)
+                position += len(pending.items)
                 pending.done.set()
 
-    async def put(self, item: PutItem) -> bool:
-        pending = _PendingPut(item)
+    async def put_batch(self, items: list[PutItem]) -> list[bool | BaseException]:
+        """Store chunks durably (group commit); per chunk, whether it is new, or the error."""
+        pending = _PendingPut(items)
         await self._send.send(pending)
         await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.stored
+        return pending.results
+
+    async def put(self, item: PutItem) -> bool:
+        [result] = await self.put_batch([item])
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def _get_many(
         self, owner: int, addresses: tuple[bytes, ...]
@@ -248,22 +264,25 @@ class HolderService:
             return Stored(req, message.address, stored)
         if isinstance(message, PutChunks):
             results = [STORED_NEW] * len(message.chunks)
-
-            async def one(index: int, address: bytes, envelope: bytes) -> None:
+            valid: list[tuple[int, PutItem]] = []
+            for index, (address, envelope) in enumerate(message.chunks):
+                item = PutItem(message.owner, address, envelope, message.degree)
                 try:
-                    new = await self.put(PutItem(message.owner, address, envelope, message.degree))
-                    results[index] = STORED_NEW if new else STORED_ALREADY
-                    self.bytes_received += len(envelope)
-                except QuotaExceededError:
-                    results[index] = STORED_ERROR_BASE + ErrorCode.QUOTA_EXCEEDED
+                    self.store.check_item(item)  # a bad one must not sink the others
+                    valid.append((index, item))
                 except InvalidIdError:
                     results[index] = STORED_ERROR_BASE + ErrorCode.BAD_MESSAGE
-                except OSError:
+            outcomes = await self.put_batch([item for _i, item in valid]) if valid else []
+            for (index, item), outcome in zip(valid, outcomes, strict=True):
+                if isinstance(outcome, QuotaExceededError):
+                    results[index] = STORED_ERROR_BASE + ErrorCode.QUOTA_EXCEEDED
+                elif isinstance(outcome, InvalidIdError):
+                    results[index] = STORED_ERROR_BASE + ErrorCode.BAD_MESSAGE
+                elif isinstance(outcome, BaseException):
                     results[index] = STORED_ERROR_BASE + ErrorCode.INTERNAL
-
-            async with trio.open_nursery() as nursery:
-                for index, (address, envelope) in enumerate(message.chunks):
-                    nursery.start_soon(one, index, address, envelope)
+                else:
+                    results[index] = STORED_NEW if outcome else STORED_ALREADY
+                    self.bytes_received += len(item.envelope)
             return StoredMany(req, tuple(results))
         if isinstance(message, GetChunks):
             envelopes, codes = await trio.to_thread.run_sync(

@@ -602,7 +602,8 @@ class Connection:
             raise ProtocolError(f"frame length {length} outside 1..{MAX_FRAME}")
         if len(self._buffer) < _LENGTH.size + length:
             return self._end_or_need()
-        payload = bytes(self._buffer[_LENGTH.size : _LENGTH.size + length])
+        with memoryview(self._buffer) as view:  # one copy of the payload, not two
+            payload = bytes(view[_LENGTH.size : _LENGTH.size + length])
         del self._buffer[: _LENGTH.size + length]
         message = decode_payload(payload)
         if self.peer_hello is None:

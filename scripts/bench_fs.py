@@ -231,6 +231,16 @@ def main() -> int:
                     raise SystemExit("small files not safe after 900 s")
             r["create_safe_s"] = time.perf_counter() - created
 
+            log("listing versions/ …")
+            start = time.perf_counter()
+            names = os.listdir(mnt / "versions")
+            r["list_snapshots_s"] = time.perf_counter() - start
+            r["snapshots"] = len(names) - 1
+            start = time.perf_counter()
+            listed = len(os.listdir(mnt / "versions" / "latest" / "many"))
+            r["list_files_s"] = time.perf_counter() - start
+            assert listed == args.files
+
             log("reading the big file from versions/ with only the peers holding it …")
             snapshot = sorted(n for n in os.listdir(mnt / "versions") if n != "latest")[-1]
             os.unlink(big)
@@ -281,7 +291,9 @@ def main() -> int:
         f" {r['create_direct_files_s']:.0f} files/s; all safe {r['create_safe_s']:.1f} s later"
     )
     print(
-        f"  versions/ read from the peers: {r['versions_read_mb_s']:.0f} MB/s (target >= 100 MB/s)"
+        f"  versions/ read from the peers: {r['versions_read_mb_s']:.0f} MB/s (target >= 100 MB/s);"
+        f" listing {r['snapshots']} snapshots {r['list_snapshots_s'] * 1e3:.0f} ms, a folder of"
+        f" {args.files} files in one {r['list_files_s'] * 1e3:.0f} ms"
     )
     rss = {k: v for k, v in r.items() if k.startswith("rss_")}
     print("  peak RSS: " + ", ".join(f"{k[4:-3]} {v:.0f} MB" for k, v in rss.items()))
