@@ -371,6 +371,23 @@ class CatalogDB:
         with self._tx() as db:
             db.execute("UPDATE versions SET complete=? WHERE file_id=?", (int(complete), file_id))
 
+    def set_complete_many(self, file_ids: Iterable[bytes]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE versions SET complete=1 WHERE file_id=?", [(f,) for f in file_ids]
+            )
+
+    def pending_addresses(self) -> set[bytes]:
+        """Chunk addresses of every version not yet at its degree."""
+        with self._reading() as db:
+            return {
+                bytes(r[0])
+                for r in db.execute(
+                    "SELECT c.address FROM version_chunks c JOIN versions v ON v.id = c.version_id"
+                    " WHERE v.complete=0 AND v.removed=0"
+                )
+            }
+
     def incomplete_versions(self) -> list[FileVersion]:
         with self._reading() as db:
             rows = db.execute(

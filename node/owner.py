@@ -497,39 +497,51 @@ class Owner:
     async def _ensure_version(
         self, version: FileVersion, report: Progress, progress: ProgressFn | None
     ) -> None:
-        """Bring every chunk of a recorded version to its degree, then mark it complete.
+        """Bring every chunk of a recorded version to its degree, then mark it complete."""
+        done = await self._ensure_versions([version], report, progress)
+        if not done:
+            raise BackupError(f"{version.path}: some chunks are not yet at degree {version.degree}")
 
-        A missing copy is made from the outbox (chunks a mount cut aside), else from the file
-        itself if that chunk still has the same content; otherwise the version stays pending.
-        Chunks travel in batches (one PUTCHUNKS per holder), several batches at once.
+    async def _ensure_versions(
+        self, versions: list[FileVersion], report: Progress, progress: ProgressFn | None
+    ) -> list[FileVersion]:
+        """Bring recorded versions' chunks to their degree; mark complete those that made it.
+
+        All the versions' missing chunks travel together, in batches of one PUTCHUNKS per
+        holder, several batches at once (10,000 small files are a few hundred requests, not
+        10,000). A missing copy is made from the outbox (chunks a mount cut aside), else from
+        the file itself if that chunk still has the same content; otherwise its version stays
+        pending. Completed versions are recorded in one transaction.
         """
-        known = await self._db(self.catalog.holders_many, version.chunks)
-        missing: dict[bytes, int] = {}
-        for no, address in enumerate(version.chunks):
-            holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
-            if len(holders) < version.degree and address not in missing:
-                missing[address] = no
-        unreachable = 0
-        short: list[str] = []
+        addresses = list(dict.fromkeys(a for v in versions for a in v.chunks))
+        known = await self._db(self.catalog.holders_many, addresses)
+        live = {
+            a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
+        }
+        wanted: dict[bytes, tuple[int, FileVersion, int]] = {}  # address -> degree, version, no
+        for version in versions:
+            for no, address in enumerate(version.chunks):
+                if len(live[address]) >= version.degree:
+                    continue
+                degree = max(version.degree, wanted[address][0] if address in wanted else 0)
+                wanted[address] = (degree, version, no)
+        by_degree: dict[int, list[tuple[bytes, FileVersion, int]]] = {}
+        for address, (degree, version, no) in wanted.items():
+            by_degree.setdefault(degree, []).append((address, version, no))
         window = trio.Semaphore(8)  # batches in flight
-        wanted = list(missing.items())
 
-        async def one_batch(batch: list[tuple[bytes, int]]) -> None:
-            nonlocal unreachable
+        async def one_batch(degree: int, batch: list[tuple[bytes, FileVersion, int]]) -> None:
             try:
                 envelopes = await trio.to_thread.run_sync(
-                    self._envelopes_for, version, batch, limiter=self.node.disk_limiter
+                    self._envelopes_for, batch, limiter=self.node.disk_limiter
                 )
-                items = []
-                for (address, _no), envelope in zip(batch, envelopes, strict=True):
-                    if envelope is None:
-                        unreachable += 1
-                        continue
-                    holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
-                    items.append((address, envelope, holders))
+                items = [
+                    (address, envelope, live[address])
+                    for (address, _v, _no), envelope in zip(batch, envelopes, strict=True)
+                    if envelope is not None
+                ]
                 if items:
-                    learned, failures = await self._send(items, version.degree, report)
-                    short.extend(failures)
+                    learned, _short = await self._send(items, degree, report)
                     if learned:
                         await self._db(self.catalog.add_holders, learned)
                 if progress:
@@ -538,23 +550,20 @@ class Owner:
                 window.release()
 
         async with trio.open_nursery() as nursery:
-            for i in range(0, len(wanted), READ_BATCH):
-                await window.acquire()
-                nursery.start_soon(one_batch, wanted[i : i + READ_BATCH])
-        if unreachable or short:
-            raise BackupError(
-                f"{version.path}: {unreachable + len(short)} chunks not yet at degree"
-                f" {version.degree}"
-            )
-        await self._db(self.catalog.set_complete, version.file_id)
-        if self.outbox is not None:
-            await trio.to_thread.run_sync(self._release_outbox, version)
-        await self._note_backup()
+            for degree, entries in by_degree.items():
+                for i in range(0, len(entries), READ_BATCH):
+                    await window.acquire()
+                    nursery.start_soon(one_batch, degree, entries[i : i + READ_BATCH])
+        complete = [v for v in versions if all(len(live[a]) >= v.degree for a in v.chunks)]
+        if complete:
+            await self._db(self.catalog.set_complete_many, [v.file_id for v in complete])
+            if self.outbox is not None:
+                await trio.to_thread.run_sync(self._release_outbox, complete)
+            await self._note_backup()
+        return complete
 
-    def _envelopes_for(
-        self, version: FileVersion, batch: list[tuple[bytes, int]]
-    ) -> list[bytes | None]:
-        return [self._envelope_for(version, no, address) for address, no in batch]
+    def _envelopes_for(self, batch: list[tuple[bytes, FileVersion, int]]) -> list[bytes | None]:
+        return [self._envelope_for(version, no, address) for address, version, no in batch]
 
     def _envelope_for(self, version: FileVersion, no: int, address: bytes) -> bytes | None:
         if self.outbox is not None:
@@ -572,12 +581,12 @@ class Owner:
             return None  # the file moved on since this version: its copy is in the outbox or lost
         return seal_chunk(self.keys, address, data)
 
-    def _release_outbox(self, version: FileVersion) -> None:
-        """Drop outbox chunks that no pending version needs any more."""
+    def _release_outbox(self, versions: list[FileVersion]) -> None:
+        """Drop outbox chunks of these (now safe) versions that no pending version needs."""
         assert self.outbox is not None
-        still_needed = {a for v in self.catalog.incomplete_versions() for a in v.chunks}
-        done = [a for a in set(version.chunks) if a not in still_needed]
-        self.outbox.delete_many(self.owner_id, done)
+        still_needed = self.catalog.pending_addresses()
+        done = {a for v in versions for a in v.chunks} - still_needed
+        self.outbox.delete_many(self.owner_id, sorted(done))
 
     def kick(self) -> None:
         """Look at pending versions now (a mount just cut one)."""
@@ -589,11 +598,15 @@ class Owner:
                 await self._resume_wanted.wait()
             self._resume_wanted = trio.Event()
             pending = await self._db(self.catalog.incomplete_versions)
-            for version in pending:
+            for i in range(0, len(pending), 2000):  # bounded memory for a huge backlog
+                batch = pending[i : i + 2000]
                 try:
-                    await self._ensure_version(version, Progress(), None)
-                except (BackupError, OSError) as exc:
-                    log.info("pending backup of %s still waits: %s", version.path, exc)
+                    done = await self._ensure_versions(batch, Progress(), None)
+                except OSError as exc:
+                    log.warning("sending pending backups failed: %s", exc)
+                    continue
+                if len(done) < len(batch):
+                    log.info("%d pending versions still wait for copies", len(batch) - len(done))
 
     # -- restore -------------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from chunkstore.chunking import split_bytes
+from chunkstore.envelope import chunk_address
+from chunkstore.keys import KeyRing
 from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
 
 from .procs import ProcessCluster
@@ -79,6 +82,7 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
     mount, source, mnt = start_mount(cluster4, tmp_path)
     synced: dict[str, bytes] = {}  # the last fsync'd content of each name
     overwritten: set[str] = set()  # names written again after their last fsync
+    history: dict[str, list[bytes]] = {}
     stop = threading.Event()
 
     def writer() -> None:
@@ -88,6 +92,7 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
             data = rng.randbytes(rng.choice([100, 70_000, 3_000_000, rng.randint(0, 9_000_000)]))
             if name in synced:
                 overwritten.add(name)
+            history.setdefault(name, []).append(data)
             try:
                 fd = os.open(mnt / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
@@ -112,7 +117,12 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
         assert synced, "the writer got nothing fsync'd before the kill"
         for name, data in synced.items():
             if name not in overwritten:
-                assert (source / name).read_bytes() == data, f"fsync'd {name} damaged"
+                current = (source / name).read_bytes()
+                known = [i for i, d in enumerate(history[name]) if d == current]
+                assert current == data, (
+                    f"fsync'd {name} damaged: holds write {known} of"
+                    f" {len(history[name])} ({len(current)} bytes, synced {len(data)})"
+                )
         mount.start()  # catches up with what the dead mount did not record
         cluster4.wait(lambda: all_safe(cluster4, source), 120, "every file safe after remount")
         for path in source.iterdir():
@@ -138,12 +148,25 @@ def test_prune_drops_old_snapshots_and_deletes_their_chunks(
         snapshots = [n for n in os.listdir(mnt / "versions") if n != "latest"]
         assert len(snapshots) >= 5
 
-        def held_for_owner_1() -> int:
-            return sum(
-                1 for n in (2, 3, 4) for c in cluster4.json(n, "state")["stored"] if c["owner"] == 1
-            )
+        # The chunks of the three older versions, as the owner addresses them.
+        keys = KeyRing.from_master((cluster4.nodes[1].state / "keys" / "master.raw").read_bytes())
+        old = {
+            chunk_address(keys, piece).hex()
+            for data in contents[:-1]
+            for piece in split_bytes(data)
+        }
+        kept = {chunk_address(keys, piece).hex() for piece in split_bytes(contents[-1])}
+        assert len(old) == 3 * 4 and not old & kept
 
-        before = held_for_owner_1()
+        def held() -> set[str]:
+            return {
+                c["chunk"]
+                for n in (2, 3, 4)
+                for c in cluster4.json(n, "state")["stored"]
+                if c["owner"] == 1
+            }
+
+        assert old <= held()
         time.sleep(3)
         dry = cluster4.json(1, "prune", "--keep", "all:2s", "--dry-run")
         assert dry["snapshots_dropped"] == len(snapshots) - 1 and dry["dry_run"]
@@ -155,7 +178,8 @@ def test_prune_drops_old_snapshots_and_deletes_their_chunks(
         assert (mnt / "versions" / "latest" / "report.odt").read_bytes() == contents[-1]
         assert (mnt / "versions" / "latest" / "keep.txt").read_text() == "kept"
         # The holders really give the space back, and what is kept stays at its degree.
-        cluster4.wait(lambda: held_for_owner_1() <= before - 3 * 4 * 2, 30, "chunks deleted")
+        cluster4.wait(lambda: not old & held(), 30, "old chunks deleted from every holder")
+        assert kept <= held()
         assert all_safe(cluster4, source)
         history = cluster4.json(1, "versions", source / "report.odt")["versions"]
         assert len(history) == 1
