@@ -34,6 +34,7 @@ CACHE_CHUNKS = 320  # about 20 MB of recently read chunks (more than the read-ah
 ReadChunks = Callable[[FileVersion, list[int]], Awaitable[list[bytes]]]
 READ_AHEAD = 96  # chunks (about 6 MB) fetched ahead of a sequential reader
 VERSION_CACHE = 64  # versions of recently read files (a big file's list of chunks is long)
+LISTING_CACHE = 32  # folders of snapshots recently listed
 FETCH_BATCH = 16  # chunks per request to the daemon
 
 
@@ -72,6 +73,8 @@ class VersionsView:
         self.top = self._inode(Node(0, "", TREE_DIR))
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._versions: OrderedDict[bytes, FileVersion] = OrderedDict()
+        self._listings: OrderedDict[int, list[tuple[str, int]]] = OrderedDict()
+        self._sizes: dict[bytes, int] = {}  # fileId -> size (a version never changes)
         self._fetching: dict[bytes, trio.Event] = {}
         self._failed: dict[bytes, BaseException] = {}
         self._next_expected: dict[int, int] = {}  # inode -> chunk a sequential reader reads next
@@ -145,11 +148,11 @@ class VersionsView:
             entry.st_mode = ModeT(stat.S_IFLNK | 0o777)
             entry.st_size = len(event.target.encode())
         else:
-            version = self._version_of(event.file_id)
+            size = self._size_of(event.file_id)
             # The entry's mode: a chmod after the content was saved is recorded there.
             entry.st_mode = ModeT(stat.S_IFREG | (stat.S_IMODE(event.mode) & 0o555))
-            entry.st_size = version.size
-            entry.st_blocks = (version.size + 511) // 512
+            entry.st_size = size
+            entry.st_blocks = (size + 511) // 512
         entry.st_nlink = 1
         entry.st_mtime_ns = entry.st_ctime_ns = entry.st_atime_ns = event.mtime_ns
         return entry
@@ -180,11 +183,29 @@ class VersionsView:
             return [(name, self.lookup(inode, name)) for name in sorted(self._snapshots())]
         if node.kind != TREE_DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        cached = self._listings.get(inode)
+        if cached is not None:  # a snapshot never changes: readdir comes back in pieces
+            self._listings.move_to_end(inode)
+            return cached
         out = []
-        for event in self.catalog.tree_children(self.root, node.path, node.seq):
+        children = self.catalog.tree_children(self.root, node.path, node.seq)
+        files = [e.file_id for e in children if e.kind == TREE_FILE]
+        if files:
+            self._sizes.update(self.catalog.version_sizes(files))
+        for event in children:
             path = f"{node.path}/{event.name}" if node.path else event.name
             out.append((event.name, self._inode(Node(node.seq, path, event.kind, event))))
+        self._listings[inode] = out
+        while len(self._listings) > LISTING_CACHE:
+            self._listings.popitem(last=False)
         return out
+
+    def _size_of(self, file_id: bytes) -> int:
+        size = self._sizes.get(file_id)
+        if size is None:
+            size = self._version_of(file_id).size
+            self._sizes[file_id] = size
+        return size
 
     def readlink(self, inode: int) -> FileNameT:
         node = self.node(inode)
