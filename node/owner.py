@@ -643,6 +643,27 @@ class Owner:
                 delay = min(delay * 2, 5.0)
         raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
 
+    async def _get_envelopes(self, holder: int, addresses: list[bytes]) -> dict[bytes, bytes]:
+        """One GETCHUNKS: the envelopes ``holder`` gave (not yet verified); {} if it failed."""
+        try:
+            answer = await self.node.pool.request(
+                holder,
+                functools.partial(GetChunks, owner=self.owner_id, addresses=tuple(addresses)),
+                self.node.config.request_timeout,
+            )
+        except (PeerUnavailable, RemoteError) as exc:
+            log.info("batch from node %d failed: %s", holder, exc)
+            return {}
+        if not isinstance(answer, ChunksMany) or len(answer.codes) != len(addresses):
+            return {}
+        return {
+            address: envelope
+            for address, envelope, code in zip(
+                addresses, answer.envelopes, answer.codes, strict=True
+            )
+            if code == 0
+        }
+
     async def fetch_many(self, addresses: list[bytes]) -> list[bytes]:
         """Verified plaintexts of our chunks at ``addresses``, fetched in parallel.
 
@@ -672,25 +693,9 @@ class Owner:
             return opened, failed
 
         async def from_holder(holder: int, batch: list[bytes]) -> None:
-            try:
-                answer = await self.node.pool.request(
-                    holder,
-                    functools.partial(GetChunks, owner=self.owner_id, addresses=tuple(batch)),
-                    self.node.config.request_timeout,
-                )
-            except (PeerUnavailable, RemoteError) as exc:
-                log.info("batch from node %d failed: %s", holder, exc)
-                leftovers.extend(batch)
-                return
-            if not isinstance(answer, ChunksMany) or len(answer.codes) != len(batch):
-                leftovers.extend(batch)
-                return
-            items = []
-            for address, envelope, code in zip(batch, answer.envelopes, answer.codes, strict=True):
-                if code == 0:
-                    items.append((address, envelope))
-                else:
-                    leftovers.append(address)
+            got = await self._get_envelopes(holder, batch)
+            leftovers.extend(a for a in batch if a not in got)
+            items = list(got.items())
             opened, failed = await trio.to_thread.run_sync(
                 open_many, items, limiter=self.node.cpu_limiter
             )
@@ -799,31 +804,9 @@ class Owner:
                 return done, failed
 
             async def from_holder(holder: int, nos: list[int], leftovers: list[int]) -> None:
-                try:
-                    answer = await self.node.pool.request(
-                        holder,
-                        functools.partial(
-                            GetChunks,
-                            owner=self.owner_id,
-                            addresses=tuple(version.chunks[no] for no in nos),
-                        ),
-                        self.node.config.request_timeout,
-                    )
-                except (PeerUnavailable, RemoteError) as exc:
-                    log.info("batch from node %d failed: %s", holder, exc)
-                    leftovers.extend(nos)
-                    return
-                if not isinstance(answer, ChunksMany) or len(answer.codes) != len(nos):
-                    leftovers.extend(nos)
-                    return
-                fetched = [
-                    (no, envelope)
-                    for no, envelope, code in zip(nos, answer.envelopes, answer.codes, strict=True)
-                    if code == 0
-                ]
-                leftovers.extend(
-                    no for no, code in zip(nos, answer.codes, strict=True) if code != 0
-                )
+                got = await self._get_envelopes(holder, [version.chunks[no] for no in nos])
+                fetched = [(no, got[version.chunks[no]]) for no in nos if version.chunks[no] in got]
+                leftovers.extend(no for no in nos if version.chunks[no] not in got)
                 written, failed = await trio.to_thread.run_sync(
                     open_and_write, fetched, limiter=self.node.cpu_limiter
                 )

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,17 +91,30 @@ def node_state(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mounted(tmp_path: Path, node_state: Path) -> Iterator[Mount]:
+def mount_with(tmp_path: Path, node_state: Path) -> Iterator[Callable[..., Mount]]:
+    """Start a mount of a fresh SOURCE with extra `lanvault mount` options; stopped after."""
     why = fuse_available()
     if why:
         pytest.skip(why)
     sweep_stale_mounts()
-    source, mountpoint = tmp_path / "source", tmp_path / "mnt"
-    source.mkdir()
-    mountpoint.mkdir()
-    mount = Mount(node_state, source, mountpoint, tmp_path / "mount.log")
-    mount.start()
+    started: list[Mount] = []
+
+    def start(*extra: str) -> Mount:
+        source, mountpoint = tmp_path / "source", tmp_path / "mnt"
+        source.mkdir(exist_ok=True)
+        mountpoint.mkdir(exist_ok=True)
+        mount = Mount(node_state, source, mountpoint, tmp_path / "mount.log", extra=extra)
+        mount.start()
+        started.append(mount)
+        return mount
+
     try:
-        yield mount
+        yield start
     finally:
-        mount.stop()
+        for mount in started:
+            mount.stop()
+
+
+@pytest.fixture
+def mounted(mount_with: Callable[..., Mount]) -> Mount:
+    return mount_with()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from .conftest import Mount, fuse_available, sweep_stale_mounts
+from .conftest import Mount
 
 pytestmark = [pytest.mark.fuse, pytest.mark.slow]
 
@@ -22,40 +22,30 @@ def generation_of(data: bytes) -> set[int]:
 
 
 def test_versions_cut_while_the_file_is_rewritten_are_never_torn(
-    tmp_path: Path, node_state: Path
+    mount_with: Callable[..., Mount],
 ) -> None:
-    why = fuse_available()
-    if why:
-        pytest.skip(why)
-    sweep_stale_mounts()
-    source, mnt = tmp_path / "source", tmp_path / "mnt"
-    source.mkdir()
-    mnt.mkdir()
-    mount = Mount(node_state, source, mnt, tmp_path / "mount.log", extra=("--min-interval", "0"))
-    mount.start()
-    try:
-        path = mnt / "busy.bin"
-        deadline = time.monotonic() + 8
-        generation = 0
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        while time.monotonic() < deadline:
-            generation = generation % 250 + 1
-            block = bytes([generation]) * CHUNK
-            # Chunks in an order a cut does not read in: back to front.
-            for no in reversed(range(CHUNKS)):
-                os.pwrite(fd, block, no * CHUNK)
-            # A version is cut here, and the next generation starts at once, racing it.
-            os.fsync(fd) if generation % 3 == 0 else os.close(os.dup(fd))
-        os.close(fd)
-        snapshots = [n for n in os.listdir(mnt / "versions") if n != "latest"]
-        assert len(snapshots) >= 5, snapshots
-        seen = set()
-        for name in snapshots:
-            data = (mnt / "versions" / name / "busy.bin").read_bytes()
-            assert len(data) == CHUNKS * CHUNK
-            mixed = generation_of(data)
-            assert len(mixed) == 1, f"snapshot {name} mixes generations {sorted(mixed)}"
-            seen |= mixed
-        assert len(seen) >= 3  # the test did race several cuts
-    finally:
-        mount.stop()
+    mount = mount_with("--min-interval", "0")
+    mnt = mount.mountpoint
+    path = mnt / "busy.bin"
+    deadline = time.monotonic() + 8
+    generation = 0
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    while time.monotonic() < deadline:
+        generation = generation % 250 + 1
+        block = bytes([generation]) * CHUNK
+        # Chunks in an order a cut does not read in: back to front.
+        for no in reversed(range(CHUNKS)):
+            os.pwrite(fd, block, no * CHUNK)
+        # A version is cut here, and the next generation starts at once, racing it.
+        os.fsync(fd) if generation % 3 == 0 else os.close(os.dup(fd))
+    os.close(fd)
+    snapshots = [n for n in os.listdir(mnt / "versions") if n != "latest"]
+    assert len(snapshots) >= 5, snapshots
+    seen = set()
+    for name in snapshots:
+        data = (mnt / "versions" / name / "busy.bin").read_bytes()
+        assert len(data) == CHUNKS * CHUNK
+        mixed = generation_of(data)
+        assert len(mixed) == 1, f"snapshot {name} mixes generations {sorted(mixed)}"
+        seen |= mixed
+    assert len(seen) >= 3  # the test did race several cuts
