@@ -147,6 +147,14 @@ class _Location:
     digest: bytes
 
 
+@dataclass(slots=True)
+class _Reservation:
+    """Where a put's records go: byte ranges at segments' ends, written outside the lock."""
+
+    groups: list[tuple[int, int, int, list[bytes]]] = field(default_factory=list)
+    placed: list[tuple[int, int]] = field(default_factory=list)  # (segment, offset) per record
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -158,8 +166,9 @@ def _fsync_dir(path: Path) -> None:
 class ChunkStore:
     """A content-addressed, per-owner, quota-limited, crash-safe chunk store.
 
-    Thread-safe: index and appends are serialised by one lock; reads of chunk bytes happen
-    outside it.
+    Thread-safe. The lock covers the index and the reservation of space at a segment's end;
+    writing and flushing a reserved range happen outside it, so one writer's ``fdatasync``
+    overlaps another's work. A record is indexed only after its own flush returned.
     """
 
     def __init__(self, root: Path, conn: sqlite3.Connection, capacity: int) -> None:
@@ -170,7 +179,9 @@ class ChunkStore:
         self._capacity = capacity
         self._used = self._query_int("SELECT COALESCE(SUM(length), 0) FROM chunks")
         self._read_fds: dict[int, int] = {}
-        self._active: tuple[int, int, int] | None = None  # (segment, fd, size)
+        self._active: tuple[int, int] | None = None  # (segment, reserved size) appended to
+        self._write_fds: dict[int, list[int]] = {}  # segment -> [fd, reservations in flight]
+        self._reserved = 0  # bytes of puts written but not yet indexed (counted in the quota)
         existing = self._segment_numbers()
         self._next_segment = (max(existing) + 1) if existing else 1
         self._closed = False
@@ -200,9 +211,10 @@ class ChunkStore:
             if self._closed:
                 return
             self._closed = True
-            if self._active is not None:
-                os.close(self._active[1])
-                self._active = None
+            self._active = None
+            for fd, _inflight in self._write_fds.values():
+                os.close(fd)
+            self._write_fds.clear()
             for fd in self._read_fds.values():
                 os.close(fd)
             self._read_fds.clear()
@@ -270,24 +282,52 @@ class ChunkStore:
                     fresh[key] = (item, digest)
                 written.append(is_new)
             needed = sum(len(i.envelope) for i, _ in fresh.values())
-            if needed and self._used + needed > self._capacity:
+            if needed and self._used + self._reserved + needed > self._capacity:
                 raise QuotaExceededError(
                     f"quota exceeded: {needed} bytes do not fit in "
-                    f"{self.free_bytes} free of {self._capacity}"
+                    f"{max(0, self.free_bytes - self._reserved)} free of {self._capacity}"
                 )
-            if fresh:
-                placed = self._append_records(list(fresh.values()))
-                now = time.time()
+            if not fresh:
+                return written
+            records = list(fresh.values())
+            reservation = self._reserve(records)
+            self._reserved += needed
+        failed = True
+        try:
+            self._write_reserved(reservation)  # outside the lock: flushes overlap
+            failed = False
+        finally:
+            with self._lock:
+                self._reserved -= needed
+                self._release(reservation, failed)
+        with self._lock:
+            # A concurrent put of the same chunk may have been indexed meanwhile: its copy
+            # stands, ours is garbage for compaction, and this chunk is "already held".
+            now_held = self._held_pairs(list(fresh))
+            now = time.time()
+            rows = []
+            added = 0
+            for (item, digest), (segment, offset) in zip(records, reservation.placed, strict=True):
+                if (item.owner, item.address) in now_held:
+                    continue
+                size = len(item.envelope)
+                rows.append(
+                    (item.owner, item.address, segment, offset, size, digest, item.degree, now)
+                )
+                added += len(item.envelope)
+            if rows:
                 with self._transaction():
                     self._db.executemany(
                         "INSERT INTO chunks(owner, address, segment, offset, length, digest,"
                         " degree, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            (it.owner, it.address, seg, off, len(it.envelope), dig, it.degree, now)
-                            for (it, dig), (seg, off) in zip(fresh.values(), placed, strict=True)
-                        ],
+                        rows,
                     )
-                self._used += needed
+                self._used += added
+            if now_held:
+                written = [
+                    w and (i.owner, i.address) not in now_held
+                    for w, i in zip(written, items, strict=True)
+                ]
             return written
 
     def check_item(self, item: PutItem) -> None:
@@ -307,66 +347,94 @@ class ChunkStore:
             raise InvalidIdError(f"invalid degree {item.degree!r}: expected 1..{MAX_DEGREE}")
 
     def _append_records(self, items: Sequence[tuple[PutItem, bytes]]) -> list[tuple[int, int]]:
-        """Append ``(item, sha256 of envelope)`` records, flush; return (segment, offset) each."""
+        """Append records and flush them, lock held (compaction); (segment, offset) each."""
+        reservation = self._reserve(items)
+        failed = True
         try:
-            return self._append_records_unguarded(items)
-        except OSError:
-            # A failed write may leave a partial record: never append after it.
-            self._retire_active()
-            raise
+            self._write_reserved(reservation)
+            failed = False
+        finally:
+            self._release(reservation, failed)
+        return reservation.placed
 
-    def _append_records_unguarded(
-        self, items: Sequence[tuple[PutItem, bytes]]
-    ) -> list[tuple[int, int]]:
-        placed: list[tuple[int, int]] = []
-        pending: list[bytes] = []
-        segment, fd, size = self._active_segment()
+    def _reserve(self, items: Sequence[tuple[PutItem, bytes]]) -> _Reservation:
+        """Room for ``(item, sha256 of envelope)`` records at the segments' end (lock held)."""
+        reservation = _Reservation()
+        segment, size = self._active_segment()
+        start, parts = size, list[bytes]()
         for item, digest in items:
             record_size = RECORD_HEADER.size + len(item.envelope)
             if size > 0 and size + record_size > SEGMENT_LIMIT:
-                self._write_all(fd, pending)
-                pending = []
-                os.fdatasync(fd)
+                self._add_group(reservation, segment, start, parts)
+                self._active = (segment, size)
                 self._retire_active()
-                segment, fd, size = self._active_segment()
-            header = RECORD_HEADER.pack(
-                RECORD_MAGIC, item.owner, item.address, len(item.envelope), digest
+                segment, size = self._active_segment()
+                start, parts = size, list[bytes]()
+            parts.append(
+                RECORD_HEADER.pack(
+                    RECORD_MAGIC, item.owner, item.address, len(item.envelope), digest
+                )
             )
-            pending.append(header)
-            pending.append(item.envelope)
-            placed.append((segment, size))
+            parts.append(item.envelope)
+            reservation.placed.append((segment, size))
             size += record_size
-        self._write_all(fd, pending)
-        os.fdatasync(fd)
-        self._active = (segment, fd, size)
-        return placed
+        self._add_group(reservation, segment, start, parts)
+        self._active = (segment, size)
+        return reservation
+
+    def _add_group(
+        self, reservation: _Reservation, segment: int, start: int, parts: list[bytes]
+    ) -> None:
+        if parts:
+            entry = self._write_fds[segment]
+            entry[1] += 1
+            reservation.groups.append((segment, entry[0], start, parts))
 
     @staticmethod
-    def _write_all(fd: int, parts: list[bytes]) -> None:
-        if not parts:
-            return
-        data = b"".join(parts)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+    def _write_reserved(reservation: _Reservation) -> None:
+        for _segment, fd, offset, parts in reservation.groups:
+            view = memoryview(b"".join(parts))
+            position = offset
+            while view:
+                written = os.pwrite(fd, view, position)
+                view = view[written:]
+                position += written
+            os.fdatasync(fd)
 
-    def _active_segment(self) -> tuple[int, int, int]:
+    def _release(self, reservation: _Reservation, failed: bool) -> None:
+        """The reservation's writes are over (lock held). A failed write may leave a partial
+        record: nothing is ever appended after it (the segment is retired)."""
+        for segment, _fd, _offset, _parts in reservation.groups:
+            self._write_fds[segment][1] -= 1
+            if failed and self._active is not None and self._active[0] == segment:
+                self._retire_active()
+            self._close_if_done(segment)
+
+    def _close_if_done(self, segment: int) -> None:
+        entry = self._write_fds.get(segment)
+        active = self._active[0] if self._active is not None else None
+        if entry is not None and entry[1] == 0 and segment != active:
+            os.close(entry[0])
+            del self._write_fds[segment]
+
+    def _active_segment(self) -> tuple[int, int]:
         if self._active is not None:
             return self._active
         number = self._next_segment
         self._next_segment += 1
         path = self._segment_path(number)
-        # No O_APPEND (it costs ~15% here): only this store writes, always at the end it tracks.
+        # No O_APPEND: only this store writes, always at offsets it reserved.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         _fsync_dir(self._segments_dir)  # the new name must survive a crash too
-        self._active = (number, fd, 0)
+        self._write_fds[number] = [fd, 0]
+        self._active = (number, 0)
         return self._active
 
     def _retire_active(self) -> None:
         if self._active is not None:
-            os.close(self._active[1])
+            segment = self._active[0]
             self._active = None
+            self._close_if_done(segment)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -656,14 +724,14 @@ class ChunkStore:
         freed = 0
         with self._lock:
             self._ensure_open()
-            active = self._active[0] if self._active else None
+            busy = set(self._write_fds)  # being appended to, or writes still in flight
             live_by_segment = dict(
                 self._db.execute(
                     f"SELECT segment, SUM(length + {RECORD_HEADER.size}) FROM chunks GROUP BY segment"
                 ).fetchall()
             )
             for number in self._segment_numbers():
-                if number == active:
+                if number in busy:
                     continue
                 size = self._segment_path(number).stat().st_size
                 garbage = size - int(live_by_segment.get(number, 0))
