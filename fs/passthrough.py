@@ -39,6 +39,7 @@ class _Handle:
     fd: int
     inode: int
     writable: bool
+    wrote: bool = False  # a write came through this handle
 
 
 @dataclass(slots=True)
@@ -636,13 +637,16 @@ class PassthroughOps(pyfuse3.Operations):
                     self.capture.before_write(handle.inode, off, len(buf))
                 written = os.pwrite(fh, buf, off)
                 self.dirty.write(handle.inode, off, written)
+                handle.wrote = True
                 return written
 
     async def flush(self, fh: FileHandleT) -> None:
         # close() waits for flush (release comes later, asynchronously): cutting here means a
         # file is recorded by the time the program that wrote it has closed it.
         handle = self.handles.get(fh)
-        if handle is not None and handle.writable:
+        # A handle that wrote nothing (a shell's `> file` closes a duplicate before writing)
+        # leaves its file to the release: an empty first version would be noise.
+        if handle is not None and handle.writable and handle.wrote:
             await self._cut(handle.inode, fh)
 
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
