@@ -72,25 +72,42 @@ async def serve_control(
             async def emit(event: dict[str, Any]) -> None:
                 await stream.send_all(json.dumps(event).encode() + b"\n")
 
-            try:
-                request = json.loads(line)
-                if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-                    raise OpError("malformed request")
-                handler = handlers.get(request["op"])
-                if handler is None:
-                    raise OpError(f"unknown operation {request['op']!r}")
-                data_out = await handler(request, emit)
-                if isinstance(data_out, Binary):
-                    head = {"event": "result", "ok": True, "data": data_out.data}
-                    head["blob_bytes"] = len(data_out.blob)
-                    await stream.send_all(json.dumps(head).encode() + b"\n" + data_out.blob)
-                else:
-                    await emit({"event": "result", "ok": True, "data": data_out})
-            except (OpError, ValueError) as exc:
-                await emit({"event": "result", "ok": False, "error": str(exc)})
-            except Exception as exc:
-                log.exception("control operation failed")
-                await emit({"event": "result", "ok": False, "error": f"internal error: {exc}"})
+            async def answer() -> None:
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                        raise OpError("malformed request")
+                    handler = handlers.get(request["op"])
+                    if handler is None:
+                        raise OpError(f"unknown operation {request['op']!r}")
+                    data_out = await handler(request, emit)
+                    if isinstance(data_out, Binary):
+                        head = {"event": "result", "ok": True, "data": data_out.data}
+                        head["blob_bytes"] = len(data_out.blob)
+                        await stream.send_all(json.dumps(head).encode() + b"\n" + data_out.blob)
+                    else:
+                        await emit({"event": "result", "ok": True, "data": data_out})
+                except (OpError, ValueError) as exc:
+                    await emit({"event": "result", "ok": False, "error": str(exc)})
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the CLI went away: nothing to answer, nothing to report
+                except Exception as exc:
+                    log.exception("control operation failed")
+                    await emit({"event": "result", "ok": False, "error": f"internal error: {exc}"})
+
+            async def watch_hangup(scope: trio.CancelScope) -> None:
+                # The CLI sends nothing after its request: the end of its stream means it
+                # was interrupted (Ctrl-C), and the operation stops (a restore resumes later).
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while await stream.receive_some(4096):
+                        pass
+                log.info("a command was interrupted; its operation stops")
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_hangup, nursery.cancel_scope)
+                await answer()
+                nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the CLI went away (Ctrl-C); the operation's own effects stand
         finally:

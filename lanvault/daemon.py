@@ -303,7 +303,10 @@ class Daemon:
         async def forward() -> None:
             while not done.is_set():
                 if latest:
-                    await emit(latest.pop())
+                    try:
+                        await emit(latest.pop())
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the CLI went away; the control socket stops the work
                 with trio.move_on_after(0.5):
                     await done.wait()
 

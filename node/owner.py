@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -203,6 +203,7 @@ class Owner:
         self._resume_wanted = trio.Event()
         self.outbox = outbox
         self._delete_lock = trio.Lock()  # held while owed deletes are being sent
+        self._restoring: dict[str, list[Any]] = {}  # destination -> [lock, users]
         self._guard = SharedExclusive()
         self.last_backup_ns = catalog.get_setting("last_backup_ns")
         self.safekeeping: Safekeeping | None = None  # set by the daemon: kit and catalog copies
@@ -755,6 +756,7 @@ class Owner:
         report: Progress | None = None,
         mode: int | None = None,
         mtime_ns: int | None = None,
+        progress: ProgressFn | None = None,
     ) -> None:
         """Write ``version`` to ``dest`` atomically (temp file, fsync, rename) with mode and times.
 
@@ -762,7 +764,33 @@ class Owner:
         left alone, and the chunks already in an interrupted restore's temporary file are
         verified and kept rather than fetched again.
         """
-        report = report or Progress()
+        async with self._destination_lock(dest):  # two restores never share a temp file
+            await self._restore_version(
+                version, dest, report or Progress(), mode, mtime_ns, progress
+            )
+
+    @contextlib.asynccontextmanager
+    async def _destination_lock(self, dest: Path) -> AsyncIterator[None]:
+        key = str(dest)
+        entry = self._restoring.setdefault(key, [trio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._restoring[key]
+
+    async def _restore_version(
+        self,
+        version: FileVersion,
+        dest: Path,
+        report: Progress,
+        mode: int | None,
+        mtime_ns: int | None,
+        progress: ProgressFn | None,
+    ) -> None:
         mode = version.mode if mode is None else mode
         mtime_ns = version.mtime_ns if mtime_ns is None else mtime_ns
         if await trio.to_thread.run_sync(_already_restored, dest, version.size, mode, mtime_ns):
@@ -834,6 +862,8 @@ class Owner:
                     async with trio.open_nursery() as inner:
                         for holder, nos in groups.items():
                             inner.start_soon(from_holder, holder, nos, leftovers)
+                    if progress is not None:
+                        progress(report)
                     for no in leftovers:  # the slow path: failover and retries per chunk
                         try:
                             written = await self.fetch_chunk(
@@ -933,7 +963,7 @@ class Owner:
                 target = dest / Path(key).name if dest_is_dir else dest
             else:
                 target = dest / version.path[len(key) :].lstrip("/")
-            await self.restore_version(version, target, report)
+            await self.restore_version(version, target, report, progress=progress)
             report.files_done += 1
             if progress:
                 progress(report)
@@ -996,7 +1026,12 @@ class Owner:
                 await trio.to_thread.run_sync(_make_symlink, target, entry)
         for path, version, entry in files:
             await self.restore_version(
-                version, target_of(path), report, mode=entry.mode, mtime_ns=entry.mtime_ns
+                version,
+                target_of(path),
+                report,
+                mode=entry.mode,
+                mtime_ns=entry.mtime_ns,
+                progress=progress,
             )
             report.files_done += 1
             if progress:

@@ -119,3 +119,44 @@ def test_link_down_during_backup_then_back(
     out = tmp_path / "out"
     cluster.cli(1, "restore", src, "--to", out)
     assert (out / "big.bin").read_bytes() == data
+
+
+def test_lost_computer_recovers_by_lan_discovery(
+    lan_cluster: tuple[Lan, ProcessCluster], tmp_path: Path
+) -> None:
+    """Computer 2 (node 4) is lost; on a new disk, `recover` without --peer finds the others."""
+    import json
+    import shutil
+
+    _lan, cluster = lan_cluster
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(2_000_000)
+    (src / "photo.raw").write_bytes(data)
+    cluster.cli(4, "backup", src, "--degree", "2")
+    cluster.wait(
+        lambda: cluster.json(4, "status")["recovery"]["catalog_holders"] >= 2,
+        60,
+        "node 4's catalog copy on the peers",
+    )
+    cluster.kill(4)
+    shutil.rmtree(cluster.nodes[4].state)
+    fresh = tmp_path / "new-disk"
+    node = cluster.nodes[4]
+    recover = [sys.executable, "-m", "lanvault.cli", "recover", "--dir", str(fresh), "--id", "4"]
+    out = subprocess.run(
+        [*node.prefix, *recover, "--json", "--listen-seconds", "12"],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["files"] == 1 and result["catalog_seq"] > 0
+    node.state = fresh
+    cluster.start(4)
+    cluster.wait(lambda: cluster.json(4, "status")["nodes"][0]["up"], 30, "node 4 back")
+    cluster.cli(4, "restore", src, "--to", tmp_path / "back")
+    assert (tmp_path / "back" / "photo.raw").read_bytes() == data

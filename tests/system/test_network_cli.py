@@ -271,3 +271,40 @@ def test_metrics_endpoint_and_status_for_people(cluster4: ProcessCluster, tmp_pa
     human = cluster4.cli(1, "status").stdout
     assert "chunks below their degree: 0" in human and "recovery:" in human
     assert sum(1 for line in human.splitlines() if " up " in line) == 4
+
+
+def test_interrupted_restore_resumes(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from .procs import ROOT, env
+
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(200_000_000)
+    (src / "big.bin").write_bytes(data)
+    cluster4.cli(1, "backup", src / "big.bin")
+    out = tmp_path / "out.bin"
+    partial = tmp_path / ".out.bin.lanvault-restore"
+    command = [sys.executable, "-m", "lanvault.cli", "restore", str(src / "big.bin")]
+    proc = subprocess.Popen(
+        [*command, "--to", str(out), "--dir", str(cluster4.nodes[1].state)],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    cluster4.wait(
+        lambda: partial.exists() and partial.stat().st_size > 2_000_000, 60, "restore under way"
+    )
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and b"interrupted" in err
+    time.sleep(1)
+    assert partial.exists() and not out.exists()  # what was fetched is kept, nothing half-done
+    done = cluster4.json(1, "restore", src / "big.bin", "--to", out)
+    assert done["bytes"] == len(data)
+    assert out.read_bytes() == data and not partial.exists()
+    log = cluster4.nodes[1].log.read_text()
+    assert "resuming the restore" in log and "chunks already there" in log
