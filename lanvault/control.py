@@ -2,7 +2,9 @@
 
 A request is one line ``{"op": ..., ...}``. The daemon answers with zero or more
 ``{"event": "progress", ...}`` lines and one ``{"event": "result", "ok": true, "data": ...}`` or
-``{"event": "result", "ok": false, "error": "one line"}``. The socket lives in the state directory
+``{"event": "result", "ok": false, "error": "one line"}``; a result carrying chunk data is followed
+by ``blob_bytes`` raw bytes. The client sends nothing after its request, so the end of its stream
+means it was interrupted: the operation is cancelled. The socket lives in the state directory
 and is created owner-only (mode 0600).
 """
 
