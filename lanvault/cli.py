@@ -240,6 +240,7 @@ class ProgressLine:
         self.verb = verb
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.shown = False  # something was printed (a bar then needs its line ended)
 
     def update(self, event: dict[str, Any]) -> None:
         done, total = int(event.get("bytes_done", 0)), int(event.get("bytes_total", 0))
@@ -249,6 +250,7 @@ class ProgressLine:
         files = f"{event.get('files_done', 0)}/{event.get('files_total', 0)} files"
         share = done / total if total else 1.0
         if self.tty:
+            self.shown = True
             bar = "#" * int(share * 30)
             sys.stderr.write(
                 f"\r{self.verb} [{bar:<30}] {share:4.0%} {rate / 1e6:7.1f} MB/s ETA {eta:5.0f}s {files}"
@@ -262,7 +264,7 @@ class ProgressLine:
             )
 
     def finish(self) -> None:
-        if self.tty:
+        if self.tty and self.shown:
             sys.stderr.write("\n")
 
 
@@ -274,7 +276,7 @@ def request(state: StateDir, op: dict[str, Any], verb: str | None = None) -> Any
             if event.get("event") == "progress" and bar:
                 bar.update(event)
             elif event.get("event") == "result":
-                if bar and bar.last:
+                if bar:
                     bar.finish()
                 if not event.get("ok"):
                     raise CommandError(str(event.get("error")))
@@ -368,6 +370,7 @@ def cmd_recover(args: argparse.Namespace, state: StateDir) -> int:
         if not args.json:
             print(text, file=sys.stderr, flush=True)
 
+    bar = ProgressLine("catalog")
     data = trio.run(
         recover,
         state.root,
@@ -376,7 +379,9 @@ def cmd_recover(args: argparse.Namespace, state: StateDir) -> int:
         args.peer,
         args.listen_seconds,
         say,
+        None if args.json else bar.update,
     )
+    bar.finish()
     emit(
         args,
         data,

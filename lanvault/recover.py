@@ -53,6 +53,7 @@ MARKER = ".recovering"
 FETCH_BATCH = 64
 
 Progress = Callable[[str], None]
+ProgressEvents = Callable[[dict[str, Any]], None]  # bytes and files done, as restores report
 
 
 async def obtain_identity(
@@ -123,7 +124,9 @@ async def find_peers(seconds: float, say: Progress) -> list[str]:
     return [address for _network, _node, address in heard]
 
 
-async def restore_catalog(state: StateDir, config: Config, say: Progress) -> dict[str, Any]:
+async def restore_catalog(
+    state: StateDir, config: Config, say: Progress, progress: ProgressEvents | None = None
+) -> dict[str, Any]:
     """Start the node, fetch the newest valid catalog from the peers, put it in place."""
     from .daemon import Daemon  # the composition module; imported late (it pulls in a lot)
 
@@ -175,7 +178,7 @@ async def restore_catalog(state: StateDir, config: Config, say: Progress) -> dic
             return
         say(f"fetching catalog copy {manifest.seq} ({manifest.size / 1e6:.1f} MB) …")
         result["catalog_seq"] = manifest.seq
-        await _fetch_catalog(daemon, manifest, download)
+        await _fetch_catalog(daemon, manifest, download, progress)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -197,8 +200,12 @@ async def restore_catalog(state: StateDir, config: Config, say: Progress) -> dic
     return result
 
 
-async def _fetch_catalog(daemon: Any, manifest: CatalogManifest, path: Path) -> None:
+async def _fetch_catalog(
+    daemon: Any, manifest: CatalogManifest, path: Path, progress: ProgressEvents | None
+) -> None:
     owner = daemon.owner
+    started = time.monotonic()
+    done = 0
     chunks = list(manifest.chunks)
     found = await daemon.node.query_holders(owner.owner_id, list(dict.fromkeys(chunks)))
     await trio.to_thread.run_sync(
@@ -214,10 +221,27 @@ async def _fetch_catalog(daemon: Any, manifest: CatalogManifest, path: Path) -> 
                 plains = await owner.fetch_many(batch)
             except RestoreError as exc:
                 raise CommandError(f"a chunk of the catalog cannot be fetched: {exc}") from None
-            await trio.to_thread.run_sync(os.write, fd, b"".join(plains))
+            await trio.to_thread.run_sync(_write_all, fd, b"".join(plains))
+            done += sum(len(p) for p in plains)
+            if progress is not None:
+                progress(
+                    {
+                        "bytes_done": done,
+                        "bytes_total": manifest.size,
+                        "files_done": 0,
+                        "files_total": 1,
+                        "elapsed": time.monotonic() - started,
+                    }
+                )
         await trio.to_thread.run_sync(os.fsync, fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _install_catalog(download: Path, target: Path, manifest: CatalogManifest) -> None:
@@ -268,6 +292,7 @@ async def recover(
     peers: list[str],
     discovery_seconds: float,
     say: Progress,
+    progress: ProgressEvents | None = None,
 ) -> dict[str, Any]:
     state = StateDir(root)
     marker = root / MARKER
@@ -291,7 +316,7 @@ async def recover(
         raise CommandError(f"{root} holds node {config.node_id}, not node {node_id}")
     config.peers = list(dict.fromkeys(config.peers + addresses))
     state.save_config(config)
-    result = await restore_catalog(state, config, say)
+    result = await restore_catalog(state, config, say, progress)
     with contextlib.suppress(FileNotFoundError):
         marker.unlink()
     result.update(
