@@ -28,14 +28,14 @@ from chunkstore.chunking import CHUNK_SIZE
 VIRTUAL_BASE = 1 << 62  # virtual inode numbers start here; real ones stay below
 LATEST = "latest"
 VERSIONS_NAME = "versions"
-CACHE_CHUNKS = 320  # about 20 MB of recently read chunks (more than the read-ahead)
+CACHE_CHUNKS = 512  # about 32 MB of recently read chunks (more than the read-ahead)
 
 # Reads chunks ``nos`` of a version (from SOURCE, the outbox or the peers), verified.
 ReadChunks = Callable[[FileVersion, list[int]], Awaitable[list[bytes]]]
-READ_AHEAD = 96  # chunks (about 6 MB) fetched ahead of a sequential reader
+READ_AHEAD = 256  # chunks (about 16 MB) fetched ahead of a sequential reader
 VERSION_CACHE = 64  # versions of recently read files (a big file's list of chunks is long)
 LISTING_CACHE = 32  # folders of snapshots recently listed
-FETCH_BATCH = 16  # chunks per request to the daemon
+FETCH_BATCH = 64  # chunks per request to the daemon (about 4 MB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +244,13 @@ class VersionsView:
         self._next_expected[inode] = last + 1 if end % CHUNK_SIZE == 0 else last
         wanted = list(range(first, last + 1))
         if sequential and self._nursery is not None:
-            ahead = range(last + 1, min(len(version.chunks), last + 1 + READ_AHEAD))
-            self._start_fetch(version, [n for n in ahead if not self._known(version, n)])
+            stop = min(len(version.chunks), last + 1 + READ_AHEAD)
+            ahead = [n for n in range(last + 1, stop) if not self._known(version, n)]
+            # Top the window up in whole batches: a chunk or two per request (a 128 KiB
+            # read's worth) would cost a daemon round trip and a peer request each.
+            if stop < len(version.chunks):
+                ahead = ahead[: len(ahead) - len(ahead) % FETCH_BATCH]
+            self._start_fetch(version, ahead)
         self._start_fetch(version, [n for n in wanted if not self._known(version, n)], now=True)
         parts = []
         for no in wanted:
