@@ -9,6 +9,7 @@ import sys
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
@@ -43,4 +44,8 @@ def tune_allocator() -> bool:
     mallopt.restype = ctypes.c_int
     ok = mallopt(_M_TRIM_THRESHOLD, 32 << 20) == 1
     ok = mallopt(_M_TOP_PAD, 16 << 20) == 1 and ok
+    # Fixing the trim threshold turns off glibc's adaptive mmap threshold, which would leave
+    # every buffer over 128 KiB (FUSE writes of 1 MiB, TLS reads, protocol frames) to its own
+    # mmap: page faults and zeroed pages on every request. Serve those from the heap too.
+    ok = mallopt(_M_MMAP_THRESHOLD, 8 << 20) == 1 and ok
     return bool(mallopt(_M_ARENA_MAX, 2) == 1) and ok
