@@ -111,6 +111,17 @@ _LIVE_FILE = (
 
 
 @dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """What a list of a file's versions shows: no chunk list (a big file's is long)."""
+
+    file_id: bytes
+    size: int
+    mtime_ns: int
+    created_ns: int
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TreeEvent:
     """One entry of a mounted tree at some moment (kind ``TREE_GONE`` records a removal)."""
 
@@ -206,7 +217,10 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-CACHE_KIB = 32 * 1024  # SQLite page cache per connection (grows only as far as it is used)
+# SQLite page caches (each grows only as far as it is used): the writer holds the indexes a
+# commit updates; the reader, the chunk lists being looked at.
+WRITER_CACHE_KIB = 16 * 1024
+READER_CACHE_KIB = 8 * 1024
 
 
 class CatalogDB:
@@ -220,7 +234,7 @@ class CatalogDB:
         # A big file's version lists every chunk: recording one inserts thousands of random
         # addresses into the address index. With SQLite's default 2 MB cache that index is
         # read again and again (28 MiB read to record a 1 MiB change of a 1 GiB file).
-        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self._db.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         self._db.executescript(_SCHEMA)
         self._migrate()
         self._lock = threading.RLock()
@@ -229,7 +243,7 @@ class CatalogDB:
         self._reader = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=60
         )
-        self._reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        self._reader.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
         self._read_lock = threading.Lock()
 
     def _migrate(self) -> None:
@@ -342,15 +356,18 @@ class CatalogDB:
                 return None
             return self._version_from_row(db, row[:11])
 
-    def versions_of(self, path: str) -> list[tuple[FileVersion, int, bool]]:
+    def versions_of(self, path: str) -> list[VersionInfo]:
         """Every version of ``path``, oldest first, with its cut time and completeness."""
         with self._reading() as db:
             rows = db.execute(
-                f"SELECT {_VERSION_COLUMNS}, created_ns, complete FROM versions"
+                "SELECT file_id, size, mtime_ns, created_ns, complete FROM versions"
                 " WHERE path=? AND removed=0 ORDER BY id",
                 (path,),
             ).fetchall()
-            return [(self._version_from_row(db, r[:11]), int(r[11]), bool(r[12])) for r in rows]
+            return [
+                VersionInfo(bytes(fid), int(size), int(mtime), int(created), bool(complete))
+                for fid, size, mtime, created, complete in rows
+            ]
 
     def latest_versions(self, prefix: str = "") -> list[tuple[FileVersion, bool]]:
         """The newest live version of every path (under ``prefix``), with completeness."""

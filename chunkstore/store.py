@@ -583,8 +583,11 @@ class ChunkStore:
         removed: list[bytes] = []
         with self._lock:
             self._ensure_open()
+            # Often most of the addresses are not held (an outbox keeps only what a cut
+            # changed): find the held ones in batched queries, not one query each.
+            held = {a for _o, a in self._held_pairs([(owner, a) for a in wanted])}
             with self._transaction():
-                for address in wanted:
+                for address in dict.fromkeys(a for a in wanted if a in held):
                     loc = self._location(owner, address)
                     if loc is None:
                         continue

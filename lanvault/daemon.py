@@ -170,13 +170,13 @@ class Daemon:
             "path": str(path),
             "versions": [
                 {
-                    "time": created / 1e9,
+                    "time": v.created_ns / 1e9,
                     "file_id": v.file_id.hex(),
                     "size": v.size,
                     "mtime": v.mtime_ns / 1e9,
-                    "complete": complete,
+                    "complete": v.complete,
                 }
-                for v, created, complete in history
+                for v in history
             ],
         }
 

@@ -302,3 +302,20 @@ def test_concurrent_writers_overlap_and_index_each_chunk_once(
     # The losing copies are garbage that compaction gives back.
     store.compact(0.0)
     assert store.check().clean and store.chunk_count() == len(chunks)
+
+
+def test_delete_many_of_mostly_absent_addresses(store: ChunkStore, keys: KeyRing) -> None:
+    # An outbox releasing a big file's version: thousands of addresses, few of them held.
+    held = [chunk(keys, n) for n in range(5)]
+    for c in held:
+        store.put(1, c.address, c.envelope)
+        store.put(2, c.address, c.envelope)  # the same address of another owner stays
+    absent = [os.urandom(32) for _ in range(3000)]
+    wanted = [*absent[:1500], held[0].address, held[3].address, held[0].address, *absent[1500:]]
+    removed = store.delete_many(1, wanted)
+    assert removed == [held[0].address, held[3].address]
+    assert store.chunk_count() == 8
+    assert not store.has(1, held[0].address) and store.has(2, held[0].address)
+    assert store.has(1, held[1].address)
+    gone = len(held[0].envelope) + len(held[3].envelope)
+    assert store.used_bytes == sum(len(c.envelope) for c in held) * 2 - gone
