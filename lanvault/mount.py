@@ -122,8 +122,9 @@ def run_mount(
         for size in sizes:
             chunks.append(blob[offset : offset + size])
             offset += size
-        if any(chunk_address(keys, d) != a for a, d in zip(addresses, chunks, strict=True)):
-            raise OSError(errno.EIO, "the node returned chunks that do not match")
+        # Not verified again here: the node opened each chunk (AEAD under our data key, and the
+        # plaintext's keyed address), and this socket is our own user's. Hashing every byte a
+        # second time cost a quarter of the mount's CPU in versions/ reads.
         return chunks
 
     def read_chunks_sync(version: FileVersion, nos: list[int]) -> list[bytes]:
