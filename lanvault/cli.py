@@ -443,22 +443,26 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
-    op: dict[str, Any] = {"op": "restore", "path": str(args.path.absolute())}
+    op: dict[str, Any] = {"op": "restore", "path": state.backup_path(args.path)}
     if args.at is not None:
         op["at_ns"] = args.at
     if args.to:
         op["to"] = str(args.to.absolute())
+    elif state.in_live_mount(args.path):
+        # In place, through the mount: what comes back is recorded like any other change.
+        op["to"] = str(args.path.absolute())
     data = request(state, op, "restore")
     emit(
         args,
         data,
-        f"restored {data['files']} files ({data['bytes'] / 1e6:.1f} MB) in {data['seconds']:.1f} s",
+        f"restored {data['files']} file{'' if data['files'] == 1 else 's'}"
+        f" ({data['bytes'] / 1e6:.1f} MB) in {data['seconds']:.1f} s",
     )
     return 0
 
 
 def cmd_delete(args: argparse.Namespace, state: StateDir) -> int:
-    data = request(state, {"op": "delete", "path": str(args.path.absolute())})
+    data = request(state, {"op": "delete", "path": state.backup_path(args.path)})
     pending = data["pending_holders"]
     extra = f"; {pending} offline holders will delete when they are back" if pending else ""
     emit(
@@ -495,7 +499,7 @@ def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
 def cmd_versions(args: argparse.Namespace, state: StateDir) -> int:
     op: dict[str, Any] = {"op": "versions"}
     if args.path:
-        op["path"] = str(args.path.absolute())
+        op["path"] = state.backup_path(args.path)
     data = request(state, op)
     if args.json:
         print(json.dumps(data, indent=2))

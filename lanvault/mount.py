@@ -68,6 +68,9 @@ def run_mount(
     catalog = CatalogDB(state.catalog_path)
     outbox = ChunkStore.open(state.outbox_path, capacity=1 << 62)
     source_root = str(source.resolve())
+    # People name what they backed up by the folder they see: `restore ~/vault/x` means SOURCE/x.
+    for name in {os.path.normpath(mountpoint.absolute()), str(mountpoint.resolve())}:
+        state.record_mount(Path(name), Path(source_root))
     # The real files, even when SOURCE is the mountpoint (then its path leads into the mount).
     real_root = f"/proc/self/fd/{source_fd}"
 

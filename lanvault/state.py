@@ -162,6 +162,46 @@ class StateDir:
     def save_config(self, config: Config) -> None:
         write_private(self.config_path, json.dumps(asdict(config), indent=2).encode())
 
+    @property
+    def mounts_path(self) -> Path:
+        return self.root / "mounts.json"
+
+    def mounts(self) -> dict[str, str]:
+        """Mountpoint -> SOURCE of every folder this node has mounted (kept after unmounting)."""
+        try:
+            data = json.loads(self.mounts_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def record_mount(self, mountpoint: Path, source: Path) -> None:
+        mounts = self.mounts()
+        mounts[str(mountpoint)] = str(source)
+        write_private(self.mounts_path, json.dumps(mounts, indent=2).encode())
+
+    def backup_path(self, path: Path) -> str:
+        """The path the catalog knows ``path`` by: SOURCE's, for a path inside a mount.
+
+        Backups made through a mount are recorded under SOURCE; people name them by the
+        folder they see (the mountpoint), mounted or not.
+        """
+        absolute = os.path.normpath(path.absolute())
+        mountpoint = self._mount_holding(absolute)
+        if mountpoint is None:
+            return absolute
+        return self.mounts()[mountpoint] + absolute[len(mountpoint) :]
+
+    def in_live_mount(self, path: Path) -> bool:
+        """Whether ``path`` lies in one of this node's folders, mounted right now."""
+        mountpoint = self._mount_holding(os.path.normpath(path.absolute()))
+        return mountpoint is not None and os.path.ismount(mountpoint)
+
+    def _mount_holding(self, absolute: str) -> str | None:
+        for mountpoint in sorted(self.mounts(), key=len, reverse=True):
+            if absolute == mountpoint or absolute.startswith(mountpoint.rstrip("/") + "/"):
+                return mountpoint
+        return None
+
     def master_key(self) -> bytes:
         try:
             return (self.root / "keys" / "master.raw").read_bytes()

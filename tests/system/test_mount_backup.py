@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import os
 import signal
@@ -77,8 +78,35 @@ def test_written_files_reach_their_degree(cluster4: ProcessCluster, tmp_path: Pa
         out = tmp_path / "restored.odt"
         cluster4.cli(1, "restore", source.resolve() / "report.odt", "--to", out)
         assert out.read_bytes() == bytes(data)
+
+        # People name their files by the folder they see: the mount's paths work too.
+        history = cluster4.json(1, "versions", mnt / "report.odt")
+        assert history["path"] == str(source.resolve() / "report.odt")
+        assert len(history["versions"]) == 2
+        cluster4.cli(1, "restore", mnt / "notes", "--to", tmp_path / "notes-back")
+        assert (tmp_path / "notes-back" / "todo.txt").read_text() == "buy milk\n"
+        # In place while mounted: through the mount, so the restored file is a new version.
+        (mnt / "notes" / "todo.txt").write_text("oops\n")
+        cluster4.wait(
+            lambda: len(cluster4.json(1, "versions", mnt / "notes" / "todo.txt")["versions"]) == 2,
+            30,
+            "the edit recorded",
+        )
+        first = cluster4.json(1, "versions", mnt / "notes" / "todo.txt")["versions"][0]
+        moment = datetime.datetime.fromtimestamp(first["time"] + 0.001, datetime.UTC)
+        cluster4.cli(1, "restore", mnt / "notes" / "todo.txt", "--at", moment.isoformat())
+        assert (mnt / "notes" / "todo.txt").read_text() == "buy milk\n"
+        assert (source / "notes" / "todo.txt").read_text() == "buy milk\n"
+        cluster4.wait(
+            lambda: len(cluster4.json(1, "versions", mnt / "notes" / "todo.txt")["versions"]) == 3,
+            30,
+            "the restore recorded as a version",
+        )
     finally:
         mount.stop()
+    # Unmounted, the mount's path still names SOURCE's backups.
+    history = cluster4.json(1, "versions", mnt / "report.odt")
+    assert history["path"] == str(source.resolve() / "report.odt")
 
 
 def test_mount_killed_then_remounted_loses_nothing(
