@@ -250,7 +250,8 @@ Try, in another terminal:
   .venv/bin/lanvault backup ~/Pictures --degree 2   # plain backups work too
   .venv/bin/lanvault status
   .venv/bin/lanvault state
-  .venv/bin/lanvault restore ~/Documents --to /tmp/restored
+  .venv/bin/lanvault versions {demo.vault}/Documents/SOME-FILE   # every version of it
+  .venv/bin/lanvault restore {demo.vault}/Documents --at 10m       # as it was 10 minutes ago
   .venv/bin/lanvault reclaim 0 --dir {demo.node_dir(2)}
 
 Press Ctrl-C to unmount and stop every node.""",
