@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from chunkstore.errors import ChunkstoreError
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
-from chunkstore.sizes import parse_size
+from chunkstore.sizes import format_size, parse_size
 from node.identity import IdentityError
 
 from .control import DaemonUnavailable, call
@@ -230,6 +230,7 @@ def build_parser() -> Parser:
 
 
 def kb(count: int) -> str:
+    """``state`` prints KB (1000 bytes), as the original service did; elsewhere: format_size."""
     return f"{count / 1000:,.1f} KB"
 
 
@@ -312,7 +313,7 @@ def print_status(data: dict[str, Any]) -> None:
         mark = "*" if n.get("self") else " "
         print(
             f"{n['id']:>4}{mark}  {n['address']:<22} {str(n.get('computer', ''))[:24]:<24} {state:<6}"
-            f" {kb(n['capacity_bytes']):>12} {kb(n['used_bytes']):>12}"
+            f" {format_size(n['capacity_bytes']):>12} {format_size(n['used_bytes']):>12}"
         )
     print(f"chunks below their degree: {data['under_replicated_chunks']}")
     print(f"backups waiting to be sent: {data['pending_backlog']}")
@@ -478,7 +479,7 @@ def cmd_reclaim(args: argparse.Namespace, state: StateDir) -> int:
     emit(
         args,
         data,
-        f"now lending {kb(data['capacity_bytes'])}, using {kb(data['used_bytes'])};"
+        f"now lending {format_size(data['capacity_bytes'])}, using {format_size(data['used_bytes'])};"
         f" dropped {data['dropped']} chunks after making {data['copied']} copies elsewhere",
     )
     return 0
@@ -513,7 +514,7 @@ def cmd_versions(args: argparse.Namespace, state: StateDir) -> int:
         for v in data["versions"]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["time"]))
             state_word = "safe" if v["complete"] else "pending"
-            print(f"  {when}  {kb(v['size']):>12}  {state_word:<7}  {v['file_id'][:16]}")
+            print(f"  {when}  {format_size(v['size']):>10}  {state_word:<7}  {v['file_id'][:16]}")
     return 0
 
 
