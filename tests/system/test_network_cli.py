@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,13 +166,21 @@ def test_gone_node_is_repaired_and_status_reports_it(
     cluster4.cli(1, "backup", src, "--degree", "2")
     victim = max((2, 3, 4), key=lambda n: cluster4.json(n, "state")["used_bytes"])
     cluster4.kill(victim)
-    cluster4.wait(
-        lambda: not next(n for n in cluster4.json(1, "status")["nodes"] if n["id"] == victim)["up"],
-        15,
-        "killed node reported down",
-    )
-    status = cluster4.json(1, "status")
-    assert status["under_replicated_chunks"] > 0
+    snapshot: dict[str, Any] = {}
+
+    def reported_down() -> bool:
+        # One status answer for both checks: a later one may come after the node is declared
+        # gone (6 s here) and its copies already re-made.
+        status = cluster4.json(1, "status")
+        entry = next(n for n in status["nodes"] if n["id"] == victim)
+        if not entry["up"] and not entry["gone"]:
+            snapshot.update(status)
+            return True
+        assert entry["up"], "the killed node went from up to gone without being seen down"
+        return False
+
+    cluster4.wait(reported_down, 15, "killed node reported down")
+    assert snapshot["under_replicated_chunks"] > 0
     cluster4.wait(
         lambda: cluster4.json(1, "status")["under_replicated_chunks"] == 0,
         60,
