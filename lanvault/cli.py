@@ -269,7 +269,10 @@ class ProgressLine:
             sys.stderr.write("\n")
 
 
-def request(state: StateDir, op: dict[str, Any], verb: str | None = None) -> Any:
+def request(
+    state: StateDir, op: dict[str, Any], verb: str | None = None, typed: Path | None = None
+) -> Any:
+    """Send ``op``; an error naming ``op["path"]`` names ``typed`` instead (a mount's path)."""
     state.require()
     bar = ProgressLine(verb) if verb else None
     try:
@@ -280,7 +283,10 @@ def request(state: StateDir, op: dict[str, Any], verb: str | None = None) -> Any
                 if bar:
                     bar.finish()
                 if not event.get("ok"):
-                    raise CommandError(str(event.get("error")))
+                    error = str(event.get("error"))
+                    if typed is not None and op.get("path"):
+                        error = error.replace(str(op["path"]), str(typed))
+                    raise CommandError(error)
                 return event.get("data")
     except DaemonUnavailable as exc:
         raise CommandError(str(exc)) from None
@@ -452,7 +458,7 @@ def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
     elif state.in_live_mount(args.path):
         # In place, through the mount: what comes back is recorded like any other change.
         op["to"] = str(args.path.absolute())
-    data = request(state, op, "restore")
+    data = request(state, op, "restore", typed=args.path)
     emit(
         args,
         data,
@@ -463,7 +469,7 @@ def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_delete(args: argparse.Namespace, state: StateDir) -> int:
-    data = request(state, {"op": "delete", "path": state.backup_path(args.path)})
+    data = request(state, {"op": "delete", "path": state.backup_path(args.path)}, typed=args.path)
     pending = data["pending_holders"]
     extra = f"; {pending} offline holders will delete when they are back" if pending else ""
     emit(
@@ -501,7 +507,7 @@ def cmd_versions(args: argparse.Namespace, state: StateDir) -> int:
     op: dict[str, Any] = {"op": "versions"}
     if args.path:
         op["path"] = state.backup_path(args.path)
-    data = request(state, op)
+    data = request(state, op, typed=args.path)
     if args.json:
         print(json.dumps(data, indent=2))
     elif "snapshots" in data:

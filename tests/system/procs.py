@@ -32,6 +32,18 @@ def env() -> dict[str, str]:
     }
 
 
+def start_lanvault(*args: str | Path) -> subprocess.Popen[str]:
+    """A `lanvault` command running in the background (to interrupt, or to act meanwhile)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lanvault.cli", *map(str, args)],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def lanvault(
     *args: str | Path,
     check: bool = True,

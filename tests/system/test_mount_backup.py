@@ -107,6 +107,13 @@ def test_written_files_reach_their_degree(cluster4: ProcessCluster, tmp_path: Pa
     # Unmounted, the mount's path still names SOURCE's backups.
     history = cluster4.json(1, "versions", mnt / "report.odt")
     assert history["path"] == str(source.resolve() / "report.odt")
+    # Nothing backed up there: one line naming the path as typed, exit 1, nothing written.
+    for command in (("versions",), ("restore", "--to", str(tmp_path / "nothing"))):
+        failed = cluster4.cli(1, command[0], mnt / "never.txt", *command[1:], check=False)
+        assert failed.returncode == 1
+        assert failed.stderr.strip() == failed.stderr.strip().splitlines()[0]
+        assert str(mnt / "never.txt") in failed.stderr and str(source) not in failed.stderr
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_mount_killed_then_remounted_loses_nothing(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .netns import Lan, netns_available, sweep_stale
-from .procs import ROOT, ProcessCluster, env
+from .procs import ROOT, ProcessCluster, env, start_lanvault
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 why_not = netns_available()
@@ -89,24 +89,7 @@ def test_link_down_during_backup_then_back(
     src.mkdir()
     data = os.urandom(30_000_000)
     (src / "big.bin").write_bytes(data)
-    backup = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lanvault.cli",
-            "backup",
-            str(src),
-            "--degree",
-            "2",
-            "--dir",
-            str(cluster.nodes[1].state),
-        ],
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    backup = start_lanvault("backup", src, "--degree", "2", "--dir", cluster.nodes[1].state)
     time.sleep(0.3)
     lan.link_down(2)  # the computer of node 4 is unplugged
     time.sleep(4)

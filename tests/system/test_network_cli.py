@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .procs import ROOT, ProcessCluster, env, lanvault
+from .procs import ROOT, ProcessCluster, env, lanvault, start_lanvault
 
 pytestmark = pytest.mark.slow
 
@@ -94,24 +94,7 @@ def test_kill_holder_during_backup_and_restore(cluster4: ProcessCluster, tmp_pat
     src.mkdir()
     data = os.urandom(40_000_000)
     (src / "big.bin").write_bytes(data)
-    backup = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lanvault.cli",
-            "backup",
-            str(src),
-            "--degree",
-            "2",
-            "--dir",
-            str(cluster4.nodes[1].state),
-        ],
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    backup = start_lanvault("backup", src, "--degree", "2", "--dir", cluster4.nodes[1].state)
     time.sleep(0.4)
     cluster4.kill(3)
     _out, err = backup.communicate(timeout=120)
@@ -119,23 +102,8 @@ def test_kill_holder_during_backup_and_restore(cluster4: ProcessCluster, tmp_pat
     # Chunks that were on node 3 come back to degree 2 once it is gone (6 s).
     cluster4.wait(lambda: min(cluster4.degrees(1)) >= 2, 60, "degree restored after kill -9")
 
-    restore = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lanvault.cli",
-            "restore",
-            str(src),
-            "--to",
-            str(tmp_path / "out"),
-            "--dir",
-            str(cluster4.nodes[1].state),
-        ],
-        cwd=ROOT,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    restore = start_lanvault(
+        "restore", src, "--to", tmp_path / "out", "--dir", cluster4.nodes[1].state
     )
     time.sleep(0.2)
     cluster4.kill(2)
@@ -284,10 +252,6 @@ def test_metrics_endpoint_and_status_for_people(cluster4: ProcessCluster, tmp_pa
 
 def test_interrupted_restore_resumes(cluster4: ProcessCluster, tmp_path: Path) -> None:
     import signal
-    import subprocess
-    import sys
-
-    from .procs import ROOT, env
 
     src = tmp_path / "src"
     src.mkdir()
