@@ -110,6 +110,124 @@ class PinStore:
         tmp.replace(self._path)
 
 
+class TLSStream(trio.abc.Stream):
+    """TLS over a trio socket stream: the ``ssl`` module's engine (memory BIOs), as
+    ``trio.SSLStream`` drives it, but reading every record that has arrived at once.
+
+    ``trio.SSLStream.receive_some`` returns one TLS record (16 KiB) per call, each through its
+    locks and checkpoints: a 64,000-byte chunk took four calls, and TLS cost about 1.6 ms of CPU
+    per MB received (0.3 without TLS). Draining the records of one socket read (up to
+    ``READ_SIZE``) in one call takes a third of that off. Semantics follow ``trio.SSLStream``:
+    a cancelled or failed send breaks the stream, a peer closing without TLS close_notify is a
+    ``BrokenResourceError``, errors of the engine are ``BrokenResourceError``.
+    """
+
+    def __init__(
+        self,
+        transport: trio.SocketStream,
+        ctx: ssl.SSLContext,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        # Reads can produce records to send too (TLS 1.3 key updates): whoever sends takes
+        # everything pending, in order, under this lock, until nothing is pending.
+        self._send_lock = trio.StrictFIFOLock()
+        self._broken = False
+        self._eof = False
+
+    def getpeercert(self, binary_form: bool = True) -> bytes | None:
+        return self._tls.getpeercert(binary_form=True)
+
+    def _check(self) -> None:
+        if self._broken:
+            raise trio.BrokenResourceError("the TLS stream broke earlier")
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            while self._outgoing.pending:
+                data = self._outgoing.read()
+                try:
+                    await self.transport.send_all(data)
+                except BaseException:
+                    self._broken = True  # cancelled or failed: half a record ruins the stream
+                    raise
+
+    async def _receive_into_engine(self) -> None:
+        data = await self.transport.receive_some(READ_SIZE)
+        if not data:
+            self._incoming.write_eof()
+        else:
+            self._incoming.write(data)
+
+    async def do_handshake(self) -> None:
+        self._check()
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._flush()
+                await self._receive_into_engine()
+                continue
+            except (ssl.SSLError, ssl.SSLEOFError) as exc:
+                self._broken = True
+                raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
+            await self._flush()
+            return
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._check()
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as exc:
+            self._broken = True
+            raise trio.BrokenResourceError(f"TLS failed: {exc}") from exc
+        await self._flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._check()
+        limit = READ_SIZE if max_bytes is None else max_bytes
+        while True:
+            parts: list[bytes] = []
+            size = 0
+            try:
+                while size < limit:
+                    part = self._tls.read(limit - size)
+                    parts.append(part)
+                    size += len(part)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                self._eof = True  # the peer's close_notify: a clean end
+            except ssl.SSLError as exc:
+                self._broken = True
+                raise trio.BrokenResourceError(f"TLS failed: {exc}") from exc
+            if self._outgoing.pending and not self._send_lock.locked():
+                # Records a read produced (rare); a send in progress takes them along. Never
+                # wait for it here: two ends each sending while the other's reader waits for
+                # its own sender would stall for good.
+                await self._flush()
+            if parts:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            if self._eof:
+                return b""
+            await self._receive_into_engine()
+
+    async def aclose(self) -> None:
+        # Like the node's every caller (aclose_forcefully): no close_notify, the socket goes.
+        self._broken = True
+        await self.transport.aclose()
+
+
 class TLSNetwork:
     """TCP with TLS 1.3 and mutual certificate authentication."""
 
@@ -125,7 +243,7 @@ class TLSNetwork:
         self._pins = pins
         self._own_id = own_id
 
-    def _authenticate(self, stream: trio.SSLStream[trio.SocketStream]) -> int | None:
+    def _authenticate(self, stream: TLSStream) -> int | None:
         """The verified peer's node id; None for a client without a certificate."""
         der = stream.getpeercert(binary_form=True)
         if not der:
@@ -142,7 +260,7 @@ class TLSNetwork:
                 tcp = await trio.open_tcp_stream(host, port)
         except (OSError, trio.TooSlowError) as exc:
             raise PeerUnavailable(f"cannot connect to {address}: {exc or 'timeout'}") from None
-        stream = trio.SSLStream(tcp, self._client_ctx, server_hostname="lanvault-peer")
+        stream = TLSStream(tcp, self._client_ctx, server_hostname="lanvault-peer")
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await stream.do_handshake()
@@ -167,7 +285,12 @@ class TLSNetwork:
         actual = f"{host}:{bound[1]}"
 
         async def on_connection(tcp: trio.SocketStream) -> None:
-            stream = trio.SSLStream(tcp, self._server_ctx, server_side=True)
+            try:
+                remote = tcp.socket.getpeername()[0]
+            except OSError:  # gone already
+                await trio.aclose_forcefully(tcp)
+                return
+            stream = TLSStream(tcp, self._server_ctx, server_side=True)
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
                     await stream.do_handshake()
@@ -182,7 +305,6 @@ class TLSNetwork:
                 await trio.aclose_forcefully(stream)
                 return
             try:
-                remote = tcp.socket.getpeername()[0]
                 if peer_id is None:
                     await handler(Authenticated(stream, 0, remote, anonymous=True))
                 else:
@@ -211,7 +333,7 @@ async def connect_anonymous(address: str) -> tuple[Authenticated, bytes]:
             tcp = await trio.open_tcp_stream(host, port)
     except (OSError, trio.TooSlowError) as exc:
         raise PeerUnavailable(f"cannot connect to {address}: {exc or 'timeout'}") from None
-    stream = trio.SSLStream(tcp, ctx, server_hostname="lanvault-peer")
+    stream = TLSStream(tcp, ctx, server_hostname="lanvault-peer")
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             await stream.do_handshake()
