@@ -21,10 +21,10 @@ import hmac
 import struct
 import threading
 
-import nacl.bindings
-import nacl.exceptions
 import nacl.utils
 import zstandard
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _sodium
 
 from .chunking import CHUNK_SIZE
 from .errors import (
@@ -54,6 +54,17 @@ _AAD_PREFIX = b"lanvault-chunk"
 _PROBE_SIZE = 4096
 _PROBE_RATIO = 0.97
 _local = threading.local()
+
+# libsodium's XChaCha20-Poly1305, called through PyNaCl's own cffi binding of it rather than
+# through nacl.bindings' wrappers: those zero a fresh output buffer and copy it out once more,
+# and the envelope's header then costs a third copy, all with the GIL held. Here the
+# ciphertext is written straight behind the header into an uninitialised buffer, and the body
+# is decrypted in place from the envelope: the pipeline runs about 10% faster, and two
+# threads scale better (see scripts/bench_chunkstore.py).
+_uninitialised = _ffi.new_allocator(should_clear_after_alloc=False)
+_encrypt = _sodium.crypto_aead_xchacha20poly1305_ietf_encrypt
+_decrypt = _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
+_NONCE_SIZE = 24
 
 
 def _compressor() -> zstandard.ZstdCompressor:
@@ -103,12 +114,27 @@ def seal_chunk(keys: KeyRing, address: bytes, plaintext: bytes) -> bytes:
     if len(plaintext) > CHUNK_SIZE:
         raise ValueError(f"a chunk holds at most {CHUNK_SIZE} bytes")
     codec, body = _compress(plaintext)
-    nonce = nacl.utils.random(24)
+    nonce = nacl.utils.random(_NONCE_SIZE)
     length = len(body) + _TAG_SIZE
-    sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        body, _aad(ENVELOPE_VERSION, codec, address, length), nonce, keys.data_key
+    aad = _aad(ENVELOPE_VERSION, codec, address, length)
+    out = _uninitialised("unsigned char[]", _HEADER.size + length)
+    view = _ffi.buffer(out)
+    _HEADER.pack_into(view, 0, ENVELOPE_VERSION, codec, address, length, nonce)
+    status = _encrypt(
+        out + _HEADER.size,
+        _ffi.NULL,
+        body,
+        len(body),
+        aad,
+        len(aad),
+        _ffi.NULL,
+        nonce,
+        keys.data_key,
     )
-    return _HEADER.pack(ENVELOPE_VERSION, codec, address, length, nonce) + sealed
+    if status != 0:  # libsodium fails only on a message beyond its limit, never for a chunk
+        raise EnvelopeError(f"encryption failed ({status})")
+    sealed: bytes = view[:]
+    return sealed
 
 
 def envelope_address(envelope: bytes) -> bytes:
@@ -134,19 +160,26 @@ def open_chunk(keys: KeyRing, address: bytes, envelope: bytes) -> bytes:
         raise TruncatedEnvelopeError(f"envelope body has {actual} bytes, header says {length}")
     if codec not in (CODEC_RAW, CODEC_ZSTD):
         raise UnsupportedVersionError(f"unknown compression codec {codec}")
-    try:
-        body = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-            bytes(envelope[_HEADER.size :]),
-            _aad(version, codec, address, length),
-            nonce,
-            keys.data_key,
-        )
-    except nacl.exceptions.CryptoError:
+    aad = _aad(version, codec, address, length)
+    out = _uninitialised("unsigned char[]", length - _TAG_SIZE)
+    status = _decrypt(
+        out,
+        _ffi.NULL,
+        _ffi.NULL,
+        _ffi.from_buffer(envelope) + _HEADER.size,
+        length,
+        aad,
+        len(aad),
+        nonce,
+        keys.data_key,
+    )
+    if status != 0:
         raise TamperedEnvelopeError(
             f"chunk {address.hex()[:16]}… failed authentication (modified or wrong key)"
-        ) from None
+        )
+    body = _ffi.buffer(out)
     if codec == CODEC_RAW:
-        plaintext = body
+        plaintext: bytes = body[:]
     else:
         try:
             plaintext = _decompressor().decompress(body, max_output_size=CHUNK_SIZE)

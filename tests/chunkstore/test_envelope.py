@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import struct
 
+import nacl.bindings
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,6 +42,33 @@ def test_round_trip_sizes(size: int) -> None:
     prepared = prepare_chunk(RING, os.urandom(size))
     assert prepared.size == size
     assert len(open_chunk(RING, prepared.address, prepared.envelope)) == size
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_the_byte_format_is_the_documented_one(text: bool) -> None:
+    # seal/open call libsodium directly; what they write must be exactly docs/formats.md's
+    # layout, so that envelopes stored by any version stay readable. Checked against PyNaCl's
+    # own XChaCha20-Poly1305 wrapper both ways.
+    plaintext = b"lanvault " * 7000 if text else os.urandom(CHUNK_SIZE)
+    plaintext = plaintext[:CHUNK_SIZE]
+    address = chunk_address(RING, plaintext)
+    envelope = seal_chunk(RING, address, plaintext)
+    version, codec, recorded, length, nonce = struct.unpack_from(">BB32sI24s", envelope)
+    assert (version, codec, recorded, length) == (1, int(text), address, len(envelope) - 62)
+    aad = b"lanvault-chunk" + bytes([version, codec]) + address + length.to_bytes(4, "big")
+    body = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        envelope[62:], aad, nonce, RING.data_key
+    )
+    assert (len(body) < CHUNK_SIZE) == text
+    # and an envelope made with PyNaCl's wrapper opens
+    nonce = os.urandom(24)
+    raw_aad = b"lanvault-chunk" + bytes([1, 0]) + address + (len(plaintext) + 16).to_bytes(4, "big")
+    sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        plaintext, raw_aad, nonce, RING.data_key
+    )
+    made = struct.pack(">BB32sI24s", 1, 0, address, len(sealed), nonce) + sealed
+    assert open_chunk(RING, address, made) == plaintext
+    assert open_chunk(RING, address, memoryview(bytearray(made))) == plaintext
 
 
 def test_address_is_keyed_not_a_plain_hash() -> None:
