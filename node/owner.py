@@ -36,8 +36,12 @@ from .safekeeping import Safekeeping
 from .transport import PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)
-READ_BATCH = MAX_BATCH  # chunks per worker-thread hop and per PUTCHUNKS
-IN_FLIGHT_CHUNKS = 128  # bounds memory (8 MiB of chunks) while keeping holders busy
+READ_BATCH = 4 * MAX_BATCH  # chunks per worker-thread hop; spread over the holders, each gets ~MAX_BATCH
+IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
+# A restore fetches windows of chunks spread over their holders: a window's share per holder
+# should fill a GETCHUNKS (MAX_BATCH), or every few chunks cost a request and a thread hop.
+RESTORE_WINDOW = 4 * MAX_BATCH
+RESTORE_WINDOWS = 8  # windows in flight: 480 chunks, about 30 MB
 
 
 class SharedExclusive:
@@ -800,7 +804,7 @@ class Owner:
         tmp = dest.with_name(f".{dest.name}.lanvault-restore")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
-            windows = trio.Semaphore(6)  # batches of MAX_BATCH chunks in flight
+            windows = trio.Semaphore(RESTORE_WINDOWS)
             errors: list[RestoreError] = []
             holders = await self._db(self.catalog.holders_many, version.chunks)
             count = len(version.chunks)
@@ -832,6 +836,11 @@ class Owner:
                 return done, failed
 
             async def from_holder(holder: int, nos: list[int], leftovers: list[int]) -> None:
+                if len(nos) > MAX_BATCH:  # one GETCHUNKS holds at most MAX_BATCH
+                    async with trio.open_nursery() as split:
+                        for i in range(0, len(nos), MAX_BATCH):
+                            split.start_soon(from_holder, holder, nos[i : i + MAX_BATCH], leftovers)
+                    return
                 got = await self._get_envelopes(holder, [version.chunks[no] for no in nos])
                 fetched = [(no, got[version.chunks[no]]) for no in nos if version.chunks[no] in got]
                 leftovers.extend(no for no in nos if version.chunks[no] not in got)
@@ -847,7 +856,7 @@ class Owner:
                         return
                     groups: dict[int, list[int]] = {}
                     leftovers: list[int] = []
-                    for no in range(start, min(start + MAX_BATCH, count)):
+                    for no in range(start, min(start + RESTORE_WINDOW, count)):
                         if no in kept:
                             continue
                         live = [
@@ -876,7 +885,7 @@ class Owner:
                         report.bytes_done += written
 
             async with trio.open_nursery() as nursery:
-                for start in range(0, count, MAX_BATCH):
+                for start in range(0, count, RESTORE_WINDOW):
                     nursery.start_soon(window, start)
             if errors:
                 raise errors[0]

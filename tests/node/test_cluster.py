@@ -3,6 +3,7 @@ one (drop, duplicate, delay/reorder, reset) with a seeded MockClock."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -82,6 +83,29 @@ async def test_backup_restore_delete_clean_network(tmp_path: Path) -> None:
         result = await owner.delete_path(tmp_path / "src")
         assert result["pending_holders"] == 0
         assert all(m.store.chunks(1) == [] for m in cluster.members.values())
+
+
+async def test_a_file_of_many_windows_goes_to_and_comes_from_a_single_holder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One holder gets every chunk: a backup batch and a restore window each hold more chunks
+    # for it than one PUTCHUNKS/GETCHUNKS may carry, and must split them.
+    async with open_cluster(tmp_path / "c", 2) as cluster:
+        path = tmp_path / "big.bin"
+        data = os.urandom(150 * CHUNK_SIZE + 99)
+        path.write_bytes(data)
+        owner = cluster.members[1].owner
+        await owner.backup_path(path, degree=1)
+        await assert_at_degree(cluster, 1, 1)
+        [(version, _complete)] = owner.catalog.latest_versions("")
+        held = {c.address for c in cluster.members[2].store.chunks(1)}
+        assert len(version.chunks) == 151 and set(version.chunks) <= held
+        out = tmp_path / "restored.bin"
+        with caplog.at_level(logging.INFO, logger="node.owner"):
+            await owner.restore_path(path, out)
+        assert out.read_bytes() == data
+        # ... in whole batches: none refused and fetched again chunk by chunk
+        assert not [r for r in caplog.records if "failed" in r.getMessage()]
 
 
 async def test_changed_chunk_only_is_sent(tmp_path: Path) -> None:
