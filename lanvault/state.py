@@ -19,6 +19,7 @@ STATE/control.sock       the daemon's control socket (owner only)
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import getpass
 import json
 import os
@@ -175,9 +176,16 @@ class StateDir:
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def record_mount(self, mountpoint: Path, source: Path) -> None:
-        mounts = self.mounts()
-        mounts[str(mountpoint)] = str(source)
-        write_private(self.mounts_path, json.dumps(mounts, indent=2).encode())
+        # Two mounts of this node may start at once: read, change and write under a lock, or
+        # one entry is lost (and both would write the same temporary file).
+        lock_fd = os.open(self.root / "mounts.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            mounts = self.mounts()
+            mounts[str(mountpoint)] = str(source)
+            write_private(self.mounts_path, json.dumps(mounts, indent=2).encode())
+        finally:
+            os.close(lock_fd)  # releases the lock
 
     def backup_path(self, path: Path) -> str:
         """The path the catalog knows ``path`` by: SOURCE's, for a path inside a mount.

@@ -36,7 +36,8 @@ from .safekeeping import Safekeeping
 from .transport import PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)
-READ_BATCH = 4 * MAX_BATCH  # chunks per worker-thread hop; spread over the holders, each gets ~MAX_BATCH
+# Chunks per worker-thread hop in a backup; spread over the holders, each gets ~MAX_BATCH.
+READ_BATCH = 4 * MAX_BATCH
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
 # A restore fetches windows of chunks spread over their holders: a window's share per holder
 # should fill a GETCHUNKS (MAX_BATCH), or every few chunks cost a request and a thread hop.

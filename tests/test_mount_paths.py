@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from lanvault.state import StateDir
@@ -28,3 +30,20 @@ def test_a_damaged_mount_list_is_ignored(tmp_path: Path) -> None:
     assert state.backup_path(Path("/x/y")) == "/x/y"
     state.record_mount(Path("/x"), Path("/src"))
     assert state.backup_path(Path("/x/y")) == "/src/y"
+
+
+def test_mounts_starting_at_once_are_all_recorded(tmp_path: Path) -> None:
+    # Each mount notes itself at start; several starting together must not lose each other.
+    writer = (
+        "import sys\nfrom pathlib import Path\nfrom lanvault.state import StateDir\n"
+        "state = StateDir(Path(sys.argv[1]))\n"
+        "for i in range(25):\n"
+        "    state.record_mount(Path(f'/m/{sys.argv[2]}/{i}'), Path(f'/s/{sys.argv[2]}/{i}'))\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", writer, str(tmp_path), str(n)]) for n in range(6)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0] * 6
+    mounts = StateDir(tmp_path).mounts()
+    assert len(mounts) == 6 * 25
+    assert mounts["/m/3/7"] == "/s/3/7"
