@@ -534,7 +534,7 @@ class Owner:
         by_degree: dict[int, list[tuple[bytes, FileVersion, int]]] = {}
         for address, (degree, version, no) in wanted.items():
             by_degree.setdefault(degree, []).append((address, version, no))
-        window = trio.Semaphore(8)  # batches in flight
+        window = trio.Semaphore(4)  # batches in flight: 240 chunks, about 15 MB
 
         async def one_batch(degree: int, batch: list[tuple[bytes, FileVersion, int]]) -> None:
             try:
