@@ -202,12 +202,15 @@ class TLSStream(trio.abc.Stream):
             try:
                 while size < limit:
                     part = self._tls.read(limit - size)
+                    if not part:  # the peer's close_notify: a clean end
+                        self._eof = True
+                        break
                     parts.append(part)
                     size += len(part)
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
-                self._eof = True  # the peer's close_notify: a clean end
+                self._eof = True  # the same, as some ssl versions report it
             except ssl.SSLError as exc:
                 self._broken = True
                 raise trio.BrokenResourceError(f"TLS failed: {exc}") from exc

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from node.identity import create_network_ca
+from node.identity import create_network_ca, issue_node_credentials, tls_contexts
 from node.transport import READ_SIZE, Authenticated, TLSStream
 
 from .test_transport import network_for
@@ -125,3 +125,41 @@ async def test_a_cancelled_send_leaves_the_stream_broken(tmp_path: Path) -> None
             await client.stream.receive_some(READ_SIZE)
         await trio.aclose_forcefully(client.stream)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_clean_close_ends_the_stream(tmp_path: Path) -> None:
+    # A peer that says goodbye properly (TLS close_notify, as trio.SSLStream.aclose does): the
+    # data before it, then b"" for good, never a busy loop (the engine reports it as an empty
+    # read, not as an error).
+    ca = create_network_ca()
+    contexts = {}
+    for node_id in (1, 2):
+        creds = issue_node_credentials(ca, node_id)
+        folder = tmp_path / str(node_id)
+        folder.mkdir()
+        (folder / "cert.pem").write_bytes(creds.cert_pem)
+        (folder / "key.pem").write_bytes(creds.key_pem)
+        contexts[node_id] = tls_contexts(creds, str(folder / "cert.pem"), str(folder / "key.pem"))
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def polite_client() -> None:
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        stream = trio.SSLStream(tcp, contexts[2][1], server_hostname="lanvault-peer")
+        await stream.send_all(b"goodbye")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(polite_client)
+        server = TLSStream(await listeners[0].accept(), contexts[1][0], server_side=True)
+        with trio.fail_after(10):
+            await server.do_handshake()
+            received = b""
+            while len(received) < 7:
+                received += await server.receive_some(READ_SIZE)
+            assert received == b"goodbye"
+            assert await server.receive_some(READ_SIZE) == b""
+            assert await server.receive_some(READ_SIZE) == b""
+        await server.aclose()
+    for listener in listeners:
+        await listener.aclose()
