@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,21 @@ from node.protocol import (
 from node.transport import Authenticated, Channel, Link, PeerUnavailable, PinStore, TLSNetwork
 
 
-def network_for(tmp: Path, ca: NetworkCA, node_id: int, pins: PinStore | None = None) -> TLSNetwork:
+def contexts_for(
+    tmp: Path, ca: NetworkCA, node_id: int
+) -> tuple[ssl.SSLContext, ssl.SSLContext, Path]:
+    """A node's (server, client) TLS contexts under ``ca``, and the folder of its files."""
     creds = issue_node_credentials(ca, node_id)
     folder = tmp / f"id{node_id}-{id(creds)}"
     folder.mkdir(parents=True)
     (folder / "cert.pem").write_bytes(creds.cert_pem)
     (folder / "key.pem").write_bytes(creds.key_pem)
     server, client = tls_contexts(creds, str(folder / "cert.pem"), str(folder / "key.pem"))
+    return server, client, folder
+
+
+def network_for(tmp: Path, ca: NetworkCA, node_id: int, pins: PinStore | None = None) -> TLSNetwork:
+    server, client, folder = contexts_for(tmp, ca, node_id)
     return TLSNetwork(server, client, pins or PinStore(folder / "pins.json"), node_id)
 
 
