@@ -650,25 +650,36 @@ class Owner:
         raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
 
     async def _get_envelopes(self, holder: int, addresses: list[bytes]) -> dict[bytes, bytes]:
-        """One GETCHUNKS: the envelopes ``holder`` gave (not yet verified); {} if it failed."""
-        try:
-            answer = await self.node.pool.request(
-                holder,
-                functools.partial(GetChunks, owner=self.owner_id, addresses=tuple(addresses)),
-                self.node.config.request_timeout,
-            )
-        except (PeerUnavailable, RemoteError) as exc:
-            log.info("batch from node %d failed: %s", holder, exc)
-            return {}
-        if not isinstance(answer, ChunksMany) or len(answer.codes) != len(addresses):
-            return {}
-        return {
-            address: envelope
-            for address, envelope, code in zip(
-                addresses, answer.envelopes, answer.codes, strict=True
-            )
-            if code == 0
-        }
+        """The envelopes ``holder`` gave for ``addresses`` (not yet verified).
+
+        One GETCHUNKS per MAX_BATCH addresses, all at once; a request that fails gives none of
+        its chunks (the caller fetches what is missing elsewhere).
+        """
+        found: dict[bytes, bytes] = {}
+
+        async def one_request(batch: list[bytes]) -> None:
+            try:
+                answer = await self.node.pool.request(
+                    holder,
+                    functools.partial(GetChunks, owner=self.owner_id, addresses=tuple(batch)),
+                    self.node.config.request_timeout,
+                )
+            except (PeerUnavailable, RemoteError) as exc:
+                log.info("batch from node %d failed: %s", holder, exc)
+                return
+            if not isinstance(answer, ChunksMany) or len(answer.codes) != len(batch):
+                return
+            for address, envelope, code in zip(batch, answer.envelopes, answer.codes, strict=True):
+                if code == 0:
+                    found[address] = envelope
+
+        if len(addresses) <= MAX_BATCH:
+            await one_request(addresses)
+        else:
+            async with trio.open_nursery() as nursery:
+                for i in range(0, len(addresses), MAX_BATCH):
+                    nursery.start_soon(one_request, addresses[i : i + MAX_BATCH])
+        return found
 
     async def fetch_many(self, addresses: list[bytes]) -> list[bytes]:
         """Verified plaintexts of our chunks at ``addresses``, fetched in parallel.
@@ -710,8 +721,7 @@ class Owner:
 
         async with trio.open_nursery() as nursery:
             for holder, wanted in groups.items():
-                for i in range(0, len(wanted), MAX_BATCH):
-                    nursery.start_soon(from_holder, holder, wanted[i : i + MAX_BATCH])
+                nursery.start_soon(from_holder, holder, wanted)
 
         errors: list[RestoreError] = []
 
@@ -837,11 +847,6 @@ class Owner:
                 return done, failed
 
             async def from_holder(holder: int, nos: list[int], leftovers: list[int]) -> None:
-                if len(nos) > MAX_BATCH:  # one GETCHUNKS holds at most MAX_BATCH
-                    async with trio.open_nursery() as split:
-                        for i in range(0, len(nos), MAX_BATCH):
-                            split.start_soon(from_holder, holder, nos[i : i + MAX_BATCH], leftovers)
-                    return
                 got = await self._get_envelopes(holder, [version.chunks[no] for no in nos])
                 fetched = [(no, got[version.chunks[no]]) for no in nos if version.chunks[no] in got]
                 leftovers.extend(no for no in nos if version.chunks[no] not in got)
