@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -182,6 +183,55 @@ def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
     with open(path, "rb") as handle:
         handle.seek(first_no * CHUNK_SIZE)
         return [handle.read(CHUNK_SIZE) for _ in range(count)]
+
+
+class _ChunkWriter:
+    """Writes verified chunks into a restore's temporary file, one thread at a time.
+
+    Consecutive chunks go in one ``pwritev``. Every ``WRITEBACK_STEP`` bytes the kernel is
+    asked to start writing the file out (``POSIX_FADV_DONTNEED`` starts writeback of dirty
+    pages and drops the clean ones), so the final ``fsync`` has little left to wait for and a
+    large restore does not push everything else out of the page cache.
+    """
+
+    WRITEBACK_STEP = 32 * 1024 * 1024
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._unflushed = 0
+
+    def write(self, chunks: list[tuple[int, bytes]]) -> int:
+        """Write ``(chunk number, plaintext)`` pairs; return the bytes written."""
+        chunks = sorted(chunks)
+        total = 0
+        with self._lock:
+            i = 0
+            while i < len(chunks):
+                j = i + 1
+                while j < len(chunks) and chunks[j][0] == chunks[j - 1][0] + 1:
+                    j += 1
+                run = [plain for _no, plain in chunks[i:j]]
+                total += _pwritev_all(self._fd, run, chunks[i][0] * CHUNK_SIZE)
+                i = j
+            self._unflushed += total
+            if self._unflushed >= self.WRITEBACK_STEP:
+                self._unflushed = 0
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return total
+
+
+def _pwritev_all(fd: int, buffers: list[bytes], offset: int) -> int:
+    """Write every byte of ``buffers`` at ``offset`` (a short write is continued)."""
+    size = sum(len(b) for b in buffers)
+    done = os.pwritev(fd, buffers, offset) if buffers else 0
+    if done < size:
+        rest = memoryview(b"".join(buffers))[done:]
+        while rest:
+            written = os.pwrite(fd, rest, offset + done)
+            done += written
+            rest = rest[written:]
+    return size
 
 
 class Owner:
@@ -816,6 +866,8 @@ class Owner:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             windows = trio.Semaphore(RESTORE_WINDOWS)
+            write_lock = trio.Lock()
+            writer = _ChunkWriter(fd)
             errors: list[RestoreError] = []
             holders = await self._db(self.catalog.holders_many, version.chunks)
             count = len(version.chunks)
@@ -828,33 +880,50 @@ class Owner:
                     min(CHUNK_SIZE, version.size - no * CHUNK_SIZE) for no in kept
                 )
 
-            def write(no: int, plain: bytes) -> int:
+            def checked(no: int, plain: bytes) -> bytes:
                 expected = min(CHUNK_SIZE, version.size - no * CHUNK_SIZE)
                 if len(plain) != expected:
                     raise RestoreError(f"chunk {no} of {version.path} has the wrong length")
-                os.pwrite(fd, plain, no * CHUNK_SIZE)
-                return len(plain)
+                return plain
 
-            def open_and_write(items: list[tuple[int, bytes]]) -> tuple[int, list[int]]:
-                """Verify and write fetched chunks; return bytes written and the chunks that failed."""
-                done, failed = 0, []
+            def write(no: int, plain: bytes) -> int:
+                return writer.write([(no, checked(no, plain))])
+
+            def open_share(
+                items: list[tuple[int, bytes]],
+            ) -> tuple[list[tuple[int, bytes]], list[int]]:
+                """Verify fetched chunks; return the plaintexts and the chunks that failed."""
+                opened, failed = [], []
                 for no, envelope in items:
                     try:
-                        done += write(no, open_chunk(self.keys, version.chunks[no], envelope))
+                        opened.append(
+                            (no, checked(no, open_chunk(self.keys, version.chunks[no], envelope)))
+                        )
                     except (EnvelopeError, RestoreError) as exc:
                         log.warning("chunk %d of %s: %s", no, version.path, exc)
                         failed.append(no)
-                return done, failed
+                return opened, failed
 
-            async def from_holder(holder: int, nos: list[int], leftovers: list[int]) -> None:
+            async def from_holder(
+                holder: int, nos: list[int], opened: list[tuple[int, bytes]], leftovers: list[int]
+            ) -> None:
                 got = await self._get_envelopes(holder, [version.chunks[no] for no in nos])
                 fetched = [(no, got[version.chunks[no]]) for no in nos if version.chunks[no] in got]
                 leftovers.extend(no for no in nos if version.chunks[no] not in got)
-                written, failed = await trio.to_thread.run_sync(
-                    open_and_write, fetched, limiter=self.node.cpu_limiter
+                plains, failed = await trio.to_thread.run_sync(
+                    open_share, fetched, limiter=self.node.cpu_limiter
                 )
-                report.bytes_done += written
+                opened.extend(plains)
                 leftovers.extend(failed)
+
+            async def write_window(opened: list[tuple[int, bytes]]) -> None:
+                # One writer at a time: threads writing one file at once spin on its inode lock
+                # (measured: 5x the CPU of one writer). A window's chunks are consecutive, so
+                # they go in a few large writes.
+                async with write_lock:
+                    report.bytes_done += await trio.to_thread.run_sync(
+                        writer.write, opened, limiter=self.node.disk_limiter
+                    )
 
             async def window(start: int) -> None:
                 async with windows:
@@ -874,9 +943,11 @@ class Owner:
                         # Spread a window over its holders: parallel reads, no hot spot.
                         choice = min(live, key=lambda h: (len(groups.get(h, ())), h))
                         groups.setdefault(choice, []).append(no)
+                    opened: list[tuple[int, bytes]] = []
                     async with trio.open_nursery() as inner:
                         for holder, nos in groups.items():
-                            inner.start_soon(from_holder, holder, nos, leftovers)
+                            inner.start_soon(from_holder, holder, nos, opened, leftovers)
+                    await write_window(opened)
                     if progress is not None:
                         progress(report)
                     for no in leftovers:  # the slow path: failover and retries per chunk
