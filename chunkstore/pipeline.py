@@ -2,7 +2,7 @@
 
 Every primitive here releases the GIL (OpenSSL HMAC, libsodium through cffi, zstd), so two
 threads run at about twice the speed of one. Callers should hand over several chunks per thread
-call: a thread hop costs about as much as hashing one 64,000-byte chunk.
+call: a thread hop costs this VM 100-190 us of the event loop's CPU, about two chunks' hashing.
 """
 
 from __future__ import annotations

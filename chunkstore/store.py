@@ -155,6 +155,27 @@ class _Reservation:
     placed: list[tuple[int, int]] = field(default_factory=list)  # (segment, offset) per record
 
 
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def pwrite_all(fd: int, buffers: Sequence[bytes], offset: int) -> int:
+    """Write every byte of ``buffers`` at ``offset``, gathering them with ``pwritev`` (no
+    joined copy); a short write is continued. Returns the bytes written."""
+    position = offset
+    for start in range(0, len(buffers), _IOV_MAX):
+        group = buffers[start : start + _IOV_MAX]
+        size = sum(len(b) for b in group)
+        done = os.pwritev(fd, group, position)
+        if done < size:
+            rest = memoryview(b"".join(group))[done:]
+            while rest:
+                written = os.pwrite(fd, rest, position + done)
+                done += written
+                rest = rest[written:]
+        position += size
+    return position - offset
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -393,12 +414,7 @@ class ChunkStore:
     @staticmethod
     def _write_reserved(reservation: _Reservation) -> None:
         for _segment, fd, offset, parts in reservation.groups:
-            view = memoryview(b"".join(parts))
-            position = offset
-            while view:
-                written = os.pwrite(fd, view, position)
-                view = view[written:]
-                position += written
+            pwrite_all(fd, parts, offset)
             os.fdatasync(fd)
 
     def _release(self, reservation: _Reservation, failed: bool) -> None:

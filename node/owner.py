@@ -29,7 +29,7 @@ from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
 from chunkstore.errors import ChunkstoreError, EnvelopeError
 from chunkstore.keys import KeyRing
 from chunkstore.retention import RetentionPolicy
-from chunkstore.store import ChunkStore
+from chunkstore.store import ChunkStore, pwrite_all
 
 from .node import Node
 from .protocol import MAX_BATCH, Chunk, ChunksMany, Delete, Deleted, GetChunk, GetChunks
@@ -212,26 +212,13 @@ class _ChunkWriter:
                 while j < len(chunks) and chunks[j][0] == chunks[j - 1][0] + 1:
                     j += 1
                 run = [plain for _no, plain in chunks[i:j]]
-                total += _pwritev_all(self._fd, run, chunks[i][0] * CHUNK_SIZE)
+                total += pwrite_all(self._fd, run, chunks[i][0] * CHUNK_SIZE)
                 i = j
             self._unflushed += total
             if self._unflushed >= self.WRITEBACK_STEP:
                 self._unflushed = 0
                 os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         return total
-
-
-def _pwritev_all(fd: int, buffers: list[bytes], offset: int) -> int:
-    """Write every byte of ``buffers`` at ``offset`` (a short write is continued)."""
-    size = sum(len(b) for b in buffers)
-    done = os.pwritev(fd, buffers, offset) if buffers else 0
-    if done < size:
-        rest = memoryview(b"".join(buffers))[done:]
-        while rest:
-            written = os.pwrite(fd, rest, offset + done)
-            done += written
-            rest = rest[written:]
-    return size
 
 
 class Owner:

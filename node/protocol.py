@@ -513,7 +513,7 @@ def encode_message(message: Message) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def decode_payload(payload: bytes) -> Message:
+def decode_payload(payload: bytes | memoryview) -> Message:
     """Parse and validate one frame payload."""
     try:
         obj = msgpack.unpackb(
@@ -602,10 +602,13 @@ class Connection:
             raise ProtocolError(f"frame length {length} outside 1..{MAX_FRAME}")
         if len(self._buffer) < _LENGTH.size + length:
             return self._end_or_need()
-        with memoryview(self._buffer) as view:  # one copy of the payload, not two
-            payload = bytes(view[_LENGTH.size : _LENGTH.size + length])
+        # Decoded in place: the values are copied out once, the payload is not copied first.
+        with (
+            memoryview(self._buffer) as view,
+            view[_LENGTH.size : _LENGTH.size + length] as payload,
+        ):
+            message = decode_payload(payload)
         del self._buffer[: _LENGTH.size + length]
-        message = decode_payload(payload)
         if self.peer_hello is None:
             if not isinstance(message, Hello):
                 raise ProtocolError(f"expected HELLO first, got {type(message).__name__}")

@@ -38,8 +38,11 @@ from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.pipeline import PreparedChunk, prepare_chunks
 from chunkstore.store import ChunkStore, PutItem
 from lanvault.runtime import tune_allocator
+from node.owner import READ_BATCH
 
-BATCH = 16  # chunks per thread hop: a hop costs about as much as hashing one chunk
+# Chunks per thread hop, as the daemon's backup hands them over. A hop costs this VM 100-190 us
+# of the event loop's CPU (waking a thread on the other core), about two chunks' hashing.
+BATCH = READ_BATCH
 
 
 def log(msg: str) -> None:
@@ -192,33 +195,32 @@ def raw_disk_write(path: Path, envelopes: list[PreparedChunk]) -> None:
 
 
 def bench_put(keys: KeyRing, chunks: list[bytes], repeat: int, workdir: Path) -> dict[str, float]:
+    """Each round runs every variant once, in turn, so a slow phase of a shared machine's disk
+    hits all of them alike instead of whichever ran during it; medians over the rounds."""
     prepared = pipeline(keys, chunks, 2, keep=True)
-    rates = []
-    for r in range(repeat):
-        target = workdir / f"raw{r}"
-        rates.append(len(prepared) / timed(lambda t=target: raw_disk_write(t, prepared)))  # type: ignore[misc]
-        target.unlink()
-    res_raw = statistics.median(rates)
     naive_count = min(len(prepared), 1500)
-    res: dict[str, float] = {"raw_chunks_s": res_raw}
-    rates = []
-    for r in range(repeat):
-        target = workdir / f"naive{r}"
-        rates.append(naive_count / timed(lambda t=target: naive_put(t, prepared[:naive_count])))  # type: ignore[misc]
-    res["naive_chunks_s"] = statistics.median(rates)
-    nbytes = sum(len(p.envelope) for p in prepared)
+    variants: dict[str, tuple[int, Callable[[Path], object]]] = {
+        "raw_chunks_s": (len(prepared), lambda t: raw_disk_write(t, prepared)),
+        "naive_chunks_s": (naive_count, lambda t: naive_put(t, prepared[:naive_count])),
+    }
     for batch, writers in ((1, 1), (64, 1), (64, 2)):
         count = len(prepared) if batch > 1 else naive_count
-        rates = []
-        for r in range(repeat):
-            target = workdir / f"store{batch}_{writers}_{r}"
-            rates.append(
-                count
-                / timed(
-                    lambda t=target, c=count, b=batch, w=writers: store_put(t, prepared[:c], b, w)  # type: ignore[misc]
-                )
-            )
-        res[f"store_b{batch}_w{writers}_chunks_s"] = statistics.median(rates)
+        variants[f"store_b{batch}_w{writers}_chunks_s"] = (
+            count,
+            lambda t, c=count, b=batch, w=writers: store_put(t, prepared[:c], b, w),  # type: ignore[misc]
+        )
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(repeat):
+        for name, (count, run) in variants.items():
+            target = workdir / f"{name}-{r}"
+            rates[name].append(count / timed(lambda t=target, f=run: f(t)))  # type: ignore[misc]
+            if target.is_file():
+                target.unlink()
+    res = {name: statistics.median(values) for name, values in rates.items()}
+    res["store_vs_naive"] = statistics.median(
+        s / n for s, n in zip(rates["store_b64_w2_chunks_s"], rates["naive_chunks_s"], strict=True)
+    )
+    nbytes = sum(len(p.envelope) for p in prepared)
     res["store_b64_mb_s"] = res["store_b64_w2_chunks_s"] * (nbytes / len(prepared)) / 1e6
     res["naive_mb_s"] = res["naive_chunks_s"] * (nbytes / len(prepared)) / 1e6
     res["raw_mb_s"] = res["raw_chunks_s"] * (nbytes / len(prepared)) / 1e6
@@ -268,7 +270,8 @@ def main() -> int:
     p = results["put"]
     print(f"\ndurable put ({args.put_mib} MiB of 64,000-byte chunks), medians of {args.repeat}:")
     print(
-        f"  raw disk: 4 MiB appends+fdatasync  {p['raw_chunks_s']:8.0f} chunks/s {p['raw_mb_s']:7.1f} MB/s  (ceiling)"
+        f"  raw disk: 4 MiB appends+fdatasync  {p['raw_chunks_s']:8.0f} chunks/s {p['raw_mb_s']:7.1f} MB/s"
+        f"   (ceiling: {p['raw_chunks_s'] / p['naive_chunks_s']:.1f}x naive)"
     )
     print(
         f"  naive write+fsync+rename per file  {p['naive_chunks_s']:8.0f} chunks/s {p['naive_mb_s']:7.1f} MB/s"
@@ -277,7 +280,7 @@ def main() -> int:
     print(f"  put_many, batches of 64, 1 writer  {p['store_b64_w1_chunks_s']:8.0f} chunks/s")
     print(
         f"  put_many, batches of 64, 2 writers {p['store_b64_w2_chunks_s']:8.0f} chunks/s {p['store_b64_mb_s']:7.1f} MB/s"
-        f"   = {p['store_b64_w2_chunks_s'] / p['naive_chunks_s']:.1f}x naive (target >= 5x),"
+        f"   = {p['store_vs_naive']:.1f}x naive (median of the rounds' ratios; target >= 5x),"
         f" {p['store_b64_w2_chunks_s'] / p['raw_chunks_s']:.2f}x the raw disk"
     )
     return 0

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from chunkstore import store as store_module
 from chunkstore.errors import (
     ChunkNotFoundError,
     ChunkstoreError,
@@ -14,7 +15,7 @@ from chunkstore.errors import (
 )
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import PreparedChunk, prepare_chunk
-from chunkstore.store import ChunkStore, PutItem, parse_address
+from chunkstore.store import ChunkStore, PutItem, parse_address, pwrite_all
 
 
 def chunk(keys: KeyRing, n: int, size: int = 1000) -> PreparedChunk:
@@ -319,3 +320,33 @@ def test_delete_many_of_mostly_absent_addresses(store: ChunkStore, keys: KeyRing
     assert store.has(1, held[1].address)
     gone = len(held[0].envelope) + len(held[3].envelope)
     assert store.used_bytes == sum(len(c.envelope) for c in held) * 2 - gone
+
+
+def test_pwrite_all_gathers_more_buffers_than_one_call_takes(tmp_path: Path) -> None:
+    buffers = [bytes([i % 256]) * (i % 7) for i in range(3000)]  # over IOV_MAX, empty ones too
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, b"head", 0)
+        assert pwrite_all(fd, buffers, 4) == sum(len(b) for b in buffers)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == b"head" + b"".join(buffers)
+
+
+def test_pwrite_all_continues_a_short_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.pwritev
+
+    def short(fd: int, buffers: list[bytes], offset: int) -> int:
+        # Only part of the first buffer, as a nearly full disk may.
+        return real(fd, [buffers[0][:1000]], offset)
+
+    monkeypatch.setattr(store_module.os, "pwritev", short)
+    parts = [b"a" * 5000, b"b" * 7000, b"c" * 3]
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert pwrite_all(fd, parts, 0) == 12003
+    finally:
+        os.close(fd)
+    assert (tmp_path / "out").read_bytes() == b"".join(parts)

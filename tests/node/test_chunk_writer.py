@@ -1,4 +1,4 @@
-"""The restore's file writer: runs of consecutive chunks, any order, short writes continued."""
+"""The restore's file writer: runs of consecutive chunks in any order, writeback started."""
 
 from __future__ import annotations
 
@@ -32,23 +32,6 @@ def test_chunks_in_any_order_land_at_their_offsets(tmp_path: Path) -> None:
         os.close(fd)
     expected = b"".join(chunk(no) for no in range(10)) + chunk(10, 123)
     assert path.read_bytes() == expected
-
-
-def test_a_short_pwritev_is_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = os.pwritev
-
-    def short(fd: int, buffers: list[bytes], offset: int) -> int:
-        # Write only part of the first buffer, as a nearly full disk may.
-        return real(fd, [buffers[0][:1000]], offset)
-
-    monkeypatch.setattr(owner.os, "pwritev", short)
-    path = tmp_path / "out"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        assert _ChunkWriter(fd).write([(0, chunk(0)), (1, chunk(1))]) == 2 * CHUNK_SIZE
-    finally:
-        os.close(fd)
-    assert path.read_bytes() == chunk(0) + chunk(1)
 
 
 def test_writeback_is_started_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
