@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ from benchlib import (
     GONE_AFTER,
     ROOT,
     Net,
+    cpu_seconds,
     disk_ceiling,
     log,
     loopback_ceiling,
@@ -53,6 +55,7 @@ def main() -> int:
         log("measuring ceilings …")
         results["loopback_mb_s"] = loopback_ceiling(512 * 1024 * 1024)
         results["pipeline_mb_s"] = pipeline_ceiling(256)
+        results["opening_mb_s"] = pipeline_ceiling(256, opening=True)
         results["disk_mb_s"] = disk_ceiling(root, 512)
         results["backup_ceiling_mb_s"] = min(
             results["pipeline_mb_s"],
@@ -72,14 +75,22 @@ def main() -> int:
         try:
             log("starting 5 nodes (owner + 4 storage nodes) …")
             net.start()
+            pids = [proc.pid for proc in net.procs.values()]
+
+            def cpu_now() -> float:  # every node, and the CLI processes run meanwhile
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                return cpu_seconds(pids) + children.ru_utime + children.ru_stime
+
             log("backup …")
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_now()
             net.cli(1, "backup", str(src), "--degree", str(DEGREE))
             results["backup_mb_s"] = size / (time.perf_counter() - start) / 1e6
+            results["backup_cpu_ms_per_mb"] = (cpu_now() - cpu) / (size / 1e6) * 1000
             log("restore …")
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_now()
             net.cli(1, "restore", str(src), "--to", str(root / "out"))
             results["restore_mb_s"] = size / (time.perf_counter() - start) / 1e6
+            results["restore_cpu_ms_per_mb"] = (cpu_now() - cpu) / (size / 1e6) * 1000
             same = (
                 subprocess.run(
                     ["cmp", str(src / "data.bin"), str(root / "out" / "data.bin")]
@@ -123,7 +134,8 @@ def main() -> int:
     )
     print(
         f"  ceilings: loopback {r['loopback_mb_s']:.0f} MB/s, chunk pipeline (2 threads) {r['pipeline_mb_s']:.0f} MB/s,"
-        f" durable disk {r['disk_mb_s']:.0f} MB/s"
+        f" durable disk {r['disk_mb_s']:.0f} MB/s; opening chunks (2 threads, what a restore must"
+        f" do besides moving them) {r['opening_mb_s']:.0f} MB/s"
     )
     print(
         f"  backup   {r['backup_mb_s']:7.1f} MB/s   ceiling {r['backup_ceiling_mb_s']:.0f} MB/s"
@@ -133,6 +145,13 @@ def main() -> int:
         f"  restore  {r['restore_mb_s']:7.1f} MB/s   ceiling {r['restore_ceiling_mb_s']:.0f} MB/s"
         f" -> {r['restore_mb_s'] / r['restore_ceiling_mb_s']:.2f}x (target >= 0.5x); identical: {bool(r['restore_identical'])}"
     )
+    cores = os.cpu_count() or 1
+    for name in ("backup", "restore"):
+        ms = r[f"{name}_cpu_ms_per_mb"]
+        print(
+            f"  {name:8s} CPU of all processes: {ms:.1f} ms per MB;"
+            f" at that cost {cores} cores allow {cores * 1000 / ms:.0f} MB/s"
+        )
     print(
         f"  repair   {r['repaired_mb']:.0f} MB held by the killed node back at degree {r['repair_seconds_after_gone']:.1f} s"
         f" after it was declared gone ({r['repaired_mb'] / max(r['repair_seconds_after_gone'], 0.1):.0f} MB/s;"

@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import trio
 
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.keys import KeyRing, new_master_key
-from chunkstore.pipeline import prepare_chunks
+from chunkstore.pipeline import open_chunks, prepare_chunks
+from node.owner import READ_BATCH
 
 ROOT = Path(__file__).resolve().parents[1]
 GONE_AFTER = 5.0
@@ -98,23 +100,37 @@ def loopback_ceiling(total: int) -> float:
     return statistics.median(trio.run(_loopback, total) for _ in range(3))
 
 
-def pipeline_ceiling(mib: int) -> float:
+def pipeline_ceiling(mib: int, opening: bool = False) -> float:
+    """MB/s of the chunk pipeline on 2 threads, in the daemon's batches: sealing (address,
+    compress, encrypt) or, with ``opening``, what every restore does (decrypt, verify)."""
     keys = KeyRing.from_master(new_master_key())
     chunks = [os.urandom(CHUNK_SIZE) for _ in range(mib * 1024 * 1024 // CHUNK_SIZE)]
+    sealed = [(p.address, p.envelope) for p in prepare_chunks(keys, chunks)] if opening else []
 
     async def run() -> float:
         limiter = trio.CapacityLimiter(2)
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
-            for i in range(0, len(chunks), 16):
-                nursery.start_soon(
-                    lambda b=chunks[i : i + 16]: trio.to_thread.run_sync(
-                        prepare_chunks, keys, b, limiter=limiter
-                    )
-                )
+            for i in range(0, len(chunks), READ_BATCH):
+                job: Callable[[], object]
+                if opening:
+                    job = functools.partial(open_chunks, keys, sealed[i : i + READ_BATCH])
+                else:
+                    job = functools.partial(prepare_chunks, keys, chunks[i : i + READ_BATCH])
+                nursery.start_soon(functools.partial(trio.to_thread.run_sync, job, limiter=limiter))
         return len(chunks) * CHUNK_SIZE / (time.perf_counter() - start) / 1e6
 
     return statistics.median(trio.run(run) for _ in range(3))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes ``pids`` (all their threads) have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 def disk_ceiling(folder: Path, mib: int) -> float:
