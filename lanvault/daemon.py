@@ -42,6 +42,22 @@ def _progress_event(report: Progress, started: float) -> dict[str, Any]:
     }
 
 
+def _user_error(exc: Exception, kinds: tuple[type[Exception], ...]) -> Exception | None:
+    """``exc`` if it is one of ``kinds``, or the first of an exception group made of those only
+    (a nursery wraps what its tasks raise); None when anything else is in it: a bug, which must
+    show as one."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, ExceptionGroup):
+        matched, rest = exc.split(kinds)
+        if matched is not None and rest is None:
+            first: Exception = matched
+            while isinstance(first, ExceptionGroup):
+                first = first.exceptions[0]
+            return first
+    return None
+
+
 class Daemon:
     def __init__(self, state: StateDir, config: Config, catalog_path: Path | None = None) -> None:
         self.state = state
@@ -334,8 +350,11 @@ class Daemon:
             report = await self._with_progress(
                 emit, lambda progress: self.owner.backup_path(path, degree, progress)
             )
-        except (BackupError, OSError) as exc:
-            raise OpError(str(exc)) from None
+        except Exception as exc:
+            error = _user_error(exc, (BackupError, OSError))
+            if error is None:
+                raise
+            raise OpError(str(error)) from None
         return {
             "files": report.files_done,
             "bytes": report.bytes_done,
@@ -356,8 +375,11 @@ class Daemon:
             report = await self._with_progress(
                 emit, lambda progress: self.owner.restore_path(path, dest, progress, at_ns)
             )
-        except (RestoreError, OSError) as exc:
-            raise OpError(str(exc)) from None
+        except Exception as exc:
+            error = _user_error(exc, (RestoreError, OSError))
+            if error is None:
+                raise
+            raise OpError(str(error)) from None
         return {
             "files": report.files_done,
             "bytes": report.bytes_done,

@@ -934,19 +934,25 @@ class Owner:
                     async with trio.open_nursery() as inner:
                         for holder, nos in groups.items():
                             inner.start_soon(from_holder, holder, nos, opened, leftovers)
-                    await write_window(opened)
-                    if progress is not None:
-                        progress(report)
-                    for no in leftovers:  # the slow path: failover and retries per chunk
-                        try:
+                    try:
+                        await write_window(opened)
+                        if progress is not None:
+                            progress(report)
+                        for no in leftovers:  # the slow path: failover and retries per chunk
                             written = await self.fetch_chunk(
                                 version.chunks[no], sink=functools.partial(write, no)
                             )
-                        except RestoreError as exc:
-                            errors.append(exc)
-                            return
-                        assert isinstance(written, int)
-                        report.bytes_done += written
+                            assert isinstance(written, int)
+                            report.bytes_done += written
+                    except RestoreError as exc:
+                        errors.append(exc)
+                    except OSError as exc:  # a full or failing destination disk
+                        errors.append(
+                            RestoreError(
+                                f"cannot write {dest}: {exc.strerror or exc} (what was restored"
+                                f" so far is kept in {tmp.name} and reused by the next attempt)"
+                            )
+                        )
 
             async with trio.open_nursery() as nursery:
                 for start in range(0, count, RESTORE_WINDOW):

@@ -281,3 +281,56 @@ def test_interrupted_restore_resumes(cluster4: ProcessCluster, tmp_path: Path) -
     assert out.read_bytes() == data and not partial.exists()
     log = cluster4.nodes[1].log.read_text()
     assert "resuming the restore" in log and "chunks already there" in log
+
+
+def test_restore_onto_a_full_disk_fails_cleanly(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(5_000_000))
+    cluster4.cli(1, "backup", src / "big.bin")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        result = cluster4.cli(1, "restore", src / "big.bin", "--to", small / "out.bin", check=False)
+        assert result.returncode == 1, result.stderr
+        assert "No space left on device" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert not (small / "out.bin").exists()  # nothing half-written in place
+        # With room again, the same restore completes (what was written is reused).
+        subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)
+        cluster4.cli(1, "restore", src / "big.bin", "--to", small / "out.bin")
+        assert (small / "out.bin").read_bytes() == (src / "big.bin").read_bytes()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_file_deleted_during_its_backup_gives_one_line(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big.bin"
+    big.write_bytes(os.urandom(300_000_000))
+    command = [sys.executable, "-m", "lanvault.cli", "backup", str(big)]
+    proc = subprocess.Popen(
+        [*command, "--dir", str(cluster4.nodes[1].state)],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    cluster4.wait(
+        lambda: sum(cluster4.json(n, "state")["used_bytes"] for n in (2, 3, 4)) > 5_000_000,
+        60,
+        "backup under way",
+    )
+    big.unlink()  # each batch opens the file again: the next one finds it gone
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    text = err.decode()
+    last = text.strip().splitlines()[-1]  # after the progress lines
+    assert last.startswith("lanvault: ") and "No such file" in last
+    assert "internal error" not in text and "Traceback" not in text
+    versions = cluster4.cli(1, "versions", big, check=False)  # none names the half-read file
+    assert versions.returncode == 1 and "no versions" in versions.stderr
