@@ -473,6 +473,7 @@ class Owner:
         addresses: list[bytes | None] = [None] * count
         budget = trio.Semaphore(IN_FLIGHT_CHUNKS)
         failures: list[str] = []
+        unreadable: list[OSError] = []
         learned: list[tuple[bytes, int]] = []  # (address, holder) pairs not yet in the catalog
 
         async def send_batch(items: list[tuple[bytes, bytes, set[int]]]) -> None:
@@ -496,9 +497,13 @@ class Owner:
                 for _ in range(n):
                     await budget.acquire()
                 # One thread hop reads and addresses the batch, one seals what must be sent.
-                plaintexts, batch_addresses = await trio.to_thread.run_sync(
-                    _read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
-                )
+                try:
+                    plaintexts, batch_addresses = await trio.to_thread.run_sync(
+                        _read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
+                    )
+                except OSError as exc:  # raised here it would leave the nursery as a group
+                    unreadable.append(exc)
+                    break
                 known = await self._db(self.catalog.holders_many, batch_addresses)
                 to_send: list[tuple[bytes, bytes, set[int]]] = []
                 for offset, (plain, address) in enumerate(
@@ -533,6 +538,8 @@ class Owner:
                 if progress:
                     progress(report)
         await flush_learned()
+        if unreadable:
+            raise unreadable[0]
         if failures:
             raise BackupError(f"{path}: {failures[0]}")
         return [a for a in addresses if a is not None]

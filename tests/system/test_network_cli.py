@@ -305,14 +305,15 @@ def test_restore_onto_a_full_disk_fails_cleanly(cluster4: ProcessCluster, tmp_pa
         subprocess.run(["umount", "-l", str(small)], check=False)
 
 
-def test_a_file_deleted_during_its_backup_gives_one_line(
+def test_a_file_deleted_during_a_folder_backup_spoils_only_itself(
     cluster4: ProcessCluster, tmp_path: Path
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
     big = src / "big.bin"
     big.write_bytes(os.urandom(300_000_000))
-    command = [sys.executable, "-m", "lanvault.cli", "backup", str(big)]
+    (src / "keep.txt").write_text("still backed up")
+    command = [sys.executable, "-m", "lanvault.cli", "backup", str(src)]
     proc = subprocess.Popen(
         [*command, "--dir", str(cluster4.nodes[1].state)],
         cwd=ROOT,
@@ -330,7 +331,8 @@ def test_a_file_deleted_during_its_backup_gives_one_line(
     assert proc.returncode == 1
     text = err.decode()
     last = text.strip().splitlines()[-1]  # after the progress lines
-    assert last.startswith("lanvault: ") and "No such file" in last
+    assert last.startswith("lanvault: 1 of 2 files not backed up") and "No such file" in last
     assert "internal error" not in text and "Traceback" not in text
     versions = cluster4.cli(1, "versions", big, check=False)  # none names the half-read file
     assert versions.returncode == 1 and "no versions" in versions.stderr
+    assert len(cluster4.json(1, "versions", src / "keep.txt")["versions"]) == 1  # the rest went on
