@@ -440,12 +440,19 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
     if not path.exists():
         raise CommandError(f"{args.path}: no such file or folder")
     data = request(state, {"op": "backup", "path": str(path), "degree": args.degree}, "backup")
-    emit(
-        args,
-        data,
-        f"backed up {data['files']} files ({data['bytes'] / 1e6:.1f} MB, {data['bytes_sent'] / 1e6:.1f} MB sent)"
-        f" at degree {data['degree']} in {data['seconds']:.1f} s",
+    summary = (
+        f"backed up {data['files']} file{'' if data['files'] == 1 else 's'} ({data['bytes'] / 1e6:.1f} MB, {data['bytes_sent'] / 1e6:.1f} MB sent)"
+        f" at degree {data['degree']} in {data['seconds']:.1f} s"
     )
+    skipped = data.get("skipped") or []
+    if skipped:
+        one = len(skipped) == 1
+        summary += (
+            f"; passed over {len(skipped)} {'entry' if one else 'entries'} that"
+            f" {'is' if one else 'are'} not a regular file (symlink, FIFO, socket or device),"
+            f" e.g. {skipped[0]}; a mounted folder keeps symlinks too"
+        )
+    emit(args, data, summary)
     return 0
 
 

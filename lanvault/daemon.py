@@ -360,6 +360,7 @@ class Daemon:
             "bytes": report.bytes_done,
             "bytes_sent": report.bytes_sent,
             "chunks_already_safe": report.chunks_skipped,
+            "skipped": report.entries_skipped,
             "seconds": time.monotonic() - started,
             "degree": degree,
         }

@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,27 +110,32 @@ class Progress:
     bytes_done: int = 0
     bytes_sent: int = 0
     chunks_skipped: int = 0
+    entries_skipped: list[str] = field(default_factory=list)  # not regular files: not backed up
 
 
 ProgressFn = Callable[[Progress], None]
 T = TypeVar("T")
 
 
-def _scan(root: str) -> tuple[list[str], int]:
-    """Regular files under ``root`` (or ``root`` itself), sorted, and their total size."""
+def _scan(root: str) -> tuple[list[str], int, list[str]]:
+    """Regular files under ``root`` (or ``root`` itself), sorted, their total size, and what
+    was passed over (symlinks, sockets, FIFOs, devices: only a mounted folder records
+    symlinks)."""
     if os.path.isdir(root) and not os.path.islink(root):
-        found = []
+        found, skipped = [], []
         for dirpath, _dirs, names in os.walk(root):
             for name in names:
                 full = os.path.join(dirpath, name)
                 if os.path.isfile(full) and not os.path.islink(full):
                     found.append(full)
+                else:
+                    skipped.append(full)
         files = sorted(found)
     elif os.path.isfile(root):
-        files = [root]
+        files, skipped = [root], []
     else:
         raise BackupError(f"{root}: not a regular file or folder")
-    return files, sum(os.path.getsize(f) for f in files)
+    return files, sum(os.path.getsize(f) for f in files), sorted(skipped)
 
 
 def _read_and_address(
@@ -339,8 +344,8 @@ class Owner:
     ) -> Progress:
         """Back up a file or a whole folder (regular files; symlinks are not followed)."""
         degree = degree or self.default_degree
-        files, total = await trio.to_thread.run_sync(_scan, str(path))
-        report = Progress(files_total=len(files), bytes_total=total)
+        files, total, skipped = await trio.to_thread.run_sync(_scan, str(path))
+        report = Progress(files_total=len(files), bytes_total=total, entries_skipped=skipped)
         failures: list[str] = []
         for file in files:
             try:

@@ -336,3 +336,16 @@ def test_a_file_deleted_during_a_folder_backup_spoils_only_itself(
     versions = cluster4.cli(1, "versions", big, check=False)  # none names the half-read file
     assert versions.returncode == 1 and "no versions" in versions.stderr
     assert len(cluster4.json(1, "versions", src / "keep.txt")["versions"]) == 1  # the rest went on
+
+
+def test_folder_backup_names_what_it_passes_over(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("kept")
+    os.symlink("a.txt", src / "link")
+    os.mkfifo(src / "pipe")
+    result = cluster4.cli(1, "backup", src)
+    assert "backed up 1 file (" in result.stdout
+    assert "passed over 2 entries that are not a regular file" in result.stdout
+    data = cluster4.json(1, "backup", src)
+    assert data["skipped"] == [str(src / "link"), str(src / "pipe")]
