@@ -482,7 +482,8 @@ def cmd_delete(args: argparse.Namespace, state: StateDir) -> int:
     emit(
         args,
         data,
-        f"deleted {data['files']} files ({data['chunks']} chunks) from every holder{extra}",
+        f"deleted {data['files']} file{'' if data['files'] == 1 else 's'}"
+        f" ({data['chunks']} chunks) from every holder{extra}",
     )
     return 0
 
