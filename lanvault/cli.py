@@ -446,9 +446,10 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
     )
     skipped = data.get("skipped") or []
     if skipped:
-        one = len(skipped) == 1
+        count = data.get("skipped_count", len(skipped))
+        one = count == 1
         summary += (
-            f"; passed over {len(skipped)} {'entry' if one else 'entries'} that"
+            f"; passed over {count} {'entry' if one else 'entries'} that"
             f" {'is' if one else 'are'} not a regular file (symlink, FIFO, socket or device),"
             f" e.g. {skipped[0]}; a mounted folder keeps symlinks too"
         )

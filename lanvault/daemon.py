@@ -29,6 +29,7 @@ from .control import Binary, Emit, OpError, serve_control
 from .state import Config, StateDir
 
 log = logging.getLogger("lanvault")
+SKIPPED_LISTED = 100  # entries a backup names as passed over; the count is always whole
 
 
 def _progress_event(report: Progress, started: float) -> dict[str, Any]:
@@ -360,7 +361,8 @@ class Daemon:
             "bytes": report.bytes_done,
             "bytes_sent": report.bytes_sent,
             "chunks_already_safe": report.chunks_skipped,
-            "skipped": report.entries_skipped,
+            "skipped": report.entries_skipped[:SKIPPED_LISTED],
+            "skipped_count": len(report.entries_skipped),
             "seconds": time.monotonic() - started,
             "degree": degree,
         }

@@ -117,13 +117,30 @@ ProgressFn = Callable[[Progress], None]
 T = TypeVar("T")
 
 
-def _scan(root: str) -> tuple[list[str], int, list[str]]:
-    """Regular files under ``root`` (or ``root`` itself), sorted, their total size, and what
-    was passed over (symlinks, sockets, FIFOs, devices: only a mounted folder records
-    symlinks)."""
+@dataclass(slots=True)
+class _Scan:
+    files: list[str]  # regular files, sorted
+    total: int  # their size in bytes
+    skipped: list[str]  # symlinks, sockets, FIFOs, devices: only a mounted folder keeps symlinks
+    unlisted: list[str]  # folders that could not be read, with the reason
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # gone since it was listed: its own backup reports it
+        return 0
+
+
+def _scan(root: str) -> _Scan:
+    """What a backup of ``root`` (a regular file or a folder) reads, and what it leaves."""
     if os.path.isdir(root) and not os.path.islink(root):
-        found, skipped = [], []
-        for dirpath, _dirs, names in os.walk(root):
+        found, skipped, unlisted = [], [], []
+
+        def cannot_list(exc: OSError) -> None:
+            unlisted.append(f"{exc.filename}: cannot be read ({exc.strerror or exc})")
+
+        for dirpath, _dirs, names in os.walk(root, onerror=cannot_list):
             for name in names:
                 full = os.path.join(dirpath, name)
                 if os.path.isfile(full) and not os.path.islink(full):
@@ -132,10 +149,10 @@ def _scan(root: str) -> tuple[list[str], int, list[str]]:
                     skipped.append(full)
         files = sorted(found)
     elif os.path.isfile(root):
-        files, skipped = [root], []
+        files, skipped, unlisted = [root], [], []
     else:
         raise BackupError(f"{root}: not a regular file or folder")
-    return files, sum(os.path.getsize(f) for f in files), sorted(skipped)
+    return _Scan(files, sum(_size(f) for f in files), sorted(skipped), unlisted)
 
 
 def _read_and_address(
@@ -344,8 +361,11 @@ class Owner:
     ) -> Progress:
         """Back up a file or a whole folder (regular files; symlinks are not followed)."""
         degree = degree or self.default_degree
-        files, total, skipped = await trio.to_thread.run_sync(_scan, str(path))
-        report = Progress(files_total=len(files), bytes_total=total, entries_skipped=skipped)
+        scan = await trio.to_thread.run_sync(_scan, str(path))
+        files = scan.files
+        report = Progress(
+            files_total=len(files), bytes_total=scan.total, entries_skipped=scan.skipped
+        )
         failures: list[str] = []
         for file in files:
             try:
@@ -355,8 +375,14 @@ class Owner:
             report.files_done += 1
             if progress:
                 progress(report)
-        if failures:
-            raise BackupError(f"{len(failures)} of {len(files)} files not backed up: {failures[0]}")
+        if failures or scan.unlisted:  # the rest went on; now say what did not
+            what = []
+            if failures:
+                what.append(f"{len(failures)} of {len(files)} files not backed up")
+            if scan.unlisted:
+                n = len(scan.unlisted)
+                what.append(f"{n} folder{'' if n == 1 else 's'} not read")
+            raise BackupError(f"{', '.join(what)}: {(failures + scan.unlisted)[0]}")
         return report
 
     async def backup_file(
@@ -919,6 +945,8 @@ class Owner:
                 # One writer at a time: threads writing one file at once spin on its inode lock
                 # (measured: 5x the CPU of one writer). A window's chunks are consecutive, so
                 # they go in a few large writes.
+                if not opened:  # every chunk of the window was there already, or failed
+                    return
                 async with write_lock:
                     report.bytes_done += await trio.to_thread.run_sync(
                         writer.write, opened, limiter=self.node.disk_limiter

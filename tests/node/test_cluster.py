@@ -220,3 +220,31 @@ async def test_corrupt_copy_found_by_scrub_is_replaced(tmp_path: Path) -> None:
             while copies(cluster, 1).get(victim.address, 0) < 2:
                 await trio.sleep(0.5)
         await assert_at_degree(cluster, 1, 2)
+
+
+async def test_a_folder_that_cannot_be_read_fails_the_backup_after_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.owner import BackupError
+
+    files = write_files(tmp_path / "src", random.Random(3))
+    locked = tmp_path / "src" / "locked"
+    locked.mkdir()
+    (locked / "secret.txt").write_text("unseen")
+    real_scandir = os.scandir
+
+    def scandir(path: str) -> object:  # os.walk lists each folder with this
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    async with open_cluster(tmp_path / "c", 3) as cluster:
+        owner = cluster.members[1].owner
+        with pytest.raises(BackupError) as failure:
+            await owner.backup_path(tmp_path / "src", degree=2)
+        assert str(failure.value) == (
+            f"1 folder not read: {locked}: cannot be read (Permission denied)"
+        )
+        backed_up = {v.path for v, _ in owner.catalog.latest_versions("")}
+        assert backed_up == {str(p) for p in files}  # the readable files went on

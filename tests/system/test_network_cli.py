@@ -349,3 +349,9 @@ def test_folder_backup_names_what_it_passes_over(cluster4: ProcessCluster, tmp_p
     assert "passed over 2 entries that are not a regular file" in result.stdout
     data = cluster4.json(1, "backup", src)
     assert data["skipped"] == [str(src / "link"), str(src / "pipe")]
+    # Many of them: the count is whole, the list names the first hundred.
+    for n in range(150):
+        os.symlink("a.txt", src / f"more-{n:03d}")
+    data = cluster4.json(1, "backup", src)
+    assert data["skipped_count"] == 152 and len(data["skipped"]) == 100
+    assert "passed over 152 entries" in cluster4.cli(1, "backup", src).stdout
