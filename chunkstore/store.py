@@ -20,6 +20,7 @@ index, and segment names come from integers the store itself chose.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -170,6 +171,8 @@ def pwrite_all(fd: int, buffers: Sequence[bytes], offset: int) -> int:
             rest = memoryview(b"".join(group))[done:]
             while rest:
                 written = os.pwrite(fd, rest, position + done)
+                if written == 0:  # never for a regular file; guards against looping forever
+                    raise OSError(errno.ENOSPC, "no byte could be written")
                 done += written
                 rest = rest[written:]
         position += size

@@ -603,12 +603,14 @@ class Connection:
         if len(self._buffer) < _LENGTH.size + length:
             return self._end_or_need()
         # Decoded in place: the values are copied out once, the payload is not copied first.
-        with (
-            memoryview(self._buffer) as view,
-            view[_LENGTH.size : _LENGTH.size + length] as payload,
-        ):
-            message = decode_payload(payload)
-        del self._buffer[: _LENGTH.size + length]
+        try:
+            with (
+                memoryview(self._buffer) as view,
+                view[_LENGTH.size : _LENGTH.size + length] as payload,
+            ):
+                message = decode_payload(payload)
+        finally:  # a bad frame is consumed too: asked again, the stream does not repeat it
+            del self._buffer[: _LENGTH.size + length]
         if self.peer_hello is None:
             if not isinstance(message, Hello):
                 raise ProtocolError(f"expected HELLO first, got {type(message).__name__}")

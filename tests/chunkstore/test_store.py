@@ -350,3 +350,16 @@ def test_pwrite_all_continues_a_short_write(
     finally:
         os.close(fd)
     assert (tmp_path / "out").read_bytes() == b"".join(parts)
+
+
+def test_pwrite_all_raises_instead_of_looping_when_nothing_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module.os, "pwritev", lambda fd, buffers, offset: 0)
+    monkeypatch.setattr(store_module.os, "pwrite", lambda fd, data, offset: 0)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError, match="no byte could be written"):
+            pwrite_all(fd, [b"abc"], 0)
+    finally:
+        os.close(fd)

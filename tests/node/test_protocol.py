@@ -291,3 +291,12 @@ def test_fuzz_after_handshake_and_memory_stays_bounded(pieces: list[bytes]) -> N
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
     assert peak < 2 * MAX_FRAME
+
+
+def test_a_frame_that_does_not_decode_is_not_kept() -> None:
+    _, conn = open_pair()
+    junk = b"\xc1" * 100  # 0xc1 is never valid msgpack
+    conn.receive_data(len(junk).to_bytes(4, "big") + junk)
+    with pytest.raises(ProtocolError, match="undecodable"):
+        conn.next_event()
+    assert conn.buffered == 0
