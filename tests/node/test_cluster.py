@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from chunkstore.chunking import CHUNK_SIZE
+from node.owner import BackupError
 
 from .cluster import Cluster, open_cluster
 from .memnet import FaultPlan
@@ -225,8 +226,6 @@ async def test_corrupt_copy_found_by_scrub_is_replaced(tmp_path: Path) -> None:
 async def test_a_folder_that_cannot_be_read_fails_the_backup_after_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from node.owner import BackupError
-
     files = write_files(tmp_path / "src", random.Random(3))
     locked = tmp_path / "src" / "locked"
     locked.mkdir()
