@@ -1,7 +1,8 @@
 """The runnable default behind ``scripts/run``: a small lanvault network on this one machine.
 
-Creates (once) three nodes on 127.0.0.1 with their state under ``.lanvault-demo/`` (ignored by
-git), starts them, mounts ``./vault`` (its real files in ``.lanvault-demo/vault-data``), and stays
+Creates (once) four nodes on 127.0.0.1, the owner (with the mount) and three that lend it space,
+so that at degree 2 every chunk keeps its degree when one of them reclaims its space. Their
+state is under ``.lanvault-demo/`` (ignored by git). It starts them, mounts ``./vault`` (its real files in ``.lanvault-demo/vault-data``), and stays
 in the foreground until Ctrl-C, when it unmounts and stops every node cleanly. Running it again
 reuses the same network and data. ``--check`` starts everything, writes a file through the mount,
 waits until it is at its degree and visible in ``vault/versions/``, restores it, and stops.
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NODES = 3
+NODES = 4  # with 3, a reclaim on one lender would leave degree-2 chunks one copy short
 
 
 def _free_port(preferred: int) -> int:
