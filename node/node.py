@@ -407,9 +407,10 @@ class Node:
         budget_start = trio.current_time()
         sent_bytes = 0
         for _count, chunk, holders in deficits:
+            missing = chunk.degree - len(holders)  # before: replicating adds to ``holders``
             made = await self._repair_chunk(chunk, holders)
             report.copies_made += made
-            report.failed += chunk.degree - len(holders) - made
+            report.failed += missing - made
             sent_bytes += made * chunk.length
             # Bounded rate: never spend more than repair_rate bytes per second on copies.
             ahead = sent_bytes / self.config.repair_rate - (trio.current_time() - budget_start)

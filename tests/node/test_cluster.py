@@ -7,12 +7,14 @@ import logging
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from chunkstore.chunking import CHUNK_SIZE
+from node.node import RepairReport
 from node.owner import BackupError
 
 from .cluster import Cluster, open_cluster
@@ -247,3 +249,30 @@ async def test_a_folder_that_cannot_be_read_fails_the_backup_after_the_rest(
         )
         backed_up = {v.path for v, _ in owner.catalog.latest_versions("")}
         assert backed_up == {str(p) for p in files}  # the readable files went on
+
+
+async def test_repair_reports_what_it_made_and_what_it_could_not(tmp_path: Path) -> None:
+    async with open_cluster(tmp_path / "c", 5) as cluster:
+        write_files(tmp_path / "src", random.Random(5))
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=2)
+        victim = max(range(2, 6), key=lambda n: len(cluster.members[n].store.chunks(1)))
+        lost = len(cluster.members[victim].store.chunks(1))
+        reports: list[RepairReport] = []
+        for n in range(2, 6):
+            node = cluster.members[n].node
+            original = node._repair_pass
+
+            async def recording(original: Any = original) -> RepairReport:
+                report: RepairReport = await original()
+                reports.append(report)
+                return report
+
+            node._repair_pass = recording  # type: ignore[method-assign]
+        cluster.kill(victim)
+        wanted = {a for v, _ in owner.catalog.latest_versions("") for a in v.chunks}
+        with trio.fail_after(120):
+            while not all(copies(cluster, 1).get(a, 0) >= 2 for a in wanted):
+                await trio.sleep(1)
+        assert sum(r.copies_made for r in reports) == lost
+        assert all(r.failed == 0 for r in reports)  # every missing copy could be made
