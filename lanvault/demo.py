@@ -42,6 +42,7 @@ class Demo:
         self.home = home
         self.vault = vault
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.created: set[int] = set()  # nodes made by this run (their quota is set once)
         self.mount_proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -81,6 +82,7 @@ class Demo:
                 join = join or (state / "tls" / "join-code").read_text().strip()
                 continue
             print(f"creating node {node_id} (Argon2id key derivation takes a moment) …", flush=True)
+            self.created.add(node_id)
             address = f"127.0.0.1:{_free_port(17420 + node_id - 1)}"
             args = [
                 "init",
@@ -110,8 +112,9 @@ class Demo:
                         "node",
                         "--dir",
                         str(state),
-                        "--quota",
-                        "5GB",
+                        # The quota is set at a node's first start only: a later
+                        # `lanvault reclaim` must stay in force across restarts.
+                        *(["--quota", "5GB"] if node_id in self.created else []),
                     ],
                     env=self.env(),
                     stdout=log,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -29,6 +30,12 @@ def test_scripts_run_check(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+    # Space lent is what the node was last told (as `lanvault reclaim` leaves it), not reset.
+    config_path = tmp_path / "demo" / "node2" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["quota"] == 5 * 1000**3
+    config["quota"] = 123_000_000
+    config_path.write_text(json.dumps(config))
     # Running it again reuses the same network.
     again = subprocess.run(
         [
@@ -44,5 +51,6 @@ def test_scripts_run_check(tmp_path: Path) -> None:
         timeout=300,
     )
     assert again.returncode == 0 and "creating node" not in again.stdout
+    assert json.loads(config_path.read_text())["quota"] == 123_000_000
     assert not list((tmp_path / "demo").glob("node*/control.sock"))
     assert not os.path.ismount(tmp_path / "vault")
