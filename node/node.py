@@ -285,8 +285,11 @@ class Node:
 
     # -- requests to peers ---------------------------------------------------------------
 
-    async def query_holders(self, owner: int, addresses: list[bytes]) -> dict[bytes, set[int]]:
-        """Ask every live peer which of ``addresses`` of ``owner`` it holds."""
+    async def query_holders(
+        self, owner: int, addresses: list[bytes], unanswered: set[int] | None = None
+    ) -> dict[bytes, set[int]]:
+        """Ask every live peer which of ``addresses`` of ``owner`` it holds; peers that did
+        not answer are added to ``unanswered``."""
         result: dict[bytes, set[int]] = {a: set() for a in addresses}
 
         async def ask(peer: int, batch: list[bytes]) -> None:
@@ -300,6 +303,8 @@ class Node:
                             result[address].add(peer)
                     return
                 await trio.sleep(0.2 * 2**attempt)
+            if unanswered is not None:
+                unanswered.add(peer)
 
         async with trio.open_nursery() as nursery:
             for peer in self.membership.up_ids():
@@ -385,8 +390,15 @@ class Node:
         for chunk in chunks:
             by_owner[chunk.owner].append(chunk)
         deficits: list[tuple[int, StoredChunk, set[int]]] = []
+        # Nodes down but not gone, or not answering, may hold copies this pass cannot see (it
+        # may be the first since those chunks came, so none are remembered): down is not gone.
+        unsure = {
+            p.node_id
+            for p in self.membership.peers()
+            if not self.membership.is_up(p.node_id) and not self.membership.is_gone(p.node_id)
+        }
         for owner, owned in by_owner.items():
-            found = await self.query_holders(owner, [c.address for c in owned])
+            found = await self.query_holders(owner, [c.address for c in owned], unsure)
             for chunk in owned:
                 report.checked += 1
                 live = found[chunk.address] | {self.node_id}
@@ -401,6 +413,8 @@ class Node:
                 if len(holders) >= chunk.degree:
                     continue
                 report.below_degree += 1
+                if len(holders | (unsure - {owner})) >= chunk.degree:
+                    continue
                 if min(live) == self.node_id:
                     deficits.append((len(holders), chunk, holders))
         deficits.sort(key=lambda d: d[0])  # weakest first

@@ -276,3 +276,18 @@ async def test_repair_reports_what_it_made_and_what_it_could_not(tmp_path: Path)
                 await trio.sleep(1)
         assert sum(r.copies_made for r in reports) == lost
         assert all(r.failed == 0 for r in reports)  # every missing copy could be made
+
+
+async def test_a_down_holder_is_not_repaired_around_before_it_is_gone(tmp_path: Path) -> None:
+    # Killed before any repair pass has seen who holds what: while it is down (4 s) but not
+    # gone (20 s), its copies may come back with it, so none is made elsewhere yet.
+    async with open_cluster(tmp_path / "c", 4) as cluster:
+        write_files(tmp_path / "src", random.Random(6))
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=2)
+        victim = max(range(2, 5), key=lambda n: len(cluster.members[n].store.chunks(1)))
+        cluster.kill(victim)
+        surviving = copies(cluster, 1)
+        await trio.sleep(12)  # down after 4 s; repair passes every 3 s
+        assert not cluster.members[2 if victim != 2 else 3].node.membership.is_up(victim)
+        assert copies(cluster, 1) == surviving
