@@ -522,52 +522,60 @@ class Owner:
                 del learned[:]
                 await self._db(self.catalog.add_holders, pending)
 
+        async def produce(first: int, n: int) -> None:
+            # One thread hop reads and addresses the batch, one seals what must be sent.
+            try:
+                plaintexts, batch_addresses = await trio.to_thread.run_sync(
+                    _read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
+                )
+            except OSError as exc:  # raised here it would leave the nursery as a group
+                unreadable.append(exc)
+                for _ in range(n):
+                    budget.release()
+                return
+            known = await self._db(self.catalog.holders_many, batch_addresses)
+            to_send: list[tuple[bytes, bytes, set[int]]] = []
+            for offset, (plain, address) in enumerate(
+                zip(plaintexts, batch_addresses, strict=True)
+            ):
+                addresses[first + offset] = address
+                report.bytes_done += len(plain)
+                holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
+                if len(holders) >= degree:
+                    report.chunks_skipped += 1
+                    budget.release()
+                else:
+                    to_send.append((address, plain, holders))
+            if to_send:
+                envelopes = await trio.to_thread.run_sync(
+                    _seal_all,
+                    self.keys,
+                    [(address, plain) for address, plain, _h in to_send],
+                    limiter=self.node.cpu_limiter,
+                )
+                sealed = [
+                    (address, envelope, holders)
+                    for (address, _plain, holders), envelope in zip(to_send, envelopes, strict=True)
+                ]
+                del plaintexts, to_send  # the plaintexts need not wait for the holders
+                await send_batch(sealed)
+            if len(learned) >= 1024:  # record holders in batches, not one commit per chunk
+                await flush_learned()
+            if progress:
+                progress(report)
+
+        # Batches are produced concurrently (each waits for its budget in file order): one
+        # batch at a time left a core idle while its chain of thread hops waited its turn.
         async with trio.open_nursery() as nursery:
             for first in range(0, count, READ_BATCH):
                 n = min(READ_BATCH, count - first)
                 for _ in range(n):
                     await budget.acquire()
-                # One thread hop reads and addresses the batch, one seals what must be sent.
-                try:
-                    plaintexts, batch_addresses = await trio.to_thread.run_sync(
-                        _read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
-                    )
-                except OSError as exc:  # raised here it would leave the nursery as a group
-                    unreadable.append(exc)
-                    break
-                known = await self._db(self.catalog.holders_many, batch_addresses)
-                to_send: list[tuple[bytes, bytes, set[int]]] = []
-                for offset, (plain, address) in enumerate(
-                    zip(plaintexts, batch_addresses, strict=True)
-                ):
-                    addresses[first + offset] = address
-                    report.bytes_done += len(plain)
-                    holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
-                    if len(holders) >= degree:
-                        report.chunks_skipped += 1
+                if unreadable:
+                    for _ in range(n):
                         budget.release()
-                    else:
-                        to_send.append((address, plain, holders))
-                if to_send:
-                    envelopes = await trio.to_thread.run_sync(
-                        _seal_all,
-                        self.keys,
-                        [(address, plain) for address, plain, _h in to_send],
-                        limiter=self.node.cpu_limiter,
-                    )
-                    nursery.start_soon(
-                        send_batch,
-                        [
-                            (address, envelope, holders)
-                            for (address, _plain, holders), envelope in zip(
-                                to_send, envelopes, strict=True
-                            )
-                        ],
-                    )
-                if len(learned) >= 1024:  # record holders in batches, not one commit per chunk
-                    await flush_learned()
-                if progress:
-                    progress(report)
+                    break
+                nursery.start_soon(produce, first, n)
         await flush_learned()
         if unreadable:
             raise unreadable[0]
