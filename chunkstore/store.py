@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from .envelope import ADDRESS_OFFSET, ADDRESS_SIZE, MAX_ENVELOPE_SIZE, MIN_ENVELOPE_SIZE
 from .errors import (
@@ -179,6 +180,19 @@ def pwrite_all(fd: int, buffers: Sequence[bytes], offset: int) -> int:
     return position - offset
 
 
+CLOUD_MARKER = "cloud.json"  # present in a store whose envelopes live in a bucket (cloud.py)
+
+
+def _connect_index(path: Path) -> tuple[sqlite3.Connection, int]:
+    """Open (creating) a store's index; return it and the recorded capacity."""
+    conn = sqlite3.connect(path / "index.sqlite3", isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.executescript(_SCHEMA)
+    row = conn.execute("SELECT value FROM settings WHERE name='capacity'").fetchone()
+    return conn, int(row[0]) if row else 0
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -216,15 +230,12 @@ class ChunkStore:
     def open(cls, root: str | os.PathLike[str], capacity: int | None = None) -> ChunkStore:
         """Open (creating if needed) the store at ``root``; ``capacity`` sets the quota."""
         path = Path(root)
+        if (path / CLOUD_MARKER).exists():
+            raise ChunkstoreError(
+                f"{path} keeps its chunks in a bucket ({CLOUD_MARKER}): open it as a cloud store"
+            )
         (path / "segments").mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            path / "index.sqlite3", isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
-        row = conn.execute("SELECT value FROM settings WHERE name='capacity'").fetchone()
-        stored_capacity = int(row[0]) if row else 0
+        conn, stored_capacity = _connect_index(path)
         store = cls(path, conn, stored_capacity)
         if capacity is not None:
             store.set_capacity(capacity)
@@ -244,7 +255,7 @@ class ChunkStore:
             self._read_fds.clear()
             self._db.close()
 
-    def __enter__(self) -> ChunkStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -504,6 +515,18 @@ class ChunkStore:
             fd = self._read_fd(loc.segment)
         return self._read_verified(fd, owner, address, loc)
 
+    def get_many(
+        self, owner: int, addresses: Sequence[bytes]
+    ) -> list[bytes | ChunkstoreError | OSError]:
+        """``get`` for each address: the envelope, or the error that one raised."""
+        found: list[bytes | ChunkstoreError | OSError] = []
+        for address in addresses:
+            try:
+                found.append(self.get(owner, address))
+            except (ChunkstoreError, OSError) as exc:
+                found.append(exc)
+        return found
+
     def _read_verified(self, fd: int, owner: int, address: bytes, loc: _Location) -> bytes:
         total = RECORD_HEADER.size + loc.length
         data = os.pread(fd, total, loc.offset)
@@ -610,9 +633,7 @@ class ChunkStore:
                     loc = self._location(owner, address)
                     if loc is None:
                         continue
-                    self._db.execute(
-                        "DELETE FROM chunks WHERE owner=? AND address=?", (owner, address)
-                    )
+                    self._drop_rows([(owner, address)])
                     self._used -= loc.length
                     removed.append(address)
         return removed
@@ -643,10 +664,7 @@ class ChunkStore:
                 dropped.append(chunk)
                 to_free -= chunk.length
             with self._transaction():
-                self._db.executemany(
-                    "DELETE FROM chunks WHERE owner=? AND address=?",
-                    [(c.owner, c.address) for c in dropped],
-                )
+                self._drop_rows([(c.owner, c.address) for c in dropped])
             self._used -= sum(c.length for c in dropped)
             return dropped
 
@@ -672,10 +690,7 @@ class ChunkStore:
                 for item in bad:
                     loc_now = self._location(item.owner, item.address)
                     if loc_now is not None:
-                        self._db.execute(
-                            "DELETE FROM chunks WHERE owner=? AND address=?",
-                            (item.owner, item.address),
-                        )
+                        self._drop_rows([(item.owner, item.address)])
                         self._used -= loc_now.length
         return bad
 
@@ -801,6 +816,10 @@ class ChunkStore:
     def _ensure_open(self) -> None:
         if self._closed:
             raise ChunkstoreError("chunk store is closed")
+
+    def _drop_rows(self, pairs: Sequence[tuple[int, bytes]]) -> None:
+        """Forget these chunks (transaction open, lock held); a subclass frees their bytes."""
+        self._db.executemany("DELETE FROM chunks WHERE owner=? AND address=?", pairs)
 
     def _location(self, owner: int, address: bytes) -> _Location | None:
         row = self._db.execute(

@@ -165,6 +165,14 @@ def build_parser() -> Parser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics ('off' to stop)",
     )
+    p.add_argument(
+        "--bucket",
+        metavar="s3://NAME[/PREFIX]",
+        help="keep the chunks this node holds in an S3-compatible bucket (the cloud tier);"
+        " credentials from the AWS_* variables or ~/.aws",
+    )
+    p.add_argument("--s3-endpoint", metavar="URL", help="the bucket's service, if not AWS")
+    p.add_argument("--s3-region", metavar="REGION", help="the bucket's region")
     p.add_argument("--heartbeat", type=_duration, help=argparse.SUPPRESS)
     p.add_argument("--repair-interval", type=_duration, help=argparse.SUPPRESS)
 
@@ -403,7 +411,7 @@ def cmd_recover(args: argparse.Namespace, state: StateDir) -> int:
 def cmd_node(args: argparse.Namespace, state: StateDir) -> int:
     import trio
 
-    from .daemon import run_daemon
+    from .daemon import open_chunk_store, run_daemon
 
     config = state.load_config()
     if args.listen:
@@ -425,12 +433,24 @@ def cmd_node(args: argparse.Namespace, state: StateDir) -> int:
         config.discovery = args.discovery
     if args.metrics is not None:
         config.metrics = "" if args.metrics == "off" else args.metrics
-    state.save_config(config)
-    if args.quota is not None:
-        from chunkstore.store import ChunkStore
+    if args.bucket is not None:
+        from chunkstore.cloud import BucketAddress
 
-        with ChunkStore.open(state.store_path) as store:
+        address = BucketAddress.parse(args.bucket)
+        if config.bucket and BucketAddress.parse(config.bucket) != address:
+            raise CommandError(
+                f"this node keeps its chunks in {config.bucket}; a node per bucket"
+                " (lanvault init a new one for another bucket)"
+            )
+        config.bucket = str(address)
+        config.s3_endpoint = args.s3_endpoint or config.s3_endpoint
+        config.s3_region = args.s3_region or config.s3_region
+        # An off-site copy is its own "computer": placement puts one copy there at most.
+        config.host_id = f"bucket {config.s3_endpoint or 'aws'} {address}"
+    with open_chunk_store(state, config) as store:  # a wrong bucket fails here, in one line
+        if args.quota is not None:
             store.set_capacity(args.quota)
+    state.save_config(config)
     trio.run(run_daemon, state, config)
     return 0
 
@@ -601,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for chatty in ("botocore", "boto3", "urllib3"):  # "Found credentials in ..." on every start
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     state = StateDir(args.dir or default_state_dir())
     try:
         return COMMANDS[args.command](args, state)

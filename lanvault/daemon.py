@@ -59,11 +59,23 @@ def _user_error(exc: Exception, kinds: tuple[type[Exception], ...]) -> Exception
     return None
 
 
+def open_chunk_store(state: StateDir, config: Config) -> ChunkStore:
+    """The store of the chunks this node holds: on this disk, or in the configured bucket."""
+    if not config.bucket:
+        return ChunkStore.open(state.store_path)
+    from chunkstore.cloud import BucketAddress, CloudChunkStore, S3Bucket
+
+    address = BucketAddress.parse(config.bucket)
+    bucket = S3Bucket(address, config.s3_endpoint, config.s3_region)
+    bucket.check_access()
+    return CloudChunkStore.open_cloud(state.store_path, bucket, address.prefix)
+
+
 class Daemon:
     def __init__(self, state: StateDir, config: Config, catalog_path: Path | None = None) -> None:
         self.state = state
         self.config = config
-        self.store = ChunkStore.open(state.store_path)
+        self.store = open_chunk_store(state, config)
         if self.store.capacity == 0 and config.quota:
             self.store.set_capacity(config.quota)
         creds = state.credentials()

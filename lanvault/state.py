@@ -102,6 +102,9 @@ class Config:
     retention: str = DEFAULT_POLICY  # which snapshots and versions are kept (see retention.py)
     prune_interval: float = 3600.0  # how often the retention policy is applied
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint; "" = off
+    bucket: str = ""  # s3://NAME[/PREFIX]: this node keeps the chunks it holds there (cloud tier)
+    s3_endpoint: str = ""  # URL of a non-AWS S3-compatible service ("" = AWS)
+    s3_region: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Config:

@@ -227,17 +227,22 @@ class HolderService:
     ) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
         envelopes: list[bytes] = []
         codes: list[int] = []
-        for address in addresses:
-            try:
-                envelopes.append(self.store.get(owner, address))
+        for found in self.store.get_many(owner, addresses):
+            if isinstance(found, bytes):
+                envelopes.append(found)
                 codes.append(0)
-            except ChunkNotFoundError:
-                envelopes.append(b"")
+                continue
+            envelopes.append(b"")
+            if isinstance(found, ChunkNotFoundError):
                 codes.append(ErrorCode.NOT_FOUND)
-            except CorruptChunkError as exc:
-                log.warning("corrupt copy of a chunk of node %d: %s", owner, exc)
-                envelopes.append(b"")
+            elif isinstance(found, CorruptChunkError):
+                log.warning("corrupt copy of a chunk of node %d: %s", owner, found)
                 codes.append(ErrorCode.CORRUPT)
+            elif isinstance(found, OSError):  # the disk or the bucket failed: try elsewhere
+                log.error("cannot read a chunk of node %d: %s", owner, found)
+                codes.append(ErrorCode.INTERNAL)
+            else:
+                raise found  # InvalidIdError: the request is refused whole
         return tuple(envelopes), tuple(codes)
 
     async def handle(self, message: Request, peer_id: int) -> Message:
