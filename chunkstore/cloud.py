@@ -310,7 +310,11 @@ class CloudChunkStore(ChunkStore):
                 superseded: list[str] = []
                 for name, (item, digest) in zip(keys, records, strict=True):
                     if (item.owner, item.address) in now_held:
-                        superseded.append(name)  # a concurrent put was indexed first
+                        # A concurrent put was indexed first. Its object stands; ours goes,
+                        # unless it was the same envelope, hence the very same object.
+                        indexed = self._location(item.owner, item.address)
+                        if indexed is not None and indexed.digest != digest:
+                            superseded.append(name)
                         continue
                     rows.append(
                         (

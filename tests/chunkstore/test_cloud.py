@@ -198,6 +198,40 @@ def test_two_envelopes_of_one_address_never_overwrite_each_other(
     assert store.get(5, address) == first and len(bucket.objects) == 1
 
 
+@pytest.mark.parametrize("same_envelope", [False, True])
+def test_concurrent_puts_of_one_chunk_leave_one_readable_object(
+    store: CloudChunkStore, bucket: MemoryBucket, keys: KeyRing, same_envelope: bool
+) -> None:
+    text = b"raced" * 700
+    address = chunk_address(keys, text)
+    slow = seal_chunk(keys, address, text)
+    fast = slow if same_envelope else seal_chunk(keys, address, text)
+    entered, release = threading.Event(), threading.Event()
+    plain_put = bucket.put
+    first_call = [True]
+
+    def put(key: str, data: bytes) -> None:
+        if first_call[0]:  # the first put stalls in its request until the second is indexed
+            first_call[0] = False
+            entered.set()
+            release.wait(10)
+        plain_put(key, data)
+
+    bucket.put = put  # type: ignore[method-assign]
+    results: dict[str, list[bool]] = {}
+    racer = threading.Thread(
+        target=lambda: results.setdefault("slow", store.put_many([PutItem(5, address, slow)]))
+    )
+    racer.start()
+    assert entered.wait(10)
+    results["fast"] = store.put_many([PutItem(5, address, fast)])
+    release.set()
+    racer.join(10)
+    assert results == {"fast": [True], "slow": [False]}
+    assert store.get(5, address) == fast and len(bucket.objects) == 1
+    assert store.check().orphan_records == 0
+
+
 def test_a_store_stays_bound_to_its_bucket(
     tmp_path: Path, bucket: MemoryBucket, keys: KeyRing
 ) -> None:
