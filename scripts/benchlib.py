@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -131,6 +132,167 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / ticks
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "bench-cert.pem", folder / "bench-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def _tls_pair(folder: Path) -> tuple[Any, Any, Any, Any]:
+    """A connected TLS 1.3 client/server over memory BIOs: (client, its out BIO, server, its
+    in BIO), the suite the nodes negotiate (AES-256-GCM)."""
+    import ssl
+
+    cert_file, key_file = _self_signed(folder)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    server_ctx.load_cert_chain(cert_file, key_file)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="bench")
+    for _ in range(10):
+        for end, out, peer_in in ((client, c_out, s_in), (server, s_out, c_in)):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                end.do_handshake()
+            peer_in.write(out.read())
+    return client, c_out, server, s_in
+
+
+def cpu_floor(folder: Path, degree: int, mib: int = 64) -> dict[str, float]:
+    """CPU milliseconds per MB of each step a backup or restore cannot skip, measured here on
+    one thread with as little Python as possible, and their sums per MB of user data.
+
+    backup = read + address + seal + degree x (TLS both ends + loopback TCP both ends + the
+    holder's checksum + its page-cache write); restore = the holder's read and checksum + TLS +
+    TCP + open (decrypt, verify) + write. Dividing the cores by these gives the most any
+    implementation could reach on this machine.
+    """
+    import hashlib
+    import hmac
+    import ssl
+    import threading
+
+    from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
+
+    keys = KeyRing.from_master(new_master_key())
+    count = mib * 1024 * 1024 // CHUNK_SIZE
+    plains = [os.urandom(CHUNK_SIZE) for _ in range(count)]
+    mb = count * CHUNK_SIZE / 1e6
+
+    def per_mb(job: Callable[[], object]) -> float:
+        runs = []
+        for _ in range(3):
+            start = time.process_time()
+            job()
+            runs.append((time.process_time() - start) / mb * 1000)
+        return statistics.median(runs)
+
+    addresses = [chunk_address(keys, p) for p in plains]
+    envelopes = [seal_chunk(keys, a, p) for a, p in zip(addresses, plains, strict=True)]
+    steps: dict[str, float] = {}
+    steps["address"] = per_mb(lambda: [hmac.digest(keys.address_key, p, "sha256") for p in plains])
+    steps["seal"] = per_mb(
+        lambda: [seal_chunk(keys, a, p) for a, p in zip(addresses, plains, strict=True)]
+    )
+    steps["open"] = per_mb(
+        lambda: [open_chunk(keys, a, e) for a, e in zip(addresses, envelopes, strict=True)]
+    )
+    steps["checksum"] = per_mb(lambda: [hashlib.sha256(e).digest() for e in envelopes])
+
+    client, c_out, server, s_in = _tls_pair(folder)
+    into = bytearray(256 * 1024)
+
+    def tls() -> None:
+        for start in range(0, count, 60):
+            client.write(b"".join(envelopes[start : start + 60]))
+            s_in.write(c_out.read())
+            while True:
+                try:
+                    if not server.read(len(into), into):
+                        break
+                except ssl.SSLWantReadError:
+                    break
+
+    steps["tls"] = per_mb(tls)
+
+    def loopback() -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        sender = socket.create_connection(listener.getsockname())
+        receiver, _ = listener.accept()
+        block = b"".join(envelopes[:60])
+        total = len(block) * (count // 60)
+
+        def send() -> None:
+            for _ in range(count // 60):
+                sender.sendall(block)
+            sender.shutdown(socket.SHUT_WR)
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        buffer = bytearray(256 * 1024)
+        got = 0
+        while got < total:
+            n = receiver.recv_into(buffer)
+            if not n:
+                break
+            got += n
+        thread.join()
+        for sock in (sender, receiver, listener):
+            sock.close()
+
+    steps["tcp"] = per_mb(loopback)
+    path = folder / "cpu-floor.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        steps["write"] = per_mb(
+            lambda: [
+                os.pwritev(fd, envelopes[i : i + 60], i * CHUNK_SIZE) for i in range(0, count, 60)
+            ]
+        )
+        steps["read"] = per_mb(
+            lambda: [os.pread(fd, CHUNK_SIZE, i * CHUNK_SIZE) for i in range(count)]
+        )
+    finally:
+        os.close(fd)
+        path.unlink()
+    per_copy = steps["tls"] + steps["tcp"] + steps["checksum"] + steps["write"]
+    steps["backup"] = steps["read"] + steps["address"] + steps["seal"] + degree * per_copy
+    steps["restore"] = (
+        steps["read"] + steps["checksum"] + steps["tls"] + steps["tcp"] + steps["open"]
+    ) + steps["write"]
+    return steps
 
 
 def disk_ceiling(folder: Path, mib: int) -> float:
