@@ -227,6 +227,7 @@ class HolderService:
     ) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
         envelopes: list[bytes] = []
         codes: list[int] = []
+        unreadable: list[OSError] = []
         for found in self.store.get_many(owner, addresses):
             if isinstance(found, bytes):
                 envelopes.append(found)
@@ -239,10 +240,18 @@ class HolderService:
                 log.warning("corrupt copy of a chunk of node %d: %s", owner, found)
                 codes.append(ErrorCode.CORRUPT)
             elif isinstance(found, OSError):  # the disk or the bucket failed: try elsewhere
-                log.error("cannot read a chunk of node %d: %s", owner, found)
+                unreadable.append(found)
                 codes.append(ErrorCode.INTERNAL)
             else:
                 raise found  # InvalidIdError: the request is refused whole
+        if unreadable:  # one line per request, not one per chunk, while a bucket is away
+            log.error(
+                "cannot read %d of %d chunks of node %d: %s",
+                len(unreadable),
+                len(addresses),
+                owner,
+                unreadable[0],
+            )
         return tuple(envelopes), tuple(codes)
 
     async def handle(self, message: Request, peer_id: int) -> Message:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 os.environ.setdefault("LANVAULT_TEST_WEAKEN_KDF", "1")
@@ -36,14 +41,9 @@ def slow_autojump_clock() -> object:
     return trio.testing.MockClock(autojump_threshold=0.05)
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A real S3-compatible HTTP service (moto's server) in a subprocess, for the cloud tier."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
+@contextlib.contextmanager
+def s3_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real S3-compatible HTTP service (moto's server) in a subprocess: (endpoint, process)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -52,7 +52,6 @@ def s3_endpoint() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -67,10 +66,17 @@ def s3_endpoint() -> Iterator[str]:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "lanvault-test")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     try:
-        yield endpoint
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One S3 service for the session's cloud-tier tests (each makes its own bucket)."""
+    with s3_server() as (endpoint, _process):
+        yield endpoint
 
 
 def make_bucket(endpoint: str, name: str) -> None:

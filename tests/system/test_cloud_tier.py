@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.conftest import make_bucket
+from tests.conftest import make_bucket, s3_server
 
 from .procs import ProcessCluster, lanvault
 
@@ -102,3 +102,35 @@ def test_a_bucket_that_cannot_be_opened_is_one_line(tmp_path: Path, s3_endpoint:
     assert json.loads((state / "config.json").read_text()).get("bucket", "") == ""  # not kept
     bad = lanvault("node", "--dir", state, "--bucket", "backups", check=False, timeout=60)
     assert bad.returncode == 1 and "expected s3://NAME[/PREFIX]" in bad.stderr
+
+
+def test_while_the_bucket_is_unreachable_the_lan_holds_and_serves(tmp_path: Path) -> None:
+    with s3_server() as (endpoint, server):
+        make_bucket(endpoint, "lanvault-outage")
+        cluster = ProcessCluster(tmp_path / "net", 4)
+        try:
+            for node_id in (1, 2, 3):
+                cluster.start(node_id)
+            cluster.start(4, "--bucket", "s3://lanvault-outage", "--s3-endpoint", endpoint)
+            cluster.wait_mesh()
+            before = tmp_path / "before.bin"
+            before.write_bytes(os.urandom(3_000_000))
+            cluster.cli(1, "backup", before, "--degree", "2")
+            assert objects(endpoint, "lanvault-outage")  # the bucket took its share
+
+            server.kill()  # the internet link goes down
+            server.wait()
+            during = tmp_path / "during.bin"
+            during.write_bytes(os.urandom(3_000_000))
+            cluster.cli(1, "backup", during, "--degree", "2", timeout=120)
+            assert min(cluster.degrees(1)) == 2  # every copy the bucket refused went elsewhere
+            for name in (before, during):  # the bucket's copies are re-fetched from the LAN
+                cluster.cli(1, "restore", name, "--to", tmp_path / f"out-{name.name}")
+                assert (tmp_path / f"out-{name.name}").read_bytes() == name.read_bytes()
+        finally:
+            cluster.stop_all()
+        log = cluster.nodes[4].log.read_text()
+        assert "Traceback" not in log
+        assert "storing a batch of" in log  # the bucket was asked, and said no in one line
+        refused = [line for line in log.splitlines() if "cannot read" in line]
+        assert all(" chunks of node 1: bucket " in line for line in refused)  # one per request
