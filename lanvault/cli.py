@@ -433,6 +433,8 @@ def cmd_node(args: argparse.Namespace, state: StateDir) -> int:
         config.discovery = args.discovery
     if args.metrics is not None:
         config.metrics = "" if args.metrics == "off" else args.metrics
+    if (args.s3_endpoint or args.s3_region) and not (args.bucket or config.bucket):
+        raise UsageError("--s3-endpoint and --s3-region go with --bucket s3://NAME[/PREFIX]")
     if args.bucket is not None:
         from chunkstore.cloud import BucketAddress
 

@@ -102,6 +102,8 @@ def test_a_bucket_that_cannot_be_opened_is_one_line(tmp_path: Path, s3_endpoint:
     assert json.loads((state / "config.json").read_text()).get("bucket", "") == ""  # not kept
     bad = lanvault("node", "--dir", state, "--bucket", "backups", check=False, timeout=60)
     assert bad.returncode == 1 and "expected s3://NAME[/PREFIX]" in bad.stderr
+    alone = lanvault("node", "--dir", state, "--s3-endpoint", s3_endpoint, check=False, timeout=60)
+    assert alone.returncode == 2 and "go with --bucket" in alone.stderr
 
 
 def test_while_the_bucket_is_unreachable_the_lan_holds_and_serves(tmp_path: Path) -> None:
