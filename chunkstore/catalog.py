@@ -72,13 +72,21 @@ class FileVersion:
 
 
 def version_from_stat(
-    owner: int, path: str, st: os.stat_result, degree: int, chunks: Sequence[bytes]
+    owner: int,
+    path: str,
+    st: os.stat_result,
+    degree: int,
+    chunks: Sequence[bytes],
+    size: int | None = None,
 ) -> FileVersion:
-    """The version of ``path`` whose metadata is ``st`` and content the ordered ``chunks``."""
+    """The version of ``path`` whose metadata is ``st`` and content the ordered ``chunks``;
+    ``size`` when the content is not ``st_size`` bytes (a folder's is none, a symlink's its
+    target)."""
+    size = st.st_size if size is None else size
     return FileVersion(
         path=path,
-        file_id=file_id(owner, path, st.st_size, st.st_mtime_ns, content_digest(chunks)),
-        size=st.st_size,
+        file_id=file_id(owner, path, size, st.st_mtime_ns, content_digest(chunks)),
+        size=size,
         mode=st.st_mode,
         uid=st.st_uid,
         gid=st.st_gid,

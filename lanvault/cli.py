@@ -457,13 +457,27 @@ def cmd_node(args: argparse.Namespace, state: StateDir) -> int:
     return 0
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _what(data: dict[str, Any]) -> str:
+    """'3 files, 1 symlink and 2 folders': what a backup or restore went through."""
+    parts = [_count(data["files"], "file", "files")]
+    if data.get("symlinks"):
+        parts.append(_count(data["symlinks"], "symlink", "symlinks"))
+    if data.get("folders"):
+        parts.append(_count(data["folders"], "folder", "folders"))
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
     path = args.path.absolute()
     if not path.exists():
         raise CommandError(f"{args.path}: no such file or folder")
     data = request(state, {"op": "backup", "path": str(path), "degree": args.degree}, "backup")
     summary = (
-        f"backed up {data['files']} file{'' if data['files'] == 1 else 's'} ({data['bytes'] / 1e6:.1f} MB, {data['bytes_sent'] / 1e6:.1f} MB sent)"
+        f"backed up {_what(data)} ({data['bytes'] / 1e6:.1f} MB, {data['bytes_sent'] / 1e6:.1f} MB sent)"
         f" at degree {data['degree']} in {data['seconds']:.1f} s"
     )
     skipped = data.get("skipped") or []
@@ -472,8 +486,7 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
         one = count == 1
         summary += (
             f"; passed over {count} {'entry' if one else 'entries'} that"
-            f" {'is' if one else 'are'} not a regular file (symlink, FIFO, socket or device),"
-            f" e.g. {skipped[0]}; a mounted folder keeps symlinks too"
+            f" {'is' if one else 'are'} a FIFO, socket or device, e.g. {skipped[0]}"
         )
     emit(args, data, summary)
     return 0
@@ -492,8 +505,7 @@ def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
     emit(
         args,
         data,
-        f"restored {data['files']} file{'' if data['files'] == 1 else 's'}"
-        f" ({data['bytes'] / 1e6:.1f} MB) in {data['seconds']:.1f} s",
+        f"restored {_what(data)} ({data['bytes'] / 1e6:.1f} MB) in {data['seconds']:.1f} s",
     )
     return 0
 

@@ -370,6 +370,8 @@ class Daemon:
             raise OpError(str(error)) from None
         return {
             "files": report.files_done,
+            "symlinks": report.links,
+            "folders": report.folders,
             "bytes": report.bytes_done,
             "bytes_sent": report.bytes_sent,
             "chunks_already_safe": report.chunks_skipped,
@@ -397,6 +399,8 @@ class Daemon:
             raise OpError(str(error)) from None
         return {
             "files": report.files_done,
+            "symlinks": report.links,
+            "folders": report.folders,
             "bytes": report.bytes_done,
             "seconds": time.monotonic() - started,
         }

@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -279,7 +280,8 @@ def _counts(path: Path) -> dict[str, int]:
     catalog = CatalogDB(path)
     try:
         counts = catalog.counts()
-        counts["files"] = len(catalog.latest_versions(""))
+        latest = catalog.latest_versions("")
+        counts["files"] = sum(1 for v, _ in latest if not stat.S_ISDIR(v.mode))  # not folders
         return counts
     finally:
         catalog.close()

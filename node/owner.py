@@ -24,7 +24,7 @@ import trio
 
 from chunkstore.catalog import FileVersion, version_from_stat
 from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK, CatalogDB, TreeEvent
-from chunkstore.chunking import CHUNK_SIZE, chunk_count
+from chunkstore.chunking import CHUNK_SIZE, chunk_count, split_bytes
 from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
 from chunkstore.errors import ChunkstoreError, EnvelopeError
 from chunkstore.keys import KeyRing
@@ -110,7 +110,9 @@ class Progress:
     bytes_done: int = 0
     bytes_sent: int = 0
     chunks_skipped: int = 0
-    entries_skipped: list[str] = field(default_factory=list)  # not regular files: not backed up
+    entries_skipped: list[str] = field(default_factory=list)  # FIFOs, sockets, devices
+    links: int = 0  # symlinks backed up (as links)
+    folders: int = 0  # folders backed up (their modes and times; empty ones too)
 
 
 ProgressFn = Callable[[Progress], None]
@@ -121,8 +123,10 @@ T = TypeVar("T")
 class _Scan:
     files: list[str]  # regular files, sorted
     total: int  # their size in bytes
-    skipped: list[str]  # symlinks, sockets, FIFOs, devices: only a mounted folder keeps symlinks
+    skipped: list[str]  # sockets, FIFOs, devices: nothing to keep of them
     unlisted: list[str]  # folders that could not be read, with the reason
+    links: list[str] = field(default_factory=list)  # symlinks (kept as links, never followed)
+    folders: list[str] = field(default_factory=list)  # the root and every folder below, sorted
 
 
 def _size(path: str) -> int:
@@ -134,25 +138,37 @@ def _size(path: str) -> int:
 
 def _scan(root: str) -> _Scan:
     """What a backup of ``root`` (a regular file or a folder) reads, and what it leaves."""
-    if os.path.isdir(root) and not os.path.islink(root):
-        found, skipped, unlisted = [], [], []
+    if os.path.islink(root):
+        return _Scan([], 0, [], [], links=[root])
+    if os.path.isdir(root):
+        found: list[str] = []
+        skipped: list[str] = []
+        unlisted: list[str] = []
+        links: list[str] = []
+        folders = [root]
 
         def cannot_list(exc: OSError) -> None:
             unlisted.append(f"{exc.filename}: cannot be read ({exc.strerror or exc})")
 
-        for dirpath, _dirs, names in os.walk(root, onerror=cannot_list):
+        for dirpath, dirs, names in os.walk(root, onerror=cannot_list):
+            for name in dirs:  # a symlink to a folder is listed here, and not walked into
+                full = os.path.join(dirpath, name)
+                (links if os.path.islink(full) else folders).append(full)
             for name in names:
                 full = os.path.join(dirpath, name)
-                if os.path.isfile(full) and not os.path.islink(full):
+                if os.path.islink(full):
+                    links.append(full)
+                elif os.path.isfile(full):
                     found.append(full)
                 else:
                     skipped.append(full)
         files = sorted(found)
-    elif os.path.isfile(root):
-        files, skipped, unlisted = [root], [], []
-    else:
-        raise BackupError(f"{root}: not a regular file or folder")
-    return _Scan(files, sum(_size(f) for f in files), sorted(skipped), unlisted)
+        scan = _Scan(files, sum(_size(f) for f in files), sorted(skipped), unlisted)
+        scan.links, scan.folders = sorted(links), sorted(folders)
+        return scan
+    if os.path.isfile(root):
+        return _Scan([root], _size(root), [], [])
+    raise BackupError(f"{root}: not a regular file, folder or symlink")
 
 
 def _read_and_address(
@@ -170,6 +186,33 @@ def _make_folder(target: Path) -> None:
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         target.unlink()
     target.mkdir(parents=True, exist_ok=True)
+
+
+def _make_plain_folder(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+    target.mkdir(parents=True, exist_ok=True)
+    os.chmod(target, 0o700)  # writable by this restore until its own mode is set, last
+
+
+def _make_plain_symlink(target: Path, link_target: str, version: FileVersion) -> bool:
+    """A symlink of a plain backup. A real folder where the link was is left alone (False):
+    unlike a mounted tree's snapshot, a plain backup does not say that folder is gone."""
+    if target.is_dir() and not target.is_symlink():
+        log.warning("%s: a folder is there now; the symlink it was is not restored", target)
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    os.symlink(link_target, target)
+    os.utime(target, ns=(version.mtime_ns, version.mtime_ns), follow_symlinks=False)
+    return True
+
+
+def _finish_plain_folder(target: Path, version: FileVersion) -> None:
+    if target.is_dir() and not target.is_symlink():
+        os.chmod(target, stat.S_IMODE(version.mode))
+        os.utime(target, ns=(version.mtime_ns, version.mtime_ns))
 
 
 def _make_symlink(target: Path, entry: TreeEvent) -> None:
@@ -375,15 +418,87 @@ class Owner:
             report.files_done += 1
             if progress:
                 progress(report)
-        if failures or scan.unlisted:  # the rest went on; now say what did not
+        # Symlinks and folders after the files: a folder's times are those the files left.
+        entries = scan.links + scan.folders
+        entry_failures: list[str] = []
+        for entry in entries:
+            try:
+                await self._backup_entry(entry, degree, report)
+            except (BackupError, OSError) as exc:
+                entry_failures.append(f"{entry}: {exc}")
+        report.links = len(scan.links)
+        report.folders = len(scan.folders)
+        if failures or entry_failures or scan.unlisted:  # the rest went on; say what did not
             what = []
             if failures:
                 what.append(f"{len(failures)} of {len(files)} files not backed up")
+            if entry_failures:
+                what.append(
+                    f"{len(entry_failures)} of {len(entries)} symlinks and folders not backed up"
+                )
+            failures += entry_failures
             if scan.unlisted:
                 n = len(scan.unlisted)
                 what.append(f"{n} folder{'' if n == 1 else 's'} not read")
             raise BackupError(f"{', '.join(what)}: {(failures + scan.unlisted)[0]}")
         return report
+
+    async def _backup_entry(self, path: str, degree: int, report: Progress) -> FileVersion:
+        """A symlink (its target is the content, it is never followed) or a folder (no
+        content: its mode and times) as a version of its path, like a file's."""
+        async with self._guard.shared():
+            for _attempt in range(5):
+                before = os.lstat(path)
+                if stat.S_ISLNK(before.st_mode):
+                    content = os.fsencode(os.readlink(path))
+                elif stat.S_ISDIR(before.st_mode):
+                    content = b""
+                else:
+                    raise BackupError(f"{path}: not a symlink or folder")
+                latest = await self._db(self.catalog.latest, path)
+                if (
+                    latest is not None
+                    and latest.mode == before.st_mode
+                    and latest.size == len(content)
+                    and latest.mtime_ns == before.st_mtime_ns
+                    and latest.ctime_ns == before.st_ctime_ns
+                    and latest.degree == degree
+                ):
+                    await self._ensure_version(latest, report, None)
+                    return latest
+                pieces = split_bytes(content)
+                addresses = [chunk_address(self.keys, piece) for piece in pieces]
+                envelopes = await trio.to_thread.run_sync(
+                    _seal_all,
+                    self.keys,
+                    list(zip(addresses, pieces, strict=True)),
+                    limiter=self.node.cpu_limiter,
+                )
+                known = await self._db(self.catalog.holders_many, addresses)
+                items = [
+                    (a, e, {h for h in known[a] if not self.node.membership.is_gone(h)})
+                    for a, e in zip(addresses, envelopes, strict=True)
+                ]
+                learned, failures = await self._send(
+                    [item for item in items if len(item[2]) < degree], degree, report
+                )
+                if learned:
+                    await self._db(self.catalog.add_holders, learned)
+                if failures:
+                    raise BackupError(failures[0])
+                after = os.lstat(path)
+                if (after.st_mtime_ns, after.st_ctime_ns) != (
+                    before.st_mtime_ns,
+                    before.st_ctime_ns,
+                ):
+                    continue  # changed while it was read: read it again
+                version = version_from_stat(
+                    self.owner_id, path, before, degree, addresses, size=len(content)
+                )
+                await self._db(self.catalog.add_version, version, time.time_ns())
+                await self._db(self.catalog.set_complete, version.file_id)
+                return version
+        raise BackupError(f"{path} keeps changing; try again when it is not being changed")
 
     async def backup_file(
         self,
@@ -1073,6 +1188,9 @@ class Owner:
         versions = [v for v in versions if not v.path.startswith(tree_prefixes)]
         if not versions and not trees:
             raise RestoreError(f"{path}: nothing backed up under this path")
+        folders = sorted((v for v in versions if stat.S_ISDIR(v.mode)), key=lambda v: v.path)
+        links = [v for v in versions if stat.S_ISLNK(v.mode)]
+        versions = [v for v in versions if not stat.S_ISDIR(v.mode) and not stat.S_ISLNK(v.mode)]
         report = Progress(files_total=len(versions), bytes_total=sum(v.size for v in versions))
         for root, seq in trees:
             target_root = dest / root[len(prefix) :] if dest is not None else None
@@ -1081,19 +1199,33 @@ class Owner:
             report.files_total += done.files_total
             report.bytes_done += done.bytes_done
             report.bytes_total += done.bytes_total
-        single = len(versions) == 1 and versions[0].path == key
+        plain = versions + links
+        single = not folders and len(plain) == 1 and plain[0].path == key
         dest_is_dir = dest is not None and await trio.to_thread.run_sync(dest.is_dir)
-        for version in versions:
+
+        def target_of(version: FileVersion) -> Path:
             if dest is None:
-                target = Path(version.path)
-            elif single:
-                target = dest / Path(key).name if dest_is_dir else dest
-            else:
-                target = dest / version.path[len(key) :].lstrip("/")
-            await self.restore_version(version, target, report, progress=progress)
+                return Path(version.path)
+            if single:
+                return dest / Path(key).name if dest_is_dir else dest
+            return dest / version.path[len(key) :].lstrip("/")
+
+        for folder in folders:  # empty ones too
+            await trio.to_thread.run_sync(_make_plain_folder, target_of(folder))
+        for version in versions:
+            await self.restore_version(version, target_of(version), report, progress=progress)
             report.files_done += 1
             if progress:
                 progress(report)
+        # Links last: no file is ever written through a link this restore made.
+        for link in sorted(links, key=lambda v: v.path):
+            target = os.fsdecode(b"".join(await self.fetch_many(list(link.chunks))))
+            if await trio.to_thread.run_sync(_make_plain_symlink, target_of(link), target, link):
+                report.links += 1
+        # Folder modes and times last, deepest first: writing inside a folder changes its mtime.
+        for folder in reversed(folders):
+            await trio.to_thread.run_sync(_finish_plain_folder, target_of(folder), folder)
+        report.folders = len(folders)
         return report
 
     async def _tree_for(self, key: str, at_ns: int | None) -> tuple[str, int] | None:
@@ -1175,14 +1307,19 @@ class Owner:
         Holders that are offline get the delete when they are back (tombstones).
         """
         key = str(path)
-        paths = sorted({v.path for v, _ in await self._db(self.catalog.latest_versions, key)})
+        latest = [v for v, _ in await self._db(self.catalog.latest_versions, key)]
+        paths = sorted({v.path for v in latest})
         if not paths:
             raise BackupError(f"{path}: nothing backed up under this path")
         async with self._guard.exclusive():
             report = await self._db(self.catalog.delete_paths, paths, self._known_nodes())
         self._catalog_changed()
         pending = await self.flush_tombstones()
-        return {"files": len(paths), "chunks": len(report.orphaned), "pending_holders": pending}
+        return {
+            "files": sum(1 for v in latest if not stat.S_ISDIR(v.mode)),  # symlinks count
+            "chunks": len(report.orphaned),
+            "pending_holders": pending,
+        }
 
     def _known_nodes(self) -> set[int]:
         nodes = {p.node_id for p in self.node.membership.peers()}
@@ -1262,7 +1399,11 @@ class Owner:
 
     async def state(self) -> dict[str, object]:
         """The original service's STATE report (see the spec's JSON shape)."""
-        files = await self._db(self.catalog.latest_versions, "")
+        files = [  # a folder's version holds its mode and times, not a file's content
+            (v, complete)
+            for v, complete in await self._db(self.catalog.latest_versions, "")
+            if not stat.S_ISDIR(v.mode)
+        ]
         wanted = sorted({a for v, _ in files for a in v.chunks})
         degrees = await self.chunk_degrees(wanted) if wanted else {}
         stored = await trio.to_thread.run_sync(self.node.store.chunks)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -247,8 +248,11 @@ async def test_a_folder_that_cannot_be_read_fails_the_backup_after_the_rest(
         assert str(failure.value) == (
             f"1 folder not read: {locked}: cannot be read (Permission denied)"
         )
-        backed_up = {v.path for v, _ in owner.catalog.latest_versions("")}
+        latest = [v for v, _ in owner.catalog.latest_versions("")]
+        backed_up = {v.path for v in latest if stat.S_ISREG(v.mode)}
         assert backed_up == {str(p) for p in files}  # the readable files went on
+        folders = {v.path for v in latest if stat.S_ISDIR(v.mode)}
+        assert {str(tmp_path / "src"), str(locked)} <= folders  # their modes and times
 
 
 async def test_repair_reports_what_it_made_and_what_it_could_not(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -344,14 +345,61 @@ def test_folder_backup_names_what_it_passes_over(cluster4: ProcessCluster, tmp_p
     (src / "a.txt").write_text("kept")
     os.symlink("a.txt", src / "link")
     os.mkfifo(src / "pipe")
+    os.mkfifo(src / "pipe2")
     result = cluster4.cli(1, "backup", src)
-    assert "backed up 1 file (" in result.stdout
-    assert "passed over 2 entries that are not a regular file" in result.stdout
+    assert "backed up 1 file, 1 symlink and 1 folder (" in result.stdout
+    assert "passed over 2 entries that are a FIFO, socket or device" in result.stdout
     data = cluster4.json(1, "backup", src)
-    assert data["skipped"] == [str(src / "link"), str(src / "pipe")]
+    assert data["skipped"] == [str(src / "pipe"), str(src / "pipe2")]
     # Many of them: the count is whole, the list names the first hundred.
     for n in range(150):
-        os.symlink("a.txt", src / f"more-{n:03d}")
+        os.mkfifo(src / f"more-{n:03d}")
     data = cluster4.json(1, "backup", src)
     assert data["skipped_count"] == 152 and len(data["skipped"]) == 100
     assert "passed over 152 entries" in cluster4.cli(1, "backup", src).stdout
+
+
+def test_folder_backup_keeps_symlinks_empty_folders_modes_and_times(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    src = tmp_path / "project"
+    (src / "docs" / "drafts").mkdir(parents=True)
+    (src / "empty" / "deeper").mkdir(parents=True)
+    (src / "docs" / "report.txt").write_text("the report\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not part of the backup")
+    os.symlink("docs/report.txt", src / "latest")  # relative, to a file
+    os.symlink(outside, src / "elsewhere")  # absolute, to a folder: never followed
+    os.symlink("nothing-here", src / "dangling")
+    os.chmod(src / "docs" / "drafts", 0o750)
+    os.utime(src / "empty" / "deeper", ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    os.utime(src / "latest", ns=(1_500_000_000 * 10**9,) * 2, follow_symlinks=False)
+    data = cluster4.json(1, "backup", src)
+    assert (data["files"], data["symlinks"], data["folders"]) == (1, 3, 5)
+    assert data["skipped_count"] == 0
+
+    out = tmp_path / "out"
+    data = cluster4.json(1, "restore", src, "--to", out)
+    assert (data["files"], data["symlinks"], data["folders"]) == (1, 3, 5)
+    assert os.readlink(out / "latest") == "docs/report.txt"
+    assert (out / "latest").read_text() == "the report\n"
+    assert os.readlink(out / "elsewhere") == str(outside)
+    assert os.readlink(out / "dangling") == "nothing-here"
+    assert os.lstat(out / "latest").st_mtime_ns == 1_500_000_000 * 10**9
+    assert (out / "empty" / "deeper").is_dir() and not any((out / "empty" / "deeper").iterdir())
+    assert os.stat(out / "empty" / "deeper").st_mtime_ns == 1_600_000_000 * 10**9
+    assert stat.S_IMODE(os.stat(out / "docs" / "drafts").st_mode) == 0o750
+    for folder in ("", "docs", "empty"):  # times survive the files written into them
+        assert os.stat(out / folder).st_mtime_ns == os.stat(src / folder).st_mtime_ns
+    state = cluster4.json(1, "state")
+    assert not any("secret" in f["path"] for f in state["files"])  # links are not followed
+
+    # A link restored alone, and a link replaced by a real folder since is left alone.
+    cluster4.cli(1, "restore", src / "latest", "--to", tmp_path / "alone")
+    assert os.readlink(tmp_path / "alone") == "docs/report.txt"
+    (src / "dangling").unlink()
+    (src / "dangling").mkdir()
+    (src / "dangling" / "new.txt").write_text("new")
+    cluster4.cli(1, "restore", src / "dangling")  # in place: the backup knew a link there
+    assert (src / "dangling" / "new.txt").read_text() == "new"
