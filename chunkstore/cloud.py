@@ -29,14 +29,13 @@ import hashlib
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ChunkNotFoundError, ChunkstoreError, CorruptChunkError, QuotaExceededError
+from .errors import ChunkNotFoundError, ChunkstoreError, CorruptChunkError
 from .store import (
     CLOUD_MARKER,
     BadChunk,
@@ -264,32 +263,15 @@ class CloudChunkStore(ChunkStore):
     # -- writing -------------------------------------------------------------------------
 
     def put_many(self, items: Sequence[PutItem]) -> list[bool]:
-        for item in items:
-            self.check_item(item)
-        digests = [hashlib.sha256(item.envelope).digest() for item in items]
+        digests = self._checked_digests(items)
         with self._lock:
-            self._ensure_open()
-            held = self._held_pairs([(i.owner, i.address) for i in items])
-            fresh: dict[tuple[int, bytes], tuple[PutItem, bytes]] = {}
-            written: list[bool] = []
-            for item, digest in zip(items, digests, strict=True):
-                key = (item.owner, item.address)
-                is_new = key not in fresh and key not in held
-                if is_new:
-                    fresh[key] = (item, digest)
-                written.append(is_new)
-            needed = sum(len(i.envelope) for i, _ in fresh.values())
-            if needed and self._used + self._reserved + needed > self._capacity:
-                raise QuotaExceededError(
-                    f"quota exceeded: {needed} bytes do not fit in "
-                    f"{max(0, self.free_bytes - self._reserved)} free of {self._capacity}"
-                )
-            if not fresh:
+            written, records, needed = self._admit(items, digests)
+            if not records:
                 return written
-            records = list(fresh.values())
             keys = [self.object_key(i.owner, i.address, d) for i, d in records]
             self._reserved += needed
             self._in_flight.update(keys)
+        superseded: list[str] = []
         now_held: set[tuple[int, bytes]] = set()
         try:
             # Every PUT must have ended before anything is indexed (none may still be
@@ -303,54 +285,27 @@ class CloudChunkStore(ChunkStore):
             for future in futures:
                 future.result()
             with self._lock:
-                now_held = self._held_pairs(list(fresh))
-                rows = []
-                added = 0
-                now = time.time()
-                superseded: list[str] = []
-                for name, (item, digest) in zip(keys, records, strict=True):
-                    if (item.owner, item.address) in now_held:
-                        # A concurrent put was indexed first. Its object stands; ours goes,
-                        # unless it was the same envelope, hence the very same object.
-                        indexed = self._location(item.owner, item.address)
-                        if indexed is not None and indexed.digest != digest:
-                            superseded.append(name)
-                        continue
-                    rows.append(
-                        (
-                            item.owner,
-                            item.address,
-                            0,
-                            0,
-                            len(item.envelope),
-                            digest,
-                            item.degree,
-                            now,
-                        )
-                    )
-                    added += len(item.envelope)
+                # Held meanwhile: a concurrent put was indexed first. Its object stands; ours
+                # goes, unless it was the same envelope, hence the very same object.
+                superseded = [
+                    key
+                    for key, (item, digest) in zip(keys, records, strict=True)
+                    if (loc := self._location(item.owner, item.address)) is not None
+                    and loc.digest != digest
+                ]
+                now_held = self._index_new(records, [(0, 0)] * len(records))
                 with self._transaction():
-                    self._db.executemany(
-                        "INSERT INTO chunks(owner, address, segment, offset, length, digest,"
-                        " degree, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
                     self._db.executemany(
                         "INSERT OR IGNORE INTO doomed(key, length) VALUES (?, 0)",
                         [(k,) for k in superseded],
                     )
-                self._used += added
         finally:
             with self._lock:
                 self._reserved -= needed
                 self._in_flight.difference_update(keys)
-        if now_held:
+        if superseded:
             self._purge_quietly()
-            written = [
-                w and (i.owner, i.address) not in now_held
-                for w, i in zip(written, items, strict=True)
-            ]
-        return written
+        return self._not_raced(written, items, now_held)
 
     # -- reading -------------------------------------------------------------------------
 

@@ -301,30 +301,11 @@ class ChunkStore:
 
         All-or-nothing on refusal: if the batch would exceed the quota nothing is written.
         """
-        for item in items:
-            self.check_item(item)
-        # Hash outside the lock, so one caller's hashing overlaps another's flush.
-        digests = [hashlib.sha256(item.envelope).digest() for item in items]
+        digests = self._checked_digests(items)
         with self._lock:
-            self._ensure_open()
-            fresh: dict[tuple[int, bytes], tuple[PutItem, bytes]] = {}
-            written: list[bool] = []
-            held = self._held_pairs([(i.owner, i.address) for i in items])
-            for item, digest in zip(items, digests, strict=True):
-                key = (item.owner, item.address)
-                is_new = key not in fresh and key not in held
-                if is_new:
-                    fresh[key] = (item, digest)
-                written.append(is_new)
-            needed = sum(len(i.envelope) for i, _ in fresh.values())
-            if needed and self._used + self._reserved + needed > self._capacity:
-                raise QuotaExceededError(
-                    f"quota exceeded: {needed} bytes do not fit in "
-                    f"{max(0, self.free_bytes - self._reserved)} free of {self._capacity}"
-                )
-            if not fresh:
+            written, records, needed = self._admit(items, digests)
+            if not records:
                 return written
-            records = list(fresh.values())
             reservation = self._reserve(records)
             self._reserved += needed
         failed = True
@@ -338,32 +319,74 @@ class ChunkStore:
         with self._lock:
             # A concurrent put of the same chunk may have been indexed meanwhile: its copy
             # stands, ours is garbage for compaction, and this chunk is "already held".
-            now_held = self._held_pairs(list(fresh))
-            now = time.time()
-            rows = []
-            added = 0
-            for (item, digest), (segment, offset) in zip(records, reservation.placed, strict=True):
-                if (item.owner, item.address) in now_held:
-                    continue
-                size = len(item.envelope)
-                rows.append(
-                    (item.owner, item.address, segment, offset, size, digest, item.degree, now)
+            now_held = self._index_new(records, reservation.placed)
+            return self._not_raced(written, items, now_held)
+
+    def _checked_digests(self, items: Sequence[PutItem]) -> list[bytes]:
+        """Refuse a bad item before any I/O; the envelopes' SHA-256, hashed outside the lock
+        so that one caller's hashing overlaps another's flush."""
+        for item in items:
+            self.check_item(item)
+        return [hashlib.sha256(item.envelope).digest() for item in items]
+
+    def _admit(
+        self, items: Sequence[PutItem], digests: Sequence[bytes]
+    ) -> tuple[list[bool], list[tuple[PutItem, bytes]], int]:
+        """(lock held) Whether each item is new, the (item, digest) records to write (one per
+        chunk not yet held), and their bytes. The whole batch is refused over the quota."""
+        self._ensure_open()
+        fresh: dict[tuple[int, bytes], tuple[PutItem, bytes]] = {}
+        written: list[bool] = []
+        held = self._held_pairs([(i.owner, i.address) for i in items])
+        for item, digest in zip(items, digests, strict=True):
+            key = (item.owner, item.address)
+            is_new = key not in fresh and key not in held
+            if is_new:
+                fresh[key] = (item, digest)
+            written.append(is_new)
+        needed = sum(len(i.envelope) for i, _ in fresh.values())
+        if needed and self._used + self._reserved + needed > self._capacity:
+            raise QuotaExceededError(
+                f"quota exceeded: {needed} bytes do not fit in "
+                f"{max(0, self.free_bytes - self._reserved)} free of {self._capacity}"
+            )
+        return written, list(fresh.values()), needed
+
+    def _index_new(
+        self, records: Sequence[tuple[PutItem, bytes]], placed: Sequence[tuple[int, int]]
+    ) -> set[tuple[int, bytes]]:
+        """(lock held) Index the written records at their (segment, offset), except those a
+        concurrent put indexed meanwhile; return those."""
+        now_held = self._held_pairs([(i.owner, i.address) for i, _d in records])
+        now = time.time()
+        rows = []
+        added = 0
+        for (item, digest), (segment, offset) in zip(records, placed, strict=True):
+            if (item.owner, item.address) in now_held:
+                continue
+            size = len(item.envelope)
+            rows.append((item.owner, item.address, segment, offset, size, digest, item.degree, now))
+            added += size
+        if rows:
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO chunks(owner, address, segment, offset, length, digest,"
+                    " degree, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
                 )
-                added += len(item.envelope)
-            if rows:
-                with self._transaction():
-                    self._db.executemany(
-                        "INSERT INTO chunks(owner, address, segment, offset, length, digest,"
-                        " degree, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                self._used += added
-            if now_held:
-                written = [
-                    w and (i.owner, i.address) not in now_held
-                    for w, i in zip(written, items, strict=True)
-                ]
+            self._used += added
+        return now_held
+
+    @staticmethod
+    def _not_raced(
+        written: list[bool], items: Sequence[PutItem], now_held: set[tuple[int, bytes]]
+    ) -> list[bool]:
+        """``written``, with chunks a concurrent put indexed first counted as already held."""
+        if not now_held:
             return written
+        return [
+            w and (i.owner, i.address) not in now_held for w, i in zip(written, items, strict=True)
+        ]
 
     def check_item(self, item: PutItem) -> None:
         """Refuse (``InvalidIdError``) what ``put_many`` would refuse, before any I/O."""
