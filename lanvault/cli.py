@@ -463,12 +463,24 @@ def _count(n: int, one: str, many: str) -> str:
 
 def _what(data: dict[str, Any]) -> str:
     """'3 files, 1 symlink and 2 folders': what a backup or restore went through."""
-    parts = [_count(data["files"], "file", "files")]
+    parts = [_count(data["files"], "file", "files")] if data["files"] else []
     if data.get("symlinks"):
         parts.append(_count(data["symlinks"], "symlink", "symlinks"))
     if data.get("folders"):
         parts.append(_count(data["folders"], "folder", "folders"))
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if len(parts) <= 1:
+        return parts[0] if parts else "0 files"
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _links_not_made(data: dict[str, Any]) -> str:
+    count = data.get("links_not_made_count", 0)
+    if not count:
+        return ""
+    return (
+        f"; left {_count(count, 'folder', 'folders')} where the backup had a symlink"
+        f" (a real folder is there now), e.g. {data['links_not_made'][0]}"
+    )
 
 
 def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
@@ -505,7 +517,8 @@ def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
     emit(
         args,
         data,
-        f"restored {_what(data)} ({data['bytes'] / 1e6:.1f} MB) in {data['seconds']:.1f} s",
+        f"restored {_what(data)} ({data['bytes'] / 1e6:.1f} MB) in {data['seconds']:.1f} s"
+        + _links_not_made(data),
     )
     return 0
 

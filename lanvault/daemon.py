@@ -401,6 +401,8 @@ class Daemon:
             "files": report.files_done,
             "symlinks": report.links,
             "folders": report.folders,
+            "links_not_made": report.links_not_made[:SKIPPED_LISTED],
+            "links_not_made_count": len(report.links_not_made),
             "bytes": report.bytes_done,
             "seconds": time.monotonic() - started,
         }

@@ -113,6 +113,7 @@ class Progress:
     entries_skipped: list[str] = field(default_factory=list)  # FIFOs, sockets, devices
     links: int = 0  # symlinks backed up (as links)
     folders: int = 0  # folders backed up (their modes and times; empty ones too)
+    links_not_made: list[str] = field(default_factory=list)  # a real folder is there now
 
 
 ProgressFn = Callable[[Progress], None]
@@ -189,10 +190,10 @@ def _make_folder(target: Path) -> None:
 
 
 def _make_plain_folder(target: Path) -> None:
+    # A symlink here would have the files below written through it: it goes.
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         target.unlink()
-    target.mkdir(parents=True, exist_ok=True)
-    os.chmod(target, 0o700)  # writable by this restore until its own mode is set, last
+    target.mkdir(parents=True, exist_ok=True)  # its own mode and times are set last
 
 
 def _make_plain_symlink(target: Path, link_target: str, version: FileVersion) -> bool:
@@ -1222,6 +1223,8 @@ class Owner:
             target = os.fsdecode(b"".join(await self.fetch_many(list(link.chunks))))
             if await trio.to_thread.run_sync(_make_plain_symlink, target_of(link), target, link):
                 report.links += 1
+            else:
+                report.links_not_made.append(str(target_of(link)))
         # Folder modes and times last, deepest first: writing inside a folder changes its mtime.
         for folder in reversed(folders):
             await trio.to_thread.run_sync(_finish_plain_folder, target_of(folder), folder)

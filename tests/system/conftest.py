@@ -16,6 +16,4 @@ def cluster4(tmp_path: Path) -> Iterator[ProcessCluster]:
         yield cluster
     finally:
         cluster.stop_all()
-        for node in cluster.nodes.values():
-            log = node.log.read_text() if node.log.exists() else ""
-            assert "Traceback" not in log, f"node {node.node_id} logged a traceback:\n{log[-3000:]}"
+        cluster.assert_no_tracebacks()

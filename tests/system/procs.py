@@ -199,6 +199,12 @@ class ProcessCluster:
                 raise AssertionError(f"timed out: {what}")
             time.sleep(0.3)
 
+    def assert_no_tracebacks(self) -> None:
+        """No node logged a traceback (a bug, whatever the test saw from outside)."""
+        for node in self.nodes.values():
+            log = node.log.read_text() if node.log.exists() else ""
+            assert "Traceback" not in log, f"node {node.node_id} logged a traceback:\n{log[-3000:]}"
+
     def degrees(self, owner: int) -> list[int]:
         state = self.json(owner, "state")
         return [c["degree"] for f in state["files"] for c in f["chunks"]]

@@ -396,10 +396,20 @@ def test_folder_backup_keeps_symlinks_empty_folders_modes_and_times(
     assert not any("secret" in f["path"] for f in state["files"])  # links are not followed
 
     # A link restored alone, and a link replaced by a real folder since is left alone.
-    cluster4.cli(1, "restore", src / "latest", "--to", tmp_path / "alone")
+    alone = cluster4.cli(1, "restore", src / "latest", "--to", tmp_path / "alone")
+    assert alone.stdout.startswith("restored 1 symlink (")
     assert os.readlink(tmp_path / "alone") == "docs/report.txt"
+    # A symlink where the backup had a folder is replaced: nothing is written through it.
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    os.symlink(outside, trap / "docs")
+    cluster4.cli(1, "restore", src, "--to", trap)
+    assert not (trap / "docs").is_symlink() and (trap / "docs" / "report.txt").exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
     (src / "dangling").unlink()
     (src / "dangling").mkdir()
     (src / "dangling" / "new.txt").write_text("new")
-    cluster4.cli(1, "restore", src / "dangling")  # in place: the backup knew a link there
+    kept = cluster4.cli(1, "restore", src / "dangling")  # in place: the backup knew a link
     assert (src / "dangling" / "new.txt").read_text() == "new"
+    assert "left 1 folder where the backup had a symlink" in kept.stdout
+    assert str(src / "dangling") in kept.stdout
