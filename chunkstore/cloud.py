@@ -395,9 +395,11 @@ class CloudChunkStore(ChunkStore):
         """Check every chunk's object is in the bucket with its size (reads verify bytes); and
         delete what an earlier removal could not."""
         self._purge_quietly()
-        listed = self._listing()
+        # The rows before the listing: a chunk indexed later (its object put after the listing
+        # began) must not be taken for missing.
         with self._lock:
             rows = self._db.execute("SELECT owner, address, length, digest FROM chunks").fetchall()
+        listed = self._listing()
         bad: list[BadChunk] = []
         for owner, address, length, digest in rows:
             key = self.object_key(int(owner), bytes(address), bytes(digest))
@@ -407,6 +409,16 @@ class CloudChunkStore(ChunkStore):
             elif size != int(length):
                 reason = f"has {size} bytes in the bucket, {int(length)} expected"
                 bad.append(BadChunk(int(owner), bytes(address), reason))
+        if bad:  # removed meanwhile (its object with it): not a bad copy
+            with self._lock:
+                digests = {(b.owner, b.address): self._location(b.owner, b.address) for b in bad}
+            expected = {(int(o), bytes(a)): bytes(d) for o, a, _n, d in rows}
+            bad = [
+                b
+                for b in bad
+                if (loc := digests[(b.owner, b.address)]) is not None
+                and loc.digest == expected[(b.owner, b.address)]
+            ]
         if drop_bad and bad:
             with self._lock, self._transaction():
                 for item in bad:

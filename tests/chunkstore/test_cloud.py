@@ -141,6 +141,26 @@ def test_a_bad_object_is_found_by_read_and_by_scrub(
     assert not store.has(1, a2) and store.has(1, a1)
 
 
+def test_a_scrub_does_not_take_a_chunk_stored_meanwhile_for_missing(
+    store: CloudChunkStore, bucket: MemoryBucket, keys: KeyRing
+) -> None:
+    (old, old_env), (new, new_env), (gone, gone_env) = (
+        sealed(keys, bytes([i]) * 2000) for i in range(3)
+    )
+    store.put_many([PutItem(1, old, old_env), PutItem(1, gone, gone_env)])
+    plain_list = bucket.list
+
+    def list_then_race(prefix: str) -> Iterator[tuple[str, int]]:
+        listing = list(plain_list(prefix))  # taken before the others' changes land
+        store.put_many([PutItem(1, new, new_env)])
+        store.delete_many(1, [gone])
+        yield from listing
+
+    bucket.list = list_then_race  # type: ignore[method-assign]
+    assert store.scrub(drop_bad=True) == []
+    assert store.get(1, new) == new_env and store.get(1, old) == old_env
+
+
 def test_delete_and_evict_remove_the_objects(
     store: CloudChunkStore, bucket: MemoryBucket, keys: KeyRing
 ) -> None:
