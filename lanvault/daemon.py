@@ -428,7 +428,10 @@ class Daemon:
 
     async def op_check(self, request: dict[str, Any], emit: Emit) -> Any:
         repair = bool(request.get("repair"))
-        report = await trio.to_thread.run_sync(self.store.check, repair)
+        try:
+            report = await trio.to_thread.run_sync(self.store.check, repair)
+        except OSError as exc:  # the disk, or a cloud node's bucket, cannot be read
+            raise OpError(f"cannot check the store: {exc}") from None
         files = await trio.to_thread.run_sync(self.catalog.latest_versions, "")
         wanted: dict[bytes, int] = {}
         for version, _ in files:

@@ -127,6 +127,9 @@ def test_while_the_bucket_is_unreachable_the_lan_holds_and_serves(tmp_path: Path
             for name in (before, during):  # the bucket's copies are re-fetched from the LAN
                 cluster.cli(1, "restore", name, "--to", tmp_path / f"out-{name.name}")
                 assert (tmp_path / f"out-{name.name}").read_bytes() == name.read_bytes()
+            check = cluster.cli(4, "check", check=False)
+            assert check.returncode == 1 and check.stderr.count("\n") == 1
+            assert "cannot check the store: bucket s3://lanvault-outage/: " in check.stderr
         finally:
             cluster.stop_all()
         cluster.assert_no_tracebacks()
