@@ -628,5 +628,7 @@ class Node:
             await trio.sleep(self.config.scrub_interval)
             try:
                 await self.scrub()
+            except OSError as exc:  # the disk, or a cloud node's bucket: try at the next one
+                log.warning("scrub failed: %s", exc)
             except Exception:
                 log.exception("scrub failed")

@@ -295,3 +295,28 @@ async def test_a_down_holder_is_not_repaired_around_before_it_is_gone(tmp_path: 
         await trio.sleep(12)  # down after 4 s; repair passes every 3 s
         assert not cluster.members[2 if victim != 2 else 3].node.membership.is_up(victim)
         assert copies(cluster, 1) == surviving
+
+
+async def test_a_scrub_that_cannot_read_its_store_says_so_and_tries_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chunkstore.cloud import BucketError
+
+    async with open_cluster(tmp_path / "c", 2) as cluster:
+        node = cluster.members[2].node
+        calls: list[bool] = []
+
+        def unreachable(drop_bad: bool = False) -> list[Any]:
+            calls.append(drop_bad)
+            raise BucketError("bucket s3://away/: list failed: connection refused")
+
+        monkeypatch.setattr(node.store, "scrub", unreachable)
+        node.config.scrub_interval = 0.2
+        with caplog.at_level(logging.WARNING, logger="node.node"):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node._scrub_loop)
+                await trio.sleep(1)
+                nursery.cancel_scope.cancel()
+        assert len(calls) >= 2  # the loop lives on
+        assert "scrub failed: bucket s3://away/: list failed" in caplog.text
+        assert "Traceback" not in caplog.text  # an outage, not a bug
