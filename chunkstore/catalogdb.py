@@ -29,11 +29,11 @@ from typing import Any
 from .catalog import FileVersion
 from .fileid import content_digest, file_id
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
+_VERSIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
     path       TEXT    NOT NULL,   -- absolute path on the owner's computer
-    file_id    BLOB    NOT NULL UNIQUE,
+    file_id    BLOB    NOT NULL,   -- names content and metadata; not unique (see add_version)
     size       INTEGER NOT NULL,
     mode       INTEGER NOT NULL,
     uid        INTEGER NOT NULL,
@@ -48,7 +48,13 @@ CREATE TABLE IF NOT EXISTS versions (
     origin     INTEGER NOT NULL DEFAULT 0,  -- 0 `backup` command, 1 cut by a mount
     inode      INTEGER NOT NULL DEFAULT 0   -- the file a mount cut it from (0: unknown)
 );
+"""
+
+_SCHEMA = (
+    _VERSIONS_TABLE.format(table="versions")
+    + """
 CREATE INDEX IF NOT EXISTS versions_by_path ON versions (path, id);
+CREATE INDEX IF NOT EXISTS versions_by_file ON versions (file_id);
 CREATE TABLE IF NOT EXISTS version_chunks (
     version_id INTEGER NOT NULL,
     no         INTEGER NOT NULL,
@@ -94,8 +100,17 @@ CREATE TABLE IF NOT EXISTS settings (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+)
 
 _VERSION_COLUMNS = "id, path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns, degree, owner"
+_ALL_VERSION_COLUMNS = (
+    *_VERSION_COLUMNS.split(", "),
+    "created_ns",
+    "complete",
+    "removed",
+    "origin",
+    "inode",
+)
 TREE_GONE = 0
 TREE_DIR = 1
 TREE_FILE = 2
@@ -253,6 +268,38 @@ class CatalogDB:
         if "inode" not in columns:
             self._db.execute("ALTER TABLE versions ADD COLUMN inode INTEGER NOT NULL DEFAULT 0")
         self._db.execute("DROP TABLE IF EXISTS leases")  # an earlier design's, unused now
+        self._drop_unique_file_id()
+
+    def _drop_unique_file_id(self) -> None:
+        """Catalogs before format 2 kept one row per fileId, so a version whose fileId had been
+        seen before (after a delete, a chmod, a revert) was not recorded: rebuild the table
+        without that constraint, keeping every row and the id sequence."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            (sql,) = self._db.execute(
+                "SELECT sql FROM sqlite_master WHERE type='table' AND name='versions'"
+            ).fetchone()
+            if "UNIQUE" not in str(sql):
+                self._db.execute("ROLLBACK")
+                return
+            seq = self._db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name='versions'"
+            ).fetchone()
+            self._db.execute(_VERSIONS_TABLE.format(table="versions_v2"))
+            names = ", ".join(_ALL_VERSION_COLUMNS)
+            self._db.execute(f"INSERT INTO versions_v2({names}) SELECT {names} FROM versions")
+            self._db.execute("DROP TABLE versions")
+            self._db.execute("ALTER TABLE versions_v2 RENAME TO versions")
+            self._db.execute("CREATE INDEX versions_by_path ON versions (path, id)")
+            self._db.execute("CREATE INDEX versions_by_file ON versions (file_id)")
+            if seq is not None:
+                self._db.execute(
+                    "UPDATE sqlite_sequence SET seq=max(seq, ?) WHERE name='versions'", (seq[0],)
+                )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock, self._read_lock:
@@ -280,7 +327,7 @@ class CatalogDB:
     def add_version(
         self, version: FileVersion, created_ns: int, origin: int = ORIGIN_BACKUP
     ) -> int:
-        """Record a version (idempotent by fileId); returns its row id."""
+        """Record a version of its path; returns its row id (see ``_insert_version``)."""
         with self._tx() as db:
             return self._insert_version(db, version, created_ns, origin)
 
@@ -288,9 +335,32 @@ class CatalogDB:
     def _insert_version(
         db: sqlite3.Connection, version: FileVersion, created_ns: int, origin: int, inode: int = 0
     ) -> int:
-        row = db.execute("SELECT id FROM versions WHERE file_id=?", (version.file_id,)).fetchone()
-        if row:
-            return int(row[0])
+        """A new row unless the newest live version of the path is this very one.
+
+        The fileId is not the test: a version after ``delete`` may have a removed version's
+        fileId, a file put back as it was an older version's, and a chmod or chown leaves it
+        unchanged. Recording the same version twice (a retry) returns the first row; a new
+        ctime alone (nothing restorable changed) is noted on it, a new degree too.
+        """
+        row = db.execute(
+            "SELECT id, file_id, mode, uid, gid, ctime_ns, degree FROM versions"
+            " WHERE path=? AND removed=0 ORDER BY id DESC LIMIT 1",
+            (version.path,),
+        ).fetchone()
+        if row is not None and (bytes(row[1]), row[2], row[3], row[4]) == (
+            version.file_id,
+            version.mode,
+            version.uid,
+            version.gid,
+        ):
+            vid = int(row[0])
+            if row[5] != version.ctime_ns:
+                db.execute("UPDATE versions SET ctime_ns=? WHERE id=?", (version.ctime_ns, vid))
+            if row[6] != version.degree:
+                db.execute(
+                    "UPDATE versions SET degree=?, complete=0 WHERE id=?", (version.degree, vid)
+                )
+            return vid
         cur = db.execute(
             "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
             " degree, owner, created_ns, origin, inode) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -839,7 +909,8 @@ class CatalogDB:
             fid = entry.file_id
             if entry.kind == TREE_FILE:
                 row = db.execute(
-                    f"SELECT {_VERSION_COLUMNS}, inode FROM versions WHERE file_id=?",
+                    f"SELECT {_VERSION_COLUMNS}, inode FROM versions WHERE file_id=?"
+                    " ORDER BY removed, id DESC LIMIT 1",
                     (entry.file_id,),
                 ).fetchone()
                 if row is not None:
@@ -869,7 +940,8 @@ class CatalogDB:
                     )
                     vid = self._insert_version(db, moved, time_ns, ORIGIN_MOUNT, inode)
                     complete = db.execute(
-                        "SELECT complete FROM versions WHERE file_id=?", (entry.file_id,)
+                        "SELECT complete FROM versions WHERE file_id=? ORDER BY removed, id DESC",
+                        (entry.file_id,),
                     ).fetchone()
                     if complete and complete[0]:
                         db.execute("UPDATE versions SET complete=1 WHERE id=?", (vid,))
@@ -927,7 +999,9 @@ class CatalogDB:
 
     @staticmethod
     def _live_version(db: sqlite3.Connection, fid: bytes) -> int | None:
-        row = db.execute("SELECT id FROM versions WHERE file_id=? AND removed=0", (fid,)).fetchone()
+        row = db.execute(
+            "SELECT id FROM versions WHERE file_id=? AND removed=0 ORDER BY id DESC", (fid,)
+        ).fetchone()
         return int(row[0]) if row else None
 
     def tree_children(self, root: str, parent: str, seq: int) -> list[TreeEvent]:
@@ -981,7 +1055,8 @@ class CatalogDB:
     def version_by_id(self, file_id: bytes) -> FileVersion | None:
         with self._reading() as db:
             row = db.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE file_id=? AND removed=0",
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE file_id=? AND removed=0"
+                " ORDER BY id DESC LIMIT 1",
                 (file_id,),
             ).fetchone()
             return self._version_from_row(db, row) if row else None

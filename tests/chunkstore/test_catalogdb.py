@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from chunkstore.catalog import FileVersion
 from chunkstore.catalogdb import (
+    _SCHEMA,
     TREE_DIR,
     TREE_FILE,
     CatalogDB,
@@ -221,3 +224,77 @@ def test_listing_stays_fast_with_many_files_and_snapshots(db: CatalogDB) -> None
     started = time.perf_counter()
     assert len(db.snapshots(ROOT)) == 2_002
     assert time.perf_counter() - started < 0.5
+
+
+def test_a_version_after_delete_is_recorded_again(db: CatalogDB) -> None:
+    v = version("a.txt", "A")
+    db.add_version(v, T0)
+    db.set_complete(v.file_id)
+    db.delete_paths([v.path], [2, 3])
+    assert db.latest(v.path) is None
+    db.add_version(v, T0 + 5)  # the same file backed up again after its delete
+    again = db.latest(v.path)
+    assert again == v
+    assert [i.created_ns for i in db.versions_of(v.path)] == [T0 + 5]
+
+
+def test_a_mode_change_alone_is_a_new_version(db: CatalogDB) -> None:
+    v = version("secret.txt", "S")
+    first = db.add_version(v, T0)
+    private = dataclasses.replace(v, mode=0o100600, ctime_ns=T0 + 1)
+    second = db.add_version(private, T0 + 1)
+    assert second != first
+    latest = db.latest(v.path)
+    assert latest is not None and latest.mode == 0o100600
+    assert len(db.versions_of(v.path)) == 2
+    owned = dataclasses.replace(private, uid=1000, ctime_ns=T0 + 2)
+    assert db.add_version(owned, T0 + 2) not in (first, second)
+
+
+def test_putting_an_older_version_back_is_a_new_version(db: CatalogDB) -> None:
+    a, b = version("r.txt", "A"), version("r.txt", "B", complete_marker=1)
+    db.add_version(a, T0)
+    db.add_version(b, T0 + 1)
+    db.add_version(a, T0 + 2)  # restored in place, same content, mtime and mode as the first
+    latest = db.latest(a.path)
+    assert latest is not None and latest.file_id == a.file_id
+    assert [i.file_id for i in db.versions_of(a.path)] == [a.file_id, b.file_id, a.file_id]
+
+
+def test_recording_the_same_version_twice_is_one_row(db: CatalogDB) -> None:
+    v = version("same.txt", "S")
+    first = db.add_version(v, T0)
+    assert db.add_version(v, T0 + 1) == first
+    touched = dataclasses.replace(v, ctime_ns=T0 + 9)  # nothing restorable changed
+    assert db.add_version(touched, T0 + 2) == first
+    latest = db.latest(v.path)
+    assert latest is not None and latest.ctime_ns == T0 + 9
+    assert len(db.versions_of(v.path)) == 1
+
+
+def test_a_catalog_with_unique_file_ids_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        _SCHEMA.replace("file_id    BLOB    NOT NULL,", "file_id    BLOB    NOT NULL UNIQUE,")
+    )
+    v = version("old.txt", "O")
+    old.execute(
+        "INSERT INTO versions(id, path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
+        " degree, owner, created_ns, complete, removed) VALUES (7,?,?,?,?,0,0,?,?,2,1,?,1,1)",
+        (v.path, v.file_id, v.size, v.mode, v.mtime_ns, v.ctime_ns, T0),
+    )
+    old.executemany(
+        "INSERT INTO version_chunks(version_id, no, address) VALUES (7,?,?)",
+        list(enumerate(v.chunks)),
+    )
+    old.execute("UPDATE sqlite_sequence SET seq=40 WHERE name='versions'")
+    old.commit()
+    old.close()
+    db = CatalogDB(path)
+    assert db.add_version(v, T0 + 1) == 41  # the removed row stays, ids are never reused
+    assert db.latest(v.path) == v
+    assert db.latest(v.path, include_removed=True) == v
+    db.close()
+    reopened = CatalogDB(path)
+    assert len(reopened.versions_of(v.path)) == 1
