@@ -11,7 +11,6 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import stat
 import threading
 import time
@@ -33,6 +32,7 @@ from chunkstore.store import ChunkStore, pwrite_all
 
 from .node import Node
 from .protocol import MAX_BATCH, Chunk, ChunksMany, Delete, Deleted, GetChunk, GetChunks
+from .restore_target import RestoreTarget, UnsafeDestination
 from .safekeeping import Safekeeping
 from .transport import PeerUnavailable, RemoteError
 
@@ -183,62 +183,13 @@ def _seal_all(keys: KeyRing, items: list[tuple[bytes, bytes]]) -> list[bytes]:
     return [seal_chunk(keys, address, plain) for address, plain in items]
 
 
-def _make_folder(target: Path) -> None:
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        target.unlink()
-    target.mkdir(parents=True, exist_ok=True)
-
-
-def _make_plain_folder(target: Path) -> None:
-    # A symlink here would have the files below written through it: it goes.
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        target.unlink()
-    target.mkdir(parents=True, exist_ok=True)  # its own mode and times are set last
-
-
-def _make_plain_symlink(target: Path, link_target: str, version: FileVersion) -> bool:
-    """A symlink of a plain backup. A real folder where the link was is left alone (False):
-    unlike a mounted tree's snapshot, a plain backup does not say that folder is gone."""
-    if target.is_dir() and not target.is_symlink():
-        log.warning("%s: a folder is there now; the symlink it was is not restored", target)
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_symlink() or target.exists():
-        target.unlink()
-    os.symlink(link_target, target)
-    os.utime(target, ns=(version.mtime_ns, version.mtime_ns), follow_symlinks=False)
-    return True
-
-
-def _finish_plain_folder(target: Path, version: FileVersion) -> None:
-    if target.is_dir() and not target.is_symlink():
-        os.chmod(target, stat.S_IMODE(version.mode))
-        os.utime(target, ns=(version.mtime_ns, version.mtime_ns))
-
-
-def _make_symlink(target: Path, entry: TreeEvent) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_symlink() or target.exists():
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-    os.symlink(entry.target, target)
-    os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-
-
-def _finish_folder(target: Path, entry: TreeEvent) -> None:
-    os.chmod(target, stat.S_IMODE(entry.mode) or 0o755)
-    os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
-
-
-def _already_restored(dest: Path, size: int, mode: int, mtime_ns: int) -> bool:
-    try:
-        st = os.stat(dest, follow_symlinks=False)
-    except OSError:
-        return False
+def _already_restored(
+    target: RestoreTarget, dest: Path, size: int, mode: int, mtime_ns: int
+) -> bool:
+    st = target.lstat(dest)
     return (
-        stat.S_ISREG(st.st_mode)
+        st is not None
+        and stat.S_ISREG(st.st_mode)
         and st.st_size == size
         and st.st_mtime_ns == mtime_ns
         and stat.S_IMODE(st.st_mode) == stat.S_IMODE(mode)
@@ -312,6 +263,7 @@ class Owner:
         self.outbox = outbox
         self._delete_lock = trio.Lock()  # held while owed deletes are being sent
         self._restoring: dict[str, list[Any]] = {}  # destination -> [lock, users]
+        self.resume_dir = catalog.path.parent / "restores"  # interrupted restores' temp files
         self._guard = SharedExclusive()
         self.last_backup_ns = catalog.get_setting("last_backup_ns")
         self.safekeeping: Safekeeping | None = None  # set by the daemon: kit and catalog copies
@@ -967,21 +919,29 @@ class Owner:
         self,
         version: FileVersion,
         dest: Path,
+        target: RestoreTarget,
         report: Progress | None = None,
         mode: int | None = None,
         mtime_ns: int | None = None,
         progress: ProgressFn | None = None,
     ) -> None:
-        """Write ``version`` to ``dest`` atomically (temp file, fsync, rename) with mode and times.
+        """Write ``version`` to ``dest`` (below ``target``'s anchor) atomically: a new temporary
+        file with the version's owner and mode, its data, fsync, times, rename.
 
         Resumable: a destination that already is this version (same size, time and mode) is
-        left alone, and the chunks already in an interrupted restore's temporary file are
-        verified and kept rather than fetched again.
+        left alone, and the chunks already in an interrupted restore's temporary file (one
+        this daemon made and recorded) are verified and kept rather than fetched again.
         """
         async with self._destination_lock(dest):  # two restores never share a temp file
             await self._restore_version(
-                version, dest, report or Progress(), mode, mtime_ns, progress
+                version, dest, target, report or Progress(), mode, mtime_ns, progress
             )
+
+    def _open_target(self, anchor: Path, as_typed: bool) -> RestoreTarget:
+        try:
+            return RestoreTarget(anchor, as_typed=as_typed, resume_dir=self.resume_dir)
+        except UnsafeDestination as exc:
+            raise RestoreError(str(exc)) from None
 
     @contextlib.asynccontextmanager
     async def _destination_lock(self, dest: Path) -> AsyncIterator[None]:
@@ -1000,6 +960,7 @@ class Owner:
         self,
         version: FileVersion,
         dest: Path,
+        target: RestoreTarget,
         report: Progress,
         mode: int | None,
         mtime_ns: int | None,
@@ -1007,12 +968,34 @@ class Owner:
     ) -> None:
         mode = version.mode if mode is None else mode
         mtime_ns = version.mtime_ns if mtime_ns is None else mtime_ns
-        if await trio.to_thread.run_sync(_already_restored, dest, version.size, mode, mtime_ns):
+        if await trio.to_thread.run_sync(
+            _already_restored, target, dest, version.size, mode, mtime_ns
+        ):
             report.bytes_done += version.size
             return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.lanvault-restore")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            with target.parent(dest) as (dir_fd, name):
+                await self._restore_into(
+                    version, dest, target, dir_fd, name, report, mode, mtime_ns, progress
+                )
+        except UnsafeDestination as exc:
+            raise RestoreError(str(exc)) from None
+
+    async def _restore_into(
+        self,
+        version: FileVersion,
+        dest: Path,
+        target: RestoreTarget,
+        dir_fd: int,
+        name: str,
+        report: Progress,
+        mode: int,
+        mtime_ns: int,
+        progress: ProgressFn | None,
+    ) -> None:
+        fd, tmp, _resumed = await trio.to_thread.run_sync(
+            target.partial_file, dir_fd, name, dest, mode, (version.uid, version.gid)
+        )
         try:
             windows = trio.Semaphore(RESTORE_WINDOWS)
             write_lock = trio.Lock()
@@ -1114,7 +1097,7 @@ class Owner:
                         errors.append(
                             RestoreError(
                                 f"cannot write {dest}: {exc.strerror or exc} (what was restored"
-                                f" so far is kept in {tmp.name} and reused by the next attempt)"
+                                f" so far is kept in {tmp} and reused by the next attempt)"
                             )
                         )
 
@@ -1124,20 +1107,12 @@ class Owner:
             if errors:
                 raise errors[0]
             os.ftruncate(fd, version.size)
-            os.fchmod(fd, stat.S_IMODE(mode))
-            await trio.to_thread.run_sync(os.fsync, fd)
-        except BaseException:
-            # The temporary file stays: what it holds is verified and reused next time.
-            os.close(fd)
-            raise
-        os.close(fd)
-        os.utime(tmp, ns=(mtime_ns, mtime_ns))
-        os.replace(tmp, dest)
-        dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
+            await trio.to_thread.run_sync(
+                target.publish, dir_fd, fd, tmp, name, dest, mode, mtime_ns
+            )
         finally:
-            os.close(dir_fd)
+            # An unfinished temporary file stays: what it holds is verified and reused.
+            os.close(fd)
 
     def _chunks_in_place(self, fd: int, version: FileVersion) -> set[int]:
         """Chunks of ``version`` an interrupted restore already wrote correctly to ``fd``."""
@@ -1211,25 +1186,66 @@ class Owner:
                 return dest / Path(key).name if dest_is_dir else dest
             return dest / version.path[len(key) :].lstrip("/")
 
-        for folder in folders:  # empty ones too
-            await trio.to_thread.run_sync(_make_plain_folder, target_of(folder))
-        for version in versions:
-            await self.restore_version(version, target_of(version), report, progress=progress)
+        if dest is None:  # in place: from the folder above the path named
+            anchor, as_typed = Path(key).parent, False
+        else:
+            anchor, as_typed = (dest.parent if single and not dest_is_dir else dest), True
+        if not folders and not plain:
+            return report
+        target = await trio.to_thread.run_sync(self._open_target, anchor, as_typed)
+        try:
+            await self._restore_plain(target, folders, versions, links, target_of, report, progress)
+        except UnsafeDestination as exc:
+            raise RestoreError(str(exc)) from None
+        finally:
+            target.close()
+        return report
+
+    async def _restore_plain(
+        self,
+        target: RestoreTarget,
+        folders: list[FileVersion],
+        files: list[FileVersion],
+        links: list[FileVersion],
+        target_of: Callable[[FileVersion], Path],
+        report: Progress,
+        progress: ProgressFn | None,
+    ) -> None:
+        for folder in folders:  # empty ones too; their own mode and times are set last
+            await trio.to_thread.run_sync(target.make_folder, target_of(folder))
+        for version in files:
+            await self.restore_version(
+                version, target_of(version), target, report, progress=progress
+            )
             report.files_done += 1
             if progress:
                 progress(report)
-        # Links last: no file is ever written through a link this restore made.
+        # Links last: no file is ever written through a link this restore made. A real folder
+        # where a link was is left: unlike a mount's snapshot, a plain backup does not say that
+        # folder is gone.
         for link in sorted(links, key=lambda v: v.path):
-            target = os.fsdecode(b"".join(await self.fetch_many(list(link.chunks))))
-            if await trio.to_thread.run_sync(_make_plain_symlink, target_of(link), target, link):
+            where = target_of(link)
+            content = os.fsdecode(b"".join(await self.fetch_many(list(link.chunks))))
+            made = await trio.to_thread.run_sync(
+                functools.partial(
+                    target.make_symlink, where, content, link.mtime_ns, replace_folder=False
+                )
+            )
+            if made:
                 report.links += 1
             else:
-                report.links_not_made.append(str(target_of(link)))
+                log.warning("%s: a folder is there now; the symlink it was is not restored", where)
+                report.links_not_made.append(str(where))
         # Folder modes and times last, deepest first: writing inside a folder changes its mtime.
         for folder in reversed(folders):
-            await trio.to_thread.run_sync(_finish_plain_folder, target_of(folder), folder)
+            await trio.to_thread.run_sync(
+                target.finish_folder,
+                target_of(folder),
+                folder.mode,
+                folder.mtime_ns,
+                (folder.uid, folder.gid),
+            )
         report.folders = len(folders)
-        return report
 
     async def _tree_for(self, key: str, at_ns: int | None) -> tuple[str, int] | None:
         """(mounted root, snapshot seq) whose tree holds ``key`` as of ``at_ns``, if any."""
@@ -1275,21 +1291,45 @@ class Owner:
             rest = path[len(relative) :].lstrip("/") if relative else path
             return base / rest if rest else base
 
-        await trio.to_thread.run_sync(
-            functools.partial(base.parent.mkdir, parents=True, exist_ok=True)
-        )
+        target = await trio.to_thread.run_sync(self._open_target, base.parent, dest is not None)
+        try:
+            await self._restore_entries(target, entries, files, target_of, report, progress)
+        except UnsafeDestination as exc:
+            raise RestoreError(str(exc)) from None
+        finally:
+            target.close()
+        return report
+
+    async def _restore_entries(
+        self,
+        target: RestoreTarget,
+        entries: list[tuple[str, TreeEvent]],
+        files: list[tuple[str, FileVersion, TreeEvent]],
+        target_of: Callable[[str], Path],
+        report: Progress,
+        progress: ProgressFn | None,
+    ) -> None:
         folders: list[tuple[Path, TreeEvent]] = []
         for path, entry in entries:
-            target = target_of(path)
+            where = target_of(path)
             if entry.kind == TREE_DIR:
-                await trio.to_thread.run_sync(_make_folder, target)
-                folders.append((target, entry))
+                await trio.to_thread.run_sync(target.make_folder, where)
+                folders.append((where, entry))
             elif entry.kind == TREE_SYMLINK:
-                await trio.to_thread.run_sync(_make_symlink, target, entry)
+                await trio.to_thread.run_sync(
+                    functools.partial(
+                        target.make_symlink,
+                        where,
+                        entry.target,
+                        entry.mtime_ns,
+                        replace_folder=True,  # the snapshot says that folder is gone
+                    )
+                )
         for path, version, entry in files:
             await self.restore_version(
                 version,
                 target_of(path),
+                target,
                 report,
                 mode=entry.mode,
                 mtime_ns=entry.mtime_ns,
@@ -1298,9 +1338,10 @@ class Owner:
             report.files_done += 1
             if progress:
                 progress(report)
-        for target, entry in reversed(folders):  # children first: their writes move mtimes
-            await trio.to_thread.run_sync(_finish_folder, target, entry)
-        return report
+        for where, entry in reversed(folders):  # children first: their writes move mtimes
+            await trio.to_thread.run_sync(
+                target.finish_folder, where, stat.S_IMODE(entry.mode) or 0o755, entry.mtime_ns
+            )
 
     # -- delete --------------------------------------------------------------------------
 

@@ -1,0 +1,285 @@
+"""Where a restore writes: one anchor folder, and everything below it reached through directory
+file descriptors, one component at a time, never through a symlink it did not make.
+
+The rules (``docs/security.md``):
+
+* The anchor is the folder the user named with ``--to`` (opened as typed: the user chose it) or,
+  for an in-place restore, the folder above the path they named. On the way to an in-place anchor
+  a symlink is followed only if it belongs to root or to this process's user: one another user
+  made could point anywhere.
+* Below the anchor no symlink is followed. Where the restore makes a folder, a symlink found in
+  its place is removed first; anywhere else a symlink (or a file) where a folder must be is
+  refused.
+* A file is written into a new temporary file (``O_EXCL``, an unpredictable name) in its folder,
+  given its owner and mode before any byte goes in, and renamed into place.
+* An interrupted restore is resumed only from a temporary file it recorded in the state
+  directory and that is still that very file (device, inode, owner, one link). A file that
+  someone else put under that name is never trusted.
+
+Everything here is synchronous (called on worker threads); nothing imports trio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40  # as the kernel's own limit on symlinks in one path
+_FOLDER_MODE = 0o755  # a folder the restore makes; a restored folder gets its own mode last
+
+
+class UnsafeDestination(Exception):
+    """The destination has a symlink or a non-folder where the restore must go through."""
+
+
+def _refuse(path: str, what: str) -> UnsafeDestination:
+    return UnsafeDestination(f"{path}: {what}; refusing to restore through it")
+
+
+def _open_trusted(path: Path) -> int:
+    """Open folder ``path`` from ``/``, following only symlinks owned by root or by us and
+    making missing folders."""
+    fd = os.open("/", _DIR)
+    pending = [p for p in path.parts[1:]]
+    walked = Path("/")
+    hops = 0
+    try:
+        while pending:
+            name = pending.pop(0)
+            if name in ("", "."):
+                continue
+            try:
+                nxt = os.open(name, _DIR, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, _FOLDER_MODE, dir_fd=fd)
+                nxt = os.open(name, _DIR, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise _refuse(str(walked / name), "not a folder") from None
+                if st.st_uid not in (0, os.geteuid()):
+                    raise _refuse(
+                        str(walked / name), f"a symlink owned by uid {st.st_uid}"
+                    ) from None
+                hops += 1
+                if hops > _MAX_LINKS:
+                    raise _refuse(str(walked / name), "too many symlinks") from None
+                link = os.readlink(name, dir_fd=fd)
+                parts = [p for p in link.split("/") if p]
+                if link.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _DIR)
+                    walked = Path("/")
+                pending = parts + pending
+                continue
+            os.close(fd)
+            fd = nxt
+            walked = walked / name
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class RestoreTarget:
+    """The folder a restore writes under, opened once; paths below it are reached safely."""
+
+    def __init__(self, anchor: Path, *, as_typed: bool, resume_dir: Path) -> None:
+        self.anchor = Path(os.path.normpath(anchor))
+        self._resume_dir = resume_dir
+        if as_typed:  # the user named it: follow it as the shell would
+            self.anchor.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            self._fd = _open_trusted(self.anchor)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RestoreTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _parts(self, path: Path) -> list[str]:
+        try:
+            rest = Path(os.path.normpath(path)).relative_to(self.anchor)
+        except ValueError:
+            raise _refuse(str(path), f"outside {self.anchor}") from None
+        parts = [p for p in rest.parts if p not in ("", ".")]
+        if any(p == ".." or "\0" in p for p in parts):
+            raise _refuse(str(path), "an unsafe name")
+        return parts
+
+    def _walk(self, parts: list[str], shown: Path) -> int:
+        """A new descriptor of the folder ``parts`` below the anchor, making missing ones."""
+        fd = os.dup(self._fd)
+        here = self.anchor
+        try:
+            for name in parts:
+                here = here / name
+                try:
+                    nxt = os.open(name, _DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, _FOLDER_MODE, dir_fd=fd)
+                    nxt = os.open(name, _DIR, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise _refuse(str(here), "a symlink or not a folder") from None
+                    raise
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def parent(self, path: Path) -> Iterator[tuple[int, str]]:
+        """(descriptor of the folder ``path`` is in, its name); the descriptor is closed after."""
+        parts = self._parts(path)
+        if not parts:
+            raise _refuse(str(path), "the restore's own anchor")
+        fd = self._walk(parts[:-1], path)
+        try:
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    def lstat(self, path: Path) -> os.stat_result | None:
+        try:
+            with self.parent(path) as (fd, name):
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (FileNotFoundError, UnsafeDestination):
+            return None
+
+    def is_dir(self, path: Path) -> bool:
+        st = self.lstat(path)
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def make_folder(self, path: Path) -> None:
+        """A folder at ``path``; a symlink or file there goes first (nothing is written
+        through a link)."""
+        if not self._parts(path):
+            return  # the anchor itself
+        with self.parent(path) as (fd, name):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=fd)
+                st = None
+            if st is None:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, _FOLDER_MODE, dir_fd=fd)
+
+    def make_symlink(self, path: Path, target: str, mtime_ns: int, *, replace_folder: bool) -> bool:
+        """A symlink at ``path``; False if a real folder is there and may not be replaced."""
+        with self.parent(path) as (fd, name):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    if not replace_folder:
+                        return False
+                    shutil.rmtree(name, dir_fd=fd)
+                else:
+                    os.unlink(name, dir_fd=fd)
+            os.symlink(target, name, dir_fd=fd)
+            os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+            return True
+
+    def finish_folder(
+        self, path: Path, mode: int, mtime_ns: int, owner: tuple[int, int] | None = None
+    ) -> None:
+        """Give the folder at ``path`` its owner, mode and times (if it is a folder)."""
+        parts = self._parts(path)
+        try:
+            fd = self._walk(parts, path) if parts else os.dup(self._fd)
+        except UnsafeDestination:
+            return
+        try:
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, stat.S_IMODE(mode))
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _record_path(self, dest: Path) -> Path:
+        return self._resume_dir / (hashlib.sha256(os.fsencode(dest)).hexdigest()[:32] + ".json")
+
+    def partial_file(
+        self, dir_fd: int, name: str, dest: Path, mode: int, owner: tuple[int, int]
+    ) -> tuple[int, str, bool]:
+        """(descriptor, name, resumed) of the temporary file that becomes ``dest``: the one an
+        interrupted restore recorded if it is still that very file, else a new one, owned and
+        with ``mode`` before anything is written."""
+        record = self._record_path(dest)
+        uid = owner[0] if os.geteuid() == 0 else os.geteuid()
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            saved = json.loads(record.read_text())
+            tmp = str(saved["name"])
+            if "/" not in tmp and tmp.startswith(f".{name}.lanvault-"):
+                fd = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                st = os.fstat(fd)
+                if (
+                    stat.S_ISREG(st.st_mode)
+                    and st.st_nlink == 1
+                    and (st.st_dev, st.st_ino) == (saved["dev"], saved["ino"])
+                    and st.st_uid == uid
+                ):
+                    return fd, tmp, True
+                os.close(fd)  # not the file we made: never trusted, never touched
+        tmp = f".{name}.lanvault-{secrets.token_hex(8)}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        try:
+            if os.geteuid() == 0:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, stat.S_IMODE(mode) & 0o777)
+            st = os.fstat(fd)
+            self._resume_dir.mkdir(mode=0o700, exist_ok=True)
+            staging = record.with_suffix(".tmp")
+            staging.write_text(
+                json.dumps({"dest": str(dest), "name": tmp, "dev": st.st_dev, "ino": st.st_ino})
+            )
+            staging.replace(record)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        return fd, tmp, False
+
+    def publish(
+        self, dir_fd: int, fd: int, tmp: str, name: str, dest: Path, mode: int, mtime_ns: int
+    ) -> None:
+        """Make the finished temporary file ``dest``: mode, fsync, times, rename, folder fsync."""
+        os.fchmod(fd, stat.S_IMODE(mode))
+        os.fsync(fd)
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+        self._record_path(dest).unlink(missing_ok=True)

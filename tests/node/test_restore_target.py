@@ -1,0 +1,107 @@
+"""A restore writes only inside its target: the rules of node/restore_target.py, attacked."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from node.restore_target import RestoreTarget, UnsafeDestination
+
+MALLORY = 1000
+
+
+def target(anchor: Path, tmp_path: Path, as_typed: bool = True) -> RestoreTarget:
+    return RestoreTarget(anchor, as_typed=as_typed, resume_dir=tmp_path / "restores")
+
+
+def write(t: RestoreTarget, dest: Path, data: bytes, mode: int = 0o600) -> None:
+    with t.parent(dest) as (dir_fd, name):
+        fd, tmp, _resumed = t.partial_file(dir_fd, name, dest, mode, (0, 0))
+        try:
+            os.write(fd, data)
+            t.publish(dir_fd, fd, tmp, name, dest, mode, 1_000_000_000)
+        finally:
+            os.close(fd)
+
+
+def test_a_folder_swapped_for_a_symlink_is_not_written_through(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with target(out, tmp_path) as t:
+        t.make_folder(out / "docs")
+        write(t, out / "docs" / "a.txt", b"a")
+        (out / "docs").rename(tmp_path / "moved")
+        (out / "docs").symlink_to(elsewhere)  # swapped while the restore runs
+        with pytest.raises(UnsafeDestination, match="symlink"):
+            write(t, out / "docs" / "b.txt", b"b")
+        t.make_folder(out / "docs")  # where the restore makes a folder, the link goes
+        write(t, out / "docs" / "b.txt", b"b")
+    assert list(elsewhere.iterdir()) == []
+    assert (out / "docs").is_dir() and not (out / "docs").is_symlink()
+    assert (out / "docs" / "b.txt").read_bytes() == b"b"
+
+
+def test_an_in_place_anchor_follows_only_our_own_symlinks(tmp_path: Path) -> None:
+    home, elsewhere = tmp_path / "home", tmp_path / "etc"
+    (home / "mallory").mkdir(parents=True)
+    elsewhere.mkdir()
+    ours = tmp_path / "ours"
+    ours.symlink_to(home)
+    with target(ours / "mallory", tmp_path, as_typed=False) as t:  # a link we (root) made
+        write(t, ours / "mallory" / "ok.txt", b"ok")
+    assert (home / "mallory" / "ok.txt").read_bytes() == b"ok"
+    docs = home / "mallory" / "docs"
+    docs.symlink_to(elsewhere)
+    os.lchown(docs, MALLORY, MALLORY)
+    with pytest.raises(UnsafeDestination, match=f"owned by uid {MALLORY}"):
+        target(docs, tmp_path, as_typed=False)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_temporary_files_are_new_owned_and_private_before_any_data(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    planted = shared / ".secret.txt.lanvault-restore"  # the name an older version used
+    planted.write_bytes(b"")
+    os.chown(planted, MALLORY, MALLORY)
+    planted.chmod(0o666)
+    with target(shared, tmp_path) as t, t.parent(shared / "secret.txt") as (dir_fd, name):
+        fd, tmp, resumed = t.partial_file(dir_fd, name, shared / "secret.txt", 0o600, (1001, 1001))
+        try:
+            st = os.fstat(fd)
+            assert not resumed and tmp != planted.name and st.st_size == 0
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1001, 1001, 0o600)
+        finally:
+            os.close(fd)
+    assert planted.read_bytes() == b"" and planted.stat().st_uid == MALLORY
+
+
+def test_a_resume_trusts_only_the_file_it_made(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    dest = out / "big.bin"
+    with target(out, tmp_path) as t, t.parent(dest) as (dir_fd, name):
+        fd, tmp, resumed = t.partial_file(dir_fd, name, dest, 0o644, (0, 0))
+        os.write(fd, b"partial")
+        os.close(fd)
+        assert not resumed
+        fd, again, resumed = t.partial_file(dir_fd, name, dest, 0o644, (0, 0))
+        os.close(fd)
+        assert resumed and again == tmp  # an interrupted restore picks its own file up
+        os.unlink(out / tmp)  # another user replaces it under the same name
+        (out / tmp).write_bytes(b"evil")
+        os.chown(out / tmp, MALLORY, MALLORY)
+        fd, third, resumed = t.partial_file(dir_fd, name, dest, 0o644, (0, 0))
+        os.close(fd)
+        assert not resumed and third != tmp
+    assert (out / tmp).read_bytes() == b"evil"  # not ours: never used, never touched
+
+
+def test_names_that_leave_the_anchor_are_refused(tmp_path: Path) -> None:
+    with target(tmp_path / "out", tmp_path) as t:
+        for bad in (tmp_path / "elsewhere.txt", tmp_path / "out" / ".." / "x"):
+            with pytest.raises(UnsafeDestination), t.parent(bad):
+                pass
