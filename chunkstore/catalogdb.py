@@ -19,6 +19,7 @@ Two rules keep pruning from deleting what a backup is about to use:
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -241,6 +242,7 @@ READER_CACHE_KIB = 8 * 1024
 class CatalogDB:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        _private(self.path)
         self._db = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=60
         )
@@ -752,6 +754,7 @@ class CatalogDB:
 
     def copy_to(self, path: str | Path) -> None:
         """A consistent copy of the whole catalog (SQLite's online backup), fsync'd."""
+        _private(Path(path))
         target = sqlite3.connect(str(path))
         try:
             with self._lock:
@@ -1103,6 +1106,16 @@ class CatalogDB:
                 "snapshots": int(one("SELECT COUNT(*) FROM snapshots").fetchone()[0]),
                 "tombstones": int(one("SELECT COUNT(*) FROM tombstones").fetchone()[0]),
             }
+
+
+def _private(path: Path) -> None:
+    """The catalog names every file backed up: readable by its owner only (SQLite gives its
+    -wal and -shm files the database file's permissions)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _event(row: Sequence[Any]) -> TreeEvent:

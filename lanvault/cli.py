@@ -163,7 +163,7 @@ def build_parser() -> Parser:
         "--metrics",
         type=_host_port,
         metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics ('off' to stop)",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (':PORT' is 127.0.0.1; give 0.0.0.0:PORT for every interface; 'off' to stop)",
     )
     p.add_argument(
         "--bucket",

@@ -116,13 +116,22 @@ class DaemonCollector(Collector):
         yield latency
 
 
+def metrics_address(listen: str) -> tuple[str, int]:
+    """Where ``--metrics`` binds: ':PORT' is this computer only (the metrics are not
+    authenticated); every interface must be asked for by name (0.0.0.0:PORT)."""
+    host, port = split_address(listen, allow_any_port=True)
+    if not listen.rpartition(":")[0].strip("[]"):
+        host = "127.0.0.1"
+    return host, port
+
+
 async def serve_metrics(
     daemon: Daemon, listen: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
     registry = CollectorRegistry()
     collector = DaemonCollector(daemon)
     registry.register(collector)
-    host, port = split_address(listen, allow_any_port=True)
+    host, port = metrics_address(listen)
 
     async def answer(stream: trio.SocketStream) -> None:
         try:
