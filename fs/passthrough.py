@@ -636,9 +636,11 @@ class PassthroughOps(pyfuse3.Operations):
             attrs = self._remember(path, os.fstat(fd))
             handle = self._register(fd, attrs.st_ino, flags)
         with _fuse_errors():
-            # Usually a new file; if it existed, truncate it as a write would (kept aside).
-            await self._truncate_fd(attrs.st_ino, fd, 0)
-            attrs = self._attrs(os.fstat(fd))
+            if attrs.st_size == 0:  # a new file (the usual case): its empty version is due
+                self.dirty.truncate(attrs.st_ino, 0)
+            elif flags & os.O_TRUNC:  # it existed after all: truncated as a write would be
+                await self._truncate_fd(attrs.st_ino, fd, 0)
+                attrs = self._attrs(os.fstat(fd))
         return handle, attrs
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -32,6 +33,27 @@ def test_files_and_offsets(mounted: Mount) -> None:
     assert (s / "a.txt").read_bytes() == b"new"
     with pytest.raises(FileExistsError):
         os.open(m / "a.txt", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+
+
+def test_read_only_exclusive_create_as_lock_files_do(mounted: Mount) -> None:
+    """open(O_CREAT|O_EXCL|O_RDONLY), as flock(1) and lock-file libraries do, made EINVAL."""
+    m, s = mounted.mountpoint, mounted.source
+    fd = os.open(m / "app.lock", os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert os.read(fd, 10) == b""
+    finally:
+        os.close(fd)
+    assert (s / "app.lock").read_bytes() == b""
+    assert stat.S_IMODE((s / "app.lock").stat().st_mode) == 0o644 & ~current_umask()
+    with pytest.raises(FileExistsError):
+        os.open(m / "app.lock", os.O_CREAT | os.O_EXCL | os.O_RDONLY, 0o644)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_sparse_and_large_offsets(mounted: Mount) -> None:
