@@ -26,6 +26,7 @@ from node.safekeeping import Safekeeping
 from node.transport import PinStore, TLSNetwork
 
 from .control import Binary, Emit, OpError, serve_control
+from .runtime import raise_open_file_limit
 from .state import Config, StateDir
 
 log = logging.getLogger("lanvault")
@@ -459,6 +460,8 @@ class Daemon:
 
 
 async def run_daemon(state: StateDir, config: Config) -> None:
+    limit = raise_open_file_limit()
+    log.debug("open file limit: %d", limit)
     daemon = Daemon(state, config)
     try:
         async with trio.open_nursery() as nursery:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import resource
 import sys
 
 # glibc mallopt parameters
@@ -49,3 +50,20 @@ def tune_allocator() -> bool:
     # mmap: page faults and zeroed pages on every request. Serve those from the heap too.
     ok = mallopt(_M_MMAP_THRESHOLD, 8 << 20) == 1 and ok
     return bool(mallopt(_M_ARENA_MAX, 2) == 1) and ok
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one; return the limit in force.
+
+    A node holds a socket per peer and per client, files of its store and the catalog; the
+    usual soft limit of 1024 let a flood of idle connections starve members' requests.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return soft

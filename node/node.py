@@ -23,6 +23,7 @@ from .membership import Membership
 from .placement import choose_targets
 from .pool import PeerPool
 from .protocol import (
+    MAX_ANONYMOUS_FRAME,
     PROTOCOL_VERSION,
     STORED_ALREADY,
     STORED_NEW,
@@ -47,6 +48,8 @@ from .transport import Authenticated, Channel, Network, PeerUnavailable, RemoteE
 
 log = logging.getLogger(__name__)
 QUERY_BATCH = 4096
+IDLE_TIMEOUT = 60.0  # at least; an authenticated connection silent this long is closed
+ANONYMOUS_TIMEOUT = 120.0  # a recovery takes seconds; nobody lingers without a certificate
 
 
 @dataclass(slots=True)
@@ -207,10 +210,18 @@ class Node:
         self.membership.learn(peer, address, hello.host_id)
         self.membership.seen(peer)
         slots = trio.Semaphore(self.config.max_requests_per_connection)
+        # Members send a heartbeat every interval: a connection silent for many of them is
+        # dead or held open on purpose, and goes (the peer dials again if it is alive).
+        idle = max(IDLE_TIMEOUT, 30 * self.config.heartbeat_interval)
         async with trio.open_nursery() as nursery:
             try:
                 while True:
-                    message = await channel.receive()
+                    message: Message | None = None
+                    with trio.move_on_after(idle):
+                        message = await channel.receive()
+                    if message is None:
+                        log.info("node %d sent nothing for %.0f s; connection closed", peer, idle)
+                        break
                     self._note(peer, message)
                     if isinstance(message, Request):
                         await slots.acquire()
@@ -225,8 +236,9 @@ class Node:
     async def _serve_anonymous(self, channel: Channel) -> None:
         """A computer without a certificate: only the recovery-kit exchange, one at a time."""
         issued: set[bytes] = set()
+        channel.limit_frames(MAX_ANONYMOUS_FRAME)  # kit messages are small
         try:
-            with trio.fail_after(120):  # a recovery takes seconds; nobody lingers here
+            with trio.fail_after(ANONYMOUS_TIMEOUT):  # a recovery takes seconds
                 await channel.handshake()
                 while True:
                     message = await channel.receive()
@@ -239,7 +251,7 @@ class Node:
                             f"{type(message).__name__} needs a member's certificate"
                         )
         except ProtocolError as exc:
-            log.info("anonymous connection closed: %s", exc)
+            log.debug("anonymous connection closed: %s", exc)  # no line per stranger
             await channel.send_error(0, exc.code, str(exc))
         except (
             trio.TooSlowError,

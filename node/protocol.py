@@ -18,6 +18,11 @@ PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
 MAX_FRAME: Final = 1_048_576
 MAX_BUFFER: Final = 4 * MAX_FRAME
+# Before the peer's HELLO is in, a frame can only be a HELLO: a few hundred bytes. A host that
+# is not a member (or not yet proven one) can make a node buffer this much and no more.
+MAX_HELLO_FRAME: Final = 4096
+# A connection without a certificate may only exchange recovery-kit messages, all small.
+MAX_ANONYMOUS_FRAME: Final = 16_384
 MAX_ADDRESSES: Final = 16_384
 MAX_ENVELOPE: Final = 64_078
 MAX_BLOB: Final = 900_000
@@ -567,6 +572,23 @@ class Connection:
         self.peer_hello: Hello | None = None
         self.version: int | None = None
         self.closed = False
+        self._frame_limit = MAX_FRAME
+
+    def limit_frames(self, limit: int) -> None:
+        """Accept no frame longer than ``limit`` from now on (an anonymous peer's)."""
+        self._frame_limit = min(self._frame_limit, limit)
+
+    @property
+    def frame_limit(self) -> int:
+        return MAX_HELLO_FRAME if self.peer_hello is None else self._frame_limit
+
+    def room(self) -> int:
+        """How many more bytes ``receive_data`` accepts now: read no more than this."""
+        if self.peer_hello is None or self._frame_limit < MAX_FRAME:
+            cap = self.frame_limit + _LENGTH.size
+        else:
+            cap = MAX_BUFFER
+        return max(0, cap - len(self._buffer))
 
     def initiate(self) -> bytes:
         """Bytes to send first: our HELLO."""
@@ -589,7 +611,7 @@ class Connection:
         if not data:
             self.closed = True
             return
-        if len(self._buffer) + len(data) > MAX_BUFFER:
+        if len(data) > self.room():
             raise ProtocolError("receive buffer overflow: events are not being consumed")
         self._buffer += data
 
@@ -598,8 +620,8 @@ class Connection:
         if len(self._buffer) < _LENGTH.size:
             return self._end_or_need()
         (length,) = _LENGTH.unpack_from(self._buffer)
-        if not 1 <= length <= MAX_FRAME:
-            raise ProtocolError(f"frame length {length} outside 1..{MAX_FRAME}")
+        if not 1 <= length <= self.frame_limit:
+            raise ProtocolError(f"frame length {length} outside 1..{self.frame_limit}")
         if len(self._buffer) < _LENGTH.size + length:
             return self._end_or_need()
         # Decoded in place: the values are copied out once, the payload is not copied first.

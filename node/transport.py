@@ -8,6 +8,7 @@ mutual certificates); the tests also use an in-memory network with the same inte
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 10.0
 READ_SIZE = 256 * 1024
+# Connections that have not proven a member's certificate (in TLS, or anonymous recoveries):
+# at most this many at once, and this many from one address; more are closed at accept.
+MAX_UNAUTHENTICATED = 128
+MAX_UNAUTHENTICATED_PER_HOST = 32
+REFUSAL_LOG_INTERVAL = 60.0
+SMALL_READ = 17 * 1024  # one TLS record and its overhead: what the handshake reads at a time
 
 
 class PeerUnavailable(Exception):
@@ -159,8 +166,10 @@ class TLSStream(trio.abc.Stream):
                     self._broken = True  # cancelled or failed: half a record ruins the stream
                     raise
 
-    async def _receive_into_engine(self) -> None:
-        data = await self.transport.receive_some(READ_SIZE)
+    async def _receive_into_engine(self, wanted: int = SMALL_READ) -> None:
+        # No more ciphertext than the reader asked for (a record's worth at least): a peer
+        # not yet authenticated is read in small steps, and never buffered beyond them.
+        data = await self.transport.receive_some(min(READ_SIZE, max(wanted, SMALL_READ)))
         if not data:
             self._incoming.write_eof()
         else:
@@ -223,7 +232,7 @@ class TLSStream(trio.abc.Stream):
                 return parts[0] if len(parts) == 1 else b"".join(parts)
             if self._eof:
                 return b""
-            await self._receive_into_engine()
+            await self._receive_into_engine(limit)
 
     async def aclose(self) -> None:
         # Like the node's every caller (aclose_forcefully): no close_notify, the socket goes.
@@ -245,6 +254,7 @@ class TLSNetwork:
         self._client_ctx = client_ctx
         self._pins = pins
         self._own_id = own_id
+        self.admission = Admission()
 
     def _authenticate(self, stream: TLSStream) -> int | None:
         """The verified peer's node id; None for a client without a certificate."""
@@ -286,6 +296,7 @@ class TLSNetwork:
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()
         actual = f"{host}:{bound[1]}"
+        admission = self.admission
 
         async def on_connection(tcp: trio.SocketStream) -> None:
             try:
@@ -293,31 +304,134 @@ class TLSNetwork:
             except OSError:  # gone already
                 await trio.aclose_forcefully(tcp)
                 return
-            stream = TLSStream(tcp, self._server_ctx, server_side=True)
-            try:
-                with trio.fail_after(HANDSHAKE_TIMEOUT):
-                    await stream.do_handshake()
-                peer_id = self._authenticate(stream)
-            except (
-                trio.BrokenResourceError,
-                trio.TooSlowError,
-                IdentityError,
-                ssl.SSLError,
-            ) as exc:
-                log.info("refused a connection: %s", exc)
-                await trio.aclose_forcefully(stream)
+            if not admission.admit(remote):
+                await trio.aclose_forcefully(tcp)
                 return
+            admitted = True
             try:
-                if peer_id is None:
-                    await handler(Authenticated(stream, 0, remote, anonymous=True))
-                else:
-                    await handler(Authenticated(stream, peer_id, remote))
+                stream = TLSStream(tcp, self._server_ctx, server_side=True)
+                try:
+                    with trio.fail_after(HANDSHAKE_TIMEOUT):
+                        await stream.do_handshake()
+                    peer_id = self._authenticate(stream)
+                except (
+                    trio.BrokenResourceError,
+                    trio.TooSlowError,
+                    IdentityError,
+                    ssl.SSLError,
+                ) as exc:
+                    admission.failed(str(exc))
+                    await trio.aclose_forcefully(stream)
+                    return
+                try:
+                    if peer_id is None:  # stays counted: it never proves anything
+                        await handler(Authenticated(stream, 0, remote, anonymous=True))
+                    else:
+                        admission.release(remote)  # a member, by its certificate
+                        admitted = False
+                        await handler(Authenticated(stream, peer_id, remote))
+                finally:
+                    await trio.aclose_forcefully(stream)
             finally:
-                await trio.aclose_forcefully(stream)
+                if admitted:
+                    admission.release(remote)
 
         async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, on_connection, nursery)
             task_status.started(actual)
-            await trio.serve_listeners(on_connection, listeners, handler_nursery=nursery)
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    on_connection: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    """trio.serve_listeners, but out of descriptors is one warning a minute, not a traceback
+    per accept (the node goes on serving the connections it has)."""
+    warned_at = -float("inf")
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                if trio.current_time() - warned_at >= REFUSAL_LOG_INTERVAL:
+                    warned_at = trio.current_time()
+                    log.warning("cannot accept connections for now: %s", exc.strerror or exc)
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(on_connection, stream)
+
+
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class Admission:
+    """Bounds the connections that have not proven a member's certificate: in all and per
+    source address. Refusals are counted and logged as one line a minute, never per
+    connection (a flood must not fill the log)."""
+
+    def __init__(
+        self,
+        total: int = MAX_UNAUTHENTICATED,
+        per_host: int = MAX_UNAUTHENTICATED_PER_HOST,
+    ) -> None:
+        self.total = total
+        self.per_host = per_host
+        self._open: dict[str, int] = {}
+        self._count = 0
+        self.refused = 0  # over a limit
+        self.failed_tls = 0  # TLS handshake failed or timed out
+        self._unlogged: list[int] = [0, 0]
+        self._logged_at = -float("inf")
+        self._last_reason = ""
+
+    @property
+    def pending(self) -> int:
+        return self._count
+
+    def admit(self, host: str) -> bool:
+        if self._count >= self.total or self._open.get(host, 0) >= self.per_host:
+            self.refused += 1
+            self._unlogged[0] += 1
+            self._maybe_log()
+            return False
+        self._count += 1
+        self._open[host] = self._open.get(host, 0) + 1
+        return True
+
+    def release(self, host: str) -> None:
+        self._count -= 1
+        left = self._open[host] - 1
+        if left:
+            self._open[host] = left
+        else:
+            del self._open[host]
+
+    def failed(self, reason: str) -> None:
+        self.failed_tls += 1
+        self._unlogged[1] += 1
+        self._last_reason = reason
+        self._maybe_log()
+
+    def _maybe_log(self) -> None:
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # outside trio (unit tests): log every time
+            now = self._logged_at + REFUSAL_LOG_INTERVAL
+        if now - self._logged_at < REFUSAL_LOG_INTERVAL:
+            return
+        over, tls = self._unlogged
+        self._unlogged = [0, 0]
+        self._logged_at = now
+        parts = []
+        if over:
+            parts.append(f"{over} over the limit of unauthenticated connections")
+        if tls:
+            parts.append(f"{tls} without a valid TLS handshake (last: {self._last_reason})")
+        log.info("refused connections since the last report: %s", "; ".join(parts))
 
 
 async def connect_anonymous(address: str) -> tuple[Authenticated, bytes]:
@@ -401,8 +515,14 @@ class Channel:
                 return event
             if self._conn.closed:
                 raise trio.EndOfChannel
-            data = await self.auth.stream.receive_some(READ_SIZE)
+            room = self._conn.room()
+            if room == 0:  # cannot be: a frame that does not fit was refused by its length
+                raise ProtocolError("receive buffer overflow: events are not being consumed")
+            data = await self.auth.stream.receive_some(min(READ_SIZE, room))
             self._conn.receive_data(data)
+
+    def limit_frames(self, limit: int) -> None:
+        self._conn.limit_frames(limit)
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.auth.stream)

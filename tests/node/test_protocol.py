@@ -8,7 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.protocol import (
+    MAX_ANONYMOUS_FRAME,
+    MAX_BUFFER,
     MAX_FRAME,
+    MAX_HELLO_FRAME,
     NEED_DATA,
     Chunk,
     ChunksMany,
@@ -146,7 +149,7 @@ def test_splitting_the_stream_anywhere_gives_the_same_events(
     receiver = Connection(HELLO)
     receiver.initiate()
     receiver.receive_data(encode_message(HELLO))
-    got: list[Message] = []
+    got: list[Message] = list(drain(receiver))  # the HELLO first: it lifts the small limit
     previous = 0
     for cut in [*cuts, len(stream)]:
         if cut > previous:
@@ -177,6 +180,35 @@ def test_oversized_frame_refused_before_buffering() -> None:
     zero.receive_data(b"\x00\x00\x00\x00")
     with pytest.raises(ProtocolError):
         zero.next_event()
+
+
+def test_before_hello_a_stranger_can_make_us_buffer_a_few_kib_only() -> None:
+    conn = Connection(HELLO)
+    assert conn.room() == MAX_HELLO_FRAME + 4
+    conn.receive_data((MAX_HELLO_FRAME + 1).to_bytes(4, "big"))  # declares a big frame
+    with pytest.raises(ProtocolError, match=f"outside 1..{MAX_HELLO_FRAME}"):
+        conn.next_event()  # refused from its length alone, nothing else read
+    flood = Connection(HELLO)
+    with pytest.raises(ProtocolError, match="overflow"):
+        flood.receive_data(b"\x00\x00\x01\x00" + b"x" * (MAX_HELLO_FRAME + 1))
+    member = Connection(HELLO)
+    member.receive_data(encode_message(HELLO))
+    assert list(drain(member)) == [HELLO]
+    assert member.room() == MAX_BUFFER  # a member's HELLO is in: full-size frames
+    message = PutChunk(5, 1, bytes(32), 3, b"x" * 60_000)
+    member.receive_data(encode_message(message))
+    assert list(drain(member)) == [message]
+
+
+def test_an_anonymous_peer_gets_small_frames_only() -> None:
+    conn = Connection(HELLO)
+    conn.receive_data(encode_message(HELLO))
+    drain(conn)
+    conn.limit_frames(MAX_ANONYMOUS_FRAME)
+    assert conn.room() == MAX_ANONYMOUS_FRAME + 4
+    conn.receive_data(MAX_FRAME.to_bytes(4, "big"))
+    with pytest.raises(ProtocolError, match="frame length"):
+        conn.next_event()
 
 
 def test_hello_must_come_first_and_once() -> None:

@@ -4,13 +4,18 @@ Run as root; "another local user" is uid 1000 (files and links chowned to it).""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import socket
+import ssl
 import stat
 from pathlib import Path
 
 import pytest
 
-from .procs import ProcessCluster
+from lanvault.runtime import raise_open_file_limit
+
+from .procs import ProcessCluster, start_lanvault
 
 pytestmark = pytest.mark.slow
 MALLORY = 1000
@@ -62,3 +67,66 @@ def test_a_planted_temporary_file_gets_nothing(cluster4: ProcessCluster, tmp_pat
     assert (shared / "secret.txt").read_text() == "the owner's secret\n"
     assert planted.read_bytes() == b"" and planted.stat().st_uid == MALLORY
     assert sorted(p.name for p in shared.iterdir()) == [planted.name, "secret.txt"]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_flood_of_strangers_neither_stops_a_backup_nor_grows_the_node(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    """1,000 connections from hosts without a certificate (half-open, slowloris, large
+    declared frames after an anonymous TLS handshake) against a holder while a member backs
+    up 100 MB through it: the backup succeeds, the holder stays small, its log stays short."""
+    raise_open_file_limit()
+    target = cluster4.nodes[2]
+    assert target.proc is not None
+    host, port = "127.0.0.1", target.port
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(100_000_000))
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.check_hostname = False
+    anonymous.verify_mode = ssl.CERT_NONE
+    held: list[socket.socket] = []
+    before = rss_mb(target.proc.pid)
+
+    def connect(i: int) -> socket.socket | None:
+        sock = socket.socket()
+        sock.settimeout(5)
+        try:
+            sock.bind((f"127.0.0.{2 + i % 40}", 0))  # strangers from 40 addresses
+            sock.connect((host, port))
+            if i % 3 == 1:
+                sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello that never ends
+            elif i % 3 == 2:
+                tls = anonymous.wrap_socket(sock, server_hostname="x")
+                tls.sendall((1_000_000).to_bytes(4, "big") + b"x" * 600_000)  # a huge frame
+                return tls
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    backup = start_lanvault("backup", src, "--degree", "3", "--dir", cluster4.nodes[1].state)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            held = [s for s in pool.map(connect, range(1000)) if s is not None]
+        peak = rss_mb(target.proc.pid)
+        out, err = backup.communicate(timeout=300)
+        peak = max(peak, rss_mb(target.proc.pid))
+    finally:
+        for sock in held:
+            sock.close()
+    assert backup.returncode == 0, err
+    assert "backed up 1 file" in out
+    assert peak < 200, f"holder RSS {before:.0f} MB before, {peak:.0f} MB during the flood"
+    restored = tmp_path / "restored.bin"
+    cluster4.cli(1, "restore", src, "--to", restored)
+    assert restored.read_bytes() == src.read_bytes()
+    log = target.log.read_text()
+    assert sum("refused" in line for line in log.splitlines()) <= 5  # a summary, not a line each
+    assert "Traceback" not in log
