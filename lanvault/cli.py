@@ -488,10 +488,14 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
     if not path.exists():
         raise CommandError(f"{args.path}: no such file or folder")
     data = request(state, {"op": "backup", "path": str(path), "degree": args.degree}, "backup")
+    found = f"{data['new']} new, {data['changed']} changed, {data['unmodified']} unmodified"
     summary = (
-        f"backed up {_what(data)} ({data['bytes'] / 1e6:.1f} MB, {data['bytes_sent'] / 1e6:.1f} MB sent)"
-        f" at degree {data['degree']} in {data['seconds']:.1f} s"
+        f"backed up {_what(data)}: {found} ({data['bytes'] / 1e6:.1f} MB,"
+        f" {data['bytes_read'] / 1e6:.1f} MB read, {data['bytes_sent'] / 1e6:.1f} MB sent) at degree {data['degree']}"
+        f" in {data['seconds']:.1f} s"
     )
+    if not data["new"] and not data["changed"]:
+        summary += "; nothing new since the last backup"
     skipped = data.get("skipped") or []
     if skipped:
         count = data.get("skipped_count", len(skipped))

@@ -109,11 +109,30 @@ class Progress:
     bytes_total: int = 0
     bytes_done: int = 0
     bytes_sent: int = 0
+    bytes_read: int = 0  # read from the files (an unmodified file is not read)
     chunks_skipped: int = 0
     entries_skipped: list[str] = field(default_factory=list)  # FIFOs, sockets, devices
     links: int = 0  # symlinks backed up (as links)
     folders: int = 0  # folders backed up (their modes and times; empty ones too)
     links_not_made: list[str] = field(default_factory=list)  # a real folder is there now
+    # What a backup found, over files, symlinks and folders (as restic reports it).
+    new: int = 0  # no live version of the path before
+    changed: int = 0  # content or restorable metadata differ from the newest version
+    unmodified: int = 0  # the newest version is exactly this (nothing recorded)
+
+    def note(self, before: FileVersion | None, after: FileVersion) -> None:
+        """Count one backed-up entry by what it was against the newest version before."""
+        if before is None:
+            self.new += 1
+        elif (before.file_id, before.mode, before.uid, before.gid) != (
+            after.file_id,
+            after.mode,
+            after.uid,
+            after.gid,
+        ):
+            self.changed += 1
+        else:
+            self.unmodified += 1
 
 
 ProgressFn = Callable[[Progress], None]
@@ -418,8 +437,10 @@ class Owner:
                     and latest.degree == degree
                 ):
                     await self._ensure_version(latest, report, None)
+                    report.unmodified += 1
                     return latest
                 pieces = split_bytes(content)
+                report.bytes_read += len(content)
                 addresses = [chunk_address(self.keys, piece) for piece in pieces]
                 envelopes = await trio.to_thread.run_sync(
                     _seal_all,
@@ -450,6 +471,7 @@ class Owner:
                 )
                 await self._db(self.catalog.add_version, version, time.time_ns())
                 await self._db(self.catalog.set_complete, version.file_id)
+                report.note(latest, version)
                 return version
         raise BackupError(f"{path} keeps changing; try again when it is not being changed")
 
@@ -483,8 +505,10 @@ class Owner:
             ):
                 await self._ensure_version(latest, report, progress)
                 report.bytes_done += before.st_size
+                report.unmodified += 1
                 return latest
             addresses = await self._store_content(key, before.st_size, degree, report, progress)
+            report.bytes_read += before.st_size
             after = os.stat(key, follow_symlinks=False)
             if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 log.info("%s changed while it was read; reading it again", key)
@@ -493,6 +517,7 @@ class Owner:
             await self._db(self.catalog.add_version, version, time.time_ns())
             await self._db(self.catalog.set_complete, version.file_id)
             await self._note_backup()
+            report.note(latest, version)
             return version
         raise BackupError(f"{path} keeps changing; try again when it is not being written")
 

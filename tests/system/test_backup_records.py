@@ -26,16 +26,24 @@ def test_backup_after_delete_records_everything_again(
 ) -> None:
     src = tmp_path / "src"
     make_tree(src)
-    cluster4.cli(1, "backup", src, "--degree", "2")
+    first = cluster4.json(1, "backup", src, "--degree", "2")
+    # 2 files, 1 symlink and 3 folders (src, sub, sub/empty)
+    assert (first["new"], first["changed"], first["unmodified"]) == (6, 0, 0)
+    assert first["bytes_read"] >= 70_006
+    again = cluster4.cli(1, "backup", src, "--degree", "2").stdout
+    assert "0 new, 0 changed, 6 unmodified" in again and "nothing new" in again
+    assert "0.0 MB read" in again
     cluster4.cli(1, "delete", src)
-    cluster4.cli(1, "backup", src, "--degree", "2")
+    after_delete = cluster4.json(1, "backup", src, "--degree", "2")
+    assert after_delete["new"] == 6  # recorded again, not taken for the deleted versions
     cluster4.cli(1, "restore", src, "--to", tmp_path / "r1")
     assert same_tree(src, tmp_path / "r1")
     assert os.readlink(tmp_path / "r1" / "link") == "sub/b.bin"
     assert (tmp_path / "r1" / "sub" / "empty").is_dir()
 
     (src / "a.txt").write_text("alpha, edited\n")  # one change: the rest must still come back
-    cluster4.cli(1, "backup", src, "--degree", "2")
+    edited = cluster4.json(1, "backup", src, "--degree", "2")
+    assert (edited["new"], edited["changed"], edited["unmodified"]) == (0, 1, 5)
     cluster4.cli(1, "restore", src, "--to", tmp_path / "r2")
     assert same_tree(src, tmp_path / "r2")
     assert min(cluster4.degrees(1)) == 2

@@ -350,7 +350,7 @@ def test_folder_backup_names_what_it_passes_over(cluster4: ProcessCluster, tmp_p
     os.mkfifo(src / "pipe")
     os.mkfifo(src / "pipe2")
     result = cluster4.cli(1, "backup", src)
-    assert "backed up 1 file, 1 symlink and 1 folder (" in result.stdout
+    assert "backed up 1 file, 1 symlink and 1 folder: 3 new, 0 changed" in result.stdout
     assert "passed over 2 entries that are a FIFO, socket or device" in result.stdout
     data = cluster4.json(1, "backup", src)
     assert data["skipped"] == [str(src / "pipe"), str(src / "pipe2")]
