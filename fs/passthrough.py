@@ -53,6 +53,7 @@ class _Handle:
     fd: int
     inode: int
     writable: bool
+    st_ino: int  # the file the descriptor was opened on (see _checked)
     wrote: bool = False  # a write came through this handle
 
 
@@ -566,7 +567,7 @@ class PassthroughOps(pyfuse3.Operations):
 
     def _register(self, fd: int, inode: int, flags: int) -> pyfuse3.FileInfo:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        self.handles[fd] = _Handle(fd, inode, writable)
+        self.handles[fd] = _Handle(fd, inode, writable, os.fstat(fd).st_ino)
         self.inodes.setdefault(inode, _Inode()).open_handles += 1
         direct = self.direct_writes and (flags & os.O_ACCMODE) == os.O_WRONLY
         return pyfuse3.FileInfo(fh=FileHandleT(fd), direct_io=direct)
@@ -651,12 +652,25 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             return os.pread(fh, size, off)
 
+    def _checked(self, handle: _Handle) -> None:
+        """Refuse to write or sync through a descriptor that no longer is the file it was
+        opened on (its number closed and reused elsewhere in this process): an error the
+        writer sees, never bytes acknowledged into another file."""
+        if os.fstat(handle.fd).st_ino != handle.st_ino:
+            log.error(
+                "handle %d of inode %d now refers to another file; refusing to write through it",
+                handle.fd,
+                handle.st_ino,
+            )
+            raise pyfuse3.FUSEError(errno.EIO)
+
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
         entry = self.inodes[handle.inode]
         await self._wait_for_room(handle.inode)
         with _fuse_errors():
             async with entry.lock:  # a cut reading this file holds the lock between batches
+                self._checked(handle)
                 if self.capture is not None:
                     self.capture.before_write(handle.inode, off, len(buf))
                 written = os.pwrite(fh, buf, off)
@@ -678,6 +692,7 @@ class PassthroughOps(pyfuse3.Operations):
             return
         handle = self.handles[fh]
         with _fuse_errors():
+            self._checked(handle)
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
         job = await self._cut(handle.inode, fh)
         if job is not None and self.capture is not None:

@@ -83,6 +83,7 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
     synced: dict[str, bytes] = {}  # the last fsync'd content of each name
     overwritten: set[str] = set()  # names written again after their last fsync
     history: dict[str, list[bytes]] = {}
+    events: dict[str, list[str]] = {}  # what each write of a name did, for a failure's report
     stop = threading.Event()
 
     def writer() -> None:
@@ -96,10 +97,15 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
             try:
                 fd = os.open(mnt / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
-                    os.write(fd, data)
+                    note = events.setdefault(name, [])
+                    note.append(f"write {len(history[name]) - 1} (n={n}) of {len(data)}:")
+                    written = os.write(fd, data)
+                    note[-1] += f" wrote {written}, inode {os.fstat(fd).st_ino}"
                     if n % 2 == 0:
                         os.fsync(fd)
-                        synced[name] = data  # acknowledged: must survive
+                        note[-1] += ", fsync'd"
+                        # A short write acknowledged by a good fsync would be a lost write.
+                        synced[name] = data[:written]  # acknowledged: must survive
                         overwritten.discard(name)
                 finally:
                     os.close(fd)
@@ -114,14 +120,18 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
         kill_mount(mount)
         stop.set()
         thread.join(30)
+        assert not thread.is_alive()
         assert synced, "the writer got nothing fsync'd before the kill"
         for name, data in synced.items():
             if name not in overwritten:
                 current = (source / name).read_bytes()
                 known = [i for i, d in enumerate(history[name]) if d == current]
-                assert current == data, (
+                assert current == data and len(data) == len(history[name][-1]), (
                     f"fsync'd {name} damaged: holds write {known} of"
-                    f" {len(history[name])} ({len(current)} bytes, synced {len(data)})"
+                    f" {len(history[name])} ({len(current)} bytes, synced {len(data)},"
+                    f" inode {(source / name).stat().st_ino}); {events[name]};"
+                    f" inodes {sorted((p.stat().st_ino, p.name) for p in source.iterdir())};"
+                    f" mount log: {(tmp_path / 'mount.log').read_text()[-3000:]}"
                 )
         mount.start()  # catches up with what the dead mount did not record
         cluster4.wait(lambda: all_safe(cluster4, source), 120, "every file safe after remount")
