@@ -98,6 +98,13 @@ def version_from_stat(
     )
 
 
+def version_key(version: FileVersion) -> tuple[bytes, int, int, int]:
+    """What makes two versions of one path the same version: the fileId (name, size, mtime,
+    content) and the metadata a restore gives back that the fileId leaves out. A new ctime
+    alone is not a new version."""
+    return version.file_id, version.mode, version.uid, version.gid
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotEntry:
     """One node of a snapshot tree: a directory, a file (by fileId) or a symlink."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import FileVersion
+from .catalog import FileVersion, version_key
 from .fileid import content_digest, file_id
 
 _VERSIONS_TABLE = """
@@ -276,12 +276,11 @@ class CatalogDB:
         """Catalogs before format 2 kept one row per fileId, so a version whose fileId had been
         seen before (after a delete, a chmod, a revert) was not recorded: rebuild the table
         without that constraint, keeping every row and the id sequence."""
+        if not self._file_id_unique():
+            return  # the usual case: no write lock taken at open
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            (sql,) = self._db.execute(
-                "SELECT sql FROM sqlite_master WHERE type='table' AND name='versions'"
-            ).fetchone()
-            if "UNIQUE" not in str(sql):
+            if not self._file_id_unique():  # another process migrated it meanwhile
                 self._db.execute("ROLLBACK")
                 return
             seq = self._db.execute(
@@ -302,6 +301,12 @@ class CatalogDB:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _file_id_unique(self) -> bool:
+        (sql,) = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type='table' AND name='versions'"
+        ).fetchone()
+        return "UNIQUE" in str(sql)
 
     def close(self) -> None:
         with self._lock, self._read_lock:
@@ -349,12 +354,7 @@ class CatalogDB:
             " WHERE path=? AND removed=0 ORDER BY id DESC LIMIT 1",
             (version.path,),
         ).fetchone()
-        if row is not None and (bytes(row[1]), row[2], row[3], row[4]) == (
-            version.file_id,
-            version.mode,
-            version.uid,
-            version.gid,
-        ):
+        if row is not None and (bytes(row[1]), row[2], row[3], row[4]) == version_key(version):
             vid = int(row[0])
             if row[5] != version.ctime_ns:
                 db.execute("UPDATE versions SET ctime_ns=? WHERE id=?", (version.ctime_ns, vid))

@@ -53,7 +53,6 @@ class _Handle:
     fd: int
     inode: int
     writable: bool
-    st_ino: int  # the file the descriptor was opened on (see _checked)
     wrote: bool = False  # a write came through this handle
 
 
@@ -567,7 +566,7 @@ class PassthroughOps(pyfuse3.Operations):
 
     def _register(self, fd: int, inode: int, flags: int) -> pyfuse3.FileInfo:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        self.handles[fd] = _Handle(fd, inode, writable, os.fstat(fd).st_ino)
+        self.handles[fd] = _Handle(fd, inode, writable)
         self.inodes.setdefault(inode, _Inode()).open_handles += 1
         direct = self.direct_writes and (flags & os.O_ACCMODE) == os.O_WRONLY
         return pyfuse3.FileInfo(fh=FileHandleT(fd), direct_io=direct)
@@ -656,11 +655,12 @@ class PassthroughOps(pyfuse3.Operations):
         """Refuse to write or sync through a descriptor that no longer is the file it was
         opened on (its number closed and reused elsewhere in this process): an error the
         writer sees, never bytes acknowledged into another file."""
-        if os.fstat(handle.fd).st_ino != handle.st_ino:
+        # A file's FUSE inode is its st_ino in SOURCE (only the root is renumbered).
+        if os.fstat(handle.fd).st_ino != handle.inode:
             log.error(
                 "handle %d of inode %d now refers to another file; refusing to write through it",
                 handle.fd,
-                handle.st_ino,
+                handle.inode,
             )
             raise pyfuse3.FUSEError(errno.EIO)
 

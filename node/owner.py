@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from chunkstore.catalog import FileVersion, version_from_stat
+from chunkstore.catalog import FileVersion, version_from_stat, version_key
 from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK, CatalogDB, TreeEvent
 from chunkstore.chunking import CHUNK_SIZE, chunk_count, split_bytes
 from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
@@ -124,12 +124,7 @@ class Progress:
         """Count one backed-up entry by what it was against the newest version before."""
         if before is None:
             self.new += 1
-        elif (before.file_id, before.mode, before.uid, before.gid) != (
-            after.file_id,
-            after.mode,
-            after.uid,
-            after.gid,
-        ):
+        elif version_key(before) != version_key(after):
             self.changed += 1
         else:
             self.unmodified += 1
@@ -962,9 +957,19 @@ class Owner:
                 version, dest, target, report or Progress(), mode, mtime_ns, progress
             )
 
-    def _open_target(self, anchor: Path, as_typed: bool) -> RestoreTarget:
+    @contextlib.asynccontextmanager
+    async def _target(self, anchor: Path, as_typed: bool) -> AsyncIterator[RestoreTarget]:
+        """The restore's target below ``anchor``; a destination it refuses is a RestoreError."""
         try:
-            return RestoreTarget(anchor, as_typed=as_typed, resume_dir=self.resume_dir)
+            target = await trio.to_thread.run_sync(
+                functools.partial(
+                    RestoreTarget, anchor, as_typed=as_typed, resume_dir=self.resume_dir
+                )
+            )
+            try:
+                yield target
+            finally:
+                target.close()
         except UnsafeDestination as exc:
             raise RestoreError(str(exc)) from None
 
@@ -1217,13 +1222,8 @@ class Owner:
             anchor, as_typed = (dest.parent if single and not dest_is_dir else dest), True
         if not folders and not plain:
             return report
-        target = await trio.to_thread.run_sync(self._open_target, anchor, as_typed)
-        try:
+        async with self._target(anchor, as_typed) as target:
             await self._restore_plain(target, folders, versions, links, target_of, report, progress)
-        except UnsafeDestination as exc:
-            raise RestoreError(str(exc)) from None
-        finally:
-            target.close()
         return report
 
     async def _restore_plain(
@@ -1316,13 +1316,12 @@ class Owner:
             rest = path[len(relative) :].lstrip("/") if relative else path
             return base / rest if rest else base
 
-        target = await trio.to_thread.run_sync(self._open_target, base.parent, dest is not None)
-        try:
+        if dest is None:  # in place: from the folder above the tree
+            anchor, as_typed = base.parent, False
+        else:  # the folder the user named, followed as typed (a file's: the one it goes in)
+            anchor, as_typed = (dest.parent if base == dest and top_is_file else dest), True
+        async with self._target(anchor, as_typed) as target:
             await self._restore_entries(target, entries, files, target_of, report, progress)
-        except UnsafeDestination as exc:
-            raise RestoreError(str(exc)) from None
-        finally:
-            target.close()
         return report
 
     async def _restore_entries(

@@ -45,6 +45,17 @@ def _refuse(path: str, what: str) -> UnsafeDestination:
     return UnsafeDestination(f"{path}: {what}; refusing to restore through it")
 
 
+def _open_folder(dir_fd: int, name: str) -> int:
+    """The folder ``name`` in ``dir_fd``, made if missing, never through a symlink (ELOOP or
+    ENOTDIR then, for the caller to judge)."""
+    try:
+        return os.open(name, _DIR, dir_fd=dir_fd)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, _FOLDER_MODE, dir_fd=dir_fd)
+        return os.open(name, _DIR, dir_fd=dir_fd)
+
+
 def _open_trusted(path: Path) -> int:
     """Open folder ``path`` from ``/``, following only symlinks owned by root or by us and
     making missing folders."""
@@ -58,11 +69,7 @@ def _open_trusted(path: Path) -> int:
             if name in ("", "."):
                 continue
             try:
-                nxt = os.open(name, _DIR, dir_fd=fd)
-            except FileNotFoundError:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, _FOLDER_MODE, dir_fd=fd)
-                nxt = os.open(name, _DIR, dir_fd=fd)
+                nxt = _open_folder(fd, name)
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -126,7 +133,7 @@ class RestoreTarget:
             raise _refuse(str(path), "an unsafe name")
         return parts
 
-    def _walk(self, parts: list[str], shown: Path) -> int:
+    def _walk(self, parts: list[str]) -> int:
         """A new descriptor of the folder ``parts`` below the anchor, making missing ones."""
         fd = os.dup(self._fd)
         here = self.anchor
@@ -134,11 +141,7 @@ class RestoreTarget:
             for name in parts:
                 here = here / name
                 try:
-                    nxt = os.open(name, _DIR, dir_fd=fd)
-                except FileNotFoundError:
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, _FOLDER_MODE, dir_fd=fd)
-                    nxt = os.open(name, _DIR, dir_fd=fd)
+                    nxt = _open_folder(fd, name)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise _refuse(str(here), "a symlink or not a folder") from None
@@ -156,7 +159,7 @@ class RestoreTarget:
         parts = self._parts(path)
         if not parts:
             raise _refuse(str(path), "the restore's own anchor")
-        fd = self._walk(parts[:-1], path)
+        fd = self._walk(parts[:-1])
         try:
             yield fd, parts[-1]
         finally:
@@ -168,10 +171,6 @@ class RestoreTarget:
                 return os.stat(name, dir_fd=fd, follow_symlinks=False)
         except (FileNotFoundError, UnsafeDestination):
             return None
-
-    def is_dir(self, path: Path) -> bool:
-        st = self.lstat(path)
-        return st is not None and stat.S_ISDIR(st.st_mode)
 
     def make_folder(self, path: Path) -> None:
         """A folder at ``path``; a symlink or file there goes first (nothing is written
@@ -214,7 +213,7 @@ class RestoreTarget:
         """Give the folder at ``path`` its owner, mode and times (if it is a folder)."""
         parts = self._parts(path)
         try:
-            fd = self._walk(parts, path) if parts else os.dup(self._fd)
+            fd = self._walk(parts) if parts else os.dup(self._fd)
         except UnsafeDestination:
             return
         try:
@@ -258,7 +257,9 @@ class RestoreTarget:
         try:
             if os.geteuid() == 0:
                 os.fchown(fd, *owner)
-            os.fchmod(fd, stat.S_IMODE(mode) & 0o777)
+            # The final permission bits (never more for group and others), and read-write for
+            # the owner so that a resume can open it again; setuid and the like come last.
+            os.fchmod(fd, (stat.S_IMODE(mode) & 0o777) | 0o600)
             st = os.fstat(fd)
             self._resume_dir.mkdir(mode=0o700, exist_ok=True)
             staging = record.with_suffix(".tmp")

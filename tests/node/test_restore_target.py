@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from node.restore_target import RestoreTarget, UnsafeDestination
-
-MALLORY = 1000
+from tests.attackers import MALLORY, plant_in_shared_folder
 
 
 def target(anchor: Path, tmp_path: Path, as_typed: bool = True) -> RestoreTarget:
@@ -63,12 +62,8 @@ def test_an_in_place_anchor_follows_only_our_own_symlinks(tmp_path: Path) -> Non
 
 def test_temporary_files_are_new_owned_and_private_before_any_data(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    planted = shared / ".secret.txt.lanvault-restore"  # the name an older version used
-    planted.write_bytes(b"")
-    os.chown(planted, MALLORY, MALLORY)
-    planted.chmod(0o666)
+    # The name an older lanvault used for every restore's temporary file:
+    planted = plant_in_shared_folder(shared, ".secret.txt.lanvault-restore")
     with target(shared, tmp_path) as t, t.parent(shared / "secret.txt") as (dir_fd, name):
         fd, tmp, resumed = t.partial_file(dir_fd, name, shared / "secret.txt", 0o600, (1001, 1001))
         try:

@@ -9,16 +9,17 @@ import os
 import socket
 import ssl
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
 from lanvault.runtime import raise_open_file_limit
+from tests.attackers import MALLORY, plant_in_shared_folder
 
 from .procs import ProcessCluster, start_lanvault
 
 pytestmark = pytest.mark.slow
-MALLORY = 1000
 
 
 def test_restore_never_writes_through_another_users_symlink(
@@ -45,6 +46,12 @@ def test_restore_never_writes_through_another_users_symlink(
     assert (home / "docs").is_dir() and not (home / "docs").is_symlink()
     assert (home / "docs" / "passwd").read_text() == "mallory's notes\n"
 
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "to-link").symlink_to(out)  # a destination the user names is followed
+    cluster4.cli(1, "restore", home, "--to", tmp_path / "to-link")
+    assert (out / "docs" / "passwd").read_text() == "mallory's notes\n"
+
 
 def test_a_planted_temporary_file_gets_nothing(cluster4: ProcessCluster, tmp_path: Path) -> None:
     src = tmp_path / "src"
@@ -55,12 +62,8 @@ def test_a_planted_temporary_file_gets_nothing(cluster4: ProcessCluster, tmp_pat
     secret.chmod(0o600)
     cluster4.cli(1, "backup", secret)
     shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)
-    planted = shared / ".secret.txt.lanvault-restore"  # the fixed name restores once used
-    planted.write_bytes(b"")
-    os.chown(planted, MALLORY, MALLORY)
-    planted.chmod(0o666)
+    # The name an older lanvault used for every restore's temporary file:
+    planted = plant_in_shared_folder(shared, ".secret.txt.lanvault-restore")
     cluster4.cli(1, "restore", secret, "--to", shared / "secret.txt")
     st = os.stat(shared / "secret.txt")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1001, 1001, 0o600)
@@ -95,7 +98,7 @@ def test_a_flood_of_strangers_neither_stops_a_backup_nor_grows_the_node(
     before = rss_mb(target.proc.pid)
 
     def connect(i: int) -> socket.socket | None:
-        sock = socket.socket()
+        sock: socket.socket = socket.socket()
         sock.settimeout(5)
         try:
             sock.bind((f"127.0.0.{2 + i % 40}", 0))  # strangers from 40 addresses
@@ -103,24 +106,36 @@ def test_a_flood_of_strangers_neither_stops_a_backup_nor_grows_the_node(
             if i % 3 == 1:
                 sock.sendall(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello that never ends
             elif i % 3 == 2:
-                tls = anonymous.wrap_socket(sock, server_hostname="x")
-                tls.sendall((1_000_000).to_bytes(4, "big") + b"x" * 600_000)  # a huge frame
-                return tls
+                sock = anonymous.wrap_socket(sock, server_hostname="x")  # takes the socket over
+                sock.sendall((1_000_000).to_bytes(4, "big") + b"x" * 600_000)  # a huge frame
         except OSError:
             sock.close()
             return None
         return sock
 
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:  # the holder's RSS every 20 ms while the flood and the backup run
+        while not done.is_set():
+            samples.append(rss_mb(pid))
+            done.wait(0.02)
+
+    pid = target.proc.pid
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     backup = start_lanvault("backup", src, "--degree", "3", "--dir", cluster4.nodes[1].state)
     try:
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
             held = [s for s in pool.map(connect, range(1000)) if s is not None]
-        peak = rss_mb(target.proc.pid)
         out, err = backup.communicate(timeout=300)
-        peak = max(peak, rss_mb(target.proc.pid))
     finally:
+        done.set()
+        sampler.join()
         for sock in held:
             sock.close()
+    peak = max(samples)
+    print(f"holder RSS: {before:.0f} MB before, peak {peak:.0f} MB over {len(samples)} samples")
     assert backup.returncode == 0, err
     assert "backed up 1 file" in out
     assert peak < 200, f"holder RSS {before:.0f} MB before, {peak:.0f} MB during the flood"
