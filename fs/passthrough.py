@@ -272,6 +272,13 @@ class PassthroughOps(pyfuse3.Operations):
             if entry.lookups <= 0 and entry.open_handles == 0:
                 if self.dirty.is_dirty(inode):
                     await self._cut(inode, debounce=False)  # never drop a pending version
+                    # The kernel may have looked it up or opened it again meanwhile.
+                    if (
+                        entry.lookups > 0
+                        or entry.open_handles
+                        or self.inodes.get(inode) is not entry
+                    ):
+                        continue
                 if self.capture is not None and self.capture.busy(inode):
                     continue  # a cut still reads it under this entry's lock: keep the entry
                 del self.inodes[inode]

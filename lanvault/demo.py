@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .mounts import FSNAME, mounted_fsname, unmount
+
 ROOT = Path(__file__).resolve().parents[1]
 NODES = 4  # with 3, a reclaim on one lender would leave degree-2 chunks one copy short
 
@@ -140,8 +142,8 @@ class Demo:
         data = self.home / "vault-data"
         data.mkdir(parents=True, exist_ok=True)
         self.vault.mkdir(parents=True, exist_ok=True)
-        if os.path.ismount(self.vault):  # left behind by a killed run
-            subprocess.run(["fusermount3", "-u", "-z", str(self.vault)], capture_output=True)
+        if os.path.ismount(self.vault):  # left behind by a run stopped uncleanly
+            unmount(self.vault)
         with open(self.home / "mount.log", "ab") as log:
             self.mount_proc = subprocess.Popen(
                 [
@@ -172,8 +174,8 @@ class Demo:
                 self.mount_proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.mount_proc.kill()
-        if os.path.ismount(self.vault):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.vault)], capture_output=True)
+        if mounted_fsname(self.vault) == FSNAME:  # dead (killed) or alive
+            unmount(self.vault)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -30,6 +30,7 @@ from fs.scan import catch_up
 from fs.versions import VersionsView
 
 from .control import DaemonUnavailable, call, call_binary
+from .mounts import clear_dead_mount
 from .state import CommandError, StateDir
 
 log = logging.getLogger("lanvault.mount")
@@ -58,6 +59,7 @@ def run_mount(
     config = state.load_config()
     if min_interval is not None:
         config.version_interval = min_interval
+    clear_dead_mount(mountpoint)  # a killed mount's leftover answers ENOTCONN to everything
     if not source.is_dir():
         raise CommandError(f"{source} is not a folder")
     if not mountpoint.is_dir():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lanvault.mounts import FSNAME, mounted_fsname, unmount
 from tests.system.procs import ROOT, env, lanvault
 
 
@@ -70,8 +71,8 @@ class Mount:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if os.path.ismount(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        if mounted_fsname(self.mountpoint) == FSNAME:  # alive, or dead (ENOTCONN)
+            unmount(self.mountpoint)
         if self.proc is not None:
             try:
                 self.proc.wait(15)

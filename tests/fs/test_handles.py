@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyfuse3
 import pytest
+import trio
 
 from fs.passthrough import PassthroughOps
 
@@ -39,5 +40,57 @@ async def test_a_reused_descriptor_is_never_written_through(tmp_path: Path) -> N
         assert (source / "other.bin").read_bytes() == b"other"
         assert (source / "mine.bin").read_bytes() == b"MINE"
         await ops.release(fh)
+    finally:
+        os.close(source_fd)
+
+
+class _SlowCapture:
+    """A capture whose first cut fails (the changes stay pending) and whose next cut waits
+    until the test lets it finish."""
+
+    def __init__(self) -> None:
+        self.cuts = 0
+        self.cutting = trio.Event()
+        self.finish = trio.Event()
+
+    def aside_full(self, inode: int) -> None:
+        return None
+
+    def before_write(self, inode: int, offset: int, length: int) -> None:
+        pass
+
+    def busy(self, inode: int) -> bool:
+        return False
+
+    async def cut(self, *args: object, **kwargs: object) -> None:
+        self.cuts += 1
+        if self.cuts == 1:
+            raise OSError(errno.EIO, "the first cut fails")
+        self.cutting.set()
+        await self.finish.wait()
+
+
+async def test_a_file_looked_up_again_during_its_last_cut_stays_known(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "f.bin").write_bytes(b"")
+    source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        capture = _SlowCapture()
+        ops = PassthroughOps(source_fd, capture=capture, direct_writes=False)  # type: ignore[arg-type]
+        ctx = pyfuse3.RequestContext()
+        name = pyfuse3.FileNameT(b"f.bin")
+        inode = (await ops.lookup(pyfuse3.ROOT_INODE, name, ctx)).st_ino
+        fh = (await ops.open(inode, pyfuse3.FlagT(os.O_WRONLY), ctx)).fh
+        await ops.write(fh, 0, b"data")
+        await ops.release(fh)  # its cut fails: the file stays to be cut
+        async with trio.open_nursery() as nursery:
+            # The kernel forgets the file: its pending version is cut first ...
+            nursery.start_soon(ops.forget, [(inode, 1)])
+            await capture.cutting.wait()
+            # ... and, meanwhile, looks it up again.
+            assert (await ops.lookup(pyfuse3.ROOT_INODE, name, ctx)).st_ino == inode
+            capture.finish.set()
+        assert (await ops.getattr(inode, ctx)).st_size == 4  # still known by its inode
     finally:
         os.close(source_fd)
