@@ -283,10 +283,14 @@ def request(
     """Send ``op``; an error naming ``op["path"]`` names ``typed`` instead (a mount's path)."""
     state.require()
     bar = ProgressLine(verb) if verb else None
+    said = None
     try:
         for event in call(state.socket_path, op):
             if event.get("event") == "progress" and bar:
                 bar.update(event)
+            elif event.get("event") == "waiting" and event.get("message") != said:
+                said = event.get("message")
+                print(f"lanvault: {said}", file=sys.stderr)
             elif event.get("event") == "result":
                 if bar:
                     bar.finish()
@@ -345,6 +349,9 @@ def print_status(data: dict[str, Any]) -> None:
             f"recovery: kit on {rec['kit_holders']} nodes; catalog copy on"
             f" {rec['catalog_holders']} nodes ({rec['catalog_bytes'] / 1e6:.1f} MB, {shown})"
         )
+    behind = rec.get("catalog_behind_seconds")
+    if behind is not None:
+        print(f"catalog copy {behind:.0f} s behind (the newest changes are not on the peers yet)")
 
 
 def emit(args: argparse.Namespace, data: Any, human: str | None = None) -> None:

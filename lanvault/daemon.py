@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import logging
 import math
 import signal
@@ -22,7 +24,7 @@ from fs.versions import snapshot_name
 from node.identity import tls_contexts
 from node.node import Node, NodeConfig
 from node.owner import BackupError, Owner, Progress, RestoreError
-from node.safekeeping import Safekeeping
+from node.safekeeping import CatalogNotSafe, Safekeeping
 from node.transport import PinStore, TLSNetwork
 
 from .control import Binary, Emit, OpError, serve_control
@@ -30,6 +32,7 @@ from .runtime import raise_open_file_limit
 from .state import Config, StateDir
 
 log = logging.getLogger("lanvault")
+CATALOG_WAIT = 60.0  # seconds a backup waits for its catalog copy to reach the peers
 SKIPPED_LISTED = 100  # entries a backup names as passed over; the count is always whole
 
 
@@ -42,6 +45,12 @@ def _progress_event(report: Progress, started: float) -> dict[str, Any]:
         "bytes_total": report.bytes_total,
         "elapsed": time.monotonic() - started,
     }
+
+
+async def _say(emit: Emit, message: str) -> None:
+    """Tell the CLI what a command waits for (it may have gone: the work goes on)."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await emit({"event": "waiting", "message": message})
 
 
 def _user_error(exc: Exception, kinds: tuple[type[Exception], ...]) -> Exception | None:
@@ -308,6 +317,7 @@ class Daemon:
                 "catalog_bytes": self.safekeeping.report.catalog_bytes,
                 "catalog_holders": self.safekeeping.report.manifest_holders,
                 "last_catalog_backup": self.safekeeping.report.last_catalog_backup or None,
+                "catalog_behind_seconds": self.safekeeping.behind(),
             },
             "bytes_received": self.node.holder.bytes_received,
             "bytes_sent": self.node.holder.bytes_sent,
@@ -369,7 +379,16 @@ class Daemon:
             if error is None:
                 raise
             raise OpError(str(error)) from None
+        # "Backed up" means a new computer can bring it back: the catalog copy that names
+        # these versions is on the peers before the command returns (restic's snapshot file).
+        try:
+            await self.safekeeping.secure(CATALOG_WAIT, functools.partial(_say, emit))
+        except CatalogNotSafe as exc:
+            raise OpError(
+                f"the files' chunks are on the peers, but {str(exc).removeprefix('the ')}"
+            ) from None
         return {
+            "catalog_seq": self.safekeeping.report.catalog_seq,
             "files": report.files_done,
             "symlinks": report.links,
             "folders": report.folders,

@@ -1497,6 +1497,7 @@ class Owner:
                     "chunks": [
                         {
                             "no": no,
+                            "chunk": a.hex(),
                             "size": min(CHUNK_SIZE, v.size - no * CHUNK_SIZE),
                             "degree": degrees.get(a, 0),
                         }

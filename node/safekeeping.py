@@ -7,7 +7,8 @@ copy of its catalog.
   encrypted and stored on the peers at the owner's default degree like any file; unchanged
   chunks are not sent again. A **manifest** listing them, with a sequence number that only
   grows, is then put on every linked node as the ``catalog`` blob. This happens a moment after
-  every backup commit (and at start); the previous copy's chunks are deleted afterwards.
+  every commit of the mount (and at start), and before ``lanvault backup`` returns
+  (``Safekeeping.secure``); the previous copy's chunks are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ SETTLE = 2.0  # seconds after a change before the catalog is copied (commits com
 FIRST_COPY_DELAY = 10.0
 
 
+class CatalogNotSafe(Exception):
+    """The peers do not hold a catalog copy with the newest changes (yet)."""
+
+
 @dataclass(slots=True)
 class SafekeepingReport:
     catalog_seq: int = 0
@@ -79,6 +84,10 @@ class Safekeeping:
         self.manifest: tuple[int, bytes] | None = None
         self._sent: dict[tuple[int, str], int] = {}  # (peer, name) -> seq it holds
         self._fingerprint: tuple[int, ...] | None = None
+        self._copying = trio.Lock()  # one copy at a time: the loop's or a backup's
+        self._changes = 0  # catalog changes so far ...
+        self._copied = 0  # ... and how many of them the newest copy on the peers holds
+        self._behind_since: float | None = None  # when the oldest change not copied came
         self.changed = trio.Event()
         self.publish_wanted = trio.Event()
         self.report = SafekeepingReport()
@@ -90,7 +99,53 @@ class Safekeeping:
             task_status.started()
 
     def catalog_changed(self) -> None:
+        self._changes += 1
+        if self._behind_since is None:
+            self._behind_since = trio.current_time()
         self.changed.set()
+
+    def behind(self) -> float | None:
+        """Seconds since the oldest catalog change the peers' copy lacks (None: up to date)."""
+        if self._behind_since is None:
+            return None
+        return trio.current_time() - self._behind_since
+
+    def _holders(self) -> int:
+        """Nodes holding the newest manifest and, if this node has one, its recovery kit."""
+        report = self.report
+        if self.kit is None:
+            return report.manifest_holders
+        return min(report.manifest_holders, report.kit_holders)
+
+    async def secure(self, timeout: float, waiting: Callable[[str], Awaitable[None]]) -> None:
+        """Return once the peers hold a catalog copy with every change made so far, its
+        chunks at the default degree and its manifest (and the recovery kit) on as many
+        nodes; ``CatalogNotSafe`` after ``timeout`` seconds (the loop goes on trying).
+        ``waiting`` hears why it waits."""
+        mark = self._changes
+        needed = self.owner.default_degree
+        why = "not tried"
+        with trio.move_on_after(timeout):
+            delay = 0.5
+            while True:
+                try:
+                    await self.backup_catalog()
+                    if self._copied >= mark and self.manifest is None:
+                        return  # the catalog is empty: there is nothing to keep
+                    if self._copied >= mark and self._holders() < needed:
+                        await self.publish()
+                    if self._copied >= mark and self._holders() >= needed:
+                        return
+                    why = f"it is on {self._holders()} of {needed} nodes"
+                except Exception as exc:  # peers down or full: wait and try again
+                    why = str(exc)
+                await waiting(f"waiting for the catalog copy to reach the peers: {why}")
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise CatalogNotSafe(
+            f"the catalog copy that names this backup is not on the peers yet ({why});"
+            " the node keeps trying"
+        )
 
     # -- the catalog ---------------------------------------------------------------------
 
@@ -108,6 +163,16 @@ class Safekeeping:
 
     async def backup_catalog(self, force: bool = False) -> bool:
         """Put a fresh copy of the catalog on the peers if it changed; True if one was made."""
+        async with self._copying:
+            mark = self._changes
+            made = await self._backup_catalog(force)
+            # The copy (or the one before, if nothing changed) holds every change up to mark.
+            self._copied = max(self._copied, mark)
+            if self._copied == self._changes:
+                self._behind_since = None
+            return made
+
+    async def _backup_catalog(self, force: bool) -> bool:
         from .owner import Progress  # the owner module imports this one
 
         owner = self.owner

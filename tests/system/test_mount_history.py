@@ -151,7 +151,12 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
         for round_ in range(KILL_ROUNDS):
             writer = _Writer(mnt, rng)
             writer.thread.start()
-            time.sleep(rng.uniform(1.0, 3.0))  # mid-stream: cuts and sends in progress
+            # Mid-stream: after some fsyncs, with cuts and sends in progress.
+            deadline = time.monotonic() + 60
+            while len(writer.synced) < 2 and writer.thread.is_alive():
+                assert time.monotonic() < deadline, f"round {round_}: no fsync in 60 s"
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 2.0))
             kill_mount(mount)
             writer.thread.join(30)  # the dead mount fails its next call: the writer stops
             assert not writer.thread.is_alive()
@@ -159,7 +164,7 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
             # The mount refuses (EIO) a write through a descriptor that became another
             # file's: the writer would then stop quietly, so the refusal itself is a failure.
             assert "refers to another file" not in log, log[-3000:]
-            writer.check(source, log)
+            writer.check(source, f"round {round_} of seed {seed}; {log}")
             # The dead mount is still there (the writer's last call failed on it, not on the
             # folder beneath); the next mount clears it and catches up with what was not
             # recorded.

@@ -66,9 +66,12 @@ def test_cli_end_to_end(cluster4: ProcessCluster, tmp_path: Path) -> None:
     mode_dst = os.stat(dest / "exact.bin")
     assert mode_src.st_mtime_ns == mode_dst.st_mtime_ns and mode_src.st_mode == mode_dst.st_mode
 
-    cluster4.cli(1, "delete", src)
+    chunks = {c["chunk"] for f in cluster4.json(1, "state")["files"] for c in f["chunks"]}
+    said = cluster4.cli(1, "delete", src).stdout
+    assert f"({len(chunks)} chunks) from every holder" in said, said
     for node_id in (2, 3, 4):
-        assert cluster4.json(node_id, "state")["stored"] == []
+        # What a holder keeps of node 1 now is its catalog copy, none of the files' chunks.
+        assert not chunks & {c["chunk"] for c in cluster4.json(node_id, "state")["stored"]}
     failed = cluster4.cli(1, "restore", src, "--to", tmp_path / "again", check=False)
     assert failed.returncode == 1 and "nothing backed up" in failed.stderr
 
@@ -164,13 +167,17 @@ def test_delete_while_holder_down_reaches_it_later(
     src = tmp_path / "src"
     make_tree(src)
     cluster4.cli(1, "backup", src, "--degree", "3")
+    chunks = {c["chunk"] for f in cluster4.json(1, "state")["files"] for c in f["chunks"]}
+    assert chunks <= {c["chunk"] for c in cluster4.json(4, "state")["stored"]}
     cluster4.kill(4)
     time.sleep(2)
     out = cluster4.json(1, "delete", src)
     assert out["pending_holders"] >= 1
     cluster4.start(4)
     cluster4.wait(
-        lambda: cluster4.json(4, "state")["stored"] == [], 30, "node 4 deleted its copies"
+        lambda: not chunks & {c["chunk"] for c in cluster4.json(4, "state")["stored"]},
+        30,
+        "node 4 deleted its copies",
     )
 
 

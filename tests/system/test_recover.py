@@ -125,3 +125,39 @@ def test_recover_a_lost_node_with_only_the_passphrase(
     (plain / "more.txt").write_text("after the recovery")
     cluster4.cli(1, "backup", plain)
     assert min(cluster4.degrees(1)) >= 2
+
+
+def test_what_backup_reported_survives_the_computer_dying_as_it_returns(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    """restic's promise: when `backup` returns, the snapshot is in the repository. Here the
+    catalog copy naming the new versions is on the peers before the command returns, so the
+    disk may die that instant and a new computer still brings everything back."""
+    plain = tmp_path / "plain"
+    (plain / "sub").mkdir(parents=True)
+    (plain / "notes.txt").write_text("written a moment before the disk died\n")
+    (plain / "sub" / "photo.jpg").write_bytes(os.urandom(200_000))
+    os.symlink("notes.txt", plain / "link")
+    first = cluster4.json(1, "backup", plain)
+    assert first["catalog_seq"] > 0
+    (plain / "notes.txt").write_text("and changed once more\n")
+    second = cluster4.json(1, "backup", plain)
+    assert second["catalog_seq"] > first["catalog_seq"] and second["changed"] == 1
+    status = cluster4.json(1, "status")["recovery"]
+    assert status["catalog_behind_seconds"] is None and status["catalog_holders"] >= 2
+
+    # The disk dies the moment the command returned: state directory gone at once.
+    cluster4.kill(1)
+    shutil.rmtree(cluster4.nodes[1].state)
+    new_state = tmp_path / "new-computer"
+    recovered = lanvault(
+        "recover", "--dir", new_state, "--id", "1", "--peer", cluster4.nodes[2].address, "--json"
+    )
+    data = json.loads(recovered.stdout)
+    assert data["catalog_seq"] == second["catalog_seq"], data
+    cluster4.nodes[1].state = new_state
+    cluster4.start(1)
+    cluster4.wait_mesh()
+    out = tmp_path / "out"
+    cluster4.cli(1, "restore", plain, "--to", out)
+    assert tree_of(out) == tree_of(plain)
