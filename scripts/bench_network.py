@@ -154,13 +154,13 @@ def main() -> int:
     cores = os.cpu_count() or 1
     for name in ("backup", "restore"):
         ms = r[f"{name}_cpu_ms_per_mb"]
-        floor = r[f"floor_{name}_ms_per_mb"]
+        floor_ms = r[f"floor_{name}_ms_per_mb"]
         target = 0.5 * r[f"{name}_ceiling_mb_s"]
         print(
             f"  {name:8s} CPU of all processes: {ms:.1f} ms per MB;"
             f" at that cost {cores} cores allow {cores * 1000 / ms:.0f} MB/s."
-            f" The steps it cannot skip cost {floor:.1f} ms per MB here: no implementation"
-            f" passes {cores * 1000 / floor:.0f} MB/s on {cores} cores (target {target:.0f})"
+            f" The steps it cannot skip cost {floor_ms:.1f} ms per MB here: no implementation"
+            f" passes {cores * 1000 / floor_ms:.0f} MB/s on {cores} cores (target {target:.0f})"
         )
     steps = ("read", "address", "seal", "tls", "tcp", "checksum", "write", "open")
     print(

@@ -68,7 +68,7 @@ class TrickleReader(io.RawIOBase):
 )
 def test_reassembly_is_identity_for_any_read_pattern(size: int, step: int) -> None:
     data = (b"0123456789abcdef" * (size // 16 + 1))[:size]
-    chunks = list(iter_chunks(TrickleReader(data, step)))  # type: ignore[arg-type]
+    chunks = list(iter_chunks(TrickleReader(data, step)))
     assert len(chunks) == chunk_count(size)
     assert join_chunks(c for _, c in chunks) == data
 
@@ -116,7 +116,7 @@ def test_streaming_memory_does_not_grow(tmp_path: object) -> None:
 
     tracemalloc.start()
     count = 0
-    for _no, chunk in iter_chunks(Zeroes(200 * CHUNK_SIZE + 5)):  # type: ignore[arg-type]
+    for _no, chunk in iter_chunks(Zeroes(200 * CHUNK_SIZE + 5)):
         count += len(chunk)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -68,7 +68,7 @@ def test_the_byte_format_is_the_documented_one(text: bool) -> None:
     )
     made = struct.pack(">BB32sI24s", 1, 0, address, len(sealed), nonce) + sealed
     assert open_chunk(RING, address, made) == plaintext
-    assert open_chunk(RING, address, memoryview(bytearray(made))) == plaintext
+    assert open_chunk(RING, address, memoryview(bytearray(made))) == plaintext  # type: ignore[arg-type]
 
 
 def test_address_is_keyed_not_a_plain_hash() -> None:

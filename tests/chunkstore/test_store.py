@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from chunkstore import store as store_module
 from chunkstore.errors import (
     ChunkNotFoundError,
     ChunkstoreError,
@@ -23,9 +23,9 @@ def chunk(keys: KeyRing, n: int, size: int = 1000) -> PreparedChunk:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ChunkStore:
+def store(tmp_path: Path) -> Iterator[ChunkStore]:
     s = ChunkStore.open(tmp_path / "store", capacity=10_000_000)
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 
@@ -249,12 +249,11 @@ def test_write_failure_surfaces_and_nothing_half_visible(
 ) -> None:
     a, b = chunk(keys, 1), chunk(keys, 2)
     store.put(1, a.address, a.envelope)
-    import chunkstore.store as module
 
     def full_disk(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(module.os, "fdatasync", full_disk)
+    monkeypatch.setattr(os, "fdatasync", full_disk)
     with pytest.raises(OSError, match="No space"):
         store.put(1, b.address, b.envelope)
     monkeypatch.undo()
@@ -342,7 +341,7 @@ def test_pwrite_all_continues_a_short_write(
         # Only part of the first buffer, as a nearly full disk may.
         return real(fd, [buffers[0][:1000]], offset)
 
-    monkeypatch.setattr(store_module.os, "pwritev", short)
+    monkeypatch.setattr(os, "pwritev", short)
     parts = [b"a" * 5000, b"b" * 7000, b"c" * 3]
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -355,8 +354,8 @@ def test_pwrite_all_continues_a_short_write(
 def test_pwrite_all_raises_instead_of_looping_when_nothing_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module.os, "pwritev", lambda fd, buffers, offset: 0)
-    monkeypatch.setattr(store_module.os, "pwrite", lambda fd, data, offset: 0)
+    monkeypatch.setattr(os, "pwritev", lambda fd, buffers, offset: 0)
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: 0)
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         with pytest.raises(OSError, match="no byte could be written"):

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from chunkstore.chunking import CHUNK_SIZE
-from node import owner
 from node.owner import _ChunkWriter
 
 
@@ -36,9 +35,7 @@ def test_chunks_in_any_order_land_at_their_offsets(tmp_path: Path) -> None:
 
 def test_writeback_is_started_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hints: list[int] = []
-    monkeypatch.setattr(
-        owner.os, "posix_fadvise", lambda fd, off, size, advice: hints.append(advice)
-    )
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, size, advice: hints.append(advice))
     monkeypatch.setattr(_ChunkWriter, "WRITEBACK_STEP", 3 * CHUNK_SIZE)
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
     try:

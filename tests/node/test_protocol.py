@@ -121,7 +121,7 @@ def open_pair() -> tuple[Connection, Connection]:
 
 
 def drain(conn: Connection) -> list[Message]:
-    out = []
+    out: list[Message] = []
     while True:
         event = conn.next_event()
         if event is NEED_DATA:

@@ -77,7 +77,7 @@ def test_cli_end_to_end(cluster4: ProcessCluster, tmp_path: Path) -> None:
 
 
 def test_bad_input_gives_one_line_and_status(cluster4: ProcessCluster, tmp_path: Path) -> None:
-    cases = [
+    cases: list[tuple[list[str | Path], int, str]] = [
         (["backup", tmp_path / "missing"], 1, "no such file"),
         (["backup", tmp_path, "--degree", "10"], 2, "degree"),
         (["reclaim", "lots"], 2, "invalid size"),
