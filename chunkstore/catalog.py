@@ -12,6 +12,8 @@ encrypted with the metadata key (``seal_record``); ``docs/formats.md`` gives the
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,6 +98,24 @@ def version_from_stat(
         chunks=tuple(chunks),
         owner=owner,
     )
+
+
+# lanvault's own temporary files (a restored file before it takes its name, in the folder it
+# goes to) are never part of anyone's history: the mount and a backup pass over them.
+_OWN_TEMP = re.compile(r"\..+\.lanvault-[0-9a-f]{16}")
+
+
+def own_temp_name(name: str) -> str:
+    """A fresh name for a temporary file that will become ``name`` (hidden, random)."""
+    return f".{name}.lanvault-{secrets.token_hex(8)}"
+
+
+def is_own_temp(path: str, name: str | None = None) -> bool:
+    """Whether ``path``'s last component is one of ours (for ``name``, if given)."""
+    base = path.rpartition("/")[2]
+    if name is not None and not base.startswith(f".{name}.lanvault-"):
+        return False
+    return _OWN_TEMP.fullmatch(base) is not None
 
 
 def version_key(version: FileVersion) -> tuple[bytes, int, int, int]:

@@ -27,6 +27,9 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
+from chunkstore.catalog import is_own_temp
+from chunkstore.chunking import CHUNK_SIZE
+
 from .capture import CutJob, VersionCutter
 from .dirty import DirtyTracker
 from .versions import VERSIONS_NAME, VIRTUAL_BASE, VersionsView
@@ -352,7 +355,8 @@ class PassthroughOps(pyfuse3.Operations):
             # A dirty file's next version carries its new mode and times anyway.
             with _fuse_errors():
                 for path in sorted(self.inodes[inode].paths):
-                    self.capture.attributes_changed(path, st)
+                    if not is_own_temp(path):
+                        self.capture.attributes_changed(path, st)
         return self._attrs(st)
 
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
@@ -463,7 +467,7 @@ class PassthroughOps(pyfuse3.Operations):
             os.mkdir(path, mode & ~ctx.umask, dir_fd=self.source_fd)
             self._own(path, ctx)
             st = self._stat(path)
-        if self.capture is not None:
+        if self.capture is not None and not is_own_temp(path):
             self.capture.made(path, st)
         return self._remember(path, st)
 
@@ -486,7 +490,7 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             remove(path, dir_fd=self.source_fd)
             self._forget_path(path)
-        if self.capture is not None:
+        if self.capture is not None and not is_own_temp(path):
             self.capture.removed(path)
 
     async def rename(
@@ -512,8 +516,23 @@ class PassthroughOps(pyfuse3.Operations):
             os.rename(old, new, src_dir_fd=self.source_fd, dst_dir_fd=self.source_fd)
             self._forget_path(new)
             self._moved(old, new)
-        if self.capture is not None:
+        if self.capture is None:
+            return
+        if not is_own_temp(old) and not is_own_temp(new):
             self.capture.renamed(old, new)
+        elif is_own_temp(old) and not is_own_temp(new):
+            await self._took_its_name(new)  # a restored file: its first version, at its name
+        elif not is_own_temp(old):
+            self.capture.removed(old)  # gone from the user's tree (to a name we pass over)
+
+    async def _took_its_name(self, path: str) -> None:
+        """One of lanvault's temporary files became ``path``: record it there, whole."""
+        with _fuse_errors():
+            st = self._stat(path)
+        inode = self._fuse_ino(st.st_ino)
+        if not self.dirty.is_dirty(inode):  # written before this mount began: read it all
+            self.dirty.write(inode, 0, st.st_size + CHUNK_SIZE)
+        await self._cut(inode, debounce=False)
 
     async def link(
         self,
@@ -535,8 +554,11 @@ class PassthroughOps(pyfuse3.Operations):
                 follow_symlinks=False,
             )
             attrs = self._remember(new, self._stat(new))
-        if self.capture is not None:
-            self.capture.linked(existing, new)
+        if self.capture is not None and not is_own_temp(new):
+            if is_own_temp(existing):
+                await self._took_its_name(new)
+            else:
+                self.capture.linked(existing, new)
         return attrs
 
     async def symlink(
@@ -549,7 +571,7 @@ class PassthroughOps(pyfuse3.Operations):
             os.symlink(os.fsdecode(target), path, dir_fd=self.source_fd)
             self._own(path, ctx)
             st = self._stat(path)
-        if self.capture is not None:
+        if self.capture is not None and not is_own_temp(path):
             self.capture.made(path, st, os.fsdecode(target))
         return self._remember(path, st)
 
@@ -746,11 +768,14 @@ class PassthroughOps(pyfuse3.Operations):
             if self._nursery is not None:
                 return None
         self._last_cut[inode] = now
+        names = sorted(p for p in entry.paths if not is_own_temp(p))
+        if not names:
+            return None  # lanvault's own temporary file: cut when it takes its real name
         async with entry.lock:
             changes = self.dirty.take(inode)
             if changes is None:
                 return None
-            path = min(entry.paths)
+            path = names[0]
             read_fd = None
             try:
                 # A read-only descriptor of our own: the writer's may be write-only. Reopening
@@ -768,7 +793,7 @@ class PassthroughOps(pyfuse3.Operations):
                     lock=entry.lock,
                     inode=inode,
                     on_failure=functools.partial(self.dirty.restore, inode),
-                    aliases=tuple(sorted(entry.paths - {path})),  # its hard links
+                    aliases=tuple(names[1:]),  # its hard links
                 )
             except Exception:
                 # The changes stay recorded and are retried at the next cut.

@@ -15,6 +15,7 @@ import stat
 
 import trio
 
+from chunkstore.catalog import is_own_temp
 from chunkstore.catalogdb import TREE_DIR, TREE_SYMLINK
 from chunkstore.chunking import CHUNK_SIZE
 
@@ -33,6 +34,8 @@ def _walk(root: str) -> list[tuple[str, os.stat_result]]:
         if not rel_dir and VERSIONS_NAME in dirnames:
             dirnames.remove(VERSIONS_NAME)  # hidden behind the versions/ view
         for name in dirnames + filenames:
+            if is_own_temp(name):
+                continue  # a restore's file still on its way: not the user's
             full = os.path.join(dirpath, name)
             try:
                 found.append((f"{rel_dir}/{name}" if rel_dir else name, os.lstat(full)))

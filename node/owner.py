@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from chunkstore.catalog import FileVersion, version_from_stat, version_key
+from chunkstore.catalog import FileVersion, is_own_temp, version_from_stat, version_key
 from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK, CatalogDB, TreeEvent
 from chunkstore.chunking import CHUNK_SIZE, chunk_count, split_bytes
 from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
@@ -171,6 +171,8 @@ def _scan(root: str) -> _Scan:
                 (links if os.path.islink(full) else folders).append(full)
             for name in names:
                 full = os.path.join(dirpath, name)
+                if is_own_temp(name):
+                    continue  # a restore's file still on its way: not the user's
                 if os.path.islink(full):
                     links.append(full)
                 elif os.path.isfile(full):

@@ -26,11 +26,12 @@ import errno
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+from chunkstore.catalog import is_own_temp, own_temp_name
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 40  # as the kernel's own limit on symlinks in one path
@@ -240,7 +241,7 @@ class RestoreTarget:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             saved = json.loads(record.read_text())
             tmp = str(saved["name"])
-            if "/" not in tmp and tmp.startswith(f".{name}.lanvault-"):
+            if "/" not in tmp and is_own_temp(tmp, name):
                 fd = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
                 st = os.fstat(fd)
                 if (
@@ -251,7 +252,7 @@ class RestoreTarget:
                 ):
                     return fd, tmp, True
                 os.close(fd)  # not the file we made: never trusted, never touched
-        tmp = f".{name}.lanvault-{secrets.token_hex(8)}"
+        tmp = own_temp_name(name)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
         try:

@@ -149,3 +149,20 @@ def test_mutated_records_raise_only_format_errors(
     encoded[position] = data.draw(st.integers(0, 255))
     with contextlib.suppress(CatalogFormatError):
         decode_file_version(bytes(encoded))
+
+
+def test_own_temporary_names_are_recognised_and_nothing_else() -> None:
+    from chunkstore.catalog import is_own_temp, own_temp_name
+
+    made = own_temp_name("report.odt")
+    assert is_own_temp(made) and is_own_temp(f"docs/{made}", "report.odt")
+    assert not is_own_temp(made, "other.odt")
+    for user_name in (
+        "report.odt",
+        ".report.odt",
+        ".report.odt.lanvault-",
+        ".report.odt.lanvault-xyz",
+        ".report.odt.lanvault-0123456789abcdef.bak",
+        "report.odt.lanvault-0123456789abcdef",
+    ):
+        assert not is_own_temp(user_name), user_name

@@ -100,3 +100,13 @@ def test_names_that_leave_the_anchor_are_refused(tmp_path: Path) -> None:
         for bad in (tmp_path / "elsewhere.txt", tmp_path / "out" / ".." / "x"):
             with pytest.raises(UnsafeDestination), t.parent(bad):
                 pass
+
+
+def test_a_backup_passes_over_a_restore_still_on_its_way(tmp_path: Path) -> None:
+    from chunkstore.catalog import own_temp_name
+    from node.owner import _scan
+
+    (tmp_path / "kept.txt").write_text("mine")
+    (tmp_path / own_temp_name("kept.txt")).write_text("half a restore")
+    scan = _scan(str(tmp_path))
+    assert scan.files == [str(tmp_path / "kept.txt")]

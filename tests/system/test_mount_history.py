@@ -126,7 +126,7 @@ class _Writer:
 
     def check(self, source: Path, log: str) -> None:
         """Every name whose last write was fsync'd holds exactly that write in SOURCE."""
-        assert self.synced, "the writer got nothing fsync'd before the kill"
+        assert self.synced, f"the writer got nothing fsync'd before the kill ({self.ended}); {log}"
         for name, data in self.synced.items():
             if name in self.overwritten:
                 continue
@@ -304,3 +304,42 @@ def test_whole_tree_restored_as_of_a_time_from_the_peers(
     # Interrupted restores resume: a second run finds everything in place.
     again = cluster4.json(1, "restore", source, "--to", present)
     assert again["files"] >= 3
+
+
+def test_a_restore_in_place_through_the_mount_records_only_the_users_files(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    """A restore into the mounted folder writes each file under a temporary name, then gives
+    it its own: the history gets the restored file as a new version at its name, never the
+    temporary file."""
+    mount, source, mnt = start_mount(cluster4, tmp_path)
+    try:
+        (mnt / "docs").mkdir()
+        (mnt / "docs" / "a.txt").write_text("first")
+        (mnt / "docs" / "b.bin").write_bytes(os.urandom(150_000))
+        cluster4.wait(lambda: all_safe(cluster4, source), 30, "first versions safe")
+        time.sleep(1.1)
+        moment = iso_utc(time.time() - 0.5)
+        time.sleep(1.1)
+        (mnt / "docs" / "a.txt").write_text("second, to be undone")
+        (mnt / "docs" / "b.bin").write_bytes(os.urandom(150_000))
+        cluster4.wait(lambda: all_safe(cluster4, source), 30, "second versions safe")
+
+        cluster4.cli(1, "restore", mnt / "docs", "--at", moment)  # in place, through the mount
+        assert (mnt / "docs" / "a.txt").read_bytes() == b"first"
+        cluster4.wait(lambda: all_safe(cluster4, source), 30, "restored files safe")
+
+        listed = cluster4.json(1, "versions", source / "docs" / "a.txt")["versions"]
+        assert len(listed) == 3  # first, second, and the restored one as the newest
+        paths = {f["path"] for f in cluster4.json(1, "state")["files"]}
+        assert not [p for p in paths if ".lanvault-" in p], paths
+        snapshots = sorted(n for n in os.listdir(mnt / "versions") if n != "latest")
+        seen = {
+            str(p.relative_to(mnt / "versions"))
+            for name in snapshots
+            for p in (mnt / "versions" / name).rglob("*")
+        }
+        assert not [p for p in seen if ".lanvault-" in p], seen
+        assert (mnt / "versions" / "latest" / "docs" / "a.txt").read_bytes() == b"first"
+    finally:
+        mount.stop()
