@@ -700,6 +700,33 @@ class CatalogDB:
                     out[bytes(address)].add(int(node))
         return out
 
+    def still_wanted(self, addresses: Iterable[bytes]) -> set[bytes]:
+        """Those of ``addresses`` a live version or the catalog copy uses, with no delete
+        pending (what holders may copy again when a copy is missing)."""
+        wanted = sorted(set(addresses))
+        out: set[bytes] = set()
+        with self._reading() as db:
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                used = {
+                    bytes(r[0])
+                    for r in db.execute(
+                        "SELECT c.address FROM version_chunks c JOIN versions v"
+                        f" ON v.id = c.version_id WHERE v.removed=0 AND c.address IN ({marks})"
+                        f" UNION SELECT address FROM catalog_chunks WHERE address IN ({marks})",
+                        batch + batch,
+                    )
+                }
+                dead = {
+                    bytes(r[0])
+                    for r in db.execute(
+                        f"SELECT address FROM tombstones WHERE address IN ({marks})", batch
+                    )
+                }
+                out |= used - dead
+        return out
+
     def any_tombstoned(self, addresses: Iterable[bytes]) -> bool:
         """Whether a delete is pending for any of ``addresses`` (on any node)."""
         wanted = list(addresses)

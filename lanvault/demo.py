@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .mounts import FSNAME, mounted_fsname, unmount
+from .mounts import FSNAME, is_live, mounted_fsname, unmount
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = 4  # with 3, a reclaim on one lender would leave degree-2 chunks one copy short
@@ -162,7 +162,7 @@ class Demo:
                 start_new_session=True,
             )
         deadline = time.monotonic() + 30
-        while not os.path.ismount(self.vault):
+        while not is_live(self.vault):
             if self.mount_proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"mounting {self.vault} failed; see {self.home}/mount.log")
             time.sleep(0.05)

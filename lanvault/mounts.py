@@ -58,6 +58,12 @@ def is_dead(path: Path) -> bool:
     return False
 
 
+def is_live(path: Path) -> bool:
+    """Whether a file system is mounted on ``path`` and answers (a dead one may still look
+    mounted to ``os.path.ismount`` while the kernel has its root's attributes cached)."""
+    return os.path.ismount(path) and not is_dead(path)
+
+
 def unmount(path: Path) -> None:
     """Detach the mount at ``path`` (lazily: programs still inside keep what they hold)."""
     subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)

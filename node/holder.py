@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -55,6 +55,7 @@ from .protocol import (
     StatusReply,
     Stored,
     StoredMany,
+    Wanted,
 )
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,9 @@ class HolderService:
         self._status = status
         self._on_removed = on_removed
         self._on_corrupt = on_corrupt
+        # Set by this node's owner role: which of its own chunks it still wants (None: not
+        # the owner asked about).
+        self.wanted: Callable[[int, tuple[bytes, ...]], Awaitable[set[bytes] | None]] | None = None
         self._send, self._receive = trio.open_memory_channel[_PendingPut](4 * BATCH_LIMIT)
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -330,6 +334,11 @@ class HolderService:
                 self.store.which_held, message.owner, message.addresses, limiter=self._limiter
             )
             return Holding(req, tuple(a for a in message.addresses if a in held))
+        if isinstance(message, Wanted):
+            kept = await self.wanted(message.owner, message.addresses) if self.wanted else None
+            if kept is None:
+                return Error(req, ErrorCode.NOT_FOUND, f"this is not node {message.owner}")
+            return Holding(req, tuple(a for a in message.addresses if a in kept))
         if isinstance(message, Removed):
             self._on_removed(message.owner, message.address)
             return Ok(req)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from chunkstore.errors import ChunkNotFoundError
 from chunkstore.store import ChunkStore, StoredChunk
 
 from .discovery import run_discovery, with_source_host
@@ -43,6 +44,7 @@ from .protocol import (
     Request,
     Stored,
     StoredMany,
+    Wanted,
 )
 from .transport import Authenticated, Channel, Network, PeerUnavailable, RemoteError
 
@@ -97,6 +99,9 @@ class RepairReport:
     below_degree: int = 0
     copies_made: int = 0
     failed: int = 0
+    unwanted: int = 0  # deleted by their owner (its DELETE is on the way): never copied again
+    unconfirmed: int = 0  # their owner is up but did not say whether it still wants them
+    vanished: int = 0  # deleted here while the pass ran
 
 
 class Node:
@@ -429,12 +434,16 @@ class Node:
                     continue
                 if min(live) == self.node_id:
                     deficits.append((len(holders), chunk, holders))
+        deficits = await self._still_wanted(deficits, report)
         deficits.sort(key=lambda d: d[0])  # weakest first
         budget_start = trio.current_time()
         sent_bytes = 0
         for _count, chunk, holders in deficits:
             missing = chunk.degree - len(holders)  # before: replicating adds to ``holders``
             made = await self._repair_chunk(chunk, holders)
+            if made is None:
+                report.vanished += 1
+                continue
             report.copies_made += made
             report.failed += missing - made
             sent_bytes += made * chunk.length
@@ -444,19 +453,71 @@ class Node:
                 await trio.sleep(ahead)
         if report.below_degree:
             log.info(
-                "repair: %d chunks checked, %d below degree, %d copies made, %d not possible now",
+                "repair: %d chunks checked, %d below degree, %d copies made, %d not possible now"
+                "; %d deleted by their owner, %d waiting for their owner's word, %d deleted"
+                " meanwhile",
                 report.checked,
                 report.below_degree,
                 report.copies_made,
                 report.failed,
+                report.unwanted,
+                report.unconfirmed,
+                report.vanished,
             )
         return report
 
-    async def _repair_chunk(self, chunk: StoredChunk, holders: set[int]) -> int:
+    async def _still_wanted(
+        self, deficits: list[tuple[int, StoredChunk, set[int]]], report: RepairReport
+    ) -> list[tuple[int, StoredChunk, set[int]]]:
+        """The deficits whose owner still wants them: an owner that is up is asked (WANTED),
+        so a chunk deleted while this node was down is not copied back onto the others."""
+        by_owner: dict[int, list[bytes]] = defaultdict(list)
+        for _count, chunk, _holders in deficits:
+            if chunk.owner != self.node_id and self.membership.is_up(chunk.owner):
+                by_owner[chunk.owner].append(chunk.address)
+        answers: dict[int, set[bytes] | None] = {}
+
+        async def ask(owner: int, addresses: list[bytes]) -> None:
+            wanted: set[bytes] = set()
+            for i in range(0, len(addresses), QUERY_BATCH):
+                batch = tuple(addresses[i : i + QUERY_BATCH])
+                answer = await self.pool.request_quietly(
+                    owner,
+                    functools.partial(Wanted, owner=owner, addresses=batch),
+                    self.config.request_timeout,
+                )
+                if not isinstance(answer, Holding):
+                    answers[owner] = None  # no word (yet): nothing is copied this pass
+                    return
+                wanted.update(answer.addresses)
+            answers[owner] = wanted
+
+        async with trio.open_nursery() as nursery:
+            for owner, addresses in by_owner.items():
+                nursery.start_soon(ask, owner, addresses)
+        kept = []
+        for deficit in deficits:
+            chunk = deficit[1]
+            if chunk.owner not in answers:
+                kept.append(deficit)  # ours, or the owner is down: repair as before
+                continue
+            answer = answers[chunk.owner]
+            if answer is None:
+                report.unconfirmed += 1
+            elif chunk.address in answer:
+                kept.append(deficit)
+            else:
+                report.unwanted += 1
+        return kept
+
+    async def _repair_chunk(self, chunk: StoredChunk, holders: set[int]) -> int | None:
+        """Copies made of ``chunk`` (None: it was deleted here meanwhile)."""
         try:
             envelope = await trio.to_thread.run_sync(
                 self.store.get, chunk.owner, chunk.address, limiter=self.disk_limiter
             )
+        except ChunkNotFoundError:
+            return None
         except Exception as exc:
             log.warning("cannot read a chunk to repair it: %s", exc)
             return 0

@@ -285,6 +285,13 @@ class Owner:
         self.safekeeping: Safekeeping | None = None  # set by the daemon: kit and catalog copies
         node.on_online.append(lambda _peer: self._tombstones_wanted.set())
         node.pool.on_new_link = self._new_link
+        node.holder.wanted = self._still_wanted
+
+    async def _still_wanted(self, owner: int, addresses: tuple[bytes, ...]) -> set[bytes] | None:
+        """A holder asks before re-making copies of our chunks: a deleted one never comes back."""
+        if owner != self.owner_id:
+            return None
+        return await self._db(self.catalog.still_wanted, addresses)
 
     def _new_link(self, _peer: int) -> None:
         self._tombstones_wanted.set()

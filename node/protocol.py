@@ -451,6 +451,16 @@ class Kit(Message):
     blob: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Wanted(Request):
+    """To a chunk's owner: which of these does it still want kept? (HOLDING lists them.)"""
+
+    TYPE: ClassVar[int] = 28
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _addresses)
+    owner: int
+    addresses: tuple[bytes, ...]
+
+
 STORED_NEW: Final = 0
 STORED_ALREADY: Final = 1
 STORED_ERROR_BASE: Final = 100
@@ -486,6 +496,7 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
         KitChallenge,
         KitProof,
         Kit,
+        Wanted,
     )
 }
 # Answers: messages that carry the ``req`` of a request they reply to.

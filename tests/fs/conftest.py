@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lanvault.mounts import FSNAME, mounted_fsname, unmount
+from lanvault.mounts import FSNAME, is_live, mounted_fsname, unmount
 from tests.system.procs import ROOT, env, lanvault
 
 
@@ -63,7 +63,7 @@ class Mount:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + 20
-        while not os.path.ismount(self.mountpoint):
+        while not is_live(self.mountpoint):  # a dead mount left there is not this one
             if self.proc.poll() is not None:
                 raise AssertionError(f"mount exited: {self.log.read_text()[-2000:]}")
             if time.monotonic() > deadline:

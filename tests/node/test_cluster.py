@@ -320,3 +320,59 @@ async def test_a_scrub_that_cannot_read_its_store_says_so_and_tries_again(
         assert len(calls) >= 2  # the loop lives on
         assert "scrub failed: bucket s3://away/: list failed" in caplog.text
         assert "Traceback" not in caplog.text  # an outage, not a bug
+
+
+async def test_a_chunk_deleted_while_its_holder_was_down_is_never_copied_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_cluster(tmp_path / "c", 4) as cluster:
+        write_files(tmp_path / "src", random.Random(8))
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=3)
+        cluster.hub.cut.add(4)
+        await cluster.members[4].node.pool.aclose()
+        for m in cluster.members.values():
+            link = m.node.pool._links.pop(4, None)
+            if link:
+                await link.aclose()
+        with trio.fail_after(30):
+            while cluster.members[1].node.membership.is_up(4):
+                await trio.sleep(0.5)
+        assert (await owner.delete_path(tmp_path / "src"))["pending_holders"] >= 1
+
+        # The DELETE owed to node 4 is held back, so node 4's repair comes first.
+        async def held_back() -> int:
+            return 1
+
+        monkeypatch.setattr(owner, "flush_tombstones", held_back)
+        deleted = {c.address for c in cluster.members[4].store.chunks(1)}
+        assert deleted and not any(cluster.members[n].store.chunks(1) for n in (2, 3))
+        cluster.hub.cut.discard(4)
+        holder = cluster.members[4].node
+        with trio.fail_after(60):
+            while not holder.membership.is_up(1):
+                await trio.sleep(0.5)
+        report = await holder.repair_once()
+        # Below their degree (only node 4 has them), but the owner no longer wants them.
+        assert report.below_degree == len(deleted) and report.unwanted == len(deleted)
+        assert report.copies_made == 0
+        assert not any(cluster.members[n].store.chunks(1) for n in (2, 3))
+        monkeypatch.undo()
+        owner._tombstones_wanted.set()
+        with trio.fail_after(60):
+            while cluster.members[4].store.chunks(1):
+                await trio.sleep(0.5)
+
+
+async def test_a_chunk_deleted_during_a_repair_pass_is_counted_not_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_cluster(tmp_path / "c", 3) as cluster:
+        write_files(tmp_path / "src", random.Random(9))
+        await cluster.members[1].owner.backup_path(tmp_path / "src", degree=2)
+        holder = cluster.members[2].node
+        chunks = holder.store.chunks(1)
+        holder.store.delete_many(1, [c.address for c in chunks])  # the owner's DELETE, just now
+        for chunk in chunks:
+            assert await holder._repair_chunk(chunk, {2}) is None
+        assert "cannot read a chunk" not in caplog.text

@@ -4,6 +4,7 @@ after SOURCE is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -12,8 +13,10 @@ import random
 import shutil
 import signal
 import stat
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -76,6 +79,22 @@ def iso_utc(seconds: float) -> str:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stuck(thread: threading.Thread) -> str:
+    """Where a thread waits (its Python frame, its kernel stack) and who holds /dev/fuse."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    where = "".join(traceback.format_stack(frame)[-2:]) if frame else "?"
+    kernel = Path(f"/proc/self/task/{thread.native_id}/stack")
+    holders = []
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == "/dev/fuse":
+                pid = fd.parts[2]
+                holders.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}")
+    with contextlib.suppress(OSError):
+        where += kernel.read_text()
+    return f"{where}; /dev/fuse held by {holders}"
 
 
 # Kill rounds per seed; LANVAULT_KILL_ROUNDS=200 (with a CPU hog beside) is the stress run.
@@ -159,7 +178,7 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
             time.sleep(rng.uniform(0.0, 2.0))
             kill_mount(mount)
             writer.thread.join(30)  # the dead mount fails its next call: the writer stops
-            assert not writer.thread.is_alive()
+            assert not writer.thread.is_alive(), f"round {round_}: {stuck(writer.thread)}"
             log = (tmp_path / "mount.log").read_text()
             # The mount refuses (EIO) a write through a descriptor that became another
             # file's: the writer would then stop quietly, so the refusal itself is a failure.
