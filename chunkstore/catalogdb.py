@@ -338,6 +338,19 @@ class CatalogDB:
         with self._tx() as db:
             return self._insert_version(db, version, created_ns, origin)
 
+    def add_complete_versions(
+        self, versions: Sequence[FileVersion], created_ns: int, holders: Iterable[tuple[bytes, int]]
+    ) -> None:
+        """Record versions already at their degree, and the holders that made them so, in one
+        transaction (a backup of many small files commits them in groups)."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(holders)
+            )
+            for version in versions:
+                vid = self._insert_version(db, version, created_ns, ORIGIN_BACKUP)
+                db.execute("UPDATE versions SET complete=1 WHERE id=?", (vid,))
+
     @staticmethod
     def _insert_version(
         db: sqlite3.Connection, version: FileVersion, created_ns: int, origin: int, inode: int = 0
@@ -428,6 +441,20 @@ class CatalogDB:
                 return None
             return self._version_from_row(db, row[:11])
 
+    def latest_many(self, paths: Iterable[str]) -> dict[str, tuple[FileVersion, bool]]:
+        """The newest live version of each of ``paths`` that has one, with its completeness."""
+        out: dict[str, tuple[FileVersion, bool]] = {}
+        with self._reading() as db:
+            for path in paths:
+                row = db.execute(
+                    f"SELECT {_VERSION_COLUMNS}, complete FROM versions WHERE path=?"
+                    " AND removed=0 ORDER BY id DESC LIMIT 1",
+                    (path,),
+                ).fetchone()
+                if row is not None:
+                    out[path] = (self._version_from_row(db, row[:11]), bool(row[11]))
+        return out
+
     def versions_of(self, path: str) -> list[VersionInfo]:
         """Every version of ``path``, oldest first, with its cut time and completeness."""
         with self._reading() as db:
@@ -474,16 +501,25 @@ class CatalogDB:
                 "UPDATE versions SET complete=1 WHERE file_id=?", [(f,) for f in file_ids]
             )
 
-    def pending_addresses(self) -> set[bytes]:
-        """Chunk addresses of every version not yet at its degree."""
+    def pending_among(self, addresses: Iterable[bytes]) -> set[bytes]:
+        """Those of ``addresses`` some version not yet at its degree still uses (by index:
+        the cost follows the addresses asked about, not the size of the backlog)."""
+        wanted = sorted(set(addresses))
+        out: set[bytes] = set()
         with self._reading() as db:
-            return {
-                bytes(r[0])
-                for r in db.execute(
-                    "SELECT c.address FROM version_chunks c JOIN versions v ON v.id = c.version_id"
-                    " WHERE v.complete=0 AND v.removed=0"
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                out.update(
+                    bytes(r[0])
+                    for r in db.execute(
+                        "SELECT DISTINCT c.address FROM version_chunks c JOIN versions v"
+                        f" ON v.id = c.version_id WHERE c.address IN ({marks})"
+                        " AND v.complete=0 AND v.removed=0",
+                        batch,
+                    )
                 )
-            }
+        return out
 
     def incomplete_versions(self) -> list[FileVersion]:
         with self._reading() as db:

@@ -39,6 +39,8 @@ from .transport import PeerUnavailable, RemoteError
 log = logging.getLogger(__name__)
 # Chunks per worker-thread hop in a backup; spread over the holders, each gets ~MAX_BATCH.
 READ_BATCH = 4 * MAX_BATCH
+SMALL_FILE = 2 * CHUNK_SIZE  # files up to this size are backed up in groups ...
+GROUP_FILES = 128  # ... of this many: one read, one send per holder and one commit per group
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
 # A restore fetches windows of chunks spread over their holders: a window's share per holder
 # should fill a GETCHUNKS (MAX_BATCH), or every few chunks cost a request and a thread hop.
@@ -210,6 +212,29 @@ def _already_restored(
         and st.st_mtime_ns == mtime_ns
         and stat.S_IMODE(st.st_mode) == stat.S_IMODE(mode)
     )
+
+
+def _read_small(
+    keys: KeyRing, path: str, before: os.stat_result
+) -> tuple[list[bytes], list[bytes]] | None:
+    """A small file's chunks and their addresses, read whole; None if it is not the file
+    ``before`` describes any more or changed while it was read (the caller reads it again)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        data = os.pread(fd, before.st_size + 1, 0)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    same = (st.st_ino, st.st_size, st.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    if not same or len(data) != before.st_size or after.st_mtime_ns != st.st_mtime_ns:
+        return None
+    chunks = [data[no * CHUNK_SIZE : (no + 1) * CHUNK_SIZE] for no in range(chunk_count(len(data)))]
+    return chunks, [chunk_address(keys, c) for c in chunks]
 
 
 def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
@@ -386,12 +411,10 @@ class Owner:
             files_total=len(files), bytes_total=scan.total, entries_skipped=scan.skipped
         )
         failures: list[str] = []
-        for file in files:
-            try:
-                await self.backup_file(Path(file), degree, report, progress)
-            except (BackupError, OSError) as exc:
-                failures.append(f"{file}: {exc}")
-            report.files_done += 1
+        for i in range(0, len(files), GROUP_FILES):
+            group = files[i : i + GROUP_FILES]
+            async with self._guard.shared():
+                failures += await self._backup_group(group, degree, report, progress)
             if progress:
                 progress(report)
         # Symlinks and folders after the files: a folder's times are those the files left.
@@ -524,6 +547,122 @@ class Owner:
             report.note(latest, version)
             return version
         raise BackupError(f"{path} keeps changing; try again when it is not being written")
+
+    async def _backup_group(
+        self, paths: list[str], degree: int, report: Progress, progress: ProgressFn | None
+    ) -> list[str]:
+        """Back up files in one go where that is safe: unchanged ones are checked together,
+        small new or changed ones are read, sent and committed together; the rest one by one.
+        Returns what failed, one line per file (the others are backed up)."""
+        failures: list[str] = []
+        stats: dict[str, os.stat_result] = {}
+        for path in paths:
+            try:
+                stats[path] = os.stat(path, follow_symlinks=False)
+            except OSError as exc:
+                failures.append(f"{path}: {exc.strerror or exc}")
+                report.files_done += 1
+        latest = await self._db(self.catalog.latest_many, list(stats))
+        unchanged: list[tuple[str, FileVersion]] = []
+        small: list[tuple[str, os.stat_result, FileVersion | None]] = []
+        one_by_one: list[str] = []
+        for path, st in stats.items():
+            found = latest.get(path)
+            version = found[0] if found else None
+            if version is not None and (
+                version.size,
+                version.mtime_ns,
+                version.ctime_ns,
+                version.degree,
+            ) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, degree):
+                unchanged.append((path, version))
+            elif stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE:
+                small.append((path, st, version))
+            else:
+                one_by_one.append(path)
+        # Unchanged files: their copies are checked against the catalog (a gone holder's are
+        # made again) and the versions marked complete, all in one go.
+        ensured = await self._ensure_versions([v for _p, v in unchanged], report, progress)
+        done = {v.file_id for v in ensured}
+        for path, version in unchanged:
+            report.files_done += 1
+            if version.file_id in done:
+                report.bytes_done += version.size
+                report.unmodified += 1
+            else:
+                failures.append(f"{path}: some chunks are not yet at degree {version.degree}")
+        failures += await self._backup_small(small, degree, report, one_by_one)
+        for path in one_by_one:
+            try:
+                await self._backup_file(Path(path), degree, report, progress)
+            except (BackupError, OSError) as exc:
+                failures.append(f"{path}: {exc}")
+            report.files_done += 1
+        return failures
+
+    async def _backup_small(
+        self,
+        files: list[tuple[str, os.stat_result, FileVersion | None]],
+        degree: int,
+        report: Progress,
+        retry: list[str],
+    ) -> list[str]:
+        """Small files read whole, their chunks sent together and their versions committed in
+        one transaction; a file that changed while read goes to ``retry``."""
+        read: list[tuple[str, os.stat_result, FileVersion | None, list[bytes], list[bytes]]] = []
+        failures: list[str] = []
+        for path, st, before in files:
+            try:
+                got = await trio.to_thread.run_sync(
+                    _read_small, self.keys, path, st, limiter=self.node.cpu_limiter
+                )
+            except OSError as exc:
+                failures.append(f"{path}: {exc.strerror or exc}")
+                report.files_done += 1
+                continue
+            if got is None:
+                retry.append(path)
+            else:
+                read.append((path, st, before, got[0], got[1]))
+        if not read:
+            return failures
+        plain: dict[bytes, bytes] = {}
+        for *_x, chunks, addresses in read:
+            plain.update(zip(addresses, chunks, strict=True))
+        known = await self._db(self.catalog.holders_many, list(plain))
+        live = {
+            a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
+        }
+        to_send = [a for a in plain if len(live[a]) < degree]
+        report.chunks_skipped += len(plain) - len(to_send)
+        learned: list[tuple[bytes, int]] = []
+        for i in range(0, len(to_send), READ_BATCH):
+            batch = to_send[i : i + READ_BATCH]
+            envelopes = await trio.to_thread.run_sync(
+                _seal_all, self.keys, [(a, plain[a]) for a in batch], limiter=self.node.cpu_limiter
+            )
+            items = [(a, e, live[a]) for a, e in zip(batch, envelopes, strict=True)]
+            new, _short = await self._send(items, degree, report)  # ``live`` grows
+            learned += new
+        versions: list[FileVersion] = []
+        for path, st, before, _chunks, addresses in read:
+            report.files_done += 1
+            short = [a for a in addresses if len(live[a]) < degree]
+            if short:
+                failures.append(
+                    f"{path}: chunk {short[0].hex()[:12]}… has {len(live[short[0]])} of {degree}"
+                    f" copies ({len(self.node.membership.up_ids())} peers up)"
+                )
+                continue
+            version = version_from_stat(self.owner_id, path, st, degree, addresses)
+            versions.append(version)
+            report.bytes_done += st.st_size
+            report.bytes_read += st.st_size
+            report.note(before, version)
+        await self._db(self.catalog.add_complete_versions, versions, time.time_ns(), learned)
+        if versions:
+            await self._note_backup()
+        return failures
 
     async def _note_backup(self) -> None:
         self.last_backup_ns = time.time_ns()
@@ -770,8 +909,8 @@ class Owner:
     def _release_outbox(self, versions: list[FileVersion]) -> None:
         """Drop outbox chunks of these (now safe) versions that no pending version needs."""
         assert self.outbox is not None
-        still_needed = self.catalog.pending_addresses()
-        done = {a for v in versions for a in v.chunks} - still_needed
+        released = {a for v in versions for a in v.chunks}
+        done = released - self.catalog.pending_among(released)
         self.outbox.delete_many(self.owner_id, sorted(done))
 
     def kick(self) -> None:

@@ -298,3 +298,20 @@ def test_a_catalog_with_unique_file_ids_is_migrated(tmp_path: Path) -> None:
     db.close()
     reopened = CatalogDB(path)
     assert len(reopened.versions_of(v.path)) == 1
+
+
+def test_pending_among_names_only_chunks_an_unfinished_version_still_uses(db: CatalogDB) -> None:
+    done = version("a.txt", "shared", size=10)
+    waiting = dataclasses.replace(
+        version("b.txt", "other", size=70_000), chunks=(done.chunks[0], address("only-b"))
+    )
+    gone = version("c.txt", "gone", size=10)
+    for v in (done, waiting, gone):
+        db.add_version(v, T0)
+    db.set_complete(done.file_id)
+    db.delete_paths([gone.path], [2])
+    asked = [done.chunks[0], address("only-b"), gone.chunks[0], address("never")]
+    # The shared chunk stays for b.txt; c.txt was deleted, so its chunk is not pending.
+    assert db.pending_among(asked) == {done.chunks[0], address("only-b")}
+    db.set_complete(waiting.file_id)
+    assert db.pending_among(asked) == set()

@@ -94,7 +94,10 @@ def stuck(thread: threading.Thread) -> str:
                 holders.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}")
     with contextlib.suppress(OSError):
         where += kernel.read_text()
-    return f"{where}; /dev/fuse held by {holders}"
+    table = [
+        line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "Backup" in line
+    ]
+    return f"{where}; /dev/fuse held by {holders}; mounts: {table}"
 
 
 # Kill rounds per seed; LANVAULT_KILL_ROUNDS=200 (with a CPU hog beside) is the stress run.
@@ -113,6 +116,8 @@ class _Writer:
         self.events: dict[str, list[str]] = {}  # what each write did, for a failure's report
         self.ended: list[int | None] = []  # the errno that stopped the writer
         self.thread = threading.Thread(target=self.run)
+        self.dev = os.stat(mnt).st_dev  # the mount's: a file elsewhere is a test failure
+        self.failure: str | None = None
 
     def run(self) -> None:
         n = 0
@@ -128,8 +133,10 @@ class _Writer:
                 try:
                     note = self.events.setdefault(name, [])
                     note.append(f"write {len(self.history[name]) - 1} (n={n}) of {len(data)}:")
+                    st = os.fstat(fd)
+                    assert st.st_dev == self.dev, f"{name} opened beside the mount: {st}"
                     written = os.write(fd, data)
-                    note[-1] += f" wrote {written}, inode {os.fstat(fd).st_ino}"
+                    note[-1] += f" wrote {written}, inode {st.st_ino}"
                     if n % 2 == 0:
                         os.fsync(fd)
                         note[-1] += ", fsync'd"
@@ -141,6 +148,9 @@ class _Writer:
             except OSError as exc:
                 self.ended.append(exc.errno)
                 return  # the mount died under us
+            except AssertionError as exc:
+                self.failure = str(exc)
+                return
             n += 1
 
     def check(self, source: Path, log: str) -> None:
@@ -179,6 +189,7 @@ def test_mount_killed_during_writes_and_backups_loses_nothing(
             kill_mount(mount)
             writer.thread.join(30)  # the dead mount fails its next call: the writer stops
             assert not writer.thread.is_alive(), f"round {round_}: {stuck(writer.thread)}"
+            assert writer.failure is None, f"round {round_}: {writer.failure}"
             log = (tmp_path / "mount.log").read_text()
             # The mount refuses (EIO) a write through a descriptor that became another
             # file's: the writer would then stop quietly, so the refusal itself is a failure.
