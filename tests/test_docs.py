@@ -1,0 +1,93 @@
+"""The numbers docs/ states are the code's: each figure is read out of the prose and compared
+with the constant it describes, so a change to one without the other fails here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from chunkstore.chunking import CHUNK_SIZE
+from chunkstore.envelope import MAX_ENVELOPE_SIZE
+from node.admission import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_HOST
+from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
+from node.protocol import (
+    MAX_ADDRESSES,
+    MAX_ANONYMOUS_FRAME,
+    MAX_BLOB,
+    MAX_ENVELOPE,
+    MAX_FRAME,
+    MAX_HELLO_FRAME,
+    MAX_MESSAGE_TEXT,
+    MESSAGE_TYPES,
+)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_the_protocol_table_lists_every_message_type_and_nothing_else() -> None:
+    text = (DOCS / "protocol.md").read_text()
+    table = text.split("| type | name |", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| ([A-Z_]+) \|", table, re.MULTILINE)
+    documented = {int(n): name.replace("_", "").lower() for n, name in rows}
+    in_code = {n: cls.__name__.lower() for n, cls in MESSAGE_TYPES.items()}
+    assert documented == in_code
+
+
+def test_the_protocol_limits_are_the_codes() -> None:
+    text = " ".join((DOCS / "protocol.md").read_text().split())
+    stated = {
+        "envelope": r"`envelope` is at most ([\d,]+) bytes",
+        "addresses": r"`addresses` lists hold at most ([\d,]+) addresses",
+        "blob": r"`blob` is at most ([\d,]+) bytes",
+        "message": r"`message` is at most ([\d,]+) characters",
+        "hello": r"`MAX_HELLO_FRAME` = ([\d,]+) bytes",
+        "anonymous": r"`MAX_ANONYMOUS_FRAME` = ([\d,]+) bytes",
+        "idle": r"arrived for (\d+) s",
+        "frame": r"at most `MAX_FRAME` = ([\d,]+)",
+        "anonymous_life": r"an anonymous one after (\d+) s",
+        "strangers": r"at most (\d+) connections that have not proven",
+        "per_host": r"(\d+) per source address",
+    }
+    found = {}
+    for key, pattern in stated.items():
+        match = re.search(pattern, text)
+        assert match, f"docs/protocol.md no longer states the {key} limit as expected"
+        found[key] = number(match.group(1))
+    assert found == {
+        "envelope": MAX_ENVELOPE,
+        "addresses": MAX_ADDRESSES,
+        "blob": MAX_BLOB,
+        "message": MAX_MESSAGE_TEXT,
+        "hello": MAX_HELLO_FRAME,
+        "anonymous": MAX_ANONYMOUS_FRAME,
+        "idle": IDLE_TIMEOUT,
+        "frame": MAX_FRAME,
+        "anonymous_life": ANONYMOUS_TIMEOUT,
+        "strangers": MAX_UNAUTHENTICATED,
+        "per_host": MAX_UNAUTHENTICATED_PER_HOST,
+    }
+    assert MAX_ENVELOPE == MAX_ENVELOPE_SIZE
+
+
+def test_the_security_model_states_the_same_caps() -> None:
+    text = " ".join((DOCS / "security.md").read_text().split())
+    match = re.search(r"at most (\d+) at once that have not proven a certificate", text)
+    assert match and number(match.group(1)) == MAX_UNAUTHENTICATED
+    match = re.search(r"(\d+) per source address \(`MAX_UNAUTHENTICATED_PER_HOST`\)", text)
+    assert match and number(match.group(1)) == MAX_UNAUTHENTICATED_PER_HOST
+    match = re.search(r"sends nothing for (\d+) s", text)
+    assert match and number(match.group(1)) == IDLE_TIMEOUT
+
+
+def test_the_chunk_size_stated_is_the_codes() -> None:
+    pattern = r"([\d,]+)-byte chunks|chunks of ([\d,]+) bytes|exactly ([\d,]+) bytes"
+    sizes = {
+        number("".join(m))
+        for name in ("formats.md", "architecture.md")
+        for m in re.findall(pattern, " ".join((DOCS / name).read_text().split()))
+    }
+    assert sizes == {CHUNK_SIZE}
