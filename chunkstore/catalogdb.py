@@ -708,6 +708,11 @@ class CatalogDB:
         with self._tx() as db:
             db.executemany("INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(pairs))
 
+    def drop_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
+        """These (address, node) copies were dropped (surplus trimmed)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM holders WHERE address=? AND node=?", list(pairs))
+
     def set_holders(self, address: bytes, nodes: Iterable[int]) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM holders WHERE address=?", (address,))

@@ -304,6 +304,7 @@ class ChunkStore:
         digests = self._checked_digests(items)
         with self._lock:
             written, records, needed = self._admit(items, digests)
+            self._raise_degrees([i for i, new in zip(items, written, strict=True) if not new])
             if not records:
                 return written
             reservation = self._reserve(records)
@@ -321,6 +322,16 @@ class ChunkStore:
             # stands, ours is garbage for compaction, and this chunk is "already held".
             now_held = self._index_new(records, reservation.placed)
             return self._not_raced(written, items, now_held)
+
+    def _raise_degrees(self, held: Sequence[PutItem]) -> None:
+        """(lock held) A chunk put again at a higher degree keeps the higher one: holders
+        trim copies above a chunk's degree, so theirs must never be below the owner's."""
+        if held:
+            with self._transaction():
+                self._db.executemany(
+                    "UPDATE chunks SET degree=? WHERE owner=? AND address=? AND degree<?",
+                    [(i.degree, i.owner, i.address, i.degree) for i in held],
+                )
 
     def _checked_digests(self, items: Sequence[PutItem]) -> list[bytes]:
         """Refuse a bad item before any I/O; the envelopes' SHA-256, hashed outside the lock

@@ -35,10 +35,13 @@ from .protocol import MAX_BATCH, Chunk, ChunksMany, Delete, Deleted, GetChunk, G
 from .restore_target import RestoreTarget, UnsafeDestination
 from .safekeeping import Safekeeping
 from .transport import PeerUnavailable, RemoteError
+from .trim import TrimReport, trim_surplus
 
 log = logging.getLogger(__name__)
 # Chunks per worker-thread hop in a backup; spread over the holders, each gets ~MAX_BATCH.
 READ_BATCH = 4 * MAX_BATCH
+TRIM_INTERVAL = 600.0  # seconds between passes over our chunks for copies above their degree
+TRIM_SETTLE = 30.0  # after a node came back online, before such a pass
 SMALL_FILE = 2 * CHUNK_SIZE  # files up to this size are backed up in groups ...
 GROUP_FILES = 128  # ... of this many: one read, one send per holder and one commit per group
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
@@ -309,6 +312,9 @@ class Owner:
         self.last_backup_ns = catalog.get_setting("last_backup_ns")
         self.safekeeping: Safekeeping | None = None  # set by the daemon: kit and catalog copies
         node.on_online.append(lambda _peer: self._tombstones_wanted.set())
+        # A node back online may bring copies that were re-made elsewhere meanwhile.
+        self._trim_wanted = trio.Event()
+        node.on_online.append(lambda _peer: self._trim_wanted.set())
         node.pool.on_new_link = self._new_link
         node.holder.wanted = self._still_wanted
 
@@ -335,11 +341,29 @@ class Owner:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._tombstone_loop)
             nursery.start_soon(self._resume_loop)
+            nursery.start_soon(self._trim_loop)
             if self.retention is not None:
                 nursery.start_soon(self._prune_loop, self.retention)
             if self.safekeeping is not None:
                 await nursery.start(self.safekeeping.run)
             task_status.started()
+
+    async def trim_surplus(self) -> TrimReport:
+        """Drop copies of our chunks above their degree (see ``node/trim.py``)."""
+        return await trim_surplus(
+            self.node, self.catalog, self.owner_id, self.default_degree, self._guard.exclusive
+        )
+
+    async def _trim_loop(self) -> None:
+        while True:
+            with trio.move_on_after(TRIM_INTERVAL):
+                await self._trim_wanted.wait()
+            self._trim_wanted = trio.Event()
+            await trio.sleep(TRIM_SETTLE)  # links come up, repairs in flight finish
+            try:
+                await self.trim_surplus()
+            except Exception:
+                log.exception("trimming surplus copies failed")
 
     # -- retention -----------------------------------------------------------------------
 

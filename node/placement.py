@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -92,3 +92,23 @@ def choose_targets(
         if cand not in chosen:
             chosen.append(cand)
     return chosen
+
+
+def keepers(
+    key: bytes, holders: Iterable[int], degree: int, host_of: Callable[[int], str], owner_host: str
+) -> set[int]:
+    """Which ``degree`` of a chunk's holders keep their copy when it has more (the others drop
+    theirs). The choice depends on the holders alone, not on anyone's view of free space, so
+    it is the same whoever makes it: one copy per computer first, never the owner's computer
+    while another will do, then the chunk's own hash order."""
+    order = sorted(holders, key=lambda n: (host_of(n) == owner_host, -_unit(n, key), n))
+    kept: list[int] = []
+    hosts: set[str] = set()
+    for node in order:  # one per computer first ...
+        if len(kept) < degree and host_of(node) not in hosts:
+            kept.append(node)
+            hosts.add(host_of(node))
+    for node in order:  # ... then any, if there are not enough computers
+        if len(kept) < degree and node not in kept:
+            kept.append(node)
+    return set(kept)

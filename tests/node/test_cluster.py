@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -376,3 +377,42 @@ async def test_a_chunk_deleted_during_a_repair_pass_is_counted_not_warned_about(
         for chunk in chunks:
             assert await holder._repair_chunk(chunk, {2}) is None
         assert "cannot read a chunk" not in caplog.text
+
+
+async def test_copies_a_returning_node_brings_back_are_trimmed_to_the_degree(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "node")
+    async with open_cluster(tmp_path / "c", 5) as cluster:
+        write_files(tmp_path / "src", random.Random(10))
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=2)
+        wanted = {a for v, _ in owner.catalog.latest_versions("") for a in v.chunks}
+        victim = max(range(2, 6), key=lambda n: len(cluster.members[n].store.chunks(1)))
+        brought_back = {c.address for c in cluster.members[victim].store.chunks(1)}
+        cluster.kill(victim)
+        with trio.fail_after(120):  # gone after 20 s, then its copies are made elsewhere
+            while not all(copies(cluster, 1).get(a, 0) >= 2 for a in wanted):
+                await trio.sleep(1)
+        await cluster.start(victim)  # back, with every copy it had: one too many each
+        counts = copies(cluster, 1)
+        assert all(counts[a] == 3 for a in brought_back)
+        surplus = sum(n - 2 for n in counts.values())  # repairs may have made a few more too
+        with trio.fail_after(120):  # the owner trims once the node is back online
+            while not all(n == 2 for n in copies(cluster, 1).values()):
+                await trio.sleep(1)
+        dropped = sum(
+            int(m.group(1))
+            for m in re.finditer(r"copies above their degree, (\d+) dropped", caplog.text)
+        )
+        assert dropped >= surplus >= len(brought_back)
+        # A repair pass planned while the node was gone may still land a copy or two: the
+        # next trim takes them away again, until nothing is above its degree.
+        with trio.fail_after(120):
+            while True:
+                last = await owner.trim_surplus()
+                if not last.surplus and all(n == 2 for n in copies(cluster, 1).values()):
+                    break
+                await trio.sleep(5)
+        assert last.checked == len(wanted)
+        await assert_at_degree(cluster, 1, 2)

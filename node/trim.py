@@ -1,0 +1,100 @@
+"""Copies above a chunk's degree, trimmed by the chunk's owner.
+
+A node that comes back after its copies were re-made elsewhere brings them back with it: the
+chunks it held now have one copy too many, for ever unless someone drops it (the original
+service's "no over-replication" rule). Only the owner knows each chunk's wanted degree (the
+highest any live version asks, the default degree for the catalog copy's chunks), so the owner
+decides: it asks every up peer what it holds, keeps ``degree`` holders chosen by
+``placement.keepers`` (one per computer first, never its own computer while another will do)
+and sends the others a DELETE. A single decision-maker: two holders never both drop their copy
+on different views of who else has one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from chunkstore.catalogdb import CatalogDB
+
+from .placement import keepers
+from .protocol import Delete, Deleted
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+TRIM_BATCH = 4096  # chunks asked about (and trimmed) at a time
+
+
+@dataclass(slots=True)
+class TrimReport:
+    checked: int = 0  # chunks whose holders were counted
+    surplus: int = 0  # copies found above their chunk's degree
+    dropped: int = 0  # of those, copies the holders confirmed deleted
+
+
+async def trim_surplus(
+    node: Node,
+    catalog: CatalogDB,
+    owner: int,
+    default_degree: int,
+    exclusive: Callable[[], AbstractAsyncContextManager[None]],
+) -> TrimReport:
+    """Bring every chunk of ``owner`` with more copies than its degree down to its degree.
+
+    Each batch runs under ``exclusive()`` (no backup decides meanwhile that a copy about to go
+    is enough); a holder that does not answer keeps its copy until the next pass.
+    """
+    wanted = dict(await trio.to_thread.run_sync(catalog.live_addresses))
+    for address in await trio.to_thread.run_sync(catalog.catalog_chunks):
+        wanted[address] = max(wanted.get(address, 0), default_degree)
+    addresses = sorted(wanted)
+    report = TrimReport()
+    for i in range(0, len(addresses), TRIM_BATCH):
+        batch = addresses[i : i + TRIM_BATCH]
+        async with exclusive():
+            found = await node.query_holders(owner, batch)
+            excess: dict[int, list[bytes]] = defaultdict(list)
+            for address in batch:
+                report.checked += 1
+                holders = found[address]
+                degree = wanted[address]
+                if len(holders) <= degree:
+                    continue
+                keep = keepers(
+                    owner.to_bytes(4, "big") + address,
+                    holders,
+                    degree,
+                    node.membership.host_of,
+                    node.config.host_id,
+                )
+                for holder in holders - keep:
+                    excess[holder].append(address)
+                    report.surplus += 1
+            for holder, extra in excess.items():
+                answer = await node.pool.request_quietly(
+                    holder,
+                    functools.partial(Delete, owner=owner, addresses=tuple(extra)),
+                    node.config.request_timeout,
+                )
+                if isinstance(answer, Deleted):
+                    report.dropped += len(extra)
+                    await trio.to_thread.run_sync(
+                        catalog.drop_holders, [(address, holder) for address in extra]
+                    )
+    if report.surplus:
+        log.info(
+            "trim: %d chunks checked, %d copies above their degree, %d dropped",
+            report.checked,
+            report.surplus,
+            report.dropped,
+        )
+    return report
