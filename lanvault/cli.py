@@ -231,10 +231,31 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("check", parents=[common], help="verify chunk integrity and degrees")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired")
+    p.add_argument(
+        "--read-data",
+        action="store_true",
+        help="also fetch and open every copy of this node's chunks (slow: reads everything)",
+    )
+    p.add_argument(
+        "--sample",
+        type=_percent,
+        metavar="PERCENT",
+        help="with --read-data, read a random PERCENT of the chunks only",
+    )
     return parser
 
 
 # -- output helpers ------------------------------------------------------------------------
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentage in (0, 100], not {text!r}")
+    return value
 
 
 def kb(count: int) -> str:
@@ -592,15 +613,35 @@ def cmd_versions(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
-    data = request(state, {"op": "check", "repair": args.repair})
-    emit(
-        args,
-        data,
+    op: dict[str, Any] = {"op": "check", "repair": args.repair}
+    if args.read_data or args.sample is not None:
+        op |= {"read_data": True, "sample": args.sample or 100.0}
+    data = request(state, op, "check")
+    human = (
         f"{data['store_chunks_verified']} stored copies verified, {len(data['store_bad_copies'])} bad;"
         f" {data['own_chunks_checked']} own chunks checked, {data['own_chunks_below_degree']} below degree,"
-        f" {data['own_chunks_lost']} lost; {data['copies_made']} copies made",
+        f" {data['own_chunks_lost']} lost; {data['copies_made']} copies made"
     )
-    bad = data["store_bad_copies"] or data["own_chunks_below_degree"]
+    if "read_data_chunks" in data:
+        human += (
+            f"\nread back {data['read_data_copies_verified']} copies of"
+            f" {data['read_data_chunks']} own chunks ({data['read_data_bytes'] / 1e6:.1f} MB):"
+            f" {len(data['read_data_bad_copies'])} bad,"
+            f" {data['read_data_unreadable_copies']} not handed over"
+        )
+        if args.repair:
+            human += (
+                f"; {data['read_data_copies_dropped']} bad copies deleted,"
+                f" {data['read_data_copies_made']} good copies made"
+            )
+        human += "".join(f"\n  bad copy on {line}" for line in data["read_data_bad_copies"][:20])
+    emit(args, data, human)
+    bad = (
+        data["store_bad_copies"]
+        or data["own_chunks_below_degree"]
+        or data.get("read_data_bad_copies")
+        or data.get("read_data_unreadable_copies")
+    )
     return 1 if bad and not args.repair else 0
 
 

@@ -26,6 +26,7 @@ from node.node import Node, NodeConfig
 from node.owner import BackupError, Owner, Progress, RestoreError
 from node.safekeeping import CatalogNotSafe, Safekeeping
 from node.transport import PinStore, TLSNetwork
+from node.verify import read_data
 
 from .control import Binary, Emit, OpError, serve_control
 from .runtime import raise_open_file_limit
@@ -471,7 +472,22 @@ class Daemon:
                     continue
                 repaired += await self.owner.rereplicate(address, degree)
             await self.node.repair_once()
-        return {
+        data = {}
+        if request.get("read_data"):
+            sample = request.get("sample", 100.0)
+            if not isinstance(sample, int | float) or not 0 < sample <= 100:
+                raise OpError("the sample must be a percentage in (0, 100]")
+            read = await read_data(self.owner, float(sample), repair)
+            data = {
+                "read_data_chunks": read.chunks,
+                "read_data_copies_verified": read.copies_verified,
+                "read_data_bad_copies": read.bad_copies,
+                "read_data_unreadable_copies": read.unreadable,
+                "read_data_bytes": read.bytes_read,
+                "read_data_copies_dropped": read.copies_dropped,
+                "read_data_copies_made": read.copies_made,
+            }
+        return data | {
             "store_chunks_verified": report.verified,
             "store_bad_copies": [f"{b.owner}:{b.address.hex()} {b.reason}" for b in report.bad],
             "store_orphan_records": report.orphan_records,

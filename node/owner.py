@@ -992,7 +992,7 @@ class Owner:
                 delay = min(delay * 2, 5.0)
         raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
 
-    async def _get_envelopes(self, holder: int, addresses: list[bytes]) -> dict[bytes, bytes]:
+    async def get_envelopes(self, holder: int, addresses: list[bytes]) -> dict[bytes, bytes]:
         """The envelopes ``holder`` gave for ``addresses`` (not yet verified).
 
         One GETCHUNKS per MAX_BATCH addresses, all at once; a request that fails gives none of
@@ -1053,7 +1053,7 @@ class Owner:
             return opened, failed
 
         async def from_holder(holder: int, batch: list[bytes]) -> None:
-            got = await self._get_envelopes(holder, batch)
+            got = await self.get_envelopes(holder, batch)
             leftovers.extend(a for a in batch if a not in got)
             items = list(got.items())
             opened, failed = await trio.to_thread.run_sync(
@@ -1241,7 +1241,7 @@ class Owner:
             async def from_holder(
                 holder: int, nos: list[int], opened: list[tuple[int, bytes]], leftovers: list[int]
             ) -> None:
-                got = await self._get_envelopes(holder, [version.chunks[no] for no in nos])
+                got = await self.get_envelopes(holder, [version.chunks[no] for no in nos])
                 fetched = [(no, got[version.chunks[no]]) for no in nos if version.chunks[no] in got]
                 leftovers.extend(no for no in nos if version.chunks[no] not in got)
                 plains, failed = await trio.to_thread.run_sync(

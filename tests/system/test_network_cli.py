@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from chunkstore.store import ChunkStore, PutItem
+
 from .procs import ROOT, ProcessCluster, env, lanvault, start_lanvault
 
 pytestmark = pytest.mark.slow
@@ -423,3 +425,48 @@ def test_folder_backup_keeps_symlinks_empty_folders_modes_and_times(
     assert (src / "dangling" / "new.txt").read_text() == "new"
     assert "left 1 folder where the backup had a symlink" in kept.stdout
     assert str(src / "dangling") in kept.stdout
+
+
+def test_check_read_data_finds_a_copy_a_holder_altered_and_repairs_it(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    """A holder that alters a copy and files it with a fresh checksum passes its own check;
+    only the owner, opening the copy, can tell. check --read-data does, and --repair replaces
+    the copy from a good one."""
+    src = tmp_path / "src"
+    make_tree(src)
+    cluster4.cli(1, "backup", src, "--degree", "2")
+    chunks = {c["chunk"] for f in cluster4.json(1, "state")["files"] for c in f["chunks"]}
+    clean = cluster4.json(1, "check", "--read-data")
+    assert clean["read_data_bad_copies"] == [] and clean["read_data_unreadable_copies"] == 0
+    assert clean["read_data_chunks"] >= len(chunks)  # the catalog copy's chunks too
+    assert clean["read_data_copies_verified"] >= 2 * len(chunks)
+
+    holder = next(n for n in (2, 3, 4) if cluster4.json(n, "state")["stored"])
+    cluster4.kill(holder)
+    store = ChunkStore.open(cluster4.nodes[holder].state / "store")
+    try:
+        victim = next(c for c in store.chunks(1) if c.address.hex() in chunks)
+        envelope = bytearray(store.get(1, victim.address))
+        envelope[-1] ^= 0x01  # in the ciphertext: the AEAD tag no longer matches
+        store.delete_many(1, [victim.address])
+        store.put_many([PutItem(1, victim.address, bytes(envelope), victim.degree)])
+        assert store.check(False).bad == []  # the holder's own check sees nothing wrong
+    finally:
+        store.close()
+    cluster4.start(holder)
+    cluster4.wait_mesh()
+
+    found = cluster4.cli(1, "check", "--read-data", check=False)
+    assert found.returncode == 1, found.stdout
+    assert f"bad copy on node {holder}: chunk {victim.address.hex()[:16]}" in found.stdout
+    fixed = cluster4.json(1, "check", "--read-data", "--repair")
+    assert len(fixed["read_data_bad_copies"]) == 1
+    assert fixed["read_data_copies_dropped"] == 1 and fixed["read_data_copies_made"] == 1
+    again = cluster4.json(1, "check", "--read-data")
+    assert again["read_data_bad_copies"] == [] and again["read_data_unreadable_copies"] == 0
+    half = cluster4.json(1, "check", "--sample", "50")
+    assert 0 < half["read_data_chunks"] < clean["read_data_chunks"]
+    dest = tmp_path / "restored"
+    cluster4.cli(1, "restore", src, "--to", dest)
+    assert same_tree(src, dest)

@@ -1,0 +1,135 @@
+"""``lanvault check --read-data``: the owner reads back and verifies its chunks' copies.
+
+A holder checks its records' checksums, but only the owner can open an envelope (decrypt it and
+check that the plaintext has the address it is filed under), so only the owner can tell a copy
+a holder altered and re-checksummed from a good one. Every copy on every holder of every chunk
+a retained version or the catalog copy uses is fetched and opened (or a random sample of the
+chunks, ``--sample PERCENT``), as restic's ``check --read-data`` does. With ``--repair`` a bad
+copy is deleted from its holder and the chunk brought back to its degree from a good copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from chunkstore.envelope import open_chunk
+from chunkstore.errors import EnvelopeError
+
+from .protocol import Delete, Deleted
+
+if TYPE_CHECKING:
+    from .owner import Owner
+
+BATCH = 240  # chunks asked of one holder at a time
+
+
+@dataclass(slots=True)
+class ReadDataReport:
+    chunks: int = 0  # chunks whose copies were read
+    copies_verified: int = 0  # copies that opened under our key at their address
+    bad_copies: list[str] = field(default_factory=list)  # "node N: chunk …: why"
+    unreadable: int = 0  # copies a holder listed but did not hand over (down, or lost it)
+    copies_dropped: int = 0  # bad copies deleted from their holders (--repair)
+    copies_made: int = 0  # good copies made instead (--repair)
+    bytes_read: int = 0
+
+
+def _open_all(owner: Owner, envelopes: dict[bytes, bytes]) -> dict[bytes, str]:
+    """Why each envelope that does not open is bad (empty: all good)."""
+    bad: dict[bytes, str] = {}
+    for address, envelope in envelopes.items():
+        try:
+            open_chunk(owner.keys, address, envelope)
+        except EnvelopeError as exc:
+            bad[address] = str(exc) or type(exc).__name__
+    return bad
+
+
+async def read_data(
+    owner: Owner,
+    sample_percent: float = 100.0,
+    repair: bool = False,
+    progress: Callable[[ReadDataReport, int], None] | None = None,
+) -> ReadDataReport:
+    """Read and open every copy of our chunks (or of a random ``sample_percent`` of them)."""
+    catalog = owner.catalog
+    wanted = dict(await trio.to_thread.run_sync(catalog.live_addresses))
+    for address in await trio.to_thread.run_sync(catalog.catalog_chunks):
+        wanted[address] = max(wanted.get(address, 0), owner.default_degree)
+    chosen = sorted(wanted)
+    if sample_percent < 100.0:
+        count = max(1, round(len(chosen) * sample_percent / 100)) if chosen else 0
+        chosen = sorted(random.SystemRandom().sample(chosen, count))
+    report = ReadDataReport(chunks=len(chosen))
+    holders = await owner.node.query_holders(owner.owner_id, chosen)
+    by_holder: dict[int, list[bytes]] = defaultdict(list)
+    for address in chosen:
+        for holder in holders[address]:
+            by_holder[holder].append(address)
+    bad: dict[bytes, set[int]] = defaultdict(set)
+    total = sum(len(a) for a in by_holder.values())
+    for holder, addresses in sorted(by_holder.items()):
+        for i in range(0, len(addresses), BATCH):
+            batch = addresses[i : i + BATCH]
+            got = await owner.get_envelopes(holder, batch)
+            report.unreadable += len(batch) - len(got)
+            report.bytes_read += sum(len(e) for e in got.values())
+            failed = await trio.to_thread.run_sync(
+                _open_all, owner, got, limiter=owner.node.cpu_limiter
+            )
+            for address in got:
+                if address in failed:
+                    bad[address].add(holder)
+                    report.bad_copies.append(
+                        f"node {holder}: chunk {address.hex()[:16]}…: {failed[address]}"
+                    )
+                else:
+                    report.copies_verified += 1
+            if progress:
+                progress(report, total)
+    if repair and bad:
+        await _repair(owner, bad, holders, wanted, report)
+    return report
+
+
+async def _repair(
+    owner: Owner,
+    bad: dict[bytes, set[int]],
+    holders: dict[bytes, set[int]],
+    wanted: dict[bytes, int],
+    report: ReadDataReport,
+) -> None:
+    """Delete the bad copies, then bring each chunk back to its degree from a good copy."""
+    by_holder: dict[int, list[bytes]] = defaultdict(list)
+    for address, nodes in bad.items():
+        for node_id in nodes:
+            by_holder[node_id].append(address)
+    node = owner.node
+    for holder, addresses in by_holder.items():
+        answer = await node.pool.request_quietly(
+            holder,
+            functools.partial(Delete, owner=owner.owner_id, addresses=tuple(addresses)),
+            node.config.request_timeout,
+        )
+        if isinstance(answer, Deleted):
+            report.copies_dropped += len(addresses)
+            await trio.to_thread.run_sync(
+                owner.catalog.drop_holders, [(a, holder) for a in addresses]
+            )
+    for address, nodes in bad.items():
+        good = holders[address] - nodes
+        for source in sorted(good):  # a good copy to make the new ones from
+            got = await owner.get_envelopes(source, [address])
+            if address in got and not _open_all(owner, got):
+                report.copies_made += await node.replicate(
+                    owner.owner_id, address, wanted[address], got[address], set(good)
+                )
+                break
+        # No good copy anywhere: the chunk is lost; its bad copies are in the report.
