@@ -103,6 +103,7 @@ CREATE TABLE IF NOT EXISTS settings (
 """
 )
 
+ABSENT_ID = bytes(32)  # the fileId of an absence row: the path is gone (mode 0, no chunks)
 _VERSION_COLUMNS = "id, path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns, degree, owner"
 _ALL_VERSION_COLUMNS = (
     *_VERSION_COLUMNS.split(", "),
@@ -437,9 +438,31 @@ class CatalogDB:
                 + " ORDER BY id DESC LIMIT 1",
                 (path,),
             ).fetchone()
-            if row is None or (inode is not None and int(row[11]) != inode):
-                return None
+            if row is None or (inode is not None and int(row[11]) != inode) or row[4] == 0:
+                return None  # none, another file's, or the path is gone (an absence row)
             return self._version_from_row(db, row[:11])
+
+    def record_absent(self, paths: Iterable[str], created_ns: int) -> int:
+        """These paths are gone as of ``created_ns`` (a backup of their folder no longer found
+        them): each gets an *absence* row (mode 0, no chunks), so a restore as of a later
+        moment leaves them out; their earlier versions stay restorable. Returns how many."""
+        made = 0
+        with self._tx() as db:
+            for path in paths:
+                row = db.execute(
+                    "SELECT mode FROM versions WHERE path=? AND removed=0 ORDER BY id DESC LIMIT 1",
+                    (path,),
+                ).fetchone()
+                if row is None or row[0] == 0:
+                    continue  # never backed up, or already noted as gone
+                db.execute(
+                    "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
+                    " degree, owner, created_ns, complete, origin) VALUES"
+                    " (?, ?, 0, 0, 0, 0, 0, 0, 1, 0, ?, 1, ?)",
+                    (path, ABSENT_ID, created_ns, ORIGIN_BACKUP),
+                )
+                made += 1
+        return made
 
     def latest_many(self, paths: Iterable[str]) -> dict[str, tuple[FileVersion, bool]]:
         """The newest live version of each of ``paths`` that has one, with its completeness."""
@@ -451,7 +474,7 @@ class CatalogDB:
                     " AND removed=0 ORDER BY id DESC LIMIT 1",
                     (path,),
                 ).fetchone()
-                if row is not None:
+                if row is not None and row[4] != 0:  # not gone (an absence row)
                     out[path] = (self._version_from_row(db, row[:11]), bool(row[11]))
         return out
 
@@ -460,7 +483,7 @@ class CatalogDB:
         with self._reading() as db:
             rows = db.execute(
                 "SELECT file_id, size, mtime_ns, created_ns, complete FROM versions"
-                " WHERE path=? AND removed=0 ORDER BY id",
+                " WHERE path=? AND removed=0 AND mode != 0 ORDER BY id",
                 (path,),
             ).fetchall()
             return [
@@ -472,7 +495,7 @@ class CatalogDB:
         """The newest live version of every path (under ``prefix``), with completeness."""
         with self._reading() as db:
             rows = db.execute(
-                f"SELECT {_VERSION_COLUMNS}, complete FROM versions v WHERE removed=0"
+                f"SELECT {_VERSION_COLUMNS}, complete FROM versions v WHERE removed=0 AND mode != 0"
                 " AND id = (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND removed=0)"
                 " AND (path = ? OR path LIKE ? ESCAPE '\\' OR ? = '') ORDER BY path",
                 (prefix, _like_prefix(prefix), prefix),
@@ -483,7 +506,8 @@ class CatalogDB:
         """The newest version of every path under ``prefix`` cut at or before ``at_ns``."""
         with self._reading() as db:
             rows = db.execute(
-                f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE removed=0 AND created_ns <= ?"
+                f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE removed=0 AND mode != 0"
+                " AND created_ns <= ?"
                 " AND id = (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND removed=0"
                 " AND created_ns <= ?)"
                 " AND (path = ? OR path LIKE ? ESCAPE '\\' OR ? = '') ORDER BY path",

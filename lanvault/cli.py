@@ -517,12 +517,14 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
         raise CommandError(f"{args.path}: no such file or folder")
     data = request(state, {"op": "backup", "path": str(path), "degree": args.degree}, "backup")
     found = f"{data['new']} new, {data['changed']} changed, {data['unmodified']} unmodified"
+    if data.get("removed"):
+        found += f", {data['removed']} gone since the last backup"
     summary = (
         f"backed up {_what(data)}: {found} ({data['bytes'] / 1e6:.1f} MB,"
         f" {data['bytes_read'] / 1e6:.1f} MB read, {data['bytes_sent'] / 1e6:.1f} MB sent) at degree {data['degree']}"
         f" in {data['seconds']:.1f} s"
     )
-    if not data["new"] and not data["changed"]:
+    if not data["new"] and not data["changed"] and not data.get("removed"):
         summary += "; nothing new since the last backup"
     skipped = data.get("skipped") or []
     if skipped:

@@ -400,6 +400,7 @@ class Daemon:
             "new": report.new,
             "changed": report.changed,
             "unmodified": report.unmodified,
+            "removed": report.removed,
             "skipped": report.entries_skipped[:SKIPPED_LISTED],
             "skipped_count": len(report.entries_skipped),
             "seconds": time.monotonic() - started,

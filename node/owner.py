@@ -124,6 +124,7 @@ class Progress:
     new: int = 0  # no live version of the path before
     changed: int = 0  # content or restorable metadata differ from the newest version
     unmodified: int = 0  # the newest version is exactly this (nothing recorded)
+    removed: int = 0  # entries backed up before that the folder no longer holds
 
     def note(self, before: FileVersion | None, after: FileVersion) -> None:
         """Count one backed-up entry by what it was against the newest version before."""
@@ -451,6 +452,16 @@ class Owner:
                 entry_failures.append(f"{entry}: {exc}")
         report.links = len(scan.links)
         report.folders = len(scan.folders)
+        if scan.folders and not scan.unlisted:
+            # What the folder no longer holds is gone as of this backup (a folder not read
+            # says nothing about what is in it: then nothing is noted).
+            present = set(files) | set(scan.links) | set(scan.folders)
+            known = await self._db(self.catalog.latest_versions, str(path))
+            gone = [v.path for v, _ in known if v.path not in present]
+            if gone:
+                await self._db(self.catalog.record_absent, gone, time.time_ns())
+                report.removed = len(gone)
+                self._catalog_changed()
         if failures or entry_failures or scan.unlisted:  # the rest went on; say what did not
             what = []
             if failures:

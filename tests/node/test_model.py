@@ -143,6 +143,31 @@ async def test_restoring_any_backed_up_moment_gives_that_tree(
 # -- programs that failed once, kept as plain regression tests --------------------------------
 
 
+async def test_an_entry_removed_between_two_backups_is_not_restored_as_of_the_second(
+    tmp_path: Path,
+) -> None:
+    # Found by the model test: the second backup recorded nothing of the removal, so a
+    # restore as of it brought the removed symlink back.
+    await run_program(
+        tmp_path,
+        [
+            ("symlink", "a.txt", 0),
+            ("write", "b.bin", 5000),
+            ("mkdir", "empty", 0),
+            ("backup", "", 0),
+            ("unlink", "link", 0),
+            ("unlink", "b.bin", 0),
+            ("backup", "", 0),
+            ("restore", "", 0),
+            ("restore", "", 1),
+            ("write", "b.bin", 1),
+            ("backup", "", 0),
+            ("restore", "", 1),
+            ("restore", "", 2),
+        ],
+    )
+
+
 async def test_a_backup_after_a_delete_records_the_tree_again(tmp_path: Path) -> None:
     await run_program(
         tmp_path,

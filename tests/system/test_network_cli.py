@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import os
 import stat
@@ -281,10 +282,19 @@ def test_interrupted_restore_resumes(cluster4: ProcessCluster, tmp_path: Path) -
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    cluster4.wait(
-        lambda: any(p.stat().st_size > 2_000_000 for p in partials()), 60, "restore under way"
-    )
-    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    # Ctrl-C as soon as 2 MB of 200 are in (a poll every 2 ms: a slower one let the whole
+    # restore finish first once in CI).
+    deadline = time.monotonic() + 60
+
+    def fetched() -> int:
+        with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+            return max((p.stat().st_size for p in partials()), default=0)
+        return 0
+
+    while fetched() <= 2_000_000:
+        assert time.monotonic() < deadline and proc.poll() is None, "restore not under way"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and b"interrupted" in err
     time.sleep(1)
