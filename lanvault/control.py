@@ -71,7 +71,11 @@ async def serve_control(
                     raise OpError("request too large")
             line = bytes(buffer.split(b"\n", 1)[0])
 
+            answering = [False]  # the result is on its way: a hang-up now is the CLI done
+
             async def emit(event: dict[str, Any]) -> None:
+                if event.get("event") == "result":
+                    answering[0] = True
                 await stream.send_all(json.dumps(event).encode() + b"\n")
 
             async def answer() -> None:
@@ -84,6 +88,7 @@ async def serve_control(
                         raise OpError(f"unknown operation {request['op']!r}")
                     data_out = await handler(request, emit)
                     if isinstance(data_out, Binary):
+                        answering[0] = True
                         head = {"event": "result", "ok": True, "data": data_out.data}
                         head["blob_bytes"] = len(data_out.blob)
                         await stream.send_all(json.dumps(head).encode() + b"\n" + data_out.blob)
@@ -103,8 +108,9 @@ async def serve_control(
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     while await stream.receive_some(4096):
                         pass
-                log.info("a command was interrupted; its operation stops")
-                scope.cancel()
+                if not answering[0]:
+                    log.info("a command was interrupted; its operation stops")
+                    scope.cancel()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_hangup, nursery.cancel_scope)

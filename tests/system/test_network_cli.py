@@ -294,8 +294,19 @@ def test_interrupted_restore_resumes(cluster4: ProcessCluster, tmp_path: Path) -
     while fetched() <= 2_000_000:
         assert time.monotonic() < deadline and proc.poll() is None, "restore not under way"
         time.sleep(0.002)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    # The holders pause, so the restore cannot finish before the Ctrl-C lands (in CI it once
+    # finished within the few milliseconds between the two).
+    holders = [cluster4.nodes[n].proc for n in (2, 3, 4)]
+    for holder in holders:
+        assert holder is not None
+        holder.send_signal(signal.SIGSTOP)
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        for holder in holders:
+            assert holder is not None
+            holder.send_signal(signal.SIGCONT)
     assert proc.returncode == 130 and b"interrupted" in err
     time.sleep(1)
     assert len(partials()) == 1 and not out.exists()  # what was fetched is kept, not half-done
