@@ -279,6 +279,9 @@ def test_interrupted_restore_resumes(cluster4: ProcessCluster, tmp_path: Path) -
         [*command, "--to", str(out), "--dir", str(cluster4.nodes[1].state)],
         cwd=ROOT,
         env=env(),
+        # As on a terminal: a shell starting a suite in the background (CI) makes its jobs
+        # ignore SIGINT, and Python then never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
