@@ -528,22 +528,14 @@ class CatalogDB:
     def pending_among(self, addresses: Iterable[bytes]) -> set[bytes]:
         """Those of ``addresses`` some version not yet at its degree still uses (by index:
         the cost follows the addresses asked about, not the size of the backlog)."""
-        wanted = sorted(set(addresses))
-        out: set[bytes] = set()
         with self._reading() as db:
-            for i in range(0, len(wanted), 500):
-                batch = wanted[i : i + 500]
-                marks = ",".join("?" * len(batch))
-                out.update(
-                    bytes(r[0])
-                    for r in db.execute(
-                        "SELECT DISTINCT c.address FROM version_chunks c JOIN versions v"
-                        f" ON v.id = c.version_id WHERE c.address IN ({marks})"
-                        " AND v.complete=0 AND v.removed=0",
-                        batch,
-                    )
-                )
-        return out
+            return _matching(
+                db,
+                "SELECT DISTINCT c.address FROM version_chunks c JOIN versions v"
+                " ON v.id = c.version_id WHERE c.address IN ({marks})"
+                " AND v.complete=0 AND v.removed=0",
+                addresses,
+            )
 
     def incomplete_versions(self) -> list[FileVersion]:
         with self._reading() as db:
@@ -768,29 +760,18 @@ class CatalogDB:
     def still_wanted(self, addresses: Iterable[bytes]) -> set[bytes]:
         """Those of ``addresses`` a live version or the catalog copy uses, with no delete
         pending (what holders may copy again when a copy is missing)."""
-        wanted = sorted(set(addresses))
-        out: set[bytes] = set()
         with self._reading() as db:
-            for i in range(0, len(wanted), 500):
-                batch = wanted[i : i + 500]
-                marks = ",".join("?" * len(batch))
-                used = {
-                    bytes(r[0])
-                    for r in db.execute(
-                        "SELECT c.address FROM version_chunks c JOIN versions v"
-                        f" ON v.id = c.version_id WHERE v.removed=0 AND c.address IN ({marks})"
-                        f" UNION SELECT address FROM catalog_chunks WHERE address IN ({marks})",
-                        batch + batch,
-                    )
-                }
-                dead = {
-                    bytes(r[0])
-                    for r in db.execute(
-                        f"SELECT address FROM tombstones WHERE address IN ({marks})", batch
-                    )
-                }
-                out |= used - dead
-        return out
+            used = _matching(
+                db,
+                "SELECT c.address FROM version_chunks c JOIN versions v ON v.id = c.version_id"
+                " WHERE v.removed=0 AND c.address IN ({marks})"
+                " UNION SELECT address FROM catalog_chunks WHERE address IN ({marks})",
+                addresses,
+                uses=2,
+            )
+            return used - _matching(
+                db, "SELECT address FROM tombstones WHERE address IN ({marks})", used
+            )
 
     def any_tombstoned(self, addresses: Iterable[bytes]) -> bool:
         """Whether a delete is pending for any of ``addresses`` (on any node)."""
@@ -1198,6 +1179,20 @@ class CatalogDB:
                 "snapshots": int(one("SELECT COUNT(*) FROM snapshots").fetchone()[0]),
                 "tombstones": int(one("SELECT COUNT(*) FROM tombstones").fetchone()[0]),
             }
+
+
+def _matching(
+    db: sqlite3.Connection, query: str, addresses: Iterable[bytes], uses: int = 1
+) -> set[bytes]:
+    """The addresses ``query`` returns for ``addresses``, asked 500 at a time: ``{marks}`` in
+    the query stands for one batch's placeholders (``uses`` times in it)."""
+    wanted = sorted(set(addresses))
+    out: set[bytes] = set()
+    for i in range(0, len(wanted), 500):
+        batch = wanted[i : i + 500]
+        marks = ",".join("?" * len(batch))
+        out.update(bytes(r[0]) for r in db.execute(query.format(marks=marks), batch * uses))
+    return out
 
 
 def _private(path: Path) -> None:

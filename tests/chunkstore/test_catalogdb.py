@@ -315,3 +315,14 @@ def test_pending_among_names_only_chunks_an_unfinished_version_still_uses(db: Ca
     assert db.pending_among(asked) == {done.chunks[0], address("only-b")}
     db.set_complete(waiting.file_id)
     assert db.pending_among(asked) == set()
+
+
+def test_still_wanted_is_what_a_live_version_or_the_catalog_copy_uses(db: CatalogDB) -> None:
+    kept = version("a.txt", "kept")
+    deleted = version("b.txt", "deleted")
+    for v in (kept, deleted):
+        db.add_version(v, T0)
+    db.set_catalog_chunks([address("catalog copy")])
+    db.delete_paths([deleted.path], [2])  # its chunk gets a delete owed to node 2
+    asked = [kept.chunks[0], deleted.chunks[0], address("catalog copy"), address("never")]
+    assert db.still_wanted(asked) == {kept.chunks[0], address("catalog copy")}

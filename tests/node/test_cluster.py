@@ -47,6 +47,20 @@ def copies(cluster: Cluster, owner_id: int) -> dict[bytes, int]:
     return counts
 
 
+async def take_offline(cluster: Cluster, node_id: int) -> None:
+    """Cut ``node_id`` off the network (its existing links break too) until the owner, node 1,
+    sees it down; its store stays as it was."""
+    cluster.hub.cut.add(node_id)
+    await cluster.members[node_id].node.pool.aclose()
+    for m in cluster.members.values():
+        link = m.node.pool._links.pop(node_id, None)
+        if link:
+            await link.aclose()
+    with trio.fail_after(30):
+        while cluster.members[1].node.membership.is_up(node_id):
+            await trio.sleep(0.5)
+
+
 async def assert_at_degree(cluster: Cluster, owner_id: int, degree: int) -> None:
     owner = cluster.members[owner_id].owner
     counts = copies(cluster, owner_id)
@@ -185,16 +199,7 @@ async def test_delete_reaches_a_holder_that_was_down(tmp_path: Path) -> None:
         write_files(tmp_path / "src", random.Random(5))
         owner = cluster.members[1].owner
         await owner.backup_path(tmp_path / "src", degree=3)
-        cluster.hub.cut.add(4)
-        # Existing links to node 4 break too.
-        await cluster.members[4].node.pool.aclose()
-        for m in cluster.members.values():
-            link = m.node.pool._links.pop(4, None)
-            if link:
-                await link.aclose()
-        with trio.fail_after(30):
-            while cluster.members[1].node.membership.is_up(4):
-                await trio.sleep(0.5)
+        await take_offline(cluster, 4)
         result = await owner.delete_path(tmp_path / "src")
         assert result["pending_holders"] >= 1
         assert cluster.members[4].store.chunks(1)
@@ -330,15 +335,7 @@ async def test_a_chunk_deleted_while_its_holder_was_down_is_never_copied_again(
         write_files(tmp_path / "src", random.Random(8))
         owner = cluster.members[1].owner
         await owner.backup_path(tmp_path / "src", degree=3)
-        cluster.hub.cut.add(4)
-        await cluster.members[4].node.pool.aclose()
-        for m in cluster.members.values():
-            link = m.node.pool._links.pop(4, None)
-            if link:
-                await link.aclose()
-        with trio.fail_after(30):
-            while cluster.members[1].node.membership.is_up(4):
-                await trio.sleep(0.5)
+        await take_offline(cluster, 4)
         assert (await owner.delete_path(tmp_path / "src"))["pending_holders"] >= 1
 
         # The DELETE owed to node 4 is held back, so node 4's repair comes first.
