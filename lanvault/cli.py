@@ -277,7 +277,8 @@ class ProgressLine:
         elapsed = max(float(event.get("elapsed", 0)), 1e-6)
         rate = done / elapsed
         eta = (total - done) / rate if rate > 0 and total > done else 0
-        files = f"{event.get('files_done', 0)}/{event.get('files_total', 0)} files"
+        unit = event.get("unit", "files")
+        files = f"{event.get('files_done', 0)}/{event.get('files_total', 0)} {unit}"
         share = done / total if total else 1.0
         if self.tty:
             self.shown = True

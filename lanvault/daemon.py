@@ -26,7 +26,7 @@ from node.node import Node, NodeConfig
 from node.owner import BackupError, Owner, Progress, RestoreError
 from node.safekeeping import CatalogNotSafe, Safekeeping
 from node.transport import PinStore, TLSNetwork
-from node.verify import read_data
+from node.verify import ReadDataReport, read_data
 
 from .control import Binary, Emit, OpError, serve_control
 from .runtime import raise_open_file_limit
@@ -37,9 +37,10 @@ CATALOG_WAIT = 60.0  # seconds a backup waits for its catalog copy to reach the 
 SKIPPED_LISTED = 100  # entries a backup names as passed over; the count is always whole
 
 
-def _progress_event(report: Progress, started: float) -> dict[str, Any]:
+def _progress_event(report: Progress, started: float, unit: str) -> dict[str, Any]:
     return {
         "event": "progress",
+        "unit": unit,
         "files_done": report.files_done,
         "files_total": report.files_total,
         "bytes_done": report.bytes_done,
@@ -326,7 +327,9 @@ class Daemon:
 
     @staticmethod
     async def _with_progress(
-        emit: Emit, work: Callable[[Callable[[Progress], None]], Awaitable[Progress]]
+        emit: Emit,
+        work: Callable[[Callable[[Progress], None]], Awaitable[Progress]],
+        unit: str = "files",
     ) -> Progress:
         """Run ``work``, forwarding its progress to the CLI at most twice a second."""
         started = time.monotonic()
@@ -337,7 +340,7 @@ class Daemon:
             now = time.monotonic()
             if now - last[0] >= 0.5:
                 last[0] = now
-                latest[:] = [_progress_event(report, started)]
+                latest[:] = [_progress_event(report, started, unit)]
 
         done = trio.Event()
 
@@ -478,7 +481,23 @@ class Daemon:
             sample = request.get("sample", 100.0)
             if not isinstance(sample, int | float) or not 0 < sample <= 100:
                 raise OpError("the sample must be a percentage in (0, 100]")
-            read = await read_data(self.owner, float(sample), repair)
+            reports: list[ReadDataReport] = []
+
+            async def work(progress: Callable[[Progress], None]) -> Progress:
+                shown = Progress()
+
+                def seen(read: ReadDataReport, total: int) -> None:
+                    done = read.copies_verified + len(read.bad_copies) + read.unreadable
+                    shown.files_done, shown.files_total = done, total
+                    shown.bytes_done = read.bytes_read  # the total is known once all is read
+                    shown.bytes_total = read.bytes_read * total // max(done, 1)
+                    progress(shown)
+
+                reports.append(await read_data(self.owner, float(sample), repair, seen))
+                return shown
+
+            await self._with_progress(emit, work, unit="copies")
+            read = reports[0]
             data = {
                 "read_data_chunks": read.chunks,
                 "read_data_copies_verified": read.copies_verified,

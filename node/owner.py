@@ -36,6 +36,7 @@ from .restore_target import RestoreTarget, UnsafeDestination
 from .safekeeping import Safekeeping
 from .transport import PeerUnavailable, RemoteError
 from .trim import TrimReport, trim_surplus
+from .verify import bad_envelopes
 
 log = logging.getLogger(__name__)
 # Chunks per worker-thread hop in a backup; spread over the holders, each gets ~MAX_BATCH.
@@ -241,6 +242,19 @@ def _read_small(
     return chunks, [chunk_address(keys, c) for c in chunks]
 
 
+def _read_smalls(
+    keys: KeyRing, files: list[tuple[str, os.stat_result]]
+) -> list[tuple[list[bytes], list[bytes]] | OSError | None]:
+    """``_read_small`` of each file; the error in place of a file that could not be read."""
+    out: list[tuple[list[bytes], list[bytes]] | OSError | None] = []
+    for path, before in files:
+        try:
+            out.append(_read_small(keys, path, before))
+        except OSError as exc:
+            out.append(exc)
+    return out
+
+
 def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
     with open(path, "rb") as handle:
         handle.seek(first_no * CHUNK_SIZE)
@@ -352,8 +366,21 @@ class Owner:
     async def trim_surplus(self) -> TrimReport:
         """Drop copies of our chunks above their degree (see ``node/trim.py``)."""
         return await trim_surplus(
-            self.node, self.catalog, self.owner_id, self.default_degree, self._guard.exclusive
+            self.node,
+            self.catalog,
+            self.owner_id,
+            self.default_degree,
+            self._guard.exclusive,
+            self.verified_at,
         )
+
+    async def verified_at(self, holder: int, addresses: list[bytes]) -> set[bytes]:
+        """Those of ``addresses`` of which ``holder`` hands over a copy that opens."""
+        got = await self.get_envelopes(holder, addresses)
+        bad = await trio.to_thread.run_sync(
+            bad_envelopes, self.keys, got, limiter=self.node.cpu_limiter
+        )
+        return set(got) - set(bad)
 
     async def _trim_loop(self) -> None:
         while True:
@@ -646,13 +673,15 @@ class Owner:
         one transaction; a file that changed while read goes to ``retry``."""
         read: list[tuple[str, os.stat_result, FileVersion | None, list[bytes], list[bytes]]] = []
         failures: list[str] = []
-        for path, st, before in files:
-            try:
-                got = await trio.to_thread.run_sync(
-                    _read_small, self.keys, path, st, limiter=self.node.cpu_limiter
-                )
-            except OSError as exc:
-                failures.append(f"{path}: {exc.strerror or exc}")
+        results = await trio.to_thread.run_sync(  # one thread hop for the whole group
+            _read_smalls,
+            self.keys,
+            [(path, st) for path, st, _b in files],
+            limiter=self.node.cpu_limiter,
+        )
+        for (path, st, before), got in zip(files, results, strict=True):
+            if isinstance(got, OSError):
+                failures.append(f"{path}: {got.strerror or got}")
                 report.files_done += 1
                 continue
             if got is None:

@@ -52,6 +52,7 @@ KIT_NAME = "recovery-kit"
 CATALOG_NAME = "catalog"
 SETTLE = 2.0  # seconds after a change before the catalog is copied (commits come in bursts)
 FIRST_COPY_DELAY = 10.0
+SLOW_COPY = 1.0  # seconds before a backup waiting for its catalog copy says so
 
 
 class CatalogNotSafe(Exception):
@@ -124,12 +125,20 @@ class Safekeeping:
         ``waiting`` hears why it waits."""
         mark = self._changes
         needed = self.owner.default_degree
-        why = "not tried"
+        why = "its chunks are still being sent"
+
+        async def say_if_slow() -> None:  # a copy normally takes well under a second
+            await trio.sleep(SLOW_COPY)
+            await waiting(f"waiting for the catalog copy to reach the peers: {why}")
+
         with trio.move_on_after(timeout):
             delay = 0.5
             while True:
                 try:
-                    await self.backup_catalog()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(say_if_slow)
+                        await self.backup_catalog()
+                        nursery.cancel_scope.cancel()
                     if self._copied >= mark and self.manifest is None:
                         return  # the catalog is empty: there is nothing to keep
                     if self._copied >= mark and self._holders() < needed:
@@ -138,6 +147,8 @@ class Safekeeping:
                         return
                     why = f"it is on {self._holders()} of {needed} nodes"
                 except Exception as exc:  # peers down or full: wait and try again
+                    while isinstance(exc, ExceptionGroup):  # the nursery's wrapping
+                        exc = exc.exceptions[0]
                     why = str(exc)
                 await waiting(f"waiting for the catalog copy to reach the peers: {why}")
                 await trio.sleep(delay)

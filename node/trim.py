@@ -7,7 +7,8 @@ highest any live version asks, the default degree for the catalog copy's chunks)
 decides: it asks every up peer what it holds, keeps ``degree`` holders chosen by
 ``placement.keepers`` (one per computer first, never its own computer while another will do)
 and sends the others a DELETE. A single decision-maker: two holders never both drop their copy
-on different views of who else has one.
+on different views of who else has one. A member may lie about what it holds, so nothing is
+deleted until every keeper has handed over its copy and the owner has opened it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ class TrimReport:
     checked: int = 0  # chunks whose holders were counted
     surplus: int = 0  # copies found above their chunk's degree
     dropped: int = 0  # of those, copies the holders confirmed deleted
+    unproven: int = 0  # chunks left as they are: a keeper did not show a good copy
 
 
 async def trim_surplus(
@@ -47,11 +49,14 @@ async def trim_surplus(
     owner: int,
     default_degree: int,
     exclusive: Callable[[], AbstractAsyncContextManager[None]],
+    verified_at: Callable[[int, list[bytes]], Awaitable[set[bytes]]],
 ) -> TrimReport:
     """Bring every chunk of ``owner`` with more copies than its degree down to its degree.
 
     Each batch runs under ``exclusive()`` (no backup decides meanwhile that a copy about to go
     is enough); a holder that does not answer keeps its copy until the next pass.
+    ``verified_at(holder, addresses)`` returns those of which ``holder`` gave a copy that
+    opens: a chunk's extra copies go only once each of its keepers did.
     """
     wanted = dict(await trio.to_thread.run_sync(catalog.live_addresses))
     for address in await trio.to_thread.run_sync(catalog.catalog_chunks):
@@ -63,6 +68,7 @@ async def trim_surplus(
         async with exclusive():
             found = await node.query_holders(owner, batch)
             excess: dict[int, list[bytes]] = defaultdict(list)
+            kept: dict[int, list[bytes]] = defaultdict(list)  # keeper -> chunks to prove
             for address in batch:
                 report.checked += 1
                 holders = found[address]
@@ -76,10 +82,20 @@ async def trim_surplus(
                     node.membership.host_of,
                     node.config.host_id,
                 )
+                for holder in keep:
+                    kept[holder].append(address)
                 for holder in holders - keep:
                     excess[holder].append(address)
                     report.surplus += 1
-            for holder, extra in excess.items():
+            unproven: set[bytes] = set()
+            for holder, addresses_kept in kept.items():
+                shown = await verified_at(holder, addresses_kept)
+                unproven.update(a for a in addresses_kept if a not in shown)
+            report.unproven += len(unproven)
+            for holder, extra_all in excess.items():
+                extra = [a for a in extra_all if a not in unproven]
+                if not extra:
+                    continue
                 answer = await node.pool.request_quietly(
                     holder,
                     functools.partial(Delete, owner=owner, addresses=tuple(extra)),
@@ -92,9 +108,11 @@ async def trim_surplus(
                     )
     if report.surplus:
         log.info(
-            "trim: %d chunks checked, %d copies above their degree, %d dropped",
+            "trim: %d chunks checked, %d copies above their degree, %d dropped; %d chunks left"
+            " as they are (a holder said it had a copy it did not show)",
             report.checked,
             report.surplus,
             report.dropped,
+            report.unproven,
         )
     return report

@@ -21,6 +21,7 @@ import trio
 
 from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
+from chunkstore.keys import KeyRing
 
 from .protocol import Delete, Deleted
 
@@ -41,12 +42,13 @@ class ReadDataReport:
     bytes_read: int = 0
 
 
-def _open_all(owner: Owner, envelopes: dict[bytes, bytes]) -> dict[bytes, str]:
-    """Why each envelope that does not open is bad (empty: all good)."""
+def bad_envelopes(keys: KeyRing, envelopes: dict[bytes, bytes]) -> dict[bytes, str]:
+    """Why each envelope that does not open under ``keys`` at its address is bad (empty: all
+    good)."""
     bad: dict[bytes, str] = {}
     for address, envelope in envelopes.items():
         try:
-            open_chunk(owner.keys, address, envelope)
+            open_chunk(keys, address, envelope)
         except EnvelopeError as exc:
             bad[address] = str(exc) or type(exc).__name__
     return bad
@@ -82,7 +84,7 @@ async def read_data(
             report.unreadable += len(batch) - len(got)
             report.bytes_read += sum(len(e) for e in got.values())
             failed = await trio.to_thread.run_sync(
-                _open_all, owner, got, limiter=owner.node.cpu_limiter
+                bad_envelopes, owner.keys, got, limiter=owner.node.cpu_limiter
             )
             for address in got:
                 if address in failed:
@@ -127,7 +129,7 @@ async def _repair(
         good = holders[address] - nodes
         for source in sorted(good):  # a good copy to make the new ones from
             got = await owner.get_envelopes(source, [address])
-            if address in got and not _open_all(owner, got):
+            if address in got and not bad_envelopes(owner.keys, got):
                 report.copies_made += await node.replicate(
                     owner.owner_id, address, wanted[address], got[address], set(good)
                 )

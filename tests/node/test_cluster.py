@@ -8,6 +8,7 @@ import os
 import random
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,11 @@ import trio
 import trio.testing
 
 from chunkstore.chunking import CHUNK_SIZE
+from chunkstore.store import PutItem
 from node.node import RepairReport
 from node.owner import BackupError
+from node.placement import keepers
+from node.safekeeping import CatalogNotSafe, Safekeeping
 
 from .cluster import Cluster, open_cluster
 from .memnet import FaultPlan
@@ -413,3 +417,77 @@ async def test_copies_a_returning_node_brings_back_are_trimmed_to_the_degree(
                 await trio.sleep(5)
         assert last.checked == len(wanted)
         await assert_at_degree(cluster, 1, 2)
+
+
+async def test_a_member_claiming_copies_it_lacks_cannot_make_the_owner_trim_real_ones(
+    tmp_path: Path,
+) -> None:
+    async with open_cluster(tmp_path / "c", 5) as cluster:
+        write_files(tmp_path / "src", random.Random(11))
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=2)
+        wanted = {a for v, _ in owner.catalog.latest_versions("") for a in v.chunks}
+        node = cluster.members[1].node
+
+        def fooled(liar: int) -> set[bytes]:
+            """The chunks ``liar`` lacks of which, claiming them, it would be a keeper."""
+            out = set()
+            for address in wanted:
+                holders = {n for n in range(2, 6) if cluster.members[n].store.has(1, address)}
+                if liar not in holders and liar in keepers(
+                    (1).to_bytes(4, "big") + address,
+                    holders | {liar},
+                    2,
+                    node.membership.host_of,
+                    node.config.host_id,
+                ):
+                    out.add(address)
+            return out
+
+        # Node 5's copies move to nodes placement ranks lower (as repairs do while a node is
+        # away); then node 5 claims them all again. By hash order it is a keeper of the chunks
+        # it gave up, and the owner, believing it, would delete the real copies elsewhere.
+        liar_id = 5
+        liar = cluster.members[liar_id].store
+        for chunk in liar.chunks(1):
+            other = next(n for n in (2, 3, 4) if not cluster.members[n].store.has(1, chunk.address))
+            envelope = liar.get(1, chunk.address)
+            cluster.members[other].store.put_many([PutItem(1, chunk.address, envelope, 2)])
+            liar.delete_many(1, [chunk.address])
+        expected = fooled(liar_id)
+        assert expected
+        real = {c.address for c in liar.chunks(1)}
+        liar.which_held = lambda owner, addresses: set(addresses)  # type: ignore[method-assign]
+        report = await owner.trim_surplus()
+        assert report.surplus == len(wanted - real) and report.unproven == len(expected)
+        counts = copies(cluster, 1)
+        assert all(counts[a] == 2 for a in wanted), counts  # every real copy is still there
+
+
+async def test_a_backup_waits_for_its_catalog_copy_and_says_so_when_it_cannot_be_made(
+    tmp_path: Path,
+) -> None:
+    async with open_cluster(tmp_path / "c", 3) as cluster:
+        write_files(tmp_path / "src", random.Random(12))
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=2)
+        keeping = Safekeeping(owner, lambda: b"{}", None)
+        heard: list[str] = []
+
+        async def waiting(message: str) -> None:
+            heard.append(message)
+
+        await keeping.secure(30, waiting)  # peers up: the copy goes out, nothing to wait for
+        assert keeping.report.manifest_holders == 2 and keeping.behind() is None
+        assert not heard
+        # The catalog changes (a file is noted gone) and nobody is there to take the next copy.
+        gone = str(tmp_path / "src" / "file0.bin")
+        assert owner.catalog.record_absent([gone], time.time_ns()) == 1
+        keeping.catalog_changed()
+        assert keeping.behind() is not None
+        for n in (2, 3):
+            await take_offline(cluster, n)
+        with pytest.raises(CatalogNotSafe, match="not on the peers yet") as failed:
+            await keeping.secure(3, waiting)
+        assert "Exceptions from" not in str(failed.value)  # the reason itself, not a wrapper
+        assert heard and all("waiting for the catalog copy" in m for m in heard)

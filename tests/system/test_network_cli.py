@@ -84,6 +84,8 @@ def test_bad_input_gives_one_line_and_status(cluster4: ProcessCluster, tmp_path:
         (["backup", tmp_path / "missing"], 1, "no such file"),
         (["backup", tmp_path, "--degree", "10"], 2, "degree"),
         (["reclaim", "lots"], 2, "invalid size"),
+        (["check", "--sample", "0"], 2, "a percentage in (0, 100]"),
+        (["check", "--sample", "lots"], 2, "not a percentage"),
         (["restore", tmp_path / "never"], 1, "nothing backed up"),
     ]
     for args, code, text in cases:

@@ -1,0 +1,52 @@
+"""The small-file path of a backup reads a file whole only if it is still the file it stat'd."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from chunkstore.chunking import CHUNK_SIZE
+from chunkstore.envelope import chunk_address
+from chunkstore.keys import KeyRing
+from node.owner import _read_small, _read_smalls
+
+
+def test_a_small_file_is_read_whole_into_its_chunks(tmp_path: Path, keys: KeyRing) -> None:
+    path = tmp_path / "f.bin"
+    data = os.urandom(CHUNK_SIZE + 10)
+    path.write_bytes(data)
+    got = _read_small(keys, str(path), path.stat())
+    assert got is not None
+    chunks, addresses = got
+    assert chunks == [data[:CHUNK_SIZE], data[CHUNK_SIZE:]]
+    assert addresses == [chunk_address(keys, c) for c in chunks]
+
+
+def test_a_file_changed_since_its_stat_is_left_for_a_second_read(
+    tmp_path: Path, keys: KeyRing
+) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"before")
+    before = path.stat()
+    path.write_bytes(b"after, and longer")
+    assert _read_small(keys, str(path), before) is None
+    replaced = tmp_path / "g.bin"
+    replaced.write_bytes(b"before")
+    before = replaced.stat()
+    (tmp_path / "new").write_bytes(b"before")
+    os.replace(tmp_path / "new", replaced)  # the same bytes, but another file
+    assert _read_small(keys, str(replaced), before) is None
+
+
+def test_an_unreadable_entry_is_an_error_in_its_place(tmp_path: Path, keys: KeyRing) -> None:
+    ok = tmp_path / "ok.txt"
+    ok.write_bytes(b"fine")
+    link = tmp_path / "link"
+    link.symlink_to(ok)  # swapped in for a file since the scan: never followed
+    results = _read_smalls(keys, [(str(link), ok.stat()), (str(ok), ok.stat())])
+    assert isinstance(results[0], OSError)
+    assert results[1] is not None and not isinstance(results[1], OSError)
+    with pytest.raises(FileNotFoundError):
+        _read_small(keys, str(tmp_path / "gone"), ok.stat())
