@@ -502,6 +502,18 @@ class CatalogDB:
             ).fetchall()
             return [(self._version_from_row(db, r[:11]), bool(r[11])) for r in rows]
 
+    def live_paths(self, prefix: str) -> list[str]:
+        """The paths under ``prefix`` whose newest version is not an absence row (no chunk
+        lists read: a backup of a large folder asks this every run)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT path FROM versions v WHERE removed=0 AND mode != 0"
+                " AND id = (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND removed=0)"
+                " AND (path = ? OR path LIKE ? ESCAPE '\\')",
+                (prefix, _like_prefix(prefix)),
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
     def versions_at(self, prefix: str, at_ns: int) -> list[FileVersion]:
         """The newest version of every path under ``prefix`` cut at or before ``at_ns``."""
         with self._reading() as db:

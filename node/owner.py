@@ -483,8 +483,8 @@ class Owner:
             # What the folder no longer holds is gone as of this backup (a folder not read
             # says nothing about what is in it: then nothing is noted).
             present = set(files) | set(scan.links) | set(scan.folders)
-            known = await self._db(self.catalog.latest_versions, str(path))
-            gone = [v.path for v, _ in known if v.path not in present]
+            known = await self._db(self.catalog.live_paths, str(path))
+            gone = [p for p in known if p not in present]
             if gone:
                 await self._db(self.catalog.record_absent, gone, time.time_ns())
                 report.removed = len(gone)
