@@ -11,9 +11,12 @@ encrypted with the metadata key (``seal_record``); ``docs/formats.md`` gives the
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import re
 import secrets
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +59,8 @@ class FileVersion:
     degree: int
     chunks: tuple[bytes, ...]
     owner: int
+    xattrs: tuple[tuple[str, bytes], ...] = ()  # extended attributes, sorted by name
+    link: int = 0  # names the file (device, inode) it was read from: equal for hard links
 
     def __post_init__(self) -> None:
         if len(self.file_id) != 32:
@@ -71,6 +76,64 @@ class FileVersion:
             )
         if any(len(c) != 32 for c in self.chunks):
             raise CatalogFormatError("chunk addresses must be 32 bytes")
+        if list(self.xattrs) != sorted(set(self.xattrs)) or len({n for n, _ in self.xattrs}) != len(
+            self.xattrs
+        ):
+            raise CatalogFormatError("extended attributes must be sorted and named once")
+        if not 0 <= self.link < 1 << 63:
+            raise CatalogFormatError("link key outside 0..2**63-1")
+
+
+def link_key(st: os.stat_result) -> int:
+    """What names a regular file among the files read at one time: two names with the same
+    key (and the same content) are hard links of one file. 0 for anything else."""
+    if not stat.S_ISREG(st.st_mode):
+        return 0
+    digest = hashlib.blake2b(f"{st.st_dev}:{st.st_ino}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 1) or 1
+
+
+def hard_links(versions: Sequence[FileVersion]) -> list[int | None]:
+    """For each of ``versions`` (files restored together), the index of an earlier one it is a
+    second name of (a hard link: same file read, same content), else None."""
+    first: dict[tuple[int, int, int, bytes], int] = {}
+    out: list[int | None] = []
+    for index, version in enumerate(versions):
+        if not version.link:
+            out.append(None)
+            continue
+        key = (version.link, version.size, version.mtime_ns, content_digest(version.chunks))
+        if key in first:
+            out.append(first[key])
+        else:
+            first[key] = index
+            out.append(None)
+    return out
+
+
+def read_xattrs(path: str | int, *, dir_fd: int | None = None) -> tuple[tuple[str, bytes], ...]:
+    """The extended attributes of ``path`` (or of the open descriptor), sorted; a file
+    system without them gives none. Attributes that cannot be read (another namespace's, a
+    race with their removal) are left out."""
+    where: str | int = path
+    if dir_fd is not None:
+        assert isinstance(path, str)
+        where = f"/proc/self/fd/{dir_fd}/{path}"
+    follow = isinstance(where, int)
+    try:
+        names = os.listxattr(where, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.ENODATA):
+            return ()
+        raise
+    out = []
+    for name in sorted(names):
+        try:
+            out.append((name, os.getxattr(where, name, follow_symlinks=follow)))
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
+                raise
+    return tuple(out)
 
 
 def version_from_stat(
@@ -80,6 +143,7 @@ def version_from_stat(
     degree: int,
     chunks: Sequence[bytes],
     size: int | None = None,
+    xattrs: tuple[tuple[str, bytes], ...] = (),
 ) -> FileVersion:
     """The version of ``path`` whose metadata is ``st`` and content the ordered ``chunks``;
     ``size`` when the content is not ``st_size`` bytes (a folder's is none, a symlink's its
@@ -97,6 +161,8 @@ def version_from_stat(
         degree=degree,
         chunks=tuple(chunks),
         owner=owner,
+        xattrs=xattrs,
+        link=link_key(st),
     )
 
 
@@ -118,11 +184,31 @@ def is_own_temp(path: str, name: str | None = None) -> bool:
     return _OWN_TEMP.fullmatch(base) is not None
 
 
-def version_key(version: FileVersion) -> tuple[bytes, int, int, int]:
+Xattrs = tuple[tuple[str, bytes], ...]
+
+
+def pack_xattrs(xattrs: Xattrs) -> bytes:
+    """The catalog's column form of a version's or entry's extended attributes (b"": none)."""
+    return _pack([[name, value] for name, value in xattrs]) if xattrs else b""
+
+
+def unpack_xattrs(data: bytes) -> Xattrs:
+    if not data:
+        return ()
+    pairs = _unpack(data)
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], bytes)
+        for p in pairs
+    ):
+        raise CatalogFormatError("extended attributes are malformed")
+    return tuple((str(p[0]), bytes(p[1])) for p in pairs)
+
+
+def version_key(version: FileVersion) -> tuple[object, ...]:
     """What makes two versions of one path the same version: the fileId (name, size, mtime,
-    content) and the metadata a restore gives back that the fileId leaves out. A new ctime
-    alone is not a new version."""
-    return version.file_id, version.mode, version.uid, version.gid
+    content) and the metadata a restore gives back that the fileId leaves out (mode, owner,
+    extended attributes, which file it is). A new ctime alone is not a new version."""
+    return version.file_id, version.mode, version.uid, version.gid, version.xattrs, version.link
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,15 +276,24 @@ def encode_file_version(v: FileVersion) -> bytes:
             v.degree,
             b"".join(v.chunks),
             v.owner,
+            [[name, value] for name, value in v.xattrs],
+            v.link,
         ]
     )
 
 
 def decode_file_version(data: bytes) -> FileVersion:
     fields = _header(_unpack(data), KIND_FILE_VERSION)
-    if len(fields) != 11:
+    if len(fields) == 11:  # written before versions kept extended attributes and links
+        fields = [*fields, [], 0]
+    if len(fields) != 13:
         raise CatalogFormatError("file version record has the wrong number of fields")
-    path, fid, size, mode, uid, gid, mtime, ctime, degree, chunks, owner = fields
+    path, fid, size, mode, uid, gid, mtime, ctime, degree, chunks, owner, raw_xattrs, link = fields
+    xattrs = []
+    for pair in _expect(raw_xattrs, list, "xattrs"):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise CatalogFormatError("extended attribute is malformed")
+        xattrs.append((_expect(pair[0], str, "xattr name"), _expect(pair[1], bytes, "xattr value")))
     blob = _expect(chunks, bytes, "chunks")
     if len(blob) % 32:
         raise CatalogFormatError("chunk list is not a whole number of addresses")
@@ -215,6 +310,8 @@ def decode_file_version(data: bytes) -> FileVersion:
             degree=_expect(degree, int, "degree"),
             chunks=tuple(blob[i : i + 32] for i in range(0, len(blob), 32)),
             owner=_expect(owner, int, "owner"),
+            xattrs=tuple(xattrs),
+            link=_expect(link, int, "link"),
         )
     except ValueError as exc:
         raise CatalogFormatError(str(exc)) from None

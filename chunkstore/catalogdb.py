@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import FileVersion, version_key
+from .catalog import FileVersion, pack_xattrs, unpack_xattrs, version_key
 from .fileid import content_digest, file_id
 
 _VERSIONS_TABLE = """
@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS {table} (
     complete   INTEGER NOT NULL DEFAULT 0,  -- 1 once every chunk reached its degree
     removed    INTEGER NOT NULL DEFAULT 0,  -- 1 after `delete PATH`
     origin     INTEGER NOT NULL DEFAULT 0,  -- 0 `backup` command, 1 cut by a mount
-    inode      INTEGER NOT NULL DEFAULT 0   -- the file a mount cut it from (0: unknown)
+    inode      INTEGER NOT NULL DEFAULT 0,  -- the file a mount cut it from (0: unknown)
+    xattrs     BLOB    NOT NULL DEFAULT x'',  -- extended attributes (catalog.pack_xattrs)
+    link       INTEGER NOT NULL DEFAULT 0   -- equal for hard links of one file (link_key)
 );
 """
 
@@ -83,7 +85,8 @@ CREATE TABLE IF NOT EXISTS tree_events (  -- how a mounted tree changed, in orde
     mode     INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     target   TEXT    NOT NULL,   -- for symlinks
-    time_ns  INTEGER NOT NULL
+    time_ns  INTEGER NOT NULL,
+    xattrs   BLOB    NOT NULL DEFAULT x''  -- the entry's extended attributes then
 );
 CREATE INDEX IF NOT EXISTS tree_events_by_entry ON tree_events (root, parent, name, seq);
 CREATE INDEX IF NOT EXISTS tree_events_by_file ON tree_events (file_id);
@@ -103,8 +106,12 @@ CREATE TABLE IF NOT EXISTS settings (
 """
 )
 
+_LINK_INDEX = "CREATE INDEX IF NOT EXISTS versions_by_link ON versions (link) WHERE link != 0"
 ABSENT_ID = bytes(32)  # the fileId of an absence row: the path is gone (mode 0, no chunks)
-_VERSION_COLUMNS = "id, path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns, degree, owner"
+_VERSION_COLUMNS = (
+    "id, path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns, degree, owner, xattrs, link"
+)
+_N = 13  # how many columns _VERSION_COLUMNS names
 _ALL_VERSION_COLUMNS = (
     *_VERSION_COLUMNS.split(", "),
     "created_ns",
@@ -112,7 +119,7 @@ _ALL_VERSION_COLUMNS = (
     "removed",
     "origin",
     "inode",
-)
+)  # xattrs and link are in _VERSION_COLUMNS
 TREE_GONE = 0
 TREE_DIR = 1
 TREE_FILE = 2
@@ -149,6 +156,7 @@ class TreeEvent:
     mode: int = 0
     mtime_ns: int = 0
     target: str = ""
+    xattrs: tuple[tuple[str, bytes], ...] = ()
 
 
 # -- changes of a mounted tree, committed in order by ``commit_tree`` ------------------------
@@ -173,6 +181,7 @@ class EntryRecord:
     mode: int
     mtime_ns: int
     target: str = ""
+    xattrs: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +196,7 @@ class AttrRecord:
     relative: str
     mode: int
     mtime_ns: int
+    xattrs: tuple[tuple[str, bytes], ...] | None = None  # None: unchanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +280,13 @@ class CatalogDB:
             self._db.execute("ALTER TABLE versions ADD COLUMN origin INTEGER NOT NULL DEFAULT 0")
         if "inode" not in columns:
             self._db.execute("ALTER TABLE versions ADD COLUMN inode INTEGER NOT NULL DEFAULT 0")
+        if "xattrs" not in columns:
+            self._db.execute("ALTER TABLE versions ADD COLUMN xattrs BLOB NOT NULL DEFAULT x''")
+            self._db.execute("ALTER TABLE versions ADD COLUMN link INTEGER NOT NULL DEFAULT 0")
+        events = {row[1] for row in self._db.execute("PRAGMA table_info(tree_events)")}
+        if "xattrs" not in events:
+            self._db.execute("ALTER TABLE tree_events ADD COLUMN xattrs BLOB NOT NULL DEFAULT x''")
+        self._db.execute(_LINK_INDEX)
         self._db.execute("DROP TABLE IF EXISTS leases")  # an earlier design's, unused now
         self._drop_unique_file_id()
 
@@ -294,6 +311,7 @@ class CatalogDB:
             self._db.execute("ALTER TABLE versions_v2 RENAME TO versions")
             self._db.execute("CREATE INDEX versions_by_path ON versions (path, id)")
             self._db.execute("CREATE INDEX versions_by_file ON versions (file_id)")
+            self._db.execute(_LINK_INDEX)
             if seq is not None:
                 self._db.execute(
                     "UPDATE sqlite_sequence SET seq=max(seq, ?) WHERE name='versions'", (seq[0],)
@@ -364,11 +382,18 @@ class CatalogDB:
         ctime alone (nothing restorable changed) is noted on it, a new degree too.
         """
         row = db.execute(
-            "SELECT id, file_id, mode, uid, gid, ctime_ns, degree FROM versions"
+            "SELECT id, file_id, mode, uid, gid, ctime_ns, degree, xattrs, link FROM versions"
             " WHERE path=? AND removed=0 ORDER BY id DESC LIMIT 1",
             (version.path,),
         ).fetchone()
-        if row is not None and (bytes(row[1]), row[2], row[3], row[4]) == version_key(version):
+        if row is not None and (
+            bytes(row[1]),
+            row[2],
+            row[3],
+            row[4],
+            unpack_xattrs(bytes(row[7])),
+            row[8],
+        ) == version_key(version):
             vid = int(row[0])
             if row[5] != version.ctime_ns:
                 db.execute("UPDATE versions SET ctime_ns=? WHERE id=?", (version.ctime_ns, vid))
@@ -379,7 +404,8 @@ class CatalogDB:
             return vid
         cur = db.execute(
             "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
-            " degree, owner, created_ns, origin, inode) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " degree, owner, created_ns, origin, inode, xattrs, link)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 version.path,
                 version.file_id,
@@ -394,6 +420,8 @@ class CatalogDB:
                 created_ns,
                 origin,
                 inode,
+                pack_xattrs(version.xattrs),
+                version.link,
             ),
         )
         vid = int(cur.lastrowid or 0)
@@ -412,7 +440,7 @@ class CatalogDB:
                 "SELECT address FROM version_chunks WHERE version_id=? ORDER BY no", (vid,)
             )
         )
-        _, path, fid, size, mode, uid, gid, mtime, ctime, degree, owner = row
+        _, path, fid, size, mode, uid, gid, mtime, ctime, degree, owner, xattrs, link = row
         return FileVersion(
             path=str(path),
             file_id=bytes(fid),
@@ -425,6 +453,8 @@ class CatalogDB:
             degree=int(degree),
             chunks=chunks,
             owner=int(owner),
+            xattrs=unpack_xattrs(bytes(xattrs)),
+            link=int(link),
         )
 
     def latest(
@@ -438,9 +468,9 @@ class CatalogDB:
                 + " ORDER BY id DESC LIMIT 1",
                 (path,),
             ).fetchone()
-            if row is None or (inode is not None and int(row[11]) != inode) or row[4] == 0:
+            if row is None or (inode is not None and int(row[_N]) != inode) or row[4] == 0:
                 return None  # none, another file's, or the path is gone (an absence row)
-            return self._version_from_row(db, row[:11])
+            return self._version_from_row(db, row[:_N])
 
     def record_absent(self, paths: Iterable[str], created_ns: int) -> int:
         """These paths are gone as of ``created_ns`` (a backup of their folder no longer found
@@ -475,7 +505,7 @@ class CatalogDB:
                     (path,),
                 ).fetchone()
                 if row is not None and row[4] != 0:  # not gone (an absence row)
-                    out[path] = (self._version_from_row(db, row[:11]), bool(row[11]))
+                    out[path] = (self._version_from_row(db, row[:_N]), bool(row[_N]))
         return out
 
     def versions_of(self, path: str) -> list[VersionInfo]:
@@ -500,7 +530,7 @@ class CatalogDB:
                 " AND (path = ? OR path LIKE ? ESCAPE '\\' OR ? = '') ORDER BY path",
                 (prefix, _like_prefix(prefix), prefix),
             ).fetchall()
-            return [(self._version_from_row(db, r[:11]), bool(r[11])) for r in rows]
+            return [(self._version_from_row(db, r[:_N]), bool(r[_N])) for r in rows]
 
     def live_paths(self, prefix: str) -> list[str]:
         """The paths under ``prefix`` whose newest version is not an absence row (no chunk
@@ -866,8 +896,19 @@ class CatalogDB:
     def _insert_event(db: sqlite3.Connection, root: str, e: TreeEvent, time_ns: int) -> int:
         cur = db.execute(
             "INSERT INTO tree_events(root, parent, name, kind, file_id, mode, mtime_ns,"
-            " target, time_ns) VALUES (?,?,?,?,?,?,?,?,?)",
-            (root, e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target, time_ns),
+            " target, time_ns, xattrs) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                root,
+                e.parent,
+                e.name,
+                e.kind,
+                e.file_id,
+                e.mode,
+                e.mtime_ns,
+                e.target,
+                time_ns,
+                pack_xattrs(e.xattrs),
+            ),
         )
         return int(cur.lastrowid or 0)
 
@@ -895,7 +936,9 @@ class CatalogDB:
             v = change.version
             self._insert_version(db, v, time_ns, ORIGIN_MOUNT, change.inode)
             parent, name = _split(change.relative)
-            events = [TreeEvent(parent, name, TREE_FILE, v.file_id, v.mode, v.mtime_ns)]
+            events = [
+                TreeEvent(parent, name, TREE_FILE, v.file_id, v.mode, v.mtime_ns, "", v.xattrs)
+            ]
             for alias in change.aliases:
                 events += self._rename_events(
                     db, root, change.relative, alias, time_ns, True, events[0]
@@ -905,7 +948,14 @@ class CatalogDB:
             parent, name = _split(change.relative)
             return [
                 TreeEvent(
-                    parent, name, change.kind, b"", change.mode, change.mtime_ns, change.target
+                    parent,
+                    name,
+                    change.kind,
+                    b"",
+                    change.mode,
+                    change.mtime_ns,
+                    change.target,
+                    change.xattrs,
                 )
             ]
         if isinstance(change, RemovalRecord):
@@ -923,6 +973,7 @@ class CatalogDB:
                     change.mode,
                     change.mtime_ns,
                     current.target,
+                    current.xattrs if change.xattrs is None else change.xattrs,
                 )
             ]
         if isinstance(change, LinkRecord):
@@ -932,7 +983,7 @@ class CatalogDB:
     def _current(self, db: sqlite3.Connection, root: str, relative: str) -> TreeEvent | None:
         parent, name = _split(relative)
         row = db.execute(
-            "SELECT parent, name, kind, file_id, mode, mtime_ns, target FROM tree_events"
+            "SELECT parent, name, kind, file_id, mode, mtime_ns, target, xattrs FROM tree_events"
             " WHERE root=? AND parent=? AND name=? ORDER BY seq DESC LIMIT 1",
             (root, parent, name),
         ).fetchone()
@@ -942,7 +993,7 @@ class CatalogDB:
 
     def _current_children(self, db: sqlite3.Connection, root: str, parent: str) -> list[TreeEvent]:
         rows = db.execute(
-            "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target"
+            "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target, e.xattrs"
             " FROM tree_events e WHERE e.root=? AND e.parent=? AND e.seq = ("
             "  SELECT MAX(seq) FROM tree_events w WHERE w.root=e.root AND w.parent=e.parent"
             "  AND w.name=e.name) AND e.kind != 0",
@@ -1002,8 +1053,8 @@ class CatalogDB:
                     (entry.file_id,),
                 ).fetchone()
                 if row is not None:
-                    inode = int(row[11])
-                    row = row[:11]
+                    inode = int(row[_N])
+                    row = row[:_N]
                     # Same chunks under a new name: a new version, no data read or sent.
                     version = self._version_from_row(db, row)
                     moved_path = root.rstrip("/") + "/" + target
@@ -1025,6 +1076,8 @@ class CatalogDB:
                         degree=version.degree,
                         chunks=version.chunks,
                         owner=version.owner,
+                        xattrs=version.xattrs,
+                        link=version.link,
                     )
                     vid = self._insert_version(db, moved, time_ns, ORIGIN_MOUNT, inode)
                     complete = db.execute(
@@ -1036,7 +1089,16 @@ class CatalogDB:
                     fid = moved.file_id
             parent, name = _split(target)
             events.append(
-                TreeEvent(parent, name, entry.kind, fid, entry.mode, entry.mtime_ns, entry.target)
+                TreeEvent(
+                    parent,
+                    name,
+                    entry.kind,
+                    fid,
+                    entry.mode,
+                    entry.mtime_ns,
+                    entry.target,
+                    entry.xattrs,
+                )
             )
         return events
 
@@ -1073,7 +1135,7 @@ class CatalogDB:
         """The entry ``parent/name`` as of snapshot ``seq`` (None if absent then)."""
         with self._reading() as db:
             row = db.execute(
-                "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target"
+                "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target, e.xattrs"
                 " FROM tree_events e WHERE e.root=? AND e.parent=? AND e.name=? AND e.seq<=?"
                 " ORDER BY e.seq DESC LIMIT 1",
                 (root, parent, name, seq),
@@ -1096,7 +1158,7 @@ class CatalogDB:
         """A folder's entries as of snapshot ``seq``, sorted by name; built from the index."""
         with self._reading() as db:
             rows = db.execute(
-                "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target"
+                "SELECT e.parent, e.name, e.kind, e.file_id, e.mode, e.mtime_ns, e.target, e.xattrs"
                 " FROM tree_events e WHERE e.root=? AND e.parent=? AND e.seq = ("
                 "  SELECT MAX(seq) FROM tree_events w WHERE w.root=e.root AND w.parent=e.parent"
                 f"  AND w.name=e.name AND w.seq<=?) AND e.kind != 0 AND {_LIVE_FILE}"
@@ -1125,20 +1187,42 @@ class CatalogDB:
                     pending.append(path)
         return out
 
-    def version_sizes(self, file_ids: Iterable[bytes]) -> dict[bytes, int]:
-        """Sizes of live versions by fileId, in a few queries (for listing a folder)."""
+    def version_sizes(self, file_ids: Iterable[bytes]) -> dict[bytes, tuple[int, int, int]]:
+        """(size, link key, mtime) of live versions by fileId, in a few queries (for listing a
+        folder)."""
         wanted = list(dict.fromkeys(file_ids))
-        out: dict[bytes, int] = {}
+        out: dict[bytes, tuple[int, int, int]] = {}
         with self._reading() as db:
             for i in range(0, len(wanted), 500):
                 batch = wanted[i : i + 500]
                 marks = ",".join("?" * len(batch))
-                for fid, size in db.execute(
-                    f"SELECT file_id, size FROM versions WHERE removed=0 AND file_id IN ({marks})",
+                for fid, size, link, mtime_ns in db.execute(
+                    "SELECT file_id, size, link, mtime_ns FROM versions"
+                    f" WHERE removed=0 AND file_id IN ({marks})",
                     batch,
                 ):
-                    out[bytes(fid)] = int(size)
+                    out[bytes(fid)] = (int(size), int(link), int(mtime_ns))
         return out
+
+    def tree_links(self, root: str, seq: int, link: int, size: int, mtime_ns: int) -> list[str]:
+        """The names (relative to ``root``) that snapshot ``seq`` gives one file: its files
+        whose versions were read from the same file (``link``) with the same size and time."""
+        prefix = root.rstrip("/") + "/"
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT DISTINCT path, file_id FROM versions WHERE link=? AND size=?"
+                " AND mtime_ns=? AND removed=0 AND path LIKE ? ESCAPE '\\'",
+                (link, size, mtime_ns, _like_prefix(prefix)),
+            ).fetchall()
+        candidates: dict[str, set[bytes]] = {}
+        for path, fid in rows:
+            candidates.setdefault(str(path)[len(prefix) :], set()).add(bytes(fid))
+        names = []
+        for relative, fids in sorted(candidates.items()):
+            entry = self.tree_entry(root, *_split(relative), seq)
+            if entry is not None and entry.kind == TREE_FILE and entry.file_id in fids:
+                names.append(relative)
+        return names
 
     def version_by_id(self, file_id: bytes) -> FileVersion | None:
         with self._reading() as db:
@@ -1226,6 +1310,7 @@ def _event(row: Sequence[Any]) -> TreeEvent:
         int(row[4]),
         int(row[5]),
         str(row[6]),
+        unpack_xattrs(bytes(row[7] or b"")),
     )
 
 

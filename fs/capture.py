@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from chunkstore.catalog import FileVersion, version_from_stat
+from chunkstore.catalog import FileVersion, Xattrs, read_xattrs, version_from_stat
 from chunkstore.catalogdb import (
     TREE_DIR,
     TREE_SYMLINK,
@@ -91,6 +91,7 @@ class CutJob:
     error: BaseException | None = None
     on_failure: Callable[[DirtyFile], None] | None = None
     aliases: tuple[str, ...] = ()  # the file's other names (hard links)
+    xattrs: Xattrs = ()  # its extended attributes when the cut began
 
     def length(self, no: int) -> int:
         return max(0, min(CHUNK_SIZE, self.st.st_size - no * CHUNK_SIZE))
@@ -195,6 +196,7 @@ class VersionCutter:
         own_fd = os.dup(fd)
         try:
             st = os.fstat(own_fd)
+            xattrs = read_xattrs(own_fd)
             in_flight = self._latest_job.get(inode) if inode is not None else None
             if in_flight is not None and in_flight.committed.is_set():
                 in_flight = None
@@ -223,6 +225,7 @@ class VersionCutter:
             inode=inode,
             on_failure=on_failure,
             aliases=aliases,
+            xattrs=xattrs,
         )
         if in_flight is None:
             self._plan(job)
@@ -383,7 +386,12 @@ class VersionCutter:
             if len(final) != len(job.addresses):
                 raise CutFailed("some chunks were not read")
             job.version = version_from_stat(
-                self.owner, self.catalog_path(job.relative), job.st, job.degree, final
+                self.owner,
+                self.catalog_path(job.relative),
+                job.st,
+                job.degree,
+                final,
+                xattrs=job.xattrs,
             )
         except Exception as exc:  # an I/O error: the version is not recorded, the changes stay
             log.warning("could not cut a version of %s: %s", job.relative, exc)
@@ -406,13 +414,20 @@ class VersionCutter:
 
     # -- the tree's structure ----------------------------------------------------------------
 
-    def made(self, relative: str, st: os.stat_result, target: str = "") -> None:
-        """A folder or symlink appeared (files are recorded when their version is cut)."""
+    def made(
+        self, relative: str, st: os.stat_result, target: str = "", xattrs: Xattrs = ()
+    ) -> None:
+        """A folder or symlink appeared, or changed (files are recorded when their version is
+        cut)."""
         if stat.S_ISDIR(st.st_mode):
-            self._enqueue(_Queued(EntryRecord(relative, TREE_DIR, st.st_mode, st.st_mtime_ns)))
+            self._enqueue(
+                _Queued(EntryRecord(relative, TREE_DIR, st.st_mode, st.st_mtime_ns, "", xattrs))
+            )
         elif stat.S_ISLNK(st.st_mode):
             self._enqueue(
-                _Queued(EntryRecord(relative, TREE_SYMLINK, st.st_mode, st.st_mtime_ns, target))
+                _Queued(
+                    EntryRecord(relative, TREE_SYMLINK, st.st_mode, st.st_mtime_ns, target, xattrs)
+                )
             )
 
     def removed(self, relative: str) -> None:
@@ -424,9 +439,12 @@ class VersionCutter:
     def linked(self, existing: str, new: str) -> None:
         self._enqueue(_Queued(LinkRecord(existing, new)))
 
-    def attributes_changed(self, relative: str, st: os.stat_result) -> None:
-        """chmod or touch without a content change: recorded for the entry as it is."""
-        self._enqueue(_Queued(AttrRecord(relative, st.st_mode, st.st_mtime_ns)))
+    def attributes_changed(
+        self, relative: str, st: os.stat_result, xattrs: Xattrs | None = None
+    ) -> None:
+        """chmod, touch or an extended attribute set or removed, without a content change:
+        recorded for the entry as it is (``xattrs`` None: they did not change)."""
+        self._enqueue(_Queued(AttrRecord(relative, st.st_mode, st.st_mtime_ns, xattrs)))
 
     def latest_seq(self) -> int:
         return self.catalog.latest_seq(self.source_root)

@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
-from chunkstore.catalog import is_own_temp
+from chunkstore.catalog import is_own_temp, read_xattrs
 from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import CutJob, VersionCutter
@@ -467,8 +467,9 @@ class PassthroughOps(pyfuse3.Operations):
             os.mkdir(path, mode & ~ctx.umask, dir_fd=self.source_fd)
             self._own(path, ctx)
             st = self._stat(path)
+            xattrs = read_xattrs(path, dir_fd=self.source_fd)  # a default ACL is inherited
         if self.capture is not None and not is_own_temp(path):
-            self.capture.made(path, st)
+            self.capture.made(path, st, "", xattrs)
         return self._remember(path, st)
 
     async def rmdir(
@@ -854,10 +855,16 @@ class PassthroughOps(pyfuse3.Operations):
         return f"/proc/self/fd/{self.source_fd}/{self._path(inode)}"
 
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
-        if self._virtual(inode):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if self.versions is not None and self._virtual(inode):
+            value = dict(self.versions.xattrs(inode)).get(os.fsdecode(name))
+            if value is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return value
         with _fuse_errors():
-            return os.getxattr(self._xattr_path(inode), os.fsdecode(name), follow_symlinks=False)
+            found: bytes = os.getxattr(
+                self._xattr_path(inode), os.fsdecode(name), follow_symlinks=False
+            )
+            return found
 
     async def setxattr(
         self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
@@ -865,10 +872,23 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_virtual(inode)
         with _fuse_errors():
             os.setxattr(self._xattr_path(inode), os.fsdecode(name), value, follow_symlinks=False)
+        await self._xattrs_changed(inode)
+
+    async def _xattrs_changed(self, inode: int) -> None:
+        """Record an entry's new extended attributes (a file's next version carries them too)."""
+        if self.capture is None:
+            return
+        with _fuse_errors():
+            path = self._path(inode)
+            st = self._stat(path)
+            xattrs = read_xattrs(self._rel(path), dir_fd=self.source_fd)
+            for name in sorted(self.inodes[inode].paths):
+                if not is_own_temp(name):
+                    self.capture.attributes_changed(name, st, xattrs)
 
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
-        if self._virtual(inode):
-            return []
+        if self.versions is not None and self._virtual(inode):
+            return [XAttrNameT(os.fsencode(n)) for n, _v in self.versions.xattrs(inode)]
         with _fuse_errors():
             return [
                 XAttrNameT(os.fsencode(n))
@@ -881,3 +901,4 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_virtual(inode)
         with _fuse_errors():
             os.removexattr(self._xattr_path(inode), os.fsdecode(name), follow_symlinks=False)
+        await self._xattrs_changed(inode)

@@ -15,7 +15,7 @@ import stat
 
 import trio
 
-from chunkstore.catalog import is_own_temp
+from chunkstore.catalog import is_own_temp, read_xattrs
 from chunkstore.catalogdb import TREE_DIR, TREE_SYMLINK
 from chunkstore.chunking import CHUNK_SIZE
 
@@ -85,10 +85,22 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
                 if seq
                 else None
             )
-            target = os.readlink(os.path.join(disk, path)) if stat.S_ISLNK(st.st_mode) else ""
+            full = os.path.join(disk, path)
+            target = os.readlink(full) if stat.S_ISLNK(st.st_mode) else ""
             kind = TREE_DIR if stat.S_ISDIR(st.st_mode) else TREE_SYMLINK
-            if known is None or known.kind != kind or known.target != target:
-                cutter.made(path, st, target)
+            try:
+                xattrs = read_xattrs(full)
+            except OSError as exc:
+                log.warning("cannot read the extended attributes of %s: %s", path, exc)
+                xattrs = known.xattrs if known is not None else ()
+            if (
+                known is None
+                or known.kind != kind
+                or known.target != target
+                or known.mode != st.st_mode
+                or known.xattrs != xattrs
+            ):
+                cutter.made(path, st, target, xattrs)
                 changes += 1
     if seq:
         pending = [""]

@@ -67,14 +67,15 @@ class VersionsView:
         self.read_chunks = read_chunks
         self.uid = owner_uid
         self.gid = owner_gid
-        self._by_key: dict[tuple[int, str], int] = {}
+        self._by_key: dict[tuple[int, str | tuple[int, int, int]], int] = {}
         self._nodes: dict[int, Node] = {}
         self._next = VIRTUAL_BASE + 1
         self.top = self._inode(Node(0, "", TREE_DIR))
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._versions: OrderedDict[bytes, FileVersion] = OrderedDict()
         self._listings: OrderedDict[int, list[tuple[str, int]]] = OrderedDict()
-        self._sizes: dict[bytes, int] = {}  # fileId -> size (a version never changes)
+        self._info: dict[bytes, tuple[int, int, int]] = {}  # fileId -> (size, link, mtime)
+        self._nlinks: dict[tuple[int, int, int, int], int] = {}  # names of one file, per snapshot
         self._fetching: dict[bytes, trio.Event] = {}
         self._failed: dict[bytes, BaseException] = {}
         self._next_expected: dict[int, int] = {}  # inode -> chunk a sequential reader reads next
@@ -93,7 +94,10 @@ class VersionsView:
         return inode >= VIRTUAL_BASE
 
     def _inode(self, node: Node) -> int:
-        key = (node.seq, node.path)
+        key: tuple[int, str | tuple[int, int, int]] = (node.seq, node.path)
+        link = self._link_of(node)
+        if link is not None:  # the names of one file (hard links) are one inode
+            key = (node.seq, link)
         found = self._by_key.get(key)
         if found is None:
             found = self._next
@@ -101,6 +105,28 @@ class VersionsView:
             self._by_key[key] = found
         self._nodes[found] = node
         return found
+
+    def _link_of(self, node: Node) -> tuple[int, int, int] | None:
+        """(link key, size, mtime) that the names of one file share, for a file read with
+        its link key known."""
+        if node.kind != TREE_FILE or node.event is None:
+            return None
+        size, link, mtime_ns = self._info_of(node.event.file_id)
+        return (link, size, mtime_ns) if link else None
+
+    def xattrs(self, inode: int) -> tuple[tuple[str, bytes], ...]:
+        node = self.node(inode)
+        return node.event.xattrs if node.path and node.event is not None else ()
+
+    def _nlink(self, node: Node) -> int:
+        link = self._link_of(node)
+        if link is None:
+            return 1
+        count = self._nlinks.get((node.seq, *link))
+        if count is None:
+            count = max(1, len(self.catalog.tree_links(self.root, node.seq, *link)))
+            self._nlinks[(node.seq, *link)] = count
+        return count
 
     def node(self, inode: int) -> Node:
         node = self._nodes.get(inode)
@@ -148,12 +174,12 @@ class VersionsView:
             entry.st_mode = ModeT(stat.S_IFLNK | 0o777)
             entry.st_size = len(event.target.encode())
         else:
-            size = self._size_of(event.file_id)
+            size, _link, _mtime = self._info_of(event.file_id)
             # The entry's mode: a chmod after the content was saved is recorded there.
             entry.st_mode = ModeT(stat.S_IFREG | (stat.S_IMODE(event.mode) & 0o555))
             entry.st_size = size
             entry.st_blocks = (size + 511) // 512
-        entry.st_nlink = 1
+        entry.st_nlink = self._nlink(node)
         entry.st_mtime_ns = entry.st_ctime_ns = entry.st_atime_ns = event.mtime_ns
         return entry
 
@@ -191,7 +217,7 @@ class VersionsView:
         children = self.catalog.tree_children(self.root, node.path, node.seq)
         files = [e.file_id for e in children if e.kind == TREE_FILE]
         if files:
-            self._sizes.update(self.catalog.version_sizes(files))
+            self._info.update(self.catalog.version_sizes(files))
         for event in children:
             path = f"{node.path}/{event.name}" if node.path else event.name
             out.append((event.name, self._inode(Node(node.seq, path, event.kind, event))))
@@ -200,12 +226,13 @@ class VersionsView:
             self._listings.popitem(last=False)
         return out
 
-    def _size_of(self, file_id: bytes) -> int:
-        size = self._sizes.get(file_id)
-        if size is None:
-            size = self._version_of(file_id).size
-            self._sizes[file_id] = size
-        return size
+    def _info_of(self, file_id: bytes) -> tuple[int, int, int]:
+        """(size, link key, mtime) of a file's version (a version never changes)."""
+        info = self._info.get(file_id)
+        if info is None:
+            version = self._version_of(file_id)
+            info = self._info[file_id] = (version.size, version.link, version.mtime_ns)
+        return info
 
     def readlink(self, inode: int) -> FileNameT:
         node = self.node(inode)

@@ -512,6 +512,20 @@ def _links_not_made(data: dict[str, Any]) -> str:
     )
 
 
+def _restore_notes(data: dict[str, Any]) -> str:
+    """What a restore made differently from a plain copy, and what it could not give back."""
+    notes = ""
+    if data.get("hard_links"):
+        notes += f" ({_count(data['hard_links'], 'file is', 'files are')} hard links of another)"
+    count = data.get("xattrs_refused_count", 0)
+    if count:
+        notes += (
+            f"; the destination refused {_count(count, 'extended attribute', 'extended attributes')}"
+            f", e.g. {data['xattrs_refused'][0]}"
+        )
+    return notes + _links_not_made(data)
+
+
 def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
     path = args.path.absolute()
     if not path.exists():
@@ -553,7 +567,7 @@ def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
         args,
         data,
         f"restored {_what(data)} ({data['bytes'] / 1e6:.1f} MB) in {data['seconds']:.1f} s"
-        + _links_not_made(data),
+        + _restore_notes(data),
     )
     return 0
 

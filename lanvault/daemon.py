@@ -432,6 +432,9 @@ class Daemon:
             "folders": report.folders,
             "links_not_made": report.links_not_made[:SKIPPED_LISTED],
             "links_not_made_count": len(report.links_not_made),
+            "hard_links": report.hard_links,
+            "xattrs_refused": report.xattrs_refused[:SKIPPED_LISTED],
+            "xattrs_refused_count": len(report.xattrs_refused),
             "bytes": report.bytes_done,
             "seconds": time.monotonic() - started,
         }

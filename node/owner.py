@@ -21,7 +21,16 @@ from typing import Any, TypeVar
 
 import trio
 
-from chunkstore.catalog import FileVersion, is_own_temp, version_from_stat, version_key
+from chunkstore.catalog import (
+    FileVersion,
+    Xattrs,
+    hard_links,
+    is_own_temp,
+    link_key,
+    read_xattrs,
+    version_from_stat,
+    version_key,
+)
 from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK, CatalogDB, TreeEvent
 from chunkstore.chunking import CHUNK_SIZE, chunk_count, split_bytes
 from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
@@ -121,6 +130,8 @@ class Progress:
     links: int = 0  # symlinks backed up (as links)
     folders: int = 0  # folders backed up (their modes and times; empty ones too)
     links_not_made: list[str] = field(default_factory=list)  # a real folder is there now
+    hard_links: int = 0  # second names of a file restored (as links, not copies)
+    xattrs_refused: list[str] = field(default_factory=list)  # "path: name" the destination refused
     # What a backup found, over files, symlinks and folders (as restic reports it).
     new: int = 0  # no live version of the path before
     changed: int = 0  # content or restorable metadata differ from the newest version
@@ -219,34 +230,42 @@ def _already_restored(
     )
 
 
-def _read_small(
-    keys: KeyRing, path: str, before: os.stat_result
-) -> tuple[list[bytes], list[bytes]] | None:
-    """A small file's chunks and their addresses, read whole; None if it is not the file
-    ``before`` describes any more or changed while it was read (the caller reads it again)."""
+_SmallRead = tuple[list[bytes], list[bytes], Xattrs]
+
+
+def _read_small(keys: KeyRing, path: str, before: os.stat_result) -> _SmallRead | None:
+    """A small file's chunks, their addresses and its extended attributes, read whole; None if
+    it is not the file ``before`` describes any more or changed while it was read (the caller
+    reads it again)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         data = os.pread(fd, before.st_size + 1, 0)
+        xattrs = read_xattrs(fd)
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    same = (st.st_ino, st.st_size, st.st_mtime_ns) == (
+    same = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
         before.st_ino,
         before.st_size,
         before.st_mtime_ns,
+        before.st_ctime_ns,
     )
-    if not same or len(data) != before.st_size or after.st_mtime_ns != st.st_mtime_ns:
+    if (
+        not same
+        or len(data) != before.st_size
+        or (after.st_mtime_ns, after.st_ctime_ns) != (st.st_mtime_ns, st.st_ctime_ns)
+    ):
         return None
     chunks = [data[no * CHUNK_SIZE : (no + 1) * CHUNK_SIZE] for no in range(chunk_count(len(data)))]
-    return chunks, [chunk_address(keys, c) for c in chunks]
+    return chunks, [chunk_address(keys, c) for c in chunks], xattrs
 
 
 def _read_smalls(
     keys: KeyRing, files: list[tuple[str, os.stat_result]]
-) -> list[tuple[list[bytes], list[bytes]] | OSError | None]:
+) -> list[_SmallRead | OSError | None]:
     """``_read_small`` of each file; the error in place of a file that could not be read."""
-    out: list[tuple[list[bytes], list[bytes]] | OSError | None] = []
+    out: list[_SmallRead | OSError | None] = []
     for path, before in files:
         try:
             out.append(_read_small(keys, path, before))
@@ -272,15 +291,23 @@ class _ChunkWriter:
 
     WRITEBACK_STEP = 32 * 1024 * 1024
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, holes: bool = False) -> None:
         self._fd = fd
+        self._holes = holes
         self._lock = threading.Lock()
         self._unflushed = 0
 
     def write(self, chunks: list[tuple[int, bytes]]) -> int:
-        """Write ``(chunk number, plaintext)`` pairs; return the bytes written."""
+        """Write ``(chunk number, plaintext)`` pairs; return the bytes they hold. With
+        ``holes`` (the file is new, so what is not written reads as zeros) a chunk of zeros is
+        not written: a sparse file comes back sparse (the final truncate sets its size)."""
         chunks = sorted(chunks)
         total = 0
+        if self._holes:
+            zeros = [(no, p) for no, p in chunks if p.count(0) == len(p)]
+            if zeros:
+                total = sum(len(p) for _no, p in zeros)
+                chunks = [(no, p) for no, p in chunks if p.count(0) != len(p)]
         with self._lock:
             i = 0
             while i < len(chunks):
@@ -549,6 +576,7 @@ class Owner:
                     await self._db(self.catalog.add_holders, learned)
                 if failures:
                     raise BackupError(failures[0])
+                xattrs = read_xattrs(path)
                 after = os.lstat(path)
                 if (after.st_mtime_ns, after.st_ctime_ns) != (
                     before.st_mtime_ns,
@@ -556,7 +584,7 @@ class Owner:
                 ):
                     continue  # changed while it was read: read it again
                 version = version_from_stat(
-                    self.owner_id, path, before, degree, addresses, size=len(content)
+                    self.owner_id, path, before, degree, addresses, len(content), xattrs
                 )
                 await self._db(self.catalog.add_version, version, time.time_ns())
                 await self._db(self.catalog.set_complete, version.file_id)
@@ -591,6 +619,7 @@ class Owner:
                 and latest.mtime_ns == before.st_mtime_ns
                 and latest.ctime_ns == before.st_ctime_ns
                 and latest.degree == degree
+                and latest.link == link_key(before)
             ):
                 await self._ensure_version(latest, report, progress)
                 report.bytes_done += before.st_size
@@ -598,11 +627,18 @@ class Owner:
                 return latest
             addresses = await self._store_content(key, before.st_size, degree, report, progress)
             report.bytes_read += before.st_size
+            xattrs = read_xattrs(key)
             after = os.stat(key, follow_symlinks=False)
-            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                before.st_size,
+                before.st_mtime_ns,
+                before.st_ctime_ns,
+            ):
                 log.info("%s changed while it was read; reading it again", key)
                 continue  # a torn read: the chunks went out, but no version names them
-            version = version_from_stat(self.owner_id, key, before, degree, addresses)
+            version = version_from_stat(
+                self.owner_id, key, before, degree, addresses, xattrs=xattrs
+            )
             await self._db(self.catalog.add_version, version, time.time_ns())
             await self._db(self.catalog.set_complete, version.file_id)
             await self._note_backup()
@@ -636,7 +672,8 @@ class Owner:
                 version.mtime_ns,
                 version.ctime_ns,
                 version.degree,
-            ) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, degree):
+                version.link,
+            ) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, degree, link_key(st)):
                 unchanged.append((path, version))
             elif stat.S_ISREG(st.st_mode) and st.st_size <= SMALL_FILE:
                 small.append((path, st, version))
@@ -671,7 +708,7 @@ class Owner:
     ) -> list[str]:
         """Small files read whole, their chunks sent together and their versions committed in
         one transaction; a file that changed while read goes to ``retry``."""
-        read: list[tuple[str, os.stat_result, FileVersion | None, list[bytes], list[bytes]]] = []
+        read: list[tuple[str, os.stat_result, FileVersion | None, _SmallRead]] = []
         failures: list[str] = []
         results = await trio.to_thread.run_sync(  # one thread hop for the whole group
             _read_smalls,
@@ -687,11 +724,11 @@ class Owner:
             if got is None:
                 retry.append(path)
             else:
-                read.append((path, st, before, got[0], got[1]))
+                read.append((path, st, before, got))
         if not read:
             return failures
         plain: dict[bytes, bytes] = {}
-        for *_x, chunks, addresses in read:
+        for *_x, (chunks, addresses, _xattrs) in read:
             plain.update(zip(addresses, chunks, strict=True))
         known = await self._db(self.catalog.holders_many, list(plain))
         live = {
@@ -709,7 +746,7 @@ class Owner:
             new, _short = await self._send(items, degree, report)  # ``live`` grows
             learned += new
         versions: list[FileVersion] = []
-        for path, st, before, _chunks, addresses in read:
+        for path, st, before, (_chunks, addresses, xattrs) in read:
             report.files_done += 1
             short = [a for a in addresses if len(live[a]) < degree]
             if short:
@@ -718,7 +755,7 @@ class Owner:
                     f" copies ({len(self.node.membership.up_ids())} peers up)"
                 )
                 continue
-            version = version_from_stat(self.owner_id, path, st, degree, addresses)
+            version = version_from_stat(self.owner_id, path, st, degree, addresses, xattrs=xattrs)
             versions.append(version)
             report.bytes_done += st.st_size
             report.bytes_read += st.st_size
@@ -1156,6 +1193,7 @@ class Owner:
         mode: int | None = None,
         mtime_ns: int | None = None,
         progress: ProgressFn | None = None,
+        xattrs: Xattrs | None = None,
     ) -> None:
         """Write ``version`` to ``dest`` (below ``target``'s anchor) atomically: a new temporary
         file with the version's owner and mode, its data, fsync, times, rename.
@@ -1166,7 +1204,14 @@ class Owner:
         """
         async with self._destination_lock(dest):  # two restores never share a temp file
             await self._restore_version(
-                version, dest, target, report or Progress(), mode, mtime_ns, progress
+                version,
+                dest,
+                target,
+                report or Progress(),
+                mode,
+                mtime_ns,
+                progress,
+                version.xattrs if xattrs is None else xattrs,
             )
 
     @contextlib.asynccontextmanager
@@ -1207,6 +1252,7 @@ class Owner:
         mode: int | None,
         mtime_ns: int | None,
         progress: ProgressFn | None,
+        xattrs: Xattrs,
     ) -> None:
         mode = version.mode if mode is None else mode
         mtime_ns = version.mtime_ns if mtime_ns is None else mtime_ns
@@ -1218,7 +1264,7 @@ class Owner:
         try:
             with target.parent(dest) as (dir_fd, name):
                 await self._restore_into(
-                    version, dest, target, dir_fd, name, report, mode, mtime_ns, progress
+                    version, dest, target, dir_fd, name, report, mode, mtime_ns, progress, xattrs
                 )
         except UnsafeDestination as exc:
             raise RestoreError(str(exc)) from None
@@ -1234,14 +1280,15 @@ class Owner:
         mode: int,
         mtime_ns: int,
         progress: ProgressFn | None,
+        xattrs: Xattrs,
     ) -> None:
-        fd, tmp, _resumed = await trio.to_thread.run_sync(
+        fd, tmp, resumed = await trio.to_thread.run_sync(
             target.partial_file, dir_fd, name, dest, mode, (version.uid, version.gid)
         )
         try:
             windows = trio.Semaphore(RESTORE_WINDOWS)
             write_lock = trio.Lock()
-            writer = _ChunkWriter(fd)
+            writer = _ChunkWriter(fd, holes=not resumed)  # a new file: zeros stay holes
             errors: list[RestoreError] = []
             holders = await self._db(self.catalog.holders_many, version.chunks)
             count = len(version.chunks)
@@ -1349,9 +1396,10 @@ class Owner:
             if errors:
                 raise errors[0]
             os.ftruncate(fd, version.size)
-            await trio.to_thread.run_sync(
-                target.publish, dir_fd, fd, tmp, name, dest, mode, mtime_ns
+            refused = await trio.to_thread.run_sync(
+                target.publish, dir_fd, fd, tmp, name, dest, mode, mtime_ns, xattrs
             )
+            report.xattrs_refused.extend(f"{dest}: {n}" for n in refused)
         finally:
             # An unfinished temporary file stays: what it holds is verified and reused.
             os.close(fd)
@@ -1450,13 +1498,9 @@ class Owner:
     ) -> None:
         for folder in folders:  # empty ones too; their own mode and times are set last
             await trio.to_thread.run_sync(target.make_folder, target_of(folder))
-        for version in files:
-            await self.restore_version(
-                version, target_of(version), target, report, progress=progress
-            )
-            report.files_done += 1
-            if progress:
-                progress(report)
+        await self._restore_files(
+            target, [(target_of(v), v, None) for v in files], report, progress
+        )
         # Links last: no file is ever written through a link this restore made. A real folder
         # where a link was is left: unlike a mount's snapshot, a plain backup does not say that
         # folder is gone.
@@ -1475,13 +1519,16 @@ class Owner:
                 report.links_not_made.append(str(where))
         # Folder modes and times last, deepest first: writing inside a folder changes its mtime.
         for folder in reversed(folders):
-            await trio.to_thread.run_sync(
+            where = target_of(folder)
+            refused = await trio.to_thread.run_sync(
                 target.finish_folder,
-                target_of(folder),
+                where,
                 folder.mode,
                 folder.mtime_ns,
                 (folder.uid, folder.gid),
+                folder.xattrs,
             )
+            report.xattrs_refused.extend(f"{where}: {n}" for n in refused)
         report.folders = len(folders)
 
     async def _tree_for(self, key: str, at_ns: int | None) -> tuple[str, int] | None:
@@ -1561,23 +1608,59 @@ class Owner:
                         replace_folder=True,  # the snapshot says that folder is gone
                     )
                 )
-        for path, version, entry in files:
-            await self.restore_version(
-                version,
-                target_of(path),
-                target,
-                report,
-                mode=entry.mode,
-                mtime_ns=entry.mtime_ns,
-                progress=progress,
+        await self._restore_files(
+            target, [(target_of(p), v, e) for p, v, e in files], report, progress
+        )
+        for where, entry in reversed(folders):  # children first: their writes move mtimes
+            refused = await trio.to_thread.run_sync(
+                functools.partial(
+                    target.finish_folder,
+                    where,
+                    stat.S_IMODE(entry.mode) or 0o755,
+                    entry.mtime_ns,
+                    xattrs=entry.xattrs,
+                )
             )
+            report.xattrs_refused.extend(f"{where}: {n}" for n in refused)
+
+    async def _restore_files(
+        self,
+        target: RestoreTarget,
+        files: list[tuple[Path, FileVersion, TreeEvent | None]],
+        report: Progress,
+        progress: ProgressFn | None,
+    ) -> None:
+        """Write each file (with the mode, times and attributes of its snapshot entry, if it
+        has one); a second name of a file already written becomes a hard link to it."""
+        firsts = hard_links([version for _where, version, _entry in files])
+        for (where, version, entry), first in zip(files, firsts, strict=True):
+            if first is None:
+                await self.restore_version(
+                    version,
+                    where,
+                    target,
+                    report,
+                    mode=None if entry is None else entry.mode,
+                    mtime_ns=None if entry is None else entry.mtime_ns,
+                    progress=progress,
+                    xattrs=None if entry is None else entry.xattrs,
+                )
+            else:
+                try:
+                    made = await trio.to_thread.run_sync(
+                        target.make_hard_link, files[first][0], where
+                    )
+                except UnsafeDestination as exc:
+                    raise RestoreError(str(exc)) from None
+                if made:
+                    report.hard_links += 1
+                else:
+                    log.warning("%s: a folder is there now; the hard link is not made", where)
+                    report.links_not_made.append(str(where))
+                report.bytes_done += version.size
             report.files_done += 1
             if progress:
                 progress(report)
-        for where, entry in reversed(folders):  # children first: their writes move mtimes
-            await trio.to_thread.run_sync(
-                target.finish_folder, where, stat.S_IMODE(entry.mode) or 0o755, entry.mtime_ns
-            )
 
     # -- delete --------------------------------------------------------------------------
 

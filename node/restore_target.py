@@ -12,6 +12,11 @@ The rules (``docs/security.md``):
   refused.
 * A file is written into a new temporary file (``O_EXCL``, an unpredictable name) in its folder,
   given its owner and mode before any byte goes in, and renamed into place.
+* A second name of a file (a hard link) is made as a link to the restored first name, under a
+  temporary name first and renamed into place, so an existing file there is replaced whole.
+* Extended attributes go onto the temporary file (or the folder) before it takes its name;
+  one the destination refuses (another namespace, no permission, no support) is reported by
+  name and the rest of the restore goes on.
 * An interrupted restore is resumed only from a temporary file it recorded in the state
   directory and that is still that very file (device, inode, owner, one link). A file that
   someone else put under that name is never trusted.
@@ -31,7 +36,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from chunkstore.catalog import is_own_temp, own_temp_name
+from chunkstore.catalog import Xattrs, is_own_temp, own_temp_name
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 40  # as the kernel's own limit on symlinks in one path
@@ -40,6 +45,19 @@ _FOLDER_MODE = 0o755  # a folder the restore makes; a restored folder gets its o
 
 class UnsafeDestination(Exception):
     """The destination has a symlink or a non-folder where the restore must go through."""
+
+
+def apply_xattrs(fd: int, xattrs: Xattrs) -> list[str]:
+    """Set ``xattrs`` on the open file or folder ``fd``; returns the names it refused."""
+    refused = []
+    for name, value in xattrs:
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EINVAL):
+                raise
+            refused.append(name)
+    return refused
 
 
 def _refuse(path: str, what: str) -> UnsafeDestination:
@@ -209,21 +227,56 @@ class RestoreTarget:
             return True
 
     def finish_folder(
-        self, path: Path, mode: int, mtime_ns: int, owner: tuple[int, int] | None = None
-    ) -> None:
-        """Give the folder at ``path`` its owner, mode and times (if it is a folder)."""
+        self,
+        path: Path,
+        mode: int,
+        mtime_ns: int,
+        owner: tuple[int, int] | None = None,
+        xattrs: Xattrs = (),
+    ) -> list[str]:
+        """Give the folder at ``path`` its owner, extended attributes, mode and times (if it
+        is a folder); returns the attributes it refused."""
         parts = self._parts(path)
         try:
             fd = self._walk(parts) if parts else os.dup(self._fd)
         except UnsafeDestination:
-            return
+            return []
         try:
             if owner is not None and os.geteuid() == 0:
                 os.fchown(fd, *owner)
+            refused = apply_xattrs(fd, xattrs)
             os.fchmod(fd, stat.S_IMODE(mode))
             os.utime(fd, ns=(mtime_ns, mtime_ns))
+            return refused
         finally:
             os.close(fd)
+
+    def make_hard_link(self, existing: Path, path: Path) -> bool:
+        """``path`` as a second name of the restored file at ``existing``; False if a real
+        folder is there (it is left alone)."""
+        with self.parent(existing) as (src_fd, src_name), self.parent(path) as (fd, name):
+            source = os.stat(src_name, dir_fd=src_fd, follow_symlinks=False)
+            if not stat.S_ISREG(source.st_mode):
+                raise UnsafeDestination(f"{existing} is not the file just restored")
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if (st.st_dev, st.st_ino) == (source.st_dev, source.st_ino):
+                    return True  # made by an earlier attempt
+                if stat.S_ISDIR(st.st_mode):
+                    return False
+            tmp = own_temp_name(name)
+            os.link(src_name, tmp, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
+            try:
+                os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=fd)
+                raise
+            os.fsync(fd)
+            return True
 
     # -- files ---------------------------------------------------------------------------
 
@@ -276,12 +329,23 @@ class RestoreTarget:
         return fd, tmp, False
 
     def publish(
-        self, dir_fd: int, fd: int, tmp: str, name: str, dest: Path, mode: int, mtime_ns: int
-    ) -> None:
-        """Make the finished temporary file ``dest``: mode, fsync, times, rename, folder fsync."""
+        self,
+        dir_fd: int,
+        fd: int,
+        tmp: str,
+        name: str,
+        dest: Path,
+        mode: int,
+        mtime_ns: int,
+        xattrs: Xattrs = (),
+    ) -> list[str]:
+        """Make the finished temporary file ``dest``: extended attributes, mode, fsync, times,
+        rename, folder fsync. Returns the extended attributes the destination refused."""
+        refused = apply_xattrs(fd, xattrs)
         os.fchmod(fd, stat.S_IMODE(mode))
         os.fsync(fd)
         os.utime(fd, ns=(mtime_ns, mtime_ns))
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         os.fsync(dir_fd)
         self._record_path(dest).unlink(missing_ok=True)
+        return refused

@@ -20,8 +20,12 @@ from chunkstore.catalog import (
     decode_snapshot,
     encode_file_version,
     encode_snapshot,
+    hard_links,
+    link_key,
     open_record,
+    pack_xattrs,
     seal_record,
+    unpack_xattrs,
 )
 from chunkstore.chunking import chunk_count
 from chunkstore.errors import CatalogFormatError, ChunkstoreError, TamperedEnvelopeError
@@ -49,6 +53,10 @@ def file_versions(draw: st.DrawFn) -> FileVersion:
             draw(st.lists(addresses, min_size=chunk_count(size), max_size=chunk_count(size)))
         ),
         owner=draw(st.integers(0, 2**32 - 1)),
+        xattrs=tuple(
+            sorted(draw(st.dictionaries(texts, st.binary(max_size=40), max_size=4)).items())
+        ),
+        link=draw(st.integers(0, 2**63 - 1)),
     )
 
 
@@ -166,3 +174,44 @@ def test_own_temporary_names_are_recognised_and_nothing_else() -> None:
         "report.odt.lanvault-0123456789abcdef",
     ):
         assert not is_own_temp(user_name), user_name
+
+
+def test_a_version_recorded_before_links_and_xattrs_reads_as_having_none() -> None:
+    import msgpack
+
+    old = [KIND_FILE_VERSION, 1, "/f", bytes(32), 3, 0o100644, 0, 0, 5, 6, 2, bytes(32), 1]
+    version = decode_file_version(msgpack.packb(old, use_bin_type=True))
+    assert (version.xattrs, version.link) == ((), 0)
+    with pytest.raises(CatalogFormatError, match="extended attribute"):
+        decode_file_version(msgpack.packb([*old, [["n"]], 0], use_bin_type=True))
+    with pytest.raises(CatalogFormatError, match="sorted"):
+        FileVersion("/f", bytes(32), 0, 0, 0, 0, 0, 0, 1, (bytes(32),), 1, (("b", b""), ("a", b"")))
+    assert unpack_xattrs(pack_xattrs((("a", b"\x00"),))) == (("a", b"\x00"),)
+    assert pack_xattrs(()) == b"" and unpack_xattrs(b"") == ()
+    with pytest.raises(CatalogFormatError):
+        unpack_xattrs(msgpack.packb([["a", "not bytes"]], use_bin_type=True))
+
+
+def test_hard_links_are_names_of_one_file_with_one_content() -> None:
+    def version(path: str, link: int, chunk: bytes, mtime: int = 5) -> FileVersion:
+        return FileVersion(path, bytes(32), 3, 0o100644, 0, 0, mtime, 0, 1, (chunk,), 1, (), link)
+
+    a, b = bytes(32), b"\x01" * 32
+    versions = [
+        version("/x", 7, a),
+        version("/y", 7, a),  # a second name of /x
+        version("/z", 7, b),  # the same file read later with other content: not a link
+        version("/w", 0, a),  # link unknown (recorded before links were): never linked
+        version("/v", 7, a, mtime=6),
+        version("/u", 7, a),
+    ]
+    assert hard_links(versions) == [None, 0, None, None, None, 0]
+
+
+def test_link_key_names_regular_files_only(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "f")
+    with open(path, "w"):
+        pass
+    os.link(path, os.path.join(tmp_path, "g"))
+    assert link_key(os.stat(path)) == link_key(os.stat(os.path.join(tmp_path, "g"))) != 0
+    assert link_key(os.stat(tmp_path)) == 0

@@ -15,6 +15,7 @@ from chunkstore.catalogdb import (
     _SCHEMA,
     TREE_DIR,
     TREE_FILE,
+    AttrRecord,
     CatalogDB,
     CutRecord,
     EntryRecord,
@@ -326,3 +327,47 @@ def test_still_wanted_is_what_a_live_version_or_the_catalog_copy_uses(db: Catalo
     db.delete_paths([deleted.path], [2])  # its chunk gets a delete owed to node 2
     asked = [kept.chunks[0], deleted.chunks[0], address("catalog copy"), address("never")]
     assert db.still_wanted(asked) == {kept.chunks[0], address("catalog copy")}
+
+
+def test_a_catalog_from_before_links_and_xattrs_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    schema = (
+        _SCHEMA.replace(
+            "inode      INTEGER NOT NULL DEFAULT 0,  -- the file a mount cut it from (0: unknown)",
+            "inode      INTEGER NOT NULL DEFAULT 0",
+        )
+        .replace("    xattrs     BLOB    NOT NULL DEFAULT x'',  -- extended attributes", "--")
+        .replace("    link       INTEGER NOT NULL DEFAULT 0   -- equal for hard links", "--")
+        .replace("time_ns  INTEGER NOT NULL,\n    xattrs   BLOB", "time_ns  INTEGER NOT NULL\n--")
+    )
+    old = sqlite3.connect(path)
+    old.executescript(schema)
+    columns = {row[1] for row in old.execute("PRAGMA table_info(versions)")}
+    assert "xattrs" not in columns and "link" not in columns
+    v = version("old.txt", "O")
+    old.execute(
+        "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
+        " degree, owner, created_ns) VALUES (?,?,?,?,0,0,?,?,2,1,?)",
+        (v.path, v.file_id, v.size, v.mode, v.mtime_ns, v.ctime_ns, T0),
+    )
+    old.executemany(
+        "INSERT INTO version_chunks(version_id, no, address) VALUES (1,?,?)",
+        list(enumerate(v.chunks)),
+    )
+    old.commit()
+    old.close()
+    db = CatalogDB(path)
+    assert db.latest(v.path) == v  # no attributes, link unknown
+    tagged = dataclasses.replace(v, xattrs=(("user.a", b"1"),), link=99)
+    db.add_version(tagged, T0 + 1)  # only the attributes differ: a new version
+    assert db.latest(v.path) == tagged and len(db.versions_of(v.path)) == 2
+    db.commit_tree("/root", [EntryRecord("d", TREE_DIR, 0o40755, T0, "", (("user.k", b"v"),))], T0)
+    seq = db.latest_seq("/root")
+    entry = db.tree_entry("/root", "", "d", seq)
+    assert entry is not None and entry.xattrs == (("user.k", b"v"),)
+    db.commit_tree("/root", [AttrRecord("d", 0o40700, T0, ())], T0 + 1)
+    entry = db.tree_entry("/root", "", "d", db.latest_seq("/root"))
+    assert entry is not None and (entry.mode, entry.xattrs) == (0o40700, ())
+    entry = db.tree_entry("/root", "", "d", seq)  # the earlier snapshot keeps its own
+    assert entry is not None and entry.xattrs == (("user.k", b"v"),)
+    db.close()

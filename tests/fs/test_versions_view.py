@@ -66,3 +66,49 @@ def test_changes_made_while_unmounted_are_caught_up(mounted: Mount) -> None:
     assert (view / "edit.txt").read_text() == "after, while unmounted"
     assert (view / "new" / "file.bin").read_bytes() == (s / "new" / "file.bin").read_bytes()
     assert (view / "keep.txt").read_text() == "same"
+
+
+def test_hard_links_and_extended_attributes_in_snapshots(mounted: Mount) -> None:
+    m = mounted.mountpoint
+    (m / "dir").mkdir()
+    (m / "a.txt").write_text("one file")
+    os.link(m / "a.txt", m / "dir" / "b.txt")
+    (m / "other.txt").write_text("one file")  # same content, its own file
+    os.setxattr(m / "a.txt", "user.color", b"blue")
+    os.setxattr(m / "dir", "user.kind", b"folder")
+    snap = latest(mounted)
+    a, b, other = (os.stat(snap / p) for p in ("a.txt", "dir/b.txt", "other.txt"))
+    assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
+    assert other.st_ino != a.st_ino and other.st_nlink == 1
+    assert os.getxattr(snap / "dir" / "b.txt", "user.color") == b"blue"
+    assert os.listxattr(snap / "other.txt") == []
+    assert os.getxattr(snap / "dir", "user.kind") == b"folder"
+    before = {name for name in os.listdir(m / "versions") if name != "latest"}
+
+    os.setxattr(m / "dir" / "b.txt", "user.color", b"red")  # through the other name
+    os.removexattr(m / "dir", "user.kind")
+    assert os.getxattr(snap / "a.txt", "user.color") == b"red"
+    assert os.listxattr(snap / "dir") == []
+    with pytest.raises(OSError) as info:
+        os.setxattr(snap / "a.txt", "user.color", b"green")
+    assert info.value.errno == errno.EROFS
+    # The snapshots from before still show the attributes as they were then.
+    old = m / "versions" / max(before)
+    assert os.getxattr(old / "a.txt", "user.color") == b"blue"
+    assert os.getxattr(old / "dir", "user.kind") == b"folder"
+    # Unlinking one name leaves one name in the newest snapshot.
+    os.unlink(m / "a.txt")
+    assert os.stat(latest(mounted) / "dir" / "b.txt").st_nlink == 1
+    assert os.stat(old / "dir" / "b.txt").st_nlink == 2
+
+
+def test_extended_attributes_set_while_unmounted_are_caught_up(mounted: Mount) -> None:
+    m, s = mounted.mountpoint, mounted.source
+    (m / "f.txt").write_text("x")
+    (m / "d").mkdir()
+    mounted.stop()
+    os.setxattr(s / "f.txt", "user.tag", b"1")
+    os.setxattr(s / "d", "user.tag", b"2")
+    mounted.start()
+    assert os.getxattr(latest(mounted) / "f.txt", "user.tag") == b"1"
+    assert os.getxattr(latest(mounted) / "d", "user.tag") == b"2"

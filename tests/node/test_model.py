@@ -12,6 +12,7 @@ thousands); every failing program Hypothesis finds becomes a plain regression te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -31,12 +32,15 @@ EXAMPLES = int(os.environ.get("LANVAULT_MODEL_EXAMPLES", "6"))
 NAMES = ["a.txt", "b.bin", "sub/c.txt", "sub/deeper/d.bin"]
 FOLDERS = ["sub", "sub/deeper", "empty"]
 
-Entry = tuple[str, bytes, int, int, int]  # kind, content or target, mode, uid, mtime (files)
+# kind, content or target, mode, uid, mtime (files), extended attributes, and for files the
+# first name (sorted) of the file it is: equal for hard links
+Entry = tuple[str, bytes, int, int, int, tuple[tuple[str, bytes], ...], str]
 
 
 def tree_of(root: Path) -> dict[str, Entry]:
     """The ground truth: every entry under ``root`` as a restore must bring it back."""
     out: dict[str, Entry] = {}
+    names: dict[tuple[int, int], list[str]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = Path(dirpath) / name
@@ -44,11 +48,18 @@ def tree_of(root: Path) -> dict[str, Entry]:
             st_ = path.lstat()
             mode = stat.S_IMODE(st_.st_mode)
             if stat.S_ISLNK(st_.st_mode):
-                out[rel] = ("link", os.fsencode(os.readlink(path)), 0, st_.st_uid, 0)
-            elif stat.S_ISDIR(st_.st_mode):
-                out[rel] = ("dir", b"", mode, st_.st_uid, 0)
+                out[rel] = ("link", os.fsencode(os.readlink(path)), 0, st_.st_uid, 0, (), "")
+                continue
+            xattrs = tuple(sorted((n, os.getxattr(path, n)) for n in os.listxattr(path)))
+            if stat.S_ISDIR(st_.st_mode):
+                out[rel] = ("dir", b"", mode, st_.st_uid, 0, xattrs, "")
             else:
-                out[rel] = ("file", path.read_bytes(), mode, st_.st_uid, st_.st_mtime_ns)
+                names.setdefault((st_.st_dev, st_.st_ino), []).append(rel)
+                content = path.read_bytes()
+                out[rel] = ("file", content, mode, st_.st_uid, st_.st_mtime_ns, xattrs, "")
+    for group in names.values():
+        for rel in group:
+            out[rel] = (*out[rel][:6], min(group))
     return out
 
 
@@ -66,6 +77,8 @@ ops = st.one_of(
     st.tuples(st.just("unlink"), st.sampled_from([*NAMES, "link"]), st.just(0)),
     st.tuples(st.just("symlink"), st.sampled_from(NAMES), st.just(0)),
     st.tuples(st.just("mkdir"), st.sampled_from(FOLDERS), st.just(0)),
+    st.tuples(st.just("hardlink"), st.sampled_from(NAMES), st.integers(0, len(NAMES) - 1)),
+    st.tuples(st.just("setxattr"), st.sampled_from(NAMES + FOLDERS), st.integers(0, 3)),
     st.tuples(st.just("backup"), st.just(""), st.just(0)),
     st.tuples(st.just("delete"), st.just(""), st.just(0)),
     st.tuples(st.just("restore"), st.just(""), st.integers(0, 50)),
@@ -93,6 +106,16 @@ def apply(src: Path, op: str, name: str, arg: int, counter: list[int]) -> None:
         (src / "link").symlink_to(name)
     elif op == "mkdir":
         path.mkdir(parents=True, exist_ok=True)
+    elif op == "hardlink" and path.is_file() and not path.is_symlink():
+        other = src / NAMES[arg]
+        if not other.exists() and not other.is_symlink() and other.parent.is_dir():
+            os.link(path, other)
+    elif op == "setxattr" and path.exists() and not path.is_symlink():
+        if arg == 0:
+            with contextlib.suppress(OSError):
+                os.removexattr(path, "user.model")
+        else:
+            os.setxattr(path, "user.model", b"v" * arg + bytes([counter[0] % 256]))
 
 
 async def run_program(tmp: Path, program: list[tuple[str, str, int]]) -> None:
@@ -196,5 +219,27 @@ async def test_a_chmod_alone_is_a_new_version(tmp_path: Path) -> None:
             ("backup", "", 0),
             ("restore", "", 0),
             ("restore", "", 1),
+        ],
+    )
+
+
+async def test_hard_links_and_extended_attributes_as_of_each_backup(tmp_path: Path) -> None:
+    await run_program(
+        tmp_path,
+        [
+            ("write", "a.txt", 5000),
+            ("mkdir", "sub", 0),
+            ("hardlink", "a.txt", 2),  # sub/c.txt: a second name
+            ("setxattr", "a.txt", 2),
+            ("setxattr", "sub", 1),
+            ("backup", "", 0),
+            ("write", "sub/c.txt", 70_001),  # through the other name: both change
+            ("setxattr", "a.txt", 0),
+            ("backup", "", 0),
+            ("unlink", "a.txt", 0),
+            ("backup", "", 0),
+            ("restore", "", 0),
+            ("restore", "", 1),
+            ("restore", "", 2),
         ],
     )

@@ -17,11 +17,14 @@ def test_a_small_file_is_read_whole_into_its_chunks(tmp_path: Path, keys: KeyRin
     path = tmp_path / "f.bin"
     data = os.urandom(CHUNK_SIZE + 10)
     path.write_bytes(data)
+    os.setxattr(path, "user.b", b"2")
+    os.setxattr(path, "user.a", b"1")
     got = _read_small(keys, str(path), path.stat())
     assert got is not None
-    chunks, addresses = got
+    chunks, addresses, xattrs = got
     assert chunks == [data[:CHUNK_SIZE], data[CHUNK_SIZE:]]
     assert addresses == [chunk_address(keys, c) for c in chunks]
+    assert xattrs == (("user.a", b"1"), ("user.b", b"2"))  # sorted by name
 
 
 def test_a_file_changed_since_its_stat_is_left_for_a_second_read(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -62,3 +64,47 @@ def test_a_mode_change_alone_is_backed_up(cluster4: ProcessCluster, tmp_path: Pa
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "secret.txt").st_mode) == 0o600
     versions = cluster4.json(1, "versions", secret)
     assert len(versions["versions"]) == 2
+
+
+def test_hard_links_extended_attributes_and_holes_come_back(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    first = src / "a.txt"
+    first.write_text("one file, two names\n")
+    os.link(first, src / "sub" / "b.txt")
+    os.setxattr(first, "user.color", b"blue")
+    os.setxattr(src / "sub", "user.kind", b"\x00binary\xff")
+    shutil.copy2(first, src / "copy.txt")  # same content and times, but its own file
+    sparse = src / "sparse.img"
+    with sparse.open("wb") as handle:
+        handle.write(b"head")
+        handle.seek(5_000_000)
+        handle.write(b"tail")
+    cluster4.cli(1, "backup", src)
+    out = tmp_path / "out"
+    said = cluster4.cli(1, "restore", src, "--to", out).stdout
+    assert "(1 file is hard links of another)" in said
+    a, b, copy = os.stat(out / "a.txt"), os.stat(out / "sub" / "b.txt"), os.stat(out / "copy.txt")
+    assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
+    assert copy.st_ino != a.st_ino and copy.st_nlink == 1
+    assert os.getxattr(out / "a.txt", "user.color") == b"blue"
+    assert os.getxattr(out / "copy.txt", "user.color") == b"blue"
+    assert os.getxattr(out / "sub", "user.kind") == b"\x00binary\xff"
+    assert (out / "sparse.img").read_bytes() == sparse.read_bytes()
+    assert os.stat(out / "sparse.img").st_blocks * 512 < 1_000_000  # the hole stayed a hole
+    assert same_tree(src, out)
+
+    # An extended attribute changed alone is a new version of the file (both its names).
+    between = datetime.datetime.now(datetime.UTC).isoformat()
+    os.setxattr(first, "user.color", b"red")
+    os.removexattr(src / "sub", "user.kind")
+    again = cluster4.json(1, "backup", src)
+    assert (again["new"], again["changed"]) == (0, 3)
+    cluster4.cli(1, "restore", src, "--to", tmp_path / "now")
+    assert os.getxattr(tmp_path / "now" / "sub" / "b.txt", "user.color") == b"red"
+    assert os.listxattr(tmp_path / "now" / "sub") == []
+    assert len(cluster4.json(1, "versions", first)["versions"]) == 2
+    cluster4.cli(1, "restore", first, "--to", tmp_path / "then.txt", "--at", between)
+    assert os.getxattr(tmp_path / "then.txt", "user.color") == b"blue"

@@ -373,3 +373,32 @@ def test_a_restore_in_place_through_the_mount_records_only_the_users_files(
         assert (mnt / "versions" / "latest" / "docs" / "a.txt").read_bytes() == b"first"
     finally:
         mount.stop()
+
+
+def test_hard_links_and_extended_attributes_of_a_mounted_tree_come_back(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    mount, source, mnt = start_mount(cluster4, tmp_path)
+    try:
+        (mnt / "d").mkdir()
+        (mnt / "a.txt").write_text("shared")
+        os.link(mnt / "a.txt", mnt / "d" / "b.txt")
+        os.setxattr(mnt / "a.txt", "user.color", b"blue")
+        os.setxattr(mnt / "d", "user.kind", b"folder")
+        with (mnt / "sparse.img").open("wb") as handle:
+            handle.write(b"x")
+            handle.seek(3_000_000)
+            handle.write(b"y")
+        cluster4.wait(lambda: all_safe(cluster4, source), 30, "tree safe")
+        os.listdir(mnt / "versions")  # everything so far is in the newest snapshot
+    finally:
+        mount.stop()
+    out = tmp_path / "out"
+    said = cluster4.cli(1, "restore", source, "--to", out).stdout
+    assert "hard links of another" in said, said
+    a, b = os.stat(out / "a.txt"), os.stat(out / "d" / "b.txt")
+    assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
+    assert os.getxattr(out / "d" / "b.txt", "user.color") == b"blue"
+    assert os.getxattr(out / "d", "user.kind") == b"folder"
+    assert (out / "sparse.img").read_bytes() == (source / "sparse.img").read_bytes()
+    assert os.stat(out / "sparse.img").st_blocks * 512 < 1_000_000
