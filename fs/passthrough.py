@@ -11,6 +11,7 @@ underlying inode numbers, so they stay the same across remounts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import inspect
@@ -32,6 +33,7 @@ from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import CutJob, VersionCutter
 from .dirty import DirtyTracker
+from .longpath import is_long, open_folder
 from .versions import VERSIONS_NAME, VIRTUAL_BASE, VersionsView
 
 log = logging.getLogger(__name__)
@@ -194,8 +196,25 @@ class PassthroughOps(pyfuse3.Operations):
     def _fuse_ino(self, st_ino: int) -> InodeT:
         return InodeT(pyfuse3.ROOT_INODE if st_ino == self.root_ino else st_ino)
 
+    @contextlib.contextmanager
+    def _at(self, path: str) -> Iterator[tuple[int, str]]:
+        """(folder descriptor, name) that reach ``path`` (relative to SOURCE): SOURCE's and the
+        path itself when it is short, else the folder above it, opened a few components at a
+        time. A path from SOURCE's top may be longer than PATH_MAX where no program's call
+        was (it worked relative to a folder deep inside): the mount must not fail those."""
+        if not is_long(path):
+            yield self.source_fd, self._rel(path)
+            return
+        parent, _, name = path.rpartition("/")
+        fd = open_folder(self.source_fd, parent)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
     def _stat(self, path: str) -> os.stat_result:
-        return os.stat(self._rel(path), dir_fd=self.source_fd, follow_symlinks=False)
+        with self._at(path) as (fd, name):
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
     def _attrs(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -244,9 +263,8 @@ class PassthroughOps(pyfuse3.Operations):
     def _own(self, path: str, ctx: pyfuse3.RequestContext) -> None:
         # As root, give new entries to the user who made them, as a normal folder does.
         if self.i_am_root:
-            os.chown(
-                self._rel(path), ctx.uid, ctx.gid, dir_fd=self.source_fd, follow_symlinks=False
-            )
+            with self._at(path) as (fd, name):
+                os.chown(name, ctx.uid, ctx.gid, dir_fd=fd, follow_symlinks=False)
 
     # -- lookups and attributes ------------------------------------------------------------
 
@@ -306,9 +324,8 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(inode)
         with _fuse_errors():
-            path = self._rel(self._path(inode)) if fh is None else ""
+            path = self._path(inode) if fh is None else ""
             target: int | str = self.handles[fh].fd if fh is not None else path
-            kwargs = {} if fh is not None else {"dir_fd": self.source_fd}
             if fields.update_size:
                 entry = self.inodes[inode]
                 await self._cut_deferred(inode)
@@ -319,7 +336,8 @@ class PassthroughOps(pyfuse3.Operations):
                     if fh is not None:
                         os.ftruncate(self.handles[fh].fd, attr.st_size)
                     else:
-                        fd = os.open(path, os.O_WRONLY, dir_fd=self.source_fd)
+                        with self._at(path) as (at, name):
+                            fd = os.open(name, os.O_WRONLY, dir_fd=at)
                         try:
                             os.ftruncate(fd, attr.st_size)
                         finally:
@@ -331,14 +349,16 @@ class PassthroughOps(pyfuse3.Operations):
                 if isinstance(target, int):
                     os.fchmod(target, stat.S_IMODE(attr.st_mode))
                 else:
-                    os.chmod(target, stat.S_IMODE(attr.st_mode), dir_fd=self.source_fd)
+                    with self._at(path) as (at, name):
+                        os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=at)
             if fields.update_uid or fields.update_gid:
                 uid = attr.st_uid if fields.update_uid else -1
                 gid = attr.st_gid if fields.update_gid else -1
                 if isinstance(target, int):
                     os.fchown(target, uid, gid)
                 else:
-                    os.chown(target, uid, gid, dir_fd=self.source_fd, follow_symlinks=False)
+                    with self._at(path) as (at, name):
+                        os.chown(name, uid, gid, dir_fd=at, follow_symlinks=False)
             if fields.update_atime or fields.update_mtime:
                 current = (
                     os.fstat(target) if isinstance(target, int) else self._stat(self._path(inode))
@@ -348,7 +368,8 @@ class PassthroughOps(pyfuse3.Operations):
                 if isinstance(target, int):
                     os.utime(target, ns=(atime, mtime))
                 else:
-                    os.utime(target, ns=(atime, mtime), **kwargs, follow_symlinks=False)  # type: ignore[arg-type]
+                    with self._at(path) as (at, name):
+                        os.utime(name, ns=(atime, mtime), dir_fd=at, follow_symlinks=False)
             st = os.fstat(target) if isinstance(target, int) else self._stat(self._path(inode))
         changed_attrs = fields.update_mode or fields.update_atime or fields.update_mtime
         if self.capture is not None and changed_attrs and not self.dirty.is_dirty(inode):
@@ -362,10 +383,8 @@ class PassthroughOps(pyfuse3.Operations):
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
         if self.versions is not None and self._virtual(inode):
             return self.versions.readlink(inode)
-        with _fuse_errors():
-            return FileNameT(
-                os.fsencode(os.readlink(self._rel(self._path(inode)), dir_fd=self.source_fd))
-            )
+        with _fuse_errors(), self._at(self._path(inode)) as (fd, name):
+            return FileNameT(os.fsencode(os.readlink(name, dir_fd=fd)))
 
     async def access(self, inode: InodeT, mode: ModeT, ctx: pyfuse3.RequestContext) -> bool:
         return True  # mounted with default_permissions: the kernel checks modes
@@ -420,7 +439,8 @@ class PassthroughOps(pyfuse3.Operations):
             start_id -= 1
         with _fuse_errors():
             base = self._path(fh)
-            dir_fd = os.open(self._rel(base), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.source_fd)
+            with self._at(base) as (at, leaf):
+                dir_fd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY, dir_fd=at)
             try:
                 names = sorted(os.listdir(dir_fd))
             finally:
@@ -449,9 +469,8 @@ class PassthroughOps(pyfuse3.Operations):
         if self._virtual(fh):
             return
         with _fuse_errors():
-            fd = os.open(
-                self._rel(self._path(fh)), os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.source_fd
-            )
+            with self._at(self._path(fh)) as (at, name):
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=at)
             try:
                 os.fsync(fd)
             finally:
@@ -464,10 +483,11 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            os.mkdir(path, mode & ~ctx.umask, dir_fd=self.source_fd)
+            with self._at(path) as (fd, leaf):
+                os.mkdir(leaf, mode & ~ctx.umask, dir_fd=fd)
+                xattrs = read_xattrs(leaf, dir_fd=fd)  # a default ACL is inherited
             self._own(path, ctx)
             st = self._stat(path)
-            xattrs = read_xattrs(path, dir_fd=self.source_fd)  # a default ACL is inherited
         if self.capture is not None and not is_own_temp(path):
             self.capture.made(path, st, "", xattrs)
         return self._remember(path, st)
@@ -489,7 +509,8 @@ class PassthroughOps(pyfuse3.Operations):
             path = self._child(parent_inode, name)
         await self._cut_pending(path)  # what was written last is versioned under its name
         with _fuse_errors():
-            remove(path, dir_fd=self.source_fd)
+            with self._at(path) as (fd, leaf):
+                remove(leaf, dir_fd=fd)
             self._forget_path(path)
         if self.capture is not None and not is_own_temp(path):
             self.capture.removed(path)
@@ -514,7 +535,8 @@ class PassthroughOps(pyfuse3.Operations):
         await self._cut_pending(old)
         await self._cut_pending(new)
         with _fuse_errors():
-            os.rename(old, new, src_dir_fd=self.source_fd, dst_dir_fd=self.source_fd)
+            with self._at(old) as (old_fd, old_leaf), self._at(new) as (new_fd, new_leaf):
+                os.rename(old_leaf, new_leaf, src_dir_fd=old_fd, dst_dir_fd=new_fd)
             self._forget_path(new)
             self._moved(old, new)
         if self.capture is None:
@@ -547,13 +569,10 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             new = self._child(new_parent_inode, new_name)
             existing = self._path(inode)
-            os.link(
-                existing,
-                new,
-                src_dir_fd=self.source_fd,
-                dst_dir_fd=self.source_fd,
-                follow_symlinks=False,
-            )
+            with self._at(existing) as (old_fd, old_leaf), self._at(new) as (new_fd, new_leaf):
+                os.link(
+                    old_leaf, new_leaf, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False
+                )
             attrs = self._remember(new, self._stat(new))
         if self.capture is not None and not is_own_temp(new):
             if is_own_temp(existing):
@@ -569,7 +588,8 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            os.symlink(os.fsdecode(target), path, dir_fd=self.source_fd)
+            with self._at(path) as (fd, leaf):
+                os.symlink(os.fsdecode(target), leaf, dir_fd=fd)
             self._own(path, ctx)
             st = self._stat(path)
         if self.capture is not None and not is_own_temp(path):
@@ -588,7 +608,8 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            os.mknod(path, mode & ~ctx.umask, rdev, dir_fd=self.source_fd)
+            with self._at(path) as (fd, leaf):
+                os.mknod(leaf, mode & ~ctx.umask, rdev, dir_fd=fd)
             self._own(path, ctx)
             return self._remember(path, self._stat(path))
 
@@ -611,14 +632,13 @@ class PassthroughOps(pyfuse3.Operations):
             self._next_virtual_fh += 1
             self.virtual_handles[self._next_virtual_fh] = inode
             return pyfuse3.FileInfo(fh=FileHandleT(self._next_virtual_fh), keep_cache=True)
-        with _fuse_errors():
-            path = self._rel(self._path(inode))
-            # O_APPEND would let the kernel pick offsets we do not see; writes come with them.
-            # O_TRUNC is done here, after a cut still reading the file kept its bytes aside.
+        # O_APPEND would let the kernel pick offsets we do not see; writes come with them.
+        # O_TRUNC is done here, after a cut still reading the file kept its bytes aside.
+        with _fuse_errors(), self._at(self._path(inode)) as (at, name):
             fd = os.open(
-                path,
+                name,
                 (flags & ~os.O_APPEND & ~os.O_CREAT & ~os.O_EXCL & ~os.O_TRUNC) | os.O_NOFOLLOW,
-                dir_fd=self.source_fd,
+                dir_fd=at,
             )
         handle = self._register(fd, inode, flags)
         if flags & os.O_TRUNC:
@@ -656,12 +676,13 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            fd = os.open(
-                path,
-                (flags & ~os.O_APPEND & ~os.O_TRUNC) | os.O_CREAT | os.O_NOFOLLOW,
-                mode & ~ctx.umask,
-                dir_fd=self.source_fd,
-            )
+            with self._at(path) as (at, leaf):
+                fd = os.open(
+                    leaf,
+                    (flags & ~os.O_APPEND & ~os.O_TRUNC) | os.O_CREAT | os.O_NOFOLLOW,
+                    mode & ~ctx.umask,
+                    dir_fd=at,
+                )
             self._own(path, ctx)
             attrs = self._remember(path, os.fstat(fd))
             handle = self._register(fd, attrs.st_ino, flags)
@@ -784,9 +805,8 @@ class PassthroughOps(pyfuse3.Operations):
                 if fd is not None:
                     read_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
                 else:
-                    read_fd = os.open(
-                        self._rel(path), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.source_fd
-                    )
+                    with self._at(path) as (at, name):
+                        read_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=at)
                 return await self.capture.cut(
                     path,
                     read_fd,
@@ -851,8 +871,11 @@ class PassthroughOps(pyfuse3.Operations):
 
     # -- extended attributes ---------------------------------------------------------------
 
-    def _xattr_path(self, inode: int) -> str:
-        return f"/proc/self/fd/{self.source_fd}/{self._path(inode)}"
+    @contextlib.contextmanager
+    def _xattr_path(self, inode: int) -> Iterator[str]:
+        """A path the xattr calls (which take no folder descriptor) reach the entry by."""
+        with self._at(self._path(inode)) as (fd, name):
+            yield f"/proc/self/fd/{fd}/{name}"
 
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
         if self.versions is not None and self._virtual(inode):
@@ -861,27 +884,31 @@ class PassthroughOps(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
             return value
         with _fuse_errors():
-            found: bytes = os.getxattr(
-                self._xattr_path(inode), os.fsdecode(name), follow_symlinks=False
-            )
+            with self._xattr_path(inode) as where:
+                found: bytes = os.getxattr(where, os.fsdecode(name), follow_symlinks=False)
             return found
 
     async def setxattr(
         self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._refuse_virtual(inode)
-        with _fuse_errors():
-            os.setxattr(self._xattr_path(inode), os.fsdecode(name), value, follow_symlinks=False)
+        with _fuse_errors(), self._xattr_path(inode) as where:
+            os.setxattr(where, os.fsdecode(name), value, follow_symlinks=False)
         await self._xattrs_changed(inode)
 
     async def _xattrs_changed(self, inode: int) -> None:
-        """Record an entry's new extended attributes (a file's next version carries them too)."""
+        """The kernel forgets the entry's attributes (setting ``system.posix_acl_access``
+        changes the mode beneath it: ``cp -a`` copies modes that way), and the new extended
+        attributes are recorded (a file's next version carries them too)."""
+        with contextlib.suppress(OSError):  # ENOENT: the kernel does not hold the inode
+            pyfuse3.invalidate_inode(InodeT(inode), attr_only=True)
         if self.capture is None:
             return
         with _fuse_errors():
             path = self._path(inode)
             st = self._stat(path)
-            xattrs = read_xattrs(self._rel(path), dir_fd=self.source_fd)
+            with self._at(path) as (fd, name):
+                xattrs = read_xattrs(name, dir_fd=fd)
             for name in sorted(self.inodes[inode].paths):
                 if not is_own_temp(name):
                     self.capture.attributes_changed(name, st, xattrs)
@@ -889,16 +916,13 @@ class PassthroughOps(pyfuse3.Operations):
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
         if self.versions is not None and self._virtual(inode):
             return [XAttrNameT(os.fsencode(n)) for n, _v in self.versions.xattrs(inode)]
-        with _fuse_errors():
-            return [
-                XAttrNameT(os.fsencode(n))
-                for n in os.listxattr(self._xattr_path(inode), follow_symlinks=False)
-            ]
+        with _fuse_errors(), self._xattr_path(inode) as where:
+            return [XAttrNameT(os.fsencode(n)) for n in os.listxattr(where, follow_symlinks=False)]
 
     async def removexattr(
         self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         self._refuse_virtual(inode)
-        with _fuse_errors():
-            os.removexattr(self._xattr_path(inode), os.fsdecode(name), follow_symlinks=False)
+        with _fuse_errors(), self._xattr_path(inode) as where:
+            os.removexattr(where, os.fsdecode(name), follow_symlinks=False)
         await self._xattrs_changed(inode)

@@ -12,36 +12,62 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from dataclasses import dataclass
 
 import trio
 
-from chunkstore.catalog import is_own_temp, read_xattrs
+from chunkstore.catalog import Xattrs, is_own_temp, read_xattrs
 from chunkstore.catalogdb import TREE_DIR, TREE_SYMLINK
 from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import VersionCutter
 from .dirty import DirtyFile
+from .longpath import open_beneath
 from .versions import VERSIONS_NAME
 
 log = logging.getLogger(__name__)
 
 
-def _walk(root: str) -> list[tuple[str, os.stat_result]]:
-    found: list[tuple[str, os.stat_result]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
+@dataclass(frozen=True, slots=True)
+class _Found:
+    path: str  # relative to SOURCE
+    st: os.stat_result
+    target: str = ""  # a symlink's
+    xattrs: Xattrs = ()  # a folder's or symlink's (a file's are read when it is cut)
+
+
+def _walk(root: str, root_fd: int) -> tuple[list[_Found], bool]:
+    """Everything in SOURCE, read through folder descriptors (os.fwalk): a path from the
+    top longer than PATH_MAX is found like any other. False if something could not be read
+    (then what was not found is not taken for gone)."""
+    found: list[_Found] = []
+    complete = True
+
+    def cannot_list(exc: OSError) -> None:
+        nonlocal complete
+        complete = False
+        log.warning("cannot read a folder of %s: %s", root, exc)
+
+    # From the descriptor: ``root`` may be /proc/self/fd/N, a symlink fwalk would not enter.
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(".", onerror=cannot_list, dir_fd=root_fd):
+        rel_dir = os.path.relpath(dirpath, ".")
         rel_dir = "" if rel_dir == "." else rel_dir
         if not rel_dir and VERSIONS_NAME in dirnames:
             dirnames.remove(VERSIONS_NAME)  # hidden behind the versions/ view
         for name in dirnames + filenames:
             if is_own_temp(name):
                 continue  # a restore's file still on its way: not the user's
-            full = os.path.join(dirpath, name)
+            rel = f"{rel_dir}/{name}" if rel_dir else name
             try:
-                found.append((f"{rel_dir}/{name}" if rel_dir else name, os.lstat(full)))
-            except OSError:
+                st = os.lstat(name, dir_fd=dir_fd)
+                target = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else ""
+                xattrs = read_xattrs(name, dir_fd=dir_fd) if not stat.S_ISREG(st.st_mode) else ()
+            except OSError as exc:
+                complete = False
+                log.warning("cannot read %s: %s", rel, exc)
                 continue
-    return found
+            found.append(_Found(rel, st, target, xattrs))
+    return found, complete
 
 
 async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
@@ -53,56 +79,18 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
     """
     root = cutter.source_root
     disk = real_root or root
-    entries = await trio.to_thread.run_sync(_walk, disk)
     changes = 0
-    present = {path for path, _ in entries}
     seq = await trio.to_thread.run_sync(cutter.latest_seq)
-    for path, st in entries:
-        if stat.S_ISREG(st.st_mode):
-            latest = await trio.to_thread.run_sync(cutter.catalog.latest, cutter.catalog_path(path))
-            if latest is not None and (latest.size, latest.mtime_ns, latest.ctime_ns) == (
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-            ):
-                continue
-            everything = DirtyFile()
-            everything.write(0, max(st.st_size, 1) + CHUNK_SIZE)
-            try:
-                fd = os.open(os.path.join(disk, path), os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError as exc:
-                log.warning("cannot read %s: %s", path, exc)
-                continue
-            try:
-                await cutter.cut(path, fd, everything)
-            finally:
-                os.close(fd)
-            changes += 1
-        elif stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
-            parent, _, name = path.rpartition("/")
-            known = (
-                await trio.to_thread.run_sync(cutter.catalog.tree_entry, root, parent, name, seq)
-                if seq
-                else None
-            )
-            full = os.path.join(disk, path)
-            target = os.readlink(full) if stat.S_ISLNK(st.st_mode) else ""
-            kind = TREE_DIR if stat.S_ISDIR(st.st_mode) else TREE_SYMLINK
-            try:
-                xattrs = read_xattrs(full)
-            except OSError as exc:
-                log.warning("cannot read the extended attributes of %s: %s", path, exc)
-                xattrs = known.xattrs if known is not None else ()
-            if (
-                known is None
-                or known.kind != kind
-                or known.target != target
-                or known.mode != st.st_mode
-                or known.xattrs != xattrs
-            ):
-                cutter.made(path, st, target, xattrs)
-                changes += 1
-    if seq:
+    root_fd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        entries, complete = await trio.to_thread.run_sync(_walk, root, root_fd)
+        changes += await _record(cutter, root_fd, entries, seq)
+    finally:
+        os.close(root_fd)
+    present = {entry.path for entry in entries}
+    if seq and not complete:
+        log.warning("%s was not read whole: nothing is taken for removed this time", root)
+    if seq and complete:
         pending = [""]
         while pending:
             folder = pending.pop()
@@ -118,4 +106,52 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
     await cutter.barrier()
     if changes:
         log.info("caught up with %d changes made while %s was not mounted", changes, root)
+    return changes
+
+
+async def _record(cutter: VersionCutter, root_fd: int, entries: list[_Found], seq: int) -> int:
+    """Cut a version of every file that changed, record every new or changed folder and
+    symlink; returns how many."""
+    root = cutter.source_root
+    changes = 0
+    for entry in entries:
+        path, st = entry.path, entry.st
+        if stat.S_ISREG(st.st_mode):
+            latest = await trio.to_thread.run_sync(cutter.catalog.latest, cutter.catalog_path(path))
+            if latest is not None and (latest.size, latest.mtime_ns, latest.ctime_ns) == (
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+            ):
+                continue
+            everything = DirtyFile()
+            everything.write(0, max(st.st_size, 1) + CHUNK_SIZE)
+            try:
+                fd = open_beneath(root_fd, path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                log.warning("cannot read %s: %s", path, exc)
+                continue
+            try:
+                await cutter.cut(path, fd, everything)
+            finally:
+                os.close(fd)
+            changes += 1
+        elif stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            parent, _, name = path.rpartition("/")
+            known = (
+                await trio.to_thread.run_sync(cutter.catalog.tree_entry, root, parent, name, seq)
+                if seq
+                else None
+            )
+            target, xattrs = entry.target, entry.xattrs
+            kind = TREE_DIR if stat.S_ISDIR(st.st_mode) else TREE_SYMLINK
+            if (
+                known is None
+                or known.kind != kind
+                or known.target != target
+                or known.mode != st.st_mode
+                or known.xattrs != xattrs
+            ):
+                cutter.made(path, st, target, xattrs)
+                changes += 1
     return changes
