@@ -59,6 +59,8 @@ IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders
 # should fill a GETCHUNKS (MAX_BATCH), or every few chunks cost a request and a thread hop.
 RESTORE_WINDOW = 4 * MAX_BATCH
 RESTORE_WINDOWS = 8  # windows in flight: 480 chunks, about 30 MB
+RESTORE_FILES = 16  # small files restored at once
+RESTORE_SMALL = 1024 * 1024  # bytes: a file up to this size is small
 
 
 class SharedExclusive:
@@ -1225,6 +1227,7 @@ class Owner:
             )
             try:
                 yield target
+                await trio.to_thread.run_sync(target.sync)  # "restored" means on the disk
             finally:
                 target.close()
         except UnsafeDestination as exc:
@@ -1283,7 +1286,13 @@ class Owner:
         xattrs: Xattrs,
     ) -> None:
         fd, tmp, resumed = await trio.to_thread.run_sync(
-            target.partial_file, dir_fd, name, dest, mode, (version.uid, version.gid)
+            target.partial_file,
+            dir_fd,
+            name,
+            dest,
+            mode,
+            (version.uid, version.gid),
+            len(version.chunks) > 1,
         )
         try:
             windows = trio.Semaphore(RESTORE_WINDOWS)
@@ -1633,8 +1642,11 @@ class Owner:
         """Write each file (with the mode, times and attributes of its snapshot entry, if it
         has one); a second name of a file already written becomes a hard link to it."""
         firsts = hard_links([version for _where, version, _entry in files])
-        for (where, version, entry), first in zip(files, firsts, strict=True):
-            if first is None:
+        errors: list[Exception] = []
+        room = trio.Semaphore(RESTORE_FILES)
+
+        async def one(where: Path, version: FileVersion, entry: TreeEvent | None) -> None:
+            try:
                 await self.restore_version(
                     version,
                     where,
@@ -1645,7 +1657,36 @@ class Owner:
                     progress=progress,
                     xattrs=None if entry is None else entry.xattrs,
                 )
-            else:
+            except (RestoreError, OSError) as exc:
+                errors.append(exc)
+                return
+            report.files_done += 1
+            if progress:
+                progress(report)
+
+        async def small(where: Path, version: FileVersion, entry: TreeEvent | None) -> None:
+            try:
+                await one(where, version, entry)
+            finally:
+                room.release()
+
+        # Small files several at a time (their round trips and fsyncs overlap); a big one
+        # alone, as it already fetches many windows at once.
+        async with trio.open_nursery() as nursery:
+            for (where, version, entry), first in zip(files, firsts, strict=True):
+                if errors:
+                    break
+                if first is not None:
+                    continue
+                if version.size > RESTORE_SMALL:
+                    await one(where, version, entry)
+                else:
+                    await room.acquire()
+                    nursery.start_soon(small, where, version, entry)
+        if errors:
+            raise errors[0]
+        for (where, version, _entry), first in zip(files, firsts, strict=True):
+            if first is not None:  # made once every file they are names of is in place
                 try:
                     made = await trio.to_thread.run_sync(
                         target.make_hard_link, files[first][0], where
@@ -1658,9 +1699,9 @@ class Owner:
                     log.warning("%s: a folder is there now; the hard link is not made", where)
                     report.links_not_made.append(str(where))
                 report.bytes_done += version.size
-            report.files_done += 1
-            if progress:
-                progress(report)
+                report.files_done += 1
+                if progress:
+                    progress(report)
 
     # -- delete --------------------------------------------------------------------------
 

@@ -125,6 +125,7 @@ class RestoreTarget:
     def __init__(self, anchor: Path, *, as_typed: bool, resume_dir: Path) -> None:
         self.anchor = Path(os.path.normpath(anchor))
         self._resume_dir = resume_dir
+        self._touched: set[tuple[str, ...]] = set()  # folders whose entries changed
         if as_typed:  # the user named it: follow it as the shell would
             self.anchor.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -135,6 +136,23 @@ class RestoreTarget:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def sync(self) -> None:
+        """Flush every folder this restore added entries to (each file's data was flushed
+        before it took its name): after this, what was restored survives a crash."""
+        for parts in sorted(self._touched, key=len, reverse=True):
+            try:
+                fd = self._walk(list(parts)) if parts else os.dup(self._fd)
+            except (UnsafeDestination, FileNotFoundError):
+                continue  # gone or replaced since: nothing of ours to flush there
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._touched.clear()
+
+    def _touch(self, path: Path) -> None:
+        self._touched.add(tuple(self._parts(path)[:-1]))
 
     def __enter__(self) -> RestoreTarget:
         return self
@@ -207,6 +225,7 @@ class RestoreTarget:
             if st is None:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, _FOLDER_MODE, dir_fd=fd)
+                self._touch(path)
 
     def make_symlink(self, path: Path, target: str, mtime_ns: int, *, replace_folder: bool) -> bool:
         """A symlink at ``path``; False if a real folder is there and may not be replaced."""
@@ -224,6 +243,7 @@ class RestoreTarget:
                     os.unlink(name, dir_fd=fd)
             os.symlink(target, name, dir_fd=fd)
             os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+            self._touch(path)
             return True
 
     def finish_folder(
@@ -275,7 +295,7 @@ class RestoreTarget:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=fd)
                 raise
-            os.fsync(fd)
+            self._touch(path)
             return True
 
     # -- files ---------------------------------------------------------------------------
@@ -284,11 +304,18 @@ class RestoreTarget:
         return self._resume_dir / (hashlib.sha256(os.fsencode(dest)).hexdigest()[:32] + ".json")
 
     def partial_file(
-        self, dir_fd: int, name: str, dest: Path, mode: int, owner: tuple[int, int]
+        self,
+        dir_fd: int,
+        name: str,
+        dest: Path,
+        mode: int,
+        owner: tuple[int, int],
+        resumable: bool = True,
     ) -> tuple[int, str, bool]:
         """(descriptor, name, resumed) of the temporary file that becomes ``dest``: the one an
         interrupted restore recorded if it is still that very file, else a new one, owned and
-        with ``mode`` before anything is written."""
+        with ``mode`` before anything is written (and recorded, if ``resumable``: a file of
+        one chunk has nothing to resume)."""
         record = self._record_path(dest)
         uid = owner[0] if os.geteuid() == 0 else os.geteuid()
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -314,13 +341,14 @@ class RestoreTarget:
             # The final permission bits (never more for group and others), and read-write for
             # the owner so that a resume can open it again; setuid and the like come last.
             os.fchmod(fd, (stat.S_IMODE(mode) & 0o777) | 0o600)
-            st = os.fstat(fd)
-            self._resume_dir.mkdir(mode=0o700, exist_ok=True)
-            staging = record.with_suffix(".tmp")
-            staging.write_text(
-                json.dumps({"dest": str(dest), "name": tmp, "dev": st.st_dev, "ino": st.st_ino})
-            )
-            staging.replace(record)
+            if resumable:
+                st = os.fstat(fd)
+                self._resume_dir.mkdir(mode=0o700, exist_ok=True)
+                staging = record.with_suffix(".tmp")
+                staging.write_text(
+                    json.dumps({"dest": str(dest), "name": tmp, "dev": st.st_dev, "ino": st.st_ino})
+                )
+                staging.replace(record)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -340,12 +368,13 @@ class RestoreTarget:
         xattrs: Xattrs = (),
     ) -> list[str]:
         """Make the finished temporary file ``dest``: extended attributes, mode, fsync, times,
-        rename, folder fsync. Returns the extended attributes the destination refused."""
+        rename (its folder is flushed by ``sync``, once for all its files). Returns the
+        extended attributes the destination refused."""
         refused = apply_xattrs(fd, xattrs)
         os.fchmod(fd, stat.S_IMODE(mode))
         os.fsync(fd)
         os.utime(fd, ns=(mtime_ns, mtime_ns))
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        os.fsync(dir_fd)
+        self._touch(dest)
         self._record_path(dest).unlink(missing_ok=True)
         return refused

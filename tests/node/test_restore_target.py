@@ -110,3 +110,31 @@ def test_a_backup_passes_over_a_restore_still_on_its_way(tmp_path: Path) -> None
     (tmp_path / own_temp_name("kept.txt")).write_text("half a restore")
     scan = _scan(str(tmp_path))
     assert scan.files == [str(tmp_path / "kept.txt")]
+
+
+def test_a_one_chunk_file_is_not_recorded_and_folders_are_flushed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    with target(out, tmp_path) as t:
+        t.make_folder(out / "docs")
+        with t.parent(out / "docs" / "a") as (dir_fd, name):
+            fd, _tmp, resumed = t.partial_file(
+                dir_fd, name, out / "docs" / "a", 0o644, (0, 0), resumable=False
+            )
+            os.close(fd)
+        assert not resumed and not (tmp_path / "restores").exists()
+        monkeypatch.setattr(os, "fsync", fsync)
+        for n in range(5):
+            write(t, out / "docs" / f"f{n}", b"x")
+        folders = {(out / "docs").stat().st_ino, out.stat().st_ino}
+        assert not folders & set(synced)  # files only, so far
+        t.sync()
+        assert sorted(ino for ino in synced if ino in folders) == sorted(folders)
