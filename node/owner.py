@@ -1196,6 +1196,7 @@ class Owner:
         mtime_ns: int | None = None,
         progress: ProgressFn | None = None,
         xattrs: Xattrs | None = None,
+        holders: dict[bytes, set[int]] | None = None,
     ) -> None:
         """Write ``version`` to ``dest`` (below ``target``'s anchor) atomically: a new temporary
         file with the version's owner and mode, its data, fsync, times, rename.
@@ -1214,6 +1215,7 @@ class Owner:
                 mtime_ns,
                 progress,
                 version.xattrs if xattrs is None else xattrs,
+                holders,
             )
 
     @contextlib.asynccontextmanager
@@ -1256,6 +1258,7 @@ class Owner:
         mtime_ns: int | None,
         progress: ProgressFn | None,
         xattrs: Xattrs,
+        holders: dict[bytes, set[int]] | None = None,
     ) -> None:
         mode = version.mode if mode is None else mode
         mtime_ns = version.mtime_ns if mtime_ns is None else mtime_ns
@@ -1267,7 +1270,17 @@ class Owner:
         try:
             with target.parent(dest) as (dir_fd, name):
                 await self._restore_into(
-                    version, dest, target, dir_fd, name, report, mode, mtime_ns, progress, xattrs
+                    version,
+                    dest,
+                    target,
+                    dir_fd,
+                    name,
+                    report,
+                    mode,
+                    mtime_ns,
+                    progress,
+                    xattrs,
+                    holders,
                 )
         except UnsafeDestination as exc:
             raise RestoreError(str(exc)) from None
@@ -1284,6 +1297,7 @@ class Owner:
         mtime_ns: int,
         progress: ProgressFn | None,
         xattrs: Xattrs,
+        known_holders: dict[bytes, set[int]] | None,
     ) -> None:
         fd, tmp, resumed = await trio.to_thread.run_sync(
             target.partial_file,
@@ -1299,11 +1313,15 @@ class Owner:
             write_lock = trio.Lock()
             writer = _ChunkWriter(fd, holes=not resumed)  # a new file: zeros stay holes
             errors: list[RestoreError] = []
-            holders = await self._db(self.catalog.holders_many, version.chunks)
+            if known_holders is None or not all(c in known_holders for c in version.chunks):
+                known_holders = await self._db(self.catalog.holders_many, version.chunks)
+            holders = known_holders
             count = len(version.chunks)
-            kept = await trio.to_thread.run_sync(
-                self._chunks_in_place, fd, version, limiter=self.node.cpu_limiter
-            )
+            kept: set[int] = set()
+            if resumed:  # a new temporary file holds nothing yet
+                kept = await trio.to_thread.run_sync(
+                    self._chunks_in_place, fd, version, limiter=self.node.cpu_limiter
+                )
             if kept:
                 log.info("resuming the restore of %s: %d chunks already there", dest, len(kept))
                 report.bytes_done += sum(
@@ -1642,6 +1660,11 @@ class Owner:
         """Write each file (with the mode, times and attributes of its snapshot entry, if it
         has one); a second name of a file already written becomes a hard link to it."""
         firsts = hard_links([version for _where, version, _entry in files])
+        # Who holds the small files' chunks, in one query (a big file asks for its own).
+        holders = await self._db(
+            self.catalog.holders_many,
+            [c for _w, v, _e in files if v.size <= RESTORE_SMALL for c in v.chunks],
+        )
         errors: list[Exception] = []
         room = trio.Semaphore(RESTORE_FILES)
 
@@ -1656,6 +1679,7 @@ class Owner:
                     mtime_ns=None if entry is None else entry.mtime_ns,
                     progress=progress,
                     xattrs=None if entry is None else entry.xattrs,
+                    holders=holders,
                 )
             except (RestoreError, OSError) as exc:
                 errors.append(exc)
