@@ -51,6 +51,7 @@ from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore, PutItem
 
 from .dirty import DirtyFile
+from .longpath import is_long, open_folder
 
 log = logging.getLogger(__name__)
 BATCH = 15  # chunks per read under the file's lock (about 1 MB: writers wait at most that)
@@ -535,10 +536,29 @@ def degree_from_xattrs(real_root: str, relative: str, default: int) -> int:
     for depth in range(len(parts), -1, -1):
         path = "/".join([real_root, *parts[:depth]])
         try:
-            value = os.getxattr(path, DEGREE_XATTR, follow_symlinks=False)
+            value = _degree_attribute(real_root, "/".join(parts[:depth]), path)
         except OSError:
             continue
         text = value.decode("ascii", "replace").strip()
         if text.isdigit() and 1 <= int(text) <= 9:
             return int(text)
     return default
+
+
+def _degree_attribute(real_root: str, relative: str, path: str) -> bytes:
+    """``user.lanvault.degree`` of ``path`` (= ``real_root``/``relative``), also when the path
+    is longer than PATH_MAX (then reached through folder descriptors)."""
+    if not is_long(path):
+        found: bytes = os.getxattr(path, DEGREE_XATTR, follow_symlinks=False)
+        return found
+    root = os.open(real_root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        parent, _, name = relative.rpartition("/")
+        folder = open_folder(root, parent)
+    finally:
+        os.close(root)
+    try:
+        found = os.getxattr(f"/proc/self/fd/{folder}/{name}", DEGREE_XATTR, follow_symlinks=False)
+        return found
+    finally:
+        os.close(folder)

@@ -16,6 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fs.capture import DEGREE_XATTR, degree_from_xattrs
+
 from .conftest import Mount
 
 pytestmark = pytest.mark.fuse
@@ -296,3 +298,23 @@ def test_changes_deeper_than_path_max_are_caught_up_at_mount_time(mounted: Mount
             assert handle.read() == b"changed while unmounted"
     finally:
         os.close(fd)
+
+
+def test_a_degree_set_on_a_folder_deeper_than_path_max_is_found(tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    parts = []
+    try:
+        for level in range(22):
+            part = f"{level:02d}" + "q" * 198
+            parts.append(part)
+            os.mkdir(part, dir_fd=fd)
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.setxattr(f"/proc/self/fd/{fd}", DEGREE_XATTR, b"4")
+        os.close(os.open("f.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    relative = "/".join([*parts, "f.txt"])
+    assert len(relative) > 4096
+    assert degree_from_xattrs(str(tmp_path), relative, 2) == 4
