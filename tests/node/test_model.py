@@ -7,7 +7,7 @@ it was backed up from (kind, content, symlink target, mode, owner, mtime to the 
 a delete nothing is left to restore until the next backup. It would have caught the two bugs
 the issue tracker names first (a backup after a delete recorded nothing; a chmod alone was
 lost). ``LANVAULT_MODEL_EXAMPLES`` sets how many programs run (default 6; the long run uses
-thousands); every failing program Hypothesis finds becomes a plain regression test below.
+thousands, and counts the programs and steps that passed into ``LANVAULT_MODEL_COUNT``); every failing program Hypothesis finds becomes a plain regression test below.
 """
 
 from __future__ import annotations
@@ -118,6 +118,18 @@ def apply(src: Path, op: str, name: str, arg: int, counter: list[int]) -> None:
             os.setxattr(path, "user.model", b"v" * arg + bytes([counter[0] % 256]))
 
 
+COUNT_TO = os.environ.get("LANVAULT_MODEL_COUNT")  # a file the long run counts into
+
+
+def count_run(steps: int) -> None:
+    """Add one program of ``steps`` steps to the long run's tally (examples, steps)."""
+    if COUNT_TO is None:
+        return
+    path = Path(COUNT_TO)
+    examples, total = map(int, path.read_text().split()) if path.exists() else (0, 0)
+    path.write_text(f"{examples + 1} {total + steps}\n")
+
+
 async def run_program(tmp: Path, program: list[tuple[str, str, int]]) -> None:
     src = tmp / "src"
     src.mkdir()
@@ -153,6 +165,7 @@ async def run_program(tmp: Path, program: list[tuple[str, str, int]]) -> None:
         if backed_up:  # the end: the newest backup comes back whole too
             await owner.restore_path(src, tmp / "last", at_ns=backed_up[-1][0])
             assert tree_of(tmp / "last") == backed_up[-1][1]
+    count_run(len(program))
 
 
 @settings(max_examples=EXAMPLES)
