@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lanvault.mounts import FSNAME, is_live, mounted_fsname, unmount
+from lanvault.mounts import FSNAME, is_dead, is_live, mounted_fsname, unmount
 from tests.system.procs import ROOT, env, lanvault
 
 
@@ -27,10 +27,12 @@ def fuse_available() -> str | None:
 
 
 def sweep_stale_mounts() -> None:
+    """Detach test mounts whose process is gone (a killed earlier run's). A live one may be
+    another test session's, running at the same time: it is never touched."""
     with open("/proc/mounts") as mounts:
         for line in mounts:
             fields = line.split()
-            if fields[0] == "lanvault" and "pytest-of-" in fields[1]:
+            if fields[0] == "lanvault" and "pytest-of-" in fields[1] and is_dead(Path(fields[1])):
                 subprocess.run(["fusermount3", "-u", "-z", fields[1]], capture_output=True)
 
 
