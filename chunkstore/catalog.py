@@ -113,8 +113,8 @@ def hard_links(versions: Sequence[FileVersion]) -> list[int | None]:
 
 def read_xattrs(path: str | int, *, dir_fd: int | None = None) -> tuple[tuple[str, bytes], ...]:
     """The extended attributes of ``path`` (or of the open descriptor), sorted; a file
-    system without them gives none. Attributes that cannot be read (another namespace's, a
-    race with their removal) are left out."""
+    system without them gives none, and one removed while they are read is left out. One that
+    is listed but cannot be read raises: a backup says what it could not keep."""
     where: str | int = path
     if dir_fd is not None:
         assert isinstance(path, str)
@@ -123,7 +123,7 @@ def read_xattrs(path: str | int, *, dir_fd: int | None = None) -> tuple[tuple[st
     try:
         names = os.listxattr(where, follow_symlinks=follow)
     except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.ENODATA):
+        if exc.errno == errno.ENOTSUP:
             return ()
         raise
     out = []
@@ -131,8 +131,10 @@ def read_xattrs(path: str | int, *, dir_fd: int | None = None) -> tuple[tuple[st
         try:
             out.append((name, os.getxattr(where, name, follow_symlinks=follow)))
         except OSError as exc:
-            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
-                raise
+            if exc.errno != errno.ENODATA:
+                raise OSError(
+                    exc.errno, f"cannot read its extended attribute {name}: {exc.strerror}"
+                ) from None
     return tuple(out)
 
 

@@ -28,7 +28,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
-from chunkstore.catalog import is_own_temp, read_xattrs
+from chunkstore.catalog import Xattrs, is_own_temp, read_xattrs
 from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import CutJob, VersionCutter
@@ -485,11 +485,10 @@ class PassthroughOps(pyfuse3.Operations):
             path = self._child(parent_inode, name)
             with self._at(path) as (fd, leaf):
                 os.mkdir(leaf, mode & ~ctx.umask, dir_fd=fd)
-                xattrs = read_xattrs(leaf, dir_fd=fd)  # a default ACL is inherited
             self._own(path, ctx)
             st = self._stat(path)
         if self.capture is not None and not is_own_temp(path):
-            self.capture.made(path, st, "", xattrs)
+            self.capture.made(path, st, "", self._xattrs_of(path) or ())  # a default ACL
         return self._remember(path, st)
 
     async def rmdir(
@@ -907,11 +906,21 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             path = self._path(inode)
             st = self._stat(path)
+        xattrs = self._xattrs_of(path)  # the call itself succeeded: it is not failed now
+        if xattrs is None:
+            return
+        for name in sorted(self.inodes[inode].paths):
+            if not is_own_temp(name):
+                self.capture.attributes_changed(name, st, xattrs)
+
+    def _xattrs_of(self, path: str) -> Xattrs | None:
+        """The entry's extended attributes, for its history; None (logged) if unreadable."""
+        try:
             with self._at(path) as (fd, name):
-                xattrs = read_xattrs(name, dir_fd=fd)
-            for name in sorted(self.inodes[inode].paths):
-                if not is_own_temp(name):
-                    self.capture.attributes_changed(name, st, xattrs)
+                return read_xattrs(name, dir_fd=fd)
+        except OSError as exc:
+            log.warning("%s: its extended attributes are not recorded: %s", path, exc)
+            return None
 
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
         if self.versions is not None and self._virtual(inode):

@@ -516,7 +516,8 @@ def _restore_notes(data: dict[str, Any]) -> str:
     """What a restore made differently from a plain copy, and what it could not give back."""
     notes = ""
     if data.get("hard_links"):
-        notes += f" ({_count(data['hard_links'], 'file is', 'files are')} hard links of another)"
+        n = data["hard_links"]
+        notes += f" ({n} of them {'a hard link' if n == 1 else 'hard links'} to another)"
     count = data.get("xattrs_refused_count", 0)
     if count:
         notes += (

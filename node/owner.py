@@ -223,13 +223,16 @@ def _already_restored(
     target: RestoreTarget, dest: Path, size: int, mode: int, mtime_ns: int
 ) -> bool:
     st = target.lstat(dest)
-    return (
+    done = (
         st is not None
         and stat.S_ISREG(st.st_mode)
         and st.st_size == size
         and st.st_mtime_ns == mtime_ns
         and stat.S_IMODE(st.st_mode) == stat.S_IMODE(mode)
     )
+    if done and st is not None:
+        target.adopt(dest, st)  # what a second name of it may be linked to
+    return done
 
 
 _SmallRead = tuple[list[bytes], list[bytes], Xattrs]

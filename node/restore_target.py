@@ -126,6 +126,7 @@ class RestoreTarget:
         self.anchor = Path(os.path.normpath(anchor))
         self._resume_dir = resume_dir
         self._touched: set[tuple[str, ...]] = set()  # folders whose entries changed
+        self._files: dict[tuple[str, ...], tuple[int, int]] = {}  # ours: (device, inode)
         if as_typed:  # the user named it: follow it as the shell would
             self.anchor.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -150,6 +151,10 @@ class RestoreTarget:
             finally:
                 os.close(fd)
         self._touched.clear()
+
+    def adopt(self, path: Path, st: os.stat_result) -> None:
+        """The file at ``path`` (``st``, just checked) is this restore's, as if it wrote it."""
+        self._files[tuple(self._parts(path))] = (st.st_dev, st.st_ino)
 
     def _touch(self, path: Path) -> None:
         self._touched.add(tuple(self._parts(path)[:-1]))
@@ -275,9 +280,13 @@ class RestoreTarget:
         """``path`` as a second name of the restored file at ``existing``; False if a real
         folder is there (it is left alone)."""
         with self.parent(existing) as (src_fd, src_name), self.parent(path) as (fd, name):
-            source = os.stat(src_name, dir_fd=src_fd, follow_symlinks=False)
-            if not stat.S_ISREG(source.st_mode):
-                raise UnsafeDestination(f"{existing} is not the file just restored")
+            ours = self._files.get(tuple(self._parts(existing)))
+            try:
+                source = os.stat(src_name, dir_fd=src_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                ours = None
+            if ours is None or ours != (source.st_dev, source.st_ino):  # replaced: never linked
+                raise UnsafeDestination(f"{existing} is not the file this restore wrote")
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -375,6 +384,7 @@ class RestoreTarget:
         os.fsync(fd)
         os.utime(fd, ns=(mtime_ns, mtime_ns))
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        self.adopt(dest, os.fstat(fd))
         self._touch(dest)
         self._record_path(dest).unlink(missing_ok=True)
         return refused

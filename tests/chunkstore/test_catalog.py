@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 import pytest
@@ -24,6 +25,7 @@ from chunkstore.catalog import (
     link_key,
     open_record,
     pack_xattrs,
+    read_xattrs,
     seal_record,
     unpack_xattrs,
 )
@@ -215,3 +217,28 @@ def test_link_key_names_regular_files_only(tmp_path: os.PathLike[str]) -> None:
     os.link(path, os.path.join(tmp_path, "g"))
     assert link_key(os.stat(path)) == link_key(os.stat(os.path.join(tmp_path, "g"))) != 0
     assert link_key(os.stat(tmp_path)) == 0
+
+
+def test_an_attribute_that_cannot_be_read_is_an_error_one_removed_meanwhile_is_not(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = os.path.join(tmp_path, "f")
+    with open(path, "w"):
+        pass
+    os.setxattr(path, "user.a", b"1")
+    os.setxattr(path, "user.b", b"2")
+    real = os.getxattr
+
+    def getxattr(where: str, name: str, *, follow_symlinks: bool = True) -> bytes:
+        if name == "user.a":
+            raise OSError(errno.ENODATA, "No data available")
+        if name == "user.b" and fail:
+            raise OSError(errno.EACCES, "Permission denied")
+        return real(where, name, follow_symlinks=follow_symlinks)
+
+    monkeypatch.setattr(os, "getxattr", getxattr)
+    fail = False
+    assert read_xattrs(path) == (("user.b", b"2"),)  # user.a went away while read
+    fail = True
+    with pytest.raises(OSError, match=r"cannot read its extended attribute user\.b"):
+        read_xattrs(path)

@@ -273,6 +273,21 @@ def test_recording_the_same_version_twice_is_one_row(db: CatalogDB) -> None:
     assert len(db.versions_of(v.path)) == 1
 
 
+def insert_old_row(
+    db: sqlite3.Connection, vid: int, v: FileVersion, complete: int = 0, removed: int = 0
+) -> None:
+    """A version row with only the columns every catalog format had."""
+    db.execute(
+        "INSERT INTO versions(id, path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
+        " degree, owner, created_ns, complete, removed) VALUES (?,?,?,?,?,0,0,?,?,2,1,?,?,?)",
+        (vid, v.path, v.file_id, v.size, v.mode, v.mtime_ns, v.ctime_ns, T0, complete, removed),
+    )
+    db.executemany(
+        "INSERT INTO version_chunks(version_id, no, address) VALUES (?,?,?)",
+        [(vid, no, a) for no, a in enumerate(v.chunks)],
+    )
+
+
 def test_a_catalog_with_unique_file_ids_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)
@@ -280,15 +295,7 @@ def test_a_catalog_with_unique_file_ids_is_migrated(tmp_path: Path) -> None:
         _SCHEMA.replace("file_id    BLOB    NOT NULL,", "file_id    BLOB    NOT NULL UNIQUE,")
     )
     v = version("old.txt", "O")
-    old.execute(
-        "INSERT INTO versions(id, path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
-        " degree, owner, created_ns, complete, removed) VALUES (7,?,?,?,?,0,0,?,?,2,1,?,1,1)",
-        (v.path, v.file_id, v.size, v.mode, v.mtime_ns, v.ctime_ns, T0),
-    )
-    old.executemany(
-        "INSERT INTO version_chunks(version_id, no, address) VALUES (7,?,?)",
-        list(enumerate(v.chunks)),
-    )
+    insert_old_row(old, 7, v, complete=1, removed=1)
     old.execute("UPDATE sqlite_sequence SET seq=40 WHERE name='versions'")
     old.commit()
     old.close()
@@ -345,15 +352,7 @@ def test_a_catalog_from_before_links_and_xattrs_is_migrated(tmp_path: Path) -> N
     columns = {row[1] for row in old.execute("PRAGMA table_info(versions)")}
     assert "xattrs" not in columns and "link" not in columns
     v = version("old.txt", "O")
-    old.execute(
-        "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
-        " degree, owner, created_ns) VALUES (?,?,?,?,0,0,?,?,2,1,?)",
-        (v.path, v.file_id, v.size, v.mode, v.mtime_ns, v.ctime_ns, T0),
-    )
-    old.executemany(
-        "INSERT INTO version_chunks(version_id, no, address) VALUES (1,?,?)",
-        list(enumerate(v.chunks)),
-    )
+    insert_old_row(old, 1, v)
     old.commit()
     old.close()
     db = CatalogDB(path)

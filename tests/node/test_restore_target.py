@@ -138,3 +138,18 @@ def test_a_one_chunk_file_is_not_recorded_and_folders_are_flushed_once(
         assert not folders & set(synced)  # files only, so far
         t.sync()
         assert sorted(ino for ino in synced if ino in folders) == sorted(folders)
+
+
+def test_a_hard_link_is_made_only_to_the_file_the_restore_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with target(out, tmp_path) as t:
+        write(t, out / "a", b"mine")
+        assert t.make_hard_link(out / "a", out / "b")
+        assert (out / "a").stat().st_ino == (out / "b").stat().st_ino
+        (out / "a").unlink()
+        (out / "a").write_bytes(b"planted")  # someone swaps the first name meanwhile
+        with pytest.raises(UnsafeDestination, match="not the file this restore wrote"):
+            t.make_hard_link(out / "a", out / "c")
+        with pytest.raises(UnsafeDestination, match="not the file this restore wrote"):
+            t.make_hard_link(out / "never", out / "d")
+    assert not (out / "c").exists() and (out / "b").read_bytes() == b"mine"

@@ -88,7 +88,7 @@ def test_hard_links_extended_attributes_and_holes_come_back(
     cluster4.cli(1, "backup", src)
     out = tmp_path / "out"
     said = cluster4.cli(1, "restore", src, "--to", out).stdout
-    assert "(1 file is hard links of another)" in said
+    assert "(1 of them a hard link to another)" in said
     a, b, copy = os.stat(out / "a.txt"), os.stat(out / "sub" / "b.txt"), os.stat(out / "copy.txt")
     assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
     assert copy.st_ino != a.st_ino and copy.st_nlink == 1
