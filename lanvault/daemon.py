@@ -23,7 +23,8 @@ from chunkstore.store import ChunkStore
 from fs.versions import snapshot_name
 from node.identity import tls_contexts
 from node.node import Node, NodeConfig
-from node.owner import BackupError, Owner, Progress, RestoreError
+from node.owner import BackupError, Owner
+from node.report import Progress, RestoreError
 from node.safekeeping import CatalogNotSafe, Safekeeping
 from node.transport import PinStore, TLSNetwork
 from node.verify import ReadDataReport, read_data
@@ -230,7 +231,7 @@ class Daemon:
         if len(address) != 32:
             raise OpError("bad chunk address")
         try:
-            plain = await self.owner.fetch_chunk(address)
+            plain = await self.owner.fetcher.fetch_chunk(address)
         except RestoreError as exc:
             raise OpError(str(exc)) from None
         assert isinstance(plain, bytes)
@@ -248,7 +249,7 @@ class Daemon:
         if any(len(a) != 32 for a in addresses):
             raise OpError("bad chunk address")
         try:
-            plains = await self.owner.fetch_many(addresses)
+            plains = await self.owner.fetcher.fetch_many(addresses)
         except RestoreError as exc:
             raise OpError(str(exc)) from None
         return Binary({"sizes": [len(p) for p in plains]}, b"".join(plains))

@@ -42,8 +42,8 @@ from chunkstore.recovery import (
 )
 from node.discovery import listen_for_nodes
 from node.identity import decode_join_code, issued_by, node_id_from_certificate
-from node.owner import RestoreError
 from node.protocol import ErrorCode, KitChallenge
+from node.report import RestoreError
 from node.safekeeping import fetch_kit, newest_manifests
 from node.transport import PeerUnavailable, RemoteError
 
@@ -219,7 +219,7 @@ async def _fetch_catalog(
         for start in range(0, len(chunks), FETCH_BATCH):
             batch = chunks[start : start + FETCH_BATCH]
             try:
-                plains = await owner.fetch_many(batch)
+                plains = await owner.fetcher.fetch_many(batch)
             except RestoreError as exc:
                 raise CommandError(f"a chunk of the catalog cannot be fetched: {exc}") from None
             await trio.to_thread.run_sync(_write_all, fd, b"".join(plains))

@@ -12,36 +12,36 @@ import functools
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
 from chunkstore.catalog import (
     FileVersion,
     Xattrs,
-    hard_links,
     is_own_temp,
     link_key,
     read_xattrs,
     version_from_stat,
-    version_key,
 )
-from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK, CatalogDB, TreeEvent
+from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import CHUNK_SIZE, chunk_count, split_bytes
 from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
 from chunkstore.errors import ChunkstoreError, EnvelopeError
 from chunkstore.keys import KeyRing
 from chunkstore.retention import RetentionPolicy
-from chunkstore.store import ChunkStore, pwrite_all
+from chunkstore.store import ChunkStore
 
+from .fetch import Fetcher
 from .node import Node
-from .protocol import MAX_BATCH, Chunk, ChunksMany, Delete, Deleted, GetChunk, GetChunks
-from .restore_target import RestoreTarget, UnsafeDestination
+from .protocol import MAX_BATCH, Chunk, Delete, Deleted, GetChunk
+from .report import Progress, ProgressFn
+from .restore import Restorer
+from .restore_files import FileRestorer
 from .safekeeping import Safekeeping
 from .transport import PeerUnavailable, RemoteError
 from .trim import TrimReport, trim_surplus
@@ -55,12 +55,6 @@ TRIM_SETTLE = 30.0  # after a node came back online, before such a pass
 SMALL_FILE = 2 * CHUNK_SIZE  # files up to this size are backed up in groups ...
 GROUP_FILES = 128  # ... of this many: one read, one send per holder and one commit per group
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
-# A restore fetches windows of chunks spread over their holders: a window's share per holder
-# should fill a GETCHUNKS (MAX_BATCH), or every few chunks cost a request and a thread hop.
-RESTORE_WINDOW = 4 * MAX_BATCH
-RESTORE_WINDOWS = 8  # windows in flight: 480 chunks, about 30 MB
-RESTORE_FILES = 16  # small files restored at once
-RESTORE_SMALL = 1024 * 1024  # bytes: a file up to this size is small
 
 
 class SharedExclusive:
@@ -115,42 +109,6 @@ class BackupError(Exception):
     """A backup could not reach its degree (yet); the version stays pending and is retried."""
 
 
-class RestoreError(Exception):
-    """A file could not be restored (no holder had a valid copy of some chunk)."""
-
-
-@dataclass(slots=True)
-class Progress:
-    files_total: int = 0
-    files_done: int = 0
-    bytes_total: int = 0
-    bytes_done: int = 0
-    bytes_sent: int = 0
-    bytes_read: int = 0  # read from the files (an unmodified file is not read)
-    chunks_skipped: int = 0
-    entries_skipped: list[str] = field(default_factory=list)  # FIFOs, sockets, devices
-    links: int = 0  # symlinks backed up (as links)
-    folders: int = 0  # folders backed up (their modes and times; empty ones too)
-    links_not_made: list[str] = field(default_factory=list)  # a real folder is there now
-    hard_links: int = 0  # second names of a file restored (as links, not copies)
-    xattrs_refused: list[str] = field(default_factory=list)  # "path: name" the destination refused
-    # What a backup found, over files, symlinks and folders (as restic reports it).
-    new: int = 0  # no live version of the path before
-    changed: int = 0  # content or restorable metadata differ from the newest version
-    unmodified: int = 0  # the newest version is exactly this (nothing recorded)
-    removed: int = 0  # entries backed up before that the folder no longer holds
-
-    def note(self, before: FileVersion | None, after: FileVersion) -> None:
-        """Count one backed-up entry by what it was against the newest version before."""
-        if before is None:
-            self.new += 1
-        elif version_key(before) != version_key(after):
-            self.changed += 1
-        else:
-            self.unmodified += 1
-
-
-ProgressFn = Callable[[Progress], None]
 T = TypeVar("T")
 
 
@@ -219,22 +177,6 @@ def _seal_all(keys: KeyRing, items: list[tuple[bytes, bytes]]) -> list[bytes]:
     return [seal_chunk(keys, address, plain) for address, plain in items]
 
 
-def _already_restored(
-    target: RestoreTarget, dest: Path, size: int, mode: int, mtime_ns: int
-) -> bool:
-    st = target.lstat(dest)
-    done = (
-        st is not None
-        and stat.S_ISREG(st.st_mode)
-        and st.st_size == size
-        and st.st_mtime_ns == mtime_ns
-        and stat.S_IMODE(st.st_mode) == stat.S_IMODE(mode)
-    )
-    if done and st is not None:
-        target.adopt(dest, st)  # what a second name of it may be linked to
-    return done
-
-
 _SmallRead = tuple[list[bytes], list[bytes], Xattrs]
 
 
@@ -285,50 +227,6 @@ def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
         return [handle.read(CHUNK_SIZE) for _ in range(count)]
 
 
-class _ChunkWriter:
-    """Writes verified chunks into a restore's temporary file, one thread at a time.
-
-    Consecutive chunks go in one ``pwritev``. Every ``WRITEBACK_STEP`` bytes the kernel is
-    asked to start writing the file out (``POSIX_FADV_DONTNEED`` starts writeback of dirty
-    pages and drops the clean ones), so the final ``fsync`` has little left to wait for and a
-    large restore does not push everything else out of the page cache.
-    """
-
-    WRITEBACK_STEP = 32 * 1024 * 1024
-
-    def __init__(self, fd: int, *, holes: bool = False) -> None:
-        self._fd = fd
-        self._holes = holes
-        self._lock = threading.Lock()
-        self._unflushed = 0
-
-    def write(self, chunks: list[tuple[int, bytes]]) -> int:
-        """Write ``(chunk number, plaintext)`` pairs; return the bytes they hold. With
-        ``holes`` (the file is new, so what is not written reads as zeros) a chunk of zeros is
-        not written: a sparse file comes back sparse (the final truncate sets its size)."""
-        chunks = sorted(chunks)
-        total = 0
-        if self._holes:
-            zeros = [(no, p) for no, p in chunks if p.count(0) == len(p)]
-            if zeros:
-                total = sum(len(p) for _no, p in zeros)
-                chunks = [(no, p) for no, p in chunks if p.count(0) != len(p)]
-        with self._lock:
-            i = 0
-            while i < len(chunks):
-                j = i + 1
-                while j < len(chunks) and chunks[j][0] == chunks[j - 1][0] + 1:
-                    j += 1
-                run = [plain for _no, plain in chunks[i:j]]
-                total += pwrite_all(self._fd, run, chunks[i][0] * CHUNK_SIZE)
-                i = j
-            self._unflushed += total
-            if self._unflushed >= self.WRITEBACK_STEP:
-                self._unflushed = 0
-                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        return total
-
-
 class Owner:
     def __init__(
         self,
@@ -353,8 +251,14 @@ class Owner:
         self._resume_wanted = trio.Event()
         self.outbox = outbox
         self._delete_lock = trio.Lock()  # held while owed deletes are being sent
-        self._restoring: dict[str, list[Any]] = {}  # destination -> [lock, users]
-        self.resume_dir = catalog.path.parent / "restores"  # interrupted restores' temp files
+        self.fetcher = Fetcher(node, keys, catalog, self._db)
+        self.restorer = Restorer(
+            catalog,
+            self._db,
+            self.fetcher,
+            FileRestorer(node, keys, catalog, self._db, self.fetcher),
+            catalog.path.parent / "restores",  # interrupted restores' temporary files
+        )
         self._guard = SharedExclusive()
         self.last_backup_ns = catalog.get_setting("last_backup_ns")
         self.safekeeping: Safekeeping | None = None  # set by the daemon: kit and catalog copies
@@ -408,7 +312,7 @@ class Owner:
 
     async def verified_at(self, holder: int, addresses: list[bytes]) -> set[bytes]:
         """Those of ``addresses`` of which ``holder`` hands over a copy that opens."""
-        got = await self.get_envelopes(holder, addresses)
+        got = await self.fetcher.get_envelopes(holder, addresses)
         bad = await trio.to_thread.run_sync(
             bad_envelopes, self.keys, got, limiter=self.node.cpu_limiter
         )
@@ -1039,413 +943,7 @@ class Owner:
                 if len(done) < len(batch):
                     log.info("%d pending versions still wait for copies", len(batch) - len(done))
 
-    # -- restore -------------------------------------------------------------------------
-
-    async def fetch_chunk(
-        self,
-        address: bytes,
-        rounds: int = 5,
-        known: set[int] | None = None,
-        sink: Callable[[bytes], T] | None = None,
-    ) -> T | bytes:
-        """Get and verify one chunk, failing over between holders.
-
-        Known holders (up ones first) are tried, then every live peer is asked who holds it;
-        the whole sequence is retried with backoff, since answers can be lost. The verified
-        plaintext is returned, or, with ``sink``, handed to it on the same worker thread that
-        opened it (one thread hop per chunk) and its result returned.
-        """
-        delay = 0.5
-        for round_no in range(rounds):
-            if known is None or round_no > 0:
-                known = await self._db(self.catalog.holders, address)
-            ordered = sorted(known, key=lambda h: not self.node.membership.is_up(h))
-            result = await self._try_holders(address, ordered, sink)
-            if result is not None:
-                return result
-            found = (await self.node.query_holders(self.owner_id, [address]))[address]
-            if found - known:
-                await self._db(self.catalog.add_holders, [(address, h) for h in found])
-            result = await self._try_holders(address, sorted(found - known), sink)
-            if result is not None:
-                return result
-            if round_no < rounds - 1:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
-
-    async def get_envelopes(self, holder: int, addresses: list[bytes]) -> dict[bytes, bytes]:
-        """The envelopes ``holder`` gave for ``addresses`` (not yet verified).
-
-        One GETCHUNKS per MAX_BATCH addresses, all at once; a request that fails gives none of
-        its chunks (the caller fetches what is missing elsewhere).
-        """
-        found: dict[bytes, bytes] = {}
-
-        async def one_request(batch: list[bytes]) -> None:
-            try:
-                answer = await self.node.pool.request(
-                    holder,
-                    functools.partial(GetChunks, owner=self.owner_id, addresses=tuple(batch)),
-                    self.node.config.request_timeout,
-                )
-            except (PeerUnavailable, RemoteError) as exc:
-                log.info("batch from node %d failed: %s", holder, exc)
-                return
-            if not isinstance(answer, ChunksMany) or len(answer.codes) != len(batch):
-                return
-            for address, envelope, code in zip(batch, answer.envelopes, answer.codes, strict=True):
-                if code == 0:
-                    found[address] = envelope
-
-        if len(addresses) <= MAX_BATCH:
-            await one_request(addresses)
-        else:
-            async with trio.open_nursery() as nursery:
-                for i in range(0, len(addresses), MAX_BATCH):
-                    nursery.start_soon(one_request, addresses[i : i + MAX_BATCH])
-        return found
-
-    async def fetch_many(self, addresses: list[bytes]) -> list[bytes]:
-        """Verified plaintexts of our chunks at ``addresses``, fetched in parallel.
-
-        One GETCHUNKS per holder for what it holds (the batch spread over the holders), then
-        ``fetch_chunk``'s failover and retries for anything that did not come back valid.
-        """
-        unique = list(dict.fromkeys(addresses))
-        holders = await self._db(self.catalog.holders_many, unique)
-        groups: dict[int, list[bytes]] = {}
-        leftovers: list[bytes] = []
-        for address in unique:
-            live = [h for h in holders[address] if self.node.membership.is_up(h)]
-            if not live:
-                leftovers.append(address)
-                continue
-            choice = min(live, key=lambda h: (len(groups.get(h, ())), h))
-            groups.setdefault(choice, []).append(address)
-        found: dict[bytes, bytes] = {}
-
-        def open_many(items: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], list[bytes]]:
-            opened, failed = {}, []
-            for address, envelope in items:
-                try:
-                    opened[address] = open_chunk(self.keys, address, envelope)
-                except EnvelopeError:
-                    failed.append(address)
-            return opened, failed
-
-        async def from_holder(holder: int, batch: list[bytes]) -> None:
-            got = await self.get_envelopes(holder, batch)
-            leftovers.extend(a for a in batch if a not in got)
-            items = list(got.items())
-            opened, failed = await trio.to_thread.run_sync(
-                open_many, items, limiter=self.node.cpu_limiter
-            )
-            found.update(opened)
-            leftovers.extend(failed)
-
-        async with trio.open_nursery() as nursery:
-            for holder, wanted in groups.items():
-                nursery.start_soon(from_holder, holder, wanted)
-
-        errors: list[RestoreError] = []
-
-        async def slow(address: bytes) -> None:
-            try:
-                plain = await self.fetch_chunk(address)
-            except RestoreError as exc:
-                errors.append(exc)
-                return
-            assert isinstance(plain, bytes)
-            found[address] = plain
-
-        async with trio.open_nursery() as nursery:
-            for address in leftovers:
-                nursery.start_soon(slow, address)
-        if errors:
-            raise errors[0]
-        return [found[a] for a in addresses]
-
-    async def _try_holders(
-        self, address: bytes, holders: list[int], sink: Callable[[bytes], T] | None
-    ) -> T | bytes | None:
-        def open_and_sink(envelope: bytes) -> T | bytes:
-            plain = open_chunk(self.keys, address, envelope)
-            return sink(plain) if sink is not None else plain
-
-        for holder in holders:
-            try:
-                answer = await self.node.pool.request(
-                    holder,
-                    lambda r: GetChunk(r, self.owner_id, address),
-                    self.node.config.request_timeout,
-                )
-                if not isinstance(answer, Chunk):
-                    continue
-                return await trio.to_thread.run_sync(
-                    open_and_sink, answer.envelope, limiter=self.node.cpu_limiter
-                )
-            except (PeerUnavailable, RemoteError, EnvelopeError) as exc:
-                log.info("chunk %s… from node %d: %s", address.hex()[:12], holder, exc)
-        return None
-
-    async def restore_version(
-        self,
-        version: FileVersion,
-        dest: Path,
-        target: RestoreTarget,
-        report: Progress | None = None,
-        mode: int | None = None,
-        mtime_ns: int | None = None,
-        progress: ProgressFn | None = None,
-        xattrs: Xattrs | None = None,
-        holders: dict[bytes, set[int]] | None = None,
-    ) -> None:
-        """Write ``version`` to ``dest`` (below ``target``'s anchor) atomically: a new temporary
-        file with the version's owner and mode, its data, fsync, times, rename.
-
-        Resumable: a destination that already is this version (same size, time and mode) is
-        left alone, and the chunks already in an interrupted restore's temporary file (one
-        this daemon made and recorded) are verified and kept rather than fetched again.
-        """
-        async with self._destination_lock(dest):  # two restores never share a temp file
-            await self._restore_version(
-                version,
-                dest,
-                target,
-                report or Progress(),
-                mode,
-                mtime_ns,
-                progress,
-                version.xattrs if xattrs is None else xattrs,
-                holders,
-            )
-
-    @contextlib.asynccontextmanager
-    async def _target(self, anchor: Path, as_typed: bool) -> AsyncIterator[RestoreTarget]:
-        """The restore's target below ``anchor``; a destination it refuses is a RestoreError."""
-        try:
-            target = await trio.to_thread.run_sync(
-                functools.partial(
-                    RestoreTarget, anchor, as_typed=as_typed, resume_dir=self.resume_dir
-                )
-            )
-            try:
-                yield target
-                await trio.to_thread.run_sync(target.sync)  # "restored" means on the disk
-            finally:
-                target.close()
-        except UnsafeDestination as exc:
-            raise RestoreError(str(exc)) from None
-
-    @contextlib.asynccontextmanager
-    async def _destination_lock(self, dest: Path) -> AsyncIterator[None]:
-        key = str(dest)
-        entry = self._restoring.setdefault(key, [trio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._restoring[key]
-
-    async def _restore_version(
-        self,
-        version: FileVersion,
-        dest: Path,
-        target: RestoreTarget,
-        report: Progress,
-        mode: int | None,
-        mtime_ns: int | None,
-        progress: ProgressFn | None,
-        xattrs: Xattrs,
-        holders: dict[bytes, set[int]] | None = None,
-    ) -> None:
-        mode = version.mode if mode is None else mode
-        mtime_ns = version.mtime_ns if mtime_ns is None else mtime_ns
-        if await trio.to_thread.run_sync(
-            _already_restored, target, dest, version.size, mode, mtime_ns
-        ):
-            report.bytes_done += version.size
-            return
-        try:
-            with target.parent(dest) as (dir_fd, name):
-                await self._restore_into(
-                    version,
-                    dest,
-                    target,
-                    dir_fd,
-                    name,
-                    report,
-                    mode,
-                    mtime_ns,
-                    progress,
-                    xattrs,
-                    holders,
-                )
-        except UnsafeDestination as exc:
-            raise RestoreError(str(exc)) from None
-
-    async def _restore_into(
-        self,
-        version: FileVersion,
-        dest: Path,
-        target: RestoreTarget,
-        dir_fd: int,
-        name: str,
-        report: Progress,
-        mode: int,
-        mtime_ns: int,
-        progress: ProgressFn | None,
-        xattrs: Xattrs,
-        known_holders: dict[bytes, set[int]] | None,
-    ) -> None:
-        fd, tmp, resumed = await trio.to_thread.run_sync(
-            target.partial_file,
-            dir_fd,
-            name,
-            dest,
-            mode,
-            (version.uid, version.gid),
-            len(version.chunks) > 1,
-        )
-        try:
-            windows = trio.Semaphore(RESTORE_WINDOWS)
-            write_lock = trio.Lock()
-            writer = _ChunkWriter(fd, holes=not resumed)  # a new file: zeros stay holes
-            errors: list[RestoreError] = []
-            if known_holders is None or not all(c in known_holders for c in version.chunks):
-                known_holders = await self._db(self.catalog.holders_many, version.chunks)
-            holders = known_holders
-            count = len(version.chunks)
-            kept: set[int] = set()
-            if resumed:  # a new temporary file holds nothing yet
-                kept = await trio.to_thread.run_sync(
-                    self._chunks_in_place, fd, version, limiter=self.node.cpu_limiter
-                )
-            if kept:
-                log.info("resuming the restore of %s: %d chunks already there", dest, len(kept))
-                report.bytes_done += sum(
-                    min(CHUNK_SIZE, version.size - no * CHUNK_SIZE) for no in kept
-                )
-
-            def checked(no: int, plain: bytes) -> bytes:
-                expected = min(CHUNK_SIZE, version.size - no * CHUNK_SIZE)
-                if len(plain) != expected:
-                    raise RestoreError(f"chunk {no} of {version.path} has the wrong length")
-                return plain
-
-            def write(no: int, plain: bytes) -> int:
-                return writer.write([(no, checked(no, plain))])
-
-            def open_share(
-                items: list[tuple[int, bytes]],
-            ) -> tuple[list[tuple[int, bytes]], list[int]]:
-                """Verify fetched chunks; return the plaintexts and the chunks that failed."""
-                opened, failed = [], []
-                for no, envelope in items:
-                    try:
-                        opened.append(
-                            (no, checked(no, open_chunk(self.keys, version.chunks[no], envelope)))
-                        )
-                    except (EnvelopeError, RestoreError) as exc:
-                        log.warning("chunk %d of %s: %s", no, version.path, exc)
-                        failed.append(no)
-                return opened, failed
-
-            async def from_holder(
-                holder: int, nos: list[int], opened: list[tuple[int, bytes]], leftovers: list[int]
-            ) -> None:
-                got = await self.get_envelopes(holder, [version.chunks[no] for no in nos])
-                fetched = [(no, got[version.chunks[no]]) for no in nos if version.chunks[no] in got]
-                leftovers.extend(no for no in nos if version.chunks[no] not in got)
-                plains, failed = await trio.to_thread.run_sync(
-                    open_share, fetched, limiter=self.node.cpu_limiter
-                )
-                opened.extend(plains)
-                leftovers.extend(failed)
-
-            async def write_window(opened: list[tuple[int, bytes]]) -> None:
-                # One writer at a time: threads writing one file at once spin on its inode lock
-                # (measured: 5x the CPU of one writer). A window's chunks are consecutive, so
-                # they go in a few large writes.
-                if not opened:  # every chunk of the window was there already, or failed
-                    return
-                async with write_lock:
-                    report.bytes_done += await trio.to_thread.run_sync(
-                        writer.write, opened, limiter=self.node.disk_limiter
-                    )
-
-            async def window(start: int) -> None:
-                async with windows:
-                    if errors:
-                        return
-                    groups: dict[int, list[int]] = {}
-                    leftovers: list[int] = []
-                    for no in range(start, min(start + RESTORE_WINDOW, count)):
-                        if no in kept:
-                            continue
-                        live = [
-                            h for h in holders[version.chunks[no]] if self.node.membership.is_up(h)
-                        ]
-                        if not live:
-                            leftovers.append(no)
-                            continue
-                        # Spread a window over its holders: parallel reads, no hot spot.
-                        choice = min(live, key=lambda h: (len(groups.get(h, ())), h))
-                        groups.setdefault(choice, []).append(no)
-                    opened: list[tuple[int, bytes]] = []
-                    async with trio.open_nursery() as inner:
-                        for holder, nos in groups.items():
-                            inner.start_soon(from_holder, holder, nos, opened, leftovers)
-                    try:
-                        await write_window(opened)
-                        if progress is not None:
-                            progress(report)
-                        for no in leftovers:  # the slow path: failover and retries per chunk
-                            written = await self.fetch_chunk(
-                                version.chunks[no], sink=functools.partial(write, no)
-                            )
-                            assert isinstance(written, int)
-                            report.bytes_done += written
-                    except RestoreError as exc:
-                        errors.append(exc)
-                    except OSError as exc:  # a full or failing destination disk
-                        errors.append(
-                            RestoreError(
-                                f"cannot write {dest}: {exc.strerror or exc} (what was restored"
-                                f" so far is kept in {tmp} and reused by the next attempt)"
-                            )
-                        )
-
-            async with trio.open_nursery() as nursery:
-                for start in range(0, count, RESTORE_WINDOW):
-                    nursery.start_soon(window, start)
-            if errors:
-                raise errors[0]
-            os.ftruncate(fd, version.size)
-            refused = await trio.to_thread.run_sync(
-                target.publish, dir_fd, fd, tmp, name, dest, mode, mtime_ns, xattrs
-            )
-            report.xattrs_refused.extend(f"{dest}: {n}" for n in refused)
-        finally:
-            # An unfinished temporary file stays: what it holds is verified and reused.
-            os.close(fd)
-
-    def _chunks_in_place(self, fd: int, version: FileVersion) -> set[int]:
-        """Chunks of ``version`` an interrupted restore already wrote correctly to ``fd``."""
-        size = os.fstat(fd).st_size
-        kept: set[int] = set()
-        for no, address in enumerate(version.chunks):
-            expected = min(CHUNK_SIZE, version.size - no * CHUNK_SIZE)
-            if no * CHUNK_SIZE + expected > size or expected == 0:
-                continue
-            data = os.pread(fd, expected, no * CHUNK_SIZE)
-            if len(data) == expected and chunk_address(self.keys, data) == address:
-                kept.add(no)
-        return kept
+    # -- restore (node/restore.py) ------------------------------------------------------
 
     async def restore_path(
         self,
@@ -1454,281 +952,8 @@ class Owner:
         progress: ProgressFn | None = None,
         at_ns: int | None = None,
     ) -> Progress:
-        """Restore the newest version (or the newest as of ``at_ns``) of a file or folder.
-
-        Inside a mounted tree, the snapshot of that moment is restored whole: folders,
-        symlinks and files with their modes and times. Elsewhere (``lanvault backup``), the
-        newest version of each file as of that moment.
-        """
-        key = str(path)
-        tree = await self._tree_for(key, at_ns)
-        if tree is not None:
-            return await self._restore_tree(key, tree[0], tree[1], dest, progress)
-        if at_ns is None:
-            versions = [v for v, _ in await self._db(self.catalog.latest_versions, key)]
-        else:
-            versions = await self._db(self.catalog.versions_at, key, at_ns)
-        # Mounted trees below the path (e.g. `restore /` after a recovery) come back whole,
-        # as trees; their files are not restored a second time from the plain versions.
-        prefix = key.rstrip("/") + "/"
-        trees = []
-        for root in await self._db(self.catalog.roots):
-            if root.startswith(prefix):
-                if at_ns is None:
-                    seq = await self._db(self.catalog.latest_seq, root)
-                else:
-                    seq = await self._db(self.catalog.snapshot_at, root, at_ns)
-                if seq:
-                    trees.append((root, seq))
-        tree_prefixes = tuple(root.rstrip("/") + "/" for root, _seq in trees)
-        versions = [v for v in versions if not v.path.startswith(tree_prefixes)]
-        if not versions and not trees:
-            raise RestoreError(f"{path}: nothing backed up under this path")
-        folders = sorted((v for v in versions if stat.S_ISDIR(v.mode)), key=lambda v: v.path)
-        links = [v for v in versions if stat.S_ISLNK(v.mode)]
-        versions = [v for v in versions if not stat.S_ISDIR(v.mode) and not stat.S_ISLNK(v.mode)]
-        report = Progress(files_total=len(versions), bytes_total=sum(v.size for v in versions))
-        for root, seq in trees:
-            target_root = dest / root[len(prefix) :] if dest is not None else None
-            done = await self._restore_tree(root, root, seq, target_root, progress)
-            report.files_done += done.files_done
-            report.files_total += done.files_total
-            report.bytes_done += done.bytes_done
-            report.bytes_total += done.bytes_total
-        plain = versions + links
-        single = not folders and len(plain) == 1 and plain[0].path == key
-        dest_is_dir = dest is not None and await trio.to_thread.run_sync(dest.is_dir)
-
-        def target_of(version: FileVersion) -> Path:
-            if dest is None:
-                return Path(version.path)
-            if single:
-                return dest / Path(key).name if dest_is_dir else dest
-            return dest / version.path[len(key) :].lstrip("/")
-
-        if dest is None:  # in place: from the folder above the path named
-            anchor, as_typed = Path(key).parent, False
-        else:
-            anchor, as_typed = (dest.parent if single and not dest_is_dir else dest), True
-        if not folders and not plain:
-            return report
-        async with self._target(anchor, as_typed) as target:
-            await self._restore_plain(target, folders, versions, links, target_of, report, progress)
-        return report
-
-    async def _restore_plain(
-        self,
-        target: RestoreTarget,
-        folders: list[FileVersion],
-        files: list[FileVersion],
-        links: list[FileVersion],
-        target_of: Callable[[FileVersion], Path],
-        report: Progress,
-        progress: ProgressFn | None,
-    ) -> None:
-        for folder in folders:  # empty ones too; their own mode and times are set last
-            await trio.to_thread.run_sync(target.make_folder, target_of(folder))
-        await self._restore_files(
-            target, [(target_of(v), v, None) for v in files], report, progress
-        )
-        # Links last: no file is ever written through a link this restore made. A real folder
-        # where a link was is left: unlike a mount's snapshot, a plain backup does not say that
-        # folder is gone.
-        for link in sorted(links, key=lambda v: v.path):
-            where = target_of(link)
-            content = os.fsdecode(b"".join(await self.fetch_many(list(link.chunks))))
-            made = await trio.to_thread.run_sync(
-                functools.partial(
-                    target.make_symlink, where, content, link.mtime_ns, replace_folder=False
-                )
-            )
-            if made:
-                report.links += 1
-            else:
-                log.warning("%s: a folder is there now; the symlink it was is not restored", where)
-                report.links_not_made.append(str(where))
-        # Folder modes and times last, deepest first: writing inside a folder changes its mtime.
-        for folder in reversed(folders):
-            where = target_of(folder)
-            refused = await trio.to_thread.run_sync(
-                target.finish_folder,
-                where,
-                folder.mode,
-                folder.mtime_ns,
-                (folder.uid, folder.gid),
-                folder.xattrs,
-            )
-            report.xattrs_refused.extend(f"{where}: {n}" for n in refused)
-        report.folders = len(folders)
-
-    async def _tree_for(self, key: str, at_ns: int | None) -> tuple[str, int] | None:
-        """(mounted root, snapshot seq) whose tree holds ``key`` as of ``at_ns``, if any."""
-        for root in await self._db(self.catalog.roots):
-            if key != root and not key.startswith(root.rstrip("/") + "/"):
-                continue
-            if at_ns is None:
-                seq = await self._db(self.catalog.latest_seq, root)
-            else:
-                seq = await self._db(self.catalog.snapshot_at, root, at_ns)
-                if not seq:
-                    raise RestoreError(f"{key}: no snapshot of {root} is that old")
-            relative = key[len(root) :].strip("/")
-            found = await self._db(self.catalog.tree_walk, root, relative, seq) if relative else []
-            if not relative or found:
-                return root, seq
-        return None
-
-    async def _restore_tree(
-        self, key: str, root: str, seq: int, dest: Path | None, progress: ProgressFn | None
-    ) -> Progress:
-        relative = key[len(root) :].strip("/")
-        entries = await self._db(self.catalog.tree_walk, root, relative, seq)
-        files: list[tuple[str, FileVersion, TreeEvent]] = []
-        for path, entry in entries:
-            if any(part in ("", ".", "..") or "\0" in part for part in path.split("/")):
-                raise RestoreError(f"refusing the unsafe name {path!r} in the catalog")
-            if entry.kind == TREE_FILE:
-                version = await self._db(self.catalog.version_by_id, entry.file_id)
-                if version is None:
-                    raise RestoreError(f"{root}/{path}: its version is missing from the catalog")
-                files.append((path, version, entry))
-        report = Progress(files_total=len(files), bytes_total=sum(v.size for _p, v, _e in files))
-        top_is_file = bool(entries) and entries[0][1].kind != TREE_DIR and relative != ""
-        if dest is None:
-            base = Path(key)
-        elif top_is_file and await trio.to_thread.run_sync(dest.is_dir):
-            base = dest / Path(key).name
-        else:
-            base = dest
-
-        def target_of(path: str) -> Path:
-            rest = path[len(relative) :].lstrip("/") if relative else path
-            return base / rest if rest else base
-
-        if dest is None:  # in place: from the folder above the tree
-            anchor, as_typed = base.parent, False
-        else:  # the folder the user named, followed as typed (a file's: the one it goes in)
-            anchor, as_typed = (dest.parent if base == dest and top_is_file else dest), True
-        async with self._target(anchor, as_typed) as target:
-            await self._restore_entries(target, entries, files, target_of, report, progress)
-        return report
-
-    async def _restore_entries(
-        self,
-        target: RestoreTarget,
-        entries: list[tuple[str, TreeEvent]],
-        files: list[tuple[str, FileVersion, TreeEvent]],
-        target_of: Callable[[str], Path],
-        report: Progress,
-        progress: ProgressFn | None,
-    ) -> None:
-        folders: list[tuple[Path, TreeEvent]] = []
-        for path, entry in entries:
-            where = target_of(path)
-            if entry.kind == TREE_DIR:
-                await trio.to_thread.run_sync(target.make_folder, where)
-                folders.append((where, entry))
-            elif entry.kind == TREE_SYMLINK:
-                await trio.to_thread.run_sync(
-                    functools.partial(
-                        target.make_symlink,
-                        where,
-                        entry.target,
-                        entry.mtime_ns,
-                        replace_folder=True,  # the snapshot says that folder is gone
-                    )
-                )
-        await self._restore_files(
-            target, [(target_of(p), v, e) for p, v, e in files], report, progress
-        )
-        for where, entry in reversed(folders):  # children first: their writes move mtimes
-            refused = await trio.to_thread.run_sync(
-                functools.partial(
-                    target.finish_folder,
-                    where,
-                    stat.S_IMODE(entry.mode) or 0o755,
-                    entry.mtime_ns,
-                    xattrs=entry.xattrs,
-                )
-            )
-            report.xattrs_refused.extend(f"{where}: {n}" for n in refused)
-
-    async def _restore_files(
-        self,
-        target: RestoreTarget,
-        files: list[tuple[Path, FileVersion, TreeEvent | None]],
-        report: Progress,
-        progress: ProgressFn | None,
-    ) -> None:
-        """Write each file (with the mode, times and attributes of its snapshot entry, if it
-        has one); a second name of a file already written becomes a hard link to it."""
-        firsts = hard_links([version for _where, version, _entry in files])
-        # Who holds the small files' chunks, in one query (a big file asks for its own).
-        holders = await self._db(
-            self.catalog.holders_many,
-            [c for _w, v, _e in files if v.size <= RESTORE_SMALL for c in v.chunks],
-        )
-        errors: list[Exception] = []
-        room = trio.Semaphore(RESTORE_FILES)
-
-        async def one(where: Path, version: FileVersion, entry: TreeEvent | None) -> None:
-            try:
-                await self.restore_version(
-                    version,
-                    where,
-                    target,
-                    report,
-                    mode=None if entry is None else entry.mode,
-                    mtime_ns=None if entry is None else entry.mtime_ns,
-                    progress=progress,
-                    xattrs=None if entry is None else entry.xattrs,
-                    holders=holders,
-                )
-            except (RestoreError, OSError) as exc:
-                errors.append(exc)
-                return
-            report.files_done += 1
-            if progress:
-                progress(report)
-
-        async def small(where: Path, version: FileVersion, entry: TreeEvent | None) -> None:
-            try:
-                await one(where, version, entry)
-            finally:
-                room.release()
-
-        # Small files several at a time (their round trips and fsyncs overlap); a big one
-        # alone, as it already fetches many windows at once.
-        async with trio.open_nursery() as nursery:
-            for (where, version, entry), first in zip(files, firsts, strict=True):
-                if errors:
-                    break
-                if first is not None:
-                    continue
-                if version.size > RESTORE_SMALL:
-                    await one(where, version, entry)
-                else:
-                    await room.acquire()
-                    nursery.start_soon(small, where, version, entry)
-        if errors:
-            raise errors[0]
-        for (where, version, _entry), first in zip(files, firsts, strict=True):
-            if first is not None:  # made once every file they are names of is in place
-                try:
-                    made = await trio.to_thread.run_sync(
-                        target.make_hard_link, files[first][0], where
-                    )
-                except UnsafeDestination as exc:
-                    raise RestoreError(str(exc)) from None
-                if made:
-                    report.hard_links += 1
-                else:
-                    log.warning("%s: a folder is there now; the hard link is not made", where)
-                    report.links_not_made.append(str(where))
-                report.bytes_done += version.size
-                report.files_done += 1
-                if progress:
-                    progress(report)
+        """Restore ``path`` as of ``at_ns`` (default: now) to ``dest`` (default: in place)."""
+        return await self.restorer.restore_path(path, dest, progress, at_ns)
 
     # -- delete --------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from .protocol import (
     ProtocolError,
     PutMeta,
 )
+from .report import Progress
 from .transport import Channel, PeerUnavailable, RemoteError, connect_anonymous
 
 if TYPE_CHECKING:
@@ -184,8 +185,6 @@ class Safekeeping:
             return made
 
     async def _backup_catalog(self, force: bool) -> bool:
-        from .owner import Progress  # the owner module imports this one
-
         owner = self.owner
         catalog = owner.catalog
         fingerprint = await owner._db(catalog.fingerprint)

@@ -80,7 +80,7 @@ async def read_data(
     for holder, addresses in sorted(by_holder.items()):
         for i in range(0, len(addresses), BATCH):
             batch = addresses[i : i + BATCH]
-            got = await owner.get_envelopes(holder, batch)
+            got = await owner.fetcher.get_envelopes(holder, batch)
             report.unreadable += len(batch) - len(got)
             report.bytes_read += sum(len(e) for e in got.values())
             failed = await trio.to_thread.run_sync(
@@ -128,7 +128,7 @@ async def _repair(
     for address, nodes in bad.items():
         good = holders[address] - nodes
         for source in sorted(good):  # a good copy to make the new ones from
-            got = await owner.get_envelopes(source, [address])
+            got = await owner.fetcher.get_envelopes(source, [address])
             if address in got and not bad_envelopes(owner.keys, got):
                 report.copies_made += await node.replicate(
                     owner.owner_id, address, wanted[address], got[address], set(good)

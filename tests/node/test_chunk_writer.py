@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chunkstore.chunking import CHUNK_SIZE
-from node.owner import _ChunkWriter
+from node.restore_files import _ChunkWriter
 
 
 def chunk(no: int, size: int = CHUNK_SIZE) -> bytes:

@@ -24,7 +24,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.owner import RestoreError
+from node.report import RestoreError
 
 from .cluster import open_cluster
 

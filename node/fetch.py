@@ -1,0 +1,201 @@
+"""Getting our chunks back from their holders: verified plaintexts, batched per holder, with
+failover between holders and retries for what a batch did not bring.
+
+Used by restores, by ``check --read-data`` and by a recovery; it only reads (a holder it learns
+of is added to the catalog).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import trio
+
+from chunkstore.catalogdb import CatalogDB
+from chunkstore.envelope import open_chunk
+from chunkstore.errors import EnvelopeError
+from chunkstore.keys import KeyRing
+
+from .node import Node
+from .protocol import MAX_BATCH, Chunk, ChunksMany, GetChunk, GetChunks
+from .report import RestoreError
+from .transport import PeerUnavailable, RemoteError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class DbRunner(Protocol):
+    """Runs a catalog call on the owner's one database thread."""
+
+    def __call__(self, fn: Callable[..., T], *args: object) -> Awaitable[T]: ...
+
+
+class Fetcher:
+    def __init__(self, node: Node, keys: KeyRing, catalog: CatalogDB, db: DbRunner) -> None:
+        self.node = node
+        self.keys = keys
+        self.catalog = catalog
+        self._db = db
+        self.owner_id = node.node_id
+
+    async def fetch_chunk(
+        self,
+        address: bytes,
+        rounds: int = 5,
+        known: set[int] | None = None,
+        sink: Callable[[bytes], T] | None = None,
+    ) -> T | bytes:
+        """Get and verify one chunk, failing over between holders.
+
+        Known holders (up ones first) are tried, then every live peer is asked who holds it;
+        the whole sequence is retried with backoff, since answers can be lost. The verified
+        plaintext is returned, or, with ``sink``, handed to it on the same worker thread that
+        opened it (one thread hop per chunk) and its result returned.
+        """
+        delay = 0.5
+        for round_no in range(rounds):
+            if known is None or round_no > 0:
+                known = await self._db(self.catalog.holders, address)
+            ordered = sorted(known, key=lambda h: not self.node.membership.is_up(h))
+            result = await self._try_holders(address, ordered, sink)
+            if result is not None:
+                return result
+            found = (await self.node.query_holders(self.owner_id, [address]))[address]
+            if found - known:
+                await self._db(self.catalog.add_holders, [(address, h) for h in found])
+            result = await self._try_holders(address, sorted(found - known), sink)
+            if result is not None:
+                return result
+            if round_no < rounds - 1:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
+
+    async def get_envelopes(self, holder: int, addresses: list[bytes]) -> dict[bytes, bytes]:
+        """The envelopes ``holder`` gave for ``addresses`` (not yet verified).
+
+        One GETCHUNKS per MAX_BATCH addresses, all at once; a request that fails gives none of
+        its chunks (the caller fetches what is missing elsewhere).
+        """
+        found: dict[bytes, bytes] = {}
+
+        async def one_request(batch: list[bytes]) -> None:
+            try:
+                answer = await self.node.pool.request(
+                    holder,
+                    functools.partial(GetChunks, owner=self.owner_id, addresses=tuple(batch)),
+                    self.node.config.request_timeout,
+                )
+            except (PeerUnavailable, RemoteError) as exc:
+                log.info("batch from node %d failed: %s", holder, exc)
+                return
+            if not isinstance(answer, ChunksMany) or len(answer.codes) != len(batch):
+                return
+            for address, envelope, code in zip(batch, answer.envelopes, answer.codes, strict=True):
+                if code == 0:
+                    found[address] = envelope
+
+        if len(addresses) <= MAX_BATCH:
+            await one_request(addresses)
+        else:
+            async with trio.open_nursery() as nursery:
+                for i in range(0, len(addresses), MAX_BATCH):
+                    nursery.start_soon(one_request, addresses[i : i + MAX_BATCH])
+        return found
+
+    async def fetch_many(self, addresses: list[bytes]) -> list[bytes]:
+        """Verified plaintexts of our chunks at ``addresses``, fetched in parallel; the first
+        chunk no holder had a valid copy of is a RestoreError."""
+        found, missing = await self.fetch_found(addresses)
+        if missing:
+            raise next(iter(missing.values()))
+        return [found[a] for a in addresses]
+
+    async def fetch_found(
+        self, addresses: list[bytes], holders: dict[bytes, set[int]] | None = None
+    ) -> tuple[dict[bytes, bytes], dict[bytes, RestoreError]]:
+        """(verified plaintexts, why each missing one is missing) of our chunks at ``addresses``.
+
+        One GETCHUNKS per holder for what it holds (the batch spread over the holders), then
+        ``fetch_chunk``'s failover and retries for anything that did not come back valid.
+        ``holders`` are the catalog's holders of the chunks, if the caller has them already.
+        """
+        unique = list(dict.fromkeys(addresses))
+        if holders is None or not all(a in holders for a in unique):
+            holders = await self._db(self.catalog.holders_many, unique)
+        groups: dict[int, list[bytes]] = {}
+        leftovers: list[bytes] = []
+        for address in unique:
+            live = [h for h in holders[address] if self.node.membership.is_up(h)]
+            if not live:
+                leftovers.append(address)
+                continue
+            choice = min(live, key=lambda h: (len(groups.get(h, ())), h))
+            groups.setdefault(choice, []).append(address)
+        found: dict[bytes, bytes] = {}
+
+        def open_many(items: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], list[bytes]]:
+            opened, failed = {}, []
+            for address, envelope in items:
+                try:
+                    opened[address] = open_chunk(self.keys, address, envelope)
+                except EnvelopeError:
+                    failed.append(address)
+            return opened, failed
+
+        async def from_holder(holder: int, batch: list[bytes]) -> None:
+            got = await self.get_envelopes(holder, batch)
+            leftovers.extend(a for a in batch if a not in got)
+            items = list(got.items())
+            opened, failed = await trio.to_thread.run_sync(
+                open_many, items, limiter=self.node.cpu_limiter
+            )
+            found.update(opened)
+            leftovers.extend(failed)
+
+        async with trio.open_nursery() as nursery:
+            for holder, wanted in groups.items():
+                nursery.start_soon(from_holder, holder, wanted)
+
+        missing: dict[bytes, RestoreError] = {}
+
+        async def slow(address: bytes) -> None:
+            try:
+                plain = await self.fetch_chunk(address)
+            except RestoreError as exc:
+                missing[address] = exc
+                return
+            assert isinstance(plain, bytes)
+            found[address] = plain
+
+        async with trio.open_nursery() as nursery:
+            for address in leftovers:
+                nursery.start_soon(slow, address)
+        return found, missing
+
+    async def _try_holders(
+        self, address: bytes, holders: list[int], sink: Callable[[bytes], T] | None
+    ) -> T | bytes | None:
+        def open_and_sink(envelope: bytes) -> T | bytes:
+            plain = open_chunk(self.keys, address, envelope)
+            return sink(plain) if sink is not None else plain
+
+        for holder in holders:
+            try:
+                answer = await self.node.pool.request(
+                    holder,
+                    lambda r: GetChunk(r, self.owner_id, address),
+                    self.node.config.request_timeout,
+                )
+                if not isinstance(answer, Chunk):
+                    continue
+                return await trio.to_thread.run_sync(
+                    open_and_sink, answer.envelope, limiter=self.node.cpu_limiter
+                )
+            except (PeerUnavailable, RemoteError, EnvelopeError) as exc:
+                log.info("chunk %s… from node %d: %s", address.hex()[:12], holder, exc)
+        return None
