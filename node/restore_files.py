@@ -32,7 +32,7 @@ from .fetch import DbRunner, Fetcher
 from .node import Node
 from .protocol import MAX_BATCH
 from .report import Progress, ProgressFn, RestoreError
-from .restore_target import RestoreTarget, UnsafeDestination
+from .restore_target import RestoreTarget, UnsafeDestination, flush_files
 
 log = logging.getLogger(__name__)
 # A restore fetches windows of chunks spread over their holders: a window's share per holder
@@ -478,20 +478,44 @@ def _as_entry(entry: TreeEvent | None) -> tuple[int | None, int | None, Xattrs |
     return entry.mode, entry.mtime_ns, entry.xattrs
 
 
+def _wanted(version: FileVersion, entry: TreeEvent | None) -> tuple[int, int, Xattrs]:
+    """(mode, mtime, xattrs) the restored file gets: its snapshot entry's, else the version's."""
+    mode, mtime_ns, xattrs = _as_entry(entry)
+    return (
+        version.mode if mode is None else mode,
+        version.mtime_ns if mtime_ns is None else mtime_ns,
+        version.xattrs if xattrs is None else xattrs,
+    )
+
+
 def _already_there(target: RestoreTarget, group: list[Entry]) -> list[bool]:
     out = []
     for where, version, entry in group:
-        mode, mtime_ns, _x = _as_entry(entry)
-        out.append(
-            _already_restored(
-                target,
-                where,
-                version.size,
-                version.mode if mode is None else mode,
-                version.mtime_ns if mtime_ns is None else mtime_ns,
-            )
-        )
+        mode, mtime_ns, _xattrs = _wanted(version, entry)
+        out.append(_already_restored(target, where, version.size, mode, mtime_ns))
     return out
+
+
+def _plains(
+    version: FileVersion, found: dict[bytes, bytes], missing: dict[bytes, RestoreError]
+) -> list[tuple[int, bytes]]:
+    plains = []
+    for no, address in enumerate(version.chunks):
+        if address in missing:
+            raise missing[address]
+        plain = found[address]
+        if len(plain) != min(CHUNK_SIZE, version.size - no * CHUNK_SIZE):
+            raise RestoreError(f"chunk {no} of {version.path} has the wrong length")
+        plains.append((no, plain))
+    return plains
+
+
+def _failure(where: Path, exc: Exception) -> Exception:
+    if isinstance(exc, UnsafeDestination):
+        return RestoreError(str(exc))
+    if isinstance(exc, OSError):
+        return RestoreError(f"cannot write {where}: {exc.strerror or exc}")
+    return exc
 
 
 def _write_group(
@@ -500,64 +524,47 @@ def _write_group(
     found: dict[bytes, bytes],
     missing: dict[bytes, RestoreError],
 ) -> list[list[str] | Exception]:
-    """Write each small file of ``group`` from its fetched chunks (on a worker thread): the
-    extended attributes it refused, or why it could not be restored."""
-    outcomes: list[list[str] | Exception] = []
-    for where, version, entry in group:
-        mode, mtime_ns, xattrs = _as_entry(entry)
-        try:
-            plains = []
-            for no, address in enumerate(version.chunks):
-                if address in missing:
-                    raise missing[address]
-                plain = found[address]
-                if len(plain) != min(CHUNK_SIZE, version.size - no * CHUNK_SIZE):
-                    raise RestoreError(f"chunk {no} of {version.path} has the wrong length")
-                plains.append((no, plain))
-            outcomes.append(
-                _write_small(
-                    target,
-                    where,
-                    version,
-                    plains,
-                    version.mode if mode is None else mode,
-                    version.mtime_ns if mtime_ns is None else mtime_ns,
-                    version.xattrs if xattrs is None else xattrs,
-                )
-            )
-        except UnsafeDestination as exc:
-            outcomes.append(RestoreError(str(exc)))
-        except (RestoreError, OSError) as exc:
-            outcomes.append(exc)
-    return outcomes
+    """Write the small files of ``group`` from their fetched chunks (on a worker thread):
+    for each, the extended attributes it refused, or why it could not be restored.
 
-
-def _write_small(
-    target: RestoreTarget,
-    dest: Path,
-    version: FileVersion,
-    plains: list[tuple[int, bytes]],
-    mode: int,
-    mtime_ns: int,
-    xattrs: Xattrs,
-) -> list[str]:
-    """One small file, whole: a new temporary file (a small file has nothing to resume),
-    its data, then ``publish``; the temporary file is removed if anything fails."""
-    with target.parent(dest) as (dir_fd, name):
-        fd, tmp, _resumed = target.partial_file(
-            dir_fd, name, dest, mode, (version.uid, version.gid), resumable=False
-        )
-        published = False
+    Each goes into a new temporary file (a small file has nothing to resume) with its data,
+    attributes and mode; then all of them are flushed at once, and only then each takes its
+    times and its name. A temporary file that did not take its name is removed.
+    """
+    outcomes: list[list[str] | Exception] = [[] for _ in group]
+    made: list[tuple[int, int, int, str, str]] = []  # (index, folder fd, fd, temp name, name)
+    named: set[int] = set()
+    with target.parents() as parent_of:
         try:
-            _ChunkWriter(fd, holes=True).write(plains)
-            os.ftruncate(fd, version.size)
-            refused = target.publish(dir_fd, fd, tmp, name, dest, mode, mtime_ns, xattrs)
-            published = True
-            return refused
-        except OSError as exc:
-            raise RestoreError(f"cannot write {dest}: {exc.strerror or exc}") from None
+            for i, (where, version, entry) in enumerate(group):
+                mode, _mtime_ns, xattrs = _wanted(version, entry)
+                try:
+                    plains = _plains(version, found, missing)
+                    dir_fd, name = parent_of(where)
+                    fd, tmp, _resumed = target.partial_file(
+                        dir_fd, name, where, mode, (version.uid, version.gid), resumable=False
+                    )
+                    made.append((i, dir_fd, fd, tmp, name))
+                    _ChunkWriter(fd, holes=True).write(plains)
+                    os.ftruncate(fd, version.size)
+                    outcomes[i] = target.prepare(fd, mode, xattrs)
+                except (UnsafeDestination, RestoreError, OSError) as exc:
+                    outcomes[i] = _failure(where, exc)
+            ready = [m for m in made if not isinstance(outcomes[m[0]], Exception)]
+            flushed = flush_files([fd for _i, _d, fd, _t, _n in ready])
+            for (i, dir_fd, fd, tmp, name), error in zip(ready, flushed, strict=True):
+                where, version, entry = group[i]
+                try:
+                    if error is not None:
+                        raise error
+                    target.commit(dir_fd, fd, tmp, name, where, _wanted(version, entry)[1])
+                    named.add(i)
+                except OSError as exc:
+                    outcomes[i] = _failure(where, exc)
         finally:
-            os.close(fd)
-            if not published:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp, dir_fd=dir_fd)
+            for i, dir_fd, fd, tmp, _name in made:
+                os.close(fd)
+                if i not in named:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=dir_fd)
+    return outcomes
