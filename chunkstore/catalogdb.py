@@ -358,10 +358,15 @@ class CatalogDB:
             return self._insert_version(db, version, created_ns, origin)
 
     def add_complete_versions(
-        self, versions: Sequence[FileVersion], created_ns: int, holders: Iterable[tuple[bytes, int]]
+        self,
+        versions: Sequence[FileVersion],
+        created_ns: int,
+        holders: Iterable[tuple[bytes, int]],
+        backup_ns: int | None = None,
     ) -> None:
         """Record versions already at their degree, and the holders that made them so, in one
-        transaction (a backup of many small files commits them in groups)."""
+        transaction (a backup of many small files commits them in groups); with ``backup_ns``,
+        it is the time of the last backup (the ``last_backup_ns`` setting) in that same one."""
         with self._tx() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(holders)
@@ -369,6 +374,12 @@ class CatalogDB:
             for version in versions:
                 vid = self._insert_version(db, version, created_ns, ORIGIN_BACKUP)
                 db.execute("UPDATE versions SET complete=1 WHERE id=?", (vid,))
+            if backup_ns is not None:
+                db.execute(
+                    "INSERT INTO settings(name, value) VALUES ('last_backup_ns', ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                    (backup_ns,),
+                )
 
     @staticmethod
     def _insert_version(

@@ -18,7 +18,7 @@ from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.sizes import format_size, parse_size
 from node.identity import IdentityError
 
-from .control import DaemonUnavailable, call
+from .client import DaemonUnavailable, call
 from .runtime import tune_allocator, tune_switch_interval
 from .state import (
     CommandError,

@@ -5,7 +5,7 @@ A request is one line ``{"op": ..., ...}``. The daemon answers with zero or more
 ``{"event": "result", "ok": false, "error": "one line"}``; a result carrying chunk data is followed
 by ``blob_bytes`` raw bytes. The client sends nothing after its request, so the end of its stream
 means it was interrupted: the operation is cancelled. The socket lives in the state directory
-and is created owner-only (mode 0600).
+and is created owner-only (mode 0600). This is the daemon's side; ``client.py`` is the CLI's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,62 +128,3 @@ async def serve_control(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-
-
-class DaemonUnavailable(Exception):
-    pass
-
-
-def call_binary(
-    path: Path, request: dict[str, Any], timeout: float
-) -> tuple[dict[str, Any], bytes]:
-    """One request whose result carries raw bytes: (the result event, the bytes)."""
-    client = _connect(path)
-    client.settimeout(timeout)
-    try:
-        client.sendall(json.dumps(request).encode() + b"\n")
-        with client.makefile("rb") as reader:
-            for line in reader:
-                event = json.loads(line)
-                if event.get("event") != "result":
-                    continue
-                size = int(event.get("blob_bytes", 0))
-                blob = reader.read(size) if size else b""
-                if len(blob) != size:
-                    raise DaemonUnavailable("the node stopped in the middle of an answer")
-                return event, blob
-        raise DaemonUnavailable("the node stopped before answering")
-    finally:
-        client.close()
-
-
-def _connect(path: Path) -> socket.socket:
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(10)
-    try:
-        client.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError):
-        client.close()
-        raise DaemonUnavailable(
-            f"no lanvault node is running for {path.parent} (start it with 'lanvault node --dir {path.parent}')"
-        ) from None
-    return client
-
-
-def call(
-    path: Path, request: dict[str, Any], timeout: float | None = None
-) -> Iterator[dict[str, Any]]:
-    """Send one request; yield every event line (the last is the result)."""
-    client = _connect(path)
-    client.settimeout(timeout)
-    try:
-        client.sendall(json.dumps(request).encode() + b"\n")
-        with client.makefile("rb") as reader:
-            for line in reader:
-                event = json.loads(line)
-                yield event
-                if event.get("event") == "result":
-                    return
-        raise DaemonUnavailable("the node stopped before answering")
-    finally:
-        client.close()

@@ -29,7 +29,7 @@ from fs.passthrough import PassthroughOps
 from fs.scan import catch_up
 from fs.versions import VersionsView
 
-from .control import DaemonUnavailable, call, call_binary
+from .client import DaemonUnavailable, call, call_binary
 from .mounts import clear_dead_mount
 from .state import CommandError, StateDir
 

@@ -54,6 +54,7 @@ TRIM_INTERVAL = 600.0  # seconds between passes over our chunks for copies above
 TRIM_SETTLE = 30.0  # after a node came back online, before such a pass
 SMALL_FILE = 2 * CHUNK_SIZE  # files up to this size are backed up in groups ...
 GROUP_FILES = 128  # ... of this many: one read, one send per holder and one commit per group
+GROUPS_IN_FLIGHT = 3  # groups backed up at once
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
 
 
@@ -399,12 +400,31 @@ class Owner:
             files_total=len(files), bytes_total=scan.total, entries_skipped=scan.skipped
         )
         failures: list[str] = []
-        for i in range(0, len(files), GROUP_FILES):
-            group = files[i : i + GROUP_FILES]
-            async with self._guard.shared():
-                failures += await self._backup_group(group, degree, report, progress)
+        errors: list[Exception] = []
+        room = trio.Semaphore(GROUPS_IN_FLIGHT)
+
+        async def one_group(group: list[str]) -> None:
+            try:
+                async with self._guard.shared():
+                    failures.extend(await self._backup_group(group, degree, report, progress))
+            except Exception as exc:  # raised below, outside the nursery: no exception group
+                errors.append(exc)
+            finally:
+                room.release()
             if progress:
                 progress(report)
+
+        # Several groups at once: one is read while another's chunks are on their way and a
+        # third is committed (each step waits on a disk or a peer, not on this process).
+        async with trio.open_nursery() as nursery:
+            for i in range(0, len(files), GROUP_FILES):
+                await room.acquire()
+                if errors:
+                    room.release()
+                    break
+                nursery.start_soon(one_group, files[i : i + GROUP_FILES])
+        if errors:
+            raise errors[0]
         # Symlinks and folders after the files: a folder's times are those the files left.
         entries = scan.links + scan.folders
         entry_failures: list[str] = []
@@ -669,9 +689,13 @@ class Owner:
             report.bytes_done += st.st_size
             report.bytes_read += st.st_size
             report.note(before, version)
-        await self._db(self.catalog.add_complete_versions, versions, time.time_ns(), learned)
-        if versions:
-            await self._note_backup()
+        now = time.time_ns()
+        await self._db(
+            self.catalog.add_complete_versions, versions, now, learned, now if versions else None
+        )
+        if versions:  # the time of the last backup went in with them
+            self.last_backup_ns = now
+            self._catalog_changed()
         return failures
 
     async def _note_backup(self) -> None:

@@ -45,7 +45,7 @@ from benchlib import (
     pipeline_ceiling,
 )
 
-from lanvault.control import call
+from lanvault.client import call
 from lanvault.runtime import tune_allocator
 
 DEGREE = 2

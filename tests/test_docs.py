@@ -10,6 +10,8 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import MAX_ENVELOPE_SIZE
 from node.admission import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_HOST
 from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
+from node.owner import GROUP_FILES as BACKUP_GROUP_FILES
+from node.owner import GROUPS_IN_FLIGHT, SMALL_FILE
 from node.protocol import (
     MAX_ADDRESSES,
     MAX_ANONYMOUS_FRAME,
@@ -20,6 +22,9 @@ from node.protocol import (
     MAX_MESSAGE_TEXT,
     MESSAGE_TYPES,
 )
+from node.restore_files import GROUP_BYTES as RESTORE_GROUP_BYTES
+from node.restore_files import GROUP_FILES
+from node.restore_files import GROUPS as RESTORE_GROUPS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -91,3 +96,15 @@ def test_the_chunk_size_stated_is_the_codes() -> None:
         for m in re.findall(pattern, " ".join((DOCS / name).read_text().split()))
     }
     assert sizes == {CHUNK_SIZE}
+
+
+def test_the_group_sizes_stated_are_the_codes() -> None:
+    text = " ".join((DOCS / "architecture.md").read_text().split())
+    restore = re.search(r"groups of up to (\d+) files or (\d+) MiB, (\d+) groups at once", text)
+    assert restore, "docs/architecture.md no longer states the restore's groups as expected"
+    stated = tuple(int(n) for n in restore.groups())
+    assert stated == (GROUP_FILES, RESTORE_GROUP_BYTES >> 20, RESTORE_GROUPS)
+    backup = re.search(r"Files up to two chunks go in groups of (\d+), (\d+) groups at once", text)
+    assert backup, "docs/architecture.md no longer states the backup's groups as expected"
+    assert (int(backup.group(1)), int(backup.group(2))) == (BACKUP_GROUP_FILES, GROUPS_IN_FLIGHT)
+    assert SMALL_FILE == 2 * CHUNK_SIZE

@@ -10,7 +10,7 @@ from pathlib import Path
 from chunkstore.catalog import FileVersion, is_own_temp
 from chunkstore.chunking import CHUNK_SIZE
 from node.report import RestoreError
-from node.restore_files import _write_group
+from node.restore_files import Entry, _write_group
 from node.restore_target import RestoreTarget, flush_files
 
 
@@ -46,7 +46,7 @@ def test_a_group_is_written_whole_and_a_file_whose_chunk_is_missing_leaves_nothi
     missing = {lost.chunks[0]: RestoreError(f"no reachable holder has chunk of {lost.path}")}
     blocked = versions[1]  # a folder is where it goes: its rename fails after the flush
     (out / blocked.path / "inside").mkdir(parents=True)
-    group = [(out / v.path, v, None) for v in versions]
+    group: list[Entry] = [(out / v.path, v, None) for v in versions]
     with RestoreTarget(out, as_typed=True, resume_dir=tmp_path / "restores") as target:
         outcomes = _write_group(target, group, found, missing)
         target.sync()
