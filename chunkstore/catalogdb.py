@@ -451,6 +451,10 @@ class CatalogDB:
                 "SELECT address FROM version_chunks WHERE version_id=? ORDER BY no", (vid,)
             )
         )
+        return CatalogDB._version_from_parts(row, chunks)
+
+    @staticmethod
+    def _version_from_parts(row: Sequence[Any], chunks: tuple[bytes, ...]) -> FileVersion:
         _, path, fid, size, mode, uid, gid, mtime, ctime, degree, owner, xattrs, link = row
         return FileVersion(
             path=str(path),
@@ -506,17 +510,34 @@ class CatalogDB:
         return made
 
     def latest_many(self, paths: Iterable[str]) -> dict[str, tuple[FileVersion, bool]]:
-        """The newest live version of each of ``paths`` that has one, with its completeness."""
+        """The newest live version of each of ``paths`` that has one, with its completeness
+        (asked 500 paths at a time: a backup asks this for every file, unchanged or not)."""
         out: dict[str, tuple[FileVersion, bool]] = {}
+        wanted = list(dict.fromkeys(paths))
         with self._reading() as db:
-            for path in paths:
-                row = db.execute(
-                    f"SELECT {_VERSION_COLUMNS}, complete FROM versions WHERE path=?"
-                    " AND removed=0 ORDER BY id DESC LIMIT 1",
-                    (path,),
-                ).fetchone()
-                if row is not None and row[4] != 0:  # not gone (an absence row)
-                    out[path] = (self._version_from_row(db, row[:_N]), bool(row[_N]))
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                rows = db.execute(
+                    f"SELECT {_VERSION_COLUMNS}, complete FROM versions WHERE id IN"
+                    f" (SELECT MAX(id) FROM versions WHERE path IN ({marks}) AND removed=0"
+                    " GROUP BY path)",
+                    batch,
+                ).fetchall()
+                rows = [r for r in rows if r[4] != 0]  # not gone (an absence row)
+                chunks: dict[int, list[bytes]] = {int(r[0]): [] for r in rows}
+                ids = list(chunks)
+                for j in range(0, len(ids), 500):
+                    some = ids[j : j + 500]
+                    for vid, address in db.execute(
+                        "SELECT version_id, address FROM version_chunks WHERE version_id IN"
+                        f" ({','.join('?' * len(some))}) ORDER BY version_id, no",
+                        some,
+                    ):
+                        chunks[int(vid)].append(bytes(address))
+                for row in rows:
+                    version = self._version_from_parts(row[:_N], tuple(chunks[int(row[0])]))
+                    out[version.path] = (version, bool(row[_N]))
         return out
 
     def versions_of(self, path: str) -> list[VersionInfo]:
@@ -572,11 +593,14 @@ class CatalogDB:
         with self._tx() as db:
             db.execute("UPDATE versions SET complete=? WHERE file_id=?", (int(complete), file_id))
 
-    def set_complete_many(self, file_ids: Iterable[bytes]) -> None:
+    def set_complete_many(self, file_ids: Iterable[bytes]) -> int:
+        """Mark these versions complete; how many were not yet (none: nothing is written)."""
         with self._tx() as db:
-            db.executemany(
-                "UPDATE versions SET complete=1 WHERE file_id=?", [(f,) for f in file_ids]
+            cursor = db.executemany(
+                "UPDATE versions SET complete=1 WHERE file_id=? AND complete=0",
+                [(f,) for f in file_ids],
             )
+            return max(cursor.rowcount, 0)
 
     def pending_among(self, addresses: Iterable[bytes]) -> set[bytes]:
         """Those of ``addresses`` some version not yet at its degree still uses (by index:

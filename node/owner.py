@@ -121,50 +121,58 @@ class _Scan:
     unlisted: list[str]  # folders that could not be read, with the reason
     links: list[str] = field(default_factory=list)  # symlinks (kept as links, never followed)
     folders: list[str] = field(default_factory=list)  # the root and every folder below, sorted
-
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:  # gone since it was listed: its own backup reports it
-        return 0
+    stats: dict[str, os.stat_result] = field(default_factory=dict)  # files' lstat, as listed
 
 
 def _scan(root: str) -> _Scan:
-    """What a backup of ``root`` (a regular file or a folder) reads, and what it leaves."""
+    """What a backup of ``root`` (a regular file or a folder) reads, and what it leaves: one
+    ``lstat`` per entry (a file's is the backup's view of it, checked again when it is read)."""
     if os.path.islink(root):
         return _Scan([], 0, [], [], links=[root])
-    if os.path.isdir(root):
-        found: list[str] = []
-        skipped: list[str] = []
-        unlisted: list[str] = []
-        links: list[str] = []
-        folders = [root]
-
-        def cannot_list(exc: OSError) -> None:
-            unlisted.append(f"{exc.filename}: cannot be read ({exc.strerror or exc})")
-
-        for dirpath, dirs, names in os.walk(root, onerror=cannot_list):
-            for name in dirs:  # a symlink to a folder is listed here, and not walked into
-                full = os.path.join(dirpath, name)
-                (links if os.path.islink(full) else folders).append(full)
-            for name in names:
-                full = os.path.join(dirpath, name)
-                if is_own_temp(name):
-                    continue  # a restore's file still on its way: not the user's
-                if os.path.islink(full):
-                    links.append(full)
-                elif os.path.isfile(full):
-                    found.append(full)
-                else:
-                    skipped.append(full)
-        files = sorted(found)
-        scan = _Scan(files, sum(_size(f) for f in files), sorted(skipped), unlisted)
-        scan.links, scan.folders = sorted(links), sorted(folders)
-        return scan
-    if os.path.isfile(root):
-        return _Scan([root], _size(root), [], [])
-    raise BackupError(f"{root}: not a regular file, folder or symlink")
+    if not os.path.isdir(root):
+        if os.path.isfile(root):
+            st = os.lstat(root)
+            return _Scan([root], st.st_size, [], [], stats={root: st})
+        raise BackupError(f"{root}: not a regular file, folder or symlink")
+    found: list[str] = []
+    skipped: list[str] = []
+    unlisted: list[str] = []
+    links: list[str] = []
+    folders = [root]
+    stats: dict[str, os.stat_result] = {}
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            unlisted.append(f"{folder}: cannot be read ({exc.strerror or exc})")
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # gone since it was listed: its own backup says so
+                if not is_own_temp(entry.name):
+                    found.append(entry.path)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                folders.append(entry.path)
+                pending.append(entry.path)
+            elif is_own_temp(entry.name):
+                continue  # a restore's file still on its way: not the user's
+            elif stat.S_ISLNK(st.st_mode):  # a symlink to a folder too: kept, never followed
+                links.append(entry.path)
+            elif stat.S_ISREG(st.st_mode):
+                found.append(entry.path)
+                stats[entry.path] = st
+            else:
+                skipped.append(entry.path)
+    files = sorted(found)
+    total = sum(st.st_size for st in stats.values())
+    return _Scan(
+        files, total, sorted(skipped), unlisted, sorted(links), sorted(folders), stats=stats
+    )
 
 
 def _read_and_address(
@@ -406,7 +414,9 @@ class Owner:
         async def one_group(group: list[str]) -> None:
             try:
                 async with self._guard.shared():
-                    failures.extend(await self._backup_group(group, degree, report, progress))
+                    failures.extend(
+                        await self._backup_group(group, degree, report, progress, scan.stats)
+                    )
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 errors.append(exc)
             finally:
@@ -458,6 +468,7 @@ class Owner:
                 n = len(scan.unlisted)
                 what.append(f"{n} folder{'' if n == 1 else 's'} not read")
             raise BackupError(f"{', '.join(what)}: {(failures + scan.unlisted)[0]}")
+        await self._note_backup()  # a run that found nothing new is a backup all the same
         return report
 
     async def _backup_entry(self, path: str, degree: int, report: Progress) -> FileVersion:
@@ -576,14 +587,23 @@ class Owner:
         raise BackupError(f"{path} keeps changing; try again when it is not being written")
 
     async def _backup_group(
-        self, paths: list[str], degree: int, report: Progress, progress: ProgressFn | None
+        self,
+        paths: list[str],
+        degree: int,
+        report: Progress,
+        progress: ProgressFn | None,
+        listed: dict[str, os.stat_result],
     ) -> list[str]:
         """Back up files in one go where that is safe: unchanged ones are checked together,
         small new or changed ones are read, sent and committed together; the rest one by one.
-        Returns what failed, one line per file (the others are backed up)."""
+        ``listed`` has the scan's ``lstat`` of the files. Returns what failed, one line per
+        file (the others are backed up)."""
         failures: list[str] = []
         stats: dict[str, os.stat_result] = {}
         for path in paths:
+            if path in listed:
+                stats[path] = listed[path]
+                continue
             try:
                 stats[path] = os.stat(path, follow_symlinks=False)
             except OSError as exc:
@@ -914,8 +934,10 @@ class Owner:
                     await window.acquire()
                     nursery.start_soon(one_batch, degree, entries[i : i + READ_BATCH])
         complete = [v for v in versions if all(len(live[a]) >= v.degree for a in v.chunks)]
+        newly = 0  # versions pending until now (an unchanged file's complete one costs nothing)
         if complete:
-            await self._db(self.catalog.set_complete_many, [v.file_id for v in complete])
+            newly = await self._db(self.catalog.set_complete_many, [v.file_id for v in complete])
+        if newly:
             if self.outbox is not None:
                 await trio.to_thread.run_sync(self._release_outbox, complete)
             await self._note_backup()

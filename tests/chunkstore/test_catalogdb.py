@@ -370,3 +370,28 @@ def test_a_catalog_from_before_links_and_xattrs_is_migrated(tmp_path: Path) -> N
     entry = db.tree_entry("/root", "", "d", seq)  # the earlier snapshot keeps its own
     assert entry is not None and entry.xattrs == (("user.k", b"v"),)
     db.close()
+
+
+def test_latest_many_is_latest_for_each_path(db: CatalogDB) -> None:
+    """The batched lookup a backup makes for every file agrees with the one-path lookup: the
+    newest version, not an older one, nothing for a path gone or deleted, chunks in order."""
+    rng = random.Random(7)
+    paths = [f"{ROOT}/f{n}" for n in range(700)]  # more than one batch of 500
+    marked: set[bytes] = set()
+    for n, path in enumerate(paths):
+        for k in range(rng.randint(1, 3)):
+            v = version(path.removeprefix(ROOT + "/"), f"{n}.{k}", rng.randint(0, 300_000), k)
+            db.add_version(v, T0 + k)
+            if rng.random() < 0.5:
+                db.set_complete(v.file_id)
+                marked.add(v.file_id)
+    db.record_absent(paths[10:20], T0 + 10)
+    db.delete_paths(paths[20:25], [2, 3])
+    asked = [*paths, f"{ROOT}/never"]
+    found = db.latest_many(asked)
+    one_by_one = {p: db.latest(p) for p in asked}
+    assert {p: v for p, (v, _complete) in found.items()} == {
+        p: v for p, v in one_by_one.items() if v is not None
+    }
+    assert len(found) == 700 - 15
+    assert all(complete == (v.file_id in marked) for v, complete in found.values())

@@ -245,7 +245,7 @@ async def test_a_folder_that_cannot_be_read_fails_the_backup_after_the_rest(
     (locked / "secret.txt").write_text("unseen")
     real_scandir = os.scandir
 
-    def scandir(path: str) -> object:  # os.walk lists each folder with this
+    def scandir(path: str) -> object:  # the scan lists each folder with this
         if os.fspath(path) == str(locked):
             raise PermissionError(13, "Permission denied", str(locked))
         return real_scandir(path)
