@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -53,8 +53,9 @@ READ_BATCH = 4 * MAX_BATCH
 TRIM_INTERVAL = 600.0  # seconds between passes over our chunks for copies above their degree
 TRIM_SETTLE = 30.0  # after a node came back online, before such a pass
 SMALL_FILE = 2 * CHUNK_SIZE  # files up to this size are backed up in groups ...
-GROUP_FILES = 128  # ... of this many: one read, one send per holder and one commit per group
-GROUPS_IN_FLIGHT = 3  # groups backed up at once
+GROUP_FILES = 512  # ... of up to this many: one read, one send per holder, one commit ...
+GROUP_BYTES = 16 * 1024 * 1024  # ... and this many bytes of them read at once,
+GROUPS_IN_FLIGHT = 3  # several groups at once
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
 
 
@@ -173,6 +174,23 @@ def _scan(root: str) -> _Scan:
     return _Scan(
         files, total, sorted(skipped), unlisted, sorted(links), sorted(folders), stats=stats
     )
+
+
+def _groups(files: list[str], stats: dict[str, os.stat_result]) -> Iterator[list[str]]:
+    """``files`` in groups of up to GROUP_FILES files and GROUP_BYTES of small files' bytes
+    (what a group holds in memory at once; a bigger file is read in batches of its own)."""
+    group: list[str] = []
+    size = 0
+    for path in files:
+        st = stats.get(path)
+        small = min(st.st_size, SMALL_FILE) if st is not None else 0
+        if group and (len(group) >= GROUP_FILES or size + small > GROUP_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(path)
+        size += small
+    if group:
+        yield group
 
 
 def _read_and_address(
@@ -427,12 +445,12 @@ class Owner:
         # Several groups at once: one is read while another's chunks are on their way and a
         # third is committed (each step waits on a disk or a peer, not on this process).
         async with trio.open_nursery() as nursery:
-            for i in range(0, len(files), GROUP_FILES):
+            for group in _groups(files, scan.stats):
                 await room.acquire()
                 if errors:
                     room.release()
                     break
-                nursery.start_soon(one_group, files[i : i + GROUP_FILES])
+                nursery.start_soon(one_group, group)
         if errors:
             raise errors[0]
         # Symlinks and folders after the files: a folder's times are those the files left.

@@ -10,6 +10,7 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import MAX_ENVELOPE_SIZE
 from node.admission import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_HOST
 from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
+from node.owner import GROUP_BYTES as BACKUP_GROUP_BYTES
 from node.owner import GROUP_FILES as BACKUP_GROUP_FILES
 from node.owner import GROUPS_IN_FLIGHT, SMALL_FILE
 from node.protocol import (
@@ -100,11 +101,14 @@ def test_the_chunk_size_stated_is_the_codes() -> None:
 
 def test_the_group_sizes_stated_are_the_codes() -> None:
     text = " ".join((DOCS / "architecture.md").read_text().split())
-    restore = re.search(r"groups of up to (\d+) files or (\d+) MiB, (\d+) groups at once", text)
+    restore = re.search(r"restored in groups of up to (\d+) files or (\d+) MiB, (\d+) groups", text)
     assert restore, "docs/architecture.md no longer states the restore's groups as expected"
     stated = tuple(int(n) for n in restore.groups())
     assert stated == (GROUP_FILES, RESTORE_GROUP_BYTES >> 20, RESTORE_GROUPS)
-    backup = re.search(r"Files up to two chunks go in groups of (\d+), (\d+) groups at once", text)
+    backup = re.search(
+        r"Files up to two chunks go in groups of up to (\d+) files or (\d+) MiB, (\d+) groups", text
+    )
     assert backup, "docs/architecture.md no longer states the backup's groups as expected"
-    assert (int(backup.group(1)), int(backup.group(2))) == (BACKUP_GROUP_FILES, GROUPS_IN_FLIGHT)
+    stated = tuple(int(n) for n in backup.groups())
+    assert stated == (BACKUP_GROUP_FILES, BACKUP_GROUP_BYTES >> 20, GROUPS_IN_FLIGHT)
     assert SMALL_FILE == 2 * CHUNK_SIZE

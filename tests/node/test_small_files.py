@@ -10,7 +10,7 @@ import pytest
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import chunk_address
 from chunkstore.keys import KeyRing
-from node.owner import _read_small, _read_smalls
+from node.owner import GROUP_BYTES, GROUP_FILES, SMALL_FILE, _groups, _read_small, _read_smalls
 
 
 def test_a_small_file_is_read_whole_into_its_chunks(tmp_path: Path, keys: KeyRing) -> None:
@@ -53,3 +53,18 @@ def test_an_unreadable_entry_is_an_error_in_its_place(tmp_path: Path, keys: KeyR
     assert results[1] is not None and not isinstance(results[1], OSError)
     with pytest.raises(FileNotFoundError):
         _read_small(keys, str(tmp_path / "gone"), ok.stat())
+
+
+def test_backup_groups_are_bounded_by_files_and_bytes(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 1000)
+    big = tmp_path / "big"
+    big.write_bytes(b"y" * (SMALL_FILE + 1))
+    stats = {str(small): small.stat(), str(big): big.stat()}
+    files = [str(small)] * (GROUP_FILES + 3)
+    assert [len(g) for g in _groups(files, stats)] == [GROUP_FILES, 3]
+    per_group = GROUP_BYTES // SMALL_FILE  # a big file counts as what a group reads of it
+    groups = list(_groups([str(big)] * (per_group + 1), stats))
+    assert [len(g) for g in groups] == [per_group, 1]
+    assert list(_groups([], stats)) == []
+    assert [len(g) for g in _groups(["unlisted"] * 5, stats)] == [5]
