@@ -6,7 +6,8 @@ rename, unlink, symlink, hard link, setxattr), moments taken between them, and r
 The invariant: restoring any moment taken yields exactly the tree of that moment (content,
 type, mode, owner, mtime to the nanosecond, symlink targets, extended attributes, which names
 are hard links of one file). ``LANVAULT_MOUNT_MODEL_EXAMPLES`` sets how many programs run
-(default 2; the long run uses more); failing programs become plain tests.
+(default 2; the long run uses more, and counts the programs and steps that passed into
+``LANVAULT_MODEL_COUNT``); failing programs become plain tests.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.node.test_model import Entry, tree_of
+from tests.node.test_model import Entry, count_run, tree_of
 
 from .procs import ProcessCluster
 from .test_mount_history import all_safe, start_mount
@@ -70,6 +71,7 @@ def run_machine(cluster: ProcessCluster, tmp: Path) -> None:
             self.top = mnt / f"run{self.run}"
             self.top.mkdir()
             self.restores = 0
+            self.steps = 0  # counted for the long run's tally (LANVAULT_MODEL_COUNT)
 
         def p(self, name: str) -> Path:
             return self.top / name
@@ -183,10 +185,12 @@ def run_machine(cluster: ProcessCluster, tmp: Path) -> None:
             self.take_moment()
             self.restore(len(self.moments) - 1, "")
             self.restore(0, "")
+            count_run(self.steps)
 
         @invariant()
         def mount_alive(self) -> None:
             assert mount.proc is not None and mount.proc.poll() is None
+            self.steps += 1
 
     try:
         settings_ = settings(
