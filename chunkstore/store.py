@@ -215,7 +215,7 @@ class ChunkStore:
         self._db = conn
         self._lock = threading.RLock()
         self._capacity = capacity
-        self._used = self._query_int("SELECT COALESCE(SUM(length), 0) FROM chunks")
+        self._used = self._stored_bytes()
         self._read_fds: dict[int, int] = {}
         self._active: tuple[int, int] | None = None  # (segment, reserved size) appended to
         self._write_fds: dict[int, list[int]] = {}  # segment -> [fd, reservations in flight]
@@ -624,17 +624,25 @@ class ChunkStore:
         validate_owner(owner)
         if not _BLOB_NAME.fullmatch(name):
             raise InvalidIdError(f"invalid blob name {name[:70]!r}")
-        with self._lock, self._transaction():
-            row = self._db.execute(
-                "SELECT seq FROM blobs WHERE owner=? AND name=?", (owner, name)
-            ).fetchone()
-            if row is not None and int(row[0]) >= seq:
-                return False
-            self._db.execute(
-                "INSERT INTO blobs(owner, name, seq, data) VALUES (?,?,?,?)"
-                " ON CONFLICT(owner, name) DO UPDATE SET seq=excluded.seq, data=excluded.data",
-                (owner, name, seq, data),
-            )
+        with self._lock:
+            with self._transaction():
+                row = self._db.execute(
+                    "SELECT seq, LENGTH(data) FROM blobs WHERE owner=? AND name=?", (owner, name)
+                ).fetchone()
+                if row is not None and int(row[0]) >= seq:
+                    return False
+                grows = len(data) - (int(row[1]) if row is not None else 0)
+                if grows > 0 and self._used + self._reserved + grows > self._capacity:
+                    raise QuotaExceededError(  # a record counts like a chunk: all stored does
+                        f"quota exceeded: a {len(data)}-byte record does not fit in "
+                        f"{max(0, self.free_bytes - self._reserved)} free of {self._capacity}"
+                    )
+                self._db.execute(
+                    "INSERT INTO blobs(owner, name, seq, data) VALUES (?,?,?,?)"
+                    " ON CONFLICT(owner, name) DO UPDATE SET seq=excluded.seq, data=excluded.data",
+                    (owner, name, seq, data),
+                )
+            self._used += grows  # once the commit went through
             return True
 
     def get_blob(self, owner: int, name: str) -> tuple[int, bytes] | None:
@@ -837,7 +845,7 @@ class ChunkStore:
                 )
             for owner, address in lost:
                 self._db.execute("DELETE FROM chunks WHERE owner=? AND address=?", (owner, address))
-        self._used = self._query_int("SELECT COALESCE(SUM(length), 0) FROM chunks")
+        self._used = self._stored_bytes()
         fd_old = self._read_fds.pop(number, None)
         if fd_old is not None:
             os.close(fd_old)
@@ -863,6 +871,13 @@ class ChunkStore:
         if row is None:
             return None
         return _Location(int(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
+
+    def _stored_bytes(self) -> int:
+        """What the quota counts: every chunk's envelope and every owner's blobs."""
+        return self._query_int(
+            "SELECT (SELECT COALESCE(SUM(length), 0) FROM chunks)"
+            " + (SELECT COALESCE(SUM(LENGTH(data)), 0) FROM blobs)"
+        )
 
     def _query_int(self, sql: str) -> int:
         return int(self._db.execute(sql).fetchone()[0])
