@@ -62,6 +62,17 @@ class Membership:
             info.host_id = host_id
         return info
 
+    def hint(self, node_id: int, address: str | None, host_id: str | None = None) -> bool:
+        """Record where a peer may be, as heard from an unauthenticated source (a discovery
+        datagram) or from another member's gossip: a hint never replaces the address of a
+        peer that is up (a forged one would cut it off). True if the address was taken."""
+        info = self._peers.get(node_id)
+        taken = not (info is not None and info.address and self.is_up(node_id))
+        info = self.learn(node_id, address if taken else None)
+        if host_id and not info.host_id:
+            info.host_id = host_id
+        return taken and bool(address)
+
     def seen(
         self,
         node_id: int,

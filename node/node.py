@@ -296,9 +296,9 @@ class Node:
 
     def _discovered(self, peer: int, address: str, host_id: str) -> None:
         known = self.membership.get(peer)
-        if known is None or known.address != address:
+        before = known.address if known is not None else None
+        if self.membership.hint(peer, address, host_id) and before != address:
             log.info("discovered node %d at %s", peer, address)
-        self.membership.learn(peer, address, host_id)
 
     # -- requests to peers ---------------------------------------------------------------
 

@@ -197,7 +197,8 @@ class PeerPool:
             ):
                 if self._membership.get(entry[0]) is None:
                     log.info("learned of node %d at %s", entry[0], entry[1])
-                self._membership.learn(entry[0], entry[1] or None, entry[2] or None)
+                # Another member's word: a hint, as a discovery datagram is.
+                self._membership.hint(entry[0], entry[1] or None, entry[2] or None)
 
     async def aclose(self) -> None:
         for link in list(self._links.values()):

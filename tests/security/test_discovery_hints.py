@@ -1,0 +1,37 @@
+"""A forged discovery announcement (or a lying member's gossip) cannot cut a node off from a
+peer it reaches: what they say is a hint that never replaces the address of a peer that is up
+(docs/security.md)."""
+
+from __future__ import annotations
+
+from node.membership import Membership, PeerInfo
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def peer(peers: Membership, node_id: int) -> PeerInfo:
+    info = peers.get(node_id)
+    assert info is not None
+    return info
+
+
+def test_a_hint_never_replaces_the_address_of_a_peer_that_is_up() -> None:
+    clock = Clock()
+    peers = Membership(1, down_after=10, gone_after=60, clock=clock)
+    peers.learn(2, "10.0.0.2:7000", "desk")  # from its verified HELLO
+    peers.seen(2)
+    assert not peers.hint(2, "10.6.6.6:7000", "forged")
+    assert (peer(peers, 2).address, peer(peers, 2).host_id) == ("10.0.0.2:7000", "desk")
+    clock.now += 11  # down now: where it went is worth trying (the dial still proves who it is)
+    assert peers.hint(2, "10.0.0.9:7000")
+    assert peer(peers, 2).address == "10.0.0.9:7000"
+    assert peers.hint(3, "10.0.0.3:7000", "laptop")  # a new peer: its first address
+    assert peer(peers, 3).host_id == "laptop"
+    assert not peers.hint(4, None)  # named without an address: known, nothing to dial
+    assert peer(peers, 4).address == ""
