@@ -420,7 +420,7 @@ class Daemon:
         started = time.monotonic()
         try:
             report = await self._with_progress(
-                emit, lambda progress: self.owner.restore_path(path, dest, progress, at_ns)
+                emit, lambda progress: self.owner.restorer.restore_path(path, dest, progress, at_ns)
             )
         except Exception as exc:
             error = _user_error(exc, (RestoreError, OSError))

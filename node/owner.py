@@ -1007,18 +1007,6 @@ class Owner:
                 if len(done) < len(batch):
                     log.info("%d pending versions still wait for copies", len(batch) - len(done))
 
-    # -- restore (node/restore.py) ------------------------------------------------------
-
-    async def restore_path(
-        self,
-        path: Path,
-        dest: Path | None,
-        progress: ProgressFn | None = None,
-        at_ns: int | None = None,
-    ) -> Progress:
-        """Restore ``path`` as of ``at_ns`` (default: now) to ``dest`` (default: in place)."""
-        return await self.restorer.restore_path(path, dest, progress, at_ns)
-
     # -- delete --------------------------------------------------------------------------
 
     async def delete_path(self, path: Path) -> dict[str, int]:

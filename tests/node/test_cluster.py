@@ -99,7 +99,7 @@ async def test_backup_restore_delete_clean_network(tmp_path: Path) -> None:
         assert again.bytes_sent == 0
 
         out = tmp_path / "out"
-        await owner.restore_path(tmp_path / "src", out)
+        await owner.restorer.restore_path(tmp_path / "src", out)
         for path, data in files.items():
             assert (out / path.name).read_bytes() == data
 
@@ -125,7 +125,7 @@ async def test_a_file_of_many_windows_goes_to_and_comes_from_a_single_holder(
         assert len(version.chunks) == 151 and set(version.chunks) <= held
         out = tmp_path / "restored.bin"
         with caplog.at_level(logging.INFO, logger="node.owner"):
-            await owner.restore_path(path, out)
+            await owner.restorer.restore_path(path, out)
         assert out.read_bytes() == data
         # ... in whole batches: none refused and fetched again chunk by chunk
         assert not [r for r in caplog.records if "failed" in r.getMessage()]
@@ -162,7 +162,7 @@ async def test_lossy_network_backups_reach_degree_and_restore(
                 print(f"attempt failed: {exc}")
         await assert_at_degree(cluster, 2, 2)
         out = tmp_path / "out"
-        await owner.restore_path(tmp_path / "src", out)
+        await owner.restorer.restore_path(tmp_path / "src", out)
         for path, data in files.items():
             assert (out / path.name).read_bytes() == data
         assert faults and cluster.hub.stats.get("drop", 0) > 0, cluster.hub.stats

@@ -153,17 +153,17 @@ async def run_program(tmp: Path, program: list[tuple[str, str, int]]) -> None:
                 restores += 1
                 if not backed_up:
                     with pytest.raises(RestoreError, match="nothing backed up"):
-                        await owner.restore_path(src, out)
+                        await owner.restorer.restore_path(src, out)
                     continue
                 moment, expected = backed_up[arg % len(backed_up)]
-                await owner.restore_path(src, out, at_ns=moment)
+                await owner.restorer.restore_path(src, out, at_ns=moment)
                 got = tree_of(out)
                 assert got == expected, f"step {step}: restore as of backup {arg % len(backed_up)}"
                 shutil.rmtree(out)
             else:
                 apply(src, op, name, arg, counter)
         if backed_up:  # the end: the newest backup comes back whole too
-            await owner.restore_path(src, tmp / "last", at_ns=backed_up[-1][0])
+            await owner.restorer.restore_path(src, tmp / "last", at_ns=backed_up[-1][0])
             assert tree_of(tmp / "last") == backed_up[-1][1]
     count_run(len(program))
 
