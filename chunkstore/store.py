@@ -272,6 +272,13 @@ class ChunkStore:
         return self._used
 
     @property
+    def record_bytes(self) -> int:
+        """Of ``used_bytes``, the owners' small records (kits, catalog manifests): a reclaim
+        drops chunks, which have other holders, and keeps these, which recovery needs."""
+        with self._lock:
+            return self._query_int("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM blobs")
+
+    @property
     def free_bytes(self) -> int:
         return max(0, self._capacity - self._used)
 

@@ -591,7 +591,8 @@ def cmd_reclaim(args: argparse.Namespace, state: StateDir) -> int:
     emit(
         args,
         data,
-        f"now lending {format_size(data['capacity_bytes'])}, using {format_size(data['used_bytes'])};"
+        f"now lending {format_size(data['capacity_bytes'])}, using {format_size(data['used_bytes'])}"
+        f" ({format_size(data['records_bytes'])} of it owners' recovery records, kept);"
         f" dropped {data['dropped']} chunks after making {data['copied']} copies elsewhere",
     )
     return 0

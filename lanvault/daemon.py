@@ -457,6 +457,7 @@ class Daemon:
             **result,
             "capacity_bytes": self.store.capacity,
             "used_bytes": self.store.used_bytes,
+            "records_bytes": self.store.record_bytes,
         }
 
     async def op_check(self, request: dict[str, Any], emit: Emit) -> Any:

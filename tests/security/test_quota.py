@@ -18,7 +18,7 @@ from tests.node.cluster import open_cluster
 def test_records_count_against_the_quota(tmp_path: Path) -> None:
     store = ChunkStore.open(tmp_path / "store", capacity=10_000)
     assert store.put_blob(1, "a", 1, b"x" * 6_000)
-    assert store.used_bytes == 6_000
+    assert store.used_bytes == store.record_bytes == 6_000
     with pytest.raises(QuotaExceededError, match="quota exceeded"):
         store.put_blob(1, "b", 1, b"y" * 5_000)
     assert store.get_blob(1, "b") is None
