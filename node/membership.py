@@ -25,6 +25,11 @@ class PeerInfo:
         return max(0, self.capacity - self.used)
 
 
+# Peers heard of only from hints (discovery, gossip), never seen on a verified link: a host
+# off the network can announce as many invented ids as it likes, so their number is bounded.
+MAX_UNSEEN_PEERS = 64
+
+
 class Membership:
     """The peer table. Times come from ``clock`` so tests can run on trio's MockClock."""
 
@@ -67,6 +72,10 @@ class Membership:
         datagram) or from another member's gossip: a hint never replaces the address of a
         peer that is up (a forged one would cut it off). True if the address was taken."""
         info = self._peers.get(node_id)
+        if info is None and node_id != self.own_id:
+            unseen = sum(1 for p in self._peers.values() if p.last_seen == 0)
+            if unseen >= MAX_UNSEEN_PEERS:
+                return False  # a flood of invented ids: known peers are not crowded out
         taken = not (info is not None and info.address and self.is_up(node_id))
         info = self.learn(node_id, address if taken else None)
         if host_id and not info.host_id:

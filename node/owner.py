@@ -153,8 +153,8 @@ def _scan(root: str) -> _Scan:
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:  # gone since it was listed: its own backup says so
-                if not is_own_temp(entry.name):
+            except OSError:  # gone since it was listed, or not searchable: its own backup
+                if not is_own_temp(entry.name):  # says why, by name, and the rest goes on
                     found.append(entry.path)
                 continue
             if stat.S_ISDIR(st.st_mode):

@@ -9,6 +9,7 @@ from pathlib import Path
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import MAX_ENVELOPE_SIZE
 from node.admission import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_HOST
+from node.membership import MAX_UNSEEN_PEERS
 from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
 from node.owner import GROUP_BYTES as BACKUP_GROUP_BYTES
 from node.owner import GROUP_FILES as BACKUP_GROUP_FILES
@@ -87,6 +88,8 @@ def test_the_security_model_states_the_same_caps() -> None:
     assert match and number(match.group(1)) == MAX_UNAUTHENTICATED_PER_HOST
     match = re.search(r"sends nothing for (\d+) s", text)
     assert match and number(match.group(1)) == IDLE_TIMEOUT
+    match = re.search(r"are at most (\d+) \(`MAX_UNSEEN_PEERS`\)", text)
+    assert match and number(match.group(1)) == MAX_UNSEEN_PEERS
 
 
 def test_the_chunk_size_stated_is_the_codes() -> None:

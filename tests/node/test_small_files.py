@@ -10,7 +10,15 @@ import pytest
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import chunk_address
 from chunkstore.keys import KeyRing
-from node.owner import GROUP_BYTES, GROUP_FILES, SMALL_FILE, _groups, _read_small, _read_smalls
+from node.owner import (
+    GROUP_BYTES,
+    GROUP_FILES,
+    SMALL_FILE,
+    _groups,
+    _read_small,
+    _read_smalls,
+    _scan,
+)
 
 
 def test_a_small_file_is_read_whole_into_its_chunks(tmp_path: Path, keys: KeyRing) -> None:
@@ -68,3 +76,37 @@ def test_backup_groups_are_bounded_by_files_and_bytes(tmp_path: Path) -> None:
     assert [len(g) for g in groups] == [per_group, 1]
     assert list(_groups([], stats)) == []
     assert [len(g) for g in _groups(["unlisted"] * 5, stats)] == [5]
+
+
+def test_an_entry_that_cannot_be_stat_ed_is_listed_for_its_own_backup_to_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that can be listed but not searched: its entries cannot be stat'd. The scan
+    lists them (their backup fails by name) instead of crashing the whole backup."""
+    (tmp_path / "ok.txt").write_text("fine")
+    (tmp_path / "locked.txt").write_text("unseen")
+    real_scandir = os.scandir
+
+    class Unsearchable:
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self.name, self.path, self._entry = entry.name, entry.path, entry
+
+        def stat(self, follow_symlinks: bool = True) -> os.stat_result:
+            if self.name == "locked.txt":
+                raise PermissionError(13, "Permission denied", self.path)
+            return self._entry.stat(follow_symlinks=follow_symlinks)
+
+    class Listing:
+        def __init__(self, path: str) -> None:
+            self._listing = real_scandir(path)
+
+        def __enter__(self) -> list[Unsearchable]:
+            return [Unsearchable(e) for e in self._listing]
+
+        def __exit__(self, *exc: object) -> None:
+            self._listing.close()
+
+    monkeypatch.setattr(os, "scandir", Listing)
+    scan = _scan(str(tmp_path))
+    assert scan.files == [str(tmp_path / "locked.txt"), str(tmp_path / "ok.txt")]
+    assert str(tmp_path / "locked.txt") not in scan.stats and scan.total == 4

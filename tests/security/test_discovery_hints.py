@@ -4,7 +4,7 @@ peer it reaches: what they say is a hint that never replaces the address of a pe
 
 from __future__ import annotations
 
-from node.membership import Membership, PeerInfo
+from node.membership import MAX_UNSEEN_PEERS, Membership, PeerInfo
 
 
 class Clock:
@@ -35,3 +35,15 @@ def test_a_hint_never_replaces_the_address_of_a_peer_that_is_up() -> None:
     assert peer(peers, 3).host_id == "laptop"
     assert not peers.hint(4, None)  # named without an address: known, nothing to dial
     assert peer(peers, 4).address == ""
+
+
+def test_a_flood_of_invented_ids_is_bounded_and_crowds_out_no_member() -> None:
+    peers = Membership(1, down_after=10, gone_after=60, clock=Clock())
+    peers.learn(2, "10.0.0.2:7000")
+    peers.seen(2)  # a member on a verified link
+    for node_id in range(100, 100 + 10 * MAX_UNSEEN_PEERS):  # a host off the network announces
+        peers.hint(node_id, f"10.6.6.6:{node_id}")
+    assert len(peers.peers()) <= MAX_UNSEEN_PEERS + 1
+    assert peer(peers, 2).address == "10.0.0.2:7000"
+    peers.learn(5, "10.0.0.5:7000")  # a real node's verified HELLO still gets in
+    assert peer(peers, 5).address == "10.0.0.5:7000"
