@@ -13,6 +13,8 @@ from .protocol import Heartbeat, Hello, Message, Online, Request, Status, Status
 from .transport import Channel, Link, Network, PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)
+MAX_DIAL_DELAY = 10.0  # seconds, at most, between attempts to reach a known peer
+GONE_DIAL_DELAY = 60.0  # the same for a peer silent past the grace period
 
 
 class PeerPool:
@@ -143,10 +145,14 @@ class PeerPool:
             for link in self._links.values()
             if link.channel.peer_hello and not link.closed.is_set()
         }
-        targets = set(self.seeds)
+        # Gone peers are dialed too, only less often: a computer back from a long sleep finds
+        # every peer thinks it gone, and it thinks them gone; if neither side dialed, they
+        # would never meet again.
+        targets = dict.fromkeys(self.seeds, MAX_DIAL_DELAY)  # address -> longest backoff
         for info in self._membership.peers():
-            if info.address and not self._membership.is_gone(info.node_id):
-                targets.add(info.address)
+            if info.address:
+                gone = self._membership.is_gone(info.node_id)
+                targets.setdefault(info.address, GONE_DIAL_DELAY if gone else MAX_DIAL_DELAY)
         for node_id, link in list(self._links.items()):
             if link.closed.is_set():
                 continue
@@ -156,11 +162,11 @@ class PeerPool:
             except PeerUnavailable:
                 await link.aclose()
                 self._links.pop(node_id, None)
-        for address in sorted(targets - linked_addresses):
+        for address in sorted(set(targets) - linked_addresses):
             next_try, delay = self._backoff.get(address, (0.0, 0.5))
             if now < next_try or address in self._dialing:
                 continue
-            self._nursery.start_soon(self._try_dial, address, delay)
+            self._nursery.start_soon(self._try_dial, address, delay, targets[address])
         if gossip:
             await self.gossip()
 
@@ -171,14 +177,14 @@ class PeerPool:
             if isinstance(reply, StatusReply):
                 self._learn_from(reply)
 
-    async def _try_dial(self, address: str, delay: float) -> None:
+    async def _try_dial(self, address: str, delay: float, cap: float = MAX_DIAL_DELAY) -> None:
         try:
             with trio.fail_after(15):
                 await self.dial(address)
             self._backoff.pop(address, None)
         except (PeerUnavailable, trio.TooSlowError) as exc:
             jitter = random.uniform(0.8, 1.2)
-            self._backoff[address] = (trio.current_time() + delay * jitter, min(delay * 2, 10.0))
+            self._backoff[address] = (trio.current_time() + delay * jitter, min(delay * 2, cap))
             log.debug("dial %s failed: %s", address, exc)
 
     def _learn_from(self, reply: StatusReply) -> None:

@@ -14,6 +14,7 @@ from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
 from node.owner import GROUP_BYTES as BACKUP_GROUP_BYTES
 from node.owner import GROUP_FILES as BACKUP_GROUP_FILES
 from node.owner import GROUPS_IN_FLIGHT, SMALL_FILE
+from node.pool import GONE_DIAL_DELAY, MAX_DIAL_DELAY
 from node.protocol import (
     MAX_ADDRESSES,
     MAX_ANONYMOUS_FRAME,
@@ -115,3 +116,10 @@ def test_the_group_sizes_stated_are_the_codes() -> None:
     stated = tuple(int(n) for n in backup.groups())
     assert stated == (BACKUP_GROUP_FILES, BACKUP_GROUP_BYTES >> 20, GROUPS_IN_FLIGHT)
     assert SMALL_FILE == 2 * CHUNK_SIZE
+
+
+def test_the_dial_backoffs_stated_are_the_codes() -> None:
+    text = (DOCS / "architecture.md").read_text().replace("\n", " ")
+    match = re.search(r"backoff of at most (\d+) s, or (\d+) s for a peer that is gone", text)
+    assert match, "architecture.md no longer states the dial backoffs"
+    assert (number(match.group(1)), number(match.group(2))) == (MAX_DIAL_DELAY, GONE_DIAL_DELAY)

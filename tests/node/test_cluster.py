@@ -21,6 +21,7 @@ from chunkstore.store import PutItem
 from node.node import RepairReport
 from node.owner import BackupError
 from node.placement import keepers
+from node.pool import GONE_DIAL_DELAY
 from node.safekeeping import CatalogNotSafe, Safekeeping
 
 from .cluster import Cluster, open_cluster
@@ -184,6 +185,25 @@ async def test_gone_node_chunks_come_back_to_degree(tmp_path: Path) -> None:
                 if all(counts.get(a, 0) >= 2 for a in wanted):
                     break
         await assert_at_degree(cluster, 1, 2)
+
+
+async def test_two_nodes_that_think_each_other_gone_meet_again(
+    tmp_path: Path, slow_autojump_clock: trio.testing.MockClock
+) -> None:
+    """A laptop back from a long sleep: every peer thinks it gone and it thinks them gone.
+    Nodes 3 and 4 are not each other's seeds, so only dialing gone peers brings them back
+    together (without it they stayed apart for ever: seen in the recovery test)."""
+    async with open_cluster(tmp_path / "c", 4) as cluster:
+        three, four = cluster.members[3].node, cluster.members[4].node
+        assert three.address not in four.pool.seeds and four.address not in three.pool.seeds
+        await take_offline(cluster, 4)
+        with trio.fail_after(120):
+            while not (three.membership.is_gone(4) and four.membership.is_gone(3)):
+                await trio.sleep(1)
+        cluster.hub.cut.discard(4)
+        with trio.fail_after(3 * GONE_DIAL_DELAY):
+            while not (three.membership.is_up(4) and four.membership.is_up(3)):
+                await trio.sleep(1)
 
 
 async def test_reclaim_zero_keeps_every_chunk_at_degree(tmp_path: Path) -> None:
