@@ -111,6 +111,7 @@ class Daemon:
                 scrub_interval=config.scrub_interval if config.scrub_interval > 0 else math.inf,
                 network_id=config.network_id,
                 discovery=config.discovery,
+                peer_book=state.root / "peers.json",
             ),
             self.store,
             network,

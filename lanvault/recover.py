@@ -52,6 +52,8 @@ from .state import CommandError, Config, Identity, StateDir, install_state
 log = logging.getLogger("lanvault.recover")
 MARKER = ".recovering"
 FETCH_BATCH = 64
+FIRST_PEER_WAIT = 30.0  # seconds for a first peer to answer
+PEER_WAIT = 30.0  # then, seconds for every other known peer
 
 Progress = Callable[[str], None]
 ProgressEvents = Callable[[dict[str, Any]], None]  # bytes and files done, as restores report
@@ -143,26 +145,16 @@ async def restore_catalog(
     async def fetch() -> None:
         nonlocal manifest
         say("waiting for the peers …")
-        for _ in range(150):  # up to 30 s for a first peer
-            if daemon.node.membership.up_ids():
+        membership = daemon.node.membership
+        for _ in range(int(FIRST_PEER_WAIT / 0.2)):  # polled: no event tells a peer came up
+            if membership.up_ids():
                 break
             await trio.sleep(0.2)
-        # Every reachable peer is asked (the highest catalog wins): learn them from the
-        # first ones, then give the links a moment to come up.
-        membership = daemon.node.membership
-        steady = 0  # rounds in which nothing new was learned and everyone known was up
-        previous: set[int] = set()
-        for _ in range(60):
-            await daemon.node.pool.gossip()
-            known = {p.node_id for p in membership.peers() if not membership.is_gone(p.node_id)}
-            steady = steady + 1 if known == previous and known <= set(membership.up_ids()) else 0
-            if steady >= 4:  # about two seconds without news: we know whom we can reach
-                break
-            previous = known
-            await trio.sleep(0.5)
-        up = daemon.node.membership.up_ids()
-        if not up:
+        if not membership.up_ids():
             raise CommandError("no peer could be reached to fetch the catalog from")
+        unreachable = await _reach_known_peers(daemon, say)
+        result["peers_unreachable"] = unreachable
+        up = membership.up_ids()
         offers = await newest_manifests(daemon.owner)
         result["peers_asked"] = len(up)
         result["offers"] = {str(peer): seq for seq, peer, _blob in offers}
@@ -179,7 +171,15 @@ async def restore_catalog(
             return
         say(f"fetching catalog copy {manifest.seq} ({manifest.size / 1e6:.1f} MB) …")
         result["catalog_seq"] = manifest.seq
-        await _fetch_catalog(daemon, manifest, download, progress)
+        try:
+            await _fetch_catalog(daemon, manifest, download, progress)
+        except RestoreError as exc:
+            where = f"catalog copy {manifest.seq} from node {result['catalog_from_node']}"
+            if unreachable:
+                where += f"; not reachable: node {', '.join(map(str, unreachable))}"
+            raise CommandError(
+                f"a chunk of the catalog cannot be fetched ({where}): {exc}"
+            ) from None
 
     try:
         async with trio.open_nursery() as nursery:
@@ -201,6 +201,37 @@ async def restore_catalog(
     return result
 
 
+async def _reach_known_peers(daemon: Any, say: Progress) -> list[int]:
+    """Wait until every peer known (from the config and the members' gossip) is up, or
+    PEER_WAIT seconds; returns those still unreachable.
+
+    Every one counts: the highest catalog copy wins, and a peer that was down when the newer
+    copies were made offers a stale one whose chunks may since have been deleted. A node
+    recovering has never seen its peers, so "gone" (silent for the grace period since our
+    own start) means nothing here: a peer slow to answer is waited for, not written off.
+    """
+    membership = daemon.node.membership
+    own = membership.own_id
+    previous: set[int] = set()
+    steady = 0  # rounds in which nothing new was learned and everyone known was up
+    known: set[int] = set()
+    with trio.move_on_after(PEER_WAIT):
+        while steady < 2:
+            await daemon.node.pool.gossip()
+            known = {p.node_id for p in membership.peers()} - {own}
+            steady = steady + 1 if known == previous and known <= set(membership.up_ids()) else 0
+            previous = known
+            if steady < 2:
+                await trio.sleep(0.5)
+    missing = sorted(known - set(membership.up_ids()))
+    if missing:
+        names = ", ".join(map(str, missing))
+        say(
+            f"not reachable after {PEER_WAIT:.0f} s: node {names} (a newer catalog copy may be there)"
+        )
+    return missing
+
+
 async def _fetch_catalog(
     daemon: Any, manifest: CatalogManifest, path: Path, progress: ProgressEvents | None
 ) -> None:
@@ -218,10 +249,7 @@ async def _fetch_catalog(
     try:
         for start in range(0, len(chunks), FETCH_BATCH):
             batch = chunks[start : start + FETCH_BATCH]
-            try:
-                plains = await owner.fetcher.fetch_many(batch)
-            except RestoreError as exc:
-                raise CommandError(f"a chunk of the catalog cannot be fetched: {exc}") from None
+            plains = await owner.fetcher.fetch_many(batch)
             await trio.to_thread.run_sync(_write_all, fd, b"".join(plains))
             done += sum(len(p) for p in plains)
             if progress is not None:

@@ -15,6 +15,7 @@ STATE/outbox/            sealed chunks a mount cut aside, kept until their versi
 STATE/restores/          which temporary file each interrupted restore made (resumed only from it)
 STATE/control.sock       the daemon's control socket (owner only)
 STATE/mounts.json        mountpoint -> SOURCE of every folder mounted (+ mounts.lock to update it)
+STATE/peers.json         the peers this node has met (id, address, computer): dialed again after a restart
 ```
 """
 

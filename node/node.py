@@ -12,6 +12,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -21,6 +22,7 @@ from chunkstore.store import ChunkStore, StoredChunk
 from .discovery import run_discovery, with_source_host
 from .holder import HolderService, KitGate
 from .membership import Membership
+from .peerbook import keep_peer_book, recall
 from .placement import choose_targets
 from .pool import PeerPool
 from .protocol import (
@@ -72,6 +74,7 @@ class NodeConfig:
     network_id: str = ""
     discovery: bool = False  # UDP multicast announcements on the LAN
     discovery_port: int = 7421
+    peer_book: Path | None = None  # where the peers met are remembered (node/peerbook.py)
 
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -171,6 +174,9 @@ class Node:
                 self.address = bound
             for _ in range(2):
                 await nursery.start(self.holder.run_writer)
+            if self.config.peer_book is not None:
+                recall(self.membership, self.config.peer_book)
+                await nursery.start(keep_peer_book, self.membership, self.config.peer_book)
             await nursery.start(self.pool.maintain, self.config.heartbeat_interval)
             await nursery.start(self._repair_loop)
             await nursery.start(self._scrub_loop)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -96,11 +98,37 @@ def test_recover_a_lost_node_with_only_the_passphrase(
 
     new_state = tmp_path / "new-computer"
     assert cluster4.json(2, "status")["nodes"]  # the network lives on without the owner
-    recovered = lanvault(
-        "recover", "--dir", new_state, "--id", "1", "--peer", cluster4.nodes[4].address, "--json"
-    )
+    # The peers with the newest copy answer late: frozen longer than the grace period after
+    # which a silent peer counts as gone (6 s here). A recovery that settled for the peers it
+    # reached first would take node 4's stale copy, whose chunks were deleted.
+    frozen = [cluster4.nodes[n].proc for n in (2, 3)]
+    for proc in frozen:
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
+
+    def resume() -> None:
+        for proc in frozen:
+            assert proc is not None
+            proc.send_signal(signal.SIGCONT)
+
+    thaw = threading.Timer(8, resume)
+    thaw.start()
+    try:
+        recovered = lanvault(
+            "recover",
+            "--dir",
+            new_state,
+            "--id",
+            "1",
+            "--peer",
+            cluster4.nodes[4].address,
+            "--json",
+        )
+    finally:
+        thaw.join()
     data = json.loads(recovered.stdout)
     assert data["node_id"] == 1 and data["files"] == 4, data  # notes, report, run.sh, new.txt
+    assert data["peers_unreachable"] == [] and data["peers_asked"] == 3
     offers = {int(k): v for k, v in data["offers"].items()}
     assert offers[4] < max(offers.values())  # node 4's copy was older ...
     assert data["catalog_from_node"] != 4  # ... and did not win
