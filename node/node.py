@@ -458,7 +458,11 @@ class Node:
             if ahead > 0:
                 await trio.sleep(ahead)
         if report.below_degree:
-            log.info(
+            # A pass that changes nothing and finds what the last one found is not news (a
+            # holder waiting for its owner's DELETE would log the same line every pass).
+            quiet = not (report.copies_made or report.failed) and report == self.last_repair
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
                 "repair: %d chunks checked, %d below degree, %d copies made, %d not possible now"
                 "; %d deleted by their owner, %d waiting for their owner's word, %d deleted"
                 " meanwhile",

@@ -354,7 +354,7 @@ async def test_a_scrub_that_cannot_read_its_store_says_so_and_tries_again(
 
 
 async def test_a_chunk_deleted_while_its_holder_was_down_is_never_copied_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with open_cluster(tmp_path / "c", 4) as cluster:
         write_files(tmp_path / "src", random.Random(8))
@@ -382,6 +382,12 @@ async def test_a_chunk_deleted_while_its_holder_was_down_is_never_copied_again(
         assert report.below_degree == len(deleted) and report.unwanted == len(deleted)
         assert report.copies_made == 0
         assert not any(cluster.members[n].store.chunks(1) for n in (2, 3))
+        # The same finding next pass is not logged again at INFO (it was, every pass).
+        holder.last_repair = report
+        with caplog.at_level(logging.DEBUG, logger="node.node"):
+            assert await holder.repair_once() == report
+        lines = [r for r in caplog.records if r.getMessage().startswith("repair:")]
+        assert lines and all(r.levelno == logging.DEBUG for r in lines)
         monkeypatch.undo()
         owner._tombstones_wanted.set()
         with trio.fail_after(60):
