@@ -8,6 +8,7 @@ from pathlib import Path
 
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import MAX_ENVELOPE_SIZE
+from lanvault.recover import PEER_WAIT
 from node.admission import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_HOST
 from node.membership import MAX_UNSEEN_PEERS
 from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
@@ -123,3 +124,9 @@ def test_the_dial_backoffs_stated_are_the_codes() -> None:
     match = re.search(r"backoff of at most (\d+) s, or (\d+) s for a peer that is gone", text)
     assert match, "architecture.md no longer states the dial backoffs"
     assert (number(match.group(1)), number(match.group(2))) == (MAX_DIAL_DELAY, GONE_DIAL_DELAY)
+
+
+def test_the_recovery_wait_stated_is_the_codes() -> None:
+    text = (DOCS / "architecture.md").read_text().replace("\n", " ")
+    match = re.search(r"is up, or (\d+) s \(`PEER_WAIT`", text)
+    assert match and number(match.group(1)) == PEER_WAIT
