@@ -426,9 +426,6 @@ def cmd_recover(args: argparse.Namespace, state: StateDir) -> int:
         None if args.json else bar.update,
     )
     bar.finish()
-    if data.get("peers_unreachable") and not args.json:
-        names = ", ".join(map(str, data["peers_unreachable"]))
-        say(f"warning: node {names} did not answer; a newer catalog copy may be on them")
     emit(
         args,
         data,

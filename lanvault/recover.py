@@ -227,7 +227,7 @@ async def _reach_known_peers(daemon: Any, say: Progress) -> list[int]:
     if missing:
         names = ", ".join(map(str, missing))
         say(
-            f"not reachable after {PEER_WAIT:.0f} s: node {names} (a newer catalog copy may be there)"
+            f"warning: node {names} did not answer in {PEER_WAIT:.0f} s; a newer catalog copy may be on them"
         )
     return missing
 

@@ -4,6 +4,12 @@ peer it reaches: what they say is a hint that never replaces the address of a pe
 
 from __future__ import annotations
 
+import types
+
+import trio
+import trio.testing
+
+from lanvault.recover import PEER_WAIT, _reach_known_peers
 from node.membership import MAX_UNSEEN_PEERS, Membership, PeerInfo
 
 
@@ -47,3 +53,44 @@ def test_a_flood_of_invented_ids_is_bounded_and_crowds_out_no_member() -> None:
     assert peer(peers, 2).address == "10.0.0.2:7000"
     peers.learn(5, "10.0.0.5:7000")  # a real node's verified HELLO still gets in
     assert peer(peers, 5).address == "10.0.0.5:7000"
+
+
+async def test_invented_peers_delay_a_recovery_at_most_its_wait_and_are_named(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An outsider announcing ids no member has: the recovering node waits for them no longer
+    than PEER_WAIT, goes on with the peers that answered, and says which did not."""
+    await trio.sleep(1)  # the mock clock starts at 0, which membership reads as "never seen"
+    peers = Membership(1, down_after=10, gone_after=6, clock=trio.current_time)
+    peers.learn(4, "10.0.0.4:7420", "desk")
+    gossiped = 0
+
+    async def gossip() -> None:  # node 4 answers every round; the forged ids never do
+        nonlocal gossiped
+        gossiped += 1
+        peers.seen(4)
+        peers.hint(77, "10.6.6.6:7420", "forged")
+
+    daemon = types.SimpleNamespace(
+        node=types.SimpleNamespace(membership=peers, pool=types.SimpleNamespace(gossip=gossip))
+    )
+    said: list[str] = []
+    started = trio.current_time()
+    assert await _reach_known_peers(daemon, said.append) == [77]
+    assert trio.current_time() - started <= PEER_WAIT + 1 and gossiped > 2
+    assert said == [
+        f"warning: node 77 did not answer in {PEER_WAIT:.0f} s; a newer catalog copy may be on them"
+    ]
+
+    # With only real members, it goes on as soon as everyone known is up (two steady rounds).
+    honest = Membership(1, down_after=10, gone_after=6, clock=trio.current_time)
+    daemon.node.membership = honest
+
+    async def honest_gossip() -> None:
+        honest.learn(4, "10.0.0.4:7420")
+        honest.seen(4)
+
+    daemon.node.pool.gossip = honest_gossip
+    started = trio.current_time()
+    assert await _reach_known_peers(daemon, said.append) == []
+    assert trio.current_time() - started < 5 and len(said) == 1
