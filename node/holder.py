@@ -59,7 +59,7 @@ from .protocol import (
 )
 
 log = logging.getLogger(__name__)
-BATCH_LIMIT = 64
+BATCH_LIMIT = 512
 KIT_BLOB = "recovery-kit"
 KIT_FIRST_DELAY = 1.0  # seconds between two passphrase proofs for one owner, doubled per failure
 KIT_MAX_DELAY = 60.0

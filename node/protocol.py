@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Final
 
@@ -27,7 +28,12 @@ MAX_ADDRESSES: Final = 16_384
 MAX_ENVELOPE: Final = 64_078
 MAX_BLOB: Final = 900_000
 MAX_MESSAGE_TEXT: Final = 400
-MAX_BATCH: Final = 15  # chunks per PUTCHUNKS/GETCHUNKS: 15 full envelopes fit in one frame
+MAX_BATCH: Final = 15  # addresses per GETCHUNKS: 15 full envelopes fit in the answer's frame
+# Chunks per PUTCHUNKS. Its frame must fit MAX_FRAME as well: small chunks travel ~100 to a
+# request (one holder commit each), full 64 KiB ones 15 (``put_batches`` packs them).
+MAX_PUT_BATCH: Final = 512
+PUT_ITEM_OVERHEAD: Final = 40  # a PUTCHUNKS item's bytes beyond its envelope: [bin32, bin16]
+PUT_FRAME_OVERHEAD: Final = 32  # the rest of a PUTCHUNKS frame: type, req, owner, degree, list
 _LENGTH = struct.Struct(">I")
 _META_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -140,9 +146,23 @@ def _versions(v: Any) -> tuple[int, ...]:
     return tuple(_u32(x) for x in v)
 
 
+def put_batches(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """Split envelopes of these sizes, in order, into ``[start, end)`` runs that each fill one
+    PUTCHUNKS: at most MAX_PUT_BATCH chunks in a frame of at most MAX_FRAME bytes."""
+    start, used = 0, PUT_FRAME_OVERHEAD
+    for index, size in enumerate(sizes):
+        cost = size + PUT_ITEM_OVERHEAD
+        if index > start and (index - start >= MAX_PUT_BATCH or used + cost > MAX_FRAME):
+            yield start, index
+            start, used = index, PUT_FRAME_OVERHEAD
+        used += cost
+    if start < len(sizes):
+        yield start, len(sizes)
+
+
 def _envelope_batch(v: Any) -> tuple[tuple[bytes, bytes], ...]:
-    if type(v) is not list or not 1 <= len(v) <= MAX_BATCH:
-        raise ProtocolError(f"a chunk batch holds 1..{MAX_BATCH} chunks")
+    if type(v) is not list or not 1 <= len(v) <= MAX_PUT_BATCH:
+        raise ProtocolError(f"a chunk batch holds 1..{MAX_PUT_BATCH} chunks")
     out = []
     for item in v:
         if type(item) is not list or len(item) != 2:
@@ -160,6 +180,12 @@ def _address_batch(v: Any) -> tuple[bytes, ...]:
 def _results(v: Any) -> tuple[int, ...]:
     if type(v) is not list or len(v) > MAX_BATCH:
         raise ProtocolError(f"a result list holds at most {MAX_BATCH} entries")
+    return tuple(_u32(x) for x in v)
+
+
+def _put_results(v: Any) -> tuple[int, ...]:
+    if type(v) is not list or len(v) > MAX_PUT_BATCH:
+        raise ProtocolError(f"a result list holds at most {MAX_PUT_BATCH} entries")
     return tuple(_u32(x) for x in v)
 
 
@@ -390,7 +416,7 @@ class StoredMany(Message):
     """Per chunk of a PUTCHUNKS, in order: 0 stored now, 1 already held, else an error code + 100."""
 
     TYPE: ClassVar[int] = 21
-    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _results)
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _put_results)
     req: int
     results: tuple[int, ...]
 

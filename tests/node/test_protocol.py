@@ -9,9 +9,12 @@ from hypothesis import strategies as st
 
 from node.protocol import (
     MAX_ANONYMOUS_FRAME,
+    MAX_BATCH,
     MAX_BUFFER,
+    MAX_ENVELOPE,
     MAX_FRAME,
     MAX_HELLO_FRAME,
+    MAX_PUT_BATCH,
     NEED_DATA,
     Chunk,
     ChunksMany,
@@ -46,6 +49,7 @@ from node.protocol import (
     StoredMany,
     decode_payload,
     encode_message,
+    put_batches,
 )
 
 HELLO = Hello((1,), 7, "host-a", "127.0.0.1:7420")
@@ -259,7 +263,9 @@ def test_sending_rules() -> None:
         [15, 1, 1, "../etc", 1, b""],  # hostile blob name
         [15, 1, 1, "a\x00b", 1, b""],  # NUL in a name
         [20, 1, 1, 2, []],  # empty batch
-        [20, 1, 1, 2, [[bytes(32), b"e"]] * 16],  # batch too large
+        [20, 1, 1, 2, [[bytes(32), b"e"]] * (MAX_PUT_BATCH + 1)],  # batch too large
+        [21, 1, [0] * (MAX_PUT_BATCH + 1)],  # more results than a batch has chunks
+        [22, 1, 1, [bytes(32)] * (MAX_BATCH + 1)],  # GETCHUNKS: answers must fit a frame
         [22, 1, 1, [b"short"]],  # bad address in a batch
         "not a list",
         [],
@@ -332,3 +338,34 @@ def test_a_frame_that_does_not_decode_is_not_kept() -> None:
     with pytest.raises(ProtocolError, match="undecodable"):
         conn.next_event()
     assert conn.buffered == 0
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.one_of(st.integers(78, MAX_ENVELOPE), st.sampled_from([78, 8_000, MAX_ENVELOPE])),
+        min_size=1,
+        max_size=3 * MAX_PUT_BATCH,
+    )
+)
+def test_put_batches_fill_frames_that_a_holder_accepts(sizes: list[int]) -> None:
+    """Every run ``put_batches`` makes is one PUTCHUNKS the peer decodes (at most
+    MAX_PUT_BATCH chunks in at most MAX_FRAME bytes), the runs cover every chunk once in
+    order, and a run ends only when the next chunk would not fit."""
+    runs = list(put_batches(sizes))
+    assert [i for start, end in runs for i in range(start, end)] == list(range(len(sizes)))
+    for n, (start, end) in enumerate(runs):
+        chunks = tuple((bytes([k % 256]) * 32, b"e" * sizes[k]) for k in range(start, end))
+        message = PutChunks(2**32 - 1, 2**32 - 1, 9, chunks)
+        frame = encode_message(message)
+        conn = Connection(HELLO)
+        conn.initiate()
+        conn.receive_data(encode_message(HELLO))
+        assert conn.next_event() == HELLO
+        conn.receive_data(frame)
+        assert conn.next_event() == message
+        if n + 1 < len(runs):  # full: by count, or the next chunk would not have fit
+            bigger = (*chunks, (bytes(32), b"e" * sizes[end]))
+            assert end - start == MAX_PUT_BATCH or (
+                len(encode_message(PutChunks(0, 0, 1, bigger))) - 4 > MAX_FRAME * 0.99
+            )
