@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import FileVersion, pack_xattrs, unpack_xattrs, version_key
+from .errors import CatalogFormatError
 from .fileid import content_digest, file_id
 
 _VERSIONS_TABLE = """
@@ -52,6 +53,12 @@ CREATE TABLE IF NOT EXISTS {table} (
     link       INTEGER NOT NULL DEFAULT 0   -- equal for hard links of one file (link_key)
 );
 """
+
+_INSERT_VERSION = (
+    "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns, degree,"
+    " owner, created_ns, origin, inode, xattrs, link, complete)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 
 _SCHEMA = (
     _VERSIONS_TABLE.format(table="versions")
@@ -371,9 +378,7 @@ class CatalogDB:
             db.executemany(
                 "INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(holders)
             )
-            for version in versions:
-                vid = self._insert_version(db, version, created_ns, ORIGIN_BACKUP)
-                db.execute("UPDATE versions SET complete=1 WHERE id=?", (vid,))
+            self._insert_complete(db, versions, created_ns)
             if backup_ns is not None:
                 db.execute(
                     "INSERT INTO settings(name, value) VALUES ('last_backup_ns', ?)"
@@ -381,9 +386,95 @@ class CatalogDB:
                     (backup_ns,),
                 )
 
+    @classmethod
+    def _insert_complete(
+        cls, db: sqlite3.Connection, versions: Sequence[FileVersion], created_ns: int
+    ) -> None:
+        """``_insert_version`` of complete versions of distinct paths, as a batch: the newest
+        rows of their paths are read 500 at a time, the new rows go in complete, and all their
+        chunk rows in one statement (a backup of small files records 512 at a time)."""
+        newest: dict[str, tuple[Any, ...]] = {}
+        paths = [v.path for v in versions]
+        if len(set(paths)) != len(paths):  # one path twice: each must see the other's row
+            for version in versions:
+                vid = cls._insert_version(db, version, created_ns, ORIGIN_BACKUP)
+                db.execute("UPDATE versions SET complete=1 WHERE id=?", (vid,))
+            return
+        for i in range(0, len(paths), 500):
+            batch = paths[i : i + 500]
+            for row in db.execute(
+                "SELECT path, id, file_id, mode, uid, gid, ctime_ns, degree, xattrs, link,"
+                " complete FROM versions WHERE id IN (SELECT MAX(id) FROM versions"
+                f" WHERE path IN ({','.join('?' * len(batch))}) AND removed=0 GROUP BY path)",
+                batch,
+            ):
+                newest[str(row[0])] = row[1:]
+        new: list[FileVersion] = []
+        for version in versions:
+            row = newest.get(version.path)
+            if row is not None and (
+                bytes(row[1]),
+                row[2],
+                row[3],
+                row[4],
+                unpack_xattrs(bytes(row[7])),
+                row[8],
+            ) == version_key(version):
+                if (row[5], row[6], row[9]) != (version.ctime_ns, version.degree, 1):
+                    db.execute(
+                        "UPDATE versions SET ctime_ns=?, degree=?, complete=1 WHERE id=?",
+                        (version.ctime_ns, version.degree, row[0]),
+                    )
+            else:
+                new.append(version)
+        if not new:
+            return
+        # AUTOINCREMENT inside this one write transaction: the rows get consecutive ids.
+        db.executemany(
+            _INSERT_VERSION,
+            [cls._version_row(v, created_ns, ORIGIN_BACKUP, complete=True) for v in new],
+        )
+        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        first = last - len(new) + 1
+        ends = db.execute("SELECT path FROM versions WHERE id IN (?, ?) ORDER BY id", (first, last))
+        if [str(r[0]) for r in ends] != list(dict.fromkeys([new[0].path, new[-1].path])):
+            raise CatalogFormatError("new version rows did not get consecutive ids")
+        db.executemany(
+            "INSERT INTO version_chunks(version_id, no, address) VALUES (?,?,?)",
+            [(first + i, no, a) for i, v in enumerate(new) for no, a in enumerate(v.chunks)],
+        )
+
     @staticmethod
+    def _version_row(
+        version: FileVersion, created_ns: int, origin: int, inode: int = 0, complete: bool = False
+    ) -> tuple[object, ...]:
+        return (
+            version.path,
+            version.file_id,
+            version.size,
+            version.mode,
+            version.uid,
+            version.gid,
+            version.mtime_ns,
+            version.ctime_ns,
+            version.degree,
+            version.owner,
+            created_ns,
+            origin,
+            inode,
+            pack_xattrs(version.xattrs),
+            version.link,
+            int(complete),
+        )
+
+    @classmethod
     def _insert_version(
-        db: sqlite3.Connection, version: FileVersion, created_ns: int, origin: int, inode: int = 0
+        cls,
+        db: sqlite3.Connection,
+        version: FileVersion,
+        created_ns: int,
+        origin: int,
+        inode: int = 0,
     ) -> int:
         """A new row unless the newest live version of the path is this very one.
 
@@ -413,28 +504,7 @@ class CatalogDB:
                     "UPDATE versions SET degree=?, complete=0 WHERE id=?", (version.degree, vid)
                 )
             return vid
-        cur = db.execute(
-            "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
-            " degree, owner, created_ns, origin, inode, xattrs, link)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                version.path,
-                version.file_id,
-                version.size,
-                version.mode,
-                version.uid,
-                version.gid,
-                version.mtime_ns,
-                version.ctime_ns,
-                version.degree,
-                version.owner,
-                created_ns,
-                origin,
-                inode,
-                pack_xattrs(version.xattrs),
-                version.link,
-            ),
-        )
+        cur = db.execute(_INSERT_VERSION, cls._version_row(version, created_ns, origin, inode))
         vid = int(cur.lastrowid or 0)
         db.executemany(
             "INSERT INTO version_chunks(version_id, no, address) VALUES (?,?,?)",

@@ -395,3 +395,54 @@ def test_latest_many_is_latest_for_each_path(db: CatalogDB) -> None:
     }
     assert len(found) == 700 - 15
     assert all(complete == (v.file_id in marked) for v, complete in found.values())
+
+
+def _rows(db: CatalogDB) -> list[tuple[object, ...]]:
+    with db._reading() as conn:
+        versions = conn.execute(
+            "SELECT id, path, file_id, size, mode, uid, ctime_ns, degree, complete, removed"
+            " FROM versions ORDER BY id"
+        ).fetchall()
+        chunks = conn.execute(
+            "SELECT version_id, no, address FROM version_chunks ORDER BY version_id, no"
+        ).fetchall()
+    return [*versions, *chunks]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_recording_complete_versions_as_a_batch_is_recording_them_one_by_one(
+    tmp_path: Path, seed: int
+) -> None:
+    """``add_complete_versions`` writes the rows that recording each version and marking it
+    complete would: same ids, same chunk rows, the same row reused for a version recorded
+    again (new ctime or degree noted on it), a new one after a delete or a chmod."""
+    rng = random.Random(seed)
+    batched, single = CatalogDB(tmp_path / "a.sqlite3"), CatalogDB(tmp_path / "b.sqlite3")
+    names = [f"f{n}.txt" for n in range(6)]
+    for step in range(12):
+        batch: list[FileVersion] = []
+        for name in rng.sample(names, rng.randint(0, len(names))):
+            size = rng.choice([0, 10, 70_000, 140_000])
+            v = version(name, rng.choice("AB"), size=size)
+            v = dataclasses.replace(
+                v,
+                mode=rng.choice([0o100644, 0o100600]),
+                ctime_ns=T0 + rng.randint(0, 2),
+                degree=rng.choice([2, 3]),
+            )
+            batch.append(v)
+        if rng.random() < 0.2 and batch:
+            batch.append(batch[0])  # one path twice in a batch
+        now = T0 + step
+        holders = [(a, 2) for v in batch for a in v.chunks]
+        batched.add_complete_versions(batch, now, holders, now)
+        with single._tx() as conn:
+            conn.executemany("INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", holders)
+            for v in batch:
+                vid = CatalogDB._insert_version(conn, v, now, 0)
+                conn.execute("UPDATE versions SET complete=1 WHERE id=?", (vid,))
+        if rng.random() < 0.2:
+            gone = [f"{ROOT}/{rng.choice(names)}"]
+            batched.delete_paths(gone, [2])
+            single.delete_paths(gone, [2])
+        assert _rows(batched) == _rows(single)
