@@ -10,7 +10,7 @@ import logging
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -533,14 +533,6 @@ class Node:
             return 0
         return await self.replicate(chunk.owner, chunk.address, chunk.degree, envelope, holders)
 
-    def _known_hosts(self, exclude: set[int]) -> set[str]:
-        """Computers with a node that is not gone (down ones included: they may come back)."""
-        return {
-            self.membership.host_of(p.node_id)
-            for p in self.membership.peers()
-            if p.node_id not in exclude and not self.membership.is_gone(p.node_id)
-        }
-
     def plan_targets(
         self,
         owner: int,
@@ -551,24 +543,48 @@ class Node:
         final: bool,
     ) -> list[int]:
         """New holders for a chunk by placement, spread over computers (see ``replicate``)."""
+        return self.plan_many(owner, degree, [(address, holders)], tried, final)[0]
+
+    def plan_many(
+        self,
+        owner: int,
+        degree: int,
+        chunks: Sequence[tuple[bytes, set[int]]],
+        tried: Collection[int] = (),
+        final: bool = False,
+    ) -> list[list[int]]:
+        """``plan_targets`` for each (address, holders) of a batch; the view of the network
+        (candidates, computers) is taken once for the whole batch."""
         owner_host = (
             self.config.host_id if owner == self.node_id else self.membership.host_of(owner)
         )
-        busy = {self.membership.host_of(h) for h in holders} | {owner_host}
-        if self.node_id in holders:
-            busy.add(self.config.host_id)
-        spare_hosts = self._known_hosts(holders | {owner, self.node_id}) - busy
-        strict = not final and len(spare_hosts) >= degree - len(holders)
-        targets = choose_targets(
-            owner.to_bytes(4, "big") + address,
-            self.membership.candidates(),
-            owner,
-            degree - len(holders),
-            exclude=holders | tried | {self.node_id},
-            avoid_hosts=busy,
-            allow_same_host=not strict,
-        )
-        return [t.node_id for t in targets]
+        candidates = self.membership.candidates()
+        # Computers with a node that is not gone (down ones included: they may come back).
+        live_hosts = [
+            (p.node_id, self.membership.host_of(p.node_id))
+            for p in self.membership.peers()
+            if not self.membership.is_gone(p.node_id)
+        ]
+        key_prefix = owner.to_bytes(4, "big")
+        plans: list[list[int]] = []
+        for address, holders in chunks:
+            busy = {self.membership.host_of(h) for h in holders} | {owner_host}
+            if self.node_id in holders:
+                busy.add(self.config.host_id)
+            skip = holders | {owner, self.node_id}
+            spare_hosts = {host for node, host in live_hosts if node not in skip} - busy
+            strict = not final and len(spare_hosts) >= degree - len(holders)
+            targets = choose_targets(
+                key_prefix + address,
+                candidates,
+                owner,
+                degree - len(holders),
+                exclude=[*holders, *tried, self.node_id],
+                avoid_hosts=busy,
+                allow_same_host=not strict,
+            )
+            plans.append([t.node_id for t in targets])
+        return plans
 
     async def put_batch(
         self, target: int, owner: int, degree: int, items: list[tuple[bytes, bytes]]

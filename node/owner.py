@@ -38,7 +38,7 @@ from chunkstore.store import ChunkStore
 
 from .fetch import Fetcher
 from .node import Node
-from .protocol import MAX_BATCH, Chunk, Delete, Deleted, GetChunk
+from .protocol import MAX_BATCH, Chunk, Delete, Deleted, GetChunk, put_batches
 from .report import Progress, ProgressFn
 from .restore import Restorer
 from .restore_files import FileRestorer
@@ -53,9 +53,10 @@ READ_BATCH = 4 * MAX_BATCH
 TRIM_INTERVAL = 600.0  # seconds between passes over our chunks for copies above their degree
 TRIM_SETTLE = 30.0  # after a node came back online, before such a pass
 SMALL_FILE = 2 * CHUNK_SIZE  # files up to this size are backed up in groups ...
-GROUP_FILES = 512  # ... of up to this many: one read, one send per holder, one commit ...
+GROUP_FILES = 1024  # ... of up to this many: one read, one send per holder, one commit ...
 GROUP_BYTES = 16 * 1024 * 1024  # ... and this many bytes of them read at once,
 GROUPS_IN_FLIGHT = 3  # several groups at once
+SEAL_BYTES = 4 * 1024 * 1024  # a group's chunks sealed per worker-thread hop, then sent together
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
 
 
@@ -193,6 +194,18 @@ def _groups(files: list[str], stats: dict[str, os.stat_result]) -> Iterator[list
         yield group
 
 
+def _runs(sizes: list[int], budget: int) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` runs of consecutive items of at most ``budget`` bytes (at least one)."""
+    start, used = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and used + size > budget:
+            yield start, index
+            start, used = index, 0
+        used += size
+    if start < len(sizes):
+        yield start, len(sizes)
+
+
 def _read_and_address(
     keys: KeyRing, path: str, first_no: int, count: int
 ) -> tuple[list[bytes], list[bytes]]:
@@ -213,23 +226,19 @@ def _read_small(keys: KeyRing, path: str, before: os.stat_result) -> _SmallRead 
     reads it again)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        st = os.fstat(fd)
         data = os.pread(fd, before.st_size + 1, 0)
         xattrs = read_xattrs(fd)
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    same = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (
-        before.st_ino,
-        before.st_size,
-        before.st_mtime_ns,
-        before.st_ctime_ns,
-    )
-    if (
-        not same
-        or len(data) != before.st_size
-        or (after.st_mtime_ns, after.st_ctime_ns) != (st.st_mtime_ns, st.st_ctime_ns)
-    ):
+    # The file read is the one listed, unchanged since: same inode, size and times once read
+    # (the ctime moves with every write, truncate, chmod or xattr change, and cannot be set).
+    if len(data) != before.st_size or (
+        after.st_ino,
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    ) != (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns):
         return None
     chunks = [data[no * CHUNK_SIZE : (no + 1) * CHUNK_SIZE] for no in range(chunk_count(len(data)))]
     return chunks, [chunk_address(keys, c) for c in chunks], xattrs
@@ -245,6 +254,29 @@ def _read_smalls(
             out.append(_read_small(keys, path, before))
         except OSError as exc:
             out.append(exc)
+    return out
+
+
+def _read_folders(
+    paths: list[str],
+) -> list[tuple[os.stat_result, Xattrs] | OSError | None]:
+    """Each folder's ``lstat`` and extended attributes; None for one that is not a folder any
+    more or changed while read, the error for one that cannot be read."""
+    out: list[tuple[os.stat_result, Xattrs] | OSError | None] = []
+    for path in paths:
+        try:
+            before = os.lstat(path)
+            xattrs = read_xattrs(path)
+            after = os.lstat(path)
+        except OSError as exc:
+            out.append(exc)
+            continue
+        same = (before.st_ino, before.st_mtime_ns, before.st_ctime_ns) == (
+            after.st_ino,
+            after.st_mtime_ns,
+            after.st_ctime_ns,
+        )
+        out.append((before, xattrs) if same and stat.S_ISDIR(before.st_mode) else None)
     return out
 
 
@@ -274,6 +306,7 @@ class Owner:
         self.default_degree = default_degree
         self.owner_id = node.node_id
         self._db_limiter = trio.CapacityLimiter(1)
+        self._query_limiter = trio.CapacityLimiter(1)
         self._tombstones_wanted = trio.Event()
         self._resume_wanted = trio.Event()
         self.outbox = outbox
@@ -310,6 +343,13 @@ class Owner:
     def _catalog_changed(self) -> None:
         if self.safekeeping is not None:
             self.safekeeping.catalog_changed()
+
+    async def _query(self, fn: Callable[..., T], *args: object) -> T:
+        """A read of the catalog: its own connection, so it never waits behind a commit (it
+        sees what was committed when it starts)."""
+        return await trio.to_thread.run_sync(
+            functools.partial(fn, *args), limiter=self._query_limiter
+        )
 
     async def _db(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._db_limiter)
@@ -456,7 +496,10 @@ class Owner:
         # Symlinks and folders after the files: a folder's times are those the files left.
         entries = scan.links + scan.folders
         entry_failures: list[str] = []
-        for entry in entries:
+        one_by_one = list(scan.links)
+        async with self._guard.shared():
+            entry_failures += await self._backup_folders(scan.folders, degree, report, one_by_one)
+        for entry in one_by_one:
             try:
                 await self._backup_entry(entry, degree, report)
             except (BackupError, OSError) as exc:
@@ -467,7 +510,7 @@ class Owner:
             # What the folder no longer holds is gone as of this backup (a folder not read
             # says nothing about what is in it: then nothing is noted).
             present = set(files) | set(scan.links) | set(scan.folders)
-            known = await self._db(self.catalog.live_paths, str(path))
+            known = await self._query(self.catalog.live_paths, str(path))
             gone = [p for p in known if p not in present]
             if gone:
                 await self._db(self.catalog.record_absent, gone, time.time_ns())
@@ -489,6 +532,62 @@ class Owner:
         await self._note_backup()  # a run that found nothing new is a backup all the same
         return report
 
+    async def _backup_folders(
+        self, folders: list[str], degree: int, report: Progress, retry: list[str]
+    ) -> list[str]:
+        """Folders (no content: their mode, owner, times and xattrs) recorded together, in one
+        transaction; one that changed while read, or whose newest version is not yet complete,
+        goes to ``retry``. Returns what failed, a line each."""
+        if not folders:
+            return []
+        latest = await self._query(self.catalog.latest_many, folders)
+        found = await trio.to_thread.run_sync(_read_folders, folders)
+        empty = chunk_address(self.keys, b"")
+        failures: list[str] = []
+        versions: list[tuple[FileVersion | None, FileVersion]] = []
+        for path, got in zip(folders, found, strict=True):
+            if isinstance(got, OSError):
+                failures.append(f"{path}: {got.strerror or got}")
+                continue
+            if got is None:  # changed while read, or not a folder any more: the careful way
+                retry.append(path)
+                continue
+            st, xattrs = got
+            known = latest.get(path)
+            if known is not None and (
+                known[0].mode,
+                known[0].size,
+                known[0].mtime_ns,
+                known[0].ctime_ns,
+                known[0].degree,
+            ) == (st.st_mode, 0, st.st_mtime_ns, st.st_ctime_ns, degree):
+                if known[1]:
+                    report.unmodified += 1
+                else:
+                    retry.append(path)
+                continue
+            version = version_from_stat(self.owner_id, path, st, degree, [empty], 0, xattrs)
+            versions.append((known[0] if known else None, version))
+        if versions:
+            # A folder's content is the one empty chunk: at its degree before any is recorded.
+            learned: list[tuple[bytes, int]] = []
+            known_holders = await self._query(self.catalog.holders_many, [empty])
+            holders = {h for h in known_holders[empty] if not self.node.membership.is_gone(h)}
+            if len(holders) < degree:
+                [envelope] = _seal_all(self.keys, [(empty, b"")])
+                learned, short = await self._send([(empty, envelope, holders)], degree, report)
+                if short:
+                    return failures + [f"{v.path}: {short[0]}" for _b, v in versions]
+            now = time.time_ns()
+            await self._db(
+                self.catalog.add_complete_versions, [v for _b, v in versions], now, learned, now
+            )
+            self.last_backup_ns = now
+            self._catalog_changed()
+            for before, version in versions:
+                report.note(before, version)
+        return failures
+
     async def _backup_entry(self, path: str, degree: int, report: Progress) -> FileVersion:
         """A symlink (its target is the content, it is never followed) or a folder (no
         content: its mode and times) as a version of its path, like a file's."""
@@ -501,7 +600,7 @@ class Owner:
                     content = b""
                 else:
                     raise BackupError(f"{path}: not a symlink or folder")
-                latest = await self._db(self.catalog.latest, path)
+                latest = await self._query(self.catalog.latest, path)
                 if (
                     latest is not None
                     and latest.mode == before.st_mode
@@ -522,7 +621,7 @@ class Owner:
                     list(zip(addresses, pieces, strict=True)),
                     limiter=self.node.cpu_limiter,
                 )
-                known = await self._db(self.catalog.holders_many, addresses)
+                known = await self._query(self.catalog.holders_many, addresses)
                 items = [
                     (a, e, {h for h in known[a] if not self.node.membership.is_gone(h)})
                     for a, e in zip(addresses, envelopes, strict=True)
@@ -570,7 +669,7 @@ class Owner:
             before = os.stat(key, follow_symlinks=False)
             if not stat.S_ISREG(before.st_mode):
                 raise BackupError(f"{path}: not a regular file")
-            latest = await self._db(self.catalog.latest, key)
+            latest = await self._query(self.catalog.latest, key)
             if (
                 latest is not None
                 and latest.size == before.st_size
@@ -627,7 +726,7 @@ class Owner:
             except OSError as exc:
                 failures.append(f"{path}: {exc.strerror or exc}")
                 report.files_done += 1
-        latest = await self._db(self.catalog.latest_many, list(stats))
+        latest = await self._query(self.catalog.latest_many, list(stats))
         unchanged: list[tuple[str, FileVersion]] = []
         small: list[tuple[str, os.stat_result, FileVersion | None]] = []
         one_by_one: list[str] = []
@@ -697,15 +796,15 @@ class Owner:
         plain: dict[bytes, bytes] = {}
         for *_x, (chunks, addresses, _xattrs) in read:
             plain.update(zip(addresses, chunks, strict=True))
-        known = await self._db(self.catalog.holders_many, list(plain))
+        known = await self._query(self.catalog.holders_many, list(plain))
         live = {
             a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
         }
         to_send = [a for a in plain if len(live[a]) < degree]
         report.chunks_skipped += len(plain) - len(to_send)
         learned: list[tuple[bytes, int]] = []
-        for i in range(0, len(to_send), READ_BATCH):
-            batch = to_send[i : i + READ_BATCH]
+        for start, end in _runs([len(plain[a]) for a in to_send], SEAL_BYTES):
+            batch = to_send[start:end]
             envelopes = await trio.to_thread.run_sync(
                 _seal_all, self.keys, [(a, plain[a]) for a in batch], limiter=self.node.cpu_limiter
             )
@@ -752,16 +851,15 @@ class Owner:
         chunks that stayed short.
         """
         addresses = [address for address, _e, _h in items]
-        if await self._db(self.catalog.any_tombstoned, addresses):
+        if await self._query(self.catalog.any_tombstoned, addresses):
             # Deleted content is wanted again: no owed delete may remove the new copies.
             async with self._delete_lock:
                 await self._db(self.catalog.revive, addresses)
         before = [set(holders) for _a, _e, holders in items]
         by_target: dict[int, list[int]] = {}
-        for index, (address, _env, holders) in enumerate(items):
-            for target in self.node.plan_targets(
-                self.owner_id, address, degree, holders, set(), final=False
-            ):
+        plans = self.node.plan_many(self.owner_id, degree, [(a, h) for a, _e, h in items])
+        for index, targets in enumerate(plans):
+            for target in targets:
                 by_target.setdefault(target, []).append(index)
 
         async def to_target(target: int, indexes: list[int]) -> None:
@@ -774,8 +872,8 @@ class Owner:
 
         async with trio.open_nursery() as nursery:
             for target, indexes in by_target.items():
-                for i in range(0, len(indexes), MAX_BATCH):
-                    nursery.start_soon(to_target, target, indexes[i : i + MAX_BATCH])
+                for start, end in put_batches([len(items[i][1]) for i in indexes]):
+                    nursery.start_soon(to_target, target, indexes[start:end])
 
         learned: list[tuple[bytes, int]] = []
         failures: list[str] = []
@@ -841,7 +939,7 @@ class Owner:
                 for _ in range(n):
                     budget.release()
                 return
-            known = await self._db(self.catalog.holders_many, batch_addresses)
+            known = await self._query(self.catalog.holders_many, batch_addresses)
             to_send: list[tuple[bytes, bytes, set[int]]] = []
             for offset, (plain, address) in enumerate(
                 zip(plaintexts, batch_addresses, strict=True)
@@ -911,7 +1009,7 @@ class Owner:
         pending. Completed versions are recorded in one transaction.
         """
         addresses = list(dict.fromkeys(a for v in versions for a in v.chunks))
-        known = await self._db(self.catalog.holders_many, addresses)
+        known = await self._query(self.catalog.holders_many, addresses)
         live = {
             a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
         }

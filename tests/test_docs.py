@@ -14,16 +14,18 @@ from node.membership import MAX_UNSEEN_PEERS
 from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
 from node.owner import GROUP_BYTES as BACKUP_GROUP_BYTES
 from node.owner import GROUP_FILES as BACKUP_GROUP_FILES
-from node.owner import GROUPS_IN_FLIGHT, SMALL_FILE
+from node.owner import GROUPS_IN_FLIGHT, SEAL_BYTES, SMALL_FILE
 from node.pool import GONE_DIAL_DELAY, MAX_DIAL_DELAY
 from node.protocol import (
     MAX_ADDRESSES,
     MAX_ANONYMOUS_FRAME,
+    MAX_BATCH,
     MAX_BLOB,
     MAX_ENVELOPE,
     MAX_FRAME,
     MAX_HELLO_FRAME,
     MAX_MESSAGE_TEXT,
+    MAX_PUT_BATCH,
     MESSAGE_TYPES,
 )
 from node.restore_files import GROUP_BYTES as RESTORE_GROUP_BYTES
@@ -117,6 +119,20 @@ def test_the_group_sizes_stated_are_the_codes() -> None:
     stated = tuple(int(n) for n in backup.groups())
     assert stated == (BACKUP_GROUP_FILES, BACKUP_GROUP_BYTES >> 20, GROUPS_IN_FLIGHT)
     assert SMALL_FILE == 2 * CHUNK_SIZE
+
+
+def test_the_batch_sizes_stated_are_the_protocols() -> None:
+    text = " ".join((DOCS / "protocol.md").read_text().split())
+    put = re.search(
+        r"a PUTCHUNKS holds 1\.\.(\d+) chunks and, like every frame, at most 1 MiB", text
+    )
+    get = re.search(r"a GETCHUNKS asks for 1\.\.(\d+) addresses", text)
+    assert put and get, "docs/protocol.md no longer states the batch sizes as expected"
+    assert (int(put.group(1)), int(get.group(1))) == (MAX_PUT_BATCH, MAX_BATCH)
+    assert MAX_FRAME == 1 << 20
+    arch = " ".join((DOCS / "architecture.md").read_text().split())
+    assert f"a frame holds ~100 chunks of 8 KiB, at most {MAX_PUT_BATCH}" in arch
+    assert f"sealed {SEAL_BYTES >> 20} MiB per hop" in arch
 
 
 def test_the_dial_backoffs_stated_are_the_codes() -> None:

@@ -15,8 +15,10 @@ from node.owner import (
     GROUP_FILES,
     SMALL_FILE,
     _groups,
+    _read_folders,
     _read_small,
     _read_smalls,
+    _runs,
     _scan,
 )
 
@@ -110,3 +112,26 @@ def test_an_entry_that_cannot_be_stat_ed_is_listed_for_its_own_backup_to_report(
     scan = _scan(str(tmp_path))
     assert scan.files == [str(tmp_path / "locked.txt"), str(tmp_path / "ok.txt")]
     assert str(tmp_path / "locked.txt") not in scan.stats and scan.total == 4
+
+
+def test_folders_are_read_with_their_xattrs_and_a_swapped_one_is_left_for_later(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    os.setxattr(folder, "user.color", b"blue")
+    file = tmp_path / "was-a-folder"
+    file.write_bytes(b"x")  # a file where the scan saw a folder: the careful path decides
+    got = _read_folders([str(folder), str(file), str(tmp_path / "gone")])
+    first = got[0]
+    assert isinstance(first, tuple)
+    assert first[0].st_ino == folder.stat().st_ino and first[1] == (("user.color", b"blue"),)
+    assert got[1] is None
+    assert isinstance(got[2], FileNotFoundError)
+
+
+def test_runs_split_by_bytes_and_never_leave_an_item_out() -> None:
+    assert list(_runs([], 10)) == []
+    assert list(_runs([4, 4, 4], 8)) == [(0, 2), (2, 3)]
+    assert list(_runs([20, 1], 8)) == [(0, 1), (1, 2)]  # too big alone: a run of its own
+    assert list(_runs([1] * 5, 100)) == [(0, 5)]
