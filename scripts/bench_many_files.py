@@ -9,7 +9,8 @@ local node processes (the owner and 3 storage nodes) and times, at degree 2:
 and in the same run restic (if installed; `apt-get install restic`) on the same folder: a
 backup to two local repositories one after the other (what degree 2 asks of lanvault), a
 no-change re-run, and a restore. The targets: no slower than restic writing two repositories,
-and a no-change re-run no slower than restic's.
+and a no-change re-run no slower than restic's. Each timed step starts after `sync`, so that no
+step pays for the writeback of the one before.
 
 Usage: scripts/bench_many_files.py [--files 20000] [--json]
 """
@@ -55,6 +56,9 @@ def same_tree(a: Path, b: Path) -> bool:
 
 
 def timed(fn: object, *args: object) -> float:
+    # Dirty pages left by the step before (the tree just written, the other tool's stores)
+    # are flushed first: neither side pays for the other's writeback.
+    os.sync()
     start = time.perf_counter()
     fn(*args)  # type: ignore[operator]
     return time.perf_counter() - start
@@ -99,6 +103,7 @@ def main() -> int:
             log("first backup …")
             results["backup_s"] = timed(net.cli, 1, "backup", str(src), "--degree", str(DEGREE))
             log("backup again, nothing changed …")
+            os.sync()
             start = time.perf_counter()
             rerun = net.cli(1, "backup", str(src), "--degree", str(DEGREE))
             results["rerun_s"] = time.perf_counter() - start
