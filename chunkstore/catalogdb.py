@@ -412,14 +412,7 @@ class CatalogDB:
         new: list[FileVersion] = []
         for version in versions:
             row = newest.get(version.path)
-            if row is not None and (
-                bytes(row[1]),
-                row[2],
-                row[3],
-                row[4],
-                unpack_xattrs(bytes(row[7])),
-                row[8],
-            ) == version_key(version):
+            if row is not None and cls._is_row_of(row, version):
                 if (row[5], row[6], row[9]) != (version.ctime_ns, version.degree, 1):
                     db.execute(
                         "UPDATE versions SET ctime_ns=?, degree=?, complete=1 WHERE id=?",
@@ -443,6 +436,14 @@ class CatalogDB:
             "INSERT INTO version_chunks(version_id, no, address) VALUES (?,?,?)",
             [(first + i, no, a) for i, v in enumerate(new) for no, a in enumerate(v.chunks)],
         )
+
+    @staticmethod
+    def _is_row_of(row: Sequence[Any], version: FileVersion) -> bool:
+        """Whether a version row (id, file_id, mode, uid, gid, ctime_ns, degree, xattrs, link,
+        …) records this very version (``version_key``: a new ctime or degree alone is not
+        a new version)."""
+        kept = (bytes(row[1]), row[2], row[3], row[4], unpack_xattrs(bytes(row[7])), row[8])
+        return kept == version_key(version)
 
     @staticmethod
     def _version_row(
@@ -488,14 +489,7 @@ class CatalogDB:
             " WHERE path=? AND removed=0 ORDER BY id DESC LIMIT 1",
             (version.path,),
         ).fetchone()
-        if row is not None and (
-            bytes(row[1]),
-            row[2],
-            row[3],
-            row[4],
-            unpack_xattrs(bytes(row[7])),
-            row[8],
-        ) == version_key(version):
+        if row is not None and cls._is_row_of(row, version):
             vid = int(row[0])
             if row[5] != version.ctime_ns:
                 db.execute("UPDATE versions SET ctime_ns=? WHERE id=?", (version.ctime_ns, vid))
