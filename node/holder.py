@@ -59,6 +59,8 @@ from .protocol import (
 )
 
 log = logging.getLogger(__name__)
+# Chunks one holder commit (segment flush + index transaction) takes at most: the writer joins
+# the PUTCHUNKS waiting for it up to this many (a PUTCHUNKS of small chunks holds ~100).
 BATCH_LIMIT = 512
 KIT_BLOB = "recovery-kit"
 KIT_FIRST_DELAY = 1.0  # seconds between two passphrase proofs for one owner, doubled per failure
