@@ -83,9 +83,9 @@ messages: st.SearchStrategy[Message] = st.one_of(
         req,
         u32,
         st.integers(1, 9),
-        st.lists(st.tuples(addr, envelope), min_size=1, max_size=15).map(tuple),
+        st.lists(st.tuples(addr, envelope), min_size=1, max_size=40).map(tuple),
     ),
-    st.builds(StoredMany, req, st.lists(st.integers(0, 200), max_size=15).map(tuple)),
+    st.builds(StoredMany, req, st.lists(st.integers(0, 200), max_size=40).map(tuple)),
     st.builds(GetChunks, req, u32, st.lists(addr, min_size=1, max_size=15).map(tuple)),
     st.builds(
         ChunksMany,
