@@ -545,6 +545,7 @@ class Owner:
         empty = chunk_address(self.keys, b"")
         failures: list[str] = []
         versions: list[tuple[FileVersion | None, FileVersion]] = []
+        unchanged: list[str] = []
         for path, got in zip(folders, found, strict=True):
             if isinstance(got, OSError):
                 failures.append(f"{path}: {got.strerror or got}")
@@ -562,30 +563,38 @@ class Owner:
                 known[0].degree,
             ) == (st.st_mode, 0, st.st_mtime_ns, st.st_ctime_ns, degree):
                 if known[1]:
-                    report.unmodified += 1
+                    unchanged.append(path)
                 else:
                     retry.append(path)
                 continue
             version = version_from_stat(self.owner_id, path, st, degree, [empty], 0, xattrs)
             versions.append((known[0] if known else None, version))
-        if versions:
-            # A folder's content is the one empty chunk: at its degree before any is recorded.
-            learned: list[tuple[bytes, int]] = []
-            known_holders = await self._query(self.catalog.holders_many, [empty])
-            holders = {h for h in known_holders[empty] if not self.node.membership.is_gone(h)}
-            if len(holders) < degree:
-                [envelope] = _seal_all(self.keys, [(empty, b"")])
-                learned, short = await self._send([(empty, envelope, holders)], degree, report)
-                if short:
-                    return failures + [f"{v.path}: {short[0]}" for _b, v in versions]
-            now = time.time_ns()
-            await self._db(
-                self.catalog.add_complete_versions, [v for _b, v in versions], now, learned, now
-            )
-            self.last_backup_ns = now
-            self._catalog_changed()
-            for before, version in versions:
-                report.note(before, version)
+        if not versions and not unchanged:
+            return failures
+        # A folder's content is the one empty chunk: at its degree (a gone holder's copy made
+        # again) before any folder counts as backed up.
+        learned: list[tuple[bytes, int]] = []
+        known_holders = await self._query(self.catalog.holders_many, [empty])
+        holders = {h for h in known_holders[empty] if not self.node.membership.is_gone(h)}
+        if len(holders) < degree:
+            [envelope] = _seal_all(self.keys, [(empty, b"")])
+            learned, short = await self._send([(empty, envelope, holders)], degree, report)
+            if short:
+                failures += [f"{p}: {short[0]}" for p in unchanged]
+                return failures + [f"{v.path}: {short[0]}" for _b, v in versions]
+        report.unmodified += len(unchanged)
+        if not versions:
+            if learned:
+                await self._db(self.catalog.add_holders, learned)
+            return failures
+        now = time.time_ns()
+        await self._db(
+            self.catalog.add_complete_versions, [v for _b, v in versions], now, learned, now
+        )
+        self.last_backup_ns = now
+        self._catalog_changed()
+        for before, version in versions:
+            report.note(before, version)
         return failures
 
     async def _backup_entry(self, path: str, degree: int, report: Progress) -> FileVersion:

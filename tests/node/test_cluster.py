@@ -17,8 +17,9 @@ import trio
 import trio.testing
 
 from chunkstore.chunking import CHUNK_SIZE
+from chunkstore.envelope import chunk_address
 from chunkstore.store import PutItem
-from node.node import RepairReport
+from node.node import Node, RepairReport
 from node.owner import BackupError
 from node.placement import keepers
 from node.pool import GONE_DIAL_DELAY
@@ -520,3 +521,40 @@ async def test_a_backup_waits_for_its_catalog_copy_and_says_so_when_it_cannot_be
             await keeping.secure(3, waiting)
         assert "Exceptions from" not in str(failed.value)  # the reason itself, not a wrapper
         assert heard and all("waiting for the catalog copy" in m for m in heard)
+
+
+async def test_a_backup_again_remakes_a_gone_holders_copy_of_unchanged_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_autojump_clock: trio.testing.MockClock
+) -> None:
+    """Folders are recorded together; unchanged ones count as backed up only once their one
+    (empty) chunk is at its degree again: the backup itself makes the gone holder's copy."""
+
+    async def no_repair(
+        self: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()  # holders leave the copy to the owner's backup
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(Node, "_repair_loop", no_repair)
+    async with open_cluster(tmp_path / "c", 4) as cluster:
+        (tmp_path / "src" / "a" / "b").mkdir(parents=True)
+        os.setxattr(tmp_path / "src" / "a", "user.color", b"blue")
+        owner = cluster.members[1].owner
+        first = await owner.backup_path(tmp_path / "src", degree=2)
+        assert (first.folders, first.new, first.unmodified) == (3, 3, 0)
+        folder = owner.catalog.latest(str(tmp_path / "src" / "a"))
+        assert folder is not None and folder.xattrs == (("user.color", b"blue"),)
+        empty = chunk_address(owner.keys, b"")
+        holders = [n for n in (2, 3, 4) if copies_of(cluster, n, empty)]
+        assert len(holders) == 2
+        cluster.kill(holders[0])
+        with trio.fail_after(120):
+            while not cluster.members[1].node.membership.is_gone(holders[0]):
+                await trio.sleep(1)
+        again = await owner.backup_path(tmp_path / "src", degree=2)
+        assert (again.folders, again.new, again.unmodified) == (3, 0, 3)
+        assert copies(cluster, 1)[empty] == 2
+
+
+def copies_of(cluster: Cluster, node_id: int, address: bytes) -> bool:
+    return any(c.address == address for c in cluster.members[node_id].store.chunks(1))
