@@ -1212,6 +1212,15 @@ class CatalogDB:
                 )
             return [(int(a), str(b), int(c)) for a, b, c in rows.fetchall()]
 
+    def snapshot_mark(self, root: str) -> tuple[int, int]:
+        """(how many, newest seq) of ``root``'s snapshots: changes whenever the set does (a
+        commit adds the newest, a prune removes some)."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM snapshots WHERE root=?", (root,)
+            ).fetchone()
+            return int(row[0]), int(row[1])
+
     def latest_seq(self, root: str) -> int:
         with self._reading() as db:
             row = db.execute("SELECT MAX(seq) FROM snapshots WHERE root=?", (root,)).fetchone()

@@ -74,6 +74,7 @@ class VersionsView:
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._versions: OrderedDict[bytes, FileVersion] = OrderedDict()
         self._listings: OrderedDict[int, list[tuple[str, int]]] = OrderedDict()
+        self._named: tuple[tuple[int, int], dict[str, tuple[int, int]]] | None = None
         self._info: dict[bytes, tuple[int, int, int]] = {}  # fileId -> (size, link, mtime)
         self._nlinks: dict[tuple[int, int, int, int], int] = {}  # names of one file, per snapshot
         self._fetching: dict[bytes, trio.Event] = {}
@@ -137,6 +138,12 @@ class VersionsView:
     # -- snapshots -------------------------------------------------------------------------
 
     def _snapshots(self) -> dict[str, tuple[int, int]]:
+        """Every snapshot by name: (seq, time). Read again only when the history changed (a
+        commit adds one, a prune removes some): ``ls -l versions/`` with thousands of them
+        asks this once per entry."""
+        mark = self.catalog.snapshot_mark(self.root)
+        if self._named is not None and self._named[0] == mark:
+            return self._named[1]
         named: dict[str, tuple[int, int]] = {}
         rows = self.catalog.snapshots(self.root)
         for seq, _root, time_ns in rows:
@@ -146,6 +153,7 @@ class VersionsView:
             named[name] = (seq, time_ns)
         if rows:
             named[LATEST] = (rows[-1][0], rows[-1][2])
+        self._named = (mark, named)
         return named
 
     # -- attributes ------------------------------------------------------------------------
@@ -191,10 +199,7 @@ class VersionsView:
             found = self._snapshots().get(name)
             if found is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            seq, time_ns = found
-            return self._inode(
-                Node(seq, "", TREE_DIR, TreeEvent("", name, TREE_DIR, mode=0o555, mtime_ns=time_ns))
-            )
+            return self._snapshot_inode(name, *found)
         if node.kind != TREE_DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         event = self.catalog.tree_entry(self.root, node.path, name, node.seq)
@@ -203,10 +208,15 @@ class VersionsView:
         path = f"{node.path}/{name}" if node.path else name
         return self._inode(Node(node.seq, path, event.kind, event))
 
+    def _snapshot_inode(self, name: str, seq: int, time_ns: int) -> int:
+        event = TreeEvent("", name, TREE_DIR, mode=0o555, mtime_ns=time_ns)
+        return self._inode(Node(seq, "", TREE_DIR, event))
+
     def listing(self, inode: int) -> list[tuple[str, int]]:
         node = self.node(inode)
-        if node.seq == 0:
-            return [(name, self.lookup(inode, name)) for name in sorted(self._snapshots())]
+        if node.seq == 0:  # the names read once, not once per name
+            named = sorted(self._snapshots().items())
+            return [(name, self._snapshot_inode(name, seq, t)) for name, (seq, t) in named]
         if node.kind != TREE_DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         cached = self._listings.get(inode)
