@@ -27,9 +27,9 @@ from .placement import choose_targets
 from .pool import PeerPool
 from .protocol import (
     MAX_ANONYMOUS_FRAME,
-    PROTOCOL_VERSION,
     STORED_ALREADY,
     STORED_NEW,
+    SUPPORTED_VERSIONS,
     ErrorCode,
     Heartbeat,
     Hello,
@@ -47,6 +47,7 @@ from .protocol import (
     Stored,
     StoredMany,
     Wanted,
+    put_batches,
 )
 from .transport import Authenticated, Channel, Network, PeerUnavailable, RemoteError
 
@@ -146,7 +147,7 @@ class Node:
     # -- identity and liveness -----------------------------------------------------------
 
     def hello(self) -> Hello:
-        return Hello((PROTOCOL_VERSION,), self.node_id, self.config.host_id, self.address)
+        return Hello(SUPPORTED_VERSIONS, self.node_id, self.config.host_id, self.address)
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(self.store.capacity, self.store.used_bytes, 0)
@@ -589,19 +590,34 @@ class Node:
     async def put_batch(
         self, target: int, owner: int, degree: int, items: list[tuple[bytes, bytes]]
     ) -> list[bool]:
-        """Send up to MAX_BATCH chunks in one PUTCHUNKS; True where the target stored it durably."""
+        """Store chunks on ``target`` in as few PUTCHUNKS as its protocol version and the frame
+        size allow, all sent at once; True where the target stored the chunk durably."""
+        stored = [False] * len(items)
         try:
-            answer = await self.pool.request(
-                target,
-                functools.partial(PutChunks, owner=owner, degree=degree, chunks=tuple(items)),
-                self.config.request_timeout,
-            )
-        except (PeerUnavailable, RemoteError) as exc:
+            limit = (await self.pool.link(target)).channel.put_limit
+        except PeerUnavailable as exc:
             log.info("batch to node %d failed: %s", target, exc)
-            return [False] * len(items)
-        if not isinstance(answer, StoredMany) or len(answer.results) != len(items):
-            return [False] * len(items)
-        return [r in (STORED_NEW, STORED_ALREADY) for r in answer.results]
+            return stored
+
+        async def one(start: int, end: int) -> None:
+            chunks = tuple(items[start:end])
+            try:
+                answer = await self.pool.request(
+                    target,
+                    functools.partial(PutChunks, owner=owner, degree=degree, chunks=chunks),
+                    self.config.request_timeout,
+                )
+            except (PeerUnavailable, RemoteError, ProtocolError) as exc:
+                # ProtocolError: the link was dialled again meanwhile, to an older version.
+                log.info("batch to node %d failed: %s", target, exc)
+                return
+            if isinstance(answer, StoredMany) and len(answer.results) == len(chunks):
+                stored[start:end] = [r in (STORED_NEW, STORED_ALREADY) for r in answer.results]
+
+        async with trio.open_nursery() as nursery:
+            for start, end in put_batches([len(e) for _a, e in items], limit):
+                nursery.start_soon(one, start, end)
+        return stored
 
     async def replicate(
         self,

@@ -38,7 +38,7 @@ from chunkstore.store import ChunkStore
 
 from .fetch import Fetcher
 from .node import Node
-from .protocol import MAX_BATCH, Chunk, Delete, Deleted, GetChunk, put_batches
+from .protocol import MAX_BATCH, Chunk, Delete, Deleted, GetChunk
 from .report import Progress, ProgressFn
 from .restore import Restorer
 from .restore_files import FileRestorer
@@ -881,8 +881,7 @@ class Owner:
 
         async with trio.open_nursery() as nursery:
             for target, indexes in by_target.items():
-                for start, end in put_batches([len(items[i][1]) for i in indexes]):
-                    nursery.start_soon(to_target, target, indexes[start:end])
+                nursery.start_soon(to_target, target, indexes)
 
         learned: list[tuple[bytes, int]] = []
         failures: list[str] = []

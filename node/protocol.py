@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
-PROTOCOL_VERSION: Final = 1
-SUPPORTED_VERSIONS: Final = (1,)
+PROTOCOL_VERSION: Final = 2
+SUPPORTED_VERSIONS: Final = (1, 2)  # what a node's HELLO offers; both sides use the highest common
 MAX_FRAME: Final = 1_048_576
 MAX_BUFFER: Final = 4 * MAX_FRAME
 # Before the peer's HELLO is in, a frame can only be a HELLO: a few hundred bytes. A host that
@@ -29,8 +29,9 @@ MAX_ENVELOPE: Final = 64_078
 MAX_BLOB: Final = 900_000
 MAX_MESSAGE_TEXT: Final = 400
 MAX_BATCH: Final = 15  # addresses per GETCHUNKS: 15 full envelopes fit in the answer's frame
-# Chunks per PUTCHUNKS. Its frame must fit MAX_FRAME as well: small chunks travel ~100 to a
-# request (one holder commit each), full 64 KiB ones 15 (``put_batches`` packs them).
+# Chunks per PUTCHUNKS from version 2 on (version 1: MAX_BATCH). Its frame must fit MAX_FRAME
+# as well: small chunks travel ~100 to a request (one holder commit each), full 64 KiB ones 15
+# (``put_batches`` packs them).
 MAX_PUT_BATCH: Final = 512
 PUT_ITEM_OVERHEAD: Final = 40  # a PUTCHUNKS item's bytes beyond its envelope: [bin32, bin16]
 PUT_FRAME_OVERHEAD: Final = 32  # the rest of a PUTCHUNKS frame: type, req, owner, degree, list
@@ -146,13 +147,18 @@ def _versions(v: Any) -> tuple[int, ...]:
     return tuple(_u32(x) for x in v)
 
 
-def put_batches(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
+def put_batch_limit(version: int | None) -> int:
+    """Chunks one PUTCHUNKS may hold on a connection of this protocol version."""
+    return MAX_PUT_BATCH if version is not None and version >= 2 else MAX_BATCH
+
+
+def put_batches(sizes: Sequence[int], limit: int = MAX_PUT_BATCH) -> Iterator[tuple[int, int]]:
     """Split envelopes of these sizes, in order, into ``[start, end)`` runs that each fill one
-    PUTCHUNKS: at most MAX_PUT_BATCH chunks in a frame of at most MAX_FRAME bytes."""
+    PUTCHUNKS: at most ``limit`` chunks (``put_batch_limit``) in at most MAX_FRAME bytes."""
     start, used = 0, PUT_FRAME_OVERHEAD
     for index, size in enumerate(sizes):
         cost = size + PUT_ITEM_OVERHEAD
-        if index > start and (index - start >= MAX_PUT_BATCH or used + cost > MAX_FRAME):
+        if index > start and (index - start >= limit or used + cost > MAX_FRAME):
             yield start, index
             start, used = index, PUT_FRAME_OVERHEAD
         used += cost
@@ -634,6 +640,11 @@ class Connection:
         self._hello_sent = True
         return encode_message(self._our_hello)
 
+    @property
+    def put_limit(self) -> int:
+        """Chunks a PUTCHUNKS may hold on this connection (by the version both sides speak)."""
+        return put_batch_limit(self.version)
+
     def send(self, message: Message) -> bytes:
         if self.closed:
             raise ProtocolError("connection is closed")
@@ -641,6 +652,11 @@ class Connection:
             raise ProtocolError("HELLO is sent by initiate()")
         if not self._hello_sent:
             raise ProtocolError("HELLO must be sent first")
+        if isinstance(message, PutChunks) and len(message.chunks) > self.put_limit:
+            raise ProtocolError(
+                f"a PUTCHUNKS of {len(message.chunks)} chunks is more than this peer's"
+                f" protocol version allows ({self.put_limit})"
+            )
         return encode_message(message)
 
     def receive_data(self, data: bytes | bytearray) -> None:
@@ -673,7 +689,7 @@ class Connection:
         if self.peer_hello is None:
             if not isinstance(message, Hello):
                 raise ProtocolError(f"expected HELLO first, got {type(message).__name__}")
-            common = set(message.versions) & set(SUPPORTED_VERSIONS)
+            common = set(message.versions) & set(self._our_hello.versions)
             if not common:
                 raise ProtocolError(
                     f"no common protocol version (peer speaks {list(message.versions)})",
@@ -683,6 +699,11 @@ class Connection:
             self.version = max(common)
         elif isinstance(message, Hello):
             raise ProtocolError("HELLO sent twice")
+        elif isinstance(message, PutChunks) and len(message.chunks) > self.put_limit:
+            raise ProtocolError(
+                f"a PUTCHUNKS holds at most {self.put_limit} chunks in protocol version"
+                f" {self.version}"
+            )
         return message
 
     def _end_or_need(self) -> NeedData:

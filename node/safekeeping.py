@@ -30,7 +30,7 @@ from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.recovery import CatalogManifest, seal_manifest
 
 from .protocol import (
-    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Error,
     GetMeta,
     Hello,
@@ -362,7 +362,7 @@ async def fetch_kit(
     proof was refused).
     """
     auth, der = await connect_anonymous(address)
-    channel = Channel(auth, Hello((PROTOCOL_VERSION,), owner, "recovering", ""))
+    channel = Channel(auth, Hello(SUPPORTED_VERSIONS, owner, "recovering", ""))
     try:
         with trio.fail_after(60):
             await channel.handshake()

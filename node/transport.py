@@ -396,6 +396,11 @@ class Channel:
         self.peer_hello = message
         return message
 
+    @property
+    def put_limit(self) -> int:
+        """Chunks a PUTCHUNKS may hold here (by the protocol version both sides speak)."""
+        return self._conn.put_limit
+
     async def _write(self, data: bytes) -> None:
         async with self._send_lock:
             await self.auth.stream.send_all(data)

@@ -27,6 +27,9 @@ from node.protocol import (
     MAX_MESSAGE_TEXT,
     MAX_PUT_BATCH,
     MESSAGE_TYPES,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    put_batch_limit,
 )
 from node.restore_files import GROUP_BYTES as RESTORE_GROUP_BYTES
 from node.restore_files import GROUP_FILES
@@ -129,6 +132,11 @@ def test_the_batch_sizes_stated_are_the_protocols() -> None:
     get = re.search(r"a GETCHUNKS asks for 1\.\.(\d+) addresses", text)
     assert put and get, "docs/protocol.md no longer states the batch sizes as expected"
     assert (int(put.group(1)), int(get.group(1))) == (MAX_PUT_BATCH, MAX_BATCH)
+    assert text.startswith(f"# The lanvault peer protocol, version {PROTOCOL_VERSION} ")
+    offered = "[" + ", ".join(str(v) for v in SUPPORTED_VERSIONS) + "]"
+    assert f"(this document: `{offered}`)" in text
+    assert f"up to {MAX_PUT_BATCH} chunks (version 1: {MAX_BATCH})" in text
+    assert put_batch_limit(1) == MAX_BATCH and put_batch_limit(PROTOCOL_VERSION) == MAX_PUT_BATCH
     assert MAX_FRAME == 1 << 20
     arch = " ".join((DOCS / "architecture.md").read_text().split())
     assert f"a frame holds ~100 chunks of 8 KiB, at most {MAX_PUT_BATCH}" in arch

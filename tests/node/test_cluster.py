@@ -3,6 +3,7 @@ one (drop, duplicate, delay/reorder, reset) with a seeded MockClock."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -23,6 +24,7 @@ from node.node import Node, RepairReport
 from node.owner import BackupError
 from node.placement import keepers
 from node.pool import GONE_DIAL_DELAY
+from node.protocol import MAX_BATCH, MAX_PUT_BATCH, Hello
 from node.safekeeping import CatalogNotSafe, Safekeeping
 
 from .cluster import Cluster, open_cluster
@@ -558,3 +560,40 @@ async def test_a_backup_again_remakes_a_gone_holders_copy_of_unchanged_folders(
 
 def copies_of(cluster: Cluster, node_id: int, address: bytes) -> bool:
     return any(c.address == address for c in cluster.members[node_id].store.chunks(1))
+
+
+async def test_a_node_of_protocol_version_1_gets_batches_it_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A network upgraded one computer at a time: node 4 still speaks version 1 only (15
+    chunks per PUTCHUNKS, more closes the connection). A backup of many small files sends it
+    version-1 batches: nothing breaks the protocol, every chunk is at its degree, node 4 holds
+    its share, and the restore is identical."""
+    real_hello = Node.hello
+
+    def hello(self: Node) -> Hello:
+        ours = real_hello(self)
+        return dataclasses.replace(ours, versions=(1,)) if self.node_id == 4 else ours
+
+    monkeypatch.setattr(Node, "hello", hello)
+    caplog.set_level(logging.INFO)
+    async with open_cluster(tmp_path / "c", 4) as cluster:
+        rng = random.Random(8)
+        src = tmp_path / "src"
+        src.mkdir()
+        files = {src / f"f{n:03d}": rng.randbytes(rng.randint(100, 3000)) for n in range(300)}
+        for path, data in files.items():
+            path.write_bytes(data)
+        link = await cluster.members[1].node.pool.link(4)
+        assert link.channel.put_limit == MAX_BATCH
+        assert (await cluster.members[1].node.pool.link(2)).channel.put_limit == MAX_PUT_BATCH
+        owner = cluster.members[1].owner
+        report = await owner.backup_path(src, degree=2)
+        assert report.files_done == len(files) and report.new == len(files) + 1
+        await assert_at_degree(cluster, 1, 2)
+        assert len(cluster.members[4].store.chunks(1)) > MAX_BATCH  # it took several batches
+        assert not [r for r in caplog.records if "broke the protocol" in r.getMessage()]
+        assert not [r for r in caplog.records if "batch to node" in r.getMessage()]
+        out = tmp_path / "out"
+        await owner.restorer.restore_path(src, out)
+        assert all((out / p.name).read_bytes() == data for p, data in files.items())

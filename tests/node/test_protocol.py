@@ -52,7 +52,8 @@ from node.protocol import (
     put_batches,
 )
 
-HELLO = Hello((1,), 7, "host-a", "127.0.0.1:7420")
+HELLO = Hello((1,), 7, "host-a", "127.0.0.1:7420")  # a node that speaks version 1 only
+HELLO2 = Hello((1, 2), 7, "host-a", "127.0.0.1:7420")
 addr = st.binary(min_size=32, max_size=32)
 req = st.integers(1, 2**32 - 1)
 u32 = st.integers(0, 2**32 - 1)
@@ -114,12 +115,12 @@ messages: st.SearchStrategy[Message] = st.one_of(
 )
 
 
-def open_pair() -> tuple[Connection, Connection]:
-    a = Connection(HELLO)
+def open_pair(hello: Hello = HELLO2) -> tuple[Connection, Connection]:
+    a = Connection(hello)
     b = Connection(Hello((1, 2), 8, "host-b", "127.0.0.1:7421"))
     b.receive_data(a.initiate())
     a.receive_data(b.initiate())
-    assert b.next_event() == HELLO
+    assert b.next_event() == hello
     assert isinstance(a.next_event(), Hello)
     return a, b
 
@@ -150,9 +151,9 @@ def test_splitting_the_stream_anywhere_gives_the_same_events(
     a, _ = open_pair()
     stream = b"".join(a.send(m) for m in batch)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
-    receiver = Connection(HELLO)
+    receiver = Connection(HELLO2)
     receiver.initiate()
-    receiver.receive_data(encode_message(HELLO))
+    receiver.receive_data(encode_message(HELLO2))
     got: list[Message] = list(drain(receiver))  # the HELLO first: it lifts the small limit
     previous = 0
     for cut in [*cuts, len(stream)]:
@@ -160,7 +161,7 @@ def test_splitting_the_stream_anywhere_gives_the_same_events(
             receiver.receive_data(stream[previous:cut])
         previous = max(previous, cut)
         got.extend(drain(receiver))
-    assert got[0] == HELLO
+    assert got[0] == HELLO2
     assert got[1:] == batch
 
 
@@ -227,8 +228,10 @@ def test_hello_must_come_first_and_once() -> None:
 
 
 def test_version_negotiation() -> None:
-    a, b = open_pair()
+    a, b = open_pair(HELLO)  # a node of version 1 meets one of version 2
     assert a.version == 1 and b.version == 1
+    a, b = open_pair()
+    assert a.version == 2 and b.version == 2
     future_only = Connection(HELLO)
     future_only.receive_data(encode_message(Hello((2, 3), 9, "h", "x:1")))
     with pytest.raises(ProtocolError) as info:
@@ -358,10 +361,10 @@ def test_put_batches_fill_frames_that_a_holder_accepts(sizes: list[int]) -> None
         chunks = tuple((bytes([k % 256]) * 32, b"e" * sizes[k]) for k in range(start, end))
         message = PutChunks(2**32 - 1, 2**32 - 1, 9, chunks)
         frame = encode_message(message)
-        conn = Connection(HELLO)
+        conn = Connection(HELLO2)
         conn.initiate()
-        conn.receive_data(encode_message(HELLO))
-        assert conn.next_event() == HELLO
+        conn.receive_data(encode_message(HELLO2))
+        assert conn.next_event() == HELLO2
         conn.receive_data(frame)
         assert conn.next_event() == message
         if n + 1 < len(runs):  # full: by count, or the next chunk would not have fit
@@ -369,3 +372,22 @@ def test_put_batches_fill_frames_that_a_holder_accepts(sizes: list[int]) -> None
             assert end - start == MAX_PUT_BATCH or (
                 len(encode_message(PutChunks(0, 0, 1, bigger))) - 4 > MAX_FRAME * 0.99
             )
+
+
+def test_a_version_1_peer_is_never_sent_more_than_it_accepts() -> None:
+    """Version 1 allowed 15 chunks per PUTCHUNKS and closed the connection on more: with a
+    peer that speaks only version 1, a node neither sends nor accepts more than that."""
+    chunks = tuple((bytes([n]) * 32, b"e" * 100) for n in range(MAX_BATCH + 1))
+    old, new = open_pair(HELLO)
+    assert old.put_limit == new.put_limit == MAX_BATCH == 15
+    assert list(put_batches([100] * 40, new.put_limit)) == [(0, 15), (15, 30), (30, 40)]
+    with pytest.raises(ProtocolError, match="protocol version allows"):
+        new.send(PutChunks(1, 1, 2, chunks))
+    old.receive_data(encode_message(PutChunks(1, 1, 2, chunks)))
+    with pytest.raises(ProtocolError, match="at most 15 chunks in protocol version 1"):
+        old.next_event()
+    a, b = open_pair()  # both speak version 2
+    assert a.put_limit == MAX_PUT_BATCH
+    full = tuple((bytes([n % 256]) * 32, b"e" * 100) for n in range(MAX_PUT_BATCH))
+    b.receive_data(a.send(PutChunks(1, 1, 2, full)))
+    assert b.next_event() == PutChunks(1, 1, 2, full)
