@@ -33,7 +33,7 @@ _WRAP_HEADER = struct.Struct(">5sBQQ16s24s")
 _WRAPPED_SIZE = _WRAP_HEADER.size + MASTER_KEY_SIZE + 16
 
 
-def _kdf_limits() -> tuple[int, int]:
+def kdf_limits() -> tuple[int, int]:
     if os.environ.get(WEAKEN_KDF_ENV) == "1":
         return nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN
     return nacl.pwhash.argon2id.OPSLIMIT_MODERATE, nacl.pwhash.argon2id.MEMLIMIT_MODERATE
@@ -55,7 +55,7 @@ def wrap_master_key(master_key: bytes, passphrase: str) -> bytes:
         raise ValueError("master key must be 32 bytes")
     if not passphrase:
         raise WrongPassphraseError("the passphrase must not be empty")
-    opslimit, memlimit = _kdf_limits()
+    opslimit, memlimit = kdf_limits()
     salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
     nonce = nacl.utils.random(24)
     header = _WRAP_HEADER.pack(_WRAP_MAGIC, _WRAP_VERSION, opslimit, memlimit, salt, nonce)

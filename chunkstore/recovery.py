@@ -3,10 +3,11 @@ catalog manifest, both kept by every peer.
 
 *Recovery kit* (one per owner, ``docs/formats.md``): the wrapped master key, a *verifier* the
 peer checks a passphrase proof against, and the node's credentials (join code, certificate,
-key, config) sealed under the metadata key. A peer hands the kit only to someone who proves,
-with a fresh challenge, that they know the passphrase; so anyone else on the LAN can only guess
-online, one Argon2id derivation and one round trip per guess. The verifier is a one-way
-function of the passphrase's wrapping key, so a peer holding it cannot unwrap the master key.
+key, config) sealed under the metadata key. A peer hands the kit only to someone who runs the
+passphrase exchange with it (SPAKE2 keyed by the verifier: ``kitexchange``); so anyone else on
+the LAN can only guess online, one Argon2id derivation and one round trip per guess, and a
+rogue peer learns nothing it can test guesses against. The verifier is a one-way function of
+the passphrase's wrapping key, so a peer holding it cannot unwrap the master key.
 
 *Catalog manifest*: the list of chunks holding a copy of the owner's catalog (a SQLite file,
 chunked, encrypted and replicated like any file), with a sequence number that only grows. It is
@@ -37,7 +38,6 @@ from .keys import KdfParams, KeyRing, kdf_params
 KIT_MAGIC = b"LVKIT"
 KIT_VERSION = 1
 _KIT_HEADER = struct.Struct(">5sB32sH")  # magic, version, verifier, length of the wrapped key
-_PROOF_DOMAIN = b"lanvault-kit-proof-v1"
 _MANIFEST_MAC = struct.Struct(">IQ")  # owner, seq (what the MAC binds besides the bytes)
 MAX_MANIFEST_CHUNKS = 25_000  # 1.6 GB of catalog; a manifest stays under the 900 kB blob limit
 
@@ -49,12 +49,6 @@ def kit_verifier(wrapping_key: bytes) -> bytes:
     ).digest()
 
 
-def kit_proof(verifier: bytes, owner: int, nonce: bytes) -> bytes:
-    """The answer to a peer's challenge ``nonce``: only the passphrase gives ``verifier``."""
-    message = _PROOF_DOMAIN + owner.to_bytes(4, "big") + nonce
-    return hmac.new(verifier, message, hashlib.sha256).digest()
-
-
 @dataclass(frozen=True, slots=True)
 class RecoveryKit:
     verifier: bytes
@@ -64,9 +58,6 @@ class RecoveryKit:
     @property
     def kdf(self) -> KdfParams:
         return kdf_params(self.wrapped_key)
-
-    def proof_matches(self, owner: int, nonce: bytes, proof: bytes) -> bool:
-        return hmac.compare_digest(kit_proof(self.verifier, owner, nonce), proof)
 
 
 def make_kit(keys: KeyRing, wrapped_key: bytes, verifier: bytes, credentials: bytes) -> bytes:

@@ -1,7 +1,8 @@
 """``lanvault recover``: rebuild a lost node from its passphrase and one peer (or the LAN).
 
-1. The recovery kit: over an anonymous TLS connection, the peer challenges us; the passphrase
-   answers (Argon2id, then an HMAC proof) and the peer hands over the kit. The kit's wrapped
+1. The recovery kit: over an anonymous TLS connection, the peer and we run the passphrase
+   exchange (Argon2id, then SPAKE2 keyed by the kit's verifier: ``chunkstore.kitexchange``)
+   and the peer hands over the kit, sealed under the exchange's key. The kit's wrapped
    master key opens with the same passphrase, and its sealed part gives the node's join code,
    certificate, key and config. The peer's certificate is then checked against the network's
    CA from the kit: an impostor in the middle gets nothing usable and is detected here.
@@ -30,11 +31,11 @@ from typing import Any
 import trio
 
 from chunkstore.catalogdb import CatalogDB
-from chunkstore.errors import ChunkstoreError
+from chunkstore.errors import ChunkstoreError, WrongPassphraseError
 from chunkstore.keys import KdfParams, KeyRing, derive_wrapping_key, unwrap_with_key
+from chunkstore.kitexchange import KitRequestor, check_offered_kdf
 from chunkstore.recovery import (
     CatalogManifest,
-    kit_proof,
     kit_verifier,
     open_kit,
     open_manifest,
@@ -62,27 +63,38 @@ ProgressEvents = Callable[[dict[str, Any]], None]  # bytes and files done, as re
 async def obtain_identity(
     addresses: list[str], node_id: int, passphrase: str, say: Progress
 ) -> Identity:
-    """The recovery kit of ``node_id`` from the first peer that has it, opened."""
-    keys_for: dict[KdfParams, bytes] = {}
+    """The recovery kit of ``node_id`` from the first peer that has it, opened.
 
-    async def prove(challenge: KitChallenge) -> bytes:
+    The passphrase never leaves this computer in any form a peer could test offline: the
+    exchange is SPAKE2 keyed by the kit's verifier (``chunkstore.kitexchange``), and KDF
+    limits below lanvault's own minimum are refused before anything is derived or sent.
+    """
+    verifiers: dict[KdfParams, tuple[bytes, bytes]] = {}  # params -> (wrapping key, verifier)
+
+    async def exchange(challenge: KitChallenge) -> KitRequestor:
         params = KdfParams(challenge.opslimit, challenge.memlimit, challenge.salt)
-        if params not in keys_for:
+        check_offered_kdf(params)
+        if params not in verifiers:
             say("deriving the key from the passphrase (Argon2id) …")
             try:
-                keys_for[params] = await trio.to_thread.run_sync(
-                    derive_wrapping_key, passphrase, params
-                )
+                key = await trio.to_thread.run_sync(derive_wrapping_key, passphrase, params)
             except ChunkstoreError as exc:
                 raise CommandError(f"the peer sent unusable key parameters: {exc}") from None
-        return kit_proof(kit_verifier(keys_for[params]), node_id, challenge.nonce)
+            verifiers[params] = (key, kit_verifier(key))
+        verifier = verifiers[params][1]
+        return await trio.to_thread.run_sync(
+            KitRequestor, verifier, node_id, params, challenge.pake
+        )
 
     problems: list[str] = []
     refused = False
     for address in addresses:
         say(f"asking {address} for the recovery kit of node {node_id} …")
         try:
-            blob, server_der = await fetch_kit(address, node_id, prove)
+            blob, server_der = await fetch_kit(address, node_id, exchange)
+        except WrongPassphraseError as exc:  # limits below our minimum: a rogue or broken peer
+            problems.append(f"{address}: {exc}")
+            continue
         except RemoteError as exc:
             if exc.code == ErrorCode.FORBIDDEN:
                 refused = True
@@ -93,7 +105,10 @@ async def obtain_identity(
             continue
         try:
             kit = parse_kit(blob)
-            master = unwrap_with_key(kit.wrapped_key, keys_for[kit.kdf])
+            key, verifier = verifiers[kit.kdf]
+            if kit.verifier != verifier:
+                raise ChunkstoreError("its verifier is not the passphrase's")
+            master = unwrap_with_key(kit.wrapped_key, key)
             keys = KeyRing.from_master(master)
             identity = Identity.from_kit(master, kit.wrapped_key, kit.verifier, open_kit(keys, kit))
         except (ChunkstoreError, KeyError) as exc:
@@ -109,7 +124,10 @@ async def obtain_identity(
             raise CommandError("the recovery kit belongs to another node; nothing was written")
         return identity
     if refused:
-        raise CommandError("wrong passphrase (the peers refused it); nothing was written")
+        raise CommandError(
+            f"wrong passphrase (the peers refused it, or keep no kit for node {node_id});"
+            " nothing was written"
+        )
     detail = "; ".join(problems) if problems else "no peer answered"
     raise CommandError(f"no recovery kit for node {node_id} found ({detail})")
 

@@ -21,6 +21,7 @@ from chunkstore.errors import (
     InvalidIdError,
     QuotaExceededError,
 )
+from chunkstore.kitexchange import KitOffer, decoy_params
 from chunkstore.recovery import RecoveryKit, parse_kit
 from chunkstore.store import ChunkStore, PutItem
 
@@ -65,56 +66,79 @@ BATCH_LIMIT = 512
 KIT_BLOB = "recovery-kit"
 KIT_FIRST_DELAY = 1.0  # seconds between two passphrase proofs for one owner, doubled per failure
 KIT_MAX_DELAY = 60.0
+PAKE_PER_SECOND = 50  # SPAKE2 computations for strangers, all together (~25 % of a core)
 
 
 class KitGate:
-    """Hands out recovery kits on anonymous connections, to passphrase proofs only.
+    """Hands out recovery kits on anonymous connections, through the passphrase exchange only.
 
-    One proof per owner per second at most, the delay doubling after each failure (up to a
-    minute): the passphrase can be guessed online only, and slowly.
+    The exchange is SPAKE2 (``chunkstore.kitexchange``): a stranger gets one online guess per
+    attempt and nothing to test offline. One proof per owner per second at most, the delay
+    doubling after each failure (up to a minute). An owner whose kit is not here gets a decoy
+    challenge that looks like a real one and always fails, so nobody learns who keeps a kit
+    here. SPAKE2 is pure Python (~5 ms a side): it runs in a thread, at most
+    ``PAKE_PER_SECOND`` exchanges a second for all strangers together.
     """
 
-    def __init__(self, store: ChunkStore, limiter: trio.CapacityLimiter) -> None:
+    def __init__(
+        self, store: ChunkStore, limiter: trio.CapacityLimiter, secret: bytes | None = None
+    ) -> None:
         self.store = store
         self._limiter = limiter
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
         self._next_try: dict[int, float] = {}
         self._delay: dict[int, float] = {}
         self._busy: dict[int, trio.Lock] = {}
+        self._pace = trio.Lock()
+        self._next_pake = 0.0
         self.refused = 0
 
-    async def _kit(self, owner: int) -> RecoveryKit | None:
+    async def _kit(self, owner: int) -> tuple[RecoveryKit, bytes] | None:
         found = await trio.to_thread.run_sync(
             self.store.get_blob, owner, KIT_BLOB, limiter=self._limiter
         )
         if found is None:
             return None
         try:
-            return parse_kit(found[1])
+            return parse_kit(found[1]), found[1]
         except CatalogFormatError as exc:
             log.warning("the recovery kit of node %d is damaged: %s", owner, exc)
             return None
 
-    async def challenge(self, request: KitRequest, issued: set[bytes]) -> Message:
-        kit = await self._kit(request.owner)
-        if kit is None:
-            return Error(
-                request.req, ErrorCode.NOT_FOUND, f"no recovery kit for node {request.owner}"
-            )
-        nonce = secrets.token_bytes(32)
-        issued.add(nonce)
-        kdf = kit.kdf
-        return KitChallenge(request.req, kdf.opslimit, kdf.memlimit, kdf.salt, nonce)
+    async def _paced(self) -> None:
+        async with self._pace:
+            wait = self._next_pake - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
+            self._next_pake = trio.current_time() + 1 / PAKE_PER_SECOND
 
-    async def answer(self, proof: KitProof, issued: set[bytes]) -> Message:
-        if proof.nonce not in issued:
+    async def challenge(self, request: KitRequest, sessions: dict[bytes, KitOffer]) -> Message:
+        found = await self._kit(request.owner)
+        if found is None:  # a decoy: a verifier nobody knows, the salt a real kit would have
+            verifier, params = secrets.token_bytes(32), decoy_params(self._secret, request.owner)
+        else:
+            verifier, params = found[0].verifier, found[0].kdf
+        await self._paced()
+        offer = await trio.to_thread.run_sync(KitOffer, verifier, request.owner, params)
+        nonce = secrets.token_bytes(32)
+        sessions.clear()  # one exchange at a time per connection
+        sessions[nonce] = offer
+        return KitChallenge(
+            request.req, params.opslimit, params.memlimit, params.salt, nonce, offer.message
+        )
+
+    async def answer(self, proof: KitProof, sessions: dict[bytes, KitOffer]) -> Message:
+        offer = sessions.pop(proof.nonce, None)  # one use
+        if offer is None or offer.owner != proof.owner:
             return Error(proof.req, ErrorCode.FORBIDDEN, "that challenge was not issued here")
-        issued.discard(proof.nonce)  # one use
         async with self._busy.setdefault(proof.owner, trio.Lock()):
             wait = self._next_try.get(proof.owner, 0.0) - trio.current_time()
             if wait > 0:
                 await trio.sleep(wait)
-            kit = await self._kit(proof.owner)
-            ok = kit is not None and kit.proof_matches(proof.owner, proof.nonce, proof.proof)
+            await self._paced()
+            ok = await trio.to_thread.run_sync(offer.check, proof.pake, proof.confirm)
+            found = await self._kit(proof.owner) if ok else None
+            ok = found is not None
             delay = (
                 KIT_FIRST_DELAY
                 if ok
@@ -122,19 +146,14 @@ class KitGate:
             )
             self._delay[proof.owner] = delay if not ok else KIT_FIRST_DELAY / 2
             self._next_try[proof.owner] = trio.current_time() + delay
-        if kit is None or not ok:
+        if found is None:
             self.refused += 1
             log.warning(
                 "refused a recovery-kit request for node %d (wrong passphrase)", proof.owner
             )
             return Error(proof.req, ErrorCode.FORBIDDEN, "wrong passphrase")
         log.info("handed the recovery kit of node %d to a passphrase proof", proof.owner)
-        found = await trio.to_thread.run_sync(
-            self.store.get_blob, proof.owner, KIT_BLOB, limiter=self._limiter
-        )
-        if found is None:
-            return Error(proof.req, ErrorCode.NOT_FOUND, "the recovery kit went away")
-        return Kit(proof.req, found[1])
+        return Kit(proof.req, offer.seal(found[1]))
 
 
 @dataclass(slots=True)

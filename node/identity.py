@@ -182,8 +182,11 @@ def node_id_from_certificate(der: bytes | None) -> int:
     """The node id bound in a verified peer certificate."""
     if not der:
         raise IdentityError("peer presented no certificate")
-    cert = x509.load_der_x509_certificate(der)
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError as exc:  # a stranger's certificate is input like any other
+        raise IdentityError(f"peer certificate cannot be read: {exc}") from None
     match = _CN.match(str(names[0].value)) if names else None
     if match is None:
         raise IdentityError("peer certificate does not name a lanvault node")

@@ -17,6 +17,7 @@ from pathlib import Path
 import trio
 
 from chunkstore.errors import ChunkNotFoundError
+from chunkstore.kitexchange import KitOffer
 from chunkstore.store import ChunkStore, StoredChunk
 
 from .discovery import run_discovery, with_source_host
@@ -199,10 +200,10 @@ class Node:
 
     async def _serve(self, auth: Authenticated) -> None:
         """One incoming connection: HELLO, then requests answered concurrently."""
-        channel = Channel(auth, self.hello())
-        if auth.anonymous:
-            await self._serve_anonymous(channel)
+        if auth.anonymous:  # a stranger learns nothing of us before the passphrase exchange
+            await self._serve_anonymous(Channel(auth, Hello(SUPPORTED_VERSIONS, 0, "", "")))
             return
+        channel = Channel(auth, self.hello())
         peer = auth.peer_id
         try:
             hello = await channel.handshake()
@@ -247,7 +248,7 @@ class Node:
 
     async def _serve_anonymous(self, channel: Channel) -> None:
         """A computer without a certificate: only the recovery-kit exchange, one at a time."""
-        issued: set[bytes] = set()
+        sessions: dict[bytes, KitOffer] = {}
         channel.limit_frames(MAX_ANONYMOUS_FRAME)  # kit messages are small
         try:
             with trio.fail_after(ANONYMOUS_TIMEOUT):  # a recovery takes seconds
@@ -255,9 +256,9 @@ class Node:
                 while True:
                     message = await channel.receive()
                     if isinstance(message, KitRequest):
-                        await channel.send(await self.kits.challenge(message, issued))
+                        await channel.send(await self.kits.challenge(message, sessions))
                     elif isinstance(message, KitProof):
-                        await channel.send(await self.kits.answer(message, issued))
+                        await channel.send(await self.kits.answer(message, sessions))
                     else:
                         raise ProtocolError(
                             f"{type(message).__name__} needs a member's certificate"

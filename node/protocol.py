@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Final
 
 import msgpack
 
+from chunkstore.kitexchange import CONFIRM_SIZE, PAKE_MESSAGE_SIZE
+
 PROTOCOL_VERSION: Final = 2
 SUPPORTED_VERSIONS: Final = (1, 2)  # what a node's HELLO offers; both sides use the highest common
 MAX_FRAME: Final = 1_048_576
@@ -457,30 +459,54 @@ class KitRequest(Request):
 
 @dataclass(frozen=True, slots=True)
 class KitChallenge(Message):
-    TYPE: ClassVar[int] = 25
-    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u64, _u64, _fixed(16), _fixed(32))
+    """The holder's half of the passphrase exchange (SPAKE2 message B, chunkstore.kitexchange).
+
+    Types 25-27 were the exchange of version 1, whose proof a rogue server could test offline;
+    they are no longer accepted (an old client gets BAD_MESSAGE)."""
+
+    TYPE: ClassVar[int] = 29
+    CHECKS: ClassVar[tuple[Any, ...]] = (
+        _req,
+        _u64,
+        _u64,
+        _fixed(16),
+        _fixed(32),
+        _fixed(PAKE_MESSAGE_SIZE),
+    )
     req: int
     opslimit: int
     memlimit: int
     salt: bytes
     nonce: bytes
+    pake: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class KitProof(Request):
-    TYPE: ClassVar[int] = 26
-    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _fixed(32), _fixed(32))
+    """The client's half: SPAKE2 message A and the confirmation MAC under the session key."""
+
+    TYPE: ClassVar[int] = 30
+    CHECKS: ClassVar[tuple[Any, ...]] = (
+        _req,
+        _u32,
+        _fixed(32),
+        _fixed(PAKE_MESSAGE_SIZE),
+        _fixed(CONFIRM_SIZE),
+    )
     owner: int
     nonce: bytes
-    proof: bytes
+    pake: bytes
+    confirm: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Kit(Message):
-    TYPE: ClassVar[int] = 27
+    """The recovery kit, sealed under the exchange's session key."""
+
+    TYPE: ClassVar[int] = 31
     CHECKS: ClassVar[tuple[Any, ...]] = (_req, _blob)
     req: int
-    blob: bytes
+    sealed: bytes
 
 
 @dataclass(frozen=True, slots=True)

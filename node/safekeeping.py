@@ -27,6 +27,8 @@ import trio
 
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import chunk_address, seal_chunk
+from chunkstore.errors import ChunkstoreError
+from chunkstore.kitexchange import KitRequestor
 from chunkstore.recovery import CatalogManifest, seal_manifest
 
 from .protocol import (
@@ -53,6 +55,7 @@ KIT_NAME = "recovery-kit"
 CATALOG_NAME = "catalog"
 SETTLE = 2.0  # seconds after a change before the catalog is copied (commits come in bursts)
 FIRST_COPY_DELAY = 10.0
+KIT_EXCHANGE_TIMEOUT = 60.0  # seconds for a whole kit exchange with one peer (Argon2id included)
 SLOW_COPY = 1.0  # seconds before a backup waiting for its catalog copy says so
 
 
@@ -352,19 +355,19 @@ async def newest_manifests(owner: Owner, name: str = CATALOG_NAME) -> list[tuple
 
 
 async def fetch_kit(
-    address: str, owner: int, prove: Callable[[KitChallenge], Awaitable[bytes]]
+    address: str, owner: int, exchange: Callable[[KitChallenge], Awaitable[KitRequestor]]
 ) -> tuple[bytes, bytes]:
     """Ask the node at ``address`` for ``owner``'s recovery kit over an anonymous connection.
 
-    ``prove`` turns the challenge into the passphrase proof. Returns the kit and the server's
-    certificate (DER), which the caller must check against the CA inside the kit. Raises
-    ``PeerUnavailable`` or ``RemoteError`` (``NOT_FOUND``: no kit there; ``FORBIDDEN``: the
-    proof was refused).
+    ``exchange`` turns the holder's challenge into our side of the passphrase exchange (SPAKE2:
+    ``chunkstore.kitexchange``). Returns the kit, opened with the exchange's key, and the
+    server's certificate (DER), which the caller must check against the CA inside the kit.
+    Raises ``PeerUnavailable`` or ``RemoteError`` (``FORBIDDEN``: the proof was refused).
     """
     auth, der = await connect_anonymous(address)
-    channel = Channel(auth, Hello(SUPPORTED_VERSIONS, owner, "recovering", ""))
+    channel = Channel(auth, Hello(SUPPORTED_VERSIONS, 0, "", ""))  # we tell a stranger nothing
     try:
-        with trio.fail_after(60):
+        with trio.fail_after(KIT_EXCHANGE_TIMEOUT):
             await channel.handshake()
             await channel.send(KitRequest(1, owner))
             answer = await channel.receive()
@@ -372,14 +375,17 @@ async def fetch_kit(
                 raise RemoteError(answer)
             if not isinstance(answer, KitChallenge):
                 raise PeerUnavailable(f"{address} answered {type(answer).__name__}")
-            proof = await prove(answer)
-            await channel.send(KitProof(2, owner, answer.nonce, proof))
+            ours = await exchange(answer)
+            await channel.send(KitProof(2, owner, answer.nonce, ours.message, ours.confirm))
             answer = await channel.receive()
             if isinstance(answer, Error):
                 raise RemoteError(answer)
             if not isinstance(answer, Kit):
                 raise PeerUnavailable(f"{address} answered {type(answer).__name__}")
-            return answer.blob, der
+            try:
+                return ours.open(answer.sealed), der
+            except ChunkstoreError as exc:
+                raise PeerUnavailable(f"{address} sent a kit that does not open: {exc}") from None
     except (trio.TooSlowError, trio.EndOfChannel, trio.BrokenResourceError, ProtocolError) as exc:
         raise PeerUnavailable(f"recovery exchange with {address} failed: {exc}") from None
     finally:

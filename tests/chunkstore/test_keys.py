@@ -45,7 +45,7 @@ def test_weakened_kdf_is_recorded_and_strong_is_default(monkeypatch: pytest.Monk
     monkeypatch.delenv("LANVAULT_TEST_WEAKEN_KDF")
     from chunkstore import keys
 
-    assert keys._kdf_limits() == (
+    assert keys.kdf_limits() == (
         nacl.pwhash.argon2id.OPSLIMIT_MODERATE,
         nacl.pwhash.argon2id.MEMLIMIT_MODERATE,
     )

@@ -107,9 +107,15 @@ messages: st.SearchStrategy[Message] = st.one_of(
         u64,
         st.binary(min_size=16, max_size=16),
         st.binary(min_size=32, max_size=32),
+        st.binary(min_size=33, max_size=33),
     ),
     st.builds(
-        KitProof, req, u32, st.binary(min_size=32, max_size=32), st.binary(min_size=32, max_size=32)
+        KitProof,
+        req,
+        u32,
+        st.binary(min_size=32, max_size=32),
+        st.binary(min_size=33, max_size=33),
+        st.binary(min_size=32, max_size=32),
     ),
     st.builds(Kit, req, st.binary(max_size=500)),
 )

@@ -1,10 +1,10 @@
 """The anonymous recovery channel on a real node over TLS: a computer without a certificate
-gets a recovery kit for a passphrase proof, and nothing else."""
+gets a recovery kit through the passphrase exchange, and nothing else."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -14,11 +14,13 @@ from chunkstore.keys import (
     KdfParams,
     KeyRing,
     derive_wrapping_key,
+    kdf_limits,
     kdf_params,
     new_master_key,
     wrap_master_key,
 )
-from chunkstore.recovery import kit_proof, kit_verifier, make_kit
+from chunkstore.kitexchange import KitRequestor
+from chunkstore.recovery import kit_verifier, make_kit
 from chunkstore.store import ChunkStore
 from node.identity import create_network_ca
 from node.node import Node, NodeConfig
@@ -40,13 +42,17 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[str, ChunkStore]]:
     store.close()
 
 
-def prover(passphrase: str, owner: int) -> object:
-    async def prove(challenge: KitChallenge) -> bytes:
+def prover(
+    passphrase: str, owner: int, seen: list[KitChallenge] | None = None
+) -> Callable[[KitChallenge], Awaitable[KitRequestor]]:
+    async def exchange(challenge: KitChallenge) -> KitRequestor:
+        if seen is not None:
+            seen.append(challenge)
         params = KdfParams(challenge.opslimit, challenge.memlimit, challenge.salt)
         key = await trio.to_thread.run_sync(derive_wrapping_key, passphrase, params)
-        return kit_proof(kit_verifier(key), owner, challenge.nonce)
+        return KitRequestor(kit_verifier(key), owner, params, challenge.pake)
 
-    return prove
+    return exchange
 
 
 async def test_anonymous_clients_may_only_ask_for_a_kit(serving: tuple[str, ChunkStore]) -> None:
@@ -64,10 +70,16 @@ async def test_anonymous_clients_may_only_ask_for_a_kit(serving: tuple[str, Chun
     finally:
         await channel.aclose()
     assert store.chunk_count() == 0
-    # No kit stored for that owner: NOT_FOUND, and the passphrase is never asked for.
-    with pytest.raises(RemoteError) as info:
-        await fetch_kit(address, 7, prover("x", 7))  # type: ignore[arg-type]
-    assert info.value.code == ErrorCode.NOT_FOUND
+    # No kit stored for that owner: a decoy challenge, the same at every request as a real
+    # kit's would be, then FORBIDDEN as for a wrong passphrase: a stranger cannot tell which
+    # owners keep a kit here.
+    seen: list[KitChallenge] = []
+    for _ in range(2):
+        with pytest.raises(RemoteError) as info:
+            await fetch_kit(address, 7, prover("x", 7, seen))
+        assert info.value.code == ErrorCode.FORBIDDEN
+    assert seen[0].salt == seen[1].salt and seen[0].pake != seen[1].pake
+    assert (seen[0].opslimit, seen[0].memlimit) == kdf_limits()
 
 
 async def test_kit_for_the_passphrase_only_and_slowly(serving: tuple[str, ChunkStore]) -> None:
@@ -78,15 +90,15 @@ async def test_kit_for_the_passphrase_only_and_slowly(serving: tuple[str, ChunkS
     blob = make_kit(KeyRing.from_master(master), wrapped, verifier, b"credentials")
     store.put_blob(9, KIT_NAME, 1, blob)
 
-    got, der = await fetch_kit(address, 9, prover("the passphrase", 9))  # type: ignore[arg-type]
+    got, der = await fetch_kit(address, 9, prover("the passphrase", 9))
     assert got == blob and der
     started = time.monotonic()
     for _ in range(2):
         with pytest.raises(RemoteError) as info:
-            await fetch_kit(address, 9, prover("a guess", 9))  # type: ignore[arg-type]
+            await fetch_kit(address, 9, prover("a guess", 9))
         assert info.value.code == ErrorCode.FORBIDDEN
     # Guessing is slow: after the right proof one per second, then the delay doubles.
     assert time.monotonic() - started >= 1.5
     # A proof for another owner's challenge, or a nonce never issued, is refused.
     with pytest.raises(RemoteError):
-        await fetch_kit(address, 9, prover("the passphrase", 10))  # type: ignore[arg-type]
+        await fetch_kit(address, 9, prover("the passphrase", 10))
