@@ -26,7 +26,9 @@ from .state import (
     UsageError,
     default_state_dir,
     initialize,
+    invite,
     read_passphrase,
+    remove_node,
 )
 
 
@@ -204,6 +206,22 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("reclaim", parents=[common], help="lower the space this node lends")
     p.add_argument("size", type=_size, help="new space lent, e.g. 0, 500MB, 10GiB")
+
+    p = sub.add_parser(
+        "invite",
+        parents=[common],
+        help="make a one-time join code for one more computer (on an administrator node)",
+    )
+    p.add_argument(
+        "--expires", type=_duration, default=7 * 86400.0, help="validity (default 7d; e.g. 2h)"
+    )
+
+    p = sub.add_parser(
+        "remove-node",
+        parents=[common],
+        help="remove a computer from the network for good (stolen, broken, given away)",
+    )
+    p.add_argument("id", type=int, help="the node id to remove")
 
     sub.add_parser("state", parents=[common], help="files backed up, chunks stored, capacity")
     sub.add_parser("status", parents=[common], help="the network's health")
@@ -394,11 +412,38 @@ def cmd_init(args: argparse.Namespace, state: StateDir) -> int:
     if args.json:
         print(json.dumps({"node_id": config.node_id, "join_code": code}))
     else:
-        print(f"Created node {config.node_id} in {state.root} (network {config.network_id}).")
-        if not args.join:
-            print("Join code for the other computers (keep it secret: it lets them in):")
+        joined = "joined" if args.join else "created"
+        print(f"Node {config.node_id} {joined} network {config.network_id} in {state.root}.")
+        if code:
+            print("Join code for one more computer (keep it secret; used once, valid 7 days;")
+            print("'lanvault invite' makes another):")
             print(code)
         print(f"Start it with: lanvault node --dir {state.root}")
+    return 0
+
+
+def cmd_invite(args: argparse.Namespace, state: StateDir) -> int:
+    code = invite(state, args.expires)
+    expires = time.time() + args.expires
+    if args.json:
+        print(json.dumps({"join_code": code, "expires": expires}))
+    else:
+        print("Join code for one more computer (keep it secret; used once; valid until")
+        print(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(expires))}). This node must be")
+        print("running when the computer joins (lanvault init --id N --join CODE):")
+        print(code)
+    return 0
+
+
+def cmd_remove_node(args: argparse.Namespace, state: StateDir) -> int:
+    version = remove_node(state, args.id)
+    emit(
+        args,
+        {"removed": args.id, "roster_version": version},
+        f"Node {args.id} is removed from the network's roster (version {version}). Nodes that"
+        " are up refuse its connections and its chunks as soon as they hear of it (seconds);"
+        " its copies of others' data are made again elsewhere once it counts as gone.",
+    )
     return 0
 
 
@@ -703,6 +748,8 @@ COMMANDS = {
     "check": cmd_check,
     "versions": cmd_versions,
     "prune": cmd_prune,
+    "invite": cmd_invite,
+    "remove-node": cmd_remove_node,
 }
 
 

@@ -21,10 +21,12 @@ from chunkstore.recovery import make_kit
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.store import ChunkStore
 from fs.versions import snapshot_name
-from node.identity import tls_contexts
+from node.enrolment import Enroller, Invites
+from node.identity import NetworkCA, tls_contexts
 from node.node import Node, NodeConfig
 from node.owner import BackupError, Owner
 from node.report import Progress, RestoreError
+from node.roster import RosterBook
 from node.safekeeping import CatalogNotSafe, Safekeeping
 from node.transport import PinStore, TLSNetwork
 from node.verify import ReadDataReport, read_data
@@ -97,6 +99,15 @@ class Daemon:
         network = TLSNetwork(
             server_ctx, client_ctx, PinStore(state.root / "tls" / "pins.json"), config.node_id
         )
+        # The roster (signed by the CA) says who is a member; a node recovered from its kit
+        # starts without one and takes the newest its peers show.
+        self.roster = RosterBook(state.roster_path, creds.ca_cert_pem)
+        network.admit = self.roster.check
+        ca_key = state.ca_key()
+        enroller = None
+        if ca_key is not None:  # an administrator: it enrols computers with its invitations
+            ca = NetworkCA(config.network_id, creds.ca_cert_pem, ca_key)
+            enroller = Enroller(ca, Invites(state.invites_path), self.roster)
         self.node = Node(
             NodeConfig(
                 node_id=config.node_id,
@@ -115,6 +126,8 @@ class Daemon:
             ),
             self.store,
             network,
+            roster=self.roster,
+            enroller=enroller,
         )
         self.catalog = CatalogDB(catalog_path or state.catalog_path)
         self.keys = KeyRing.from_master(state.master_key())
@@ -304,6 +317,8 @@ class Daemon:
         return {
             "node_id": self.node.node_id,
             "nodes": nodes,
+            "roster_version": self.roster.version,  # the network's membership list it holds
+            "administrator": self.state.ca_key() is not None,
             "under_replicated_chunks": own_under + held_under,
             "own_chunks_below_degree": own_under,
             "held_chunks_below_degree": held_under,

@@ -74,55 +74,70 @@ class Demo:
         return result
 
     def create(self) -> None:
-        join = ""
         first = ""
+        missing: list[int] = []
         for node_id in range(1, NODES + 1):
             state = self.node_dir(node_id)
             if (state / "config.json").exists():
-                config = json.loads((state / "config.json").read_text())
-                first = first or config["listen"]
-                join = join or (state / "tls" / "join-code").read_text().strip()
+                first = first or json.loads((state / "config.json").read_text())["listen"]
                 continue
-            print(f"creating node {node_id} (Argon2id key derivation takes a moment) …", flush=True)
-            self.created.add(node_id)
-            address = f"127.0.0.1:{_free_port(17420 + node_id - 1)}"
-            args = [
-                "init",
-                "--dir",
-                str(state),
-                "--id",
-                str(node_id),
-                "--listen",
-                address,
-                "--json",
-            ]
-            if join:
-                args += ["--join", join, "--peer", first]
-            out = json.loads(self.lanvault(*args).stdout)
-            join = join or out["join_code"]
-            first = first or address
+            if node_id == 1:
+                self._init(1, [])
+                first = json.loads((state / "config.json").read_text())["listen"]
+            else:
+                missing.append(node_id)
+        if not missing:
+            return
+        # The others enrol through node 1 (it holds the network's key), which must run.
+        admin = self._spawn(1)
+        try:
+            self._wait_serving(admin)
+            for node_id in missing:
+                code = json.loads(
+                    self.lanvault("invite", "--json", "--dir", str(self.node_dir(1))).stdout
+                )["join_code"]
+                self._init(node_id, ["--join", code, "--peer", first])
+        finally:
+            admin.terminate()
+            admin.wait(30)
+
+    def _init(self, node_id: int, extra: list[str]) -> None:
+        print(f"creating node {node_id} (Argon2id key derivation takes a moment) …", flush=True)
+        self.created.add(node_id)
+        address = f"127.0.0.1:{_free_port(17420 + node_id - 1)}"
+        state = str(self.node_dir(node_id))
+        self.lanvault("init", "--dir", state, "--id", str(node_id), "--listen", address, *extra)
+
+    def _wait_serving(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 60
+        while not (self.node_dir(1) / "control.sock").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"node 1 did not start (see {self.home / 'node1.log'})")
+            time.sleep(0.1)
+
+    def _spawn(self, node_id: int) -> subprocess.Popen[bytes]:
+        with open(self.home / f"node{node_id}.log", "ab") as log:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lanvault.cli",
+                    "node",
+                    "--dir",
+                    str(self.node_dir(node_id)),
+                    # The quota is set at a node's first start only: a later
+                    # `lanvault reclaim` must stay in force across restarts.
+                    *(["--quota", "5GB"] if node_id in self.created else []),
+                ],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us; we stop the nodes in order
+            )
 
     def start(self) -> None:
         for node_id in range(1, NODES + 1):
-            state = self.node_dir(node_id)
-            with open(self.home / f"node{node_id}.log", "ab") as log:
-                self.procs[node_id] = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "lanvault.cli",
-                        "node",
-                        "--dir",
-                        str(state),
-                        # The quota is set at a node's first start only: a later
-                        # `lanvault reclaim` must stay in force across restarts.
-                        *(["--quota", "5GB"] if node_id in self.created else []),
-                    ],
-                    env=self.env(),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # Ctrl-C reaches us; we stop the nodes in order
-                )
+            self.procs[node_id] = self._spawn(node_id)
         deadline = time.monotonic() + 60
         while True:
             status = self.lanvault("status", "--json", "--dir", str(self.node_dir(1)), check=False)

@@ -42,7 +42,7 @@ from chunkstore.recovery import (
     parse_kit,
 )
 from node.discovery import listen_for_nodes
-from node.identity import decode_join_code, issued_by, node_id_from_certificate
+from node.identity import issued_by, node_id_from_certificate
 from node.protocol import ErrorCode, KitChallenge
 from node.report import RestoreError
 from node.safekeeping import fetch_kit, newest_manifests
@@ -114,8 +114,7 @@ async def obtain_identity(
         except (ChunkstoreError, KeyError) as exc:
             problems.append(f"{address}: its recovery kit cannot be opened ({exc})")
             continue
-        ca = decode_join_code(identity.join_code)
-        if not issued_by(server_der, ca.cert_pem):
+        if not issued_by(server_der, identity.ca_cert):
             raise CommandError(
                 f"{address} is not a member of this node's network (its certificate is not"
                 " from the network's authority); nothing was written"

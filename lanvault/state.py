@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import msgpack
+import trio
 
 from chunkstore.keys import (
     derive_wrapping_key,
@@ -44,14 +45,19 @@ from chunkstore.keys import (
 )
 from chunkstore.recovery import kit_verifier
 from chunkstore.retention import DEFAULT_POLICY
+from node.enrolment import INVITE_LIFETIME, Invites, enrol
 from node.identity import (
-    NetworkCA,
+    IdentityError,
+    Invitation,
     NodeCredentials,
     create_network_ca,
     decode_join_code,
+    decode_legacy_join_code,
     encode_join_code,
     issue_node_credentials,
+    pem_fingerprint,
 )
+from node.roster import Roster, RosterBook, roster_lock, write_roster
 
 DEFAULT_PORT = 7420
 
@@ -248,7 +254,8 @@ class StateDir:
             master=self.master_key(),
             wrapped=self.wrapped_key(),
             verifier=verifier,
-            join_code=self.join_code(),
+            ca_cert=(tls / "ca.pem").read_bytes(),
+            ca_key=self.ca_key(),
             node_cert=(tls / "node.pem").read_bytes(),
             node_key=(tls / "node.key").read_bytes(),
             config=self.config_path.read_bytes(),
@@ -257,8 +264,25 @@ class StateDir:
     def tls_files(self) -> tuple[str, str]:
         return str(self.root / "tls" / "node.pem"), str(self.root / "tls" / "node.key")
 
-    def join_code(self) -> str:
-        return (self.root / "tls" / "join-code").read_text().strip()
+    def ca_key(self) -> bytes | None:
+        """The network CA's key, on an administrator node only (None elsewhere)."""
+        tls = self.root / "tls"
+        try:
+            return (tls / "ca.key").read_bytes()
+        except FileNotFoundError:
+            pass
+        try:  # a node made by the first lanvault kept the key inside its old join code
+            return decode_legacy_join_code((tls / "join-code").read_text()).key_pem
+        except (FileNotFoundError, IdentityError):
+            return None
+
+    @property
+    def roster_path(self) -> Path:
+        return self.root / "tls" / "roster"
+
+    @property
+    def invites_path(self) -> Path:
+        return self.root / "invites"
 
 
 def read_passphrase(passphrase_file: str | None, confirm: bool = False) -> str:
@@ -295,65 +319,141 @@ def initialize(
     peers: list[str],
     host_id: str | None,
     master_key: bytes | None = None,
-) -> tuple[Config, str]:
-    """Create a state directory; everything is written aside and moved into place at the end."""
+) -> tuple[Config, str | None]:
+    """Create a state directory; everything is written aside and moved into place at the end.
+
+    Without a join code: a new network, this node its administrator (it keeps the CA key and
+    the roster), and a join code for the next computer is returned. With one: the node's key
+    is made here and its certificate requested from the administrator named in the code (or
+    ``peers``), which must be running.
+    """
     if StateDir(root).exists():
         raise CommandError(f"{root} already holds node state; refusing to overwrite it")
     if not 0 <= node_id < 2**32:
         raise UsageError(f"--id must be in 0..{2**32 - 1}")
-    ca: NetworkCA = decode_join_code(join_code) if join_code else create_network_ca()
-    creds = issue_node_credentials(ca, node_id)
+    listen = listen or f"127.0.0.1:{DEFAULT_PORT}"
+    ca_key: bytes | None = None
+    if join_code:
+        invitation = decode_join_code(join_code)
+        try:
+            enrolled = trio.run(enrol, invitation, node_id, peers)
+        except IdentityError as exc:
+            raise CommandError(str(exc)) from None
+        network_id, ca_cert = invitation.network_id, invitation.ca_cert_pem
+        node_cert, node_key, roster = enrolled.cert_pem, enrolled.key_pem, enrolled.roster
+    else:
+        ca = create_network_ca()
+        creds = issue_node_credentials(ca, node_id)
+        network_id, ca_cert, ca_key = ca.network_id, ca.cert_pem, ca.key_pem
+        node_cert, node_key = creds.cert_pem, creds.key_pem
+        first = Roster(network_id, 1, {node_id: pem_fingerprint(node_cert)})
+        roster = first.sign(ca.key_pem)
     master = master_key or new_master_key()
     wrapped = wrap_master_key(master, passphrase)
     wrapping = derive_wrapping_key(passphrase, kdf_params(wrapped))
     unwrap_with_key(wrapped, wrapping)  # never leave a key we could not open again
     config = Config(
         node_id=node_id,
-        network_id=ca.network_id,
-        listen=listen or f"127.0.0.1:{DEFAULT_PORT}",
+        network_id=network_id,
+        listen=listen,
         peers=peers,
         host_id=host_id or default_host_id(),
     )
-    code = encode_join_code(ca)
     install_state(
         root,
         Identity(
             master=master,
             wrapped=wrapped,
             verifier=kit_verifier(wrapping),
-            join_code=code,
-            node_cert=creds.cert_pem,
-            node_key=creds.key_pem,
+            ca_cert=ca_cert,
+            ca_key=ca_key,
+            node_cert=node_cert,
+            node_key=node_key,
             config=json.dumps(asdict(config), indent=2).encode(),
         ),
+        roster=roster,
     )
-    return config, code
+    if ca_key is None:
+        return config, None
+    return config, invite(StateDir(root))
+
+
+def invite(state: StateDir, lifetime: float = INVITE_LIFETIME) -> str:
+    """A join code for one more computer (this node must be an administrator)."""
+    ca_key = state.ca_key()
+    if ca_key is None:
+        raise CommandError(
+            f"node {state.load_config().node_id} keeps no network key: run 'lanvault invite'"
+            " on an administrator node (the network's first node)"
+        )
+    config = state.load_config()
+    secret = Invites(state.invites_path).create(lifetime)
+    address = reachable_address(config.advertise or config.listen)
+    ca_cert = (state.root / "tls" / "ca.pem").read_bytes()
+    return encode_join_code(Invitation(config.network_id, ca_cert, secret, (address,)))
+
+
+def remove_node(state: StateDir, node_id: int) -> int:
+    """Take ``node_id`` off the network's roster (this node must be an administrator); the
+    new roster's version. Nodes that are up learn it from this one within seconds."""
+    ca_key = state.ca_key()
+    if ca_key is None:
+        raise CommandError(
+            "this node keeps no network key: run 'lanvault remove-node' on an administrator"
+            " node (the network's first node)"
+        )
+    if node_id == state.load_config().node_id:
+        raise CommandError("a node cannot remove itself")
+    book = RosterBook(state.roster_path, (state.root / "tls" / "ca.pem").read_bytes())
+    with roster_lock(state.roster_path):
+        book.refresh()
+        if book.roster is None:
+            raise CommandError("this node keeps no roster (made by an older lanvault)")
+        try:
+            roster = book.roster.without(node_id)
+        except IdentityError as exc:
+            raise CommandError(str(exc)) from None
+        write_roster(state.roster_path, roster.sign(ca_key))
+    return roster.version
+
+
+def reachable_address(listen: str) -> str:
+    """``listen`` as another computer would dial it (a wildcard becomes this host's address)."""
+    host, _, port = listen.rpartition(":")
+    if host not in ("", "0.0.0.0", "::", "[::]"):
+        return listen
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+        return f"{probe.getsockname()[0]}:{port}"
+    return f"127.0.0.1:{port}"
 
 
 @dataclass(frozen=True)
 class Identity:
     """Everything a node's state directory holds that cannot be re-created from the peers'
-    chunks: its keys, its credentials in the network, its config (the recovery kit's content)."""
+    chunks: its keys, its credentials in the network, its config (the recovery kit's content).
+    An administrator's includes the network CA's key."""
 
     master: bytes
     wrapped: bytes
     verifier: bytes
-    join_code: str
+    ca_cert: bytes
+    ca_key: bytes | None
     node_cert: bytes
     node_key: bytes
     config: bytes
 
     def credentials_blob(self) -> bytes:
         """What the recovery kit seals (the master key itself stays out: it is wrapped)."""
-        packed: bytes = msgpack.packb(
-            {
-                "join_code": self.join_code,
-                "node_cert": self.node_cert,
-                "node_key": self.node_key,
-                "config": self.config,
-            },
-            use_bin_type=True,
-        )
+        fields: dict[str, bytes] = {
+            "ca_cert": self.ca_cert,
+            "node_cert": self.node_cert,
+            "node_key": self.node_key,
+            "config": self.config,
+        }
+        if self.ca_key is not None:
+            fields["ca_key"] = self.ca_key
+        packed: bytes = msgpack.packb(fields, use_bin_type=True)
         return packed
 
     @classmethod
@@ -362,11 +462,19 @@ class Identity:
     ) -> Identity:
         try:
             fields = msgpack.unpackb(credentials, raw=False)
+            ca_key: bytes | None
+            if "join_code" in fields:  # a kit of the first lanvault: the CA inside its code
+                legacy = decode_legacy_join_code(str(fields["join_code"]))
+                ca_cert, ca_key = legacy.cert_pem, legacy.key_pem
+            else:
+                ca_cert = bytes(fields["ca_cert"])
+                ca_key = bytes(fields["ca_key"]) if "ca_key" in fields else None
             return cls(
                 master=master,
                 wrapped=wrapped,
                 verifier=verifier,
-                join_code=str(fields["join_code"]),
+                ca_cert=ca_cert,
+                ca_key=ca_key,
                 node_cert=bytes(fields["node_cert"]),
                 node_key=bytes(fields["node_key"]),
                 config=bytes(fields["config"]),
@@ -375,9 +483,10 @@ class Identity:
             raise CommandError("the recovery kit is damaged") from None
 
 
-def install_state(root: Path, identity: Identity, marker: str | None = None) -> None:
+def install_state(
+    root: Path, identity: Identity, marker: str | None = None, roster: bytes = b""
+) -> None:
     """Write a state directory aside, then move it into place (``root`` must not hold state)."""
-    ca = decode_join_code(identity.join_code)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".lanvault-init-", dir=root.parent))
     try:
@@ -387,10 +496,13 @@ def install_state(root: Path, identity: Identity, marker: str | None = None) -> 
         write_private(staging / "keys" / "master.key", identity.wrapped)
         write_private(staging / "keys" / "master.raw", identity.master)
         write_private(staging / "keys" / "verifier", identity.verifier)
-        write_private(staging / "tls" / "ca.pem", ca.cert_pem)
+        write_private(staging / "tls" / "ca.pem", identity.ca_cert)
+        if identity.ca_key is not None:
+            write_private(staging / "tls" / "ca.key", identity.ca_key)
+        if roster:
+            write_private(staging / "tls" / "roster", roster)
         write_private(staging / "tls" / "node.pem", identity.node_cert)
         write_private(staging / "tls" / "node.key", identity.node_key)
-        write_private(staging / "tls" / "join-code", identity.join_code.encode())
         write_private(staging / "config.json", identity.config)
         if marker:
             write_private(staging / marker, b"")

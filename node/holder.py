@@ -25,6 +25,7 @@ from chunkstore.kitexchange import KitOffer, decoy_params
 from chunkstore.recovery import RecoveryKit, parse_kit
 from chunkstore.store import ChunkStore, PutItem
 
+from .identity import IdentityError
 from .protocol import (
     STORED_ALREADY,
     STORED_ERROR_BASE,
@@ -58,6 +59,7 @@ from .protocol import (
     StoredMany,
     Wanted,
 )
+from .roster import ROSTER_NAME, RosterBook
 
 log = logging.getLogger(__name__)
 # Chunks one holder commit (segment flush + index transaction) takes at most: the writer joins
@@ -173,8 +175,10 @@ class HolderService:
         status: Callable[[], dict[str, object]],
         on_removed: Callable[[int, bytes], None],
         on_corrupt: Callable[[int, bytes], None],
+        roster: RosterBook | None = None,
     ) -> None:
         self.store = store
+        self._roster = roster
         self._limiter = limiter
         self._status = status
         self._on_removed = on_removed
@@ -279,6 +283,18 @@ class HolderService:
             )
         return tuple(envelopes), tuple(codes)
 
+    async def _roster_record(self, message: PutMeta | GetMeta) -> Message:
+        """The network's roster, under its reserved record name: served, or taken if newer."""
+        if self._roster is None:
+            return Error(message.req, ErrorCode.NOT_FOUND, "this node keeps no roster")
+        if isinstance(message, GetMeta):
+            return Meta(message.req, ROSTER_NAME, self._roster.version, self._roster.blob)
+        try:
+            await trio.to_thread.run_sync(self._roster.offer, message.blob)
+        except IdentityError as exc:
+            return Error(message.req, ErrorCode.FORBIDDEN, str(exc))
+        return Ok(message.req)
+
     async def handle(self, message: Request, peer_id: int) -> Message:
         """Answer one request from authenticated node ``peer_id``."""
         try:
@@ -293,8 +309,16 @@ class HolderService:
             log.error("I/O error serving node %d: %s", peer_id, exc)
             return Error(message.req, ErrorCode.INTERNAL, f"I/O error: {exc.strerror or exc}")
 
+    def _stranger_owner(self, owner: int) -> bool:
+        """Chunks are kept only for enrolled members (never an invented owner id)."""
+        return self._roster is not None and not self._roster.admits_owner(owner)
+
     async def _dispatch(self, message: Request, peer_id: int) -> Message:
         req = message.req
+        if isinstance(message, PutChunk | PutChunks) and self._stranger_owner(message.owner):
+            return Error(req, ErrorCode.FORBIDDEN, f"node {message.owner} is not a member")
+        if isinstance(message, PutMeta | GetMeta) and message.name == ROSTER_NAME:
+            return await self._roster_record(message)
         if isinstance(message, PutChunk):
             stored = await self.put(
                 PutItem(message.owner, message.address, message.envelope, message.degree)

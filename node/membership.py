@@ -61,7 +61,7 @@ class Membership:
         if info is None:
             info = PeerInfo(node_id, first_seen=self._clock())
             self._peers[node_id] = info
-        if address:
+        if address and dialable(address):  # a member's HELLO or a datagram may say anything
             info.address = address
         if host_id:
             info.host_id = host_id
@@ -80,7 +80,7 @@ class Membership:
         info = self.learn(node_id, address if taken else None)
         if host_id and not info.host_id:
             info.host_id = host_id
-        return taken and bool(address)
+        return taken and bool(address) and dialable(address or "")
 
     def seen(
         self,
@@ -97,6 +97,10 @@ class Membership:
             info.used = used
         if chunks is not None:
             info.chunks = chunks
+
+    def forget(self, node_id: int) -> None:
+        """A node removed from the network: no longer a peer (never up, never a target)."""
+        self._peers.pop(node_id, None)
 
     def is_up(self, node_id: int) -> bool:
         info = self._peers.get(node_id)
@@ -128,3 +132,9 @@ class Membership:
     def host_of(self, node_id: int) -> str:
         info = self._peers.get(node_id)
         return info.host_id if info and info.host_id else f"node-{node_id}"
+
+
+def dialable(address: str) -> bool:
+    """Whether ``address`` is a HOST:PORT a node can dial (port 1..65535, some host)."""
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 0 < int(port) < 65536)

@@ -21,6 +21,7 @@ from chunkstore.kitexchange import KitOffer
 from chunkstore.store import ChunkStore, StoredChunk
 
 from .discovery import run_discovery, with_source_host
+from .enrolment import Enroller
 from .holder import HolderService, KitGate
 from .membership import Membership
 from .peerbook import keep_peer_book, recall
@@ -31,6 +32,8 @@ from .protocol import (
     STORED_ALREADY,
     STORED_NEW,
     SUPPORTED_VERSIONS,
+    Enrol,
+    Error,
     ErrorCode,
     Heartbeat,
     Hello,
@@ -50,6 +53,7 @@ from .protocol import (
     Wanted,
     put_batches,
 )
+from .roster import RosterBook, RosterSync
 from .transport import Authenticated, Channel, Network, PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)
@@ -110,7 +114,14 @@ class RepairReport:
 
 
 class Node:
-    def __init__(self, config: NodeConfig, store: ChunkStore, network: Network) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: ChunkStore,
+        network: Network,
+        roster: RosterBook | None = None,
+        enroller: Enroller | None = None,
+    ) -> None:
         self.config = config
         self.node_id = config.node_id
         self.store = store
@@ -132,8 +143,21 @@ class Node:
             self.status_info,
             on_removed=lambda _o, _a: self.request_repair(),
             on_corrupt=self._corrupt_copy_found,
+            roster=roster,
         )
         self.kits = KitGate(store, self.disk_limiter)
+        self.roster = roster
+        self.enroller = enroller
+        self.roster_sync: RosterSync | None = None
+        if roster is not None:
+            self.roster_sync = RosterSync(
+                roster,
+                self.pool,
+                self.membership,
+                config.node_id,
+                max(1.0, 4 * config.heartbeat_interval),
+            )
+            self.pool.status_hooks.append(self.roster_sync.note_status)
         self.latency: dict[str, LatencyStats] = {}  # request type -> time to answer it
         self._repair_wanted = trio.Event()
         self._corrupt: set[tuple[int, bytes]] = set()
@@ -160,6 +184,7 @@ class Node:
             "address": self.address,
             "capacity_bytes": self.store.capacity,
             "used_bytes": self.store.used_bytes,
+            "roster_version": self.roster.version if self.roster else 0,
             "peers": [
                 [p.node_id, p.address, p.host_id, self.membership.is_up(p.node_id)]
                 for p in self.membership.peers()
@@ -180,6 +205,8 @@ class Node:
                 recall(self.membership, self.config.peer_book)
                 await nursery.start(keep_peer_book, self.membership, self.config.peer_book)
             await nursery.start(self.pool.maintain, self.config.heartbeat_interval)
+            if self.roster_sync is not None:
+                await nursery.start(self.roster_sync.run)
             await nursery.start(self._repair_loop)
             await nursery.start(self._scrub_loop)
             if self.config.discovery:
@@ -235,6 +262,9 @@ class Node:
                     if message is None:
                         log.info("node %d sent nothing for %.0f s; connection closed", peer, idle)
                         break
+                    if self.roster is not None and not self.roster.admits_owner(peer):
+                        log.warning("node %d was removed from the network: connection closed", peer)
+                        break
                     self._note(peer, message)
                     if isinstance(message, Request):
                         await slots.acquire()
@@ -245,6 +275,16 @@ class Node:
                 log.warning("node %d broke the protocol: %s", peer, exc)
                 await channel.send_error(0, exc.code, str(exc))
             nursery.cancel_scope.cancel()  # the peer is gone: answers cannot be delivered
+
+    async def _enrol(self, request: Enrol) -> Message:
+        if self.enroller is None:
+            return Error(
+                request.req,
+                ErrorCode.FORBIDDEN,
+                "this node keeps no network key and cannot enrol computers: use a join code"
+                " from an administrator node ('lanvault invite' there)",
+            )
+        return await self.enroller.answer(request)
 
     async def _serve_anonymous(self, channel: Channel) -> None:
         """A computer without a certificate: only the recovery-kit exchange, one at a time."""
@@ -259,6 +299,8 @@ class Node:
                         await channel.send(await self.kits.challenge(message, sessions))
                     elif isinstance(message, KitProof):
                         await channel.send(await self.kits.answer(message, sessions))
+                    elif isinstance(message, Enrol):
+                        await channel.send(await self._enrol(message))
                     else:
                         raise ProtocolError(
                             f"{type(message).__name__} needs a member's certificate"

@@ -40,6 +40,7 @@ class PeerPool:
         self.seeds: list[str] = []
         self._backoff: dict[str, tuple[float, float]] = {}  # address -> (next try, delay)
         self.on_new_link: Callable[[int], None] | None = None
+        self.status_hooks: list[Callable[[int, StatusReply], None]] = []  # gossip's replies
 
     def bind(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -176,13 +177,15 @@ class PeerPool:
             reply = await self.request_quietly(node_id, lambda r: Status(r), 5)
             if isinstance(reply, StatusReply):
                 self._learn_from(reply)
+                for hook in self.status_hooks:
+                    hook(node_id, reply)
 
     async def _try_dial(self, address: str, delay: float, cap: float = MAX_DIAL_DELAY) -> None:
         try:
             with trio.fail_after(15):
                 await self.dial(address)
             self._backoff.pop(address, None)
-        except (PeerUnavailable, trio.TooSlowError) as exc:
+        except (PeerUnavailable, trio.TooSlowError, ValueError) as exc:  # ValueError: bad address
             jitter = random.uniform(0.8, 1.2)
             self._backoff[address] = (trio.current_time() + delay * jitter, min(delay * 2, cap))
             log.debug("dial %s failed: %s", address, exc)
@@ -205,6 +208,12 @@ class PeerPool:
                     log.info("learned of node %d at %s", entry[0], entry[1])
                 # Another member's word: a hint, as a discovery datagram is.
                 self._membership.hint(entry[0], entry[1] or None, entry[2] or None)
+
+    async def drop(self, node_id: int) -> None:
+        """Close the link to ``node_id`` (removed from the network)."""
+        link = self._links.pop(node_id, None)
+        if link is not None:
+            await link.aclose()
 
     async def aclose(self) -> None:
         for link in list(self._links.values()):

@@ -27,6 +27,7 @@ MAX_HELLO_FRAME: Final = 4096
 # A connection without a certificate may only exchange recovery-kit messages, all small.
 MAX_ANONYMOUS_FRAME: Final = 16_384
 MAX_ADDRESSES: Final = 16_384
+MAX_CSR: Final = 4096  # a certificate request or a node certificate (an EC one is ~500 bytes)
 MAX_ENVELOPE: Final = 64_078
 MAX_BLOB: Final = 900_000
 MAX_MESSAGE_TEXT: Final = 400
@@ -202,6 +203,15 @@ def _maybe_envelopes(v: Any) -> tuple[bytes, ...]:
     if type(v) is not list or len(v) > MAX_BATCH:
         raise ProtocolError(f"a result list holds at most {MAX_BATCH} entries")
     return tuple(b"" if x == b"" else _envelope(x) for x in v)
+
+
+def _bytes_upto(limit: int) -> Any:
+    def check(v: Any) -> bytes:
+        if type(v) is not bytes or not 0 < len(v) <= limit:
+            raise ProtocolError(f"expected 1..{limit} bytes")
+        return v
+
+    return check
 
 
 def _fixed(size: int) -> Any:
@@ -519,6 +529,28 @@ class Wanted(Request):
     addresses: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Enrol(Request):
+    """Anonymous connections only: a joining computer's certificate request, with the MAC of
+    the join code's one-time secret over it (``node/enrolment.py``)."""
+
+    TYPE: ClassVar[int] = 32
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _fixed(32), _bytes_upto(MAX_CSR), _fixed(32))
+    node_id: int
+    invite: bytes
+    csr: bytes
+    mac: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolled(Message):
+    TYPE: ClassVar[int] = 33
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _bytes_upto(MAX_CSR), _blob)
+    req: int
+    certificate: bytes
+    roster: bytes
+
+
 STORED_NEW: Final = 0
 STORED_ALREADY: Final = 1
 STORED_ERROR_BASE: Final = 100
@@ -555,6 +587,8 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
         KitProof,
         Kit,
         Wanted,
+        Enrol,
+        Enrolled,
     )
 }
 # Answers: messages that carry the ``req`` of a request they reply to.
@@ -571,6 +605,7 @@ ANSWER_TYPES: Final = (
     ChunksMany,
     KitChallenge,
     Kit,
+    Enrolled,
 )
 
 

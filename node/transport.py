@@ -250,6 +250,8 @@ class TLSNetwork:
         self._pins = pins
         self._own_id = own_id
         self.admission = Admission()
+        # Who may link, by id and certificate fingerprint (the roster); raises IdentityError.
+        self.admit: Callable[[int, str], None] | None = None
 
     def _authenticate(self, stream: TLSStream) -> int | None:
         """The verified peer's node id; None for a client without a certificate."""
@@ -258,7 +260,10 @@ class TLSNetwork:
             return None
         peer_id = node_id_from_certificate(der)
         assert der is not None
-        self._pins.check(peer_id, certificate_fingerprint(der))
+        fingerprint = certificate_fingerprint(der)
+        if self.admit is not None:
+            self.admit(peer_id, fingerprint)
+        self._pins.check(peer_id, fingerprint)
         return peer_id
 
     async def connect(self, address: str) -> Authenticated:

@@ -323,48 +323,66 @@ class Net:
         self.root = root
         self.dirs: dict[int, Path] = {}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        join = ""
         first = ""
         for node_id in range(1, count + 1):
             state = root / f"n{node_id}"
             address = f"127.0.0.1:{free_port()}"
             args = ["init", "--dir", str(state), "--id", str(node_id), "--listen", address]
             args += ["--host-id", f"computer-{node_id}", "--json"]
-            if join:
-                args += ["--join", join, "--peer", first]
-            out = json.loads(lanvault(*args))
-            join, first = join or out["join_code"], first or address
+            if first:  # the others enrol through node 1, which runs meanwhile
+                if 1 not in self.procs:
+                    self._spawn(1)
+                    self._wait_control(1)
+                code = json.loads(lanvault("invite", "--json", "--dir", str(self.dirs[1])))
+                args += ["--join", code["join_code"], "--peer", first]
+            lanvault(*args)
+            first = first or address
             self.dirs[node_id] = state
+        self.stop_node(1)
+
+    def _spawn(self, node_id: int) -> None:
+        with open(self.root / f"n{node_id}.log", "ab") as handle:
+            self.procs[node_id] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lanvault.cli",
+                    "node",
+                    "--dir",
+                    str(self.dirs[node_id]),
+                    "--quota",
+                    "20GB",
+                    "--gone-after",
+                    f"{self.gone_after}s",
+                    "--heartbeat",
+                    "0.5",
+                    "--repair-interval",
+                    str(self.repair_interval),
+                    "--no-discovery",
+                ],
+                cwd=ROOT,
+                env=env(),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+
+    def _wait_control(self, node_id: int) -> None:
+        while not (self.dirs[node_id] / "control.sock").exists():
+            if self.procs[node_id].poll() is not None:
+                raise SystemExit(f"node {node_id} exited (see {self.root}/n{node_id}.log)")
+            time.sleep(0.05)
+
+    def stop_node(self, node_id: int) -> None:
+        proc = self.procs.pop(node_id, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
 
     def start(self) -> None:
-        for node_id, state in self.dirs.items():
-            with open(self.root / f"n{node_id}.log", "ab") as handle:
-                self.procs[node_id] = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "lanvault.cli",
-                        "node",
-                        "--dir",
-                        str(state),
-                        "--quota",
-                        "20GB",
-                        "--gone-after",
-                        f"{self.gone_after}s",
-                        "--heartbeat",
-                        "0.5",
-                        "--repair-interval",
-                        str(self.repair_interval),
-                        "--no-discovery",
-                    ],
-                    cwd=ROOT,
-                    env=env(),
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                )
-        for state in self.dirs.values():
-            while not (state / "control.sock").exists():
-                time.sleep(0.05)
+        for node_id in self.dirs:
+            self._spawn(node_id)
+        for node_id in self.dirs:
+            self._wait_control(node_id)
         while True:
             status = json.loads(lanvault("status", "--json", "--dir", str(self.dirs[1])))
             if sum(n["up"] for n in status["nodes"]) == len(self.dirs):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import ssl
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import trio
 
 from node.identity import (
     IdentityError,
+    Invitation,
     NetworkCA,
     create_network_ca,
     decode_join_code,
@@ -154,9 +157,13 @@ async def test_hello_must_name_the_certificate_id(tmp_path: Path) -> None:
 
 def test_join_code_round_trip_and_damage() -> None:
     ca = create_network_ca()
-    code = encode_join_code(ca)
-    assert decode_join_code(code) == ca
+    invitation = Invitation(ca.network_id, ca.cert_pem, os.urandom(32), ("10.0.0.1:7420",))
+    code = encode_join_code(invitation)
+    assert decode_join_code(code) == invitation
+    assert b"PRIVATE" not in base64.urlsafe_b64decode(code[8:] + "==")  # never the CA's key
     with pytest.raises(IdentityError, match="damaged"):
         decode_join_code(code[:-10])
     with pytest.raises(IdentityError, match="not a lanvault join code"):
         decode_join_code("hello")
+    with pytest.raises(IdentityError, match="older lanvault"):
+        decode_join_code("lvjoin1-AAAA")

@@ -43,6 +43,19 @@ def test_a_hint_never_replaces_the_address_of_a_peer_that_is_up() -> None:
     assert peer(peers, 4).address == ""
 
 
+def test_an_address_no_node_can_dial_is_never_taken() -> None:
+    # A member's HELLO once said "" and the node learned "127.0.0.1:" from it, then its dialer
+    # died on it (the whole node with it). Whatever a HELLO, datagram or gossip says, only a
+    # HOST:PORT is kept.
+    peers = Membership(1, down_after=10, gone_after=60, clock=Clock())
+    for bad in ("127.0.0.1:", ":7000", "host", "10.0.0.1:0", "10.0.0.1:99999", "[]:80", "a:b"):
+        peers.learn(5, bad)
+        assert not peers.hint(6, bad)
+    assert peer(peers, 5).address == "" and peer(peers, 6).address == ""
+    peers.learn(5, "[fe80::1]:7000")
+    assert peer(peers, 5).address == "[fe80::1]:7000"
+
+
 def test_a_flood_of_invented_ids_is_bounded_and_crowds_out_no_member() -> None:
     peers = Membership(1, down_after=10, gone_after=60, clock=Clock())
     peers.learn(2, "10.0.0.2:7000")

@@ -156,7 +156,7 @@ def certificate(common_names: list[str]) -> bytes:
 
 
 cn = st.one_of(
-    st.text(min_size=1, max_size=64),
+    st.text(min_size=1, max_size=40).filter(lambda t: len(t.encode()) <= 64),
     st.integers(0, 10**11).map(lambda n: f"lanvault-node-{n}"),
 )
 

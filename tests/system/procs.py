@@ -96,7 +96,6 @@ class ProcessCluster:
         self.root = root
         self.gone_after = gone_after
         self.nodes: dict[int, ProcNode] = {}
-        join = ""
         for index in range(count):
             node_id = first_id + index
             host = hosts[index] if hosts else f"computer-{node_id}"
@@ -107,16 +106,48 @@ class ProcessCluster:
                 node.ip = ips[index]
             if prefixes:
                 node.prefix = prefixes[index]
-            args: list[str | Path] = ["init", "--dir", node.state, "--id", str(node_id)]
-            args += ["--listen", node.address, "--host-id", host, "--json"]
-            if join:
-                args += ["--join", join]
-                if seed_peer:
-                    args += ["--peer", self.nodes[first_id].address]
-            out = json.loads(lanvault(*args).stdout)
-            join = join or out["join_code"]
             self.nodes[node_id] = node
-        self.join_code = join
+        # The first node makes the network; the others enrol through it while it runs.
+        first = self.nodes[first_id]
+        for node_id, node in self.nodes.items():
+            args: list[str | Path] = ["init", "--dir", node.state, "--id", str(node_id)]
+            args += ["--listen", node.address, "--host-id", node.host, "--json"]
+            if node_id != first_id:
+                code = self.json(first_id, "invite")["join_code"]
+                args += ["--join", code]
+                if seed_peer:
+                    args += ["--peer", first.address]
+            out = json.loads(self._run(node, args).stdout)
+            if node_id == first_id:
+                self.join_code = out["join_code"]
+                if count > 1:
+                    self.start(first_id)
+        self.stop(first_id)
+
+    def _run(self, node: ProcNode, args: list[str | Path]) -> subprocess.CompletedProcess[str]:
+        """A lanvault command on ``node``'s computer (its network namespace, if any)."""
+        result = subprocess.run(
+            [*node.prefix, sys.executable, "-m", "lanvault.cli", *map(str, args)],
+            cwd=ROOT,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise AssertionError(f"lanvault {args[0]} failed: {result.stderr.strip()}")
+        return result
+
+    def stop(self, node_id: int) -> None:
+        proc = self.nodes[node_id].proc
+        if proc and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self.nodes[node_id].proc = None
 
     def start(self, node_id: int, *extra: str) -> None:
         node = self.nodes[node_id]

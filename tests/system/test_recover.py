@@ -134,10 +134,18 @@ def test_recover_a_lost_node_with_only_the_passphrase(
     assert data["catalog_from_node"] != 4  # ... and did not win
     assert data["catalog_seq"] == max(offers.values())
 
-    # The recovered node keeps its id and its place in the network.
+    # The recovered node keeps its id and its place in the network, and (it was the network's
+    # administrator) its network key, from its kit: it can still let a computer in.
     cluster4.nodes[1].state = new_state
     cluster4.start(1)
     cluster4.wait_mesh()
+    assert cluster4.json(1, "status")["administrator"]
+    cluster4.wait(  # it takes the network's roster back from its peers (4 enrolments)
+        lambda: cluster4.json(1, "status")["roster_version"] >= 4, 30, "the roster back"
+    )
+    code = cluster4.json(1, "invite")["join_code"]
+    lanvault("init", "--dir", tmp_path / "n9", "--id", "9", "--join", code)
+    assert cluster4.json(1, "status")["roster_version"] == 5
     now = tmp_path / "now"
     cluster4.cli(1, "restore", source, "--to", now)
     assert tree_of(now) == second

@@ -1,0 +1,155 @@
+"""Membership, attacked with real node processes and real sockets (docs/security.md): the join
+code carries no key and lets one computer in once; a member cannot make certificates or store
+chunks for an owner that is not enrolled; a removed node is refused by every node."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from chunkstore.envelope import chunk_address, seal_chunk
+from chunkstore.keys import KeyRing, new_master_key
+from lanvault.state import StateDir
+from node.identity import private_pem, tls_contexts
+from node.protocol import SUPPORTED_VERSIONS, Error, ErrorCode, Hello, PutChunks, StoredMany
+from node.transport import Channel, PeerUnavailable, PinStore, TLSNetwork
+from tests.system.procs import ProcessCluster, lanvault
+
+pytestmark = pytest.mark.slow
+REFUSED = (PeerUnavailable, trio.BrokenResourceError, trio.EndOfChannel)
+
+
+@pytest.fixture
+def cluster3(tmp_path: Path) -> Iterator[ProcessCluster]:
+    cluster = ProcessCluster(tmp_path / "net", 3, gone_after="6s")
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def member_network(
+    state: Path, node_id: int, tmp: Path, cert_pem: bytes | None = None
+) -> TLSNetwork:
+    """A member's own TLS credentials (from its state directory), or a forged certificate."""
+    creds = StateDir(state).credentials()
+    cert_file, key_file = str(state / "tls" / "node.pem"), str(state / "tls" / "node.key")
+    if cert_pem is not None:
+        cert_file = str(tmp / "forged.pem")
+        Path(cert_file).write_bytes(cert_pem)
+    server, client = tls_contexts(creds, cert_file, key_file)
+    return TLSNetwork(server, client, PinStore(None), node_id)
+
+
+async def put_for(network: TLSNetwork, address: str, sender: int, owner: int) -> object:
+    """One PUTCHUNKS of a fresh chunk for ``owner``: the holder's answer."""
+    keys = KeyRing.from_master(new_master_key())
+    plain = os.urandom(1000)
+    address_of = chunk_address(keys, plain)
+    auth = await network.connect(address)
+    channel = Channel(auth, Hello(SUPPORTED_VERSIONS, sender, "mallory", ""))
+    try:
+        with trio.fail_after(10):
+            await channel.handshake()
+            await channel.send(
+                PutChunks(1, owner, 9, ((address_of, seal_chunk(keys, address_of, plain)),))
+            )
+            return await channel.receive()
+    finally:
+        await channel.aclose()
+
+
+async def wait_refused(network: TLSNetwork, address: str) -> None:
+    """Until the node at ``address`` refuses node 3's connection (it heard of the removal)."""
+    with trio.fail_after(30):
+        while True:
+            try:
+                await put_for(network, address, 3, 3)
+            except REFUSED:
+                return
+            await trio.sleep(0.3)
+
+
+def test_a_join_code_carries_no_key_and_lets_one_computer_in_once(
+    cluster3: ProcessCluster, tmp_path: Path
+) -> None:
+    code = cluster3.json(1, "invite")["join_code"]
+    assert b"PRIVATE KEY" not in base64.urlsafe_b64decode(code[8:] + "==")
+    first = lanvault("init", "--dir", tmp_path / "a", "--id", "7", "--join", code, "--json")
+    assert first.returncode == 0
+    again = lanvault("init", "--dir", tmp_path / "b", "--id", "8", "--join", code, check=False)
+    assert again.returncode == 1 and "unknown, used or expired invitation" in again.stderr
+    assert not (tmp_path / "b").exists()  # nothing written
+    # A member (not an administrator) has no network key: it can neither invite nor enrol.
+    member = cluster3.nodes[2].state
+    assert not (member / "tls" / "ca.key").exists()
+    refused = cluster3.cli(2, "invite", check=False)
+    assert refused.returncode == 1 and "keeps no network key" in refused.stderr
+    # A taken id cannot be enrolled twice, even with a fresh invitation.
+    code = cluster3.json(1, "invite")["join_code"]
+    taken = lanvault("init", "--dir", tmp_path / "c", "--id", "2", "--join", code, check=False)
+    assert taken.returncode == 1 and "already taken" in taken.stderr
+
+
+async def test_a_member_cannot_mint_itself_a_certificate_or_store_for_an_invented_owner(
+    cluster3: ProcessCluster, tmp_path: Path
+) -> None:
+    state = cluster3.nodes[2].state
+    target = cluster3.nodes[1].address
+    network = member_network(state, 2, tmp_path)
+    # Chunks for a member: stored. For an owner id no node was enrolled with: refused.
+    answer = await put_for(network, target, 2, 3)
+    assert isinstance(answer, StoredMany) and answer.results == (0,)
+    answer = await put_for(network, target, 2, 777)
+    assert isinstance(answer, Error) and answer.code == ErrorCode.FORBIDDEN
+    # With the member's own key (all it has), a certificate for a new id is not the CA's.
+    key = serialization.load_pem_private_key((state / "tls" / "node.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    ca = x509.load_pem_x509_certificate((state / "tls" / "ca.pem").read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lanvault-node-99")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    assert private_pem(key)  # the member's key is all it holds
+    impostor = member_network(state, 99, tmp_path, forged.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(REFUSED):  # TLS 1.3: the server's refusal may come after our side ends
+        await put_for(impostor, target, 99, 99)
+
+
+async def test_a_removed_node_is_refused_by_every_node(
+    cluster3: ProcessCluster, tmp_path: Path
+) -> None:
+    removed = cluster3.cli(1, "remove-node", "3")
+    assert "removed" in removed.stdout
+    # Node 2 hears of it from node 1 (a newer roster in its STATUS) and refuses node 3.
+    network = member_network(cluster3.nodes[3].state, 3, tmp_path)
+    for node_id in (1, 2):
+        await wait_refused(network, cluster3.nodes[node_id].address)
+    # Chunks of node 3 as an owner are refused too (a member storing them for it).
+    answer = await put_for(
+        member_network(cluster3.nodes[2].state, 2, tmp_path), cluster3.nodes[1].address, 2, 3
+    )
+    assert isinstance(answer, Error) and answer.code == ErrorCode.FORBIDDEN
+    status = cluster3.json(2, "status")
+    assert not any(n["id"] == 3 and n["up"] for n in status["nodes"])
+    again = cluster3.cli(1, "remove-node", "3", check=False)
+    assert again.returncode == 1 and "not a member" in again.stderr
+    cluster3.assert_no_tracebacks()
