@@ -60,7 +60,9 @@ async def test_anonymous_clients_may_only_ask_for_a_kit(serving: tuple[str, Chun
     auth, _der = await connect_anonymous(address)
     channel = Channel(auth, Hello((PROTOCOL_VERSION,), 7, "stranger", ""))
     try:
-        await channel.handshake()
+        hello = await channel.handshake()
+        # A stranger learns nothing of the node from its HELLO (id, computer, address).
+        assert (hello.node_id, hello.host_id, hello.listen) == (0, "", "")
         envelope = bytes(100)
         await channel.send(PutChunk(1, 7, bytes(32), 1, envelope))
         answer = await channel.receive()

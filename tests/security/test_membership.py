@@ -21,7 +21,15 @@ from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.keys import KeyRing, new_master_key
 from lanvault.state import StateDir
 from node.identity import private_pem, tls_contexts
-from node.protocol import SUPPORTED_VERSIONS, Error, ErrorCode, Hello, PutChunks, StoredMany
+from node.protocol import (
+    SUPPORTED_VERSIONS,
+    Error,
+    ErrorCode,
+    Hello,
+    PutChunks,
+    PutMeta,
+    StoredMany,
+)
 from node.transport import Channel, PeerUnavailable, PinStore, TLSNetwork
 from tests.system.procs import ProcessCluster, lanvault
 
@@ -153,3 +161,28 @@ async def test_a_removed_node_is_refused_by_every_node(
     again = cluster3.cli(1, "remove-node", "3", check=False)
     assert again.returncode == 1 and "not a member" in again.stderr
     cluster3.assert_no_tracebacks()
+
+
+async def test_a_member_cannot_park_records_beyond_a_real_nodes_quota(tmp_path: Path) -> None:
+    cluster = ProcessCluster(tmp_path / "net", 2)
+    try:
+        cluster.start(1, "--quota", "2MB")
+        cluster.start(2)
+        network = member_network(cluster.nodes[2].state, 2, tmp_path)
+        auth = await network.connect(cluster.nodes[1].address)
+        channel = Channel(auth, Hello(SUPPORTED_VERSIONS, 2, "mallory", ""))
+        codes = []
+        try:
+            with trio.fail_after(60):
+                await channel.handshake()
+                for n in range(10):  # 4.5 MB of records in distinct names
+                    await channel.send(PutMeta(n + 1, 2, f"junk-{n}", 1, b"m" * 450_000))
+                    answer = await channel.receive()
+                    codes.append(answer.code if isinstance(answer, Error) else 0)
+        finally:
+            await channel.aclose()
+        assert codes.count(0) <= 4 and set(codes) == {0, ErrorCode.QUOTA_EXCEEDED}
+        me = next(n for n in cluster.json(1, "status")["nodes"] if n.get("self"))
+        assert me["used_bytes"] <= 2_000_000
+    finally:
+        cluster.stop_all()
