@@ -609,6 +609,16 @@ class ChunkStore:
             rows = self._db.execute(query + " ORDER BY owner, address", args).fetchall()
         return [StoredChunk(int(o), bytes(a), int(n), int(d), float(t)) for o, a, n, d, t in rows]
 
+    def usage_by_owner(self) -> dict[int, int]:
+        """Bytes kept here per owner, chunks and records together (what the quota counts)."""
+        with self._lock:
+            self._ensure_open()
+            rows = self._db.execute(
+                "SELECT owner, SUM(n) FROM (SELECT owner, length AS n FROM chunks"
+                " UNION ALL SELECT owner, LENGTH(data) FROM blobs) GROUP BY owner ORDER BY owner"
+            ).fetchall()
+        return {int(o): int(n) for o, n in rows}
+
     def owners(self) -> list[int]:
         with self._lock:
             rows = self._db.execute("SELECT DISTINCT owner FROM chunks ORDER BY owner").fetchall()

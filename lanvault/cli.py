@@ -379,6 +379,10 @@ def print_status(data: dict[str, Any]) -> None:
         shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "never"
         print(f"last backup of node {owner}: {shown}")
     print(f"bad copies found by the last scrub: {data['scrub_bad_copies']}")
+    held = data.get("held_by_owner") or {}
+    if held:
+        parts = [f"node {o} {format_size(n)}" for o, n in held.items()]
+        print("kept here, by owner: " + ", ".join(parts))
     rec = data.get("recovery") or {}
     if not rec.get("kit"):
         print("recovery: no recovery kit (this node predates them)")

@@ -318,6 +318,10 @@ class Daemon:
             "node_id": self.node.node_id,
             "nodes": nodes,
             "roster_version": self.roster.version,  # the network's membership list it holds
+            "held_by_owner": {
+                str(o): n
+                for o, n in (await trio.to_thread.run_sync(self.store.usage_by_owner)).items()
+            },
             "administrator": self.state.ca_key() is not None,
             "under_replicated_chunks": own_under + held_under,
             "own_chunks_below_degree": own_under,

@@ -182,7 +182,9 @@ async def test_a_member_cannot_park_records_beyond_a_real_nodes_quota(tmp_path: 
         finally:
             await channel.aclose()
         assert codes.count(0) <= 4 and set(codes) == {0, ErrorCode.QUOTA_EXCEEDED}
-        me = next(n for n in cluster.json(1, "status")["nodes"] if n.get("self"))
+        status = cluster.json(1, "status")
+        me = next(n for n in status["nodes"] if n.get("self"))
         assert me["used_bytes"] <= 2_000_000
+        assert 0 < status["held_by_owner"]["2"] <= 2_000_000  # counted against its owner
     finally:
         cluster.stop_all()

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.errors import QuotaExceededError
+from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.store import ChunkStore
 from node.protocol import MAX_BLOB, ErrorCode, Ok, PutMeta
 from node.transport import RemoteError
@@ -27,9 +29,17 @@ def test_records_count_against_the_quota(tmp_path: Path) -> None:
     assert store.put_blob(1, "a", 3, b"x" * 10)  # and a smaller one frees what it does not use
     assert store.put_blob(2, "b", 1, b"y" * 9_000)
     assert store.used_bytes == 9_010
+    keys = KeyRing.from_master(new_master_key())
+    address = chunk_address(keys, b"p" * 100)
+    envelope = seal_chunk(keys, address, b"p" * 100)
+    store.set_capacity(20_000)
+    store.put(3, address, envelope)  # a chunk of a third owner
+    usage = store.usage_by_owner()  # what each owner costs here
+    assert usage == {1: 10, 2: 9_000, 3: len(envelope)}
+    assert sum(usage.values()) == store.used_bytes
     store.close()
     reopened = ChunkStore.open(tmp_path / "store")
-    assert reopened.used_bytes == 9_010  # what is counted is what is on the disk
+    assert reopened.used_bytes == 9_010 + len(envelope)  # what is counted is on the disk
     reopened.close()
 
 
