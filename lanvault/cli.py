@@ -427,6 +427,8 @@ def cmd_init(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_invite(args: argparse.Namespace, state: StateDir) -> int:
+    if args.expires <= 0:
+        raise UsageError("--expires must be a positive duration (e.g. 2h, 7d)")
     code = invite(state, args.expires)
     expires = time.time() + args.expires
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import signal
@@ -128,6 +129,10 @@ class Daemon:
             network,
             roster=self.roster,
             enroller=enroller,
+            # Decoy kits keep their salt across restarts (a secret only this node can make).
+            kit_secret=hashlib.blake2b(
+                state.master_key(), person=b"lanvault:decoy", digest_size=32
+            ).digest(),
         )
         self.catalog = CatalogDB(catalog_path or state.catalog_path)
         self.keys = KeyRing.from_master(state.master_key())

@@ -78,7 +78,8 @@ class KitGate:
     attempt and nothing to test offline. One proof per owner per second at most, the delay
     doubling after each failure (up to a minute). An owner whose kit is not here gets a decoy
     challenge that looks like a real one and always fails, so nobody learns who keeps a kit
-    here. SPAKE2 is pure Python (~5 ms a side): it runs in a thread, at most
+    here (``secret`` keys the decoy's salt: give one that survives restarts, or a decoy's
+    salt changes when the node restarts and a real kit's does not). SPAKE2 is pure Python (~5 ms a side): it runs in a thread, at most
     ``PAKE_PER_SECOND`` exchanges a second for all strangers together.
     """
 
@@ -309,13 +310,15 @@ class HolderService:
             log.error("I/O error serving node %d: %s", peer_id, exc)
             return Error(message.req, ErrorCode.INTERNAL, f"I/O error: {exc.strerror or exc}")
 
-    def _stranger_owner(self, owner: int) -> bool:
+    def _stranger_owner(self, owner: int, sender: int) -> bool:
         """Chunks are kept only for enrolled members (never an invented owner id)."""
-        return self._roster is not None and not self._roster.admits_owner(owner)
+        return self._roster is not None and not self._roster.admits_owner(owner, sender)
 
     async def _dispatch(self, message: Request, peer_id: int) -> Message:
         req = message.req
-        if isinstance(message, PutChunk | PutChunks) and self._stranger_owner(message.owner):
+        if isinstance(message, PutChunk | PutChunks) and self._stranger_owner(
+            message.owner, peer_id
+        ):
             return Error(req, ErrorCode.FORBIDDEN, f"node {message.owner} is not a member")
         if isinstance(message, PutMeta | GetMeta) and message.name == ROSTER_NAME:
             return await self._roster_record(message)

@@ -121,6 +121,7 @@ class Node:
         network: Network,
         roster: RosterBook | None = None,
         enroller: Enroller | None = None,
+        kit_secret: bytes | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
@@ -145,7 +146,7 @@ class Node:
             on_corrupt=self._corrupt_copy_found,
             roster=roster,
         )
-        self.kits = KitGate(store, self.disk_limiter)
+        self.kits = KitGate(store, self.disk_limiter, kit_secret)
         self.roster = roster
         self.enroller = enroller
         self.roster_sync: RosterSync | None = None
@@ -262,7 +263,7 @@ class Node:
                     if message is None:
                         log.info("node %d sent nothing for %.0f s; connection closed", peer, idle)
                         break
-                    if self.roster is not None and not self.roster.admits_owner(peer):
+                    if self.roster is not None and self.roster.is_removed(peer):
                         log.warning("node %d was removed from the network: connection closed", peer)
                         break
                     self._note(peer, message)

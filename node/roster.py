@@ -6,8 +6,8 @@ another) can change it: by enrolling a node (``node/enrolment.py``) or removing 
 (``lanvault remove-node``). Every node keeps the newest roster it has seen, checks its
 signature against the CA certificate it already has, and passes it on: members pull a
 peer's roster when the peer's STATUS shows a higher version (``ROSTER_NAME`` through
-GETMETA). A node refuses links from ids the roster does not admit (not enrolled, removed, or
-presenting another certificate than the one enrolled) and chunks for owners it does not admit.
+GETMETA). A node refuses links from removed ids and from enrolled ids presenting another
+certificate than theirs, and keeps chunks only for owners the roster lists (or a sender's own).
 
 A node with no roster at all (state made by a lanvault that predates it, or the in-process
 test networks) admits every certificate of its CA, as before.
@@ -127,13 +127,35 @@ class RosterBook:
         return self.roster.version if self.roster else 0
 
     def check(self, node_id: int, fingerprint: str) -> None:
-        """Raise ``IdentityError`` unless the roster admits this certificate (TLS admission)."""
-        if self.roster is not None and not self.roster.admits(node_id, fingerprint):
-            why = "was removed from" if node_id in self.roster.removed else "is not enrolled in"
-            raise IdentityError(f"node {node_id} {why} this network (or its certificate is not)")
+        """Raise ``IdentityError`` for a certificate the roster refuses (TLS admission): a
+        removed id, or an enrolled id presenting another certificate than its own.
 
-    def admits_owner(self, owner: int) -> bool:
-        return self.roster is None or self.roster.admits(owner)
+        An id the roster does not list yet is let in: only the administrator makes
+        certificates, and only while enrolling, so it is a member enrolled after our roster
+        was signed (its STATUS then shows the newer roster, which we pull). Refusing it would
+        leave a new node and the others unable to meet while the administrator is away.
+        Its chunks are kept only once the roster lists it (or as its own: ``admits_owner``).
+        """
+        roster = self.roster
+        if roster is None:
+            return
+        if node_id in roster.removed:
+            raise IdentityError(f"node {node_id} was removed from this network")
+        known = roster.members.get(node_id)
+        if known is not None and known != fingerprint:
+            raise IdentityError(f"node {node_id} presented another certificate than its own")
+
+    def is_removed(self, node_id: int) -> bool:
+        return self.roster is not None and node_id in self.roster.removed
+
+    def admits_owner(self, owner: int, sender: int | None = None) -> bool:
+        """Keep chunks for ``owner``? Listed members, and a sender storing its own (its
+        certificate, which only the administrator makes, proves it was enrolled)."""
+        if self.roster is None:
+            return True
+        if owner in self.roster.removed:
+            return False
+        return owner in self.roster.members or owner == sender
 
     def refresh(self) -> bool:
         """Read the file again if it changed (an administrator's command wrote it)."""
@@ -263,6 +285,6 @@ class RosterSync:
         for peer in roster.removed:
             self._membership.forget(peer)
         for peer in self._pool.linked():
-            if not roster.admits(peer):
-                log.warning("node %d is not in the network's roster: link closed", peer)
+            if peer in roster.removed:
+                log.warning("node %d was removed from the network: link closed", peer)
                 await self._pool.drop(peer)

@@ -31,7 +31,7 @@ from node.protocol import (
     StoredMany,
 )
 from node.transport import Channel, PeerUnavailable, PinStore, TLSNetwork
-from tests.system.procs import ProcessCluster, lanvault
+from tests.system.procs import ProcessCluster, ProcNode, free_port, lanvault
 
 pytestmark = pytest.mark.slow
 REFUSED = (PeerUnavailable, trio.BrokenResourceError, trio.EndOfChannel)
@@ -188,3 +188,45 @@ async def test_a_member_cannot_park_records_beyond_a_real_nodes_quota(tmp_path: 
         assert 0 < status["held_by_owner"]["2"] <= 2_000_000  # counted against its owner
     finally:
         cluster.stop_all()
+
+
+def test_a_new_member_meets_the_others_while_the_administrator_is_away(
+    cluster3: ProcessCluster, tmp_path: Path
+) -> None:
+    # Enrolled while node 1 runs; then node 1 goes away before nodes 2 and 3 hear of it. They
+    # still link with the newcomer (its certificate is the administrator's), take the newer
+    # roster from it, and keep its backup.
+    code = cluster3.json(1, "invite")["join_code"]
+    later = cluster3.json(1, "invite")["join_code"]
+    bad = cluster3.cli(1, "invite", "--expires", "0", check=False)
+    assert bad.returncode == 2 and "positive" in bad.stderr
+    cluster3.stop(1)
+    cluster3.nodes[7] = newcomer = ProcNode(
+        7, tmp_path / "n7", free_port(), "computer-7", log=tmp_path / "n7.log"
+    )
+    away = lanvault("init", "--dir", newcomer.state, "--id", "7", "--join", later, check=False)
+    assert away.returncode == 1 and "could not join" in away.stderr  # said, nothing written
+    assert not newcomer.state.exists()
+    cluster3.start(1)
+    lanvault(
+        "init", "--dir", newcomer.state, "--id", "7", "--join", code,
+        "--listen", newcomer.address, "--peer", cluster3.nodes[2].address,
+    )  # fmt: skip
+    cluster3.stop(1)
+    cluster3.start(7)
+    cluster3.wait(
+        lambda: any(n["id"] == 7 and n["up"] for n in cluster3.json(2, "status")["nodes"]),
+        30,
+        "node 2 links with node 7",
+    )
+    cluster3.wait(lambda: cluster3.json(3, "status")["roster_version"] == 4, 30, "roster to 3")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(os.urandom(200_000))
+    cluster3.cli(7, "backup", data, "--degree", "2")
+    out = tmp_path / "out"
+    cluster3.cli(7, "restore", data, "--to", out)
+    assert (out / "f").read_bytes() == (data / "f").read_bytes()
+    held = {n: cluster3.json(n, "status")["held_by_owner"].get("7", 0) for n in (2, 3)}
+    assert all(v > 200_000 for v in held.values()), held  # on the holders, for real
+    cluster3.assert_no_tracebacks()
