@@ -46,6 +46,10 @@ class QuotaExceededError(ChunkstoreError):
     """Storing the chunk would exceed the capacity this node lends."""
 
 
+class DiskFullError(QuotaExceededError):
+    """The disk under the store has no room for the chunk, whatever the quota still allows."""
+
+
 class ChunkNotFoundError(ChunkstoreError, KeyError):
     """The store holds no chunk under that owner and address."""
 

@@ -38,6 +38,7 @@ from .errors import (
     ChunkNotFoundError,
     ChunkstoreError,
     CorruptChunkError,
+    DiskFullError,
     InvalidIdError,
     QuotaExceededError,
 )
@@ -48,6 +49,10 @@ RECORD_HEADER = struct.Struct(">4sI32sI32s")
 SEGMENT_LIMIT = 64 * 1024 * 1024
 MAX_OWNER_ID = 2**32 - 1
 MAX_DEGREE = 9
+# Room kept free on the store's disk for its index, its journal and the owners' records: chunks
+# are refused before the disk is full, so that the index can always record what was written.
+DISK_RESERVE = 4 * 1024 * 1024
+DISK_ROOM_TTL = 1.0  # seconds a measure of the disk's free space is reused
 _SEGMENT_NAME = re.compile(r"^([0-9]{8})\.seg$")
 _HEX_ADDRESS = re.compile(r"^[0-9a-f]{64}$")
 _BLOB_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -220,6 +225,7 @@ class ChunkStore:
         self._active: tuple[int, int] | None = None  # (segment, reserved size) appended to
         self._write_fds: dict[int, list[int]] = {}  # segment -> [fd, reservations in flight]
         self._reserved = 0  # bytes of puts written but not yet indexed (counted in the quota)
+        self._disk_room: tuple[float, int] = (-DISK_ROOM_TTL, 0)  # (when measured, bytes)
         existing = self._segment_numbers()
         self._next_segment = (max(existing) + 1) if existing else 1
         self._closed = False
@@ -282,6 +288,23 @@ class ChunkStore:
     def free_bytes(self) -> int:
         return max(0, self._capacity - self._used)
 
+    def disk_room(self, fresh: bool = False) -> int:
+        """Bytes of chunks the disk under the store can still take (its free space less
+        ``DISK_RESERVE``), measured at most once a second unless ``fresh``."""
+        measured, room = self._disk_room
+        now = time.monotonic()
+        if fresh or now - measured >= DISK_ROOM_TTL:
+            stats = os.statvfs(self._segments_dir)
+            room = max(0, stats.f_bavail * stats.f_frsize - DISK_RESERVE)
+            self._disk_room = (now, room)
+        return room
+
+    @property
+    def room_bytes(self) -> int:
+        """What this store can take now: its quota's free part, or less when the disk is
+        fuller than the quota assumes (what a holder advertises to the owners)."""
+        return max(0, min(self.free_bytes - self._reserved, self.disk_room() - self._reserved))
+
     def set_capacity(self, capacity: int) -> None:
         """Set the quota. Lowering it below ``used_bytes`` is allowed: see ``evict``."""
         if capacity < 0:
@@ -320,10 +343,15 @@ class ChunkStore:
         try:
             self._write_reserved(reservation)  # outside the lock: flushes overlap
             failed = False
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk filled meanwhile
+                raise DiskFullError(f"disk full: {exc.strerror}") from exc
+            raise
         finally:
             with self._lock:
                 self._reserved -= needed
                 self._release(reservation, failed)
+                self._disk_room = (-DISK_ROOM_TTL, 0)  # measure again at the next ask
         with self._lock:
             # A concurrent put of the same chunk may have been indexed meanwhile: its copy
             # stands, ours is garbage for compaction, and this chunk is "already held".
@@ -367,6 +395,11 @@ class ChunkStore:
             raise QuotaExceededError(
                 f"quota exceeded: {needed} bytes do not fit in "
                 f"{max(0, self.free_bytes - self._reserved)} free of {self._capacity}"
+            )
+        if needed and needed > self.disk_room(fresh=True) - self._reserved:
+            raise DiskFullError(
+                f"disk full: {needed} bytes do not fit in the "
+                f"{max(0, self.disk_room() - self._reserved)} the disk has left"
             )
         return written, list(fresh.values()), needed
 

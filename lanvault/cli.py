@@ -365,14 +365,23 @@ def print_state(data: dict[str, Any]) -> None:
 
 
 def print_status(data: dict[str, Any]) -> None:
-    print(f"{'id':>5}  {'address':<22} {'computer':<24} {'state':<6} {'lent':>12} {'used':>12}")
+    print(
+        f"{'id':>5}  {'address':<22} {'computer':<24} {'state':<6} {'lent':>12} {'used':>12}"
+        f" {'free':>12}"
+    )
     for n in data["nodes"]:
         state = "up" if n["up"] else ("gone" if n.get("gone") else "down")
         mark = "*" if n.get("self") else " "
         print(
             f"{n['id']:>4}{mark}  {n['address']:<22} {str(n.get('computer', ''))[:24]:<24} {state:<6}"
             f" {format_size(n['capacity_bytes']):>12} {format_size(n['used_bytes']):>12}"
+            f" {format_size(n.get('free_bytes', 0)):>12}"
         )
+        if n.get("disk_full"):
+            print(
+                f"      this node's disk has room for {format_size(n['free_bytes'])} more,"
+                f" less than its quota of {format_size(n['quota_bytes'])} leaves"
+            )
     print(f"chunks below their degree: {data['under_replicated_chunks']}")
     print(f"backups waiting to be sent: {data['pending_backlog']}")
     for owner, when in data.get("last_backup", {}).items():

@@ -292,8 +292,11 @@ class Daemon:
                 "computer": self.config.host_id,
                 "up": True,
                 "self": True,
-                "capacity_bytes": self.store.capacity,
+                "capacity_bytes": self.node.advertised_capacity(),
+                "quota_bytes": self.store.capacity,
                 "used_bytes": self.store.used_bytes,
+                "free_bytes": self.store.room_bytes,
+                "disk_full": self.store.room_bytes < self.store.free_bytes,
             }
         ]
         for peer in membership.peers():
@@ -306,6 +309,7 @@ class Daemon:
                     "gone": membership.is_gone(peer.node_id),
                     "capacity_bytes": peer.capacity,
                     "used_bytes": peer.used,
+                    "free_bytes": peer.free,
                 }
             )
         files = await trio.to_thread.run_sync(self.catalog.latest_versions, "")

@@ -18,6 +18,7 @@ from chunkstore.errors import (
     CatalogFormatError,
     ChunkNotFoundError,
     CorruptChunkError,
+    DiskFullError,
     InvalidIdError,
     QuotaExceededError,
 )
@@ -189,6 +190,7 @@ class HolderService:
         self.wanted: Callable[[int, tuple[bytes, ...]], Awaitable[set[bytes] | None]] | None = None
         self._send, self._receive = trio.open_memory_channel[_PendingPut](4 * BATCH_LIMIT)
         self.bytes_received = 0
+        self.disk_full = False  # the last batch was refused for want of disk space
         self.bytes_sent = 0
 
     async def run_writer(
@@ -230,6 +232,7 @@ class HolderService:
             log.error("storing a batch of %d chunks failed: %s", len(items), exc)
             flat = [exc] * len(items)
         finally:
+            self._note_disk(flat if len(flat) == len(items) else [])
             position = 0
             for pending in batch:
                 if len(flat) == len(items):
@@ -238,6 +241,21 @@ class HolderService:
                     pending.results = [OSError("the store was interrupted")] * len(pending.items)
                 position += len(pending.items)
                 pending.done.set()
+
+    def _note_disk(self, results: list[bool | BaseException]) -> None:
+        """One line when the disk fills (the owners then place their chunks elsewhere, as
+        this node advertises no room) and one when it has room again; none per batch."""
+        full = next((r for r in results if isinstance(r, DiskFullError)), None)
+        if full is not None and not self.disk_full:
+            log.warning(
+                "the store's disk is full: chunks are refused (owners place them elsewhere)"
+                " until it has room again (%s)",
+                full,
+            )
+            self.disk_full = True
+        elif full is None and self.disk_full and any(isinstance(r, bool) for r in results):
+            log.info("the store's disk has room again: taking chunks")
+            self.disk_full = False
 
     async def put_batch(self, items: list[PutItem]) -> list[bool | BaseException]:
         """Store chunks durably (group commit); per chunk, whether it is new, or the error."""

@@ -176,14 +176,19 @@ class Node:
         return Hello(SUPPORTED_VERSIONS, self.node_id, self.config.host_id, self.address)
 
     def heartbeat(self) -> Heartbeat:
-        return Heartbeat(self.store.capacity, self.store.used_bytes, 0)
+        return Heartbeat(self.advertised_capacity(), self.store.used_bytes, 0)
+
+    def advertised_capacity(self) -> int:
+        """The quota, or less when the disk has less room left than the quota assumes: owners
+        place chunks by free space, so a full disk must not look empty."""
+        return min(self.store.capacity, self.store.used_bytes + self.store.room_bytes)
 
     def status_info(self) -> dict[str, object]:
         return {
             "node_id": self.node_id,
             "host_id": self.config.host_id,
             "address": self.address,
-            "capacity_bytes": self.store.capacity,
+            "capacity_bytes": self.advertised_capacity(),
             "used_bytes": self.store.used_bytes,
             "roster_version": self.roster.version if self.roster else 0,
             "peers": [

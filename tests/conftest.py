@@ -24,6 +24,24 @@ settings.register_profile(
 settings.load_profile("lanvault")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="run every fault and scale scenario at full size (scripts/test --full)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``full`` run only with ``--full``: the long scenarios of tests/faults."""
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason="a --full scenario (scripts/test --full)")
+    for item in items:
+        if item.get_closest_marker("full"):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def keys() -> KeyRing:
     return KeyRing.from_master(new_master_key())

@@ -154,3 +154,23 @@ def test_the_recovery_wait_stated_is_the_codes() -> None:
     text = (DOCS / "architecture.md").read_text().replace("\n", " ")
     match = re.search(r"is up, or (\d+) s \(`PEER_WAIT`", text)
     assert match and number(match.group(1)) == PEER_WAIT
+
+
+def test_the_reliability_document_is_written_from_the_suite() -> None:
+    """docs/reliability.md lists every scenario and its criterion, with the figures kept in
+    docs/reliability-results.json, exactly as scripts/reliability_report.py writes it."""
+    from tests.faults.registry import SCENARIOS
+    from tests.faults.report import DOCUMENT, KEPT_RESULTS, load, render
+
+    text = DOCUMENT.read_text()
+    assert text == render(load(KEPT_RESULTS)), "run scripts/reliability_report.py"
+    for scenario in SCENARIOS:
+        assert scenario.criterion in " ".join(text.split())
+    tests = Path(__file__).parent / "faults"
+    marked = {
+        key
+        for path in tests.glob("test_*.py")
+        for key in re.findall(r'scenario\("([a-z-]+)"', path.read_text())
+    }
+    recorded = {r["scenario"] for r in load(KEPT_RESULTS).values()}
+    assert marked <= recorded, f"scenarios with no figures kept: {marked - recorded}"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,12 +11,13 @@ from chunkstore.errors import (
     ChunkNotFoundError,
     ChunkstoreError,
     CorruptChunkError,
+    DiskFullError,
     InvalidIdError,
     QuotaExceededError,
 )
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import PreparedChunk, prepare_chunk
-from chunkstore.store import ChunkStore, PutItem, parse_address, pwrite_all
+from chunkstore.store import DISK_RESERVE, ChunkStore, PutItem, parse_address, pwrite_all
 
 
 def chunk(keys: KeyRing, n: int, size: int = 1000) -> PreparedChunk:
@@ -254,7 +256,7 @@ def test_write_failure_surfaces_and_nothing_half_visible(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fdatasync", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(DiskFullError, match="No space"):
         store.put(1, b.address, b.envelope)
     monkeypatch.undo()
     assert not store.has(1, b.address)
@@ -362,3 +364,31 @@ def test_pwrite_all_raises_instead_of_looping_when_nothing_is_written(
             pwrite_all(fd, [b"abc"], 0)
     finally:
         os.close(fd)
+
+
+def test_a_full_disk_refuses_whole_batches_and_is_advertised(tmp_path: Path, keys: KeyRing) -> None:
+    """The quota allows far more than the disk has: chunks are refused, whole batches, before
+    the disk is full (the index can still record what was written), and ``room_bytes`` (what
+    a holder advertises) says what the disk can take."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "other").write_bytes(b"x" * 2_000_000)  # the user's own files
+        with ChunkStore.open(disk / "store", capacity=10**12) as s:
+            assert s.room_bytes <= 8 * 2**20 - 2_000_000 - DISK_RESERVE < s.free_bytes
+            held = 0
+            with pytest.raises(DiskFullError, match="disk full"):
+                while True:
+                    batch = [chunk(keys, held + i, 60_000) for i in range(8)]
+                    s.put_many([PutItem(1, c.address, c.envelope) for c in batch])
+                    held += 8
+            assert held > 0 and s.chunk_count() == held  # the refused batch left nothing
+            assert s.room_bytes < 8 * 60_100
+            assert s.check().clean
+            (disk / "other").unlink()  # the user makes room
+            assert s.disk_room(fresh=True) > 8 * 60_100
+            one = chunk(keys, 999, 60_000)
+            assert s.put(1, one.address, one.envelope) is True
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
