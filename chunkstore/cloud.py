@@ -395,7 +395,7 @@ class CloudChunkStore(ChunkStore):
     def _listing(self) -> dict[str, int]:
         return dict(self.bucket.list(self._chunk_prefix))
 
-    def scrub(self, drop_bad: bool = False) -> list[BadChunk]:
+    def scrub(self, drop_bad: bool = False, found_by: str = "scrub") -> list[BadChunk]:
         """Check every chunk's object is in the bucket with its size (reads verify bytes); and
         delete what an earlier removal could not."""
         self._purge_quietly()
@@ -424,20 +424,15 @@ class CloudChunkStore(ChunkStore):
                 and loc.digest == expected[(b.owner, b.address)]
             ]
         if drop_bad and bad:
-            with self._lock, self._transaction():
-                for item in bad:
-                    loc = self._location(item.owner, item.address)
-                    if loc is not None:
-                        self._drop_rows([(item.owner, item.address)])
-                        self._used -= loc.length
+            self.drop_damaged(bad, found_by)
             self._purge_quietly()
         return bad
 
     def check(self, repair: bool = False) -> CheckReport:
         """Reconcile index and bucket: every entry present, objects nobody names counted (and
         deleted with ``repair``)."""
-        report = CheckReport()
-        report.bad = self.scrub(drop_bad=repair)
+        report = CheckReport(found_before=self.damage_summary())
+        report.bad = self.scrub(drop_bad=repair, found_by="check")
         listed = self._listing()
         with self._lock:
             report.verified = self.chunk_count() if repair else self.chunk_count() - len(report.bad)

@@ -74,6 +74,13 @@ CREATE TABLE IF NOT EXISTS settings (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS damage (  -- bad copies found here and dropped, for check and status
+    found_at REAL    NOT NULL,        -- unix time
+    found_by TEXT    NOT NULL,        -- 'read', 'scrub' or 'check'
+    owner    INTEGER NOT NULL,
+    address  BLOB    NOT NULL,
+    reason   TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS blobs (   -- small per-owner records kept for recovery
     owner INTEGER NOT NULL,
     name  TEXT    NOT NULL,
@@ -131,15 +138,28 @@ class BadChunk:
 
 
 @dataclass(slots=True)
+class DamageSummary:
+    """Bad copies found here and dropped (the network makes them again), since ``since``."""
+
+    total: int = 0
+    by: dict[str, int] = field(default_factory=dict)  # found_by -> copies
+    since: float = 0.0  # when the first was found
+    last: float = 0.0  # when the last was found
+
+
+@dataclass(slots=True)
 class CheckReport:
     """What ``check`` found; ``clean`` means every index entry verified."""
 
     verified: int = 0
     bad: list[BadChunk] = field(default_factory=list)
-    orphan_records: int = 0
-    orphan_bytes: int = 0
-    torn_bytes: int = 0
+    orphan_records: int = 0  # records no index entry names: deleted or written twice
+    orphan_bytes: int = 0  # (garbage that compaction reclaims)
+    damaged_records: int = 0  # records inside a segment that fail their checksum
+    damaged_bytes: int = 0
+    torn_bytes: int = 0  # an incomplete record at a segment's end (a write cut short)
     repaired: bool = False
+    found_before: DamageSummary = field(default_factory=DamageSummary)
 
     @property
     def clean(self) -> bool:
@@ -762,8 +782,8 @@ class ChunkStore:
 
     # -- verification and upkeep ---------------------------------------------------------
 
-    def scrub(self, drop_bad: bool = False) -> list[BadChunk]:
-        """Re-read and verify every chunk; return the bad ones (and forget them if asked)."""
+    def scrub(self, drop_bad: bool = False, found_by: str = "scrub") -> list[BadChunk]:
+        """Re-read and verify every chunk; return the bad ones (and drop them if asked)."""
         bad: list[BadChunk] = []
         with self._lock:
             rows = self._db.execute(
@@ -778,13 +798,43 @@ class ChunkStore:
             except CorruptChunkError as exc:
                 bad.append(BadChunk(int(owner), bytes(address), str(exc)))
         if drop_bad and bad:
-            with self._lock, self._transaction():
-                for item in bad:
-                    loc_now = self._location(item.owner, item.address)
-                    if loc_now is not None:
-                        self._drop_rows([(item.owner, item.address)])
-                        self._used -= loc_now.length
+            self.drop_damaged(bad, found_by)
         return bad
+
+    def drop_damaged(self, bad: Sequence[BadChunk], found_by: str) -> list[BadChunk]:
+        """Forget these bad copies (their owners or other holders make them again) and note
+        them for ``damage_summary``; returns those that were still held."""
+        dropped: list[BadChunk] = []
+        now = time.time()
+        with self._lock, self._transaction():
+            for item in bad:
+                loc_now = self._location(item.owner, item.address)
+                if loc_now is None:
+                    continue
+                self._drop_rows([(item.owner, item.address)])
+                self._used -= loc_now.length
+                dropped.append(item)
+                self._db.execute(
+                    "INSERT INTO damage(found_at, found_by, owner, address, reason)"
+                    " VALUES (?,?,?,?,?)",
+                    (now, found_by, item.owner, item.address, item.reason[:200]),
+                )
+        return dropped
+
+    def damage_summary(self) -> DamageSummary:
+        """Every bad copy this store found and dropped, by how it was found."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT found_by, COUNT(*), MIN(found_at), MAX(found_at) FROM damage"
+                " GROUP BY found_by"
+            ).fetchall()
+        summary = DamageSummary()
+        for found_by, count, first, last in rows:
+            summary.by[str(found_by)] = int(count)
+            summary.total += int(count)
+            summary.since = min(summary.since or float(first), float(first))
+            summary.last = max(summary.last, float(last))
+        return summary
 
     def check(self, repair: bool = False) -> CheckReport:
         """Reconcile index and segments: every entry verified, orphans and torn tails counted.
@@ -792,8 +842,8 @@ class ChunkStore:
         With ``repair`` bad entries are dropped from the index (so the network re-replicates
         them) and segments are compacted.
         """
-        report = CheckReport()
-        bad = self.scrub(drop_bad=repair)
+        report = CheckReport(found_before=self.damage_summary())
+        bad = self.scrub(drop_bad=repair, found_by="check")
         report.bad = bad
         with self._lock:
             report.verified = self.chunk_count() if repair else self.chunk_count() - len(bad)
@@ -802,9 +852,12 @@ class ChunkStore:
                 for s, o in self._db.execute("SELECT segment, offset FROM chunks").fetchall()
             }
             for number in self._segment_numbers():
-                for offset, size, complete in self._scan_segment(number):
-                    if not complete:
+                for offset, size, state in self._scan_segment(number):
+                    if state == "torn":
                         report.torn_bytes += size
+                    elif state == "damaged":
+                        report.damaged_records += 1
+                        report.damaged_bytes += size
                     elif (number, offset) not in live:
                         report.orphan_records += 1
                         report.orphan_bytes += size
@@ -813,8 +866,10 @@ class ChunkStore:
             report.repaired = True
         return report
 
-    def _scan_segment(self, number: int) -> Iterator[tuple[int, int, bool]]:
-        """Yield ``(offset, record_size, complete)`` for each record of a segment."""
+    def _scan_segment(self, number: int) -> Iterator[tuple[int, int, str]]:
+        """Yield ``(offset, size, state)`` for each record of a segment: ``"good"``;
+        ``"damaged"`` (bytes that fail their checksum, or that are no record, up to the next
+        good one: the scan goes on past them); ``"torn"`` (an incomplete last record)."""
         path = self._segment_path(number)
         try:
             with open(path, "rb") as handle:
@@ -823,21 +878,47 @@ class ChunkStore:
             return
         offset = 0
         while offset < len(data):
-            header = data[offset : offset + RECORD_HEADER.size]
-            if len(header) < RECORD_HEADER.size:
-                yield offset, len(data) - offset, False
+            end = self._good_record_end(data, offset)
+            if end is not None:
+                yield offset, end - offset, "good"
+                offset = end
+                continue
+            # Not a good record here: resynchronise at the next good one, if any.
+            following = data.find(RECORD_MAGIC, offset + 1)
+            while following != -1 and self._good_record_end(data, following) is None:
+                following = data.find(RECORD_MAGIC, following + 1)
+            if following == -1:
+                yield (
+                    offset,
+                    len(data) - offset,
+                    "torn" if self._may_be_torn(data, offset) else "damaged",
+                )
                 return
-            magic, _owner, _address, length, digest = RECORD_HEADER.unpack(header)
-            end = offset + RECORD_HEADER.size + length
-            body = data[offset + RECORD_HEADER.size : end]
-            if magic != RECORD_MAGIC or end > len(data):
-                yield offset, len(data) - offset, False
-                return
-            if hashlib.sha256(body).digest() != digest:
-                yield offset, len(data) - offset, False
-                return
-            yield offset, end - offset, True
-            offset = end
+            yield offset, following - offset, "damaged"
+            offset = following
+
+    @staticmethod
+    def _good_record_end(data: bytes, offset: int) -> int | None:
+        header = data[offset : offset + RECORD_HEADER.size]
+        if len(header) < RECORD_HEADER.size:
+            return None
+        magic, _owner, _address, length, digest = RECORD_HEADER.unpack(header)
+        end: int = offset + RECORD_HEADER.size + length
+        if magic != RECORD_MAGIC or end > len(data) or length > MAX_ENVELOPE_SIZE:
+            return None
+        if hashlib.sha256(data[offset + RECORD_HEADER.size : end]).digest() != digest:
+            return None
+        return end
+
+    @staticmethod
+    def _may_be_torn(data: bytes, offset: int) -> bool:
+        """The last bytes look like a write cut short: a header (or part of one) whose
+        record runs past the end of the segment."""
+        header = data[offset : offset + RECORD_HEADER.size]
+        if len(header) < RECORD_HEADER.size:
+            return RECORD_MAGIC.startswith(header[:4])
+        magic, _owner, _address, length, _digest = RECORD_HEADER.unpack(header)
+        return bool(magic == RECORD_MAGIC and offset + RECORD_HEADER.size + length > len(data))
 
     def garbage_bytes(self) -> int:
         """Bytes on disk not referenced by the index (reclaimable by ``compact``)."""

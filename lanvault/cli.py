@@ -364,6 +364,17 @@ def print_state(data: dict[str, Any]) -> None:
         print(f"  owner {c['owner']:>4}  {c['chunk']}  {kb(c['size']):>10}  degree {c['degree']}")
 
 
+def damage_line(found: dict[str, Any]) -> str:
+    """'12 (by reads 10, by a scrub 2) since …, the last at …; made again from other copies'."""
+    by = ", ".join(f"by {how} {n}" for how, n in sorted(found["by"].items()))
+    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(found["since"]))
+    last = time.strftime("%Y-%m-%d %H:%M", time.localtime(found["last"]))
+    return (
+        f"{found['total']} ({by}) since {since}, the last at {last};"
+        " the other holders make them again"
+    )
+
+
 def print_status(data: dict[str, Any]) -> None:
     print(
         f"{'id':>5}  {'address':<22} {'computer':<24} {'state':<6} {'lent':>12} {'used':>12}"
@@ -388,6 +399,9 @@ def print_status(data: dict[str, Any]) -> None:
         shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "never"
         print(f"last backup of node {owner}: {shown}")
     print(f"bad copies found by the last scrub: {data['scrub_bad_copies']}")
+    found = data.get("bad_copies_found") or {}
+    if found.get("total"):
+        print(f"bad copies found here and dropped: {damage_line(found)}")
     held = data.get("held_by_owner") or {}
     if held:
         parts = [f"node {o} {format_size(n)}" for o, n in held.items()]
@@ -701,6 +715,25 @@ def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
         f" {data['own_chunks_checked']} own chunks checked, {data['own_chunks_below_degree']} below degree,"
         f" {data['own_chunks_lost']} lost; {data['copies_made']} copies made"
     )
+    if data.get("store_damaged_records"):
+        human += (
+            f"\n{data['store_damaged_records']} damaged records in the segments"
+            f" ({data['store_damaged_bytes'] / 1e6:.1f} MB) were read past; every record after"
+            " them was checked"
+        )
+    if data.get("store_torn_bytes"):
+        human += (
+            f"\n{data['store_torn_bytes']} bytes of a write cut short at a segment's end"
+            " (never acknowledged; compaction drops them)"
+        )
+    if data.get("store_orphan_records"):
+        human += (
+            f"\n{data['store_orphan_records']} records of deleted or twice-written chunks"
+            f" ({data['store_orphan_bytes'] / 1e6:.1f} MB) wait for compaction"
+        )
+    found = data.get("bad_copies_found_before") or {}
+    if found.get("total"):
+        human += f"\nbad copies found earlier and dropped: {damage_line(found)}"
     if "read_data_chunks" in data:
         human += (
             f"\nread back {data['read_data_copies_verified']} copies of"

@@ -20,7 +20,7 @@ from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
 from chunkstore.recovery import make_kit
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
-from chunkstore.store import ChunkStore
+from chunkstore.store import ChunkStore, DamageSummary
 from fs.versions import snapshot_name
 from node.enrolment import Enroller, Invites
 from node.identity import NetworkCA, tls_contexts
@@ -342,6 +342,9 @@ class Daemon:
                 else None
             },
             "scrub_bad_copies": self.node.last_scrub_bad,
+            "bad_copies_found": damage_dict(
+                await trio.to_thread.run_sync(self.store.damage_summary)
+            ),
             "recovery": {
                 "kit": self.safekeeping.kit is not None,
                 "kit_holders": self.safekeeping.report.kit_holders,
@@ -544,12 +547,27 @@ class Daemon:
         return data | {
             "store_chunks_verified": report.verified,
             "store_bad_copies": [f"{b.owner}:{b.address.hex()} {b.reason}" for b in report.bad],
-            "store_orphan_records": report.orphan_records,
+            "store_orphan_records": report.orphan_records,  # garbage: compaction takes it
+            "store_orphan_bytes": report.orphan_bytes,
+            "store_damaged_records": report.damaged_records,
+            "store_damaged_bytes": report.damaged_bytes,
+            "store_torn_bytes": report.torn_bytes,
+            "bad_copies_found_before": damage_dict(report.found_before),
             "own_chunks_checked": len(wanted),
             "own_chunks_below_degree": len(low),
             "own_chunks_lost": len(lost),
             "copies_made": repaired,
         }
+
+
+def damage_dict(summary: DamageSummary) -> dict[str, Any]:
+    """Bad copies this node found and dropped, for status and check (and their --json)."""
+    return {
+        "total": summary.total,
+        "by": summary.by,
+        "since": summary.since or None,
+        "last": summary.last or None,
+    }
 
 
 async def run_daemon(state: StateDir, config: Config) -> None:

@@ -20,7 +20,7 @@ from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
 
 from .node import Node
-from .protocol import MAX_BATCH, Chunk, ChunksMany, GetChunk, GetChunks
+from .protocol import MAX_BATCH, Chunk, ChunksMany, ErrorCode, GetChunk, GetChunks
 from .report import RestoreError
 from .transport import PeerUnavailable, RemoteError
 
@@ -75,8 +75,11 @@ class Fetcher:
                 delay = min(delay * 2, 5.0)
         raise RestoreError(f"no reachable holder has a valid copy of chunk {address.hex()[:16]}…")
 
-    async def get_envelopes(self, holder: int, addresses: list[bytes]) -> dict[bytes, bytes]:
-        """The envelopes ``holder`` gave for ``addresses`` (not yet verified).
+    async def get_envelopes(
+        self, holder: int, addresses: list[bytes], damaged: set[bytes] | None = None
+    ) -> dict[bytes, bytes]:
+        """The envelopes ``holder`` gave for ``addresses`` (not yet verified); those it said
+        its copy of is damaged are added to ``damaged``, if given.
 
         One GETCHUNKS per MAX_BATCH addresses, all at once; a request that fails gives none of
         its chunks (the caller fetches what is missing elsewhere).
@@ -98,6 +101,8 @@ class Fetcher:
             for address, envelope, code in zip(batch, answer.envelopes, answer.codes, strict=True):
                 if code == 0:
                     found[address] = envelope
+                elif code == ErrorCode.CORRUPT and damaged is not None:
+                    damaged.add(address)
 
         if len(addresses) <= MAX_BATCH:
             await one_request(addresses)

@@ -18,7 +18,7 @@ import trio
 
 from chunkstore.errors import ChunkNotFoundError
 from chunkstore.kitexchange import KitOffer
-from chunkstore.store import ChunkStore, StoredChunk
+from chunkstore.store import BadChunk, ChunkStore, StoredChunk
 
 from .discovery import run_discovery, with_source_host
 from .enrolment import Enroller
@@ -430,10 +430,12 @@ class Node:
                     break
             self._repair_wanted = trio.Event()
             corrupt, self._corrupt = self._corrupt, set()
-            for owner, address in corrupt:
-                await trio.to_thread.run_sync(
-                    self.store.delete_many, owner, [address], limiter=self.disk_limiter
+            if corrupt:
+                bad = [BadChunk(o, a, "failed verification when read") for o, a in corrupt]
+                dropped = await trio.to_thread.run_sync(
+                    self.store.drop_damaged, bad, "read", limiter=self.disk_limiter
                 )
+                await self._bad_copies_dropped(dropped, "reads")
             newly_gone = [
                 p.node_id
                 for p in self.membership.peers()
@@ -770,17 +772,26 @@ class Node:
             lambda: self.store.scrub(drop_bad=True), limiter=self.disk_limiter
         )
         self.last_scrub_bad = len(bad)
-        if bad:
-            log.warning(
-                "scrub: %d bad copies dropped; re-creating them from other holders", len(bad)
-            )
-            for item in bad:
-                notice = functools.partial(
-                    Removed, owner=item.owner, address=item.address, degree=1
-                )
-                for peer in self.membership.up_ids():
-                    await self.pool.request_quietly(peer, notice, 5)
+        await self._bad_copies_dropped(bad, "a scrub")
         return len(bad)
+
+    async def _bad_copies_dropped(self, bad: list[BadChunk], found_by: str) -> None:
+        """One line for what was found and dropped; the up peers are told, so that the
+        chunks' other holders and owners make the copies again."""
+        if not bad:
+            return
+        owners = sorted({item.owner for item in bad})
+        log.warning(
+            "%d bad copies found by %s and dropped (chunks of nodes %s); the other holders"
+            " are asked to make them again (see check and status)",
+            len(bad),
+            found_by,
+            ", ".join(map(str, owners)),
+        )
+        for item in bad:
+            notice = functools.partial(Removed, owner=item.owner, address=item.address, degree=1)
+            for peer in self.membership.up_ids():
+                await self.pool.request_quietly(peer, notice, 5)
 
     async def _scrub_loop(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -80,8 +80,14 @@ async def read_data(
     for holder, addresses in sorted(by_holder.items()):
         for i in range(0, len(addresses), BATCH):
             batch = addresses[i : i + BATCH]
-            got = await owner.fetcher.get_envelopes(holder, batch)
-            report.unreadable += len(batch) - len(got)
+            damaged: set[bytes] = set()
+            got = await owner.fetcher.get_envelopes(holder, batch, damaged)
+            report.unreadable += len(batch) - len(got) - len(damaged)
+            for address in sorted(damaged):  # the holder's own checksum found it bad
+                bad[address].add(holder)
+                report.bad_copies.append(
+                    f"node {holder}: chunk {address.hex()[:16]}…: damaged on the holder's disk"
+                )
             report.bytes_read += sum(len(e) for e in got.values())
             failed = await trio.to_thread.run_sync(
                 bad_envelopes, owner.keys, got, limiter=owner.node.cpu_limiter

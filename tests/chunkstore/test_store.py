@@ -213,6 +213,41 @@ def test_check_reports_orphans_and_torn_tails(store: ChunkStore, keys: KeyRing) 
     s.close()
 
 
+def test_check_reads_past_a_damaged_record_and_remembers_what_it_dropped(
+    store: ChunkStore, keys: KeyRing
+) -> None:
+    """Bit rot in the middle of a segment: check names the bad copy, counts the damaged
+    record, and still verifies every record after it (it used to stop there and count the
+    rest as torn); what a scrub dropped is reported by the next check and kept across opens."""
+    items = [chunk(keys, n, 5000) for n in range(10)]
+    store.put_many([PutItem(1, c.address, c.envelope) for c in items])
+    store.close()
+    [segment] = sorted((store.root / "segments").iterdir())
+    raw = bytearray(segment.read_bytes())
+    record = len(raw) // 10
+    raw[3 * record + 200] ^= 0xFF  # the fourth record's body
+    raw[6 * record + 1] ^= 0xFF  # the seventh record's magic
+    segment.write_bytes(bytes(raw))
+    s = ChunkStore.open(store.root)
+    report = s.check()
+    assert len(report.bad) == 2 and report.verified == 8
+    assert report.damaged_records == 2 and report.damaged_bytes == 2 * record
+    assert report.torn_bytes == 0 and report.orphan_records == 0
+    assert report.found_before.total == 0
+    dropped = s.scrub(drop_bad=True)
+    assert {b.address for b in dropped} == {items[3].address, items[6].address}
+    s.close()
+    s = ChunkStore.open(store.root)
+    later = s.check()
+    assert later.clean and later.verified == 8
+    assert later.found_before.total == 2 and later.found_before.by == {"scrub": 2}
+    assert later.damaged_records == 2  # still on disk until compaction, named as damage
+    s.check(repair=True)
+    final = s.check()
+    assert final.damaged_records == 0 and final.orphan_records == 0 and final.verified == 8
+    s.close()
+
+
 def test_check_reports_missing_segment(store: ChunkStore, keys: KeyRing) -> None:
     c = chunk(keys, 1)
     store.put(1, c.address, c.envelope)
