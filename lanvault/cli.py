@@ -661,15 +661,21 @@ def cmd_delete(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_reclaim(args: argparse.Namespace, state: StateDir) -> int:
-    data = request(state, {"op": "reclaim", "bytes": args.size})
-    emit(
-        args,
-        data,
+    data = request(state, {"op": "reclaim", "bytes": args.size}, "reclaiming")
+    human = (
         f"now lending {format_size(data['capacity_bytes'])}, using {format_size(data['used_bytes'])}"
         f" ({format_size(data['records_bytes'])} of it owners' recovery records, kept);"
-        f" dropped {data['dropped']} chunks after making {data['copied']} copies elsewhere",
+        f" dropped {data['dropped']} chunks after making {data['copied']} copies elsewhere"
     )
-    return 0
+    if data["kept"]:
+        up = ", ".join(map(str, data["peers_up"])) or "none"
+        human += (
+            f"\n{data['kept']} chunks ({format_size(data['kept_bytes'])}) are kept here for now:"
+            f" no other computer could take a copy (nodes up: {up}). The node moves them as"
+            " soon as one can; run reclaim again to wait for it"
+        )
+    emit(args, data, human)
+    return 1 if data["kept"] else 0
 
 
 def cmd_state(args: argparse.Namespace, state: StateDir) -> int:

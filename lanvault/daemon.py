@@ -26,6 +26,7 @@ from node.enrolment import Enroller, Invites
 from node.identity import NetworkCA, tls_contexts
 from node.node import Node, NodeConfig
 from node.owner import BackupError, Owner
+from node.reclaim import ReclaimReport
 from node.report import Progress, RestoreError
 from node.roster import RosterBook
 from node.safekeeping import CatalogNotSafe, Safekeeping
@@ -482,11 +483,25 @@ class Daemon:
         size = request.get("bytes")
         if not isinstance(size, int) or size < 0:
             raise OpError("reclaim needs a size of 0 or more bytes")
-        result = await self.node.reclaim(size)
+        reports: list[ReclaimReport] = []
+
+        async def work(progress: Callable[[Progress], None]) -> Progress:
+            shown = Progress()
+
+            def moved(report: ReclaimReport) -> None:
+                shown.files_done = report.dropped
+                shown.bytes_done = report.freed_bytes
+                shown.bytes_total = max(report.to_free_bytes, report.freed_bytes)
+                progress(shown)
+
+            reports.append(await self.node.reclaim(size, moved))
+            return shown
+
+        await self._with_progress(emit, work, unit="chunks")
         self.config.quota = size
         self.state.save_config(self.config)
         return {
-            **result,
+            **reports[0].as_dict(),
             "capacity_bytes": self.store.capacity,
             "used_bytes": self.store.used_bytes,
             "records_bytes": self.store.record_bytes,

@@ -53,6 +53,7 @@ from .protocol import (
     Wanted,
     put_batches,
 )
+from .reclaim import ReclaimReport, reclaim
 from .roster import RosterBook, RosterSync
 from .transport import Authenticated, Channel, Network, PeerUnavailable, RemoteError
 
@@ -169,6 +170,8 @@ class Node:
         self.last_scrub_bad = 0
         self.ready = trio.Event()
         self._repair_lock = trio.Lock()
+        self._reclaim_lock = trio.Lock()
+        self.kept_over_quota = 0  # chunks the last reclaim could not move yet
 
     # -- identity and liveness -----------------------------------------------------------
 
@@ -446,6 +449,8 @@ class Node:
                 self._gone_handled.add(peer)
             try:
                 self.last_repair = await self.repair_once()
+                if self.kept_over_quota and not self._reclaim_lock.locked():
+                    await self.reclaim(self.store.capacity)  # chunks a reclaim had to keep
             except Exception:
                 log.exception("repair pass failed")
 
@@ -720,50 +725,14 @@ class Node:
 
     # -- reclaim -------------------------------------------------------------------------
 
-    async def reclaim(self, capacity: int) -> dict[str, int]:
-        """Lend at most ``capacity`` bytes: copy what must go elsewhere first, then drop it."""
-        await trio.to_thread.run_sync(self.store.set_capacity, capacity, limiter=self.disk_limiter)
-        excess = self.store.used_bytes - capacity
-        if excess <= 0:
-            return {"dropped": 0, "copied": 0, "freed_bytes": 0}
-        chunks = await trio.to_thread.run_sync(self.store.chunks, limiter=self.disk_limiter)
-        chunks.sort(key=lambda c: (c.degree, c.stored_at), reverse=True)
-        victims: list[StoredChunk] = []
-        for chunk in chunks:
-            if excess <= 0:
-                break
-            victims.append(chunk)
-            excess -= chunk.length
-        copied = dropped = freed = 0
-        by_owner: dict[int, list[StoredChunk]] = defaultdict(list)
-        for chunk in victims:
-            by_owner[chunk.owner].append(chunk)
-        for owner, owned in by_owner.items():
-            found = await self.query_holders(owner, [c.address for c in owned])
-            for chunk in owned:
-                others = found[chunk.address] - {self.node_id}
-                if len(others) < chunk.degree:
-                    envelope = await trio.to_thread.run_sync(
-                        self.store.get, owner, chunk.address, limiter=self.disk_limiter
-                    )
-                    copied += await self.replicate(
-                        owner, chunk.address, chunk.degree, envelope, set(others)
-                    )
-                await trio.to_thread.run_sync(
-                    self.store.delete_many, owner, [chunk.address], limiter=self.disk_limiter
-                )
-                dropped += 1
-                freed += chunk.length
-                for peer in others:
-                    notice = functools.partial(
-                        Removed, owner=chunk.owner, address=chunk.address, degree=chunk.degree
-                    )
-                    await self.pool.request_quietly(peer, notice, 5)
-        await trio.to_thread.run_sync(self.store.compact, 0.0, limiter=self.disk_limiter)
-        log.info(
-            "reclaim: dropped %d chunks (%d bytes), made %d copies first", dropped, freed, copied
-        )
-        return {"dropped": dropped, "copied": copied, "freed_bytes": freed}
+    async def reclaim(
+        self, capacity: int, progress: Callable[[ReclaimReport], None] | None = None
+    ) -> ReclaimReport:
+        """Lend at most ``capacity`` bytes (see ``node/reclaim.py``); one at a time."""
+        async with self._reclaim_lock:
+            report = await reclaim(self, capacity, progress)
+        self.kept_over_quota = report.kept
+        return report
 
     # -- scrub ---------------------------------------------------------------------------
 

@@ -174,3 +174,15 @@ def test_the_reliability_document_is_written_from_the_suite() -> None:
     }
     recorded = {r["scenario"] for r in load(KEPT_RESULTS).values()}
     assert marked <= recorded, f"scenarios with no figures kept: {marked - recorded}"
+
+
+def test_the_disk_reserve_and_reclaim_figures_are_the_codes() -> None:
+    from chunkstore.store import DISK_RESERVE
+    from node.reclaim import COPIES_IN_FLIGHT, RECLAIM_BATCH
+
+    formats = " ".join((DOCS / "formats.md").read_text().split())
+    architecture = " ".join((DOCS / "architecture.md").read_text().split())
+    assert f"disk can take less {DISK_RESERVE // 2**20} MiB" in formats
+    assert f"less {DISK_RESERVE // 2**20} MiB kept for the index" in architecture
+    assert f"most-replicated first, {RECLAIM_BATCH} at a time" in architecture
+    assert f"copied elsewhere ({COPIES_IN_FLIGHT} at once" in architecture

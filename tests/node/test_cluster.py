@@ -216,7 +216,7 @@ async def test_reclaim_zero_keeps_every_chunk_at_degree(tmp_path: Path) -> None:
         await owner.backup_path(tmp_path / "src", degree=2)
         holder = max(range(2, 5), key=lambda n: len(cluster.members[n].store.chunks(1)))
         result = await cluster.members[holder].node.reclaim(0)
-        assert result["dropped"] > 0
+        assert result.dropped > 0 and result.kept == 0
         store = cluster.members[holder].store
         assert store.chunks(1) == [] and store.used_bytes == store.record_bytes
         await assert_at_degree(cluster, 1, 2)
