@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.system.conftest import cluster4  # noqa: F401  (the scenarios use it too)
+
 from .registry import BY_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,3 +116,11 @@ def run(request: pytest.FixtureRequest) -> Iterator[ScenarioRun]:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(results, indent=1, sort_keys=True))
     temporary.replace(path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """At full size a scenario may take an hour (the soak): the per-test limit follows."""
+    if config.getoption("--full"):
+        for item in items:
+            if item.get_closest_marker("scenario"):
+                item.add_marker(pytest.mark.timeout(7200))

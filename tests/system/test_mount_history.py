@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import hashlib
 import os
-import random
 import shutil
 import signal
 import stat
@@ -24,7 +22,6 @@ import pytest
 from chunkstore.chunking import split_bytes
 from chunkstore.envelope import chunk_address
 from chunkstore.keys import KeyRing
-from lanvault.mounts import is_dead
 from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
 
 from .procs import ProcessCluster
@@ -98,118 +95,6 @@ def stuck(thread: threading.Thread) -> str:
         line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "Backup" in line
     ]
     return f"{where}; /dev/fuse held by {holders}; mounts: {table}"
-
-
-# Kill rounds per seed; LANVAULT_KILL_ROUNDS=200 (with a CPU hog beside) is the stress run.
-KILL_ROUNDS = int(os.environ.get("LANVAULT_KILL_ROUNDS", "2"))
-
-
-class _Writer:
-    """Rewrites 12 files in turn (O_TRUNC, one write, fsync every other) until its mount
-    dies; remembers what each name's last acknowledged fsync left in it."""
-
-    def __init__(self, mnt: Path, rng: random.Random) -> None:
-        self.mnt, self.rng = mnt, rng
-        self.synced: dict[str, bytes] = {}  # the last fsync'd content of each name
-        self.overwritten: set[str] = set()  # names written again after their last fsync
-        self.history: dict[str, list[bytes]] = {}
-        self.events: dict[str, list[str]] = {}  # what each write did, for a failure's report
-        self.ended: list[int | None] = []  # the errno that stopped the writer
-        self.thread = threading.Thread(target=self.run)
-        self.dev = os.stat(mnt).st_dev  # the mount's: a file elsewhere is a test failure
-        self.failure: str | None = None
-
-    def run(self) -> None:
-        n = 0
-        while True:
-            name = f"f{n % 12}.bin"
-            size = self.rng.choice([100, 70_000, 3_000_000, self.rng.randint(0, 9_000_000)])
-            data = self.rng.randbytes(size)
-            if name in self.synced:
-                self.overwritten.add(name)
-            self.history.setdefault(name, []).append(data)
-            try:
-                fd = os.open(self.mnt / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    note = self.events.setdefault(name, [])
-                    note.append(f"write {len(self.history[name]) - 1} (n={n}) of {len(data)}:")
-                    st = os.fstat(fd)
-                    assert st.st_dev == self.dev, f"{name} opened beside the mount: {st}"
-                    written = os.write(fd, data)
-                    note[-1] += f" wrote {written}, inode {st.st_ino}"
-                    if n % 2 == 0:
-                        os.fsync(fd)
-                        note[-1] += ", fsync'd"
-                        # A short write acknowledged by a good fsync would be a lost write.
-                        self.synced[name] = data[:written]  # acknowledged: must survive
-                        self.overwritten.discard(name)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                self.ended.append(exc.errno)
-                return  # the mount died under us
-            except AssertionError as exc:
-                self.failure = str(exc)
-                return
-            n += 1
-
-    def check(self, source: Path, log: str) -> None:
-        """Every name whose last write was fsync'd holds exactly that write in SOURCE."""
-        assert self.synced, f"the writer got nothing fsync'd before the kill ({self.ended}); {log}"
-        for name, data in self.synced.items():
-            if name in self.overwritten:
-                continue
-            current = (source / name).read_bytes()
-            known = [i for i, d in enumerate(self.history[name]) if d == current]
-            assert current == data and len(data) == len(self.history[name][-1]), (
-                f"fsync'd {name} damaged: holds write {known} of"
-                f" {len(self.history[name])} ({len(current)} bytes, synced {len(data)},"
-                f" inode {(source / name).stat().st_ino}); {self.events[name]};"
-                f" inodes {sorted((p.stat().st_ino, p.name) for p in source.iterdir())};"
-                f" mount log: {log[-3000:]}"
-            )
-
-
-@pytest.mark.parametrize("seed", range(2))
-def test_mount_killed_during_writes_and_backups_loses_nothing(
-    cluster4: ProcessCluster, tmp_path: Path, seed: int
-) -> None:
-    rng = random.Random(seed)
-    mount, source, mnt = start_mount(cluster4, tmp_path)
-    try:
-        for round_ in range(KILL_ROUNDS):
-            writer = _Writer(mnt, rng)
-            writer.thread.start()
-            # Mid-stream: after some fsyncs, with cuts and sends in progress.
-            deadline = time.monotonic() + 60
-            while len(writer.synced) < 2 and writer.thread.is_alive():
-                assert time.monotonic() < deadline, f"round {round_}: no fsync in 60 s"
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 2.0))
-            kill_mount(mount)
-            writer.thread.join(30)  # the dead mount fails its next call: the writer stops
-            assert not writer.thread.is_alive(), f"round {round_}: {stuck(writer.thread)}"
-            assert writer.failure is None, f"round {round_}: {writer.failure}"
-            log = (tmp_path / "mount.log").read_text()
-            # The mount refuses (EIO) a write through a descriptor that became another
-            # file's: the writer would then stop quietly, so the refusal itself is a failure.
-            assert "refers to another file" not in log, log[-3000:]
-            writer.check(source, f"round {round_} of seed {seed}; {log}")
-            # The dead mount is still there (the writer's last call failed on it, not on the
-            # folder beneath); the next mount clears it and catches up with what was not
-            # recorded.
-            assert writer.ended[0] in (errno.ENOTCONN, errno.ECONNABORTED), writer.ended
-            assert is_dead(mnt)
-            mount.start()
-            cluster4.wait(
-                lambda: all_safe(cluster4, source), 120, f"all safe after kill {round_ + 1}"
-            )
-        for path in source.iterdir():
-            out = tmp_path / "restored" / path.name
-            cluster4.cli(1, "restore", path, "--to", out)
-            assert digest(out) == digest(path), f"{path.name} (seed {seed})"
-    finally:
-        mount.stop()
 
 
 def test_prune_drops_old_snapshots_and_deletes_their_chunks(
