@@ -20,7 +20,8 @@ from .conftest import ScenarioRun
 pytestmark = [
     pytest.mark.fuse,
     pytest.mark.slow,
-    pytest.mark.scenario("mount-killed", seeds=(1, 2)),
+    # 1660782649 found the workload's own model wrong (a truncation cut an unsynced write).
+    pytest.mark.scenario("mount-killed", seeds=(1, 2, 1660782649)),
 ]
 
 
@@ -33,6 +34,7 @@ class Workload:
     def __init__(self, mnt: Path, rng: random.Random) -> None:
         self.mnt, self.rng = mnt, rng
         self.durable: dict[str, bytes] = {}
+        self.current: dict[str, bytes] = {}  # what each name holds as this writer last left it
         self.unsure: set[str] = set()
         self.done: list[str] = []  # the operations, for a failure's report
         self.ended: int | None = None
@@ -50,14 +52,16 @@ class Workload:
         path = self.mnt / name
         data = self.rng.randbytes(self.rng.choice([0, 100, 70_000, self.rng.randrange(3_000_000)]))
         kind = self.rng.choice(["write", "write", "unsynced", "truncate", "save"])
-        if kind == "truncate" and name not in self.durable:
+        if kind == "truncate" and name not in self.current:
             kind = "write"
         self.unsure.add(name)
         self.done.append(f"{n}: {kind} {name} ({len(data)} bytes)")
         if kind in ("write", "unsynced"):
+            self.current.pop(name, None)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 assert os.write(fd, data) == len(data)
+                self.current[name] = data
                 if kind == "write":
                     os.fsync(fd)
             finally:
@@ -66,14 +70,15 @@ class Workload:
                 self.durable[name] = data
                 self.unsure.discard(name)
         elif kind == "truncate":
-            keep = self.rng.randrange(len(self.durable[name]) + 1)
+            # The file holds what the last write left, fsync'd or not: that is what is cut.
+            keep = self.rng.randrange(len(self.current[name]) + 1)
             fd = os.open(path, os.O_WRONLY)
             try:
                 os.ftruncate(fd, keep)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self.durable[name] = self.durable[name][:keep]
+            self.durable[name] = self.current[name] = self.current[name][:keep]
             self.unsure.discard(name)
         else:
             temporary = self.mnt / f".{name}.{n}.tmp"
@@ -83,7 +88,9 @@ class Workload:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            self.current.pop(name, None)
             os.rename(temporary, path)
+            self.current[name] = data
             self._fsync_folder()
             self.durable[name] = data
             self.unsure.discard(name)
