@@ -55,12 +55,20 @@ def test_a_holder_whose_disk_fills_takes_what_it_can_and_says_so(
             second = cluster.cli(1, "backup", trees[1], "--degree", "2", timeout=600)
             filler.join()
             assert "backed up" in second.stdout
+
             # The full holder says what it can really take, not its whole quota.
-            own = next(n for n in cluster.json(3, "status")["nodes"] if n.get("self"))
-            assert own["free_bytes"] == 0 and own["disk_full"], own
+            # (measured at most once a second, then heard by the owner at the next heartbeat)
+            def own() -> dict[str, object]:
+                return next(n for n in cluster.json(3, "status")["nodes"] if n.get("self"))
+
+            cluster.wait(lambda: own()["free_bytes"] == 0, 10, "node 3 advertises no room")
+            assert own()["disk_full"], own()
             assert "this node's disk has room for" in cluster.cli(3, "status").stdout
-            seen = {n["id"]: n for n in cluster.json(1, "status")["nodes"]}
-            assert seen[3]["free_bytes"] == 0, seen[3]
+
+            def seen() -> dict[str, object]:
+                return next(n for n in cluster.json(1, "status")["nodes"] if n["id"] == 3)
+
+            cluster.wait(lambda: seen()["free_bytes"] == 0, 10, "the owner hears it")
             refused = refusals(cluster, 3)
             # The owner now knows: a third backup aims nothing at node 3.
             cluster.cli(1, "backup", trees[2], "--degree", "2", timeout=600)
