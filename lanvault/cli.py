@@ -393,6 +393,11 @@ def print_status(data: dict[str, Any]) -> None:
                 f"      this node's disk has room for {format_size(n['free_bytes'])} more,"
                 f" less than its quota of {format_size(n['quota_bytes'])} leaves"
             )
+        if n.get("kept_over_quota"):
+            print(
+                f"      {n['kept_over_quota']} chunks over its quota wait for another computer"
+                " to take a copy (the reclaim moves them when one can)"
+            )
     print(f"chunks below their degree: {data['under_replicated_chunks']}")
     print(f"backups waiting to be sent: {data['pending_backlog']}")
     for owner, when in data.get("last_backup", {}).items():
@@ -671,8 +676,8 @@ def cmd_reclaim(args: argparse.Namespace, state: StateDir) -> int:
         up = ", ".join(map(str, data["peers_up"])) or "none"
         human += (
             f"\n{data['kept']} chunks ({format_size(data['kept_bytes'])}) are kept here for now:"
-            f" no other computer could take a copy (nodes up: {up}). The node moves them as"
-            " soon as one can; run reclaim again to wait for it"
+            f" no other computer could take a copy (nodes up: {up}). The node keeps trying"
+            " at each repair pass and moves them as soon as one can (see status)"
         )
     emit(args, data, human)
     return 1 if data["kept"] else 0
@@ -734,8 +739,9 @@ def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
         )
     if data.get("store_orphan_records"):
         human += (
-            f"\n{data['store_orphan_records']} records of deleted or twice-written chunks"
-            f" ({data['store_orphan_bytes'] / 1e6:.1f} MB) wait for compaction"
+            f"\n{data['store_orphan_records']} records no index entry names (deleted chunks,"
+            f" copies written twice, or writes cut off before they were acknowledged;"
+            f" {data['store_orphan_bytes'] / 1e6:.1f} MB) wait for compaction"
         )
     found = data.get("bad_copies_found_before") or {}
     if found.get("total"):

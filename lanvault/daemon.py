@@ -298,6 +298,7 @@ class Daemon:
                 "used_bytes": self.store.used_bytes,
                 "free_bytes": self.store.room_bytes,
                 "disk_full": self.store.room_bytes < self.store.free_bytes,
+                "kept_over_quota": self.node.kept_over_quota,  # chunks a reclaim has to move
             }
         ]
         for peer in membership.peers():
@@ -483,6 +484,10 @@ class Daemon:
         size = request.get("bytes")
         if not isinstance(size, int) or size < 0:
             raise OpError("reclaim needs a size of 0 or more bytes")
+        # The new quota is in force (and kept across restarts) from the start, even when the
+        # command is interrupted before every chunk is moved: the node finishes the moving.
+        self.config.quota = size
+        self.state.save_config(self.config)
         reports: list[ReclaimReport] = []
 
         async def work(progress: Callable[[Progress], None]) -> Progress:
@@ -498,8 +503,6 @@ class Daemon:
             return shown
 
         await self._with_progress(emit, work, unit="chunks")
-        self.config.quota = size
-        self.state.save_config(self.config)
         return {
             **reports[0].as_dict(),
             "capacity_bytes": self.store.capacity,

@@ -97,3 +97,16 @@ def fill_disk(path: Path, leave: int) -> None:
                 handle.flush()
             except OSError:
                 break
+
+
+@contextmanager
+def running(root: Path, count: int, gone_after: str) -> Iterator[ProcessCluster]:
+    """``count`` enrolled nodes started and linked; stopped after, and then no node may have
+    logged a traceback (checked only when the scenario itself passed)."""
+    cluster = ProcessCluster(root, count, gone_after=gone_after)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.stop_all()
+    cluster.assert_no_tracebacks()

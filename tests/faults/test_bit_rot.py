@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from chunkstore.store import RECORD_HEADER
-from tests.system.procs import ProcessCluster
 
 from .conftest import ScenarioRun
-from .helpers import copies_on_holders, same_tree, seconds_until, write_tree
+from .helpers import copies_on_holders, running, same_tree, seconds_until, write_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("bit-rot")]
 
@@ -82,9 +81,7 @@ def test_one_check_finds_every_damaged_copy_and_repair_restores_the_degree(
     run: ScenarioRun, tmp_path: Path
 ) -> None:
     size = run.size(24, 200) * 1_000_000
-    cluster = ProcessCluster(tmp_path / "net", 4, gone_after="60s")
-    try:
-        cluster.start_all()
+    with running(tmp_path / "net", 4, "60s") as cluster:
         trees = [tmp_path / "first", tmp_path / "second"]
         write_tree(trees[0], run.rng, size, 8)
         write_tree(trees[1], run.rng, size // 3, 4)
@@ -139,6 +136,3 @@ def test_one_check_finds_every_damaged_copy_and_repair_restores_the_degree(
             out = tmp_path / "out" / tree.name
             cluster.cli(1, "restore", tree, "--to", out, timeout=600)
             assert same_tree(tree, out)
-    finally:
-        cluster.stop_all()
-    cluster.assert_no_tracebacks()

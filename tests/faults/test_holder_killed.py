@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.procs import ProcessCluster, start_lanvault
+from tests.system.procs import start_lanvault
 
 from .conftest import ScenarioRun
-from .helpers import bytes_moved, copies_on_holders, peak_rss_mb, same_tree, write_tree
+from .helpers import bytes_moved, copies_on_holders, peak_rss_mb, running, same_tree, write_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("holder-killed")]
 
@@ -18,9 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.scenario("holder-killed")]
 def test_a_holder_killed_mid_backup_costs_nothing(run: ScenarioRun, tmp_path: Path) -> None:
     size = run.size(100, 1024) * 2**20
     pause = run.size(8, 30)
-    cluster = ProcessCluster(tmp_path / "net", 4, gone_after="6s")
-    try:
-        cluster.start_all()
+    with running(tmp_path / "net", 4, "6s") as cluster:
         src = tmp_path / "src"
         write_tree(src, run.rng, size, run.size(20, 64))
         victim = run.rng.choice([2, 3, 4])
@@ -55,6 +53,3 @@ def test_a_holder_killed_mid_backup_costs_nothing(run: ScenarioRun, tmp_path: Pa
         assert report["store_bad_copies"] == [] and report["store_chunks_verified"] > 0, report
         run.figure("peak RSS of the owner", peak_rss_mb(cluster, 1), "MB")
         run.figure("bytes moved", bytes_moved(cluster) / 1e6, "MB")
-    finally:
-        cluster.stop_all()
-    cluster.assert_no_tracebacks()

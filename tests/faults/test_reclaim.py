@@ -12,7 +12,7 @@ import pytest
 from tests.system.procs import ProcessCluster, start_lanvault
 
 from .conftest import ScenarioRun
-from .helpers import copies_on_holders, same_tree, seconds_until, write_tree
+from .helpers import copies_on_holders, running, same_tree, seconds_until, write_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("reclaim")]
 
@@ -25,9 +25,7 @@ def test_reclaim_during_a_backup_ends_within_the_new_quota(
     run: ScenarioRun, tmp_path: Path
 ) -> None:
     size = run.size(40, 400) * 1_000_000
-    cluster = ProcessCluster(tmp_path / "net", 4, gone_after="60s")
-    try:
-        cluster.start_all()
+    with running(tmp_path / "net", 4, "60s") as cluster:
         trees = [tmp_path / "first", tmp_path / "second"]
         write_tree(trees[0], run.rng, size, 10)
         write_tree(trees[1], run.rng, size, 10)
@@ -59,17 +57,12 @@ def test_reclaim_during_a_backup_ends_within_the_new_quota(
             dest = tmp_path / "out" / tree.name
             cluster.cli(1, "restore", tree, "--to", dest, timeout=1200)
             assert same_tree(tree, dest)
-    finally:
-        cluster.stop_all()
-    cluster.assert_no_tracebacks()
 
 
 def test_reclaim_with_nowhere_to_go_says_so_and_finishes_later(
     run: ScenarioRun, tmp_path: Path
 ) -> None:
-    cluster = ProcessCluster(tmp_path / "net", 4, gone_after="600s")
-    try:
-        cluster.start_all()
+    with running(tmp_path / "net", 4, "600s") as cluster:
         src = tmp_path / "src"
         write_tree(src, run.rng, run.size(8, 80) * 1_000_000, 6)
         cluster.cli(1, "backup", src, "--degree", "2")
@@ -85,6 +78,10 @@ def test_reclaim_with_nowhere_to_go_says_so_and_finishes_later(
         assert "are kept here for now: no other computer could take a copy" in human.stdout
         # It kept exactly what it says (nothing dropped without its copies elsewhere).
         assert len(cluster.json(holder, "state")["stored"]) == out["kept"]
+        assert (
+            "chunks over its quota wait for another computer"
+            in cluster.cli(holder, "status").stdout
+        )
         for other in others:
             cluster.start(other)
         run.figure(
@@ -96,17 +93,12 @@ def test_reclaim_with_nowhere_to_go_says_so_and_finishes_later(
         dest = tmp_path / "out"
         cluster.cli(1, "restore", src, "--to", dest)
         assert same_tree(src, dest)
-    finally:
-        cluster.stop_all()
-    cluster.assert_no_tracebacks()
 
 
 def test_a_node_whose_directory_is_deleted_is_repaired_around(
     run: ScenarioRun, tmp_path: Path
 ) -> None:
-    cluster = ProcessCluster(tmp_path / "net", 4, gone_after="6s")
-    try:
-        cluster.start_all()
+    with running(tmp_path / "net", 4, "6s") as cluster:
         src = tmp_path / "src"
         write_tree(src, run.rng, run.size(30, 300) * 1_000_000, 8)
         cluster.cli(1, "backup", src, "--degree", "2", timeout=1200)
@@ -124,6 +116,3 @@ def test_a_node_whose_directory_is_deleted_is_repaired_around(
         dest = tmp_path / "out"
         cluster.cli(1, "restore", src, "--to", dest, timeout=1200)
         assert same_tree(src, dest)
-    finally:
-        cluster.stop_all()
-    cluster.assert_no_tracebacks()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.procs import ProcessCluster, start_lanvault
+from tests.system.procs import start_lanvault
 
 from .conftest import ScenarioRun
-from .helpers import copies_on_holders, same_tree
+from .helpers import copies_on_holders, running, same_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("retention-race")]
 
@@ -22,9 +22,7 @@ def test_pruning_never_deletes_a_chunk_a_kept_snapshot_uses(
     run: ScenarioRun, tmp_path: Path
 ) -> None:
     rounds = run.size(6, 40)
-    cluster = ProcessCluster(tmp_path / "net", 4, gone_after="6s")
-    try:
-        cluster.start_all()
+    with running(tmp_path / "net", 4, "6s") as cluster:
         tree = tmp_path / "tree"
         tree.mkdir()
         # A few contents each file goes back and forth between: later backups reuse the
@@ -69,6 +67,3 @@ def test_pruning_never_deletes_a_chunk_a_kept_snapshot_uses(
         cluster.cli(1, "restore", tree, "--to", out)
         assert same_tree(tree, out)
         assert cluster.json(1, "check", "--read-data")["read_data_bad_copies"] == []
-    finally:
-        cluster.stop_all()
-    cluster.assert_no_tracebacks()

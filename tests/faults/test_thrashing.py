@@ -11,7 +11,7 @@ import pytest
 from tests.system.procs import ProcessCluster, lanvault
 
 from .conftest import ScenarioRun
-from .helpers import copies_on_holders, peak_rss_mb, same_tree, seconds_until, write_tree
+from .helpers import copies_on_holders, peak_rss_mb, running, same_tree, seconds_until, write_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("thrashing")]
 
@@ -45,9 +45,7 @@ def test_thrashing_holders_under_backups_end_at_exactly_their_degree(
     run: ScenarioRun, tmp_path: Path
 ) -> None:
     length = run.size(45, 600)
-    cluster = ProcessCluster(tmp_path / "net", 5, gone_after="4s")
-    try:
-        cluster.start_all()
+    with running(tmp_path / "net", 5, "4s") as cluster:
         tree = tmp_path / "tree"
         write_tree(tree, run.rng, run.size(20, 200) * 1_000_000, 10)
         backups = Backups(cluster, tree, run)
@@ -85,6 +83,3 @@ def test_thrashing_holders_under_backups_end_at_exactly_their_degree(
         cluster.cli(1, "restore", tree, "--to", out, timeout=600)
         assert same_tree(tree, out)
         run.figure("peak RSS of the owner", peak_rss_mb(cluster, 1), "MB")
-    finally:
-        cluster.stop_all()
-    cluster.assert_no_tracebacks()
