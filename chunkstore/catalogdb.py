@@ -370,15 +370,19 @@ class CatalogDB:
         created_ns: int,
         holders: Iterable[tuple[bytes, int]],
         backup_ns: int | None = None,
+        pending: Sequence[FileVersion] = (),
     ) -> None:
         """Record versions already at their degree, and the holders that made them so, in one
         transaction (a backup of many small files commits them in groups); with ``backup_ns``,
-        it is the time of the last backup (the ``last_backup_ns`` setting) in that same one."""
+        it is the time of the last backup (the ``last_backup_ns`` setting) in that same one.
+        ``pending`` versions (short of their degree) go in too, incomplete."""
         with self._tx() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(holders)
             )
             self._insert_complete(db, versions, created_ns)
+            for version in pending:
+                self._insert_version(db, version, created_ns, ORIGIN_BACKUP)
             if backup_ns is not None:
                 db.execute(
                     "INSERT INTO settings(name, value) VALUES ('last_backup_ns', ?)"

@@ -25,7 +25,7 @@ from fs.versions import snapshot_name
 from node.enrolment import Enroller, Invites
 from node.identity import NetworkCA, tls_contexts
 from node.node import Node, NodeConfig
-from node.owner import BackupError, Owner
+from node.owner import UNSENT_BYTES, BackupError, Owner
 from node.reclaim import ReclaimReport
 from node.report import Progress, RestoreError
 from node.roster import RosterBook
@@ -138,12 +138,15 @@ class Daemon:
         self.catalog = CatalogDB(catalog_path or state.catalog_path)
         self.keys = KeyRing.from_master(state.master_key())
         self.outbox = ChunkStore.open(state.outbox_path, capacity=1 << 62)
+        # Only this process writes here (the mount writes the outbox).
+        self.unsent = ChunkStore.open(state.unsent_path, capacity=UNSENT_BYTES)
         self.owner = Owner(
             self.node,
             self.keys,
             self.catalog,
             config.default_degree,
             self.outbox,
+            unsent=self.unsent,
             retention=RetentionPolicy.parse(config.retention),
             prune_interval=config.prune_interval,
         )
@@ -165,6 +168,7 @@ class Daemon:
 
     def close(self) -> None:
         self.outbox.close()
+        self.unsent.close()
         self.catalog.close()
         self.store.close()
 

@@ -12,6 +12,7 @@ STATE/tls/pins.json      certificate fingerprints pinned per node id
 STATE/store/             the chunk store this node lends
 STATE/catalog.sqlite3    this node's own backups (versions, holders, owed deletes)
 STATE/outbox/            sealed chunks a mount cut aside, kept until their version is safe
+STATE/unsent/            sealed chunks a backup could not yet bring to their degree (up to 1 GiB)
 STATE/restores/          which temporary file each interrupted restore made (resumed only from it)
 STATE/control.sock       the daemon's control socket (owner only)
 STATE/mounts.json        mountpoint -> SOURCE of every folder mounted (+ mounts.lock to update it)
@@ -151,6 +152,10 @@ class StateDir:
     @property
     def outbox_path(self) -> Path:
         return self.root / "outbox"
+
+    @property
+    def unsent_path(self) -> Path:
+        return self.root / "unsent"
 
     @property
     def catalog_path(self) -> Path:

@@ -691,7 +691,8 @@ class Node:
         Between rounds the sender backs off (0.2 s doubling to 5 s, with jitter). Copies go to
         computers that hold none yet (the owner's own computer included among those to avoid);
         a second copy on one computer is made only when the network has too few computers, or
-        as a last resort when the missing computers stay unreachable.
+        as a last resort when the missing computers stay unreachable. With no peer up that
+        could take a copy at all, it returns at once.
         """
         made = 0
         delay = 0.2
@@ -701,6 +702,13 @@ class Node:
                 targets = self.plan_targets(
                     owner, address, degree, holders, tried, final=round_no == rounds - 1
                 )
+                if not targets and not tried and not self.plan_targets(
+                    owner, address, degree, holders, tried, final=True
+                ):
+                    # Nobody up could take it: waiting helps nothing (a version short of its
+                    # degree is finished when a peer comes back online).
+                    self._holder_cache[(owner, address)] = set(holders)
+                    return made
                 if not targets:
                     break
                 results: dict[int, bool] = {}

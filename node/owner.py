@@ -31,10 +31,10 @@ from chunkstore.catalog import (
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import CHUNK_SIZE, chunk_count, split_bytes
 from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
-from chunkstore.errors import ChunkstoreError, EnvelopeError
+from chunkstore.errors import ChunkstoreError, EnvelopeError, QuotaExceededError
 from chunkstore.keys import KeyRing
 from chunkstore.retention import RetentionPolicy
-from chunkstore.store import ChunkStore
+from chunkstore.store import ChunkStore, PutItem
 
 from .fetch import Fetcher
 from .node import Node
@@ -58,6 +58,9 @@ GROUP_BYTES = 16 * 1024 * 1024  # ... and this many bytes of them read at once,
 GROUPS_IN_FLIGHT = 3  # several groups at once
 SEAL_BYTES = 4 * 1024 * 1024  # a group's chunks sealed per worker-thread hop, then sent together
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
+# A backup short of its degree keeps the chunks it could not send in a local store of this
+# size; beyond it the node reads them again from the file (while that is unchanged).
+UNSENT_BYTES = 1 << 30
 
 
 class SharedExclusive:
@@ -109,7 +112,21 @@ class SharedExclusive:
 
 
 class BackupError(Exception):
-    """A backup could not reach its degree (yet); the version stays pending and is retried."""
+    """A backup failed: a file could not be read, or changed too often while it was read."""
+
+
+class BackupPending(BackupError):
+    """Recorded, but some chunks are short of their degree: the node sends the missing copies
+    when holders return (the version is pending until then, and says so)."""
+
+
+class _EntryPending(BackupPending):
+    """One entry recorded short of its degree (``backup_path`` sums them up)."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path = path
+        self.why = why
 
 
 T = TypeVar("T")
@@ -280,6 +297,21 @@ def _read_folders(
     return out
 
 
+def _pending_summary(
+    pending: dict[str, str], files: list[str], entries: list[str], degree: int
+) -> str:
+    """What a backup left pending: '2 of 5 files and 1 of 3 symlinks and folders recorded,
+    not yet at degree 2'."""
+    paths = set(pending)
+    in_files = len(paths & set(files))
+    parts = []
+    if in_files:
+        parts.append(f"{in_files} of {len(files)} file{'' if len(files) == 1 else 's'}")
+    if len(paths) > in_files:
+        parts.append(f"{len(paths) - in_files} of {len(entries)} symlinks and folders")
+    return f"{' and '.join(parts)} recorded, not yet at degree {degree}"
+
+
 def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
     with open(path, "rb") as handle:
         handle.seek(first_no * CHUNK_SIZE)
@@ -295,6 +327,7 @@ class Owner:
         default_degree: int = 2,
         outbox: ChunkStore | None = None,
         retention: RetentionPolicy | None = None,
+        unsent: ChunkStore | None = None,
         prune_interval: float = 3600.0,
     ) -> None:
         self.node = node
@@ -310,6 +343,7 @@ class Owner:
         self._tombstones_wanted = trio.Event()
         self._resume_wanted = trio.Event()
         self.outbox = outbox
+        self.unsent = unsent
         self._delete_lock = trio.Lock()  # held while owed deletes are being sent
         self.fetcher = Fetcher(node, keys, catalog, self._db)
         self.restorer = Restorer(
@@ -323,6 +357,7 @@ class Owner:
         self.last_backup_ns = catalog.get_setting("last_backup_ns")
         self.safekeeping: Safekeeping | None = None  # set by the daemon: kit and catalog copies
         node.on_online.append(lambda _peer: self._tombstones_wanted.set())
+        node.on_online.append(lambda _peer: self._resume_wanted.set())  # pending backups go on
         # A node back online may bring copies that were re-made elsewhere meanwhile.
         self._trim_wanted = trio.Event()
         node.on_online.append(lambda _peer: self._trim_wanted.set())
@@ -502,6 +537,8 @@ class Owner:
         for entry in one_by_one:
             try:
                 await self._backup_entry(entry, degree, report)
+            except _EntryPending as exc:
+                report.pending[exc.path] = exc.why
             except (BackupError, OSError) as exc:
                 entry_failures.append(f"{entry}: {exc}")
         report.links = len(scan.links)
@@ -528,7 +565,15 @@ class Owner:
             if scan.unlisted:
                 n = len(scan.unlisted)
                 what.append(f"{n} folder{'' if n == 1 else 's'} not read")
+            if report.pending:
+                what.append(_pending_summary(report.pending, files, entries, degree))
             raise BackupError(f"{', '.join(what)}: {(failures + scan.unlisted)[0]}")
+        if report.pending:
+            raise BackupPending(
+                f"{_pending_summary(report.pending, files, entries, degree)}: the node makes the"
+                " missing copies when holders return (`lanvault state` shows their degrees):"
+                f" {next(f'{p}: {why}' for p, why in report.pending.items())}"
+            )
         await self._note_backup()  # a run that found nothing new is a backup all the same
         return report
 
@@ -578,10 +623,20 @@ class Owner:
         holders = {h for h in known_holders[empty] if not self.node.membership.is_gone(h)}
         if len(holders) < degree:
             [envelope] = _seal_all(self.keys, [(empty, b"")])
-            learned, short = await self._send([(empty, envelope, holders)], degree, report)
-            if short:
-                failures += [f"{p}: {short[0]}" for p in unchanged]
-                return failures + [f"{v.path}: {short[0]}" for _b, v in versions]
+            item = (empty, envelope, holders)
+            learned, short = await self._send([item], degree, report)
+            if short:  # recorded all the same: pending until the copies are made
+                await self._keep_unsent([item], degree)
+                report.pending.update((p, short[0]) for p in unchanged)
+                report.pending.update((v.path, short[0]) for _b, v in versions)
+                for before, version in versions:
+                    report.note(before, version)
+                pending = [v for _b, v in versions]
+                await self._db(
+                    self.catalog.add_complete_versions, [], time.time_ns(), learned, None, pending
+                )
+                self._catalog_changed()
+                return failures
         report.unmodified += len(unchanged)
         if not versions:
             if learned:
@@ -635,13 +690,12 @@ class Owner:
                     (a, e, {h for h in known[a] if not self.node.membership.is_gone(h)})
                     for a, e in zip(addresses, envelopes, strict=True)
                 ]
-                learned, failures = await self._send(
-                    [item for item in items if len(item[2]) < degree], degree, report
-                )
+                sent = [item for item in items if len(item[2]) < degree]
+                learned, short = await self._send(sent, degree, report)
                 if learned:
                     await self._db(self.catalog.add_holders, learned)
-                if failures:
-                    raise BackupError(failures[0])
+                if short:
+                    await self._keep_unsent(sent, degree)
                 xattrs = read_xattrs(path)
                 after = os.lstat(path)
                 if (after.st_mtime_ns, after.st_ctime_ns) != (
@@ -653,8 +707,11 @@ class Owner:
                     self.owner_id, path, before, degree, addresses, len(content), xattrs
                 )
                 await self._db(self.catalog.add_version, version, time.time_ns())
-                await self._db(self.catalog.set_complete, version.file_id)
                 report.note(latest, version)
+                if short:  # recorded; pending until the missing copies are made
+                    self._catalog_changed()
+                    raise _EntryPending(str(path), short[0])
+                await self._db(self.catalog.set_complete, version.file_id)
                 return version
         raise BackupError(f"{path} keeps changing; try again when it is not being changed")
 
@@ -691,7 +748,9 @@ class Owner:
                 report.bytes_done += before.st_size
                 report.unmodified += 1
                 return latest
-            addresses = await self._store_content(key, before.st_size, degree, report, progress)
+            addresses, short = await self._store_content(
+                key, before.st_size, degree, report, progress
+            )
             report.bytes_read += before.st_size
             xattrs = read_xattrs(key)
             after = os.stat(key, follow_symlinks=False)
@@ -706,9 +765,12 @@ class Owner:
                 self.owner_id, key, before, degree, addresses, xattrs=xattrs
             )
             await self._db(self.catalog.add_version, version, time.time_ns())
+            report.note(latest, version)
+            if short:  # recorded; pending until the missing copies are made
+                self._catalog_changed()
+                raise _EntryPending(str(path), short[0])
             await self._db(self.catalog.set_complete, version.file_id)
             await self._note_backup()
-            report.note(latest, version)
             return version
         raise BackupError(f"{path} keeps changing; try again when it is not being written")
 
@@ -764,11 +826,13 @@ class Owner:
                 report.bytes_done += version.size
                 report.unmodified += 1
             else:
-                failures.append(f"{path}: some chunks are not yet at degree {version.degree}")
+                report.pending[path] = f"some chunks are not yet at degree {version.degree}"
         failures += await self._backup_small(small, degree, report, one_by_one)
         for path in one_by_one:
             try:
                 await self._backup_file(Path(path), degree, report, progress)
+            except _EntryPending as exc:
+                report.pending[exc.path] = exc.why
             except (BackupError, OSError) as exc:
                 failures.append(f"{path}: {exc}")
             report.files_done += 1
@@ -818,27 +882,38 @@ class Owner:
                 _seal_all, self.keys, [(a, plain[a]) for a in batch], limiter=self.node.cpu_limiter
             )
             items = [(a, e, live[a]) for a, e in zip(batch, envelopes, strict=True)]
-            new, _short = await self._send(items, degree, report)  # ``live`` grows
+            new, short_lines = await self._send(items, degree, report)  # ``live`` grows
             learned += new
+            if short_lines:
+                await self._keep_unsent(items, degree)
         versions: list[FileVersion] = []
+        pending: list[FileVersion] = []
         for path, st, before, (_chunks, addresses, xattrs) in read:
             report.files_done += 1
+            version = version_from_stat(self.owner_id, path, st, degree, addresses, xattrs=xattrs)
+            report.bytes_read += st.st_size
+            report.note(before, version)
             short = [a for a in addresses if len(live[a]) < degree]
-            if short:
-                failures.append(
-                    f"{path}: chunk {short[0].hex()[:12]}… has {len(live[short[0]])} of {degree}"
+            if short:  # recorded all the same: pending until the missing copies are made
+                pending.append(version)
+                report.pending[path] = (
+                    f"chunk {short[0].hex()[:12]}… has {len(live[short[0]])} of {degree}"
                     f" copies ({len(self.node.membership.up_ids())} peers up)"
                 )
                 continue
-            version = version_from_stat(self.owner_id, path, st, degree, addresses, xattrs=xattrs)
             versions.append(version)
             report.bytes_done += st.st_size
-            report.bytes_read += st.st_size
-            report.note(before, version)
         now = time.time_ns()
         await self._db(
-            self.catalog.add_complete_versions, versions, now, learned, now if versions else None
+            self.catalog.add_complete_versions,
+            versions,
+            now,
+            learned,
+            now if versions else None,
+            pending,
         )
+        if pending and not versions:
+            self._catalog_changed()
         if versions:  # the time of the last backup went in with them
             self.last_backup_ns = now
             self._catalog_changed()
@@ -912,8 +987,9 @@ class Owner:
 
     async def _store_content(
         self, path: str, size: int, degree: int, report: Progress, progress: ProgressFn | None
-    ) -> list[bytes]:
-        """Read, address, seal and send every chunk of ``path``; return the addresses in order."""
+    ) -> tuple[list[bytes], list[str]]:
+        """Read, address, seal and send every chunk of ``path``; return the addresses in order
+        and a line per chunk that stayed short of its degree (kept for later, ``_keep_unsent``)."""
         count = chunk_count(size)
         addresses: list[bytes | None] = [None] * count
         budget = trio.Semaphore(IN_FLIGHT_CHUNKS)
@@ -926,6 +1002,8 @@ class Owner:
                 new, short = await self._send(items, degree, report)
                 learned.extend(new)
                 failures.extend(short)
+                if short:
+                    await self._keep_unsent(items, degree)
             finally:
                 for _ in items:
                     budget.release()
@@ -993,9 +1071,7 @@ class Owner:
         await flush_learned()
         if unreadable:
             raise unreadable[0]
-        if failures:
-            raise BackupError(f"{path}: {failures[0]}")
-        return [a for a in addresses if a is not None]
+        return [a for a in addresses if a is not None], failures
 
     async def _ensure_version(
         self, version: FileVersion, report: Progress, progress: ProgressFn | None
@@ -1003,7 +1079,7 @@ class Owner:
         """Bring every chunk of a recorded version to its degree, then mark it complete."""
         done = await self._ensure_versions([version], report, progress)
         if not done:
-            raise BackupError(f"{version.path}: some chunks are not yet at degree {version.degree}")
+            raise _EntryPending(version.path, f"some chunks are not yet at degree {version.degree}")
 
     async def _ensure_versions(
         self, versions: list[FileVersion], report: Progress, progress: ProgressFn | None
@@ -1062,7 +1138,7 @@ class Owner:
         if complete:
             newly = await self._db(self.catalog.set_complete_many, [v.file_id for v in complete])
         if newly:
-            if self.outbox is not None:
+            if self.outbox is not None or self.unsent is not None:
                 await trio.to_thread.run_sync(self._release_outbox, complete)
             await self._note_backup()
         return complete
@@ -1071,11 +1147,12 @@ class Owner:
         return [self._envelope_for(version, no, address) for address, version, no in batch]
 
     def _envelope_for(self, version: FileVersion, no: int, address: bytes) -> bytes | None:
-        if self.outbox is not None:
-            try:
-                return self.outbox.get(self.owner_id, address)
-            except ChunkstoreError:
-                pass
+        for kept in (self.outbox, self.unsent):
+            if kept is not None:
+                try:
+                    return kept.get(self.owner_id, address)
+                except ChunkstoreError:
+                    pass
         try:
             with open(version.path, "rb") as handle:
                 handle.seek(no * CHUNK_SIZE)
@@ -1087,11 +1164,33 @@ class Owner:
         return seal_chunk(self.keys, address, data)
 
     def _release_outbox(self, versions: list[FileVersion]) -> None:
-        """Drop outbox chunks of these (now safe) versions that no pending version needs."""
-        assert self.outbox is not None
+        """Drop outbox and unsent chunks of these (now safe) versions that no pending version
+        needs."""
         released = {a for v in versions for a in v.chunks}
-        done = released - self.catalog.pending_among(released)
-        self.outbox.delete_many(self.owner_id, sorted(done))
+        done = sorted(released - self.catalog.pending_among(released))
+        if self.outbox is not None:
+            self.outbox.delete_many(self.owner_id, done)
+        if self.unsent is not None and self.unsent.chunk_count():
+            self.unsent.delete_many(self.owner_id, done)
+            if self.unsent.garbage_bytes() > UNSENT_BYTES // 8:
+                self.unsent.compact(0.5)
+
+    async def _keep_unsent(self, items: list[tuple[bytes, bytes, set[int]]], degree: int) -> None:
+        """Keep the envelopes of chunks still short of ``degree`` (durable before a pending
+        version names them), so the node can finish the version when holders return even if
+        the file changes meanwhile. Up to ``UNSENT_BYTES``: beyond that the node reads them
+        from the file again, which works while the file is unchanged."""
+        short = [PutItem(self.owner_id, a, e, degree) for a, e, h in items if len(h) < degree]
+        unsent = self.unsent
+        if not short or unsent is None:
+            return
+
+        def keep() -> None:
+            if unsent.free_bytes >= sum(len(item.envelope) for item in short):
+                with contextlib.suppress(QuotaExceededError):  # another batch took the room
+                    unsent.put_many(short)
+
+        await trio.to_thread.run_sync(keep, limiter=self.node.disk_limiter)
 
     def kick(self) -> None:
         """Look at pending versions now (a mount just cut one)."""

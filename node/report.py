@@ -32,6 +32,9 @@ class Progress:
     changed: int = 0  # content or restorable metadata differ from the newest version
     unmodified: int = 0  # the newest version is exactly this (nothing recorded)
     removed: int = 0  # entries backed up before that the folder no longer holds
+    # Entries recorded but short of their degree (path -> why): the node makes the missing
+    # copies when holders return; until then they are pending, not backed up.
+    pending: dict[str, str] = field(default_factory=dict)
 
     def note(self, before: FileVersion | None, after: FileVersion) -> None:
         """Count one backed-up entry by what it was against the newest version before."""

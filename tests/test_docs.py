@@ -186,3 +186,12 @@ def test_the_disk_reserve_and_reclaim_figures_are_the_codes() -> None:
     assert f"less {DISK_RESERVE // 2**20} MiB kept for the index" in architecture
     assert f"most-replicated first, {RECLAIM_BATCH} at a time" in architecture
     assert f"copied elsewhere ({COPIES_IN_FLIGHT} at once" in architecture
+
+
+def test_the_unsent_store_figure_is_the_codes() -> None:
+    from node.owner import UNSENT_BYTES
+
+    formats = " ".join((DOCS / "formats.md").read_text().split())
+    architecture = " ".join((DOCS / "architecture.md").read_text().split())
+    assert f"quota {UNSENT_BYTES // 2**30} GiB, `UNSENT_BYTES`" in formats
+    assert f"**unsent** store (up to {UNSENT_BYTES // 2**30} GiB;" in architecture

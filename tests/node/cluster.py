@@ -14,7 +14,7 @@ from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from node.node import Node, NodeConfig
-from node.owner import Owner
+from node.owner import UNSENT_BYTES, Owner
 
 from .memnet import FaultPlan, MemoryHub
 
@@ -57,7 +57,9 @@ class Cluster:
             setattr(config, key, value)
         node = Node(config, store, self.hub.network_for(node_id))
         catalog = CatalogDB(self.root / f"n{node_id}" / "catalog.sqlite3")
-        owner = Owner(node, KeyRing.from_master(node_id.to_bytes(32, "big")), catalog)
+        unsent = ChunkStore.open(self.root / f"n{node_id}" / "unsent", capacity=UNSENT_BYTES)
+        keys = KeyRing.from_master(node_id.to_bytes(32, "big"))
+        owner = Owner(node, keys, catalog, unsent=unsent)
         member = Member(node, owner, store)
         self.members[node_id] = member
 
@@ -68,6 +70,7 @@ class Cluster:
                     await inner.start(owner.run)
                     task_status.started()
             store.close()
+            unsent.close()
             catalog.close()
 
         await self.nursery.start(run)

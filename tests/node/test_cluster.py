@@ -21,7 +21,7 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import chunk_address
 from chunkstore.store import PutItem
 from node.node import Node, RepairReport
-from node.owner import BackupError
+from node.owner import BackupError, BackupPending
 from node.placement import keepers
 from node.pool import GONE_DIAL_DELAY
 from node.protocol import MAX_BATCH, MAX_PUT_BATCH, Hello
@@ -287,6 +287,51 @@ async def test_a_folder_that_cannot_be_read_fails_the_backup_after_the_rest(
         assert backed_up == {str(p) for p in files}  # the readable files went on
         folders = {v.path for v in latest if stat.S_ISDIR(v.mode)}
         assert {str(tmp_path / "src"), str(locked)} <= folders  # their modes and times
+
+
+async def test_a_backup_short_of_its_degree_is_recorded_and_finished_when_holders_return(
+    tmp_path: Path,
+) -> None:
+    src = tmp_path / "src"
+    files = write_files(src, random.Random(8))
+    (src / "sub").mkdir()
+    (src / "sub" / "link").symlink_to("../file1.bin")
+    async with open_cluster(tmp_path / "c", 3) as cluster:
+        owner = cluster.members[1].owner
+        await cluster.wait_connected()
+        for n in (2, 3):
+            await take_offline(cluster, n)
+        with pytest.raises(BackupPending) as pending:
+            await owner.backup_path(src, degree=2)
+        assert str(pending.value).startswith(
+            f"{len(files)} of {len(files)} files and 3 of 3 symlinks and folders recorded, not"
+            " yet at degree 2: the node makes the missing copies when holders return"
+        ), pending.value
+        recorded = {v.path: v for v in owner.catalog.incomplete_versions()}
+        assert set(recorded) == {str(p) for p in files} | {
+            str(src),
+            str(src / "sub"),
+            str(src / "sub" / "link"),
+        }
+        assert not owner.last_backup_ns  # not a backup yet
+        # The files change before the holders return: the pending versions are what was read,
+        # their chunks kept aside (a 1-chunk file read again would no longer match).
+        for path in files:
+            path.write_bytes(b"changed since")
+        assert owner.unsent is not None and owner.unsent.chunk_count() > 0
+        for n in (2, 3):
+            cluster.hub.cut.discard(n)
+        with trio.fail_after(60):
+            while owner.catalog.incomplete_versions():
+                await trio.sleep(0.5)
+        counts = copies(cluster, 1)
+        assert all(counts.get(a, 0) >= 2 for v in recorded.values() for a in v.chunks)
+        assert owner.unsent.chunk_count() == 0  # kept only until the version was safe
+        out = tmp_path / "out"
+        await owner.restorer.restore_path(src, out)
+        for path, data in files.items():
+            assert (out / path.name).read_bytes() == data
+        assert os.readlink(out / "sub" / "link") == "../file1.bin"
 
 
 async def test_repair_reports_what_it_made_and_what_it_could_not(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from chunkstore.store import ChunkStore, PutItem
+from tests.faults.helpers import copies_on_holders
 
 from .procs import ROOT, ProcessCluster, env, lanvault, start_lanvault
 
@@ -119,6 +120,45 @@ def test_kill_holder_during_backup_and_restore(cluster4: ProcessCluster, tmp_pat
     _out, err = restore.communicate(timeout=120)
     assert restore.returncode == 0, err
     assert (tmp_path / "out" / "big.bin").read_bytes() == data
+
+
+def test_a_backup_with_its_holders_down_is_finished_by_the_node(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = {f"f{n}.bin": os.urandom(size) for n, size in enumerate((10, 70_000, 9_000_000))}
+    for name, content in data.items():
+        (src / name).write_bytes(content)
+    for n in (2, 3, 4):
+        cluster4.stop(n)
+    cluster4.wait(
+        lambda: not any(n["up"] for n in cluster4.json(1, "status")["nodes"] if n["id"] != 1),
+        60,
+        "holders seen down",
+    )
+    result = cluster4.cli(1, "backup", src, check=False)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "lanvault: 3 of 3 files and 1 of 1 symlinks and folders recorded, not yet at degree 2:"
+        " the node makes the missing copies when holders return"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    assert cluster4.json(1, "status")["pending_backlog"] == 4
+    # The file changes before the holders return: what was read is what the node finishes.
+    (src / "f2.bin").write_bytes(b"changed before the holders came back")
+    for n in (2, 3, 4):
+        cluster4.start(n)
+    cluster4.wait(lambda: cluster4.json(1, "status")["pending_backlog"] == 0, 120, "finished")
+    state = cluster4.json(1, "state")
+    assert {f["path"] for f in state["files"]} >= {str(src / name) for name in data}
+    for entry in state["files"]:  # the owner's view, and the holders' own stores below
+        assert all(c["degree"] >= 2 for c in entry["chunks"]), entry
+    assert min(copies_on_holders(cluster4, 1).values()) >= 2
+    cluster4.cli(1, "restore", src, "--to", tmp_path / "out")
+    for name, content in data.items():
+        assert (tmp_path / "out" / name).read_bytes() == content
 
 
 def test_reclaim_zero_then_every_chunk_at_degree(cluster4: ProcessCluster, tmp_path: Path) -> None:
