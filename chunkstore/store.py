@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from . import crashpoints
 from .envelope import ADDRESS_OFFSET, ADDRESS_SIZE, MAX_ENVELOPE_SIZE, MIN_ENVELOPE_SIZE
 from .errors import (
     ChunkNotFoundError,
@@ -372,6 +373,7 @@ class ChunkStore:
                 self._reserved -= needed
                 self._release(reservation, failed)
                 self._disk_room = (-DISK_ROOM_TTL, 0)  # measure again at the next ask
+        crashpoints.reached("store.written")
         with self._lock:
             # A concurrent put of the same chunk may have been indexed meanwhile: its copy
             # stands, ours is garbage for compaction, and this chunk is "already held".

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from chunkstore import crashpoints
 from chunkstore.catalog import FileVersion, Xattrs, read_xattrs, version_from_stat
 from chunkstore.catalogdb import (
     TREE_DIR,
@@ -490,8 +491,10 @@ class VersionCutter:
         def write() -> None:
             if items:
                 self.outbox.put_many(items)  # durable before the catalog names them
+                crashpoints.reached("cut.outbox")
             if changes:
                 self.catalog.commit_tree(self.source_root, changes, time.time_ns())
+                crashpoints.reached("cut.committed")
 
         error: BaseException | None = None
         for attempt in range(5):

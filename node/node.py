@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from chunkstore import crashpoints
 from chunkstore.errors import ChunkNotFoundError
 from chunkstore.kitexchange import KitOffer
 from chunkstore.store import BadChunk, ChunkStore, StoredChunk
@@ -507,6 +508,8 @@ class Node:
             if made is None:
                 report.vanished += 1
                 continue
+            if made:
+                crashpoints.reached("repair.copied")
             report.copies_made += made
             report.failed += missing - made
             sent_bytes += made * chunk.length
@@ -702,8 +705,10 @@ class Node:
                 targets = self.plan_targets(
                     owner, address, degree, holders, tried, final=round_no == rounds - 1
                 )
-                if not targets and not tried and not self.plan_targets(
-                    owner, address, degree, holders, tried, final=True
+                if (
+                    not targets
+                    and not tried
+                    and not self.plan_targets(owner, address, degree, holders, tried, final=True)
                 ):
                     # Nobody up could take it: waiting helps nothing (a version short of its
                     # degree is finished when a peer comes back online).

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import trio
 
+from chunkstore import crashpoints
 from chunkstore.catalog import (
     FileVersion,
     Xattrs,
@@ -457,6 +458,7 @@ class Owner:
                 self.catalog.prune, drop, drop_ids, self._known_nodes(), now, dry_run
             )
         if report.chunks_orphaned and not dry_run:
+            crashpoints.reached("prune.recorded")
             self._tombstones_wanted.set()
         if not dry_run and (report.snapshots_dropped or report.versions_dropped):
             self._catalog_changed()
@@ -764,7 +766,9 @@ class Owner:
             version = version_from_stat(
                 self.owner_id, key, before, degree, addresses, xattrs=xattrs
             )
+            crashpoints.reached("backup.sent")
             await self._db(self.catalog.add_version, version, time.time_ns())
+            crashpoints.reached("backup.recorded")
             report.note(latest, version)
             if short:  # recorded; pending until the missing copies are made
                 self._catalog_changed()
@@ -904,6 +908,7 @@ class Owner:
             versions.append(version)
             report.bytes_done += st.st_size
         now = time.time_ns()
+        crashpoints.reached("backup.group")
         await self._db(
             self.catalog.add_complete_versions,
             versions,
@@ -1226,6 +1231,7 @@ class Owner:
             raise BackupError(f"{path}: nothing backed up under this path")
         async with self._guard.exclusive():
             report = await self._db(self.catalog.delete_paths, paths, self._known_nodes())
+        crashpoints.reached("delete.recorded")
         self._catalog_changed()
         pending = await self.flush_tombstones()
         return {
@@ -1263,6 +1269,7 @@ class Owner:
                     done = False
                     break
                 if isinstance(answer, Deleted):
+                    crashpoints.reached("delete.sent")
                     await self._db(self.catalog.clear_tombstones, node_id, batch)
             if not done:
                 waiting += 1

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from chunkstore import crashpoints
 from chunkstore.store import StoredChunk
 
 from .protocol import Removed
@@ -124,6 +125,8 @@ async def _move_batch(
                 )
         if not ready:
             continue
+        if report.copied:
+            crashpoints.reached("reclaim.copied")
         removed = set(
             await trio.to_thread.run_sync(
                 node.store.delete_many,
