@@ -362,7 +362,7 @@ class CatalogDB:
     ) -> int:
         """Record a version of its path; returns its row id (see ``_insert_version``)."""
         with self._tx() as db:
-            return self._insert_version(db, version, created_ns, origin)
+            return self._insert_version(db, version, self._stamp(db, created_ns), origin)
 
     def add_complete_versions(
         self,
@@ -377,6 +377,7 @@ class CatalogDB:
         it is the time of the last backup (the ``last_backup_ns`` setting) in that same one.
         ``pending`` versions (short of their degree) go in too, incomplete."""
         with self._tx() as db:
+            created_ns = self._stamp(db, created_ns)
             db.executemany(
                 "INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(holders)
             )
@@ -561,6 +562,7 @@ class CatalogDB:
         moment leaves them out; their earlier versions stay restorable. Returns how many."""
         made = 0
         with self._tx() as db:
+            created_ns = self._stamp(db, created_ns)
             for path in paths:
                 row = db.execute(
                     "SELECT mode FROM versions WHERE path=? AND removed=0 ORDER BY id DESC LIMIT 1",
@@ -986,6 +988,7 @@ class CatalogDB:
     def record_tree(self, root: str, entries: Iterable[TreeEvent], time_ns: int) -> int:
         """Append tree changes and commit them as one snapshot; returns its sequence number."""
         with self._tx() as db:
+            time_ns = self._stamp(db, time_ns)
             seq = 0
             for e in entries:
                 seq = self._insert_event(db, root, e, time_ns)
@@ -994,6 +997,31 @@ class CatalogDB:
                     "INSERT INTO snapshots(seq, root, time_ns) VALUES (?,?,?)", (seq, root, time_ns)
                 )
             return seq
+
+    @staticmethod
+    def _stamp(db: sqlite3.Connection, time_ns: int) -> int:
+        """The time a write records (transaction open): never before the last one recorded.
+
+        Versions and snapshots are read by time (retention, ``restore --at``, ``versions/``), so
+        a clock stepped back (NTP, a laptop's clock set by hand) must not put a new one before
+        an older one: until the clock catches up, each gets the last time + 1 ns. The last
+        time is the ``clock_floor_ns`` setting (first set from what the catalog holds).
+        """
+        row = db.execute("SELECT value FROM settings WHERE name='clock_floor_ns'").fetchone()
+        if row is None:
+            floor = max(
+                int(db.execute("SELECT COALESCE(MAX(created_ns), 0) FROM versions").fetchone()[0]),
+                int(db.execute("SELECT COALESCE(MAX(time_ns), 0) FROM snapshots").fetchone()[0]),
+            )
+        else:
+            floor = int(row[0])
+        stamped = max(time_ns, floor + 1)
+        db.execute(
+            "INSERT INTO settings(name, value) VALUES ('clock_floor_ns', ?)"
+            " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+            (stamped,),
+        )
+        return stamped
 
     @staticmethod
     def _insert_event(db: sqlite3.Connection, root: str, e: TreeEvent, time_ns: int) -> int:
@@ -1022,6 +1050,7 @@ class CatalogDB:
         removals expanded over everything under the entry, in one transaction.
         """
         with self._tx() as db:
+            time_ns = self._stamp(db, time_ns)
             seq = 0
             for change in changes:
                 for event in self._expand(db, root, change, time_ns):

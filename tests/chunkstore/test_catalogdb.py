@@ -239,6 +239,30 @@ def test_a_version_after_delete_is_recorded_again(db: CatalogDB) -> None:
     assert [i.created_ns for i in db.versions_of(v.path)] == [T0 + 5]
 
 
+def test_a_clock_stepped_back_never_puts_a_record_before_an_older_one(db: CatalogDB) -> None:
+    a, b, c = version("r.txt", "A"), version("r.txt", "B"), version("s.txt", "C")
+    db.add_version(a, T0 + 3600 * 10**9)  # the clock an hour ahead
+    db.add_version(b, T0)  # set right: an hour back
+    db.add_complete_versions([c], T0 - 5, [])
+    times = [i.created_ns for i in db.versions_of(a.path)]
+    assert times == [T0 + 3600 * 10**9, T0 + 3600 * 10**9 + 1]
+    assert [i.created_ns for i in db.versions_of(c.path)] == [T0 + 3600 * 10**9 + 2]
+    seq = db.commit_tree(ROOT, [CutRecord("t.txt", version("t.txt", "T"))], T0)
+    assert db.snapshots(ROOT)[-1] == (seq, ROOT, T0 + 3600 * 10**9 + 3)
+    # As of any moment, the newest version made by then: b, not a.
+    assert [v.file_id for v in db.versions_at(a.path, T0 + 3600 * 10**9 + 1)] == [b.file_id]
+
+
+def test_a_clock_floor_starts_from_what_an_older_catalog_holds(tmp_path: Path) -> None:
+    first = CatalogDB(tmp_path / "c.sqlite3")
+    first.add_version(version("r.txt", "A"), T0 + 10)
+    with first._tx() as raw:  # a catalog from before the floor was kept
+        raw.execute("DELETE FROM settings WHERE name='clock_floor_ns'")
+    first.add_version(version("r.txt", "B"), T0)
+    assert [i.created_ns for i in first.versions_of("/home/ann/data/r.txt")] == [T0 + 10, T0 + 11]
+    first.close()
+
+
 def test_a_mode_change_alone_is_a_new_version(db: CatalogDB) -> None:
     v = version("secret.txt", "S")
     first = db.add_version(v, T0)
