@@ -1350,8 +1350,10 @@ class CatalogDB:
         whose versions were read from the same file (``link``) with the same size and time."""
         prefix = root.rstrip("/") + "/"
         with self._reading() as db:
+            # "link != 0" lets SQLite use the partial index on link (without it, every file
+            # listed in versions/ scanned the whole table: 2 ms each at 5,000 versions).
             rows = db.execute(
-                "SELECT DISTINCT path, file_id FROM versions WHERE link=? AND size=?"
+                "SELECT DISTINCT path, file_id FROM versions WHERE link=? AND link != 0 AND size=?"
                 " AND mtime_ns=? AND removed=0 AND path LIKE ? ESCAPE '\\'",
                 (link, size, mtime_ns, _like_prefix(prefix)),
             ).fetchall()

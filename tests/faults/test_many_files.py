@@ -1,0 +1,108 @@
+"""Scenario 12: many files in many folders and many snapshots, written through the mount; then
+how long mounting, listing versions/, `status` and `state` take, and the memory they cost."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
+from tests.system.procs import ProcessCluster
+
+from .conftest import ScenarioRun
+from .helpers import peak_rss_mb, running
+
+pytestmark = [pytest.mark.slow, pytest.mark.scenario("many-files")]
+
+ANSWER_WITHIN = 2.0  # seconds: the criterion (asserted with --full, at the issue's sizes)
+
+
+def timed(action: object) -> float:
+    assert callable(action)
+    started = time.monotonic()
+    action()
+    return time.monotonic() - started
+
+
+def snapshot_count(cluster: ProcessCluster) -> int:
+    return len(cluster.json(1, "versions")["snapshots"])
+
+
+def wait_for_snapshots(cluster: ProcessCluster, count: int) -> None:
+    cluster.wait(lambda: snapshot_count(cluster) >= count, 300, f"{count} snapshots")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_many_files_and_snapshots_answer_quickly(run: ScenarioRun, tmp_path: Path) -> None:
+    why = fuse_available()
+    if why:
+        pytest.skip(why)
+    sweep_stale_mounts()
+    files, folders, snapshots = run.size(5_000, 100_000), run.size(250, 5_000), run.size(20, 200)
+    with running(tmp_path / "net", 4, "10m") as cluster:
+        source, mnt = tmp_path / "data", tmp_path / "Backup"
+        source.mkdir()
+        mnt.mkdir()
+        mount = Mount(cluster.nodes[1].state, source, mnt, tmp_path / "mount.log")
+        mount.start()
+        written = 0
+        started = time.monotonic()
+        try:
+            for burst in range(snapshots):  # one burst of files, then its snapshot
+                wanted = snapshot_count(cluster) + 1
+                end = files * (burst + 1) // snapshots
+                while written < end:
+                    folder = mnt / f"d{written % folders:05d}"
+                    folder.mkdir(exist_ok=True)
+                    (folder / f"f{written}.txt").write_bytes(
+                        run.rng.randbytes(run.rng.randrange(1, 4096))
+                    )
+                    written += 1
+                wait_for_snapshots(cluster, wanted)
+            run.figure(
+                "files written through the mount per second", files / (time.monotonic() - started)
+            )
+            cluster.wait(
+                lambda: cluster.json(1, "status")["pending_backlog"] == 0, 1800, "all safe"
+            )
+            assert mount.proc is not None
+            run.figure("peak RSS of the mount", rss_mb(mount.proc.pid), "MB")
+        finally:
+            mount.stop()
+        run.figure("peak RSS of the node", peak_rss_mb(cluster, 1), "MB")
+        answers = {
+            "mount (until it answers)": timed(mount.start),
+            "listing versions/": timed(lambda: os.listdir(mnt / "versions")),
+        }
+        try:
+            listed = sorted(os.listdir(mnt / "versions"))
+            assert len(listed) >= snapshots, listed[:5]
+            newest = mnt / "versions" / listed[-1]
+            walked = 0
+
+            def walk() -> None:
+                nonlocal walked
+                walked = sum(len(names) for _d, _s, names in os.walk(newest))
+
+            run.figure("walking the newest snapshot (every file)", timed(walk), "s")
+            assert walked == files
+        finally:
+            mount.stop()
+        answers["status"] = timed(lambda: cluster.json(1, "status"))
+        state: dict[str, object] = {}
+        answers["state"] = timed(lambda: state.update(cluster.json(1, "state")))
+        assert len(state["files"]) >= files  # type: ignore[arg-type]
+        for what, seconds in answers.items():
+            run.figure(what, seconds, "s")
+        if run.full:
+            slow = {what: s for what, s in answers.items() if s > ANSWER_WITHIN}
+            assert not slow, f"over {ANSWER_WITHIN} s: {slow}"
