@@ -26,6 +26,10 @@ from .transport import PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A batch's missing chunks are asked for again in batches (other holders first, 0.25 s, 0.5 s
+# apart) before one at a time, at most this many at once: a reset link fails a whole batch.
+BATCH_ROUNDS = 3
+SLOW_FETCHES = 16
 
 
 class DbRunner(Protocol):
@@ -41,6 +45,7 @@ class Fetcher:
         self.catalog = catalog
         self._db = db
         self.owner_id = node.node_id
+        self.failed_requests = 0  # GETCHUNKS that failed (a reset, a timeout): a busy link
 
     async def fetch_chunk(
         self,
@@ -95,6 +100,7 @@ class Fetcher:
                 )
             except (PeerUnavailable, RemoteError) as exc:
                 log.info("batch from node %d failed: %s", holder, exc)
+                self.failed_requests += 1
                 return
             if not isinstance(answer, ChunksMany) or len(answer.codes) != len(batch):
                 return
@@ -125,23 +131,17 @@ class Fetcher:
     ) -> tuple[dict[bytes, bytes], dict[bytes, RestoreError]]:
         """(verified plaintexts, why each missing one is missing) of our chunks at ``addresses``.
 
-        One GETCHUNKS per holder for what it holds (the batch spread over the holders), then
-        ``fetch_chunk``'s failover and retries for anything that did not come back valid.
+        One GETCHUNKS per holder for what it holds (the batch spread over the holders); what
+        did not come back valid is asked for again in batches, from other holders first
+        (``BATCH_ROUNDS`` in all), then through ``fetch_chunk``'s failover and retries.
         ``holders`` are the catalog's holders of the chunks, if the caller has them already.
         """
         unique = list(dict.fromkeys(addresses))
         if holders is None or not all(a in holders for a in unique):
             holders = await self._db(self.catalog.holders_many, unique)
-        groups: dict[int, list[bytes]] = {}
-        leftovers: list[bytes] = []
-        for address in unique:
-            live = [h for h in holders[address] if self.node.membership.is_up(h)]
-            if not live:
-                leftovers.append(address)
-                continue
-            choice = min(live, key=lambda h: (len(groups.get(h, ())), h))
-            groups.setdefault(choice, []).append(address)
         found: dict[bytes, bytes] = {}
+        leftovers: list[bytes] = []
+        tried: dict[bytes, set[int]] = {}
 
         def open_many(items: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], list[bytes]]:
             opened, failed = {}, []
@@ -152,28 +152,49 @@ class Fetcher:
                     failed.append(address)
             return opened, failed
 
-        async def from_holder(holder: int, batch: list[bytes]) -> None:
+        async def from_holder(holder: int, batch: list[bytes], missed: list[bytes]) -> None:
             got = await self.get_envelopes(holder, batch)
-            leftovers.extend(a for a in batch if a not in got)
+            missed.extend(a for a in batch if a not in got)
             items = list(got.items())
             opened, failed = await trio.to_thread.run_sync(
                 open_many, items, limiter=self.node.cpu_limiter
             )
             found.update(opened)
-            leftovers.extend(failed)
+            missed.extend(failed)
 
-        async with trio.open_nursery() as nursery:
-            for holder, wanted in groups.items():
-                nursery.start_soon(from_holder, holder, wanted)
+        todo = unique
+        for round_no in range(BATCH_ROUNDS):
+            if round_no:  # what a batch did not bring, again in batches, other holders first
+                await trio.sleep(0.25 * 2 ** (round_no - 1))
+            groups: dict[int, list[bytes]] = {}
+            for address in todo:
+                live = [h for h in holders[address] if self.node.membership.is_up(h)]
+                if not live:
+                    leftovers.append(address)
+                    continue
+                avoid = tried.setdefault(address, set())
+                choice = min(live, key=lambda h: (h in avoid, len(groups.get(h, ())), h))
+                groups.setdefault(choice, []).append(address)
+                avoid.add(choice)
+            missed: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+                for holder, wanted in groups.items():
+                    nursery.start_soon(from_holder, holder, wanted, missed)
+            todo = missed
+            if not todo:
+                break
+        leftovers += todo
 
         missing: dict[bytes, RestoreError] = {}
+        slots = trio.CapacityLimiter(SLOW_FETCHES)
 
         async def slow(address: bytes) -> None:
-            try:
-                plain = await self.fetch_chunk(address)
-            except RestoreError as exc:
-                missing[address] = exc
-                return
+            async with slots:
+                try:
+                    plain = await self.fetch_chunk(address)
+                except RestoreError as exc:
+                    missing[address] = exc
+                    return
             assert isinstance(plain, bytes)
             found[address] = plain
 

@@ -38,7 +38,12 @@ log = logging.getLogger(__name__)
 # A restore fetches windows of chunks spread over their holders: a window's share per holder
 # should fill a GETCHUNKS (MAX_BATCH), or every few chunks cost a request and a thread hop.
 RESTORE_WINDOW = 4 * MAX_BATCH
-RESTORE_WINDOWS = 8  # windows in flight: 480 chunks, about 30 MB
+RESTORE_WINDOWS = 8  # windows in flight at most: 480 chunks, about 30 MB
+# A window whose requests failed (a reset link fails every request in flight on it) halves the
+# windows in flight, down to one; a window without failures adds one back (AIMD, as TCP does).
+# What a window did not get is asked for again in batches, from other holders first, this many
+# times (0.25 s, 0.5 s, 1 s apart) before falling back to one chunk at a time.
+LEFTOVER_ROUNDS = 3
 RESTORE_SMALL = CHUNK_SIZE  # bytes: a file up to this size (one chunk) is small ...
 GROUP_FILES = 128  # ... and restored in groups of up to this many files ...
 GROUP_BYTES = 8 * 1024 * 1024  # ... or this many bytes,
@@ -224,7 +229,8 @@ class FileRestorer:
             len(version.chunks) > 1,
         )
         try:
-            windows = trio.Semaphore(RESTORE_WINDOWS)
+            windows = trio.CapacityLimiter(RESTORE_WINDOWS)
+            cut_at = [self.fetcher.failed_requests]  # failures counted when windows were cut
             write_lock = trio.Lock()
             writer = _ChunkWriter(fd, holes=not resumed)  # a new file: zeros stay holes
             errors: list[RestoreError] = []
@@ -290,30 +296,63 @@ class FileRestorer:
                         writer.write, opened, limiter=self.node.disk_limiter
                     )
 
+            def spread(
+                nos: list[int], avoid: dict[int, set[int]]
+            ) -> tuple[dict[int, list[int]], list[int]]:
+                """Chunks by the up holder to ask (a window over its holders: parallel reads,
+                no hot spot; not one that just failed to give that chunk, if another has it),
+                and the chunks no up holder has."""
+                groups: dict[int, list[int]] = {}
+                none: list[int] = []
+                for no in nos:
+                    live = [h for h in holders[version.chunks[no]] if self.node.membership.is_up(h)]
+                    if not live:
+                        none.append(no)
+                        continue
+                    tried = avoid.get(no, set())
+                    choice = min(live, key=lambda h: (h in tried, len(groups.get(h, ())), h))
+                    groups.setdefault(choice, []).append(no)
+                return groups, none
+
             async def window(start: int) -> None:
                 async with windows:
                     if errors:
                         return
-                    groups: dict[int, list[int]] = {}
+                    todo = [
+                        n for n in range(start, min(start + RESTORE_WINDOW, count)) if n not in kept
+                    ]
+                    tried: dict[int, set[int]] = {}
                     leftovers: list[int] = []
-                    for no in range(start, min(start + RESTORE_WINDOW, count)):
-                        if no in kept:
-                            continue
-                        live = [
-                            h for h in holders[version.chunks[no]] if self.node.membership.is_up(h)
-                        ]
-                        if not live:
-                            leftovers.append(no)
-                            continue
-                        # Spread a window over its holders: parallel reads, no hot spot.
-                        choice = min(live, key=lambda h: (len(groups.get(h, ())), h))
-                        groups.setdefault(choice, []).append(no)
-                    opened: list[tuple[int, bytes]] = []
-                    async with trio.open_nursery() as inner:
+                    failed_requests = self.fetcher.failed_requests
+                    for round_no in range(LEFTOVER_ROUNDS + 1):
+                        if round_no:
+                            await trio.sleep(0.25 * 2 ** (round_no - 1))
+                        groups, nowhere = spread(todo, tried)
+                        leftovers += nowhere
+                        opened: list[tuple[int, bytes]] = []
+                        missed: list[int] = []
+                        async with trio.open_nursery() as inner:
+                            for holder, nos in groups.items():
+                                inner.start_soon(from_holder, holder, nos, opened, missed)
                         for holder, nos in groups.items():
-                            inner.start_soon(from_holder, holder, nos, opened, leftovers)
+                            for no in nos:
+                                tried.setdefault(no, set()).add(holder)
+                        try:
+                            await write_window(opened)
+                        except OSError as exc:  # a full or failing destination disk
+                            errors.append(unwritable(exc))
+                            return
+                        todo = missed
+                        if not todo:
+                            break
+                    leftovers += todo
+                    if self.fetcher.failed_requests > max(failed_requests, cut_at[0]):
+                        # One halving per burst of failures (one reset fails every window).
+                        cut_at[0] = self.fetcher.failed_requests
+                        windows.total_tokens = max(1, windows.total_tokens // 2)
+                    elif windows.total_tokens < RESTORE_WINDOWS:
+                        windows.total_tokens += 1
                     try:
-                        await write_window(opened)
                         if progress is not None:
                             progress(report)
                         for no in leftovers:  # the slow path: failover and retries per chunk
@@ -325,12 +364,13 @@ class FileRestorer:
                     except RestoreError as exc:
                         errors.append(exc)
                     except OSError as exc:  # a full or failing destination disk
-                        errors.append(
-                            RestoreError(
-                                f"cannot write {dest}: {exc.strerror or exc} (what was restored"
-                                f" so far is kept in {tmp} and reused by the next attempt)"
-                            )
-                        )
+                        errors.append(unwritable(exc))
+
+            def unwritable(exc: OSError) -> RestoreError:
+                return RestoreError(
+                    f"cannot write {dest}: {exc.strerror or exc} (what was restored"
+                    f" so far is kept in {tmp} and reused by the next attempt)"
+                )
 
             async with trio.open_nursery() as nursery:
                 for start in range(0, count, RESTORE_WINDOW):

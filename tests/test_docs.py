@@ -195,3 +195,12 @@ def test_the_unsent_store_figure_is_the_codes() -> None:
     architecture = " ".join((DOCS / "architecture.md").read_text().split())
     assert f"quota {UNSENT_BYTES // 2**30} GiB, `UNSENT_BYTES`" in formats
     assert f"**unsent** store (up to {UNSENT_BYTES // 2**30} GiB;" in architecture
+
+
+def test_the_restore_window_figures_are_the_codes() -> None:
+    from node.restore_files import LEFTOVER_ROUNDS, RESTORE_WINDOW, RESTORE_WINDOWS
+
+    architecture = " ".join((DOCS / "architecture.md").read_text().split())
+    assert f"fetches windows of {RESTORE_WINDOW} chunks" in architecture
+    assert f"up to {RESTORE_WINDOWS} windows in flight" in architecture
+    assert f"other holders first, {LEFTOVER_ROUNDS} more times" in architecture
