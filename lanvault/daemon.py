@@ -318,14 +318,10 @@ class Daemon:
                     "free_bytes": peer.free,
                 }
             )
-        files = await trio.to_thread.run_sync(self.catalog.latest_versions, "")
-        wanted: dict[bytes, int] = {}
-        for version, _ in files:
-            for address in version.chunks:
-                wanted[address] = max(wanted.get(address, 0), version.degree)
+        wanted = await trio.to_thread.run_sync(self.catalog.wanted_degrees)
         degrees = await self.owner.chunk_degrees(sorted(wanted)) if wanted else {}
         own_under = sum(1 for a, d in wanted.items() if degrees.get(a, 0) < d)
-        pending = await trio.to_thread.run_sync(self.catalog.incomplete_versions)
+        pending = await trio.to_thread.run_sync(self.catalog.incomplete_count)
         repair = self.node.last_repair
         # Chunks this node holds for others that the last repair pass left below their degree.
         held_under = max(0, repair.below_degree - repair.copies_made)
@@ -341,7 +337,7 @@ class Daemon:
             "under_replicated_chunks": own_under + held_under,
             "own_chunks_below_degree": own_under,
             "held_chunks_below_degree": held_under,
-            "pending_backlog": len(pending),
+            "pending_backlog": pending,
             "last_backup": {
                 str(self.node.node_id): (self.owner.last_backup_ns / 1e9)
                 if self.owner.last_backup_ns
@@ -520,11 +516,7 @@ class Daemon:
             report = await trio.to_thread.run_sync(self.store.check, repair)
         except OSError as exc:  # the disk, or a cloud node's bucket, cannot be read
             raise OpError(f"cannot check the store: {exc}") from None
-        files = await trio.to_thread.run_sync(self.catalog.latest_versions, "")
-        wanted: dict[bytes, int] = {}
-        for version, _ in files:
-            for address in version.chunks:
-                wanted[address] = max(wanted.get(address, 0), version.degree)
+        wanted = await trio.to_thread.run_sync(self.catalog.wanted_degrees)
         degrees = await self.owner.chunk_degrees(sorted(wanted)) if wanted else {}
         low = {a: d for a, d in wanted.items() if degrees.get(a, 0) < d}
         lost = [a for a in low if degrees.get(a, 0) == 0]

@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from chunkstore.keys import KeyRing
+from chunkstore.recovery import open_manifest
+from chunkstore.store import ChunkStore
+from lanvault.state import StateDir
+from node.safekeeping import CATALOG_NAME
 from tests.system.netns import Lan, netns_available, sweep_stale
 from tests.system.procs import ProcessCluster
 
@@ -68,7 +73,23 @@ def test_a_partitioned_computer_rejoins_without_harm(run: ScenarioRun, tmp_path:
         cluster.cli(1, "restore", tree, "--to", out, timeout=600)
         assert same_tree(tree, out)
         assert cluster.json(1, "check", "--read-data")["read_data_bad_copies"] == []
+        # The copy of the owner's catalog the cut-off computer kept is replaced by the newest.
+        cluster.wait(
+            lambda: cluster.json(1, "status")["recovery"]["catalog_holders"] == 3, 120, "copies"
+        )
     finally:
         cluster.stop_all()
         lan.destroy()
     cluster.assert_no_tracebacks()
+    seq, blob = catalog_copy(cluster.nodes[victim + 1].state, owner=1)
+    assert seq == sequences[-1], (seq, sequences)
+    keys = KeyRing.from_master(StateDir(cluster.nodes[1].state).master_key())
+    assert open_manifest(keys, blob, 1, seq).seq == seq  # sealed by the owner, not stale
+
+
+def catalog_copy(state: Path, owner: int) -> tuple[int, bytes]:
+    """The (sequence, sealed manifest) of ``owner``'s catalog that a stopped node keeps."""
+    with ChunkStore.open(state / "store") as store:
+        kept = store.get_blob(owner, CATALOG_NAME)
+    assert kept is not None
+    return kept
