@@ -694,8 +694,9 @@ class Node:
         Between rounds the sender backs off (0.2 s doubling to 5 s, with jitter). Copies go to
         computers that hold none yet (the owner's own computer included among those to avoid);
         a second copy on one computer is made only when the network has too few computers, or
-        as a last resort when the missing computers stay unreachable. With no peer up that
-        could take a copy at all, it returns at once.
+        as a last resort when the missing computers stay unreachable. With no peer up at all it
+        still waits the rounds out: right after a peer's link breaks the others can look down
+        for a moment (the partition scenario saw it), and a backup must not give up on that.
         """
         made = 0
         delay = 0.2
@@ -705,15 +706,6 @@ class Node:
                 targets = self.plan_targets(
                     owner, address, degree, holders, tried, final=round_no == rounds - 1
                 )
-                if (
-                    not targets
-                    and not tried
-                    and not self.plan_targets(owner, address, degree, holders, tried, final=True)
-                ):
-                    # Nobody up could take it: waiting helps nothing (a version short of its
-                    # degree is finished when a peer comes back online).
-                    self._holder_cache[(owner, address)] = set(holders)
-                    return made
                 if not targets:
                     break
                 results: dict[int, bool] = {}
