@@ -611,18 +611,8 @@ class CatalogDB:
                     batch,
                 ).fetchall()
                 rows = [r for r in rows if r[4] != 0]  # not gone (an absence row)
-                chunks: dict[int, list[bytes]] = {int(r[0]): [] for r in rows}
-                ids = list(chunks)
-                for j in range(0, len(ids), 500):
-                    some = ids[j : j + 500]
-                    for vid, address in db.execute(
-                        "SELECT version_id, address FROM version_chunks WHERE version_id IN"
-                        f" ({','.join('?' * len(some))}) ORDER BY version_id, no",
-                        some,
-                    ):
-                        chunks[int(vid)].append(bytes(address))
-                for row in rows:
-                    version = self._version_from_parts(row[:_N], tuple(chunks[int(row[0])]))
+                versions = self._versions_from_rows(db, [r[:_N] for r in rows])
+                for version, row in zip(versions, rows, strict=True):
                     out[version.path] = (version, bool(row[_N]))
         return out
 

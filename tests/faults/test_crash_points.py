@@ -80,6 +80,12 @@ def assert_clean(cluster: ProcessCluster, owner: int = 1) -> None:
     assert read["read_data_bad_copies"] == [] and read["read_data_unreadable_copies"] == 0, read
 
 
+def assert_clean_and_restored(cluster: ProcessCluster, tree: Path, out: Path) -> None:
+    assert_clean(cluster)
+    cluster.cli(1, "restore", tree, "--to", out, timeout=600)
+    assert same_tree(tree, out)
+
+
 def backup_crash(point: str, small: bool) -> Case:
     def case(cluster: ProcessCluster, run: ScenarioRun, tmp: Path, mp: pytest.MonkeyPatch) -> None:
         src = tmp / "src"
@@ -93,9 +99,7 @@ def backup_crash(point: str, small: bool) -> Case:
         restart_crashed(cluster, (1,))
         again = cluster.cli(1, "backup", src, timeout=600)
         assert "backed up" in again.stdout, again.stdout
-        assert_clean(cluster)
-        cluster.cli(1, "restore", src, "--to", tmp / "out", timeout=600)
-        assert same_tree(src, tmp / "out")
+        assert_clean_and_restored(cluster, src, tmp / "out")
 
     return case
 
@@ -110,9 +114,7 @@ def holder_write_crash(
     done = cluster.cli(1, "backup", src, "--degree", "2", timeout=600)  # the others take it
     assert "backed up" in done.stdout, done.stdout
     restart_crashed(cluster, (victim,))
-    assert_clean(cluster)
-    cluster.cli(1, "restore", src, "--to", tmp / "out", timeout=600)
-    assert same_tree(src, tmp / "out")
+    assert_clean_and_restored(cluster, src, tmp / "out")
 
 
 def write_fsync(path: Path, data: bytes) -> int:
@@ -194,9 +196,7 @@ def delete_crash(point: str) -> Case:
             cluster.cli(1, "delete", gone)  # the crash came before the delete was recorded
         # The owed deletes reach every holder: none keeps a chunk no version names.
         cluster.wait(lambda: still_held(cluster, 1, deleted) == 0, 180, "deleted everywhere")
-        assert_clean(cluster)
-        cluster.cli(1, "restore", kept, "--to", tmp / "out", timeout=600)
-        assert same_tree(kept, tmp / "out")
+        assert_clean_and_restored(cluster, kept, tmp / "out")
 
     return case
 
@@ -218,9 +218,7 @@ def prune_crash(
     # The prune was committed before the crash: only the second versions are left.
     assert len(cluster.json(1, "versions", src / "d0" / "f0.bin")["versions"]) == 1
     cluster.wait(lambda: still_held(cluster, 1, first) == 0, 180, "pruned chunks deleted")
-    assert_clean(cluster)
-    cluster.cli(1, "restore", src, "--to", tmp / "out", timeout=600)
-    assert same_tree(src, tmp / "out")
+    assert_clean_and_restored(cluster, src, tmp / "out")
 
 
 def reclaim_crash(
@@ -233,9 +231,7 @@ def reclaim_crash(
     start_crashing(cluster, (victim,), "reclaim.copied", mp)
     cluster.cli(victim, "reclaim", "0", check=False, timeout=600)
     restart_crashed(cluster, (victim,))
-    assert_clean(cluster)
-    cluster.cli(1, "restore", src, "--to", tmp / "out", timeout=600)
-    assert same_tree(src, tmp / "out")
+    assert_clean_and_restored(cluster, src, tmp / "out")
 
 
 def chunks_under(cluster: ProcessCluster, owner: int, folder: Path) -> set[str]:
