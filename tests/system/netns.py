@@ -77,6 +77,18 @@ class Lan:
     def prefix(self, index: int) -> list[str]:
         return ["ip", "netns", "exec", self.computers[index]]
 
+    def shape(self, index: int, rate: str) -> None:
+        """Limit a computer's link to ``rate`` (e.g. ``1gbit``) each way with ``tc tbf``: its
+        own interface's sending side, and the switch port's (what it receives)."""
+        for namespace, device in (
+            (self.computers[index], "eth0"),
+            (self.switch, f"lv{self.tag}q{index}"),
+        ):
+            run(
+                "ip", "netns", "exec", namespace, "tc", "qdisc", "replace", "dev", device,
+                "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms",
+            )  # fmt: skip
+
     def link_down(self, index: int) -> None:
         run("ip", "-n", self.switch, "link", "set", f"lv{self.tag}q{index}", "down")
 

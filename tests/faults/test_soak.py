@@ -1,0 +1,162 @@
+"""Scenario 14 (``--full`` only): an hour of mixed work in the mount while a holder is
+restarted every few minutes; the memory and open files of every long-lived process, sampled
+all along, must not grow after the first ten minutes.
+
+``LANVAULT_SOAK_SECONDS`` shortens the hour for a trial run (the figures say how long it ran).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
+from tests.system.procs import ProcessCluster
+from tests.system.test_mount_history import all_safe
+
+from .conftest import ScenarioRun
+from .helpers import running, same_tree
+
+pytestmark = [pytest.mark.full, pytest.mark.slow, pytest.mark.scenario("soak")]
+
+GROWTH_ALLOWED = 0.10  # RSS may not grow more than this after the warm-up
+FD_SLACK = 16  # open files may vary by this much (links and segments come and go)
+
+
+def vm(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Workload:
+    """Seeded mixed work in a folder: new files, overwrites, appends, renames, deletes, each
+    file fsync'd, a steady few operations a second, until stopped."""
+
+    def __init__(self, root: Path, seed: int) -> None:
+        self.root = root
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.operations = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        names = [f"d{n % 8}/f{n}.bin" for n in range(200)]
+        for folder in {n.split("/")[0] for n in names}:
+            (self.root / folder).mkdir(exist_ok=True)
+        while not self.stop.wait(0.2):
+            name = self.root / self.rng.choice(names)
+            try:
+                kind = self.rng.random()
+                if kind < 0.5 or not name.exists():
+                    self.write(name, self.rng.randbytes(self.rng.randrange(1, 400_000)), "wb")
+                elif kind < 0.7:
+                    self.write(name, self.rng.randbytes(self.rng.randrange(1, 50_000)), "ab")
+                elif kind < 0.85:
+                    name.rename(self.root / self.rng.choice(names))
+                else:
+                    name.unlink()
+                self.operations += 1
+            except OSError as exc:
+                self.errors.append(f"{name}: {exc}")
+
+    @staticmethod
+    def write(path: Path, data: bytes, mode: str) -> None:
+        with open(path, mode) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def test_an_hour_of_work_with_restarts_leaks_nothing(run: ScenarioRun, tmp_path: Path) -> None:
+    why = fuse_available()
+    if why:
+        pytest.skip(why)
+    sweep_stale_mounts()
+    duration = float(os.environ.get("LANVAULT_SOAK_SECONDS", 3600))
+    warm_up = duration / 6  # ten minutes of the hour
+    with running(tmp_path / "net", 4, "10m") as cluster:
+        source, mnt = tmp_path / "data", tmp_path / "Backup"
+        source.mkdir()
+        mnt.mkdir()
+        mount = Mount(cluster.nodes[1].state, source, mnt, tmp_path / "mount.log")
+        mount.start()
+        work = Workload(mnt, run.seed)
+        writer = threading.Thread(target=work.run, daemon=True)
+        samples: dict[str, list[tuple[float, int, int]]] = {}  # process -> (t, rss, fds)
+        started = time.monotonic()
+        next_restart = started + run.rng.uniform(120, 300) * duration / 3600
+        restarts = 0
+        writer.start()
+        try:
+            while (now := time.monotonic()) - started < duration:
+                assert mount.proc is not None
+                watched = {"mount": mount.proc.pid, **pids(cluster)}
+                for name, pid in watched.items():
+                    samples.setdefault(name, []).append(
+                        (now - started, vm(pid, "VmRSS"), open_files(pid))
+                    )
+                if now >= next_restart:  # a holder stopped and started again
+                    victim = run.rng.choice([2, 3, 4])
+                    cluster.stop(victim)
+                    cluster.start(victim)
+                    samples.pop(f"node {victim}", None)  # a new process: its own series
+                    restarts += 1
+                    next_restart = now + run.rng.uniform(120, 300) * duration / 3600
+                time.sleep(min(30.0, duration / 120))
+        finally:
+            work.stop.set()
+            writer.join(30)
+        assert not work.errors, work.errors[:5]
+        cluster.wait(lambda: all_safe(cluster, source.resolve()), 600, "every file safe")
+        try:
+            cluster.cli(1, "restore", mnt, "--to", tmp_path / "out", timeout=1800)
+            assert same_tree(source, tmp_path / "out")
+        finally:
+            mount.stop()
+        run.figure("seconds of work", time.monotonic() - started, "s")
+        run.figure("operations", work.operations)
+        run.figure("holder restarts", restarts)
+        for name, series in samples.items():
+            judge(run, name, series, warm_up)
+
+
+def pids(cluster: ProcessCluster) -> dict[str, int]:
+    return {
+        f"node {n}": node.proc.pid
+        for n, node in cluster.nodes.items()
+        if node.proc is not None and node.proc.poll() is None
+    }
+
+
+def judge(
+    run: ScenarioRun, name: str, series: list[tuple[float, int, int]], warm_up: float
+) -> None:
+    """RSS and open files of one process: after the warm-up, the last quarter's median is
+    within the allowance of the median just after the warm-up."""
+    after = [s for s in series if s[0] >= warm_up]
+    if len(after) < 8:
+        return  # a holder restarted late: too short a life to judge
+    quarter = max(2, len(after) // 4)
+    early, late = after[:quarter], after[-quarter:]
+    rss_early = statistics.median(s[1] for s in early)
+    rss_late = statistics.median(s[1] for s in late)
+    fds_early = statistics.median(s[2] for s in early)
+    fds_late = statistics.median(s[2] for s in late)
+    growth = rss_late / rss_early - 1
+    run.figure(f"RSS growth after the warm-up, {name}", 100 * growth, "%")
+    run.figure(f"peak RSS, {name}", max(s[1] for s in series) / 1e6, "MB")
+    run.figure(f"open files at the end, {name}", fds_late)
+    assert growth <= GROWTH_ALLOWED, (name, rss_early, rss_late)
+    assert fds_late <= fds_early + FD_SLACK, (name, fds_early, fds_late)
