@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.fs.conftest import Mount
 from tests.system.procs import ProcessCluster
 
 
@@ -110,3 +111,12 @@ def running(root: Path, count: int, gone_after: str) -> Iterator[ProcessCluster]
     finally:
         cluster.stop_all()
     cluster.assert_no_tracebacks()
+
+
+def new_mount(cluster: ProcessCluster, tmp: Path) -> tuple[Mount, Path, Path]:
+    """A mount of a fresh SOURCE (``tmp/data``) at ``tmp/Backup`` for node 1, not started yet
+    (a scenario may start it with an environment of its own)."""
+    source, mnt = tmp / "data", tmp / "Backup"
+    source.mkdir()
+    mnt.mkdir()
+    return Mount(cluster.nodes[1].state, source, mnt, tmp / "mount.log"), source, mnt

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
+from tests.fs.conftest import fuse_available, sweep_stale_mounts
 from tests.system.procs import ProcessCluster
 
 from .conftest import ScenarioRun
-from .helpers import copies_on_holders, running
+from .helpers import copies_on_holders, new_mount, running
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("clock-steps")]
 
@@ -54,10 +54,7 @@ def test_a_clock_stepped_forward_and_back_reorders_nothing(
             )
             cluster.start(1)
             cluster.wait_mesh()
-            source, mnt = tmp_path / "data", tmp_path / "Backup"
-            source.mkdir()
-            mnt.mkdir()
-            mount = Mount(cluster.nodes[1].state, source, mnt, tmp_path / "mount.log")
+            mount, _source, mnt = new_mount(cluster, tmp_path)
             mount.start()
         plain = tmp_path / "plain.bin"
         contents: list[bytes] = []

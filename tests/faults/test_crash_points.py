@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from chunkstore.crashpoints import POINTS
-from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
+from tests.fs.conftest import fuse_available, sweep_stale_mounts
 from tests.system.procs import ProcessCluster
 from tests.system.test_mount_history import all_safe
 
 from .conftest import ScenarioRun
-from .helpers import copies_on_holders, running, same_tree, write_tree
+from .helpers import copies_on_holders, new_mount, running, same_tree, write_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("crash-points")]
 
@@ -132,10 +132,7 @@ def cut_crash(point: str) -> Case:
         if why:
             pytest.skip(why)
         sweep_stale_mounts()
-        source, mnt = tmp / "data", tmp / "Backup"
-        source.mkdir()
-        mnt.mkdir()
-        mount = Mount(cluster.nodes[1].state, source, mnt, tmp / "mount.log")
+        mount, source, mnt = new_mount(cluster, tmp)
         kept = run.rng.randbytes(3_000_000)
         mount.start()
         try:  # acknowledged before the crash: must survive it

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
+from tests.fs.conftest import fuse_available, sweep_stale_mounts
 from tests.system.procs import ProcessCluster
 
 from .conftest import ScenarioRun
-from .helpers import peak_rss_mb, running
+from .helpers import new_mount, peak_rss_mb, running
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("many-files")]
 
@@ -49,10 +49,7 @@ def test_many_files_and_snapshots_answer_quickly(run: ScenarioRun, tmp_path: Pat
     sweep_stale_mounts()
     files, folders, snapshots = run.size(5_000, 100_000), run.size(250, 5_000), run.size(20, 200)
     with running(tmp_path / "net", 4, "10m") as cluster:
-        source, mnt = tmp_path / "data", tmp_path / "Backup"
-        source.mkdir()
-        mnt.mkdir()
-        mount = Mount(cluster.nodes[1].state, source, mnt, tmp_path / "mount.log")
+        mount, _source, mnt = new_mount(cluster, tmp_path)
         mount.start()
         written = 0
         started = time.monotonic()

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fs.conftest import Mount, fuse_available, sweep_stale_mounts
+from tests.fs.conftest import fuse_available, sweep_stale_mounts
 from tests.system.procs import ProcessCluster
 from tests.system.test_mount_history import all_safe
 
 from .conftest import ScenarioRun
-from .helpers import running, same_tree
+from .helpers import new_mount, running, same_tree
 
 pytestmark = [pytest.mark.full, pytest.mark.slow, pytest.mark.scenario("soak")]
 
@@ -87,10 +87,7 @@ def test_an_hour_of_work_with_restarts_leaks_nothing(run: ScenarioRun, tmp_path:
     duration = float(os.environ.get("LANVAULT_SOAK_SECONDS", 3600))
     warm_up = duration / 6  # ten minutes of the hour
     with running(tmp_path / "net", 4, "10m") as cluster:
-        source, mnt = tmp_path / "data", tmp_path / "Backup"
-        source.mkdir()
-        mnt.mkdir()
-        mount = Mount(cluster.nodes[1].state, source, mnt, tmp_path / "mount.log")
+        mount, source, mnt = new_mount(cluster, tmp_path)
         mount.start()
         work = Workload(mnt, run.seed)
         writer = threading.Thread(target=work.run, daemon=True)
