@@ -23,6 +23,7 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.pipeline import open_chunks, prepare_chunks
 from node.owner import READ_BATCH
+from tests.system.procs import free_port  # below the ephemeral range: see there
 
 ROOT = Path(__file__).resolve().parents[1]
 GONE_AFTER = 5.0
@@ -47,12 +48,6 @@ def lanvault(*args: str) -> str:
     if out.returncode:
         raise SystemExit(f"lanvault {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -62,9 +62,9 @@ def slow_autojump_clock() -> object:
 @contextlib.contextmanager
 def s3_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real S3-compatible HTTP service (moto's server) in a subprocess: (endpoint, process)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.system.procs import free_port
+
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,10 +18,38 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports handed out by this process, so two nodes of one cluster never get the same one.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port below the kernel's ephemeral range.
+
+    A port from bind(("...", 0)) is ephemeral: between closing the probe and the node binding
+    it, an outgoing connection of another node may take it as its local port (CI once failed
+    with EADDRINUSE this way). Ports below the range are never given to outgoing connections.
+    """
+    floor = _ephemeral_floor()
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10000, min(floor, 32768))
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def env() -> dict[str, str]:
