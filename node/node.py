@@ -478,6 +478,8 @@ class Node:
             for p in self.membership.peers()
             if not self.membership.is_up(p.node_id) and not self.membership.is_gone(p.node_id)
         }
+        # Rebuilt from this pass's chunks only: a chunk deleted since the last pass is forgotten.
+        previous, self._holder_cache = self._holder_cache, {}
         for owner, owned in by_owner.items():
             found = await self.query_holders(owner, [c.address for c in owned], unsure)
             for chunk in owned:
@@ -486,7 +488,7 @@ class Node:
                 key = (owner, chunk.address)
                 remembered = {
                     p
-                    for p in self._holder_cache.get(key, set())
+                    for p in previous.get(key, set())
                     if not self.membership.is_up(p) and not self.membership.is_gone(p)
                 }
                 self._holder_cache[key] = live | remembered
