@@ -25,9 +25,9 @@ from fs.versions import snapshot_name
 from node.enrolment import Enroller, Invites
 from node.identity import NetworkCA, tls_contexts
 from node.node import Node, NodeConfig
-from node.owner import UNSENT_BYTES, BackupError, Owner
+from node.owner import UNSENT_BYTES, Owner
 from node.reclaim import ReclaimReport
-from node.report import Progress, RestoreError
+from node.report import BackupError, Progress, RestoreError
 from node.roster import RosterBook
 from node.safekeeping import CatalogNotSafe, Safekeeping
 from node.transport import PinStore, TLSNetwork

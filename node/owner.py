@@ -13,8 +13,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,8 +22,6 @@ import trio
 from chunkstore import crashpoints
 from chunkstore.catalog import (
     FileVersion,
-    Xattrs,
-    is_own_temp,
     link_key,
     read_xattrs,
     version_from_stat,
@@ -38,11 +35,25 @@ from chunkstore.retention import RetentionPolicy
 from chunkstore.store import ChunkStore, PutItem
 
 from .fetch import Fetcher
+from .localtree import (
+    SEAL_BYTES,
+    SMALL_FILE,
+    SmallRead,
+    groups,
+    pending_summary,
+    read_and_address,
+    read_folders,
+    read_smalls,
+    runs,
+    scan,
+    seal_all,
+)
 from .node import Node
 from .protocol import MAX_BATCH, Chunk, Delete, Deleted, GetChunk
-from .report import Progress, ProgressFn
+from .report import BackupError, BackupPending, EntryPending, Progress, ProgressFn
 from .restore import Restorer
 from .restore_files import FileRestorer
+from .rwlock import SharedExclusive
 from .safekeeping import Safekeeping
 from .transport import PeerUnavailable, RemoteError
 from .trim import TrimReport, trim_surplus
@@ -53,270 +64,14 @@ log = logging.getLogger(__name__)
 READ_BATCH = 4 * MAX_BATCH
 TRIM_INTERVAL = 600.0  # seconds between passes over our chunks for copies above their degree
 TRIM_SETTLE = 30.0  # after a node came back online, before such a pass
-SMALL_FILE = 2 * CHUNK_SIZE  # files up to this size are backed up in groups ...
-GROUP_FILES = 1024  # ... of up to this many: one read, one send per holder, one commit ...
-GROUP_BYTES = 16 * 1024 * 1024  # ... and this many bytes of them read at once,
 GROUPS_IN_FLIGHT = 3  # several groups at once
-SEAL_BYTES = 4 * 1024 * 1024  # a group's chunks sealed per worker-thread hop, then sent together
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
 # A backup short of its degree keeps the chunks it could not send in a local store of this
 # size; beyond it the node reads them again from the file (while that is unchanged).
 UNSENT_BYTES = 1 << 30
 
 
-class SharedExclusive:
-    """A trio read-write lock: backups share it; pruning and deleting take it alone.
-
-    A backup skips chunks the catalog says are held; pruning and deleting forget holders of
-    what they drop. Holding this apart keeps a backup from relying on a chunk being dropped.
-    Waiting writers go first, so a stream of backups cannot starve a prune.
-    """
-
-    def __init__(self) -> None:
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-        self._changed = trio.Event()
-
-    async def _wait(self) -> None:
-        await self._changed.wait()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    @contextlib.asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        while self._writer or self._writers_waiting:
-            await self._wait()
-        self._readers += 1
-        try:
-            yield
-        finally:
-            self._readers -= 1
-            self._notify()
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        self._writers_waiting += 1
-        try:
-            while self._writer or self._readers:
-                await self._wait()
-        finally:
-            self._writers_waiting -= 1
-        self._writer = True
-        try:
-            yield
-        finally:
-            self._writer = False
-            self._notify()
-
-
-class BackupError(Exception):
-    """A backup failed: a file could not be read, or changed too often while it was read."""
-
-
-class BackupPending(BackupError):
-    """Recorded, but some chunks are short of their degree: the node sends the missing copies
-    when holders return (the version is pending until then, and says so)."""
-
-
-class _EntryPending(BackupPending):
-    """One entry recorded short of its degree (``backup_path`` sums them up)."""
-
-    def __init__(self, path: str, why: str) -> None:
-        super().__init__(f"{path}: {why}")
-        self.path = path
-        self.why = why
-
-
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class _Scan:
-    files: list[str]  # regular files, sorted
-    total: int  # their size in bytes
-    skipped: list[str]  # sockets, FIFOs, devices: nothing to keep of them
-    unlisted: list[str]  # folders that could not be read, with the reason
-    links: list[str] = field(default_factory=list)  # symlinks (kept as links, never followed)
-    folders: list[str] = field(default_factory=list)  # the root and every folder below, sorted
-    stats: dict[str, os.stat_result] = field(default_factory=dict)  # files' lstat, as listed
-
-
-def _scan(root: str) -> _Scan:
-    """What a backup of ``root`` (a regular file or a folder) reads, and what it leaves: one
-    ``lstat`` per entry (a file's is the backup's view of it, checked again when it is read)."""
-    if os.path.islink(root):
-        return _Scan([], 0, [], [], links=[root])
-    if not os.path.isdir(root):
-        if os.path.isfile(root):
-            st = os.lstat(root)
-            return _Scan([root], st.st_size, [], [], stats={root: st})
-        raise BackupError(f"{root}: not a regular file, folder or symlink")
-    found: list[str] = []
-    skipped: list[str] = []
-    unlisted: list[str] = []
-    links: list[str] = []
-    folders = [root]
-    stats: dict[str, os.stat_result] = {}
-    pending = [root]
-    while pending:
-        folder = pending.pop()
-        try:
-            with os.scandir(folder) as listing:
-                entries = list(listing)
-        except OSError as exc:
-            unlisted.append(f"{folder}: cannot be read ({exc.strerror or exc})")
-            continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:  # gone since it was listed, or not searchable: its own backup
-                if not is_own_temp(entry.name):  # says why, by name, and the rest goes on
-                    found.append(entry.path)
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                folders.append(entry.path)
-                pending.append(entry.path)
-            elif is_own_temp(entry.name):
-                continue  # a restore's file still on its way: not the user's
-            elif stat.S_ISLNK(st.st_mode):  # a symlink to a folder too: kept, never followed
-                links.append(entry.path)
-            elif stat.S_ISREG(st.st_mode):
-                found.append(entry.path)
-                stats[entry.path] = st
-            else:
-                skipped.append(entry.path)
-    files = sorted(found)
-    total = sum(st.st_size for st in stats.values())
-    return _Scan(
-        files, total, sorted(skipped), unlisted, sorted(links), sorted(folders), stats=stats
-    )
-
-
-def _groups(files: list[str], stats: dict[str, os.stat_result]) -> Iterator[list[str]]:
-    """``files`` in groups of up to GROUP_FILES files and GROUP_BYTES of small files' bytes
-    (what a group holds in memory at once; a bigger file is read in batches of its own)."""
-    group: list[str] = []
-    size = 0
-    for path in files:
-        st = stats.get(path)
-        small = min(st.st_size, SMALL_FILE) if st is not None else 0
-        if group and (len(group) >= GROUP_FILES or size + small > GROUP_BYTES):
-            yield group
-            group, size = [], 0
-        group.append(path)
-        size += small
-    if group:
-        yield group
-
-
-def _runs(sizes: list[int], budget: int) -> Iterator[tuple[int, int]]:
-    """``[start, end)`` runs of consecutive items of at most ``budget`` bytes (at least one)."""
-    start, used = 0, 0
-    for index, size in enumerate(sizes):
-        if index > start and used + size > budget:
-            yield start, index
-            start, used = index, 0
-        used += size
-    if start < len(sizes):
-        yield start, len(sizes)
-
-
-def _read_and_address(
-    keys: KeyRing, path: str, first_no: int, count: int
-) -> tuple[list[bytes], list[bytes]]:
-    plaintexts = _read_batch(path, first_no, count)
-    return plaintexts, [chunk_address(keys, p) for p in plaintexts]
-
-
-def _seal_all(keys: KeyRing, items: list[tuple[bytes, bytes]]) -> list[bytes]:
-    return [seal_chunk(keys, address, plain) for address, plain in items]
-
-
-_SmallRead = tuple[list[bytes], list[bytes], Xattrs]
-
-
-def _read_small(keys: KeyRing, path: str, before: os.stat_result) -> _SmallRead | None:
-    """A small file's chunks, their addresses and its extended attributes, read whole; None if
-    it is not the file ``before`` describes any more or changed while it was read (the caller
-    reads it again)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        data = os.pread(fd, before.st_size + 1, 0)
-        xattrs = read_xattrs(fd)
-        after = os.fstat(fd)
-    finally:
-        os.close(fd)
-    # The file read is the one listed, unchanged since: same inode, size and times once read
-    # (the ctime moves with every write, truncate, chmod or xattr change, and cannot be set).
-    if len(data) != before.st_size or (
-        after.st_ino,
-        after.st_size,
-        after.st_mtime_ns,
-        after.st_ctime_ns,
-    ) != (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns):
-        return None
-    chunks = [data[no * CHUNK_SIZE : (no + 1) * CHUNK_SIZE] for no in range(chunk_count(len(data)))]
-    return chunks, [chunk_address(keys, c) for c in chunks], xattrs
-
-
-def _read_smalls(
-    keys: KeyRing, files: list[tuple[str, os.stat_result]]
-) -> list[_SmallRead | OSError | None]:
-    """``_read_small`` of each file; the error in place of a file that could not be read."""
-    out: list[_SmallRead | OSError | None] = []
-    for path, before in files:
-        try:
-            out.append(_read_small(keys, path, before))
-        except OSError as exc:
-            out.append(exc)
-    return out
-
-
-def _read_folders(
-    paths: list[str],
-) -> list[tuple[os.stat_result, Xattrs] | OSError | None]:
-    """Each folder's ``lstat`` and extended attributes; None for one that is not a folder any
-    more or changed while read, the error for one that cannot be read."""
-    out: list[tuple[os.stat_result, Xattrs] | OSError | None] = []
-    for path in paths:
-        try:
-            before = os.lstat(path)
-            xattrs = read_xattrs(path)
-            after = os.lstat(path)
-        except OSError as exc:
-            out.append(exc)
-            continue
-        same = (before.st_ino, before.st_mtime_ns, before.st_ctime_ns) == (
-            after.st_ino,
-            after.st_mtime_ns,
-            after.st_ctime_ns,
-        )
-        out.append((before, xattrs) if same and stat.S_ISDIR(before.st_mode) else None)
-    return out
-
-
-def _pending_summary(
-    pending: dict[str, str], files: list[str], entries: list[str], degree: int
-) -> str:
-    """What a backup left pending: '2 of 5 files and 1 of 3 symlinks and folders recorded,
-    not yet at degree 2'."""
-    paths = set(pending)
-    in_files = len(paths & set(files))
-    parts = []
-    if in_files:
-        parts.append(f"{in_files} of {len(files)} file{'' if len(files) == 1 else 's'}")
-    if len(paths) > in_files:
-        parts.append(f"{len(paths) - in_files} of {len(entries)} symlinks and folders")
-    return f"{' and '.join(parts)} recorded, not yet at degree {degree}"
-
-
-def _read_batch(path: str, first_no: int, count: int) -> list[bytes]:
-    with open(path, "rb") as handle:
-        handle.seek(first_no * CHUNK_SIZE)
-        return [handle.read(CHUNK_SIZE) for _ in range(count)]
 
 
 class Owner:
@@ -497,10 +252,10 @@ class Owner:
     ) -> Progress:
         """Back up a file or a whole folder (regular files; symlinks are not followed)."""
         degree = degree or self.default_degree
-        scan = await trio.to_thread.run_sync(_scan, str(path))
-        files = scan.files
+        listing = await trio.to_thread.run_sync(scan, str(path))
+        files = listing.files
         report = Progress(
-            files_total=len(files), bytes_total=scan.total, entries_skipped=scan.skipped
+            files_total=len(files), bytes_total=listing.total, entries_skipped=listing.skipped
         )
         failures: list[str] = []
         errors: list[Exception] = []
@@ -510,7 +265,7 @@ class Owner:
             try:
                 async with self._guard.shared():
                     failures.extend(
-                        await self._backup_group(group, degree, report, progress, scan.stats)
+                        await self._backup_group(group, degree, report, progress, listing.stats)
                     )
             except Exception as exc:  # raised below, outside the nursery: no exception group
                 errors.append(exc)
@@ -522,7 +277,7 @@ class Owner:
         # Several groups at once: one is read while another's chunks are on their way and a
         # third is committed (each step waits on a disk or a peer, not on this process).
         async with trio.open_nursery() as nursery:
-            for group in _groups(files, scan.stats):
+            for group in groups(files, listing.stats):
                 await room.acquire()
                 if errors:
                     room.release()
@@ -531,31 +286,33 @@ class Owner:
         if errors:
             raise errors[0]
         # Symlinks and folders after the files: a folder's times are those the files left.
-        entries = scan.links + scan.folders
+        entries = listing.links + listing.folders
         entry_failures: list[str] = []
-        one_by_one = list(scan.links)
+        one_by_one = list(listing.links)
         async with self._guard.shared():
-            entry_failures += await self._backup_folders(scan.folders, degree, report, one_by_one)
+            entry_failures += await self._backup_folders(
+                listing.folders, degree, report, one_by_one
+            )
         for entry in one_by_one:
             try:
                 await self._backup_entry(entry, degree, report)
-            except _EntryPending as exc:
+            except EntryPending as exc:
                 report.pending[exc.path] = exc.why
             except (BackupError, OSError) as exc:
                 entry_failures.append(f"{entry}: {exc}")
-        report.links = len(scan.links)
-        report.folders = len(scan.folders)
-        if scan.folders and not scan.unlisted:
+        report.links = len(listing.links)
+        report.folders = len(listing.folders)
+        if listing.folders and not listing.unlisted:
             # What the folder no longer holds is gone as of this backup (a folder not read
             # says nothing about what is in it: then nothing is noted).
-            present = set(files) | set(scan.links) | set(scan.folders)
+            present = set(files) | set(listing.links) | set(listing.folders)
             known = await self._query(self.catalog.live_paths, str(path))
             gone = [p for p in known if p not in present]
             if gone:
                 await self._db(self.catalog.record_absent, gone, time.time_ns())
                 report.removed = len(gone)
                 self._catalog_changed()
-        if failures or entry_failures or scan.unlisted:  # the rest went on; say what did not
+        if failures or entry_failures or listing.unlisted:  # the rest went on; say what did not
             what = []
             if failures:
                 what.append(f"{len(failures)} of {len(files)} files not backed up")
@@ -564,15 +321,15 @@ class Owner:
                     f"{len(entry_failures)} of {len(entries)} symlinks and folders not backed up"
                 )
             failures += entry_failures
-            if scan.unlisted:
-                n = len(scan.unlisted)
+            if listing.unlisted:
+                n = len(listing.unlisted)
                 what.append(f"{n} folder{'' if n == 1 else 's'} not read")
             if report.pending:
-                what.append(_pending_summary(report.pending, files, entries, degree))
-            raise BackupError(f"{', '.join(what)}: {(failures + scan.unlisted)[0]}")
+                what.append(pending_summary(report.pending, files, entries, degree))
+            raise BackupError(f"{', '.join(what)}: {(failures + listing.unlisted)[0]}")
         if report.pending:
             raise BackupPending(
-                f"{_pending_summary(report.pending, files, entries, degree)}: the node makes the"
+                f"{pending_summary(report.pending, files, entries, degree)}: the node makes the"
                 " missing copies when holders return (`lanvault state` shows their degrees):"
                 f" {next(f'{p}: {why}' for p, why in report.pending.items())}"
             )
@@ -588,7 +345,7 @@ class Owner:
         if not folders:
             return []
         latest = await self._query(self.catalog.latest_many, folders)
-        found = await trio.to_thread.run_sync(_read_folders, folders)
+        found = await trio.to_thread.run_sync(read_folders, folders)
         empty = chunk_address(self.keys, b"")
         failures: list[str] = []
         versions: list[tuple[FileVersion | None, FileVersion]] = []
@@ -624,7 +381,7 @@ class Owner:
         known_holders = await self._query(self.catalog.holders_many, [empty])
         holders = {h for h in known_holders[empty] if not self.node.membership.is_gone(h)}
         if len(holders) < degree:
-            [envelope] = _seal_all(self.keys, [(empty, b"")])
+            [envelope] = seal_all(self.keys, [(empty, b"")])
             item = (empty, envelope, holders)
             learned, short = await self._send([item], degree, report)
             if short:  # recorded all the same: pending until the copies are made
@@ -682,7 +439,7 @@ class Owner:
                 report.bytes_read += len(content)
                 addresses = [chunk_address(self.keys, piece) for piece in pieces]
                 envelopes = await trio.to_thread.run_sync(
-                    _seal_all,
+                    seal_all,
                     self.keys,
                     list(zip(addresses, pieces, strict=True)),
                     limiter=self.node.cpu_limiter,
@@ -712,7 +469,7 @@ class Owner:
                 report.note(latest, version)
                 if short:  # recorded; pending until the missing copies are made
                     self._catalog_changed()
-                    raise _EntryPending(str(path), short[0])
+                    raise EntryPending(str(path), short[0])
                 await self._db(self.catalog.set_complete, version.file_id)
                 return version
         raise BackupError(f"{path} keeps changing; try again when it is not being changed")
@@ -772,7 +529,7 @@ class Owner:
             report.note(latest, version)
             if short:  # recorded; pending until the missing copies are made
                 self._catalog_changed()
-                raise _EntryPending(str(path), short[0])
+                raise EntryPending(str(path), short[0])
             await self._db(self.catalog.set_complete, version.file_id)
             await self._note_backup()
             return version
@@ -835,7 +592,7 @@ class Owner:
         for path in one_by_one:
             try:
                 await self._backup_file(Path(path), degree, report, progress)
-            except _EntryPending as exc:
+            except EntryPending as exc:
                 report.pending[exc.path] = exc.why
             except (BackupError, OSError) as exc:
                 failures.append(f"{path}: {exc}")
@@ -851,10 +608,10 @@ class Owner:
     ) -> list[str]:
         """Small files read whole, their chunks sent together and their versions committed in
         one transaction; a file that changed while read goes to ``retry``."""
-        read: list[tuple[str, os.stat_result, FileVersion | None, _SmallRead]] = []
+        read: list[tuple[str, os.stat_result, FileVersion | None, SmallRead]] = []
         failures: list[str] = []
         results = await trio.to_thread.run_sync(  # one thread hop for the whole group
-            _read_smalls,
+            read_smalls,
             self.keys,
             [(path, st) for path, st, _b in files],
             limiter=self.node.cpu_limiter,
@@ -880,10 +637,10 @@ class Owner:
         to_send = [a for a in plain if len(live[a]) < degree]
         report.chunks_skipped += len(plain) - len(to_send)
         learned: list[tuple[bytes, int]] = []
-        for start, end in _runs([len(plain[a]) for a in to_send], SEAL_BYTES):
+        for start, end in runs([len(plain[a]) for a in to_send], SEAL_BYTES):
             batch = to_send[start:end]
             envelopes = await trio.to_thread.run_sync(
-                _seal_all, self.keys, [(a, plain[a]) for a in batch], limiter=self.node.cpu_limiter
+                seal_all, self.keys, [(a, plain[a]) for a in batch], limiter=self.node.cpu_limiter
             )
             items = [(a, e, live[a]) for a, e in zip(batch, envelopes, strict=True)]
             new, short_lines = await self._send(items, degree, report)  # ``live`` grows
@@ -1023,7 +780,7 @@ class Owner:
             # One thread hop reads and addresses the batch, one seals what must be sent.
             try:
                 plaintexts, batch_addresses = await trio.to_thread.run_sync(
-                    _read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
+                    read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
                 )
             except OSError as exc:  # raised here it would leave the nursery as a group
                 unreadable.append(exc)
@@ -1045,7 +802,7 @@ class Owner:
                     to_send.append((address, plain, holders))
             if to_send:
                 envelopes = await trio.to_thread.run_sync(
-                    _seal_all,
+                    seal_all,
                     self.keys,
                     [(address, plain) for address, plain, _h in to_send],
                     limiter=self.node.cpu_limiter,
@@ -1084,7 +841,7 @@ class Owner:
         """Bring every chunk of a recorded version to its degree, then mark it complete."""
         done = await self._ensure_versions([version], report, progress)
         if not done:
-            raise _EntryPending(version.path, f"some chunks are not yet at degree {version.degree}")
+            raise EntryPending(version.path, f"some chunks are not yet at degree {version.degree}")
 
     async def _ensure_versions(
         self, versions: list[FileVersion], report: Progress, progress: ProgressFn | None

@@ -8,6 +8,24 @@ from dataclasses import dataclass, field
 from chunkstore.catalog import FileVersion, version_key
 
 
+class BackupError(Exception):
+    """A backup failed: a file could not be read, or changed too often while it was read."""
+
+
+class BackupPending(BackupError):
+    """Recorded, but some chunks are short of their degree: the node sends the missing copies
+    when holders return (the version is pending until then, and says so)."""
+
+
+class EntryPending(BackupPending):
+    """One entry recorded short of its degree (``backup_path`` sums them up)."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path = path
+        self.why = why
+
+
 class RestoreError(Exception):
     """A file could not be restored (no holder had a valid copy of some chunk)."""
 

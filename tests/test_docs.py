@@ -10,11 +10,12 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import MAX_ENVELOPE_SIZE
 from lanvault.recover import PEER_WAIT
 from node.admission import MAX_UNAUTHENTICATED, MAX_UNAUTHENTICATED_PER_HOST
+from node.localtree import GROUP_BYTES as BACKUP_GROUP_BYTES
+from node.localtree import GROUP_FILES as BACKUP_GROUP_FILES
+from node.localtree import SEAL_BYTES, SMALL_FILE
 from node.membership import MAX_UNSEEN_PEERS
 from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
-from node.owner import GROUP_BYTES as BACKUP_GROUP_BYTES
-from node.owner import GROUP_FILES as BACKUP_GROUP_FILES
-from node.owner import GROUPS_IN_FLIGHT, SEAL_BYTES, SMALL_FILE
+from node.owner import GROUPS_IN_FLIGHT
 from node.pool import GONE_DIAL_DELAY, MAX_DIAL_DELAY
 from node.protocol import (
     MAX_ADDRESSES,

@@ -104,7 +104,7 @@ def test_names_that_leave_the_anchor_are_refused(tmp_path: Path) -> None:
 
 def test_a_backup_passes_over_a_restore_still_on_its_way(tmp_path: Path) -> None:
     from chunkstore.catalog import own_temp_name
-    from node.owner import _scan
+    from node.localtree import scan as _scan
 
     (tmp_path / "kept.txt").write_text("mine")
     (tmp_path / own_temp_name("kept.txt")).write_text("half a restore")

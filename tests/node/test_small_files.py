@@ -10,17 +10,13 @@ import pytest
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import chunk_address
 from chunkstore.keys import KeyRing
-from node.owner import (
-    GROUP_BYTES,
-    GROUP_FILES,
-    SMALL_FILE,
-    _groups,
-    _read_folders,
-    _read_small,
-    _read_smalls,
-    _runs,
-    _scan,
-)
+from node.localtree import GROUP_BYTES, GROUP_FILES, SMALL_FILE
+from node.localtree import groups as _groups
+from node.localtree import read_folders as _read_folders
+from node.localtree import read_small as _read_small
+from node.localtree import read_smalls as _read_smalls
+from node.localtree import runs as _runs
+from node.localtree import scan as _scan
 
 
 def test_a_small_file_is_read_whole_into_its_chunks(tmp_path: Path, keys: KeyRing) -> None:
