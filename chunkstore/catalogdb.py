@@ -728,12 +728,6 @@ class CatalogDB:
             ).fetchall()
             return self._versions_from_rows(db, rows)
 
-    def incomplete_count(self) -> int:
-        """How many versions wait for copies (``status``: no chunk lists read)."""
-        with self._reading() as db:
-            row = db.execute("SELECT COUNT(*) FROM versions WHERE complete=0 AND removed=0")
-            return int(row.fetchone()[0])
-
     def backup_versions(self) -> list[tuple[int, str, int]]:
         """(id, path, created_ns) of every complete live version made by the backup command."""
         with self._reading() as db:

@@ -25,17 +25,21 @@ from fs.versions import snapshot_name
 from node.enrolment import Enroller, Invites
 from node.identity import NetworkCA, tls_contexts
 from node.node import Node, NodeConfig
-from node.owner import UNSENT_BYTES, Owner
+from node.owner import Owner
+from node.pending import UNSENT_BYTES
 from node.reclaim import ReclaimReport
 from node.report import BackupError, Progress, RestoreError
 from node.roster import RosterBook
 from node.safekeeping import CatalogNotSafe, Safekeeping
 from node.transport import PinStore, TLSNetwork
-from node.verify import ReadDataReport, read_data
+from node.verify import ReadDataReport, read_data, rereplicate
 
 from .control import Binary, Emit, OpError, serve_control
+from .health import Health
+from .health import take as take_health
 from .runtime import raise_open_file_limit
 from .state import Config, StateDir
+from .state_report import state_report
 
 log = logging.getLogger("lanvault")
 CATALOG_WAIT = 60.0  # seconds a backup waits for its catalog copy to reach the peers
@@ -164,7 +168,8 @@ class Daemon:
             )
             kit = (time.time_ns(), blob)
         self.safekeeping = Safekeeping(self.owner, lambda: state.config_path.read_bytes(), kit)
-        self.owner.safekeeping = self.safekeeping
+        self.owner.on_catalog_changed.append(self.safekeeping.catalog_changed)
+        self.node.pool.on_new_link.append(lambda _peer: self.safekeeping.publish_wanted.set())
 
     def close(self) -> None:
         self.outbox.close()
@@ -176,11 +181,12 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(self.node.run)
             await nursery.start(self.owner.run)
+            await nursery.start(self.safekeeping.run)
             await nursery.start(serve_control, self.state.socket_path, self.handlers())
             if self.config.metrics:
                 from .metrics import serve_metrics  # prometheus_client only when asked for
 
-                await nursery.start(serve_metrics, self, self.config.metrics)
+                await nursery.start(serve_metrics, self.health, self.config.metrics)
             task_status.started(address)
 
     # -- control operations --------------------------------------------------------------
@@ -286,78 +292,73 @@ class Daemon:
         return {"node_id": self.node.node_id, "address": self.node.address}
 
     async def op_state(self, request: dict[str, Any], emit: Emit) -> Any:
-        return await self.owner.state()
+        return await state_report(self.owner)
+
+    async def health(self, own_degrees: bool = False) -> Health:
+        """This node's health now (``lanvault/health.py``): status and metrics format it."""
+        return await take_health(
+            self.node,
+            self.owner,
+            self.store,
+            self.catalog,
+            self.safekeeping,
+            own_degrees=own_degrees,
+        )
 
     async def op_status(self, request: dict[str, Any], emit: Emit) -> Any:
-        membership = self.node.membership
+        h = await self.health(own_degrees=True)
         nodes: list[dict[str, Any]] = [
             {
-                "id": self.node.node_id,
-                "address": self.node.address,
-                "computer": self.config.host_id,
+                "id": h.node_id,
+                "address": h.address,
+                "computer": h.computer,
                 "up": True,
                 "self": True,
-                "capacity_bytes": self.node.advertised_capacity(),
-                "quota_bytes": self.store.capacity,
-                "used_bytes": self.store.used_bytes,
-                "free_bytes": self.store.room_bytes,
-                "disk_full": self.store.room_bytes < self.store.free_bytes,
-                "kept_over_quota": self.node.kept_over_quota,  # chunks a reclaim has to move
+                "capacity_bytes": h.advertised_capacity,
+                "quota_bytes": h.quota,
+                "used_bytes": h.used,
+                "free_bytes": h.room,
+                "disk_full": h.disk_full,
+                "kept_over_quota": h.kept_over_quota,  # chunks a reclaim has to move
             }
         ]
-        for peer in membership.peers():
-            nodes.append(
-                {
-                    "id": peer.node_id,
-                    "address": peer.address,
-                    "computer": peer.host_id,
-                    "up": membership.is_up(peer.node_id),
-                    "gone": membership.is_gone(peer.node_id),
-                    "capacity_bytes": peer.capacity,
-                    "used_bytes": peer.used,
-                    "free_bytes": peer.free,
-                }
-            )
-        wanted = await trio.to_thread.run_sync(self.catalog.wanted_degrees)
-        degrees = await self.owner.chunk_degrees(sorted(wanted)) if wanted else {}
-        own_under = sum(1 for a, d in wanted.items() if degrees.get(a, 0) < d)
-        pending = await trio.to_thread.run_sync(self.catalog.incomplete_count)
-        repair = self.node.last_repair
-        # Chunks this node holds for others that the last repair pass left below their degree.
-        held_under = max(0, repair.below_degree - repair.copies_made)
+        nodes += [
+            {
+                "id": peer.node_id,
+                "address": peer.address,
+                "computer": peer.computer,
+                "up": peer.up,
+                "gone": peer.gone,
+                "capacity_bytes": peer.capacity,
+                "used_bytes": peer.used,
+                "free_bytes": peer.free,
+            }
+            for peer in h.peers
+        ]
         return {
-            "node_id": self.node.node_id,
+            "node_id": h.node_id,
             "nodes": nodes,
             "roster_version": self.roster.version,  # the network's membership list it holds
-            "held_by_owner": {
-                str(o): n
-                for o, n in (await trio.to_thread.run_sync(self.store.usage_by_owner)).items()
-            },
+            "held_by_owner": {str(o): n for o, n in h.held_by_owner.items()},
             "administrator": self.state.ca_key() is not None,
-            "under_replicated_chunks": own_under + held_under,
-            "own_chunks_below_degree": own_under,
-            "held_chunks_below_degree": held_under,
-            "pending_backlog": pending,
-            "last_backup": {
-                str(self.node.node_id): (self.owner.last_backup_ns / 1e9)
-                if self.owner.last_backup_ns
-                else None
-            },
-            "scrub_bad_copies": self.node.last_scrub_bad,
-            "bad_copies_found": damage_dict(
-                await trio.to_thread.run_sync(self.store.damage_summary)
-            ),
+            "under_replicated_chunks": h.under_replicated,
+            "own_chunks_below_degree": h.own_below_degree,
+            "held_chunks_below_degree": h.held_below_degree,
+            "pending_backlog": h.catalog["pending_versions"],
+            "last_backup": {str(h.node_id): (h.last_backup_ns / 1e9) if h.last_backup_ns else None},
+            "scrub_bad_copies": h.scrub_bad_copies,
+            "bad_copies_found": damage_dict(h.damage),
             "recovery": {
-                "kit": self.safekeeping.kit is not None,
-                "kit_holders": self.safekeeping.report.kit_holders,
-                "catalog_seq": self.safekeeping.report.catalog_seq,
-                "catalog_bytes": self.safekeeping.report.catalog_bytes,
-                "catalog_holders": self.safekeeping.report.manifest_holders,
-                "last_catalog_backup": self.safekeeping.report.last_catalog_backup or None,
-                "catalog_behind_seconds": self.safekeeping.behind(),
+                "kit": h.kit,
+                "kit_holders": h.recovery.kit_holders,
+                "catalog_seq": h.recovery.catalog_seq,
+                "catalog_bytes": h.recovery.catalog_bytes,
+                "catalog_holders": h.recovery.manifest_holders,
+                "last_catalog_backup": h.recovery.last_catalog_backup or None,
+                "catalog_behind_seconds": h.catalog_behind_seconds,
             },
-            "bytes_received": self.node.holder.bytes_received,
-            "bytes_sent": self.node.holder.bytes_sent,
+            "bytes_received": h.bytes_received,
+            "bytes_sent": h.bytes_sent,
         }
 
     @staticmethod
@@ -517,7 +518,9 @@ class Daemon:
         except OSError as exc:  # the disk, or a cloud node's bucket, cannot be read
             raise OpError(f"cannot check the store: {exc}") from None
         wanted = await trio.to_thread.run_sync(self.catalog.wanted_degrees)
-        degrees = await self.owner.chunk_degrees(sorted(wanted)) if wanted else {}
+        degrees = (
+            await self.node.replication.degrees(self.node.node_id, sorted(wanted)) if wanted else {}
+        )
         low = {a: d for a, d in wanted.items() if degrees.get(a, 0) < d}
         lost = [a for a in low if degrees.get(a, 0) == 0]
         repaired = 0
@@ -525,7 +528,7 @@ class Daemon:
             for address, degree in low.items():
                 if degrees.get(address, 0) == 0:
                     continue
-                repaired += await self.owner.rereplicate(address, degree)
+                repaired += await rereplicate(self.owner, address, degree)
             await self.node.repair_once()
         data = {}
         if request.get("read_data"):

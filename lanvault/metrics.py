@@ -10,8 +10,7 @@ answering each kind of peer request took.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,48 +26,46 @@ from prometheus_client.registry import Collector
 from node.node import LATENCY_BUCKETS
 from node.transport import split_address
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .health import Health
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 5.0
 
 
-class DaemonCollector(Collector):
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.catalog_counts: dict[str, int] = {}  # read on a worker thread before each scrape
+class HealthCollector(Collector):
+    """The metrics of the node's health snapshot, taken just before each scrape."""
+
+    def __init__(self) -> None:
+        self.health: Health | None = None
 
     def collect(self) -> Iterator[Metric]:
-        d = self.daemon
-        node, store = d.node, d.store
+        h = self.health
+        if h is None:
+            return
 
         def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"lanvault_{name}", text, value=value)
 
-        yield gauge("store_capacity_bytes", "space this node lends", store.capacity)
-        yield gauge("store_used_bytes", "space used by chunks held for peers", store.used_bytes)
-        yield gauge("store_chunks", "chunks held for peers", self.catalog_counts["store_chunks"])
-        peers = node.membership.peers()
-        yield gauge("peers_known", "peers this node knows of", len(peers))
-        yield gauge("peers_up", "peers heard from recently", len(node.membership.up_ids()))
+        yield gauge("store_capacity_bytes", "space this node lends", h.quota)
+        yield gauge("store_used_bytes", "space used by chunks held for peers", h.used)
+        yield gauge("store_chunks", "chunks held for peers", h.store_chunks)
+        yield gauge("peers_known", "peers this node knows of", len(h.peers))
+        yield gauge("peers_up", "peers heard from recently", sum(1 for p in h.peers if p.up))
         yield gauge(
             "peers_gone",
             "peers silent for longer than the grace period",
-            sum(1 for p in peers if node.membership.is_gone(p.node_id)),
+            sum(1 for p in h.peers if p.gone),
         )
         yield CounterMetricFamily(
             "lanvault_received_bytes",
             "chunk bytes peers stored on this node",
-            value=node.holder.bytes_received,
+            value=h.bytes_received,
         )
         yield CounterMetricFamily(
-            "lanvault_sent_bytes",
-            "chunk bytes this node served to peers",
-            value=node.holder.bytes_sent,
+            "lanvault_sent_bytes", "chunk bytes this node served to peers", value=h.bytes_sent
         )
-        counts = self.catalog_counts
+        counts = h.catalog
         yield gauge("versions", "file versions in this node's catalog", counts["versions"])
         yield gauge(
             "pending_versions", "versions not yet at their degree", counts["pending_versions"]
@@ -78,35 +75,33 @@ class DaemonCollector(Collector):
         yield gauge(
             "last_backup_timestamp_seconds",
             "when a backup of this node last completed",
-            d.owner.last_backup_ns / 1e9,
+            h.last_backup_ns / 1e9,
         )
-        repair = node.last_repair
         yield gauge(
             "held_chunks_below_degree",
             "chunks held here below their degree at the last repair pass",
-            max(0, repair.below_degree - repair.copies_made),
+            h.held_below_degree,
         )
-        yield gauge("scrub_bad_copies", "bad copies the last scrub found", node.last_scrub_bad)
-        report = d.safekeeping.report
+        yield gauge("scrub_bad_copies", "bad copies the last scrub found", h.scrub_bad_copies)
         yield gauge(
-            "recovery_kit_holders", "nodes holding this node's recovery kit", report.kit_holders
+            "recovery_kit_holders", "nodes holding this node's recovery kit", h.recovery.kit_holders
         )
         yield gauge(
             "catalog_copy_holders",
             "nodes holding the newest catalog manifest",
-            report.manifest_holders,
+            h.recovery.manifest_holders,
         )
         yield gauge(
             "catalog_copy_timestamp_seconds",
             "when the catalog was last copied to the peers",
-            report.last_catalog_backup,
+            h.recovery.last_catalog_backup,
         )
         latency = HistogramMetricFamily(
             "lanvault_request_seconds",
             "time to answer a peer's request, by request type",
             labels=["type"],
         )
-        for kind, stats in sorted(node.latency.items()):
+        for kind, stats in sorted(h.latency.items()):
             buckets = [
                 (str(bound), float(count))
                 for bound, count in zip(LATENCY_BUCKETS, stats.buckets, strict=True)
@@ -126,10 +121,13 @@ def metrics_address(listen: str) -> tuple[str, int]:
 
 
 async def serve_metrics(
-    daemon: Daemon, listen: str, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    health: Callable[[], Awaitable[Health]],
+    listen: str,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     registry = CollectorRegistry()
-    collector = DaemonCollector(daemon)
+    collector = HealthCollector()
     registry.register(collector)
     host, port = metrics_address(listen)
 
@@ -151,9 +149,7 @@ async def serve_metrics(
                 elif line[1].split("?")[0] != "/metrics":
                     await _reply(stream, 404, b"see /metrics\n", "text/plain")
                 else:
-                    # The catalog on a worker thread; the rest (membership, counters) is read
-                    # on the event loop, where it lives.
-                    collector.catalog_counts = await trio.to_thread.run_sync(_counts, daemon)
+                    collector.health = await health()  # the disk's part on a worker thread
                     body = generate_latest(registry)
                     await _reply(stream, 200, body, CONTENT_TYPE_LATEST)
         except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -169,10 +165,6 @@ async def serve_metrics(
     async with trio.open_nursery() as nursery:
         task_status.started(f"{host}:{bound[1]}")
         await trio.serve_listeners(answer, listeners, handler_nursery=nursery)
-
-
-def _counts(daemon: Daemon) -> dict[str, int]:
-    return {**daemon.catalog.counts(), "store_chunks": daemon.store.chunk_count()}
 
 
 async def _reply(stream: trio.SocketStream, status: int, body: bytes, content_type: str) -> None:

@@ -256,7 +256,7 @@ async def _fetch_catalog(
     started = time.monotonic()
     done = 0
     chunks = list(manifest.chunks)
-    found = await daemon.node.query_holders(owner.owner_id, list(dict.fromkeys(chunks)))
+    found = await daemon.node.replication.query_holders(owner.owner_id, list(dict.fromkeys(chunks)))
     await trio.to_thread.run_sync(
         owner.catalog.add_holders, [(a, h) for a, hs in found.items() for h in hs]
     )

@@ -69,7 +69,7 @@ class Fetcher:
             result = await self._try_holders(address, ordered, sink)
             if result is not None:
                 return result
-            found = (await self.node.query_holders(self.owner_id, [address]))[address]
+            found = (await self.node.replication.query_holders(self.owner_id, [address]))[address]
             if found - known:
                 await self._db(self.catalog.add_holders, [(address, h) for h in found])
             result = await self._try_holders(address, sorted(found - known), sink)

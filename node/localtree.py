@@ -13,8 +13,11 @@ from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.keys import KeyRing
 
+from .protocol import MAX_BATCH
 from .report import BackupError
 
+# Chunks per worker-thread hop in a backup; spread over the holders, each gets ~MAX_BATCH.
+READ_BATCH = 4 * MAX_BATCH
 SMALL_FILE = 2 * CHUNK_SIZE  # files up to this size are backed up in groups ...
 GROUP_FILES = 1024  # ... of up to this many: one read, one send per holder, one commit ...
 GROUP_BYTES = 16 * 1024 * 1024  # ... and this many bytes of them read at once,

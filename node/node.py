@@ -10,7 +10,7 @@ import logging
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +26,9 @@ from .enrolment import Enroller
 from .holder import HolderService, KitGate
 from .membership import Membership
 from .peerbook import keep_peer_book, recall
-from .placement import choose_targets
 from .pool import PeerPool
 from .protocol import (
     MAX_ANONYMOUS_FRAME,
-    STORED_ALREADY,
-    STORED_NEW,
     SUPPORTED_VERSIONS,
     Enrol,
     Error,
@@ -44,22 +41,16 @@ from .protocol import (
     Message,
     Online,
     ProtocolError,
-    PutChunk,
-    PutChunks,
-    Query,
     Removed,
     Request,
-    Stored,
-    StoredMany,
     Wanted,
-    put_batches,
 )
 from .reclaim import ReclaimReport, reclaim
+from .replication import QUERY_BATCH, Replication
 from .roster import RosterBook, RosterSync
-from .transport import Authenticated, Channel, Network, PeerUnavailable, RemoteError
+from .transport import Authenticated, Channel, Network
 
 log = logging.getLogger(__name__)
-QUERY_BATCH = 4096
 IDLE_TIMEOUT = 60.0  # at least; an authenticated connection silent this long is closed
 ANONYMOUS_TIMEOUT = 120.0  # a recovery takes seconds; nobody lingers without a certificate
 
@@ -140,6 +131,9 @@ class Node:
             config.node_id, network, self.hello, self.membership, self.heartbeat, self.boot_id
         )
         self.pool.seeds = list(config.seeds)
+        self.replication = Replication(
+            config.node_id, config.host_id, self.membership, self.pool, config.request_timeout
+        )
         self.holder = HolderService(
             store,
             self.disk_limiter,
@@ -362,48 +356,6 @@ class Node:
 
     # -- requests to peers ---------------------------------------------------------------
 
-    async def query_holders(
-        self, owner: int, addresses: list[bytes], unanswered: set[int] | None = None
-    ) -> dict[bytes, set[int]]:
-        """Ask every live peer which of ``addresses`` of ``owner`` it holds; peers that did
-        not answer are added to ``unanswered``."""
-        result: dict[bytes, set[int]] = {a: set() for a in addresses}
-
-        async def ask(peer: int, batch: list[bytes]) -> None:
-            for attempt in range(3):  # queries are idempotent: retry lost ones
-                answer = await self.pool.request_quietly(
-                    peer, lambda r: Query(r, owner, tuple(batch)), self.config.request_timeout
-                )
-                if isinstance(answer, Holding):
-                    for address in answer.addresses:
-                        if address in result:
-                            result[address].add(peer)
-                    return
-                await trio.sleep(0.2 * 2**attempt)
-            if unanswered is not None:
-                unanswered.add(peer)
-
-        async with trio.open_nursery() as nursery:
-            for peer in self.membership.up_ids():
-                for i in range(0, len(addresses), QUERY_BATCH):
-                    nursery.start_soon(ask, peer, addresses[i : i + QUERY_BATCH])
-        return result
-
-    async def put_copy(
-        self, target: int, owner: int, address: bytes, degree: int, envelope: bytes
-    ) -> bool:
-        """Send one copy; True once the target acknowledged it durable."""
-        try:
-            answer = await self.pool.request(
-                target,
-                lambda r: PutChunk(r, owner, address, degree, envelope),
-                self.config.request_timeout,
-            )
-        except (PeerUnavailable, RemoteError) as exc:
-            log.info("copy to node %d failed: %s", target, exc)
-            return False
-        return isinstance(answer, Stored)
-
     # -- repair --------------------------------------------------------------------------
 
     def request_repair(self) -> None:
@@ -481,7 +433,7 @@ class Node:
         # Rebuilt from this pass's chunks only: a chunk deleted since the last pass is forgotten.
         previous, self._holder_cache = self._holder_cache, {}
         for owner, owned in by_owner.items():
-            found = await self.query_holders(owner, [c.address for c in owned], unsure)
+            found = await self.replication.query_holders(owner, [c.address for c in owned], unsure)
             for chunk in owned:
                 report.checked += 1
                 live = found[chunk.address] | {self.node_id}
@@ -593,141 +545,10 @@ class Node:
         except Exception as exc:
             log.warning("cannot read a chunk to repair it: %s", exc)
             return 0
-        return await self.replicate(chunk.owner, chunk.address, chunk.degree, envelope, holders)
-
-    def plan_targets(
-        self,
-        owner: int,
-        address: bytes,
-        degree: int,
-        holders: set[int],
-        tried: set[int],
-        final: bool,
-    ) -> list[int]:
-        """New holders for a chunk by placement, spread over computers (see ``replicate``)."""
-        return self.plan_many(owner, degree, [(address, holders)], tried, final)[0]
-
-    def plan_many(
-        self,
-        owner: int,
-        degree: int,
-        chunks: Sequence[tuple[bytes, set[int]]],
-        tried: Collection[int] = (),
-        final: bool = False,
-    ) -> list[list[int]]:
-        """``plan_targets`` for each (address, holders) of a batch; the view of the network
-        (candidates, computers) is taken once for the whole batch."""
-        owner_host = (
-            self.config.host_id if owner == self.node_id else self.membership.host_of(owner)
+        made = await self.replication.replicate(
+            chunk.owner, chunk.address, chunk.degree, envelope, holders
         )
-        candidates = self.membership.candidates()
-        # Computers with a node that is not gone (down ones included: they may come back).
-        live_hosts = [
-            (p.node_id, self.membership.host_of(p.node_id))
-            for p in self.membership.peers()
-            if not self.membership.is_gone(p.node_id)
-        ]
-        key_prefix = owner.to_bytes(4, "big")
-        plans: list[list[int]] = []
-        for address, holders in chunks:
-            busy = {self.membership.host_of(h) for h in holders} | {owner_host}
-            if self.node_id in holders:
-                busy.add(self.config.host_id)
-            skip = holders | {owner, self.node_id}
-            spare_hosts = {host for node, host in live_hosts if node not in skip} - busy
-            strict = not final and len(spare_hosts) >= degree - len(holders)
-            targets = choose_targets(
-                key_prefix + address,
-                candidates,
-                owner,
-                degree - len(holders),
-                exclude=[*holders, *tried, self.node_id],
-                avoid_hosts=busy,
-                allow_same_host=not strict,
-            )
-            plans.append([t.node_id for t in targets])
-        return plans
-
-    async def put_batch(
-        self, target: int, owner: int, degree: int, items: list[tuple[bytes, bytes]]
-    ) -> list[bool]:
-        """Store chunks on ``target`` in as few PUTCHUNKS as its protocol version and the frame
-        size allow, all sent at once; True where the target stored the chunk durably."""
-        stored = [False] * len(items)
-        try:
-            limit = (await self.pool.link(target)).channel.put_limit
-        except PeerUnavailable as exc:
-            log.info("batch to node %d failed: %s", target, exc)
-            return stored
-
-        async def one(start: int, end: int) -> None:
-            chunks = tuple(items[start:end])
-            try:
-                answer = await self.pool.request(
-                    target,
-                    functools.partial(PutChunks, owner=owner, degree=degree, chunks=chunks),
-                    self.config.request_timeout,
-                )
-            except (PeerUnavailable, RemoteError, ProtocolError) as exc:
-                # ProtocolError: the link was dialled again meanwhile, to an older version.
-                log.info("batch to node %d failed: %s", target, exc)
-                return
-            if isinstance(answer, StoredMany) and len(answer.results) == len(chunks):
-                stored[start:end] = [r in (STORED_NEW, STORED_ALREADY) for r in answer.results]
-
-        async with trio.open_nursery() as nursery:
-            for start, end in put_batches([len(e) for _a, e in items], limit):
-                nursery.start_soon(one, start, end)
-        return stored
-
-    async def replicate(
-        self,
-        owner: int,
-        address: bytes,
-        degree: int,
-        envelope: bytes,
-        holders: set[int],
-        rounds: int = 8,
-    ) -> int:
-        """Make copies until ``holders`` reaches ``degree``; returns how many were made.
-
-        Each round tries the best placement targets not yet holding the chunk; a target that
-        fails is skipped for the rest of the round and the next in placement order is used.
-        Between rounds the sender backs off (0.2 s doubling to 5 s, with jitter). Copies go to
-        computers that hold none yet (the owner's own computer included among those to avoid);
-        a second copy on one computer is made only when the network has too few computers, or
-        as a last resort when the missing computers stay unreachable. With no peer up at all it
-        still waits the rounds out: right after a peer's link breaks the others can look down
-        for a moment (the partition scenario saw it), and a backup must not give up on that.
-        """
-        made = 0
-        delay = 0.2
-        for round_no in range(rounds):
-            tried: set[int] = set()
-            while len(holders) < degree:
-                targets = self.plan_targets(
-                    owner, address, degree, holders, tried, final=round_no == rounds - 1
-                )
-                if not targets:
-                    break
-                results: dict[int, bool] = {}
-
-                async def one(target: int, out: dict[int, bool]) -> None:
-                    out[target] = await self.put_copy(target, owner, address, degree, envelope)
-
-                async with trio.open_nursery() as nursery:
-                    for target_id in targets:
-                        tried.add(target_id)
-                        nursery.start_soon(one, target_id, results)
-                for target_id, ok in results.items():
-                    if ok:
-                        holders.add(target_id)
-                        made += 1
-            if len(holders) >= degree or round_no == rounds - 1:
-                break
-            await trio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 5.0)
-        self._holder_cache[(owner, address)] = set(holders)
+        self._holder_cache[(chunk.owner, chunk.address)] = set(holders)
         return made
 
     # -- reclaim -------------------------------------------------------------------------

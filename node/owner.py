@@ -1,21 +1,20 @@
-"""The owner role: back up this computer's files to peers, restore them, delete them.
+"""The owner role: back up this computer's files to peers, and the parts that serve it.
 
-Chunks are read and sealed on worker threads (``cpu_limiter``), sent to holders chosen by
-placement, and counted only once a holder answered STORED. A version is marked complete in the
-catalog only when every chunk has its degree; incomplete versions are resumed in the background.
+A backup reads (``localtree``) and seals on worker threads (``cpu_limiter``), sends through the
+``Uploader`` (placement and retries in ``Replication``) and counts a copy only once a holder
+answered STORED. A version is marked complete in the catalog only when every chunk has its
+degree; the others are pending (``Pending`` finishes them in the background). The owner also
+holds what restores (``Restorer``), deletes and prunes (``Deletes``) and trims (``Trimmer``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
 import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import trio
 
@@ -27,15 +26,17 @@ from chunkstore.catalog import (
     version_from_stat,
 )
 from chunkstore.catalogdb import CatalogDB
-from chunkstore.chunking import CHUNK_SIZE, chunk_count, split_bytes
-from chunkstore.envelope import chunk_address, open_chunk, seal_chunk
-from chunkstore.errors import ChunkstoreError, EnvelopeError, QuotaExceededError
+from chunkstore.chunking import chunk_count, split_bytes
+from chunkstore.envelope import chunk_address
 from chunkstore.keys import KeyRing
 from chunkstore.retention import RetentionPolicy
-from chunkstore.store import ChunkStore, PutItem
+from chunkstore.store import ChunkStore
 
+from .catalogio import CatalogIO
+from .deletes import Deletes
 from .fetch import Fetcher
 from .localtree import (
+    READ_BATCH,
     SEAL_BYTES,
     SMALL_FILE,
     SmallRead,
@@ -49,29 +50,17 @@ from .localtree import (
     seal_all,
 )
 from .node import Node
-from .protocol import MAX_BATCH, Chunk, Delete, Deleted, GetChunk
+from .pending import Pending
 from .report import BackupError, BackupPending, EntryPending, Progress, ProgressFn
 from .restore import Restorer
 from .restore_files import FileRestorer
 from .rwlock import SharedExclusive
-from .safekeeping import Safekeeping
-from .transport import PeerUnavailable, RemoteError
-from .trim import TrimReport, trim_surplus
-from .verify import bad_envelopes
+from .trim import Trimmer
+from .uploader import Uploader
 
 log = logging.getLogger(__name__)
-# Chunks per worker-thread hop in a backup; spread over the holders, each gets ~MAX_BATCH.
-READ_BATCH = 4 * MAX_BATCH
-TRIM_INTERVAL = 600.0  # seconds between passes over our chunks for copies above their degree
-TRIM_SETTLE = 30.0  # after a node came back online, before such a pass
 GROUPS_IN_FLIGHT = 3  # several groups at once
 IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
-# A backup short of its degree keeps the chunks it could not send in a local store of this
-# size; beyond it the node reads them again from the file (while that is unchanged).
-UNSENT_BYTES = 1 << 30
-
-
-T = TypeVar("T")
 
 
 class Owner:
@@ -89,18 +78,15 @@ class Owner:
         self.node = node
         self.retention = retention
         self.prune_interval = prune_interval
-        self.last_prune: dict[str, object] = {}
         self.keys = keys
         self.catalog = catalog
         self.default_degree = default_degree
         self.owner_id = node.node_id
-        self._db_limiter = trio.CapacityLimiter(1)
-        self._query_limiter = trio.CapacityLimiter(1)
-        self._tombstones_wanted = trio.Event()
-        self._resume_wanted = trio.Event()
+        self.io = CatalogIO()
+        self._db = self.io.call
+        self._query = self.io.read
         self.outbox = outbox
         self.unsent = unsent
-        self._delete_lock = trio.Lock()  # held while owed deletes are being sent
         self.fetcher = Fetcher(node, keys, catalog, self._db)
         self.restorer = Restorer(
             catalog,
@@ -110,14 +96,23 @@ class Owner:
             catalog.path.parent / "restores",  # interrupted restores' temporary files
         )
         self._guard = SharedExclusive()
+        self.deletes = Deletes(node, catalog, self.io, self._guard.exclusive, self._catalog_changed)
+        self.delete_path = self.deletes.delete_path
+        self.prune = self.deletes.prune
+        self.uploader = Uploader(node, catalog, self.io, self.deletes.lock)
+        self.pending = Pending(
+            node, keys, catalog, self.io, self.uploader, outbox, unsent, self._note_backup
+        )
+        self.kick = self.pending.kick
+        self.trimmer = Trimmer(
+            node, catalog, keys, self.fetcher, default_degree, self._guard.exclusive
+        )
+        self.trim_surplus = self.trimmer.once
         self.last_backup_ns = catalog.get_setting("last_backup_ns")
-        self.safekeeping: Safekeeping | None = None  # set by the daemon: kit and catalog copies
-        node.on_online.append(lambda _peer: self._tombstones_wanted.set())
-        node.on_online.append(lambda _peer: self._resume_wanted.set())  # pending backups go on
-        # A node back online may bring copies that were re-made elsewhere meanwhile.
-        self._trim_wanted = trio.Event()
-        node.on_online.append(lambda _peer: self._trim_wanted.set())
-        node.pool.on_new_link = self._new_link
+        # Run whenever the catalog changes, and when a link to a peer is made (the daemon's
+        # catalog safekeeping listens).
+        self.on_catalog_changed: list[Callable[[], None]] = []
+        node.pool.on_new_link.append(lambda _peer: self.deletes.want())
         node.holder.wanted = self._still_wanted
 
     async def _still_wanted(self, owner: int, addresses: tuple[bytes, ...]) -> set[bytes] | None:
@@ -126,124 +121,19 @@ class Owner:
             return None
         return await self._db(self.catalog.still_wanted, addresses)
 
-    def _new_link(self, _peer: int) -> None:
-        self._tombstones_wanted.set()
-        if self.safekeeping is not None:
-            self.safekeeping.publish_wanted.set()
-
     def _catalog_changed(self) -> None:
-        if self.safekeeping is not None:
-            self.safekeeping.catalog_changed()
-
-    async def _query(self, fn: Callable[..., T], *args: object) -> T:
-        """A read of the catalog: its own connection, so it never waits behind a commit (it
-        sees what was committed when it starts)."""
-        return await trio.to_thread.run_sync(
-            functools.partial(fn, *args), limiter=self._query_limiter
-        )
-
-    async def _db(self, fn: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._db_limiter)
+        for hook in self.on_catalog_changed:
+            hook()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background duties: re-send owed deletes, finish incomplete backups, prune."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._tombstone_loop)
-            nursery.start_soon(self._resume_loop)
-            nursery.start_soon(self._trim_loop)
+            nursery.start_soon(self.deletes.run)
+            nursery.start_soon(self.pending.run)
+            nursery.start_soon(self.trimmer.run)
             if self.retention is not None:
-                nursery.start_soon(self._prune_loop, self.retention)
-            if self.safekeeping is not None:
-                await nursery.start(self.safekeeping.run)
+                nursery.start_soon(self.deletes.prune_loop, self.retention, self.prune_interval)
             task_status.started()
-
-    async def trim_surplus(self) -> TrimReport:
-        """Drop copies of our chunks above their degree (see ``node/trim.py``)."""
-        return await trim_surplus(
-            self.node,
-            self.catalog,
-            self.owner_id,
-            self.default_degree,
-            self._guard.exclusive,
-            self.verified_at,
-        )
-
-    async def verified_at(self, holder: int, addresses: list[bytes]) -> set[bytes]:
-        """Those of ``addresses`` of which ``holder`` hands over a copy that opens."""
-        got = await self.fetcher.get_envelopes(holder, addresses)
-        bad = await trio.to_thread.run_sync(
-            bad_envelopes, self.keys, got, limiter=self.node.cpu_limiter
-        )
-        return set(got) - set(bad)
-
-    async def _trim_loop(self) -> None:
-        while True:
-            with trio.move_on_after(TRIM_INTERVAL):
-                await self._trim_wanted.wait()
-            self._trim_wanted = trio.Event()
-            await trio.sleep(TRIM_SETTLE)  # links come up, repairs in flight finish
-            try:
-                await self.trim_surplus()
-            except Exception:
-                log.exception("trimming surplus copies failed")
-
-    # -- retention -----------------------------------------------------------------------
-
-    async def prune(self, policy: RetentionPolicy, dry_run: bool = False) -> dict[str, object]:
-        """Apply the retention policy: drop old snapshots and versions, delete what they alone
-        used from every holder. Never a leased, pending or newest version, never the newest
-        snapshot of a tree."""
-        now = time.time_ns()
-        by_root: dict[str, list[tuple[int, int]]] = {}
-        for seq, root, taken in await self._db(self.catalog.snapshots):
-            by_root.setdefault(root, []).append((seq, taken))
-        drop: list[int] = []
-        for rows in by_root.values():
-            keep = policy.keep([taken for _seq, taken in rows], now)
-            drop += [seq for index, (seq, _t) in enumerate(rows) if index not in keep]
-        by_path: dict[str, list[tuple[int, int]]] = {}
-        for vid, path, created in await self._db(self.catalog.backup_versions):
-            by_path.setdefault(path, []).append((vid, created))
-        drop_ids: list[int] = []
-        for rows in by_path.values():
-            keep = policy.keep([created for _vid, created in rows], now)
-            drop_ids += [vid for index, (vid, _c) in enumerate(rows) if index not in keep]
-        async with self._guard.exclusive():
-            report = await self._db(
-                self.catalog.prune, drop, drop_ids, self._known_nodes(), now, dry_run
-            )
-        if report.chunks_orphaned and not dry_run:
-            crashpoints.reached("prune.recorded")
-            self._tombstones_wanted.set()
-        if not dry_run and (report.snapshots_dropped or report.versions_dropped):
-            self._catalog_changed()
-        result: dict[str, object] = {
-            "policy": policy.describe(),
-            "dry_run": dry_run,
-            "snapshots_dropped": report.snapshots_dropped,
-            "versions_dropped": report.versions_dropped,
-            "tree_events_dropped": report.events_dropped,
-            "chunks_deleted": report.chunks_orphaned,
-            "time": now / 1e9,
-        }
-        if not dry_run:
-            self.last_prune = result
-            if report.snapshots_dropped or report.versions_dropped:
-                log.info(
-                    "pruned %d snapshots and %d versions; %d chunks are deleted from holders",
-                    report.snapshots_dropped,
-                    report.versions_dropped,
-                    report.chunks_orphaned,
-                )
-        return result
-
-    async def _prune_loop(self, policy: RetentionPolicy) -> None:
-        while True:
-            await trio.sleep(self.prune_interval)
-            try:
-                await self.prune(policy)
-            except Exception:
-                log.exception("pruning failed")
 
     # -- backup --------------------------------------------------------------------------
 
@@ -383,9 +273,9 @@ class Owner:
         if len(holders) < degree:
             [envelope] = seal_all(self.keys, [(empty, b"")])
             item = (empty, envelope, holders)
-            learned, short = await self._send([item], degree, report)
+            learned, short = await self.uploader.send([item], degree, report)
             if short:  # recorded all the same: pending until the copies are made
-                await self._keep_unsent([item], degree)
+                await self.pending.keep_unsent([item], degree)
                 report.pending.update((p, short[0]) for p in unchanged)
                 report.pending.update((v.path, short[0]) for _b, v in versions)
                 for before, version in versions:
@@ -432,7 +322,7 @@ class Owner:
                     and latest.ctime_ns == before.st_ctime_ns
                     and latest.degree == degree
                 ):
-                    await self._ensure_version(latest, report, None)
+                    await self.pending.ensure_version(latest, report, None)
                     report.unmodified += 1
                     return latest
                 pieces = split_bytes(content)
@@ -450,11 +340,11 @@ class Owner:
                     for a, e in zip(addresses, envelopes, strict=True)
                 ]
                 sent = [item for item in items if len(item[2]) < degree]
-                learned, short = await self._send(sent, degree, report)
+                learned, short = await self.uploader.send(sent, degree, report)
                 if learned:
                     await self._db(self.catalog.add_holders, learned)
                 if short:
-                    await self._keep_unsent(sent, degree)
+                    await self.pending.keep_unsent(sent, degree)
                 xattrs = read_xattrs(path)
                 after = os.lstat(path)
                 if (after.st_mtime_ns, after.st_ctime_ns) != (
@@ -503,7 +393,7 @@ class Owner:
                 and latest.degree == degree
                 and latest.link == link_key(before)
             ):
-                await self._ensure_version(latest, report, progress)
+                await self.pending.ensure_version(latest, report, progress)
                 report.bytes_done += before.st_size
                 report.unmodified += 1
                 return latest
@@ -579,7 +469,7 @@ class Owner:
                 one_by_one.append(path)
         # Unchanged files: their copies are checked against the catalog (a gone holder's are
         # made again) and the versions marked complete, all in one go.
-        ensured = await self._ensure_versions([v for _p, v in unchanged], report, progress)
+        ensured = await self.pending.ensure_versions([v for _p, v in unchanged], report, progress)
         done = {v.file_id for v in ensured}
         for path, version in unchanged:
             report.files_done += 1
@@ -643,10 +533,10 @@ class Owner:
                 seal_all, self.keys, [(a, plain[a]) for a in batch], limiter=self.node.cpu_limiter
             )
             items = [(a, e, live[a]) for a, e in zip(batch, envelopes, strict=True)]
-            new, short_lines = await self._send(items, degree, report)  # ``live`` grows
+            new, short_lines = await self.uploader.send(items, degree, report)  # ``live`` grows
             learned += new
             if short_lines:
-                await self._keep_unsent(items, degree)
+                await self.pending.keep_unsent(items, degree)
         versions: list[FileVersion] = []
         pending: list[FileVersion] = []
         for path, st, before, (_chunks, addresses, xattrs) in read:
@@ -686,72 +576,11 @@ class Owner:
         await self._db(self.catalog.set_setting, "last_backup_ns", self.last_backup_ns)
         self._catalog_changed()
 
-    async def _send(
-        self, items: list[tuple[bytes, bytes, set[int]]], degree: int, report: Progress
-    ) -> tuple[list[tuple[bytes, int]], list[str]]:
-        """Bring each (address, envelope, holders) to ``degree`` copies.
-
-        First one PUTCHUNKS per target holder for the whole batch, then, for any chunk still
-        short, per-chunk retries with backoff moving down the placement order. ``holders`` sets
-        grow as copies are acknowledged. Returns the new (address, holder) pairs and the
-        chunks that stayed short.
-        """
-        addresses = [address for address, _e, _h in items]
-        if await self._query(self.catalog.any_tombstoned, addresses):
-            # Deleted content is wanted again: no owed delete may remove the new copies.
-            async with self._delete_lock:
-                await self._db(self.catalog.revive, addresses)
-        before = [set(holders) for _a, _e, holders in items]
-        by_target: dict[int, list[int]] = {}
-        plans = self.node.plan_many(self.owner_id, degree, [(a, h) for a, _e, h in items])
-        for index, targets in enumerate(plans):
-            for target in targets:
-                by_target.setdefault(target, []).append(index)
-
-        async def to_target(target: int, indexes: list[int]) -> None:
-            ok = await self.node.put_batch(
-                target, self.owner_id, degree, [(items[i][0], items[i][1]) for i in indexes]
-            )
-            for index, stored in zip(indexes, ok, strict=True):
-                if stored:
-                    items[index][2].add(target)
-
-        async with trio.open_nursery() as nursery:
-            for target, indexes in by_target.items():
-                nursery.start_soon(to_target, target, indexes)
-
-        learned: list[tuple[bytes, int]] = []
-        failures: list[str] = []
-
-        async def finish(index: int) -> None:
-            address, envelope, holders = items[index]
-            if len(holders) < degree:
-                await self.node.replicate(self.owner_id, address, degree, envelope, holders)
-            new = holders - before[index]
-            report.bytes_sent += len(envelope) * len(new)
-            learned.extend((address, h) for h in new)
-            if len(holders) < degree:
-                failures.append(
-                    f"chunk {address.hex()[:12]}… has {len(holders)} of {degree} copies"
-                    f" ({len(self.node.membership.up_ids())} peers up)"
-                )
-
-        for index, (address, envelope, holders) in enumerate(items):
-            if len(holders) >= degree:  # the usual case: no task needed
-                new = holders - before[index]
-                report.bytes_sent += len(envelope) * len(new)
-                learned.extend((address, h) for h in new)
-        async with trio.open_nursery() as nursery:
-            for index, (_address, _envelope, holders) in enumerate(items):
-                if len(holders) < degree:
-                    nursery.start_soon(finish, index)
-        return learned, failures
-
     async def _store_content(
         self, path: str, size: int, degree: int, report: Progress, progress: ProgressFn | None
     ) -> tuple[list[bytes], list[str]]:
         """Read, address, seal and send every chunk of ``path``; return the addresses in order
-        and a line per chunk that stayed short of its degree (kept for later, ``_keep_unsent``)."""
+        and a line per chunk that stayed short of its degree (kept for later, ``Pending.keep_unsent``)."""
         count = chunk_count(size)
         addresses: list[bytes | None] = [None] * count
         budget = trio.Semaphore(IN_FLIGHT_CHUNKS)
@@ -761,11 +590,11 @@ class Owner:
 
         async def send_batch(items: list[tuple[bytes, bytes, set[int]]]) -> None:
             try:
-                new, short = await self._send(items, degree, report)
+                new, short = await self.uploader.send(items, degree, report)
                 learned.extend(new)
                 failures.extend(short)
                 if short:
-                    await self._keep_unsent(items, degree)
+                    await self.pending.keep_unsent(items, degree)
             finally:
                 for _ in items:
                     budget.release()
@@ -834,295 +663,3 @@ class Owner:
         if unreadable:
             raise unreadable[0]
         return [a for a in addresses if a is not None], failures
-
-    async def _ensure_version(
-        self, version: FileVersion, report: Progress, progress: ProgressFn | None
-    ) -> None:
-        """Bring every chunk of a recorded version to its degree, then mark it complete."""
-        done = await self._ensure_versions([version], report, progress)
-        if not done:
-            raise EntryPending(version.path, f"some chunks are not yet at degree {version.degree}")
-
-    async def _ensure_versions(
-        self, versions: list[FileVersion], report: Progress, progress: ProgressFn | None
-    ) -> list[FileVersion]:
-        """Bring recorded versions' chunks to their degree; mark complete those that made it.
-
-        All the versions' missing chunks travel together, in batches of one PUTCHUNKS per
-        holder, several batches at once (10,000 small files are a few hundred requests, not
-        10,000). A missing copy is made from the outbox (chunks a mount cut aside), else from
-        the file itself if that chunk still has the same content; otherwise its version stays
-        pending. Completed versions are recorded in one transaction.
-        """
-        addresses = list(dict.fromkeys(a for v in versions for a in v.chunks))
-        known = await self._query(self.catalog.holders_many, addresses)
-        live = {
-            a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
-        }
-        wanted: dict[bytes, tuple[int, FileVersion, int]] = {}  # address -> degree, version, no
-        for version in versions:
-            for no, address in enumerate(version.chunks):
-                if len(live[address]) >= version.degree:
-                    continue
-                degree = max(version.degree, wanted[address][0] if address in wanted else 0)
-                wanted[address] = (degree, version, no)
-        by_degree: dict[int, list[tuple[bytes, FileVersion, int]]] = {}
-        for address, (degree, version, no) in wanted.items():
-            by_degree.setdefault(degree, []).append((address, version, no))
-        window = trio.Semaphore(4)  # batches in flight: 240 chunks, about 15 MB
-
-        async def one_batch(degree: int, batch: list[tuple[bytes, FileVersion, int]]) -> None:
-            try:
-                envelopes = await trio.to_thread.run_sync(
-                    self._envelopes_for, batch, limiter=self.node.disk_limiter
-                )
-                items = [
-                    (address, envelope, live[address])
-                    for (address, _v, _no), envelope in zip(batch, envelopes, strict=True)
-                    if envelope is not None
-                ]
-                if items:
-                    learned, _short = await self._send(items, degree, report)
-                    if learned:
-                        await self._db(self.catalog.add_holders, learned)
-                if progress:
-                    progress(report)
-            finally:
-                window.release()
-
-        async with trio.open_nursery() as nursery:
-            for degree, entries in by_degree.items():
-                for i in range(0, len(entries), READ_BATCH):
-                    await window.acquire()
-                    nursery.start_soon(one_batch, degree, entries[i : i + READ_BATCH])
-        complete = [v for v in versions if all(len(live[a]) >= v.degree for a in v.chunks)]
-        newly = 0  # versions pending until now (an unchanged file's complete one costs nothing)
-        if complete:
-            newly = await self._db(self.catalog.set_complete_many, [v.file_id for v in complete])
-        if newly:
-            if self.outbox is not None or self.unsent is not None:
-                await trio.to_thread.run_sync(self._release_outbox, complete)
-            await self._note_backup()
-        return complete
-
-    def _envelopes_for(self, batch: list[tuple[bytes, FileVersion, int]]) -> list[bytes | None]:
-        return [self._envelope_for(version, no, address) for address, version, no in batch]
-
-    def _envelope_for(self, version: FileVersion, no: int, address: bytes) -> bytes | None:
-        for kept in (self.outbox, self.unsent):
-            if kept is not None:
-                try:
-                    return kept.get(self.owner_id, address)
-                except ChunkstoreError:
-                    pass
-        try:
-            with open(version.path, "rb") as handle:
-                handle.seek(no * CHUNK_SIZE)
-                data = handle.read(CHUNK_SIZE)
-        except OSError:
-            return None
-        if chunk_address(self.keys, data) != address:
-            return None  # the file moved on since this version: its copy is in the outbox or lost
-        return seal_chunk(self.keys, address, data)
-
-    def _release_outbox(self, versions: list[FileVersion]) -> None:
-        """Drop outbox and unsent chunks of these (now safe) versions that no pending version
-        needs."""
-        released = {a for v in versions for a in v.chunks}
-        done = sorted(released - self.catalog.pending_among(released))
-        if self.outbox is not None:
-            self.outbox.delete_many(self.owner_id, done)
-        if self.unsent is not None and self.unsent.chunk_count():
-            self.unsent.delete_many(self.owner_id, done)
-            if self.unsent.garbage_bytes() > UNSENT_BYTES // 8:
-                self.unsent.compact(0.5)
-
-    async def _keep_unsent(self, items: list[tuple[bytes, bytes, set[int]]], degree: int) -> None:
-        """Keep the envelopes of chunks still short of ``degree`` (durable before a pending
-        version names them), so the node can finish the version when holders return even if
-        the file changes meanwhile. Up to ``UNSENT_BYTES``: beyond that the node reads them
-        from the file again, which works while the file is unchanged."""
-        short = [PutItem(self.owner_id, a, e, degree) for a, e, h in items if len(h) < degree]
-        unsent = self.unsent
-        if not short or unsent is None:
-            return
-
-        def keep() -> None:
-            if unsent.free_bytes >= sum(len(item.envelope) for item in short):
-                with contextlib.suppress(QuotaExceededError):  # another batch took the room
-                    unsent.put_many(short)
-
-        await trio.to_thread.run_sync(keep, limiter=self.node.disk_limiter)
-
-    def kick(self) -> None:
-        """Look at pending versions now (a mount just cut one)."""
-        self._resume_wanted.set()
-
-    async def _resume_loop(self) -> None:
-        while True:
-            with trio.move_on_after(10):
-                await self._resume_wanted.wait()
-            self._resume_wanted = trio.Event()
-            pending = await self._db(self.catalog.incomplete_versions)
-            for i in range(0, len(pending), 2000):  # bounded memory for a huge backlog
-                batch = pending[i : i + 2000]
-                try:
-                    done = await self._ensure_versions(batch, Progress(), None)
-                except OSError as exc:
-                    log.warning("sending pending backups failed: %s", exc)
-                    continue
-                if len(done) < len(batch):
-                    log.info("%d pending versions still wait for copies", len(batch) - len(done))
-
-    # -- delete --------------------------------------------------------------------------
-
-    async def delete_path(self, path: Path) -> dict[str, int]:
-        """Forget every version under ``path`` and remove their chunks from every holder.
-
-        Holders that are offline get the delete when they are back (tombstones).
-        """
-        key = str(path)
-        latest = [v for v, _ in await self._db(self.catalog.latest_versions, key)]
-        paths = sorted({v.path for v in latest})
-        if not paths:
-            raise BackupError(f"{path}: nothing backed up under this path")
-        async with self._guard.exclusive():
-            report = await self._db(self.catalog.delete_paths, paths, self._known_nodes())
-        crashpoints.reached("delete.recorded")
-        self._catalog_changed()
-        pending = await self.flush_tombstones()
-        return {
-            "files": sum(1 for v in latest if not stat.S_ISDIR(v.mode)),  # symlinks count
-            "chunks": len(report.orphaned),
-            "pending_holders": pending,
-        }
-
-    def _known_nodes(self) -> set[int]:
-        nodes = {p.node_id for p in self.node.membership.peers()}
-        nodes.discard(self.owner_id)
-        return nodes
-
-    async def flush_tombstones(self) -> int:
-        """Send owed deletes; returns how many holders still owe an acknowledgement."""
-        async with self._delete_lock:
-            return await self._flush_tombstones()
-
-    async def _flush_tombstones(self) -> int:
-        owed = await self._db(self.catalog.tombstones)
-        waiting = 0
-        for node_id, addresses in owed.items():
-            if not self.node.membership.is_up(node_id):
-                waiting += 1
-                continue
-            done = True
-            for i in range(0, len(addresses), 4096):
-                batch = tuple(addresses[i : i + 4096])
-                try:
-                    answer = await self.node.pool.request(
-                        node_id, functools.partial(Delete, owner=self.owner_id, addresses=batch), 30
-                    )
-                except (PeerUnavailable, RemoteError) as exc:
-                    log.info("delete on node %d deferred: %s", node_id, exc)
-                    done = False
-                    break
-                if isinstance(answer, Deleted):
-                    crashpoints.reached("delete.sent")
-                    await self._db(self.catalog.clear_tombstones, node_id, batch)
-            if not done:
-                waiting += 1
-        return waiting
-
-    async def _tombstone_loop(self) -> None:
-        while True:
-            with trio.move_on_after(5):
-                await self._tombstones_wanted.wait()
-            self._tombstones_wanted = trio.Event()
-            try:
-                await self.flush_tombstones()
-            except Exception:
-                log.exception("sending owed deletes failed")
-
-    async def rereplicate(self, address: bytes, degree: int) -> int:
-        """Bring one of our chunks back to ``degree`` from any holder's copy (for ``check --repair``)."""
-        found = await self.node.query_holders(self.owner_id, [address])
-        holders = found[address]
-        for holder in sorted(holders):
-            try:
-                answer = await self.node.pool.request(
-                    holder,
-                    lambda r: GetChunk(r, self.owner_id, address),
-                    self.node.config.request_timeout,
-                )
-            except (PeerUnavailable, RemoteError):
-                continue
-            if not isinstance(answer, Chunk):
-                continue
-            try:
-                await trio.to_thread.run_sync(open_chunk, self.keys, address, answer.envelope)
-            except EnvelopeError:
-                continue
-            made = await self.node.replicate(
-                self.owner_id, address, degree, answer.envelope, set(holders)
-            )
-            await self._db(self.catalog.set_holders, address, holders)
-            return made
-        return 0
-
-    # -- state ---------------------------------------------------------------------------
-
-    async def chunk_degrees(self, addresses: list[bytes]) -> dict[bytes, int]:
-        found = await self.node.query_holders(self.owner_id, addresses)
-        return {a: len(h) for a, h in found.items()}
-
-    async def state(self) -> dict[str, object]:
-        """The original service's STATE report (see the spec's JSON shape)."""
-        files = [  # a folder's version holds its mode and times, not a file's content
-            (v, complete)
-            for v, complete in await self._db(self.catalog.latest_versions, "")
-            if not stat.S_ISDIR(v.mode)
-        ]
-        wanted = sorted({a for v, _ in files for a in v.chunks})
-        degrees = await self.chunk_degrees(wanted) if wanted else {}
-        stored = await trio.to_thread.run_sync(self.node.store.chunks)
-        stored_degrees: dict[tuple[int, bytes], int] = {}
-        by_owner: dict[int, list[bytes]] = {}
-        for chunk in stored:
-            by_owner.setdefault(chunk.owner, []).append(chunk.address)
-        for owner, addresses in by_owner.items():
-            found = await self.node.query_holders(owner, addresses)
-            for address, holders in found.items():
-                stored_degrees[(owner, address)] = len(holders | {self.node.node_id})
-        return {
-            "node_id": self.node.node_id,
-            "capacity_bytes": self.node.store.capacity,
-            "used_bytes": self.node.store.used_bytes,
-            "files": [
-                {
-                    "path": v.path,
-                    "file_id": v.file_id.hex(),
-                    "desired_degree": v.degree,
-                    "size": v.size,
-                    "complete": complete,
-                    "chunks": [
-                        {
-                            "no": no,
-                            "chunk": a.hex(),
-                            "size": min(CHUNK_SIZE, v.size - no * CHUNK_SIZE),
-                            "degree": degrees.get(a, 0),
-                        }
-                        for no, a in enumerate(v.chunks)
-                    ],
-                }
-                for v, complete in files
-            ],
-            "stored": [
-                {
-                    "owner": c.owner,
-                    "chunk": c.address.hex(),
-                    "size": c.length,
-                    "degree": stored_degrees.get((c.owner, c.address), 1),
-                    "desired_degree": c.degree,
-                }
-                for c in stored
-            ],
-        }

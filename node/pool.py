@@ -39,7 +39,7 @@ class PeerPool:
         self._announced: set[int] = set()
         self.seeds: list[str] = []
         self._backoff: dict[str, tuple[float, float]] = {}  # address -> (next try, delay)
-        self.on_new_link: Callable[[int], None] | None = None
+        self.on_new_link: list[Callable[[int], None]] = []  # run when a link is made
         self.status_hooks: list[Callable[[int, StatusReply], None]] = []  # gossip's replies
 
     def bind(self, nursery: trio.Nursery) -> None:
@@ -88,8 +88,8 @@ class PeerPool:
                 self._announced.add(peer_id)
                 await link.notify(Online(self._boot_id))
             await link.notify(self._heartbeat())
-            if self.on_new_link is not None:
-                self.on_new_link(peer_id)
+            for hook in self.on_new_link:
+                hook(peer_id)
             return link
         finally:
             del self._dialing[address]

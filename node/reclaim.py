@@ -114,7 +114,7 @@ async def _move_batch(
         by_owner.setdefault(chunk.owner, []).append(chunk)
     slots = trio.CapacityLimiter(COPIES_IN_FLIGHT)
     for owner, owned in by_owner.items():
-        found = await node.query_holders(owner, [c.address for c in owned])
+        found = await node.replication.query_holders(owner, [c.address for c in owned])
         others = {c.address: found[c.address] - {node.node_id} for c in owned}
         ready: list[StoredChunk] = []
 
@@ -167,7 +167,7 @@ async def _copy_first(
                 log.info("reclaim: chunk not copied (%s)", exc)
                 kept[(chunk.owner, chunk.address)] = chunk.length
                 return
-            report.copied += await node.replicate(
+            report.copied += await node.replication.replicate(
                 chunk.owner, chunk.address, chunk.degree, envelope, holders, rounds=COPY_ROUNDS
             )
         if len(holders) >= chunk.degree:

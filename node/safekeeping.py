@@ -190,7 +190,7 @@ class Safekeeping:
     async def _backup_catalog(self, force: bool) -> bool:
         owner = self.owner
         catalog = owner.catalog
-        fingerprint = await owner._db(catalog.fingerprint)
+        fingerprint = await owner.io.call(catalog.fingerprint)
         if fingerprint == self._fingerprint and self.manifest is not None and not force:
             return False
         if not any(fingerprint):
@@ -203,7 +203,7 @@ class Safekeeping:
                 self._addresses, tmp, limiter=owner.node.cpu_limiter
             )
             degree = owner.default_degree
-            known = await owner._db(catalog.holders_many, addresses)
+            known = await owner.io.call(catalog.holders_many, addresses)
             sent = 0
             wanted = [
                 (no, a)
@@ -224,28 +224,28 @@ class Safekeeping:
                     for (_no, address), envelope in zip(batch, envelopes, strict=True)
                 ]
                 report = Progress()
-                learned, failures = await owner._send(items, degree, report)
+                learned, failures = await owner.uploader.send(items, degree, report)
                 if learned:
-                    await owner._db(catalog.add_holders, learned)
+                    await owner.io.call(catalog.add_holders, learned)
                 if failures:
                     raise RuntimeError(f"catalog copy: {failures[0]}")
                 sent += report.bytes_sent
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)  # small: not worth a thread
-        previous_seq = await owner._db(catalog.get_setting, "catalog_seq")
+        previous_seq = await owner.io.call(catalog.get_setting, "catalog_seq")
         seq = max(previous_seq + 1, time.time_ns())
         manifest = CatalogManifest(
             owner.owner_id, seq, time.time_ns(), size, tuple(addresses), self.config_json()
         )
         blob = await trio.to_thread.run_sync(seal_manifest, owner.keys, manifest)
         self.manifest = (seq, blob)
-        await owner._db(catalog.set_setting, "catalog_seq", seq)
+        await owner.io.call(catalog.set_setting, "catalog_seq", seq)
         holders = await self.publish()
-        obsolete = await owner._db(catalog.set_catalog_chunks, addresses)
+        obsolete = await owner.io.call(catalog.set_catalog_chunks, addresses)
         if obsolete and holders:
-            await owner._db(catalog.schedule_deletes, obsolete, owner._known_nodes())
-            owner._tombstones_wanted.set()
+            await owner.io.call(catalog.schedule_deletes, obsolete, owner.deletes.known_nodes())
+            owner.deletes.want()
         self._fingerprint = fingerprint
         self.report.catalog_seq = seq
         self.report.catalog_bytes = size

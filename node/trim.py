@@ -24,15 +24,20 @@ from typing import TYPE_CHECKING
 import trio
 
 from chunkstore.catalogdb import CatalogDB
+from chunkstore.keys import KeyRing
 
+from .fetch import Fetcher
 from .placement import keepers
 from .protocol import Delete, Deleted
+from .verify import bad_envelopes
 
 if TYPE_CHECKING:
     from .node import Node
 
 log = logging.getLogger(__name__)
 TRIM_BATCH = 4096  # chunks asked about (and trimmed) at a time
+TRIM_INTERVAL = 600.0  # seconds between passes over our chunks for copies above their degree
+TRIM_SETTLE = 30.0  # after a node came back online, before such a pass
 
 
 @dataclass(slots=True)
@@ -66,7 +71,7 @@ async def trim_surplus(
     for i in range(0, len(addresses), TRIM_BATCH):
         batch = addresses[i : i + TRIM_BATCH]
         async with exclusive():
-            found = await node.query_holders(owner, batch)
+            found = await node.replication.query_holders(owner, batch)
             excess: dict[int, list[bytes]] = defaultdict(list)
             kept: dict[int, list[bytes]] = defaultdict(list)  # keeper -> chunks to prove
             for address in batch:
@@ -116,3 +121,56 @@ async def trim_surplus(
             report.unproven,
         )
     return report
+
+
+class Trimmer:
+    """The owner's trimming: a pass every ``TRIM_INTERVAL``, and soon after a node comes back
+    online (it may bring copies that were re-made elsewhere meanwhile)."""
+
+    def __init__(
+        self,
+        node: Node,
+        catalog: CatalogDB,
+        keys: KeyRing,
+        fetcher: Fetcher,
+        default_degree: int,
+        exclusive: Callable[[], AbstractAsyncContextManager[None]],
+    ) -> None:
+        self.node = node
+        self.catalog = catalog
+        self.keys = keys
+        self.fetcher = fetcher
+        self.default_degree = default_degree
+        self.exclusive = exclusive
+        self._wanted = trio.Event()
+        node.on_online.append(lambda _peer: self._wanted.set())
+
+    async def once(self) -> TrimReport:
+        """Drop copies of our chunks above their degree."""
+        return await trim_surplus(
+            self.node,
+            self.catalog,
+            self.node.node_id,
+            self.default_degree,
+            self.exclusive,
+            self.verified_at,
+        )
+
+    async def verified_at(self, holder: int, addresses: list[bytes]) -> set[bytes]:
+        """Those of ``addresses`` of which ``holder`` hands over a copy that opens."""
+        got = await self.fetcher.get_envelopes(holder, addresses)
+        bad = await trio.to_thread.run_sync(
+            bad_envelopes, self.keys, got, limiter=self.node.cpu_limiter
+        )
+        return set(got) - set(bad)
+
+    async def run(self) -> None:
+        while True:
+            with trio.move_on_after(TRIM_INTERVAL):
+                await self._wanted.wait()
+            self._wanted = trio.Event()
+            await trio.sleep(TRIM_SETTLE)  # links come up, repairs in flight finish
+            try:
+                await self.once()
+            except Exception:
+                log.exception("trimming surplus copies failed")

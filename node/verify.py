@@ -23,7 +23,8 @@ from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
 
-from .protocol import Delete, Deleted
+from .protocol import Chunk, Delete, Deleted, GetChunk
+from .transport import PeerUnavailable, RemoteError
 
 if TYPE_CHECKING:
     from .owner import Owner
@@ -70,7 +71,7 @@ async def read_data(
         count = max(1, round(len(chosen) * sample_percent / 100)) if chosen else 0
         chosen = sorted(random.SystemRandom().sample(chosen, count))
     report = ReadDataReport(chunks=len(chosen))
-    holders = await owner.node.query_holders(owner.owner_id, chosen)
+    holders = await owner.node.replication.query_holders(owner.owner_id, chosen)
     by_holder: dict[int, list[bytes]] = defaultdict(list)
     for address in chosen:
         for holder in holders[address]:
@@ -136,8 +137,36 @@ async def _repair(
         for source in sorted(good):  # a good copy to make the new ones from
             got = await owner.fetcher.get_envelopes(source, [address])
             if address in got and not bad_envelopes(owner.keys, got):
-                report.copies_made += await node.replicate(
+                report.copies_made += await node.replication.replicate(
                     owner.owner_id, address, wanted[address], got[address], set(good)
                 )
                 break
         # No good copy anywhere: the chunk is lost; its bad copies are in the report.
+
+
+async def rereplicate(owner: Owner, address: bytes, degree: int) -> int:
+    """Bring one of our chunks back to ``degree`` from any holder's copy (for ``check --repair``)."""
+    found = await owner.node.replication.query_holders(owner.owner_id, [address])
+    holders = found[address]
+    for holder in sorted(holders):
+        try:
+            answer = await owner.node.pool.request(
+                holder,
+                lambda r: GetChunk(r, owner.owner_id, address),
+                owner.node.config.request_timeout,
+            )
+        except (PeerUnavailable, RemoteError):
+            continue
+        if not isinstance(answer, Chunk):
+            continue
+        try:
+            await trio.to_thread.run_sync(open_chunk, owner.keys, address, answer.envelope)
+        except EnvelopeError:
+            continue
+        now = set(holders)  # grows with the copies made
+        made = await owner.node.replication.replicate(
+            owner.owner_id, address, degree, answer.envelope, now
+        )
+        await owner.io.call(owner.catalog.set_holders, address, now)
+        return made
+    return 0

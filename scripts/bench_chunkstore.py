@@ -38,7 +38,7 @@ from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.pipeline import PreparedChunk, prepare_chunks
 from chunkstore.store import ChunkStore, PutItem
 from lanvault.runtime import tune_allocator
-from node.owner import READ_BATCH
+from node.localtree import READ_BATCH
 
 # Chunks per thread hop, as the daemon's backup hands them over. A hop costs this VM 100-190 us
 # of the event loop's CPU (waking a thread on the other core), about two chunks' hashing.

@@ -22,7 +22,7 @@ import trio
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.pipeline import open_chunks, prepare_chunks
-from node.owner import READ_BATCH
+from node.localtree import READ_BATCH
 from tests.system.procs import free_port  # below the ephemeral range: see there
 
 ROOT = Path(__file__).resolve().parents[1]

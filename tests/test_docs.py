@@ -190,7 +190,7 @@ def test_the_disk_reserve_and_reclaim_figures_are_the_codes() -> None:
 
 
 def test_the_unsent_store_figure_is_the_codes() -> None:
-    from node.owner import UNSENT_BYTES
+    from node.pending import UNSENT_BYTES
 
     formats = " ".join((DOCS / "formats.md").read_text().split())
     architecture = " ".join((DOCS / "architecture.md").read_text().split())
@@ -205,3 +205,28 @@ def test_the_restore_window_figures_are_the_codes() -> None:
     assert f"fetches windows of {RESTORE_WINDOW} chunks" in architecture
     assert f"up to {RESTORE_WINDOWS} windows in flight" in architecture
     assert f"other holders first, {LEFTOVER_ROUNDS} more times" in architecture
+
+
+def test_the_architecture_map_names_every_module() -> None:
+    """The module map at the top of architecture.md names every module of the four packages
+    (by file name, or by name in the chunkstore list), and none that is gone."""
+    text = (DOCS / "architecture.md").read_text()
+    figure = text[: text.index("```", text.index("```") + 3)]
+    named = set(re.findall(r"\b([a-z_]+)(?:\.py)?\b", figure))
+    root = DOCS.parent
+    missing = [
+        f"{package}/{path.name}"
+        for package in ("lanvault", "node", "fs", "chunkstore")
+        for path in sorted((root / package).glob("*.py"))
+        if path.stem != "__init__" and path.stem not in named
+    ]
+    assert not missing, f"architecture.md's module map does not name {missing}"
+    stale = [
+        name
+        for name in re.findall(r"\b([a-z_]+)\.py\b", figure)
+        if not any(
+            (root / package / f"{name}.py").exists()
+            for package in ("lanvault", "node", "fs", "chunkstore")
+        )
+    ]
+    assert not stale, f"architecture.md's module map names modules that are gone: {stale}"

@@ -14,7 +14,8 @@ from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from node.node import Node, NodeConfig
-from node.owner import UNSENT_BYTES, Owner
+from node.owner import Owner
+from node.pending import UNSENT_BYTES
 
 from .memnet import FaultPlan, MemoryHub
 

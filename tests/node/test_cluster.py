@@ -20,6 +20,7 @@ import trio.testing
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import chunk_address
 from chunkstore.store import PutItem
+from lanvault.state_report import state_report
 from node.node import Node, RepairReport
 from node.placement import keepers
 from node.pool import GONE_DIAL_DELAY
@@ -79,7 +80,7 @@ async def assert_at_degree(cluster: Cluster, owner_id: int, degree: int) -> None
                 f"{version.path} chunk {no}: {counts.get(address)}"
             )
     # The owner's view agrees with the ground truth.
-    state = await owner.state()
+    state = await state_report(owner)
     for entry in state["files"]:  # type: ignore[attr-defined]
         for chunk in entry["chunks"]:
             assert chunk["degree"] >= degree, f"{entry['path']} chunk {chunk['no']}: {chunk}"
@@ -415,7 +416,7 @@ async def test_a_chunk_deleted_while_its_holder_was_down_is_never_copied_again(
         async def held_back() -> int:
             return 1
 
-        monkeypatch.setattr(owner, "flush_tombstones", held_back)
+        monkeypatch.setattr(owner.deletes, "flush", held_back)
         deleted = {c.address for c in cluster.members[4].store.chunks(1)}
         assert deleted and not any(cluster.members[n].store.chunks(1) for n in (2, 3))
         cluster.hub.cut.discard(4)
@@ -437,7 +438,7 @@ async def test_a_chunk_deleted_while_its_holder_was_down_is_never_copied_again(
         lines = [r for r in caplog.records if r.getMessage().startswith("repair:")]
         assert lines and all(r.levelno == logging.DEBUG for r in lines)
         monkeypatch.undo()
-        owner._tombstones_wanted.set()
+        owner.deletes.want()
         with trio.fail_after(60):
             while cluster.members[4].store.chunks(1):
                 await trio.sleep(0.5)
@@ -642,3 +643,31 @@ async def test_a_node_of_protocol_version_1_gets_batches_it_accepts(
         out = tmp_path / "out"
         await owner.restorer.restore_path(src, out)
         assert all((out / p.name).read_bytes() == data for p, data in files.items())
+
+
+async def test_an_unexpected_error_in_resuming_backups_does_not_stop_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop that finishes pending backups caught only OSError: any other error took the
+    daemon down. It is logged with its traceback and the loop goes on."""
+    async with open_cluster(tmp_path / "c", 2) as cluster:
+        owner = cluster.members[1].owner
+        calls: list[int] = []
+        second = trio.Event()
+
+        async def failing_then_fine() -> None:
+            calls.append(len(calls))
+            if len(calls) == 1:
+                raise RuntimeError("a bug")
+            second.set()
+
+        monkeypatch.setattr(owner.pending, "_resume_pending", failing_then_fine)
+        with caplog.at_level(logging.ERROR, logger="node.pending"):
+            owner.kick()
+            with trio.fail_after(30):
+                while not calls:
+                    await trio.sleep(0.01)
+                owner.kick()
+                await second.wait()
+        assert [r.getMessage() for r in caplog.records] == ["sending pending backups failed"]
+        assert caplog.records[0].exc_info is not None

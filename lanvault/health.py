@@ -1,0 +1,137 @@
+"""One snapshot of a node's health, taken in one place and formatted by each reader:
+``lanvault status`` (people and ``--json``) and the Prometheus metrics.
+
+What needs the disk (the catalog's counts, the store's) is read on worker threads; what lives
+on the event loop (membership, counters, the last repair and scrub) is read there. Counting how
+many of the owner's chunks are below their degree asks every peer (QUERY), so it is taken only
+when asked for (``status`` does; a metrics scrape does not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from chunkstore.catalogdb import CatalogDB
+from chunkstore.store import ChunkStore, DamageSummary
+from node.node import LatencyStats, Node
+from node.owner import Owner
+from node.safekeeping import Safekeeping, SafekeepingReport
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHealth:
+    node_id: int
+    address: str
+    computer: str
+    up: bool
+    gone: bool
+    capacity: int
+    used: int
+    free: int
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    node_id: int
+    address: str
+    computer: str
+    advertised_capacity: int  # what peers are told this node can take
+    quota: int
+    used: int
+    room: int  # what it can really take (less than the quota when the disk is full)
+    free: int  # the quota less what is used
+    kept_over_quota: int  # chunks a reclaim still has to move
+    store_chunks: int
+    held_by_owner: dict[int, int]
+    peers: list[PeerHealth]
+    held_below_degree: int  # chunks held for others the last repair pass left below degree
+    own_below_degree: int | None  # the owner's chunks below degree now (None: not measured)
+    catalog: dict[str, int]  # versions, pending_versions, snapshots, tombstones
+    last_backup_ns: int
+    scrub_bad_copies: int
+    damage: DamageSummary
+    kit: bool
+    recovery: SafekeepingReport
+    catalog_behind_seconds: float | None
+    bytes_received: int
+    bytes_sent: int
+    latency: dict[str, LatencyStats] = field(default_factory=dict)
+
+    @property
+    def disk_full(self) -> bool:
+        return self.room < self.free
+
+    @property
+    def under_replicated(self) -> int:
+        return (self.own_below_degree or 0) + self.held_below_degree
+
+
+async def take(
+    node: Node,
+    owner: Owner,
+    store: ChunkStore,
+    catalog: CatalogDB,
+    safekeeping: Safekeeping,
+    *,
+    own_degrees: bool,
+) -> Health:
+    """The node's health now; with ``own_degrees``, the peers are asked which of the owner's
+    chunks they hold."""
+    membership = node.membership
+    peers = [
+        PeerHealth(
+            p.node_id,
+            p.address,
+            p.host_id,
+            membership.is_up(p.node_id),
+            membership.is_gone(p.node_id),
+            p.capacity,
+            p.used,
+            p.free,
+        )
+        for p in membership.peers()
+    ]
+    own_under: int | None = None
+    if own_degrees:
+        wanted = await trio.to_thread.run_sync(catalog.wanted_degrees)
+        degrees = await node.replication.degrees(node.node_id, sorted(wanted)) if wanted else {}
+        own_under = sum(1 for a, d in wanted.items() if degrees.get(a, 0) < d)
+
+    def from_disk() -> tuple[dict[str, int], int, dict[int, int], DamageSummary]:
+        return (
+            catalog.counts(),
+            store.chunk_count(),
+            store.usage_by_owner(),
+            store.damage_summary(),
+        )
+
+    counts, chunks, by_owner, damage = await trio.to_thread.run_sync(from_disk)
+    repair = node.last_repair
+    return Health(
+        node_id=node.node_id,
+        address=node.address,
+        computer=node.config.host_id,
+        advertised_capacity=node.advertised_capacity(),
+        quota=store.capacity,
+        used=store.used_bytes,
+        room=store.room_bytes,
+        free=store.free_bytes,
+        kept_over_quota=node.kept_over_quota,
+        store_chunks=chunks,
+        held_by_owner=by_owner,
+        peers=peers,
+        held_below_degree=max(0, repair.below_degree - repair.copies_made),
+        own_below_degree=own_under,
+        catalog=counts,
+        last_backup_ns=owner.last_backup_ns,
+        scrub_bad_copies=node.last_scrub_bad,
+        damage=damage,
+        kit=safekeeping.kit is not None,
+        recovery=safekeeping.report,
+        catalog_behind_seconds=safekeeping.behind(),
+        bytes_received=node.holder.bytes_received,
+        bytes_sent=node.holder.bytes_sent,
+        latency=dict(node.latency),
+    )

@@ -1,0 +1,201 @@
+"""Versions recorded short of their degree (pending), brought to it: the missing copies are
+made from the mount's outbox, the unsent store or the file itself while its content is the same,
+then the version is marked complete and the kept chunks are dropped. A backup waits for this
+on its own versions; the daemon runs it in the background whenever peers return."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from chunkstore.catalog import FileVersion
+from chunkstore.catalogdb import CatalogDB
+from chunkstore.chunking import CHUNK_SIZE
+from chunkstore.envelope import chunk_address, seal_chunk
+from chunkstore.errors import ChunkstoreError, QuotaExceededError
+from chunkstore.keys import KeyRing
+from chunkstore.store import ChunkStore, PutItem
+
+from .catalogio import CatalogIO
+from .localtree import READ_BATCH
+from .node import Node
+from .report import EntryPending, Progress, ProgressFn
+from .uploader import Uploader
+
+log = logging.getLogger(__name__)
+# A backup short of its degree keeps the chunks it could not send in a local store of this
+# size; beyond it the node reads them again from the file (while that is unchanged).
+UNSENT_BYTES = 1 << 30
+
+
+class Pending:
+    def __init__(
+        self,
+        node: Node,
+        keys: KeyRing,
+        catalog: CatalogDB,
+        io: CatalogIO,
+        uploader: Uploader,
+        outbox: ChunkStore | None,
+        unsent: ChunkStore | None,
+        completed: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.node = node
+        self.keys = keys
+        self.catalog = catalog
+        self.io = io
+        self.uploader = uploader
+        self.owner_id = node.node_id
+        self.outbox = outbox  # chunks a mount cut aside (None without a mount)
+        self.unsent = unsent  # chunks a backup could not send (daemon only)
+        self._completed = completed  # some version became complete
+        self._wanted = trio.Event()
+        node.on_online.append(lambda _peer: self.kick())  # pending backups go on
+
+    async def ensure_version(
+        self, version: FileVersion, report: Progress, progress: ProgressFn | None
+    ) -> None:
+        """Bring every chunk of a recorded version to its degree, then mark it complete."""
+        done = await self.ensure_versions([version], report, progress)
+        if not done:
+            raise EntryPending(version.path, f"some chunks are not yet at degree {version.degree}")
+
+    async def ensure_versions(
+        self, versions: list[FileVersion], report: Progress, progress: ProgressFn | None
+    ) -> list[FileVersion]:
+        """Bring recorded versions' chunks to their degree; mark complete those that made it.
+
+        All the versions' missing chunks travel together, in batches of one PUTCHUNKS per
+        holder, several batches at once (10,000 small files are a few hundred requests, not
+        10,000). A missing copy is made from the outbox (chunks a mount cut aside), else from
+        the file itself if that chunk still has the same content; otherwise its version stays
+        pending. Completed versions are recorded in one transaction.
+        """
+        addresses = list(dict.fromkeys(a for v in versions for a in v.chunks))
+        known = await self.io.read(self.catalog.holders_many, addresses)
+        live = {
+            a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
+        }
+        wanted: dict[bytes, tuple[int, FileVersion, int]] = {}  # address -> degree, version, no
+        for version in versions:
+            for no, address in enumerate(version.chunks):
+                if len(live[address]) >= version.degree:
+                    continue
+                degree = max(version.degree, wanted[address][0] if address in wanted else 0)
+                wanted[address] = (degree, version, no)
+        by_degree: dict[int, list[tuple[bytes, FileVersion, int]]] = {}
+        for address, (degree, version, no) in wanted.items():
+            by_degree.setdefault(degree, []).append((address, version, no))
+        window = trio.Semaphore(4)  # batches in flight: 240 chunks, about 15 MB
+
+        async def one_batch(degree: int, batch: list[tuple[bytes, FileVersion, int]]) -> None:
+            try:
+                envelopes = await trio.to_thread.run_sync(
+                    self.envelopes_for, batch, limiter=self.node.disk_limiter
+                )
+                items = [
+                    (address, envelope, live[address])
+                    for (address, _v, _no), envelope in zip(batch, envelopes, strict=True)
+                    if envelope is not None
+                ]
+                if items:
+                    learned, _short = await self.uploader.send(items, degree, report)
+                    if learned:
+                        await self.io.call(self.catalog.add_holders, learned)
+                if progress:
+                    progress(report)
+            finally:
+                window.release()
+
+        async with trio.open_nursery() as nursery:
+            for degree, entries in by_degree.items():
+                for i in range(0, len(entries), READ_BATCH):
+                    await window.acquire()
+                    nursery.start_soon(one_batch, degree, entries[i : i + READ_BATCH])
+        complete = [v for v in versions if all(len(live[a]) >= v.degree for a in v.chunks)]
+        newly = 0  # versions pending until now (an unchanged file's complete one costs nothing)
+        if complete:
+            newly = await self.io.call(
+                self.catalog.set_complete_many, [v.file_id for v in complete]
+            )
+        if newly:
+            if self.outbox is not None or self.unsent is not None:
+                await trio.to_thread.run_sync(self.release_outbox, complete)
+            await self._completed()
+        return complete
+
+    def envelopes_for(self, batch: list[tuple[bytes, FileVersion, int]]) -> list[bytes | None]:
+        return [self.envelope_for(version, no, address) for address, version, no in batch]
+
+    def envelope_for(self, version: FileVersion, no: int, address: bytes) -> bytes | None:
+        for kept in (self.outbox, self.unsent):
+            if kept is not None:
+                try:
+                    return kept.get(self.owner_id, address)
+                except ChunkstoreError:
+                    pass
+        try:
+            with open(version.path, "rb") as handle:
+                handle.seek(no * CHUNK_SIZE)
+                data = handle.read(CHUNK_SIZE)
+        except OSError:
+            return None
+        if chunk_address(self.keys, data) != address:
+            return None  # the file moved on since this version: its copy is in the outbox or lost
+        return seal_chunk(self.keys, address, data)
+
+    def release_outbox(self, versions: list[FileVersion]) -> None:
+        """Drop outbox and unsent chunks of these (now safe) versions that no pending version
+        needs."""
+        released = {a for v in versions for a in v.chunks}
+        done = sorted(released - self.catalog.pending_among(released))
+        if self.outbox is not None:
+            self.outbox.delete_many(self.owner_id, done)
+        if self.unsent is not None and self.unsent.chunk_count():
+            self.unsent.delete_many(self.owner_id, done)
+            if self.unsent.garbage_bytes() > UNSENT_BYTES // 8:
+                self.unsent.compact(0.5)
+
+    async def keep_unsent(self, items: list[tuple[bytes, bytes, set[int]]], degree: int) -> None:
+        """Keep the envelopes of chunks still short of ``degree`` (durable before a pending
+        version names them), so the node can finish the version when holders return even if
+        the file changes meanwhile. Up to ``UNSENT_BYTES``: beyond that the node reads them
+        from the file again, which works while the file is unchanged."""
+        short = [PutItem(self.owner_id, a, e, degree) for a, e, h in items if len(h) < degree]
+        unsent = self.unsent
+        if not short or unsent is None:
+            return
+
+        def keep() -> None:
+            if unsent.free_bytes >= sum(len(item.envelope) for item in short):
+                with contextlib.suppress(QuotaExceededError):  # another batch took the room
+                    unsent.put_many(short)
+
+        await trio.to_thread.run_sync(keep, limiter=self.node.disk_limiter)
+
+    def kick(self) -> None:
+        """Look at pending versions now (a mount just cut one)."""
+        self._wanted.set()
+
+    async def run(self) -> None:
+        while True:
+            with trio.move_on_after(10):
+                await self._wanted.wait()
+            self._wanted = trio.Event()
+            try:
+                await self._resume_pending()
+            except OSError as exc:  # the disk: said plainly, tried again next time
+                log.warning("sending pending backups failed: %s", exc)
+            except Exception:  # anything else is a bug, but must not take the daemon down
+                log.exception("sending pending backups failed")
+
+    async def _resume_pending(self) -> None:
+        pending = await self.io.call(self.catalog.incomplete_versions)
+        for i in range(0, len(pending), 2000):  # bounded memory for a huge backlog
+            batch = pending[i : i + 2000]
+            done = await self.ensure_versions(batch, Progress(), None)
+            if len(done) < len(batch):
+                log.info("%d pending versions still wait for copies", len(batch) - len(done))
