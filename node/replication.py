@@ -32,6 +32,9 @@ from .transport import PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)
 QUERY_BATCH = 4096  # addresses per QUERY
+REPLICATE_ROUNDS = 8  # rounds over the placement order before a copy is given up for now
+BACKOFF_FIRST = 0.2  # seconds between rounds, doubling ...
+BACKOFF_MAX = 5.0  # ... up to this, each with +-20 % jitter
 
 
 class Replication:
@@ -186,7 +189,7 @@ class Replication:
         degree: int,
         envelope: bytes,
         holders: set[int],
-        rounds: int = 8,
+        rounds: int = REPLICATE_ROUNDS,
     ) -> int:
         """Make copies until ``holders`` reaches ``degree``; returns how many were made.
 
@@ -200,7 +203,7 @@ class Replication:
         for a moment (the partition scenario saw it), and a backup must not give up on that.
         """
         made = 0
-        delay = 0.2
+        delay = BACKOFF_FIRST
         for round_no in range(rounds):
             tried: set[int] = set()
             while len(holders) < degree:
@@ -225,5 +228,5 @@ class Replication:
             if len(holders) >= degree or round_no == rounds - 1:
                 break
             await trio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, BACKOFF_MAX)
         return made

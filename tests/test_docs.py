@@ -230,3 +230,36 @@ def test_the_architecture_map_names_every_module() -> None:
         )
     ]
     assert not stale, f"architecture.md's module map names modules that are gone: {stale}"
+
+
+def test_the_numbers_protocol_and_formats_state_are_the_codes() -> None:
+    """Heartbeat, down, retry and STATUS in protocol.md, the wrapped key's size in formats.md."""
+    import os
+
+    from chunkstore.keys import new_master_key, wrap_master_key
+    from lanvault.state import Config
+    from node.replication import BACKOFF_FIRST, BACKOFF_MAX, REPLICATE_ROUNDS
+
+    protocol = " ".join((DOCS / "protocol.md").read_text().split())
+    config = Config(node_id=1, network_id="0" * 16)
+    assert f"every {config.heartbeat_interval:g} s (`--heartbeat`)" in protocol
+    assert f"a peer silent for {config.down_after:g} s is *down*" in protocol
+    assert (
+        f"backs off {BACKOFF_FIRST:g} s doubling to {BACKOFF_MAX:g} s, with ±20 % jitter,"
+        f" for {REPLICATE_ROUNDS} rounds" in protocol
+    )
+    match = re.search(r"A map describing the node \((.*?)\) for `lanvault status`", protocol)
+    assert match, "protocol.md no longer describes STATUS's map"
+    stated = set(re.findall(r"`([a-z_]+)`", match.group(1)))
+    import inspect
+
+    from node.node import Node
+
+    sent = set(re.findall(r'"([a-z_]+)":', inspect.getsource(Node.status_info)))
+    assert stated == sent, (stated, sent)
+
+    os.environ.setdefault("LANVAULT_TEST_WEAKEN_KDF", "1")
+    size = len(wrap_master_key(new_master_key(), "correct horse battery staple"))
+    formats = " ".join((DOCS / "formats.md").read_text().split())
+    assert f"also stored on the peers), {size} bytes:" in formats
+    assert f"W = length of the wrapped key (u16, {size})" in formats
