@@ -1022,19 +1022,6 @@ class CatalogDB:
 
     # -- the tree's history: snapshots ----------------------------------------------------
 
-    def record_tree(self, root: str, entries: Iterable[TreeEvent], time_ns: int) -> int:
-        """Append tree changes and commit them as one snapshot; returns its sequence number."""
-        with self._tx() as db:
-            time_ns = self._stamp(db, time_ns)
-            seq = 0
-            for e in entries:
-                seq = self._insert_event(db, root, e, time_ns)
-            if seq:
-                db.execute(
-                    "INSERT INTO snapshots(seq, root, time_ns) VALUES (?,?,?)", (seq, root, time_ns)
-                )
-            return seq
-
     @staticmethod
     def _stamp(db: sqlite3.Connection, time_ns: int) -> int:
         """The time a write records (transaction open): never before the last one recorded.

@@ -66,4 +66,4 @@ class CatalogFormatError(ChunkstoreError):
 
 
 class SizeFormatError(ChunkstoreError, ValueError):
-    """A human-written size such as ``10GB`` cannot be parsed."""
+    """A human-written size such as ``10GB``, or a duration such as ``10m``, cannot be parsed."""

@@ -32,6 +32,16 @@ def prepare_chunks(keys: KeyRing, plaintexts: Sequence[bytes]) -> list[PreparedC
     return [prepare_chunk(keys, p) for p in plaintexts]
 
 
+def chunk_addresses(keys: KeyRing, plaintexts: Sequence[bytes]) -> list[bytes]:
+    """Each plaintext's address (a backup skips those already held before sealing)."""
+    return [chunk_address(keys, p) for p in plaintexts]
+
+
+def seal_chunks(keys: KeyRing, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """Seal ``(address, plaintext)`` pairs whose addresses are known."""
+    return [seal_chunk(keys, address, plain) for address, plain in items]
+
+
 def open_chunks(keys: KeyRing, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     """Open ``(address, envelope)`` pairs; raises on the first bad one."""
     return [open_chunk(keys, address, envelope) for address, envelope in items]

@@ -18,10 +18,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import ChunkstoreError
+from .errors import ChunkstoreError, SizeFormatError
+from .sizes import DURATION_UNITS, parse_duration
 
 DEFAULT_POLICY = "all:24h,hourly:7d,daily:30d,weekly:1y"
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 _NAMED = {"all": 0.0, "hourly": 3600.0, "daily": 86400.0, "weekly": 7 * 86400.0}
 _NAMED["monthly"] = 30 * 86400.0
 _MONDAY_OFFSET = 3 * 86400  # 1970-01-01 was a Thursday
@@ -35,11 +35,9 @@ def _duration(text: str) -> float:
     text = text.strip().lower()
     if text == "forever":
         return math.inf
-    unit = _UNITS.get(text[-1:]) if text else None
-    number = text[:-1] if unit else text
     try:
-        value = float(number) * (unit or 1)
-    except ValueError:
+        value = parse_duration(text)
+    except SizeFormatError:
         raise RetentionFormatError(f"invalid duration {text!r} (e.g. 24h, 7d, 1y)") from None
     if not value > 0:
         raise RetentionFormatError(f"duration {text!r} must be positive")
@@ -80,8 +78,8 @@ class RetentionPolicy:
             if math.isinf(seconds):
                 return "forever"
             for unit in "ywdhm":
-                if seconds % _UNITS[unit] == 0:
-                    return f"{seconds / _UNITS[unit]:g}{unit}"
+                if seconds % DURATION_UNITS[unit] == 0:
+                    return f"{seconds / DURATION_UNITS[unit]:g}{unit}"
             return f"{seconds:g}s"
 
         def name(every: float) -> str:

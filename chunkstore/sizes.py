@@ -1,4 +1,5 @@
-"""Human-written sizes (``0``, ``500MB``, ``10GiB``) and their display."""
+"""Human-written sizes (``0``, ``500MB``, ``10GiB``) and their display, and durations (``30s``,
+``10m``, ``7d``)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,23 @@ def format_size(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     raise AssertionError("unreachable")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``30s``, ``10m``, ``2h``, ``7d``, ``1w``, ``1y`` or a plain number of seconds
+    (never negative, never NaN)."""
+    cleaned = text.strip().lower()
+    unit = DURATION_UNITS.get(cleaned[-1:]) if cleaned else None
+    number = cleaned[:-1] if unit else cleaned
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise SizeFormatError(
+            f"invalid duration {text.strip()!r} (e.g. 30s, 10m, 2h, 7d)"
+        ) from None
+    if not value >= 0 or value == float("inf"):  # NaN and infinity are not durations
+        raise SizeFormatError(f"invalid duration {text.strip()!r} (e.g. 30s, 10m, 2h, 7d)")
+    return value

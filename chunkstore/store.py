@@ -674,21 +674,6 @@ class ChunkStore:
             ).fetchall()
         return {int(o): int(n) for o, n in rows}
 
-    def owners(self) -> list[int]:
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT owner FROM chunks ORDER BY owner").fetchall()
-        return [int(r[0]) for r in rows]
-
-    def set_degree(self, owner: int, address: bytes, degree: int) -> None:
-        validate_owner(owner)
-        validate_address(address)
-        if not 1 <= degree <= MAX_DEGREE:
-            raise InvalidIdError(f"invalid degree {degree}: expected 1..{MAX_DEGREE}")
-        with self._lock, self._transaction():
-            self._db.execute(
-                "UPDATE chunks SET degree=? WHERE owner=? AND address=?", (degree, owner, address)
-            )
-
     # -- small per-owner blobs (wrapped keys, sealed catalogs) ------------------------------
 
     def put_blob(self, owner: int, name: str, seq: int, data: bytes) -> bool:

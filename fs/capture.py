@@ -47,8 +47,8 @@ from chunkstore.catalogdb import (
     TreeChange,
 )
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
-from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.keys import KeyRing
+from chunkstore.pipeline import prepare_chunk
 from chunkstore.store import ChunkStore, PutItem
 
 from .dirty import DirtyFile
@@ -326,9 +326,8 @@ class VersionCutter:
     def _seal(self, degree: int, batch: list[tuple[int, bytes]]) -> list[tuple[int, PutItem]]:
         sealed = []
         for no, data in batch:
-            address = chunk_address(self.keys, data)
-            envelope = seal_chunk(self.keys, address, data)
-            sealed.append((no, PutItem(self.owner, address, envelope, degree)))
+            chunk = prepare_chunk(self.keys, data)
+            sealed.append((no, PutItem(self.owner, chunk.address, chunk.envelope, degree)))
         return sealed
 
     async def _read_and_seal(self, job: CutJob, inode: int | None) -> None:

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from chunkstore.errors import ChunkstoreError
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
-from chunkstore.sizes import format_size, parse_size
+from chunkstore.sizes import format_size, parse_duration, parse_size
 from node.identity import IdentityError
 
 from .client import DaemonUnavailable, call
@@ -40,14 +40,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip()
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 30s, 10m, 2h)") from None
+        return parse_duration(text)
+    except ChunkstoreError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _size(text: str) -> int:

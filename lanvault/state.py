@@ -37,6 +37,7 @@ from pathlib import Path
 import msgpack
 import trio
 
+from chunkstore.atomic import write_atomic
 from chunkstore.keys import (
     derive_wrapping_key,
     kdf_params,
@@ -121,18 +122,6 @@ class Config:
         return cls(**known)  # type: ignore[arg-type]
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only, durably, replacing atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class StateDir:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -178,7 +167,7 @@ class StateDir:
             raise CommandError(f"{self.config_path} is damaged: {exc}") from None
 
     def save_config(self, config: Config) -> None:
-        write_private(self.config_path, json.dumps(asdict(config), indent=2).encode())
+        write_atomic(self.config_path, json.dumps(asdict(config), indent=2).encode())
 
     @property
     def mounts_path(self) -> Path:
@@ -200,7 +189,7 @@ class StateDir:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             mounts = self.mounts()
             mounts[str(mountpoint)] = str(source)
-            write_private(self.mounts_path, json.dumps(mounts, indent=2).encode())
+            write_atomic(self.mounts_path, json.dumps(mounts, indent=2).encode())
         finally:
             os.close(lock_fd)  # releases the lock
 
@@ -498,19 +487,19 @@ def install_state(
         os.chmod(staging, 0o700)
         (staging / "keys").mkdir(mode=0o700)
         (staging / "tls").mkdir(mode=0o700)
-        write_private(staging / "keys" / "master.key", identity.wrapped)
-        write_private(staging / "keys" / "master.raw", identity.master)
-        write_private(staging / "keys" / "verifier", identity.verifier)
-        write_private(staging / "tls" / "ca.pem", identity.ca_cert)
+        write_atomic(staging / "keys" / "master.key", identity.wrapped)
+        write_atomic(staging / "keys" / "master.raw", identity.master)
+        write_atomic(staging / "keys" / "verifier", identity.verifier)
+        write_atomic(staging / "tls" / "ca.pem", identity.ca_cert)
         if identity.ca_key is not None:
-            write_private(staging / "tls" / "ca.key", identity.ca_key)
+            write_atomic(staging / "tls" / "ca.key", identity.ca_key)
         if roster:
-            write_private(staging / "tls" / "roster", roster)
-        write_private(staging / "tls" / "node.pem", identity.node_cert)
-        write_private(staging / "tls" / "node.key", identity.node_key)
-        write_private(staging / "config.json", identity.config)
+            write_atomic(staging / "tls" / "roster", roster)
+        write_atomic(staging / "tls" / "node.pem", identity.node_cert)
+        write_atomic(staging / "tls" / "node.key", identity.node_key)
+        write_atomic(staging / "config.json", identity.config)
         if marker:
-            write_private(staging / marker, b"")
+            write_atomic(staging / marker, b"")
         if root.exists():
             if any(root.iterdir()):
                 raise CommandError(f"{root} exists and is not empty; refusing to mix state into it")

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from chunkstore.catalog import Xattrs, is_own_temp, read_xattrs
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
-from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.keys import KeyRing
+from chunkstore.pipeline import chunk_addresses
 
 from .protocol import MAX_BATCH
 from .report import BackupError
@@ -119,11 +119,7 @@ def read_and_address(
     keys: KeyRing, path: str, first_no: int, count: int
 ) -> tuple[list[bytes], list[bytes]]:
     plaintexts = read_batch(path, first_no, count)
-    return plaintexts, [chunk_address(keys, p) for p in plaintexts]
-
-
-def seal_all(keys: KeyRing, items: list[tuple[bytes, bytes]]) -> list[bytes]:
-    return [seal_chunk(keys, address, plain) for address, plain in items]
+    return plaintexts, chunk_addresses(keys, plaintexts)
 
 
 SmallRead = tuple[list[bytes], list[bytes], Xattrs]
@@ -150,7 +146,7 @@ def read_small(keys: KeyRing, path: str, before: os.stat_result) -> SmallRead | 
     ) != (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns):
         return None
     chunks = [data[no * CHUNK_SIZE : (no + 1) * CHUNK_SIZE] for no in range(chunk_count(len(data)))]
-    return chunks, [chunk_address(keys, c) for c in chunks], xattrs
+    return chunks, chunk_addresses(keys, chunks), xattrs
 
 
 def read_smalls(

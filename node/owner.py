@@ -29,6 +29,7 @@ from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import chunk_count, split_bytes
 from chunkstore.envelope import chunk_address
 from chunkstore.keys import KeyRing
+from chunkstore.pipeline import chunk_addresses, seal_chunks
 from chunkstore.retention import RetentionPolicy
 from chunkstore.store import ChunkStore
 
@@ -47,7 +48,6 @@ from .localtree import (
     read_smalls,
     runs,
     scan,
-    seal_all,
 )
 from .node import Node
 from .pending import Pending
@@ -271,7 +271,7 @@ class Owner:
         known_holders = await self._query(self.catalog.holders_many, [empty])
         holders = {h for h in known_holders[empty] if not self.node.membership.is_gone(h)}
         if len(holders) < degree:
-            [envelope] = seal_all(self.keys, [(empty, b"")])
+            [envelope] = seal_chunks(self.keys, [(empty, b"")])
             item = (empty, envelope, holders)
             learned, short = await self.uploader.send([item], degree, report)
             if short:  # recorded all the same: pending until the copies are made
@@ -327,9 +327,9 @@ class Owner:
                     return latest
                 pieces = split_bytes(content)
                 report.bytes_read += len(content)
-                addresses = [chunk_address(self.keys, piece) for piece in pieces]
+                addresses = chunk_addresses(self.keys, pieces)
                 envelopes = await trio.to_thread.run_sync(
-                    seal_all,
+                    seal_chunks,
                     self.keys,
                     list(zip(addresses, pieces, strict=True)),
                     limiter=self.node.cpu_limiter,
@@ -530,7 +530,10 @@ class Owner:
         for start, end in runs([len(plain[a]) for a in to_send], SEAL_BYTES):
             batch = to_send[start:end]
             envelopes = await trio.to_thread.run_sync(
-                seal_all, self.keys, [(a, plain[a]) for a in batch], limiter=self.node.cpu_limiter
+                seal_chunks,
+                self.keys,
+                [(a, plain[a]) for a in batch],
+                limiter=self.node.cpu_limiter,
             )
             items = [(a, e, live[a]) for a, e in zip(batch, envelopes, strict=True)]
             new, short_lines = await self.uploader.send(items, degree, report)  # ``live`` grows
@@ -631,7 +634,7 @@ class Owner:
                     to_send.append((address, plain, holders))
             if to_send:
                 envelopes = await trio.to_thread.run_sync(
-                    seal_all,
+                    seal_chunks,
                     self.keys,
                     [(address, plain) for address, plain, _h in to_send],
                     limiter=self.node.cpu_limiter,

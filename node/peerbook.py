@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import trio
+
+from chunkstore.atomic import write_atomic
 
 from .membership import Membership
 
@@ -53,11 +54,7 @@ def load_peer_book(path: Path) -> list[Entry]:
 
 def save_peer_book(path: Path, entries: list[Entry]) -> None:
     """Replace ``path`` with ``entries`` (write aside, then rename: never half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump([list(e) for e in entries], handle)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps([list(e) for e in entries]).encode())
 
 
 def seen_peers(membership: Membership) -> list[Entry]:

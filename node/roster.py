@@ -30,6 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from chunkstore.atomic import write_atomic
+
 from .identity import IdentityError
 from .membership import Membership
 from .pool import PeerPool
@@ -214,17 +216,7 @@ def roster_lock(path: Path) -> Iterator[None]:
 
 
 def write_roster(path: Path, blob: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags, 0o600)) as handle:
-        handle.write(blob)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, blob)
 
 
 class RosterSync:

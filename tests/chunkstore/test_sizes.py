@@ -31,3 +31,15 @@ def test_format() -> None:
     assert format_size(0) == "0 B"
     assert format_size(64_000) == "64.0 KB"
     assert format_size(2_500_000_000) == "2.5 GB"
+
+
+def test_durations_in_every_unit_and_bad_ones_refused() -> None:
+    from chunkstore.sizes import parse_duration
+
+    assert parse_duration("30s") == 30 and parse_duration(" 10M ") == 600
+    assert parse_duration("2h") == 7200 and parse_duration("7d") == 7 * 86400
+    assert parse_duration("1w") == 7 * 86400 and parse_duration("1y") == 365 * 86400
+    assert parse_duration("0.5") == 0.5 and parse_duration("0") == 0
+    for bad in ("", "x", "10x", "-5s", "nan", "inf", "1e999s"):
+        with pytest.raises(SizeFormatError, match="invalid duration"):
+            parse_duration(bad)
