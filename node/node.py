@@ -44,6 +44,7 @@ from .protocol import (
     Removed,
     Request,
     Wanted,
+    check_anonymous,
 )
 from .reclaim import ReclaimReport, reclaim
 from .replication import QUERY_BATCH, Replication
@@ -298,17 +299,13 @@ class Node:
             with trio.fail_after(ANONYMOUS_TIMEOUT):  # a recovery takes seconds
                 await channel.handshake()
                 while True:
-                    message = await channel.receive()
+                    message = check_anonymous(await channel.receive())
                     if isinstance(message, KitRequest):
                         await channel.send(await self.kits.challenge(message, sessions))
                     elif isinstance(message, KitProof):
                         await channel.send(await self.kits.answer(message, sessions))
                     elif isinstance(message, Enrol):
                         await channel.send(await self._enrol(message))
-                    else:
-                        raise ProtocolError(
-                            f"{type(message).__name__} needs a member's certificate"
-                        )
         except ProtocolError as exc:
             log.debug("anonymous connection closed: %s", exc)  # no line per stranger
             await channel.send_error(0, exc.code, str(exc))

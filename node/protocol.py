@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Final
 
@@ -654,6 +654,78 @@ def decode_payload(payload: bytes | memoryview) -> Message:
         raise ProtocolError(f"{cls.__name__} takes {len(cls.CHECKS)} fields, got {len(values)}")
     checked = [check(value) for check, value in zip(cls.CHECKS, values, strict=True)]
     return cls(*checked)
+
+
+# What answers each request (besides ERROR): any other answer to it is the peer's error.
+ANSWERS: Final[dict[type[Request], tuple[type[Message], ...]]] = {
+    PutChunk: (Stored,),
+    GetChunk: (Chunk,),
+    Delete: (Deleted,),
+    Removed: (Ok,),
+    Query: (Holding,),
+    Wanted: (Holding,),
+    PutMeta: (Ok,),
+    GetMeta: (Meta,),
+    Status: (StatusReply,),
+    PutChunks: (StoredMany,),
+    GetChunks: (ChunksMany,),
+    KitRequest: (KitChallenge,),
+    KitProof: (Kit,),
+    Enrol: (Enrolled,),
+}
+# The requests a connection without a member's certificate may make: a lost node asking for
+# its recovery kit, and a new computer enrolling with its join code.
+ANONYMOUS_REQUESTS: Final = (KitRequest, KitProof, Enrol)
+
+
+def check_anonymous(message: Message) -> Request:
+    """``message`` if a connection without a certificate may send it; else ``ProtocolError``."""
+    if not isinstance(message, ANONYMOUS_REQUESTS):
+        raise ProtocolError(f"{type(message).__name__} needs a member's certificate")
+    return message
+
+
+class Requests:
+    """The asking side of a connection: request ids, and which answer fits which request.
+
+    Ids run 1..2**32-1 and wrap. An answer to a request still open must be of the type the
+    request calls for (``ANSWERS``) or an ERROR; else ``ProtocolError``. An answer to a request
+    given up on (``forget``, after a timeout) or never made is ``None``: dropped.
+    """
+
+    def __init__(self) -> None:
+        self._next = 1
+        self._open: dict[int, type[Request]] = {}
+
+    def start(self, make: Callable[[int], Request]) -> Request:
+        """The request ``make(id)`` under a fresh id, now open."""
+        req = self._next
+        self._next = self._next % (2**32 - 1) + 1
+        request = make(req)
+        if request.req != req:
+            raise ValueError("a request must carry the id it is given")
+        self._open[req] = type(request)
+        return request
+
+    def forget(self, req: int) -> None:
+        """Give up on request ``req`` (an answer that comes later is dropped)."""
+        self._open.pop(req, None)
+
+    def answer(self, message: Message) -> int | None:
+        """The id of the open request ``message`` answers (closed now), or None."""
+        req = getattr(message, "req", 0)
+        if not isinstance(message, ANSWER_TYPES) or req == 0:
+            return None
+        kind = self._open.pop(req, None)
+        if kind is None:
+            return None
+        if not isinstance(message, (Error, *ANSWERS[kind])):
+            raise ProtocolError(f"{type(message).__name__} does not answer {kind.__name__}")
+        return req
+
+    @property
+    def open(self) -> int:
+        return len(self._open)
 
 
 class NeedData:

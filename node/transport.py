@@ -22,7 +22,6 @@ import trio
 from .admission import Admission, accept_loop
 from .identity import IdentityError, certificate_fingerprint, node_id_from_certificate
 from .protocol import (
-    ANSWER_TYPES,
     NEED_DATA,
     Connection,
     Error,
@@ -31,6 +30,7 @@ from .protocol import (
     Message,
     ProtocolError,
     Request,
+    Requests,
 )
 
 log = logging.getLogger(__name__)
@@ -447,7 +447,7 @@ class Link:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.peer_id = channel.peer_id
-        self._next_req = 1
+        self._requests = Requests()  # ids and which answer fits which request (sans-I/O)
         self._waiting: dict[int, trio.MemorySendChannel[Message]] = {}
         self.closed = trio.Event()
         self.on_message: Callable[[Message], None] | None = None
@@ -460,13 +460,12 @@ class Link:
                 message = await self.channel.receive()
                 if self.on_message is not None:
                     self.on_message(message)
-                if isinstance(message, ANSWER_TYPES):
-                    waiter = self._waiting.pop(message.req, None)
-                    if waiter is not None:
-                        waiter.send_nowait(message)
-                    elif isinstance(message, Error) and message.req == 0:
-                        log.info("node %d closed our link: %s", self.peer_id, message.message)
-                        return
+                if isinstance(message, Error) and message.req == 0:
+                    log.info("node %d closed our link: %s", self.peer_id, message.message)
+                    return
+                req = self._requests.answer(message)  # ProtocolError if it fits no request
+                if req is not None:
+                    self._waiting.pop(req).send_nowait(message)
         except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except ProtocolError as exc:
@@ -483,13 +482,13 @@ class Link:
         """Send ``make(req)`` and wait for its answer. Raises ``PeerUnavailable`` or ``RemoteError``."""
         if self.closed.is_set():
             raise PeerUnavailable(f"link to node {self.peer_id} is closed")
-        req = self._next_req
-        self._next_req = self._next_req % (2**32 - 1) + 1
+        request = self._requests.start(make)
+        req = request.req
         send, receive = trio.open_memory_channel[Message](1)
         self._waiting[req] = send
         try:
             with trio.move_on_after(timeout) as scope:
-                await self.channel.send(make(req))
+                await self.channel.send(request)
                 try:
                     answer = await receive.receive()
                 except trio.EndOfChannel:
@@ -500,6 +499,7 @@ class Link:
             raise PeerUnavailable(f"connection to node {self.peer_id} broke") from None
         finally:
             self._waiting.pop(req, None)
+            self._requests.forget(req)
         if isinstance(answer, Error):
             raise RemoteError(answer)
         return answer

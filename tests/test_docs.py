@@ -263,3 +263,21 @@ def test_the_numbers_protocol_and_formats_state_are_the_codes() -> None:
     formats = " ".join((DOCS / "formats.md").read_text().split())
     assert f"also stored on the peers), {size} bytes:" in formats
     assert f"W = length of the wrapped key (u16, {size})" in formats
+
+
+def test_protocol_md_gives_each_request_the_answer_the_code_accepts() -> None:
+    from node.protocol import ANONYMOUS_REQUESTS, ANSWERS
+
+    text = (DOCS / "protocol.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| ([A-Z_]+) \| [^|]* \| ([^|]*) \|$", text, re.M)
+    number = {name: int(n) for n, name, _answer in rows}
+    stated = {
+        int(n): {number[a] for a in re.findall(r"[A-Z_]+", answer) if a not in ("ERROR", "OR")}
+        for n, _name, answer in rows
+        if answer.strip() != "—"
+    }
+    code = {kind.TYPE: {a.TYPE for a in answers} for kind, answers in ANSWERS.items()}
+    assert stated == code
+    names = {name for _n, name, _a in rows if int(_n) in {k.TYPE for k in ANONYMOUS_REQUESTS}}
+    assert "only KITREQUEST, KITPROOF and ENROL may be sent" in " ".join(text.split())
+    assert names == {"KITREQUEST", "KITPROOF", "ENROL"}

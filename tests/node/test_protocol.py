@@ -397,3 +397,52 @@ def test_a_version_1_peer_is_never_sent_more_than_it_accepts() -> None:
     full = tuple((bytes([n % 256]) * 32, b"e" * 100) for n in range(MAX_PUT_BATCH))
     b.receive_data(a.send(PutChunks(1, 1, 2, full)))
     assert b.next_event() == PutChunks(1, 1, 2, full)
+
+
+def test_requests_match_answers_by_id_and_type() -> None:
+    from node.protocol import (
+        ANSWERS,
+        Chunk,
+        GetChunk,
+        Holding,
+        Query,
+        Request,
+        Requests,
+        Stored,
+    )
+
+    requests = Requests()
+    get = requests.start(lambda r: GetChunk(r, 1, b"a" * 32))
+    query = requests.start(lambda r: Query(r, 1, (b"a" * 32,)))
+    assert (get.req, query.req) == (1, 2) and requests.open == 2
+    assert requests.answer(Holding(query.req, ())) == query.req
+    assert requests.answer(Holding(query.req, ())) is None  # answered already: dropped
+    with pytest.raises(ProtocolError, match="Stored does not answer GetChunk"):
+        requests.answer(Stored(get.req, b"a" * 32, True))
+    late = requests.start(lambda r: GetChunk(r, 1, b"b" * 32))
+    requests.forget(late.req)  # timed out
+    assert requests.answer(Chunk(late.req, b"b" * 32, b"x")) is None
+    failed = requests.start(lambda r: GetChunk(r, 1, b"c" * 32))
+    assert requests.answer(Error(failed.req, ErrorCode.NOT_FOUND, "no")) == failed.req
+    assert requests.answer(Heartbeat(1, 2, 3)) is None  # not an answer at all
+    assert all(issubclass(k, Request) for k in ANSWERS)  # every request that is answered
+
+
+def test_request_ids_wrap_and_skip_zero() -> None:
+    from node.protocol import GetChunk, Requests
+
+    requests = Requests()
+    requests._next = 2**32 - 1
+    last = requests.start(lambda r: GetChunk(r, 1, b"a" * 32))
+    first = requests.start(lambda r: GetChunk(r, 1, b"a" * 32))
+    assert (last.req, first.req) == (2**32 - 1, 1)
+
+
+def test_a_connection_without_a_certificate_may_only_ask_for_its_kit_or_enrol() -> None:
+    from node.protocol import ANONYMOUS_REQUESTS, KitRequest, Query, check_anonymous
+
+    request = KitRequest(1, 7)
+    assert check_anonymous(request) is request
+    with pytest.raises(ProtocolError, match="Query needs a member's certificate"):
+        check_anonymous(Query(1, 1, ()))
+    assert {c.__name__ for c in ANONYMOUS_REQUESTS} == {"KitRequest", "KitProof", "Enrol"}
