@@ -32,6 +32,7 @@ from chunkstore.catalog import Xattrs, is_own_temp, read_xattrs
 from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import CutJob, VersionCutter
+from .cutschedule import CutScheduler
 from .dirty import DirtyTracker
 from .longpath import is_long, open_folder
 from .versions import VERSIONS_NAME, VIRTUAL_BASE, VersionsView
@@ -132,10 +133,7 @@ class PassthroughOps(pyfuse3.Operations):
         self.versions = versions
         self.capture = capture
         self.min_interval = min_interval
-        self._last_cut: dict[int, float] = {}
-        # inode -> ("cut now", "cut done") of a debounced cut
-        self._deferred: dict[int, tuple[trio.Event, trio.Event]] = {}
-        self._nursery: trio.Nursery | None = None
+        self.schedule = CutScheduler(min_interval, lambda inode: self._cut(inode, debounce=False))
         self.virtual_handles: dict[int, int] = {}
         self._next_virtual_fh = VIRTUAL_BASE
         self.source_fd = source_fd
@@ -146,17 +144,12 @@ class PassthroughOps(pyfuse3.Operations):
         self.i_am_root = os.geteuid() == 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Holds the nursery of debounced cuts; runs until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        """Holds the debounced cuts (``CutScheduler``); runs until cancelled."""
+        await self.schedule.run(task_status=task_status)
 
     async def settle(self) -> None:
         """Cut every debounced file now and wait until all is recorded (versions/ is exact)."""
-        for fire, done in list(self._deferred.values()):
-            fire.set()
-            await done.wait()
+        await self.schedule.settle()
         if self.capture is not None:
             await self.capture.barrier()
 
@@ -304,6 +297,7 @@ class PassthroughOps(pyfuse3.Operations):
                     continue  # a cut still reads it under this entry's lock: keep the entry
                 del self.inodes[inode]
                 self.dirty.forget(inode)
+                self.schedule.forget(inode)
 
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self.versions is not None and self._virtual(inode):
@@ -777,18 +771,8 @@ class PassthroughOps(pyfuse3.Operations):
         if entry is None or not entry.paths:
             self.dirty.forget(inode)  # unlinked: nothing to version under a name
             return None
-        now = trio.current_time()
-        last = self._last_cut.get(inode)
-        if debounce and last is not None and now - last < self.min_interval:
-            if inode not in self._deferred and self._nursery is not None:
-                events = (trio.Event(), trio.Event())
-                self._deferred[inode] = events
-                self._nursery.start_soon(
-                    self._deferred_cut, inode, last + self.min_interval, events
-                )
-            if self._nursery is not None:
-                return None
-        self._last_cut[inode] = now
+        if not self.schedule.begin(inode, debounce):
+            return None  # cut when its interval is over (``CutScheduler``)
         names = sorted(p for p in entry.paths if not is_own_temp(p))
         if not names:
             return None  # lanvault's own temporary file: cut when it takes its real name
@@ -826,7 +810,7 @@ class PassthroughOps(pyfuse3.Operations):
 
     async def _cut_deferred(self, inode: int) -> None:
         """A truncation is coming: a saved state still waiting for its version gets it now."""
-        if inode in self._deferred:
+        if self.schedule.waiting(inode):
             await self._cut(inode, debounce=False)
 
     async def _cut_pending(self, path: str) -> None:
@@ -838,26 +822,6 @@ class PassthroughOps(pyfuse3.Operations):
         inode = self._fuse_ino(st.st_ino)
         if stat.S_ISREG(st.st_mode) and self.dirty.is_dirty(inode):
             await self._cut(inode, debounce=False)
-
-    async def _deferred_cut(
-        self, inode: int, due: float, events: tuple[trio.Event, trio.Event]
-    ) -> None:
-        fire, done = events
-        try:
-            with trio.move_on_at(due):
-                await fire.wait()
-            # Gone from the table first: a write during this cut schedules the next one.
-            if self._deferred.get(inode) is events:
-                del self._deferred[inode]
-            await self._cut(inode, debounce=False)
-        except pyfuse3.FUSEError:
-            pass
-        except Exception:
-            log.exception("a debounced cut failed")
-        finally:
-            if self._deferred.get(inode) is events:
-                del self._deferred[inode]
-            done.set()
 
     async def cut_everything(self) -> None:
         """At unmount: a version of every file with unrecorded changes, then wait for them."""
