@@ -43,7 +43,7 @@ from chunkstore.recovery import (
 )
 from node.discovery import listen_for_nodes
 from node.identity import issued_by, node_id_from_certificate
-from node.protocol import ErrorCode, KitChallenge
+from node.messages import ErrorCode, KitChallenge
 from node.report import RestoreError
 from node.safekeeping import fetch_kit, newest_manifests
 from node.transport import PeerUnavailable, RemoteError

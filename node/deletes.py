@@ -23,8 +23,8 @@ from chunkstore.catalogdb import CatalogDB
 from chunkstore.retention import RetentionPolicy
 
 from .catalogio import CatalogIO
+from .messages import Delete, Deleted
 from .node import Node
-from .protocol import Delete, Deleted
 from .report import BackupError
 from .transport import PeerUnavailable, RemoteError
 

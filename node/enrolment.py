@@ -38,7 +38,7 @@ from .identity import (
     pem_fingerprint,
     requested_key,
 )
-from .protocol import (
+from .messages import (
     SUPPORTED_VERSIONS,
     Enrol,
     Enrolled,

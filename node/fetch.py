@@ -19,8 +19,8 @@ from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
 
+from .messages import MAX_BATCH, Chunk, ChunksMany, ErrorCode, GetChunk, GetChunks
 from .node import Node
-from .protocol import MAX_BATCH, Chunk, ChunksMany, ErrorCode, GetChunk, GetChunks
 from .report import RestoreError
 from .transport import PeerUnavailable, RemoteError
 

@@ -27,7 +27,7 @@ from chunkstore.recovery import RecoveryKit, parse_kit
 from chunkstore.store import ChunkStore, PutItem
 
 from .identity import IdentityError
-from .protocol import (
+from .messages import (
     STORED_ALREADY,
     STORED_ERROR_BASE,
     STORED_NEW,

@@ -13,7 +13,7 @@ from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import chunk_addresses
 
-from .protocol import MAX_BATCH
+from .messages import MAX_BATCH
 from .report import BackupError
 
 # Chunks per worker-thread hop in a backup; spread over the holders, each gets ~MAX_BATCH.

@@ -25,9 +25,7 @@ from .discovery import run_discovery, with_source_host
 from .enrolment import Enroller
 from .holder import HolderService, KitGate
 from .membership import Membership
-from .peerbook import keep_peer_book, recall
-from .pool import PeerPool
-from .protocol import (
+from .messages import (
     MAX_ANONYMOUS_FRAME,
     SUPPORTED_VERSIONS,
     Enrol,
@@ -44,8 +42,10 @@ from .protocol import (
     Removed,
     Request,
     Wanted,
-    check_anonymous,
 )
+from .peerbook import keep_peer_book, recall
+from .pool import PeerPool
+from .protocol import check_anonymous
 from .reclaim import ReclaimReport, reclaim
 from .replication import QUERY_BATCH, Replication
 from .roster import RosterBook, RosterSync

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import trio
 
 from .membership import Membership
-from .protocol import Heartbeat, Hello, Message, Online, Request, Status, StatusReply
+from .messages import Heartbeat, Hello, Message, Online, Request, Status, StatusReply
 from .transport import Channel, Link, Network, PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import trio
 from chunkstore import crashpoints
 from chunkstore.store import StoredChunk
 
-from .protocol import Removed
+from .messages import Removed
 
 if TYPE_CHECKING:
     from .node import Node

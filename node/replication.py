@@ -14,9 +14,7 @@ from collections.abc import Collection, Sequence
 import trio
 
 from .membership import Membership
-from .placement import choose_targets
-from .pool import PeerPool
-from .protocol import (
+from .messages import (
     STORED_ALREADY,
     STORED_NEW,
     Holding,
@@ -28,6 +26,8 @@ from .protocol import (
     StoredMany,
     put_batches,
 )
+from .placement import choose_targets
+from .pool import PeerPool
 from .transport import PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ from chunkstore.keys import KeyRing
 from chunkstore.store import pwrite_all
 
 from .fetch import DbRunner, Fetcher
+from .messages import MAX_BATCH
 from .node import Node
-from .protocol import MAX_BATCH
 from .report import Progress, ProgressFn, RestoreError
 from .restore_target import RestoreTarget, UnsafeDestination, flush_files
 

@@ -34,8 +34,8 @@ from chunkstore.atomic import write_atomic
 
 from .identity import IdentityError
 from .membership import Membership
+from .messages import GetMeta, Meta, StatusReply
 from .pool import PeerPool
-from .protocol import GetMeta, Meta, StatusReply
 
 log = logging.getLogger(__name__)
 ROSTER_NAME = "network-roster"  # the GETMETA name a node serves its roster under

@@ -31,7 +31,7 @@ from chunkstore.errors import ChunkstoreError
 from chunkstore.kitexchange import KitRequestor
 from chunkstore.recovery import CatalogManifest, seal_manifest
 
-from .protocol import (
+from .messages import (
     SUPPORTED_VERSIONS,
     Error,
     GetMeta,

@@ -21,17 +21,8 @@ import trio
 
 from .admission import Admission, accept_loop
 from .identity import IdentityError, certificate_fingerprint, node_id_from_certificate
-from .protocol import (
-    NEED_DATA,
-    Connection,
-    Error,
-    ErrorCode,
-    Hello,
-    Message,
-    ProtocolError,
-    Request,
-    Requests,
-)
+from .messages import Error, ErrorCode, Hello, Message, ProtocolError, Request
+from .protocol import NEED_DATA, Connection, Requests
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0

@@ -27,8 +27,8 @@ from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
 
 from .fetch import Fetcher
+from .messages import Delete, Deleted
 from .placement import keepers
-from .protocol import Delete, Deleted
 from .verify import bad_envelopes
 
 if TYPE_CHECKING:

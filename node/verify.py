@@ -23,7 +23,7 @@ from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
 
-from .protocol import Chunk, Delete, Deleted, GetChunk
+from .messages import Chunk, Delete, Deleted, GetChunk
 from .transport import PeerUnavailable, RemoteError
 
 if TYPE_CHECKING:

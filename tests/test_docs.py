@@ -14,10 +14,7 @@ from node.localtree import GROUP_BYTES as BACKUP_GROUP_BYTES
 from node.localtree import GROUP_FILES as BACKUP_GROUP_FILES
 from node.localtree import SEAL_BYTES, SMALL_FILE
 from node.membership import MAX_UNSEEN_PEERS
-from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
-from node.owner import GROUPS_IN_FLIGHT
-from node.pool import GONE_DIAL_DELAY, MAX_DIAL_DELAY
-from node.protocol import (
+from node.messages import (
     MAX_ADDRESSES,
     MAX_ANONYMOUS_FRAME,
     MAX_BATCH,
@@ -32,6 +29,9 @@ from node.protocol import (
     SUPPORTED_VERSIONS,
     put_batch_limit,
 )
+from node.node import ANONYMOUS_TIMEOUT, IDLE_TIMEOUT
+from node.owner import GROUPS_IN_FLIGHT
+from node.pool import GONE_DIAL_DELAY, MAX_DIAL_DELAY
 from node.restore_files import GROUP_BYTES as RESTORE_GROUP_BYTES
 from node.restore_files import GROUP_FILES
 from node.restore_files import GROUPS as RESTORE_GROUPS
@@ -266,7 +266,8 @@ def test_the_numbers_protocol_and_formats_state_are_the_codes() -> None:
 
 
 def test_protocol_md_gives_each_request_the_answer_the_code_accepts() -> None:
-    from node.protocol import ANONYMOUS_REQUESTS, ANSWERS
+    from node.messages import ANSWERS
+    from node.protocol import ANONYMOUS_REQUESTS
 
     text = (DOCS / "protocol.md").read_text()
     rows = re.findall(r"^\| (\d+) \| ([A-Z_]+) \| [^|]* \| ([^|]*) \|$", text, re.M)

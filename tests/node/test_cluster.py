@@ -21,10 +21,10 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import chunk_address
 from chunkstore.store import PutItem
 from lanvault.state_report import state_report
+from node.messages import MAX_BATCH, MAX_PUT_BATCH, Hello
 from node.node import Node, RepairReport
 from node.placement import keepers
 from node.pool import GONE_DIAL_DELAY
-from node.protocol import MAX_BATCH, MAX_PUT_BATCH, Hello
 from node.report import BackupError, BackupPending
 from node.safekeeping import CatalogNotSafe, Safekeeping
 

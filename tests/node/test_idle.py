@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
+from node.messages import PROTOCOL_VERSION, Hello
 from node.node import IDLE_TIMEOUT
-from node.protocol import PROTOCOL_VERSION, Hello
 from node.transport import Channel
 
 from .cluster import open_cluster

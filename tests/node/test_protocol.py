@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.protocol import (
+from node.messages import (
     MAX_ANONYMOUS_FRAME,
     MAX_BATCH,
     MAX_BUFFER,
@@ -15,10 +15,8 @@ from node.protocol import (
     MAX_FRAME,
     MAX_HELLO_FRAME,
     MAX_PUT_BATCH,
-    NEED_DATA,
     Chunk,
     ChunksMany,
-    Connection,
     Delete,
     Deleted,
     Error,
@@ -51,6 +49,7 @@ from node.protocol import (
     encode_message,
     put_batches,
 )
+from node.protocol import NEED_DATA, Connection
 
 HELLO = Hello((1,), 7, "host-a", "127.0.0.1:7420")  # a node that speaks version 1 only
 HELLO2 = Hello((1, 2), 7, "host-a", "127.0.0.1:7420")
@@ -400,16 +399,8 @@ def test_a_version_1_peer_is_never_sent_more_than_it_accepts() -> None:
 
 
 def test_requests_match_answers_by_id_and_type() -> None:
-    from node.protocol import (
-        ANSWERS,
-        Chunk,
-        GetChunk,
-        Holding,
-        Query,
-        Request,
-        Requests,
-        Stored,
-    )
+    from node.messages import ANSWERS, Chunk, GetChunk, Holding, Query, Request, Stored
+    from node.protocol import Requests
 
     requests = Requests()
     get = requests.start(lambda r: GetChunk(r, 1, b"a" * 32))
@@ -429,7 +420,8 @@ def test_requests_match_answers_by_id_and_type() -> None:
 
 
 def test_request_ids_wrap_and_skip_zero() -> None:
-    from node.protocol import GetChunk, Requests
+    from node.messages import GetChunk
+    from node.protocol import Requests
 
     requests = Requests()
     requests._next = 2**32 - 1
@@ -439,7 +431,8 @@ def test_request_ids_wrap_and_skip_zero() -> None:
 
 
 def test_a_connection_without_a_certificate_may_only_ask_for_its_kit_or_enrol() -> None:
-    from node.protocol import ANONYMOUS_REQUESTS, KitRequest, Query, check_anonymous
+    from node.messages import KitRequest, Query
+    from node.protocol import ANONYMOUS_REQUESTS, check_anonymous
 
     request = KitRequest(1, 7)
     assert check_anonymous(request) is request

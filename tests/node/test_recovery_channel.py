@@ -23,8 +23,8 @@ from chunkstore.kitexchange import KitRequestor
 from chunkstore.recovery import kit_verifier, make_kit
 from chunkstore.store import ChunkStore
 from node.identity import create_network_ca
+from node.messages import PROTOCOL_VERSION, Error, ErrorCode, Hello, KitChallenge, PutChunk
 from node.node import Node, NodeConfig
-from node.protocol import PROTOCOL_VERSION, Error, ErrorCode, Hello, KitChallenge, PutChunk
 from node.safekeeping import KIT_NAME, fetch_kit
 from node.transport import Channel, RemoteError, connect_anonymous
 from tests.node.test_transport import network_for

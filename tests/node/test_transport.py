@@ -20,7 +20,7 @@ from node.identity import (
     issue_node_credentials,
     tls_contexts,
 )
-from node.protocol import (
+from node.messages import (
     PROTOCOL_VERSION,
     Error,
     ErrorCode,

@@ -21,7 +21,7 @@ from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.keys import KeyRing, new_master_key
 from lanvault.state import StateDir
 from node.identity import private_pem, tls_contexts
-from node.protocol import (
+from node.messages import (
     SUPPORTED_VERSIONS,
     Error,
     ErrorCode,

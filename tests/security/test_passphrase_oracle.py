@@ -18,7 +18,7 @@ from chunkstore.keys import KdfParams, derive_wrapping_key
 from chunkstore.kitexchange import KitOffer, confirmation
 from chunkstore.recovery import kit_verifier
 from node.identity import create_network_ca
-from node.protocol import (
+from node.messages import (
     SUPPORTED_VERSIONS,
     Error,
     ErrorCode,

@@ -12,7 +12,7 @@ from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.errors import QuotaExceededError
 from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.store import ChunkStore
-from node.protocol import MAX_BLOB, ErrorCode, Ok, PutMeta
+from node.messages import MAX_BLOB, ErrorCode, Ok, PutMeta
 from node.transport import RemoteError
 from tests.node.cluster import open_cluster
 

@@ -22,17 +22,16 @@ from chunkstore.keys import KdfParams
 from chunkstore.kitexchange import KitOffer, KitRequestor
 from node.discovery import MAGIC, decode_announcement
 from node.identity import IdentityError, node_id_from_certificate
-from node.protocol import (
+from node.messages import (
     MAX_ANONYMOUS_FRAME,
     MAX_HELLO_FRAME,
     MESSAGE_TYPES,
-    NEED_DATA,
     SUPPORTED_VERSIONS,
-    Connection,
     Hello,
     Message,
     ProtocolError,
 )
+from node.protocol import NEED_DATA, Connection
 
 PARAMS = KdfParams(nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN, bytes(16))
 ME = Hello(SUPPORTED_VERSIONS, 0, "", "")
