@@ -22,7 +22,7 @@ import re
 import stat
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyfuse3
 import trio
@@ -34,6 +34,7 @@ from chunkstore.chunking import CHUNK_SIZE
 from .capture import CutJob, VersionCutter
 from .cutschedule import CutScheduler
 from .dirty import DirtyTracker
+from .inodes import InodeTable
 from .longpath import is_long, open_folder
 from .versions import VERSIONS_NAME, VIRTUAL_BASE, VersionsView
 
@@ -60,14 +61,6 @@ class _Handle:
     inode: int
     writable: bool
     wrote: bool = False  # a write came through this handle
-
-
-@dataclass(slots=True)
-class _Inode:
-    paths: set[str] = field(default_factory=set)
-    lookups: int = 0
-    open_handles: int = 0
-    lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 @contextmanager
@@ -138,7 +131,7 @@ class PassthroughOps(pyfuse3.Operations):
         self._next_virtual_fh = VIRTUAL_BASE
         self.source_fd = source_fd
         self.root_ino = os.fstat(source_fd).st_ino
-        self.inodes: dict[int, _Inode] = {pyfuse3.ROOT_INODE: _Inode(paths={""})}
+        self.inodes = InodeTable(pyfuse3.ROOT_INODE)
         self.handles: dict[int, _Handle] = {}
         self.dirty = DirtyTracker()
         self.i_am_root = os.geteuid() == 0
@@ -232,26 +225,10 @@ class PassthroughOps(pyfuse3.Operations):
         self, path: str, st: os.stat_result, count_lookup: bool = True
     ) -> pyfuse3.EntryAttributes:
         ino = self._fuse_ino(st.st_ino)
-        entry = self.inodes.setdefault(ino, _Inode())
-        entry.paths.add(path)
+        entry = self.inodes.remember(ino, path)
         if count_lookup:
             entry.lookups += 1
         return self._attrs(st)
-
-    def _forget_path(self, path: str) -> None:
-        for entry in self.inodes.values():
-            entry.paths.discard(path)
-
-    def _moved(self, old: str, new: str) -> None:
-        prefix = old + "/"
-        for entry in self.inodes.values():
-            for path in list(entry.paths):
-                if path == old:
-                    entry.paths.discard(path)
-                    entry.paths.add(new)
-                elif path.startswith(prefix):
-                    entry.paths.discard(path)
-                    entry.paths.add(new + path[len(old) :])
 
     def _own(self, path: str, ctx: pyfuse3.RequestContext) -> None:
         # As root, give new entries to the user who made them, as a normal folder does.
@@ -295,7 +272,7 @@ class PassthroughOps(pyfuse3.Operations):
                         continue
                 if self.capture is not None and self.capture.busy(inode):
                     continue  # a cut still reads it under this entry's lock: keep the entry
-                del self.inodes[inode]
+                self.inodes.drop(inode)
                 self.dirty.forget(inode)
                 self.schedule.forget(inode)
 
@@ -504,7 +481,7 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             with self._at(path) as (fd, leaf):
                 remove(leaf, dir_fd=fd)
-            self._forget_path(path)
+            self.inodes.forget_path(path)
         if self.capture is not None and not is_own_temp(path):
             self.capture.removed(path)
 
@@ -530,8 +507,7 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             with self._at(old) as (old_fd, old_leaf), self._at(new) as (new_fd, new_leaf):
                 os.rename(old_leaf, new_leaf, src_dir_fd=old_fd, dst_dir_fd=new_fd)
-            self._forget_path(new)
-            self._moved(old, new)
+            self.inodes.moved(old, new)  # what was at ``new`` is forgotten
         if self.capture is None:
             return
         if not is_own_temp(old) and not is_own_temp(new):
@@ -611,7 +587,7 @@ class PassthroughOps(pyfuse3.Operations):
     def _register(self, fd: int, inode: int, flags: int) -> pyfuse3.FileInfo:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         self.handles[fd] = _Handle(fd, inode, writable)
-        self.inodes.setdefault(inode, _Inode()).open_handles += 1
+        self.inodes.ensure(inode).open_handles += 1
         direct = self.direct_writes and (flags & os.O_ACCMODE) == os.O_WRONLY
         return pyfuse3.FileInfo(fh=FileHandleT(fd), direct_io=direct)
 
@@ -642,7 +618,7 @@ class PassthroughOps(pyfuse3.Operations):
     async def _truncate_fd(self, inode: int, fd: int, size: int) -> None:
         await self._cut_deferred(inode)
         await self._wait_for_room(inode)
-        entry = self.inodes.setdefault(inode, _Inode())
+        entry = self.inodes.ensure(inode)
         async with entry.lock:
             if self.capture is not None:
                 self.capture.before_truncate(inode, size)
