@@ -36,7 +36,8 @@ from .cutschedule import CutScheduler
 from .dirty import DirtyTracker
 from .inodes import InodeTable
 from .longpath import is_long, open_folder
-from .versions import VERSIONS_NAME, VIRTUAL_BASE, VersionsView
+from .versions import VERSIONS_NAME, VersionsView
+from .versions_ops import VersionsOps
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,11 @@ class PassthroughOps(pyfuse3.Operations):
         self.direct_writes = (
             direct_writes_are_coherent() if direct_writes is None else direct_writes
         )
-        self.versions = versions
         self.capture = capture
         self.min_interval = min_interval
         self.schedule = CutScheduler(min_interval, lambda inode: self._cut(inode, debounce=False))
-        self.virtual_handles: dict[int, int] = {}
-        self._next_virtual_fh = VIRTUAL_BASE
+        # versions/ answers for itself: the requests on its inodes go there
+        self.vops = VersionsOps(versions, self.settle) if versions is not None else None
         self.source_fd = source_fd
         self.root_ino = os.fstat(source_fd).st_ino
         self.inodes = InodeTable(pyfuse3.ROOT_INODE)
@@ -149,20 +149,15 @@ class PassthroughOps(pyfuse3.Operations):
     # -- helpers ---------------------------------------------------------------------------
 
     def _virtual(self, inode: int) -> bool:
-        return self.versions is not None and VersionsView.is_virtual(inode)
+        return self.vops is not None and self.vops.owns(inode)
 
     def _refuse_virtual(self, *inodes: int) -> None:
         """versions/ is read-only: any change there fails with EROFS."""
-        for inode in inodes:
-            if self._virtual(inode):
-                raise pyfuse3.FUSEError(errno.EROFS)
+        if self.vops is not None:
+            self.vops.refuse(*inodes)
 
     def _refuse_versions_name(self, parent: int, raw: bytes) -> None:
-        if (
-            self.versions is not None
-            and parent == pyfuse3.ROOT_INODE
-            and raw == VERSIONS_NAME.encode()
-        ):
+        if self.vops is not None and parent == pyfuse3.ROOT_INODE and raw == VERSIONS_NAME.encode():
             raise pyfuse3.FUSEError(errno.EROFS)
 
     def _path(self, inode: int) -> str:
@@ -241,13 +236,11 @@ class PassthroughOps(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if self.versions is not None:
-            if self._virtual(parent_inode):
-                if parent_inode == self.versions.top:
-                    await self.settle()  # a snapshot name: show everything written so far
-                return self.versions.attrs(self.versions.lookup(parent_inode, _name(name)))
+        if self.vops is not None:
+            if self.vops.owns(parent_inode):
+                return await self.vops.lookup(parent_inode, _name(name))
             if parent_inode == pyfuse3.ROOT_INODE and name == VERSIONS_NAME.encode():
-                return self.versions.attrs(self.versions.top)
+                return self.vops.top_attrs()
         with _fuse_errors():
             path = self._child(parent_inode, name)
             return self._remember(path, self._stat(path))
@@ -277,8 +270,8 @@ class PassthroughOps(pyfuse3.Operations):
                 self.schedule.forget(inode)
 
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if self.versions is not None and self._virtual(inode):
-            return self.versions.attrs(inode)
+        if self.vops is not None and self.vops.owns(inode):
+            return self.vops.getattr(inode)
         with _fuse_errors():
             for handle in self.handles.values():
                 if handle.inode == inode:  # an unlinked but open file still has attributes
@@ -352,8 +345,8 @@ class PassthroughOps(pyfuse3.Operations):
         return self._attrs(st)
 
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
-        if self.versions is not None and self._virtual(inode):
-            return self.versions.readlink(inode)
+        if self.vops is not None and self.vops.owns(inode):
+            return self.vops.readlink(inode)
         with _fuse_errors(), self._at(self._path(inode)) as (fd, name):
             return FileNameT(os.fsencode(os.readlink(name, dir_fd=fd)))
 
@@ -381,29 +374,20 @@ class PassthroughOps(pyfuse3.Operations):
     # -- directories -----------------------------------------------------------------------
 
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
-        if self.versions is not None and self._virtual(inode):
-            self.versions.node(inode)
-            return FileHandleT(inode)
+        if self.vops is not None and self.vops.owns(inode):
+            return self.vops.opendir(inode)
         with _fuse_errors():
             self._path(inode)
         return FileHandleT(inode)
 
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        if self.versions is not None and self._virtual(fh):
-            if fh == self.versions.top and start_id == 0:
-                await self.settle()
-            entries = self.versions.listing(fh)
-            for index in range(start_id, len(entries)):
-                name, inode = entries[index]
-                attrs = self.versions.attrs(inode)
-                if not pyfuse3.readdir_reply(token, FileNameT(os.fsencode(name)), attrs, index + 1):
-                    return
-            return
+        if self.vops is not None and self.vops.owns(fh):
+            return await self.vops.readdir(fh, start_id, token)
         offset = 0
-        if self.versions is not None and fh == pyfuse3.ROOT_INODE:
+        if self.vops is not None and fh == pyfuse3.ROOT_INODE:
             offset = 1  # versions/ comes first in the top folder
             if start_id == 0:
-                attrs = self.versions.attrs(self.versions.top)
+                attrs = self.vops.top_attrs()
                 if not pyfuse3.readdir_reply(token, FileNameT(VERSIONS_NAME.encode()), attrs, 1):
                     return
                 start_id = 1
@@ -594,13 +578,8 @@ class PassthroughOps(pyfuse3.Operations):
     async def open(
         self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        if self.versions is not None and self._virtual(inode):
-            if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
-                raise pyfuse3.FUSEError(errno.EROFS)
-            self.versions.version(inode)
-            self._next_virtual_fh += 1
-            self.virtual_handles[self._next_virtual_fh] = inode
-            return pyfuse3.FileInfo(fh=FileHandleT(self._next_virtual_fh), keep_cache=True)
+        if self.vops is not None and self.vops.owns(inode):
+            return self.vops.open(inode, flags)
         # O_APPEND would let the kernel pick offsets we do not see; writes come with them.
         # O_TRUNC is done here, after a cut still reading the file kept its bytes aside.
         with _fuse_errors(), self._at(self._path(inode)) as (at, name):
@@ -664,10 +643,10 @@ class PassthroughOps(pyfuse3.Operations):
         return handle, attrs
 
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
-        virtual = self.virtual_handles.get(fh)
-        if virtual is not None and self.versions is not None:
+        virtual = self.vops.handle(fh) if self.vops is not None else None
+        if virtual is not None and self.vops is not None:
             with _fuse_errors():
-                return await self.versions.read(virtual, off, size)
+                return await self.vops.read(virtual, off, size)
         with _fuse_errors():
             return os.pread(fh, size, off)
 
@@ -708,8 +687,8 @@ class PassthroughOps(pyfuse3.Operations):
             await self._cut(handle.inode, fh)
 
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
-        if fh in self.virtual_handles:
-            return
+        if self._virtual(fh):
+            return  # versions/ holds nothing to flush
         handle = self.handles[fh]
         with _fuse_errors():
             self._checked(handle)
@@ -722,7 +701,8 @@ class PassthroughOps(pyfuse3.Operations):
             await self.capture.committed(job)
 
     async def release(self, fh: FileHandleT) -> None:
-        if self.virtual_handles.pop(fh, None) is not None:
+        if self.vops is not None and self.vops.owns(fh):
+            self.vops.release(fh)
             return
         handle = self.handles.pop(fh)
         entry = self.inodes.get(handle.inode)
@@ -817,11 +797,8 @@ class PassthroughOps(pyfuse3.Operations):
             yield f"/proc/self/fd/{fd}/{name}"
 
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
-        if self.versions is not None and self._virtual(inode):
-            value = dict(self.versions.xattrs(inode)).get(os.fsdecode(name))
-            if value is None:
-                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-            return value
+        if self.vops is not None and self.vops.owns(inode):
+            return self.vops.getxattr(inode, name)
         with _fuse_errors():
             with self._xattr_path(inode) as where:
                 found: bytes = os.getxattr(where, os.fsdecode(name), follow_symlinks=False)
@@ -863,8 +840,8 @@ class PassthroughOps(pyfuse3.Operations):
             return None
 
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
-        if self.versions is not None and self._virtual(inode):
-            return [XAttrNameT(os.fsencode(n)) for n, _v in self.versions.xattrs(inode)]
+        if self.vops is not None and self.vops.owns(inode):
+            return self.vops.listxattr(inode)
         with _fuse_errors(), self._xattr_path(inode) as where:
             return [XAttrNameT(os.fsencode(n)) for n in os.listxattr(where, follow_symlinks=False)]
 
