@@ -32,14 +32,19 @@ def same_tree(a: Path, b: Path) -> bool:
     return result.returncode == 0
 
 
-def peak_rss_mb(cluster: ProcessCluster, node_id: int) -> float:
-    """The node process's peak resident memory (VmHWM), in MB."""
-    proc = cluster.nodes[node_id].proc
-    assert proc is not None
-    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+def process_peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mb(cluster: ProcessCluster, node_id: int) -> float:
+    """A node process's peak resident memory, in MB."""
+    proc = cluster.nodes[node_id].proc
+    assert proc is not None
+    return process_peak_rss_mb(proc.pid)
 
 
 def bytes_moved(cluster: ProcessCluster) -> int:
@@ -49,6 +54,15 @@ def bytes_moved(cluster: ProcessCluster) -> int:
         status = cluster.json(node_id, "status")
         total += int(status.get("bytes_received", 0)) + int(status.get("bytes_sent", 0))
     return total
+
+
+def snapshot_count(cluster: ProcessCluster) -> int:
+    """Snapshots of the mounted tree node 1 records."""
+    return len(cluster.json(1, "versions")["snapshots"])
+
+
+def wait_for_snapshots(cluster: ProcessCluster, count: int, timeout: float = 300) -> None:
+    cluster.wait(lambda: snapshot_count(cluster) >= count, timeout, f"{count} snapshots")
 
 
 def seconds_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:

@@ -11,23 +11,14 @@ from pathlib import Path
 import pytest
 
 from tests.fs.conftest import fuse_available, sweep_stale_mounts
-from tests.system.procs import ProcessCluster
 
 from .conftest import ScenarioRun
-from .helpers import copies_on_holders, new_mount, running
+from .helpers import copies_on_holders, new_mount, running, snapshot_count, wait_for_snapshots
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("clock-steps")]
 
 CLOCK = Path(__file__).parent / "clock"
 STEPS = (0.0, 3600.0, -3600.0, 0.0)  # the owner's clock offset at each step, in seconds
-
-
-def snapshot_count(cluster: ProcessCluster) -> int:
-    return len(cluster.json(1, "versions")["snapshots"])
-
-
-def wait_for_snapshots(cluster: ProcessCluster, count: int) -> None:
-    cluster.wait(lambda: snapshot_count(cluster) >= count, 120, f"{count} snapshots")
 
 
 def at_time(seconds: float) -> str:

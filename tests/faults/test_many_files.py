@@ -10,10 +10,16 @@ from pathlib import Path
 import pytest
 
 from tests.fs.conftest import fuse_available, sweep_stale_mounts
-from tests.system.procs import ProcessCluster
 
 from .conftest import ScenarioRun
-from .helpers import new_mount, peak_rss_mb, running
+from .helpers import (
+    new_mount,
+    peak_rss_mb,
+    process_peak_rss_mb,
+    running,
+    snapshot_count,
+    wait_for_snapshots,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.scenario("many-files")]
 
@@ -25,21 +31,6 @@ def timed(action: object) -> float:
     started = time.monotonic()
     action()
     return time.monotonic() - started
-
-
-def snapshot_count(cluster: ProcessCluster) -> int:
-    return len(cluster.json(1, "versions")["snapshots"])
-
-
-def wait_for_snapshots(cluster: ProcessCluster, count: int) -> None:
-    cluster.wait(lambda: snapshot_count(cluster) >= count, 300, f"{count} snapshots")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def test_many_files_and_snapshots_answer_quickly(run: ScenarioRun, tmp_path: Path) -> None:
@@ -72,7 +63,7 @@ def test_many_files_and_snapshots_answer_quickly(run: ScenarioRun, tmp_path: Pat
                 lambda: cluster.json(1, "status")["pending_backlog"] == 0, 1800, "all safe"
             )
             assert mount.proc is not None
-            run.figure("peak RSS of the mount", rss_mb(mount.proc.pid), "MB")
+            run.figure("peak RSS of the mount", process_peak_rss_mb(mount.proc.pid), "MB")
         finally:
             mount.stop()
         run.figure("peak RSS of the node", peak_rss_mb(cluster, 1), "MB")
