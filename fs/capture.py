@@ -34,9 +34,8 @@ import trio
 
 from chunkstore import crashpoints
 from chunkstore.catalog import FileVersion, Xattrs, read_xattrs, version_from_stat
+from chunkstore.catalogbase import TREE_DIR, TREE_SYMLINK
 from chunkstore.catalogdb import (
-    TREE_DIR,
-    TREE_SYMLINK,
     AttrRecord,
     CatalogDB,
     CutRecord,

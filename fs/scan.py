@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import trio
 
 from chunkstore.catalog import Xattrs, is_own_temp, read_xattrs
-from chunkstore.catalogdb import TREE_DIR, TREE_SYMLINK, TreeEvent
+from chunkstore.catalogbase import TREE_DIR, TREE_SYMLINK
+from chunkstore.catalogdb import TreeEvent
 from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import VersionCutter

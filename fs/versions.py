@@ -22,7 +22,8 @@ import trio
 from pyfuse3 import FileNameT, InodeT, ModeT
 
 from chunkstore.catalog import FileVersion
-from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK, CatalogDB, TreeEvent
+from chunkstore.catalogbase import TREE_DIR, TREE_FILE, TREE_SYMLINK
+from chunkstore.catalogdb import CatalogDB, TreeEvent
 from chunkstore.chunking import CHUNK_SIZE
 
 VIRTUAL_BASE = 1 << 62  # virtual inode numbers start here; real ones stay below

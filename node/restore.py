@@ -18,7 +18,8 @@ from pathlib import Path
 import trio
 
 from chunkstore.catalog import FileVersion
-from chunkstore.catalogdb import TREE_DIR, TREE_FILE, TREE_SYMLINK, CatalogDB, TreeEvent
+from chunkstore.catalogbase import TREE_DIR, TREE_FILE, TREE_SYMLINK
+from chunkstore.catalogdb import CatalogDB, TreeEvent
 
 from .fetch import DbRunner, Fetcher
 from .report import Progress, ProgressFn, RestoreError

@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 
 from chunkstore.catalog import FileVersion
+from chunkstore.catalogbase import _SCHEMA, TREE_DIR, TREE_FILE
 from chunkstore.catalogdb import (
-    _SCHEMA,
-    TREE_DIR,
-    TREE_FILE,
     AttrRecord,
     CatalogDB,
     CutRecord,

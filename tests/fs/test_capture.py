@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from chunkstore.catalogdb import TREE_DIR, CatalogDB
+from chunkstore.catalogbase import TREE_DIR
+from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import CHUNK_SIZE, split_bytes
 from chunkstore.envelope import chunk_address, open_chunk
 from chunkstore.keys import KeyRing

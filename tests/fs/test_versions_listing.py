@@ -9,7 +9,8 @@ import pyfuse3
 import pytest
 
 from chunkstore.catalog import FileVersion
-from chunkstore.catalogdb import TREE_DIR, CatalogDB, EntryRecord
+from chunkstore.catalogbase import TREE_DIR
+from chunkstore.catalogdb import CatalogDB, EntryRecord
 from fs.versions import LATEST, VersionsView, snapshot_name
 
 ROOT = "/home/ann/data"

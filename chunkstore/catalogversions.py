@@ -1,0 +1,482 @@
+"""The catalog's versions of files: recording them (one by one, or a group in one
+transaction), reading the newest of each path or those of a moment, marking them complete,
+deleting paths; the holders that acknowledged each chunk, the deletes owed by holders that were
+offline (tombstones), and the chunks of the catalog's own backup."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .catalog import FileVersion
+from .catalogbase import (
+    _INSERT_VERSION,
+    _N,
+    _VERSION_COLUMNS,
+    ABSENT_ID,
+    ORIGIN_BACKUP,
+    CatalogBase,
+    DeleteReport,
+    VersionInfo,
+    _like_prefix,
+    _matching,
+    _private,
+)
+from .errors import CatalogFormatError
+
+
+class CatalogVersions(CatalogBase):
+    # -- versions ------------------------------------------------------------------------
+
+    def add_version(
+        self, version: FileVersion, created_ns: int, origin: int = ORIGIN_BACKUP
+    ) -> int:
+        """Record a version of its path; returns its row id (see ``_insert_version``)."""
+        with self._tx() as db:
+            return self._insert_version(db, version, self._stamp(db, created_ns), origin)
+
+    def add_complete_versions(
+        self,
+        versions: Sequence[FileVersion],
+        created_ns: int,
+        holders: Iterable[tuple[bytes, int]],
+        backup_ns: int | None = None,
+        pending: Sequence[FileVersion] = (),
+    ) -> None:
+        """Record versions already at their degree, and the holders that made them so, in one
+        transaction (a backup of many small files commits them in groups); with ``backup_ns``,
+        it is the time of the last backup (the ``last_backup_ns`` setting) in that same one.
+        ``pending`` versions (short of their degree) go in too, incomplete."""
+        with self._tx() as db:
+            created_ns = self._stamp(db, created_ns)
+            db.executemany(
+                "INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(holders)
+            )
+            self._insert_complete(db, versions, created_ns)
+            for version in pending:
+                self._insert_version(db, version, created_ns, ORIGIN_BACKUP)
+            if backup_ns is not None:
+                db.execute(
+                    "INSERT INTO settings(name, value) VALUES ('last_backup_ns', ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                    (backup_ns,),
+                )
+
+    @classmethod
+    def _insert_complete(
+        cls, db: sqlite3.Connection, versions: Sequence[FileVersion], created_ns: int
+    ) -> None:
+        """``_insert_version`` of complete versions of distinct paths, as a batch: the newest
+        rows of their paths are read 500 at a time, the new rows go in complete, and all their
+        chunk rows in one statement (a backup of small files records 512 at a time)."""
+        newest: dict[str, tuple[Any, ...]] = {}
+        paths = [v.path for v in versions]
+        if len(set(paths)) != len(paths):  # one path twice: each must see the other's row
+            for version in versions:
+                vid = cls._insert_version(db, version, created_ns, ORIGIN_BACKUP)
+                db.execute("UPDATE versions SET complete=1 WHERE id=?", (vid,))
+            return
+        for i in range(0, len(paths), 500):
+            batch = paths[i : i + 500]
+            for row in db.execute(
+                "SELECT path, id, file_id, mode, uid, gid, ctime_ns, degree, xattrs, link,"
+                " complete FROM versions WHERE id IN (SELECT MAX(id) FROM versions"
+                f" WHERE path IN ({','.join('?' * len(batch))}) AND removed=0 GROUP BY path)",
+                batch,
+            ):
+                newest[str(row[0])] = row[1:]
+        new: list[FileVersion] = []
+        for version in versions:
+            row = newest.get(version.path)
+            if row is not None and cls._is_row_of(row, version):
+                if (row[5], row[6], row[9]) != (version.ctime_ns, version.degree, 1):
+                    db.execute(
+                        "UPDATE versions SET ctime_ns=?, degree=?, complete=1 WHERE id=?",
+                        (version.ctime_ns, version.degree, row[0]),
+                    )
+            else:
+                new.append(version)
+        if not new:
+            return
+        # AUTOINCREMENT inside this one write transaction: the rows get consecutive ids.
+        db.executemany(
+            _INSERT_VERSION,
+            [cls._version_row(v, created_ns, ORIGIN_BACKUP, complete=True) for v in new],
+        )
+        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        first = last - len(new) + 1
+        ends = db.execute("SELECT path FROM versions WHERE id IN (?, ?) ORDER BY id", (first, last))
+        if [str(r[0]) for r in ends] != list(dict.fromkeys([new[0].path, new[-1].path])):
+            raise CatalogFormatError("new version rows did not get consecutive ids")
+        db.executemany(
+            "INSERT INTO version_chunks(version_id, no, address) VALUES (?,?,?)",
+            [(first + i, no, a) for i, v in enumerate(new) for no, a in enumerate(v.chunks)],
+        )
+
+    def latest(
+        self, path: str, include_removed: bool = False, inode: int | None = None
+    ) -> FileVersion | None:
+        """The newest version of ``path``; with ``inode``, only if it was cut from that file."""
+        with self._reading() as db:
+            row = db.execute(
+                f"SELECT {_VERSION_COLUMNS}, inode FROM versions WHERE path=?"
+                + ("" if include_removed else " AND removed=0")
+                + " ORDER BY id DESC LIMIT 1",
+                (path,),
+            ).fetchone()
+            if row is None or (inode is not None and int(row[_N]) != inode) or row[4] == 0:
+                return None  # none, another file's, or the path is gone (an absence row)
+            return self._version_from_row(db, row[:_N])
+
+    def record_absent(self, paths: Iterable[str], created_ns: int) -> int:
+        """These paths are gone as of ``created_ns`` (a backup of their folder no longer found
+        them): each gets an *absence* row (mode 0, no chunks), so a restore as of a later
+        moment leaves them out; their earlier versions stay restorable. Returns how many."""
+        made = 0
+        with self._tx() as db:
+            created_ns = self._stamp(db, created_ns)
+            for path in paths:
+                row = db.execute(
+                    "SELECT mode FROM versions WHERE path=? AND removed=0 ORDER BY id DESC LIMIT 1",
+                    (path,),
+                ).fetchone()
+                if row is None or row[0] == 0:
+                    continue  # never backed up, or already noted as gone
+                db.execute(
+                    "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns,"
+                    " degree, owner, created_ns, complete, origin) VALUES"
+                    " (?, ?, 0, 0, 0, 0, 0, 0, 1, 0, ?, 1, ?)",
+                    (path, ABSENT_ID, created_ns, ORIGIN_BACKUP),
+                )
+                made += 1
+        return made
+
+    def latest_many(self, paths: Iterable[str]) -> dict[str, tuple[FileVersion, bool]]:
+        """The newest live version of each of ``paths`` that has one, with its completeness
+        (asked 500 paths at a time: a backup asks this for every file, unchanged or not)."""
+        out: dict[str, tuple[FileVersion, bool]] = {}
+        wanted = list(dict.fromkeys(paths))
+        with self._reading() as db:
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                rows = db.execute(
+                    f"SELECT {_VERSION_COLUMNS}, complete FROM versions WHERE id IN"
+                    f" (SELECT MAX(id) FROM versions WHERE path IN ({marks}) AND removed=0"
+                    " GROUP BY path)",
+                    batch,
+                ).fetchall()
+                rows = [r for r in rows if r[4] != 0]  # not gone (an absence row)
+                versions = self._versions_from_rows(db, [r[:_N] for r in rows])
+                for version, row in zip(versions, rows, strict=True):
+                    out[version.path] = (version, bool(row[_N]))
+        return out
+
+    def latest_stats(self, folder: str) -> dict[str, tuple[int, int, int]]:
+        """(size, mtime_ns, ctime_ns) of the newest live version of every file under
+        ``folder``: what tells a mount's catch-up that a file is unchanged (one query, no
+        chunk lists: 0.3 s at 100,000 files)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT v.path, v.size, v.mtime_ns, v.ctime_ns FROM (SELECT MAX(id) AS id"
+                " FROM versions WHERE removed=0 AND path LIKE ? ESCAPE '\\' GROUP BY path) m"
+                " JOIN versions v ON v.id = m.id WHERE v.mode != 0",
+                (_like_prefix(folder),),
+            ).fetchall()
+        return {str(p): (int(size), int(mtime), int(ctime)) for p, size, mtime, ctime in rows}
+
+    def versions_of(self, path: str) -> list[VersionInfo]:
+        """Every version of ``path``, oldest first, with its cut time and completeness."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT file_id, size, mtime_ns, created_ns, complete FROM versions"
+                " WHERE path=? AND removed=0 AND mode != 0 ORDER BY id",
+                (path,),
+            ).fetchall()
+            return [
+                VersionInfo(bytes(fid), int(size), int(mtime), int(created), bool(complete))
+                for fid, size, mtime, created, complete in rows
+            ]
+
+    def latest_versions(self, prefix: str = "") -> list[tuple[FileVersion, bool]]:
+        """The newest live version of every path (under ``prefix``), with completeness."""
+        with self._reading() as db:
+            columns = ", ".join(f"v.{c.strip()}" for c in _VERSION_COLUMNS.split(","))
+            rows = db.execute(
+                f"SELECT {columns}, v.complete FROM (SELECT MAX(id) AS id FROM versions"
+                " WHERE removed=0 AND (path = ? OR path LIKE ? ESCAPE '\\' OR ? = '')"
+                " GROUP BY path) m JOIN versions v ON v.id = m.id WHERE v.mode != 0"
+                " ORDER BY v.path",
+                (prefix, _like_prefix(prefix), prefix),
+            ).fetchall()
+            versions = self._versions_from_rows(db, [r[:_N] for r in rows])
+            return [(v, bool(r[_N])) for v, r in zip(versions, rows, strict=True)]
+
+    def wanted_degrees(self) -> dict[bytes, int]:
+        """Every chunk of a newest live version, with the highest degree one asks of it (for
+        ``status`` and ``check``: no version objects built, 0.25 s at 100,000 files)."""
+        wanted: dict[bytes, int] = {}
+        with self._reading() as db:
+            for address, degree in db.execute(
+                "SELECT c.address, v.degree FROM (SELECT MAX(id) AS id FROM versions"
+                " WHERE removed=0 GROUP BY path) m JOIN versions v ON v.id = m.id"
+                " JOIN version_chunks c ON c.version_id = v.id WHERE v.mode != 0"
+            ):
+                key = bytes(address)
+                if wanted.get(key, 0) < degree:
+                    wanted[key] = int(degree)
+        return wanted
+
+    def live_paths(self, prefix: str) -> list[str]:
+        """The paths under ``prefix`` whose newest version is not an absence row (no chunk
+        lists read: a backup of a large folder asks this every run)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT path FROM versions v WHERE removed=0 AND mode != 0"
+                " AND id = (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND removed=0)"
+                " AND (path = ? OR path LIKE ? ESCAPE '\\')",
+                (prefix, _like_prefix(prefix)),
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
+    def versions_at(self, prefix: str, at_ns: int) -> list[FileVersion]:
+        """The newest version of every path under ``prefix`` cut at or before ``at_ns``."""
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE removed=0 AND mode != 0"
+                " AND created_ns <= ?"
+                " AND id = (SELECT MAX(id) FROM versions w WHERE w.path = v.path AND removed=0"
+                " AND created_ns <= ?)"
+                " AND (path = ? OR path LIKE ? ESCAPE '\\' OR ? = '') ORDER BY path",
+                (at_ns, at_ns, prefix, _like_prefix(prefix), prefix),
+            ).fetchall()
+            return [self._version_from_row(db, r) for r in rows]
+
+    def set_complete(self, file_id: bytes, complete: bool = True) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE versions SET complete=? WHERE file_id=?", (int(complete), file_id))
+
+    def set_complete_many(self, file_ids: Iterable[bytes]) -> int:
+        """Mark these versions complete; how many were not yet (none: nothing is written)."""
+        with self._tx() as db:
+            cursor = db.executemany(
+                "UPDATE versions SET complete=1 WHERE file_id=? AND complete=0",
+                [(f,) for f in file_ids],
+            )
+            return max(cursor.rowcount, 0)
+
+    def pending_among(self, addresses: Iterable[bytes]) -> set[bytes]:
+        """Those of ``addresses`` some version not yet at its degree still uses (by index:
+        the cost follows the addresses asked about, not the size of the backlog)."""
+        with self._reading() as db:
+            return _matching(
+                db,
+                "SELECT DISTINCT c.address FROM version_chunks c JOIN versions v"
+                " ON v.id = c.version_id WHERE c.address IN ({marks})"
+                " AND v.complete=0 AND v.removed=0",
+                addresses,
+            )
+
+    def incomplete_versions(self) -> list[FileVersion]:
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE complete=0 AND removed=0 ORDER BY id"
+            ).fetchall()
+            return self._versions_from_rows(db, rows)
+
+    def backup_versions(self) -> list[tuple[int, str, int]]:
+        """(id, path, created_ns) of every complete live version made by the backup command."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT id, path, created_ns FROM versions WHERE origin=0 AND removed=0"
+                " AND complete=1 ORDER BY path, id"
+            ).fetchall()
+            return [(int(a), str(b), int(c)) for a, b, c in rows]
+
+    def delete_paths(self, paths: Iterable[str], known_nodes: Iterable[int]) -> DeleteReport:
+        """Forget every version of ``paths``; schedule deletes of the chunks nothing else uses.
+
+        One transaction: the versions are marked removed, a tombstone is written for every
+        orphaned chunk on every node that may hold it, and its holder rows are forgotten.
+        """
+        wanted = list(dict.fromkeys(paths))
+        with self._tx() as db:
+            candidates: set[bytes] = set()
+            for path in wanted:
+                for (address,) in db.execute(
+                    "SELECT address FROM version_chunks c JOIN versions v ON v.id = c.version_id"
+                    " WHERE v.path=? AND v.removed=0",
+                    (path,),
+                ):
+                    candidates.add(bytes(address))
+                db.execute("UPDATE versions SET removed=1 WHERE path=?", (path,))
+            orphaned = self._unreferenced(db, candidates)
+            nodes = self._schedule_deletes(db, orphaned, known_nodes)
+            return DeleteReport(len(wanted), orphaned, nodes)
+
+    @staticmethod
+    def _unreferenced(db: sqlite3.Connection, candidates: Iterable[bytes]) -> list[bytes]:
+        """Those of ``candidates`` that no live version and no catalog backup uses."""
+        orphaned = []
+        for address in candidates:
+            still = db.execute(
+                "SELECT 1 FROM version_chunks c JOIN versions v ON v.id = c.version_id"
+                " WHERE c.address=? AND v.removed=0 LIMIT 1",
+                (address,),
+            ).fetchone()
+            if still is None:
+                still = db.execute(
+                    "SELECT 1 FROM catalog_chunks WHERE address=?", (address,)
+                ).fetchone()
+            if still is None:
+                orphaned.append(address)
+        return sorted(orphaned)
+
+    @staticmethod
+    def _schedule_deletes(
+        db: sqlite3.Connection, orphaned: list[bytes], known_nodes: Iterable[int]
+    ) -> set[int]:
+        everyone = set(known_nodes)
+        nodes: set[int] = set()
+        for address in orphaned:
+            held = {
+                int(r[0])
+                for r in db.execute("SELECT node FROM holders WHERE address=?", (address,))
+            }
+            targets = held | everyone
+            nodes |= targets
+            db.executemany(
+                "INSERT OR IGNORE INTO tombstones(node, address) VALUES (?,?)",
+                [(n, address) for n in targets],
+            )
+            db.execute("DELETE FROM holders WHERE address=?", (address,))
+        return nodes
+
+    def live_addresses(self) -> list[tuple[bytes, int]]:
+        """Every chunk address a live version uses, with the highest degree asked for it."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT c.address, MAX(v.degree) FROM version_chunks c"
+                " JOIN versions v ON v.id = c.version_id WHERE v.removed=0 GROUP BY c.address"
+            ).fetchall()
+            return [(bytes(a), int(d)) for a, d in rows]
+
+    # -- holders and tombstones ----------------------------------------------------------
+
+    def add_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(pairs))
+
+    def drop_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
+        """These (address, node) copies were dropped (surplus trimmed)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM holders WHERE address=? AND node=?", list(pairs))
+
+    def set_holders(self, address: bytes, nodes: Iterable[int]) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM holders WHERE address=?", (address,))
+            db.executemany(
+                "INSERT INTO holders(address, node) VALUES (?,?)",
+                [(address, n) for n in set(nodes)],
+            )
+
+    def holders(self, address: bytes) -> set[int]:
+        with self._reading() as db:
+            return {
+                int(r[0])
+                for r in db.execute("SELECT node FROM holders WHERE address=?", (address,))
+            }
+
+    def holders_many(self, addresses: Iterable[bytes]) -> dict[bytes, set[int]]:
+        wanted = list(dict.fromkeys(addresses))
+        out: dict[bytes, set[int]] = {a: set() for a in wanted}
+        with self._reading() as db:
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                for address, node in db.execute(
+                    f"SELECT address, node FROM holders WHERE address IN ({marks})", batch
+                ):
+                    out[bytes(address)].add(int(node))
+        return out
+
+    def still_wanted(self, addresses: Iterable[bytes]) -> set[bytes]:
+        """Those of ``addresses`` a live version or the catalog copy uses, with no delete
+        pending (what holders may copy again when a copy is missing)."""
+        with self._reading() as db:
+            used = _matching(
+                db,
+                "SELECT c.address FROM version_chunks c JOIN versions v ON v.id = c.version_id"
+                " WHERE v.removed=0 AND c.address IN ({marks})"
+                " UNION SELECT address FROM catalog_chunks WHERE address IN ({marks})",
+                addresses,
+                uses=2,
+            )
+            return used - _matching(
+                db, "SELECT address FROM tombstones WHERE address IN ({marks})", used
+            )
+
+    def any_tombstoned(self, addresses: Iterable[bytes]) -> bool:
+        """Whether a delete is pending for any of ``addresses`` (on any node)."""
+        wanted = list(addresses)
+        with self._reading() as db:
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                if db.execute(
+                    f"SELECT 1 FROM tombstones WHERE address IN ({marks}) LIMIT 1", batch
+                ).fetchone():
+                    return True
+        return False
+
+    def tombstones(self) -> dict[int, list[bytes]]:
+        with self._reading() as db:
+            out: dict[int, list[bytes]] = {}
+            for node, address in db.execute("SELECT node, address FROM tombstones ORDER BY node"):
+                out.setdefault(int(node), []).append(bytes(address))
+            return out
+
+    def clear_tombstones(self, node: int, addresses: Iterable[bytes]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "DELETE FROM tombstones WHERE node=? AND address=?", [(node, a) for a in addresses]
+            )
+
+    def revive(self, addresses: Iterable[bytes]) -> None:
+        """Content that was deleted is wanted again: drop the deletes still owed for it."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM tombstones WHERE address=?", [(a,) for a in addresses])
+
+    # -- the catalog's own backup --------------------------------------------------------
+
+    def set_catalog_chunks(self, addresses: Iterable[bytes]) -> list[bytes]:
+        """Record the chunks of the newest catalog backup; returns those no longer needed."""
+        wanted = set(addresses)
+        with self._tx() as db:
+            old = {bytes(r[0]) for r in db.execute("SELECT address FROM catalog_chunks")}
+            db.execute("DELETE FROM catalog_chunks")
+            db.executemany(
+                "INSERT INTO catalog_chunks(address) VALUES (?)", [(a,) for a in sorted(wanted)]
+            )
+            return self._unreferenced(db, old - wanted)
+
+    def catalog_chunks(self) -> set[bytes]:
+        with self._reading() as db:
+            return {bytes(r[0]) for r in db.execute("SELECT address FROM catalog_chunks")}
+
+    def schedule_deletes(self, addresses: list[bytes], known_nodes: Iterable[int]) -> set[int]:
+        with self._tx() as db:
+            return self._schedule_deletes(db, self._unreferenced(db, addresses), known_nodes)
+
+    def copy_to(self, path: str | Path) -> None:
+        """A consistent copy of the whole catalog (SQLite's online backup), fsync'd."""
+        _private(Path(path))
+        target = sqlite3.connect(str(path))
+        try:
+            with self._lock:
+                self._db.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
