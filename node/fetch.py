@@ -7,7 +7,6 @@ of is added to the catalog).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
@@ -19,7 +18,7 @@ from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
 
-from .messages import MAX_BATCH, Chunk, ChunksMany, ErrorCode, GetChunk, GetChunks
+from .messages import Chunk, GetChunk
 from .node import Node
 from .report import RestoreError
 from .transport import PeerUnavailable, RemoteError
@@ -83,39 +82,12 @@ class Fetcher:
     async def get_envelopes(
         self, holder: int, addresses: list[bytes], damaged: set[bytes] | None = None
     ) -> dict[bytes, bytes]:
-        """The envelopes ``holder`` gave for ``addresses`` (not yet verified); those it said
-        its copy of is damaged are added to ``damaged``, if given.
-
-        One GETCHUNKS per MAX_BATCH addresses, all at once; a request that fails gives none of
-        its chunks (the caller fetches what is missing elsewhere).
-        """
-        found: dict[bytes, bytes] = {}
-
-        async def one_request(batch: list[bytes]) -> None:
-            try:
-                answer = await self.node.pool.request(
-                    holder,
-                    functools.partial(GetChunks, owner=self.owner_id, addresses=tuple(batch)),
-                    self.node.config.request_timeout,
-                )
-            except (PeerUnavailable, RemoteError) as exc:
-                log.info("batch from node %d failed: %s", holder, exc)
-                self.failed_requests += 1
-                return
-            if not isinstance(answer, ChunksMany) or len(answer.codes) != len(batch):
-                return
-            for address, envelope, code in zip(batch, answer.envelopes, answer.codes, strict=True):
-                if code == 0:
-                    found[address] = envelope
-                elif code == ErrorCode.CORRUPT and damaged is not None:
-                    damaged.add(address)
-
-        if len(addresses) <= MAX_BATCH:
-            await one_request(addresses)
-        else:
-            async with trio.open_nursery() as nursery:
-                for i in range(0, len(addresses), MAX_BATCH):
-                    nursery.start_soon(one_request, addresses[i : i + MAX_BATCH])
+        """The envelopes ``holder`` gave for our ``addresses`` (not yet verified); those it
+        said its copy of is damaged are added to ``damaged``, if given."""
+        found, failed = await self.node.replication.get_envelopes(
+            holder, self.owner_id, addresses, damaged
+        )
+        self.failed_requests += failed
         return found
 
     async def fetch_many(self, addresses: list[bytes]) -> list[bytes]:

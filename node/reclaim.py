@@ -1,7 +1,8 @@
 """Lending less: a holder gives back space by moving chunks elsewhere, then dropping them.
 
 A chunk is dropped only once enough other holders have a copy (its degree, not counting this
-node); the copies it must make first are made a few at a time in parallel, and a chunk no
+node), each shown: a holder that only answered QUERY that it has one must hand it over, the
+same bytes as this node's (a member may lie); the copies it must make first are made a few at a time in parallel, and a chunk no
 other computer can take (the others down or full) is kept, not waited on for ever: the
 report says how many, and the node tries again at each repair pass until it is within its
 quota. Chunks that arrive while it works (their puts admitted before the quota came down)
@@ -116,6 +117,7 @@ async def _move_batch(
     for owner, owned in by_owner.items():
         found = await node.replication.query_holders(owner, [c.address for c in owned])
         others = {c.address: found[c.address] - {node.node_id} for c in owned}
+        claimed = {a: set(h) for a, h in others.items()}  # what HOLDING said, not yet shown
         ready: list[StoredChunk] = []
 
         async with trio.open_nursery() as nursery:
@@ -123,6 +125,8 @@ async def _move_batch(
                 nursery.start_soon(
                     _copy_first, node, chunk, others[chunk.address], ready, kept, report, slots
                 )
+        if ready:
+            ready = await _shown(node, owner, ready, others, claimed, kept, report)
         if not ready:
             continue
         if report.copied:
@@ -145,6 +149,62 @@ async def _move_batch(
                 )
                 for peer in others[chunk.address]:
                     nursery.start_soon(_tell, node, peer, notice, slots)
+
+
+async def _shown(
+    node: Node,
+    owner: int,
+    ready: list[StoredChunk],
+    others: dict[bytes, set[int]],
+    claimed: dict[bytes, set[int]],
+    kept: dict[tuple[int, bytes], int],
+    report: ReclaimReport,
+) -> list[StoredChunk]:
+    """Those of ``ready`` whose other copies are shown, not only claimed: a member may answer
+    QUERY that it holds what it does not, and this node's copy must not go on its word. Each
+    holder that only said so hands its copies over (GETCHUNKS) and they must be this node's
+    bytes; one that does not is not counted, the copy is made elsewhere if it can be, and
+    the chunk is kept if not. (A holder that answered STORED to a copy just made counts.)"""
+    addresses = [c.address for c in ready]
+    ours = await trio.to_thread.run_sync(
+        node.store.get_many, owner, addresses, limiter=node.disk_limiter
+    )
+    mine = {a: e for a, e in zip(addresses, ours, strict=True) if isinstance(e, bytes)}
+    by_holder: dict[int, list[bytes]] = {}
+    for address in mine:
+        for holder in claimed[address] & others[address]:
+            by_holder.setdefault(holder, []).append(address)
+    liars: dict[int, int] = {}
+
+    async def show(holder: int, wanted: list[bytes]) -> None:
+        got, _failed = await node.replication.get_envelopes(holder, owner, wanted)
+        for address in wanted:
+            if got.get(address) != mine[address]:
+                others[address].discard(holder)
+                liars[holder] = liars.get(holder, 0) + 1
+
+    async with trio.open_nursery() as nursery:
+        for holder, wanted in by_holder.items():
+            nursery.start_soon(show, holder, wanted)
+    for holder, count in sorted(liars.items()):
+        log.warning(
+            "reclaim: node %d did not hand over %d chunks it said it holds; not counted",
+            holder,
+            count,
+        )
+    shown: list[StoredChunk] = []
+    for chunk in ready:
+        envelope = mine.get(chunk.address)
+        holders = others[chunk.address]
+        if envelope is not None and len(holders) < chunk.degree:
+            report.copied += await node.replication.replicate(
+                chunk.owner, chunk.address, chunk.degree, envelope, holders, rounds=COPY_ROUNDS
+            )
+        if envelope is not None and len(holders) >= chunk.degree:
+            shown.append(chunk)
+        else:
+            kept[(chunk.owner, chunk.address)] = chunk.length
+    return shown
 
 
 async def _copy_first(

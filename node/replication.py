@@ -15,8 +15,12 @@ import trio
 
 from .membership import Membership
 from .messages import (
+    MAX_BATCH,
     STORED_ALREADY,
     STORED_NEW,
+    ChunksMany,
+    ErrorCode,
+    GetChunks,
     Holding,
     ProtocolError,
     PutChunk,
@@ -78,6 +82,51 @@ class Replication:
                 for i in range(0, len(addresses), QUERY_BATCH):
                     nursery.start_soon(ask, peer, addresses[i : i + QUERY_BATCH])
         return result
+
+    async def get_envelopes(
+        self,
+        holder: int,
+        owner: int,
+        addresses: list[bytes],
+        damaged: set[bytes] | None = None,
+    ) -> tuple[dict[bytes, bytes], int]:
+        """The envelopes of ``owner``'s chunks ``holder`` gave for ``addresses`` (not verified),
+        and how many requests failed; those it said its copy of is damaged are added to
+        ``damaged``, if given.
+
+        One GETCHUNKS per MAX_BATCH addresses, all at once; a request that fails gives none of
+        its chunks (the caller looks elsewhere for what is missing).
+        """
+        found: dict[bytes, bytes] = {}
+        failed = 0
+
+        async def one_request(batch: list[bytes]) -> None:
+            nonlocal failed
+            try:
+                answer = await self.pool.request(
+                    holder,
+                    functools.partial(GetChunks, owner=owner, addresses=tuple(batch)),
+                    self.request_timeout,
+                )
+            except (PeerUnavailable, RemoteError) as exc:
+                log.info("batch from node %d failed: %s", holder, exc)
+                failed += 1
+                return
+            if not isinstance(answer, ChunksMany) or len(answer.codes) != len(batch):
+                return
+            for address, envelope, code in zip(batch, answer.envelopes, answer.codes, strict=True):
+                if code == 0:
+                    found[address] = envelope
+                elif code == ErrorCode.CORRUPT and damaged is not None:
+                    damaged.add(address)
+
+        if len(addresses) <= MAX_BATCH:
+            await one_request(addresses)
+        else:
+            async with trio.open_nursery() as nursery:
+                for i in range(0, len(addresses), MAX_BATCH):
+                    nursery.start_soon(one_request, addresses[i : i + MAX_BATCH])
+        return found, failed
 
     async def degrees(self, owner: int, addresses: list[bytes]) -> dict[bytes, int]:
         """How many peers answer that they hold each of ``addresses`` of ``owner``."""

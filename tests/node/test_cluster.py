@@ -223,6 +223,34 @@ async def test_reclaim_zero_keeps_every_chunk_at_degree(tmp_path: Path) -> None:
         await assert_at_degree(cluster, 1, 2)
 
 
+async def test_reclaim_does_not_drop_a_copy_on_a_lying_members_word(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member answers QUERY that it holds every chunk asked about. A node reclaiming all its
+    space must not drop its copies on that word: the liar is asked to hand them over, cannot,
+    is not counted, and the copies are made for real first (ground truth: the stores)."""
+    async with open_cluster(tmp_path / "c", 4) as cluster:
+        files = write_files(tmp_path / "src", random.Random(41))
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=2)
+        holder = max(range(2, 5), key=lambda n: len(cluster.members[n].store.chunks(1)))
+        liar = next(n for n in range(2, 5) if n != holder)
+        store = cluster.members[liar].store
+        monkeypatch.setattr(store, "which_held", lambda owner_id, addresses: set(addresses))
+        before = copies(cluster, 1)
+        assert before and all(n == 2 for n in before.values())
+        result = await cluster.members[holder].node.reclaim(0)
+        assert result.dropped > 0 and result.kept == 0
+        assert cluster.members[holder].store.chunks(1) == []
+        after = copies(cluster, 1)
+        assert set(after) == set(before)
+        assert all(n >= 2 for n in after.values()), sorted(after.values())[:5]
+        monkeypatch.undo()
+        await owner.restorer.restore_path(tmp_path / "src", tmp_path / "out")
+        for path, data in files.items():
+            assert (tmp_path / "out" / path.relative_to(tmp_path / "src")).read_bytes() == data
+
+
 async def test_delete_reaches_a_holder_that_was_down(tmp_path: Path) -> None:
     async with open_cluster(tmp_path / "c", 4) as cluster:
         write_files(tmp_path / "src", random.Random(5))
