@@ -31,6 +31,7 @@ from chunkstore.envelope import chunk_address
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import chunk_addresses, seal_chunks
 from chunkstore.retention import RetentionPolicy
+from chunkstore.sizes import format_size
 from chunkstore.store import ChunkStore
 
 from .catalogio import CatalogIO
@@ -50,7 +51,7 @@ from .localtree import (
     scan,
 )
 from .node import Node
-from .pending import Pending
+from .pending import UNSENT_BYTES, Pending
 from .report import BackupError, BackupPending, EntryPending, Progress, ProgressFn
 from .restore import Restorer
 from .restore_files import FileRestorer
@@ -218,10 +219,17 @@ class Owner:
                 what.append(pending_summary(report.pending, files, entries, degree))
             raise BackupError(f"{', '.join(what)}: {(failures + listing.unlisted)[0]}")
         if report.pending:
+            caveat = ""
+            if report.bytes_not_kept:
+                caveat = (
+                    f" ({format_size(report.bytes_not_kept)} of them did not fit in the"
+                    f" {format_size(UNSENT_BYTES)} kept aside: those are made only while their"
+                    " files stay unchanged)"
+                )
             raise BackupPending(
                 f"{pending_summary(report.pending, files, entries, degree)}: the node makes the"
-                " missing copies when holders return (`lanvault state` shows their degrees):"
-                f" {next(f'{p}: {why}' for p, why in report.pending.items())}"
+                f" missing copies when holders return{caveat} (`lanvault state` shows their"
+                f" degrees): {next(f'{p}: {why}' for p, why in report.pending.items())}"
             )
         await self._note_backup()  # a run that found nothing new is a backup all the same
         return report
@@ -275,7 +283,7 @@ class Owner:
             item = (empty, envelope, holders)
             learned, short = await self.uploader.send([item], degree, report)
             if short:  # recorded all the same: pending until the copies are made
-                await self.pending.keep_unsent([item], degree)
+                await self.pending.keep_unsent([item], degree, report)
                 report.pending.update((p, short[0]) for p in unchanged)
                 report.pending.update((v.path, short[0]) for _b, v in versions)
                 for before, version in versions:
@@ -344,7 +352,7 @@ class Owner:
                 if learned:
                     await self._db(self.catalog.add_holders, learned)
                 if short:
-                    await self.pending.keep_unsent(sent, degree)
+                    await self.pending.keep_unsent(sent, degree, report)
                 xattrs = read_xattrs(path)
                 after = os.lstat(path)
                 if (after.st_mtime_ns, after.st_ctime_ns) != (
@@ -539,7 +547,7 @@ class Owner:
             new, short_lines = await self.uploader.send(items, degree, report)  # ``live`` grows
             learned += new
             if short_lines:
-                await self.pending.keep_unsent(items, degree)
+                await self.pending.keep_unsent(items, degree, report)
         versions: list[FileVersion] = []
         pending: list[FileVersion] = []
         for path, st, before, (_chunks, addresses, xattrs) in read:
@@ -597,7 +605,7 @@ class Owner:
                 learned.extend(new)
                 failures.extend(short)
                 if short:
-                    await self.pending.keep_unsent(items, degree)
+                    await self.pending.keep_unsent(items, degree, report)
             finally:
                 for _ in items:
                     budget.release()

@@ -159,22 +159,32 @@ class Pending:
             if self.unsent.garbage_bytes() > UNSENT_BYTES // 8:
                 self.unsent.compact(0.5)
 
-    async def keep_unsent(self, items: list[tuple[bytes, bytes, set[int]]], degree: int) -> None:
+    async def keep_unsent(
+        self, items: list[tuple[bytes, bytes, set[int]]], degree: int, report: Progress
+    ) -> None:
         """Keep the envelopes of chunks still short of ``degree`` (durable before a pending
         version names them), so the node can finish the version when holders return even if
         the file changes meanwhile. Up to ``UNSENT_BYTES``: beyond that the node reads them
-        from the file again, which works while the file is unchanged."""
+        from the file again, which works while the file is unchanged (``report`` counts
+        those bytes, and the backup says so)."""
         short = [PutItem(self.owner_id, a, e, degree) for a, e, h in items if len(h) < degree]
         unsent = self.unsent
-        if not short or unsent is None:
+        if not short:
+            return
+        size = sum(len(item.envelope) for item in short)
+        if unsent is None:
+            report.bytes_not_kept += size
             return
 
-        def keep() -> None:
-            if unsent.free_bytes >= sum(len(item.envelope) for item in short):
+        def keep() -> bool:
+            if unsent.free_bytes >= size:
                 with contextlib.suppress(QuotaExceededError):  # another batch took the room
                     unsent.put_many(short)
+                    return True
+            return False
 
-        await trio.to_thread.run_sync(keep, limiter=self.node.disk_limiter)
+        if not await trio.to_thread.run_sync(keep, limiter=self.node.disk_limiter):
+            report.bytes_not_kept += size
 
     def kick(self) -> None:
         """Look at pending versions now (a mount just cut one)."""

@@ -53,6 +53,9 @@ class Progress:
     # Entries recorded but short of their degree (path -> why): the node makes the missing
     # copies when holders return; until then they are pending, not backed up.
     pending: dict[str, str] = field(default_factory=dict)
+    # Bytes of those copies that did not fit in the store kept aside (``UNSENT_BYTES``): they
+    # can be made only while their files stay unchanged.
+    bytes_not_kept: int = 0
 
     def note(self, before: FileVersion | None, after: FileVersion) -> None:
         """Count one backed-up entry by what it was against the newest version before."""

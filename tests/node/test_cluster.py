@@ -363,6 +363,45 @@ async def test_a_backup_short_of_its_degree_is_recorded_and_finished_when_holder
         assert os.readlink(out / "sub" / "link") == "../file1.bin"
 
 
+async def test_a_pending_backup_says_which_copies_depend_on_files_staying_unchanged(
+    tmp_path: Path,
+) -> None:
+    """The chunks a backup could not send are kept aside up to UNSENT_BYTES; beyond that the
+    node can make the copies only while the files are unchanged, and the backup says so
+    rather than promising them. When holders return, unchanged files' versions complete; a
+    changed file's version never takes the new content: it stays pending, or completed from
+    what was read before the change (the background resumption may have read it first)."""
+    src = tmp_path / "src"
+    files = write_files(src, random.Random(9))
+    async with open_cluster(tmp_path / "c", 3) as cluster:
+        owner = cluster.members[1].owner
+        assert owner.unsent is not None
+        owner.unsent.set_capacity(0)  # the store kept aside is full
+        await cluster.wait_connected()
+        for n in (2, 3):
+            await take_offline(cluster, n)
+        with pytest.raises(BackupPending) as pending:
+            await owner.backup_path(src, degree=2)
+        assert "did not fit in the 1.1 GB kept aside: those are made only while their files" in (
+            " ".join(str(pending.value).split())
+        ), pending.value
+        changed = max(files, key=lambda p: len(files[p]))  # chunks of its own, none shared
+        changed.write_bytes(b"changed since")
+        unchanged = {str(p) for p in files if p != changed}
+        for n in (2, 3):
+            cluster.hub.cut.discard(n)
+        with trio.fail_after(60):
+            while unchanged & {v.path for v in owner.catalog.incomplete_versions()}:
+                await trio.sleep(0.5)
+        out = tmp_path / "out"
+        await owner.restorer.restore_path(src, out)
+        for path, data in files.items():
+            if path != changed:
+                assert (out / path.name).read_bytes() == data
+        if str(changed) not in {v.path for v in owner.catalog.incomplete_versions()}:
+            assert (out / changed.name).read_bytes() == files[changed]
+
+
 async def test_repair_reports_what_it_made_and_what_it_could_not(tmp_path: Path) -> None:
     async with open_cluster(tmp_path / "c", 5) as cluster:
         write_files(tmp_path / "src", random.Random(5))
