@@ -43,6 +43,7 @@ from .errors import (
     InvalidIdError,
     QuotaExceededError,
 )
+from .readfds import ReadFds
 
 RECORD_MAGIC = b"LVR1"
 # magic(4) owner(u32) address(32) length(u32) sha256-of-envelope(32)
@@ -242,7 +243,7 @@ class ChunkStore:
         self._lock = threading.RLock()
         self._capacity = capacity
         self._used = self._stored_bytes()
-        self._read_fds: dict[int, int] = {}
+        self._read_fds = ReadFds()  # descriptors kept open for reading, bounded
         self._active: tuple[int, int] | None = None  # (segment, reserved size) appended to
         self._write_fds: dict[int, list[int]] = {}  # segment -> [fd, reservations in flight]
         self._reserved = 0  # bytes of puts written but not yet indexed (counted in the quota)
@@ -277,9 +278,7 @@ class ChunkStore:
             for fd, _inflight in self._write_fds.values():
                 os.close(fd)
             self._write_fds.clear()
-            for fd in self._read_fds.values():
-                os.close(fd)
-            self._read_fds.clear()
+            self._read_fds.close_all()
             self._db.close()
 
     def __enter__(self) -> Self:
@@ -606,10 +605,9 @@ class ChunkStore:
         with self._lock:
             self._ensure_open()
             loc = self._location(owner, address)
-            if loc is None:
-                raise ChunkNotFoundError(f"no chunk {address.hex()} of owner {owner}")
-            fd = self._read_fd(loc.segment)
-        return self._read_verified(fd, owner, address, loc)
+        if loc is None:
+            raise ChunkNotFoundError(f"no chunk {address.hex()} of owner {owner}")
+        return self._read_at(owner, address, loc)
 
     def get_many(
         self, owner: int, addresses: Sequence[bytes]
@@ -643,15 +641,34 @@ class ChunkStore:
             raise CorruptChunkError(f"chunk {short}… failed its checksum")
         return envelope
 
-    def _read_fd(self, segment: int) -> int:
-        fd = self._read_fds.get(segment)
-        if fd is None:
+    def _read_at(self, owner: int, address: bytes, loc: _Location) -> bytes:
+        """The verified envelope at ``loc``, read outside the lock. A process sharing this
+        store (the mount's outbox is read by the daemon) may have rewritten the segment
+        meanwhile, or reused its number: a failed read from a descriptor opened earlier is
+        tried once more on a fresh one, at the chunk's location as the index says now."""
+        for attempt in range(2):
+            segment = loc.segment
+            with self._lock:
+                try:
+                    fd, fresh = self._read_fds.acquire(segment, self._segment_path(segment))
+                except FileNotFoundError:
+                    fd, fresh = -1, True
             try:
-                fd = os.open(self._segment_path(segment), os.O_RDONLY)
-            except FileNotFoundError:
-                raise CorruptChunkError(f"segment {segment} is missing") from None
-            self._read_fds[segment] = fd
-        return fd
+                if fd < 0:
+                    raise CorruptChunkError(f"segment {loc.segment} is missing")
+                return self._read_verified(fd, owner, address, loc)
+            except CorruptChunkError:
+                with self._lock:
+                    now = self._location(owner, address)
+                    if attempt or (fresh and now == loc) or now is None:
+                        raise
+                    self._read_fds.forget(loc.segment)
+                    loc = now
+            finally:
+                if fd >= 0:
+                    with self._lock:
+                        self._read_fds.release(segment, fd)
+        raise AssertionError("unreachable")
 
     def chunks(self, owner: int | None = None) -> list[StoredChunk]:
         query = "SELECT owner, address, length, degree, stored_at FROM chunks"
@@ -779,9 +796,7 @@ class ChunkStore:
         for owner, address, segment, offset, length, digest in rows:
             loc = _Location(int(segment), int(offset), int(length), bytes(digest))
             try:
-                with self._lock:
-                    fd = self._read_fd(loc.segment)
-                self._read_verified(fd, int(owner), bytes(address), loc)
+                self._read_at(int(owner), bytes(address), loc)
             except CorruptChunkError as exc:
                 bad.append(BadChunk(int(owner), bytes(address), str(exc)))
         if drop_bad and bad:
@@ -945,15 +960,22 @@ class ChunkStore:
         moved: list[tuple[PutItem, bytes]] = []
         lost: list[tuple[int, bytes]] = []
         if rows:
-            fd = self._read_fd(number)
-            for owner, address, offset, length, digest, degree in rows:
-                loc = _Location(number, int(offset), int(length), bytes(digest))
-                try:
-                    envelope = self._read_verified(fd, int(owner), bytes(address), loc)
-                except CorruptChunkError:
-                    lost.append((int(owner), bytes(address)))
-                    continue
-                moved.append((PutItem(int(owner), bytes(address), envelope, int(degree)), digest))
+            try:
+                fd, _fresh = self._read_fds.acquire(number, self._segment_path(number))
+            except FileNotFoundError:
+                raise CorruptChunkError(f"segment {number} is missing") from None
+            try:
+                for owner, address, offset, length, digest, degree in rows:
+                    loc = _Location(number, int(offset), int(length), bytes(digest))
+                    try:
+                        envelope = self._read_verified(fd, int(owner), bytes(address), loc)
+                    except CorruptChunkError:
+                        lost.append((int(owner), bytes(address)))
+                        continue
+                    item = PutItem(int(owner), bytes(address), envelope, int(degree))
+                    moved.append((item, digest))
+            finally:
+                self._read_fds.release(number, fd)
         placed = self._append_records(moved) if moved else []
         with self._transaction():
             for (item, _), (seg, off) in zip(moved, placed, strict=True):
@@ -964,9 +986,7 @@ class ChunkStore:
             for owner, address in lost:
                 self._db.execute("DELETE FROM chunks WHERE owner=? AND address=?", (owner, address))
         self._used = self._stored_bytes()
-        fd_old = self._read_fds.pop(number, None)
-        if fd_old is not None:
-            os.close(fd_old)
+        self._read_fds.forget(number)
         with contextlib.suppress(FileNotFoundError):
             self._segment_path(number).unlink()
         _fsync_dir(self._segments_dir)
