@@ -42,6 +42,19 @@ def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def open_file_kinds(pid: int) -> dict[str, int]:
+    """What a process has open, by kind (sockets, pipes) or file name: says what leaked."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":")[0] if ":[" in target else Path(target).name
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
 class Workload:
     """Seeded mixed work in a folder: new files, overwrites, appends, renames, deletes, each
     file fsync'd, a steady few operations a second, until stopped."""
@@ -124,6 +137,11 @@ def test_an_hour_of_work_with_restarts_leaks_nothing(run: ScenarioRun, tmp_path:
             work.stop.set()
             writer.join(30)
         assert not work.errors, work.errors[:5]
+        assert mount.proc is not None
+        kinds = {  # what each process has open as the work ends (says what leaked, if any)
+            name: open_file_kinds(pid)
+            for name, pid in {"mount": mount.proc.pid, **pids(cluster)}.items()
+        }
         cluster.wait(lambda: all_safe(cluster, source.resolve()), 600, "every file safe")
         try:
             cluster.cli(1, "restore", mnt, "--to", tmp_path / "out", timeout=1800)
@@ -135,7 +153,7 @@ def test_an_hour_of_work_with_restarts_leaks_nothing(run: ScenarioRun, tmp_path:
         run.figure("holder restarts", restarts)
         run.figure("prunes", prunes)
         for name, series in samples.items():
-            judge(run, name, series, warm_up)
+            judge(run, name, series, warm_up, kinds.get(name, {}))
 
 
 def pids(cluster: ProcessCluster) -> dict[str, int]:
@@ -147,7 +165,11 @@ def pids(cluster: ProcessCluster) -> dict[str, int]:
 
 
 def judge(
-    run: ScenarioRun, name: str, series: list[tuple[float, int, int]], warm_up: float
+    run: ScenarioRun,
+    name: str,
+    series: list[tuple[float, int, int]],
+    warm_up: float,
+    kinds: dict[str, int],
 ) -> None:
     """RSS and open files of one process: after the warm-up, the last quarter's median is
     within the allowance of the median just after the warm-up."""
@@ -165,4 +187,4 @@ def judge(
     run.figure(f"peak RSS, {name}", max(s[1] for s in series) / 1e6, "MB")
     run.figure(f"open files at the end, {name}", fds_late)
     assert growth <= GROWTH_ALLOWED, (name, rss_early, rss_late)
-    assert fds_late <= fds_early + FD_SLACK, (name, fds_early, fds_late)
+    assert fds_late <= fds_early + FD_SLACK, (name, fds_early, fds_late, kinds)
