@@ -13,7 +13,7 @@ Two rules keep pruning from deleting what a backup is about to use:
   snapshot of a tree is never pruned: so what a cut reuses is never pruned under it;
 * pruning, ``delete`` and the tombstones and holder rows they change happen in one transaction,
   so a chunk is either still referenced by a live version or already scheduled for deletion,
-  never in between (backups in the daemon are held apart from both, see ``node/owner.py``).
+  never in between (backups in the daemon are held apart from both, see ``node/rwlock.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""A node: the chunk store served to peers, links to peers, membership, repair and reclaim.
-
-The owner role (backing up this computer's own files) is in ``owner.py`` and uses a node.
+"""A node: the chunk store served to peers, links to peers, membership, repair, scrub and
+reclaim. Copies are sent through ``replication.py``; the owner role (backing up this
+computer's own files) is in ``owner.py`` and uses a node.
 """
 
 from __future__ import annotations
