@@ -20,7 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import log
+from benchlib import free_port, log
 
 from chunkstore.cloud import (
     PARALLEL_REQUESTS,
@@ -31,7 +31,6 @@ from chunkstore.cloud import (
 from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.store import PutItem
-from tests.system.procs import free_port
 
 BATCH = 60  # chunks per put_many: the holder's group commit takes batches of this order
 

@@ -23,9 +23,12 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.pipeline import open_chunks, prepare_chunks
 from node.localtree import READ_BATCH
-from tests.system.procs import free_port  # below the ephemeral range: see there
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' helpers, as scripts/reliability_report.py does
+
+from tests.system.procs import free_port as free_port  # noqa: E402 (below the ephemeral range)
+
 GONE_AFTER = 5.0
 
 
