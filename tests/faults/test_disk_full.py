@@ -90,8 +90,11 @@ def test_a_holder_whose_disk_fills_takes_what_it_can_and_says_so(
             lines = cluster.nodes[3].log.read_text().splitlines()
             full_lines = [line for line in lines if "No space" in line or "full" in line]
             run.figure("disk-full lines logged", len(full_lines))
-            # One line when it filled (if a copy came to it meanwhile), never one per batch.
-            assert len(full_lines) == (1 if refused else 0), "\n".join(full_lines[:20])
+            # One line when it filled, never one per batch. (A copy may come to it from a
+            # repairing holder, or in a batch whose refused items the owner does not log: the
+            # owner's count is a lower bound of what node 3 refused.)
+            assert len(full_lines) <= 1, "\n".join(full_lines[:20])
+            assert len(full_lines) == 1 or not refused, (refused, full_lines)
             run.figure("peak RSS of the owner", peak_rss_mb(cluster, 1), "MB")
             run.figure("bytes moved", bytes_moved(cluster) / 1e6, "MB")
         finally:
