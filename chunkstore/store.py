@@ -660,7 +660,10 @@ class ChunkStore:
             except CorruptChunkError:
                 with self._lock:
                     now = self._location(owner, address)
-                    if attempt or (fresh and now == loc) or now is None:
+                if now is None:  # deleted meanwhile (by another process): not damaged
+                    raise ChunkNotFoundError(f"no chunk {address.hex()} of owner {owner}") from None
+                with self._lock:
+                    if attempt or (fresh and now == loc):
                         raise
                     self._read_fds.forget(loc.segment)
                     loc = now
@@ -797,6 +800,8 @@ class ChunkStore:
             loc = _Location(int(segment), int(offset), int(length), bytes(digest))
             try:
                 self._read_at(int(owner), bytes(address), loc)
+            except ChunkNotFoundError:
+                continue  # removed since the rows were read: not a bad copy
             except CorruptChunkError as exc:
                 bad.append(BadChunk(int(owner), bytes(address), str(exc)))
         if drop_bad and bad:

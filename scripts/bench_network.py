@@ -40,6 +40,7 @@ from benchlib import (
     loopback_ceiling,
     peak_rss_mb,
     pipeline_ceiling,
+    write_random,
 )
 
 from lanvault.runtime import tune_allocator
@@ -73,10 +74,7 @@ def main() -> int:
         src = root / "src"
         src.mkdir()
         size = args.size_mib * 1024 * 1024
-        log(f"writing {args.size_mib} MiB of random data …")
-        with open(src / "data.bin", "wb") as handle:
-            for _ in range(args.size_mib):
-                handle.write(os.urandom(1024 * 1024))
+        write_random(src / "data.bin", args.size_mib)
         net = Net(root / "net", 5)
         try:
             log("starting 5 nodes (owner + 4 storage nodes) …")

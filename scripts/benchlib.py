@@ -53,6 +53,14 @@ def lanvault(*args: str) -> str:
     return out.stdout
 
 
+def write_random(path: Path, mib: int) -> None:
+    """A file of ``mib`` MiB of random (incompressible) data."""
+    log(f"writing {mib} MiB of random data …")
+    with open(path, "wb") as handle:
+        for _ in range(mib):
+            handle.write(os.urandom(1024 * 1024))
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import chunkstore.store as store_module
+from chunkstore.errors import ChunkNotFoundError
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import prepare_chunk
 from chunkstore.readfds import MAX_IDLE_READ_FDS, ReadFds
@@ -99,3 +100,28 @@ def test_a_store_shared_with_another_process_reads_through_its_compactions(
         writer.close()
         reader.close()
     assert deleted_segments_held(tmp_path / "outbox") == 0
+
+
+def test_a_chunk_removed_by_the_other_process_is_not_taken_for_damaged(
+    tmp_path: Path, keys: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between looking a chunk up and reading it, the other process deleted it and compacted
+    its segment away: the read says "not found", not "corrupt" (a corrupt copy is reported
+    and re-made; this one is simply gone)."""
+    monkeypatch.setattr(store_module, "SEGMENT_LIMIT", 100_000)
+    writer = ChunkStore.open(tmp_path / "outbox", capacity=10**9)
+    reader = ChunkStore.open(tmp_path / "outbox", capacity=10**9)
+    try:
+        chunks = [prepare_chunk(keys, os.urandom(20_000)) for _ in range(12)]
+        writer.put_many([PutItem(1, c.address, c.envelope, 1) for c in chunks])
+        gone = chunks[0]
+        stale = reader._location(1, gone.address)
+        assert stale is not None
+        writer.delete_many(1, [gone.address])
+        writer.compact(0.01)
+        with pytest.raises(ChunkNotFoundError):
+            reader._read_at(1, gone.address, stale)
+        assert reader.get(1, chunks[1].address) == chunks[1].envelope
+    finally:
+        writer.close()
+        reader.close()
