@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .catalog import FileVersion, pack_xattrs, unpack_xattrs, version_key
 
@@ -134,6 +134,17 @@ class VersionInfo:
     mtime_ns: int
     created_ns: int
     complete: bool
+
+
+class FileListing(NamedTuple):
+    """A file's newest version as the STATE report lists it (a plain row: cheap to build)."""
+
+    path: str
+    file_id: bytes
+    size: int
+    degree: int
+    complete: bool
+    chunks: list[bytes]
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ offline (tombstones), and the chunks of the catalog's own backup."""
 from __future__ import annotations
 
 import sqlite3
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from .catalogbase import (
     ORIGIN_BACKUP,
     CatalogBase,
     DeleteReport,
+    FileListing,
     VersionInfo,
     _like_prefix,
     _matching,
     _private,
 )
 from .errors import CatalogFormatError
+
+_FILE_TYPE_BITS = 0o170000  # stat.S_IFMT's mask
 
 
 class CatalogVersions(CatalogBase):
@@ -213,6 +217,35 @@ class CatalogVersions(CatalogBase):
             ).fetchall()
             versions = self._versions_from_rows(db, [r[:_N] for r in rows])
             return [(v, bool(r[_N])) for v, r in zip(versions, rows, strict=True)]
+
+    def latest_files(self) -> list[FileListing]:
+        """The newest live version of every file (not folder), by path, as plain rows for the
+        STATE report: no version objects built (1 s of the report's 6 s at 100,000 files)."""
+        listing: list[FileListing] = []
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT v.id, v.path, v.file_id, v.size, v.degree, v.complete FROM"
+                " (SELECT MAX(id) AS id FROM versions WHERE removed=0 GROUP BY path) m"
+                " JOIN versions v ON v.id = m.id WHERE v.mode != 0 AND (v.mode & ?) != ?"
+                " ORDER BY v.path",
+                (_FILE_TYPE_BITS, stat.S_IFDIR),
+            ).fetchall()
+            chunks: dict[int, list[bytes]] = {int(r[0]): [] for r in rows}
+            for vid, address in db.execute(
+                "SELECT c.version_id, c.address FROM (SELECT MAX(id) AS id FROM versions"
+                " WHERE removed=0 GROUP BY path) m JOIN version_chunks c ON c.version_id = m.id"
+                " ORDER BY c.version_id, c.no"
+            ):
+                found = chunks.get(vid)
+                if found is not None:
+                    found.append(bytes(address))
+            for vid, path, fid, size, degree, complete in rows:
+                listing.append(
+                    FileListing(
+                        str(path), bytes(fid), int(size), int(degree), bool(complete), chunks[vid]
+                    )
+                )
+        return listing
 
     def wanted_degrees(self) -> dict[bytes, int]:
         """Every chunk of a newest live version, with the highest degree one asks of it (for

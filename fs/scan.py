@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import trio
 
@@ -29,8 +29,7 @@ from .versions import VERSIONS_NAME
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+class _Found(NamedTuple):  # a tuple: 100,000 of them are made at each mount
     path: str  # relative to SOURCE
     st: os.stat_result
     target: str = ""  # a symlink's
@@ -84,15 +83,29 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
     seq = await trio.to_thread.run_sync(cutter.latest_seq)
     root_fd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        entries, complete = await trio.to_thread.run_sync(_walk, root, root_fd)
-        changes += await _record(cutter, root_fd, entries, seq)
+        # The catalog's side (each file's last stats, the last snapshot's entries) is read
+        # while SOURCE is walked: the two overlap (2.2 s -> 1.6 s at 100,000 files). No cut
+        # happens meanwhile: requests wait until the catch-up is done.
+        latest: dict[str, tuple[int, int, int]] = {}
+        tree: list[tuple[str, str, int]] = []
+
+        async def read_catalog() -> None:
+            nonlocal latest, tree
+            catalog = cutter.catalog
+            latest = await trio.to_thread.run_sync(catalog.latest_stats, root)
+            if seq:
+                tree = await trio.to_thread.run_sync(catalog.tree_entries, root, seq)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_catalog)
+            entries, complete = await trio.to_thread.run_sync(_walk, root, root_fd)
+        changes += await _record(cutter, root_fd, entries, seq, latest)
     finally:
         os.close(root_fd)
-    present = {entry.path for entry in entries}
     if seq and not complete:
         log.warning("%s was not read whole: nothing is taken for removed this time", root)
     if seq and complete:
-        for path in await trio.to_thread.run_sync(_gone, cutter, present, seq):
+        for path in _gone(tree, {entry.path for entry in entries}):
             cutter.removed(path)  # with everything under it
             changes += 1
     await cutter.barrier()
@@ -101,11 +114,11 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
     return changes
 
 
-def _gone(cutter: VersionCutter, present: set[str], seq: int) -> list[str]:
-    """Entries of snapshot ``seq`` no longer in SOURCE (the top one of a gone folder only),
-    found in one worker-thread hop."""
+def _gone(tree: list[tuple[str, str, int]], present: set[str]) -> list[str]:
+    """Entries of a snapshot (its ``tree_entries``) no longer in SOURCE (the top one of a
+    gone folder only)."""
     gone: list[str] = []
-    for parent, name, _kind in cutter.catalog.tree_entries(cutter.source_root, seq):
+    for parent, name, _kind in tree:
         path = f"{parent}/{name}" if parent else name
         if path not in present and (not parent or parent in present):
             gone.append(path)
@@ -126,13 +139,17 @@ def _look_up(cutter: VersionCutter, entries: list[_Found], seq: int) -> dict[str
     return known
 
 
-async def _record(cutter: VersionCutter, root_fd: int, entries: list[_Found], seq: int) -> int:
-    """Cut a version of every file that changed, record every new or changed folder and
-    symlink; returns how many."""
+async def _record(
+    cutter: VersionCutter,
+    root_fd: int,
+    entries: list[_Found],
+    seq: int,
+    latest: dict[str, tuple[int, int, int]],
+) -> int:
+    """Cut a version of every file that changed (``latest``: each file's last size, mtime and
+    ctime, read in one query), record every new or changed folder and symlink; returns how
+    many."""
     changes = 0
-    # Each file's last (size, mtime, ctime), all in one query (one per file cost 100,000
-    # thread hops at 100,000 files).
-    latest = await trio.to_thread.run_sync(cutter.catalog.latest_stats, cutter.source_root)
     for start in range(0, len(entries), LOOKUP_BATCH):
         batch = entries[start : start + LOOKUP_BATCH]
         known = await trio.to_thread.run_sync(_look_up, cutter, batch, seq)

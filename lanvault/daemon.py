@@ -39,7 +39,7 @@ from .health import Health
 from .health import take as take_health
 from .runtime import raise_open_file_limit
 from .state import Config, StateDir
-from .state_report import state_report
+from .state_report import state_report_json
 
 log = logging.getLogger("lanvault")
 CATALOG_WAIT = 60.0  # seconds a backup waits for its catalog copy to reach the peers
@@ -292,7 +292,7 @@ class Daemon:
         return {"node_id": self.node.node_id, "address": self.node.address}
 
     async def op_state(self, request: dict[str, Any], emit: Emit) -> Any:
-        return await state_report(self.owner)
+        return Binary({"format": "json"}, await state_report_json(self.owner))
 
     async def health(self, own_degrees: bool = False) -> Health:
         """This node's health now (``lanvault/health.py``): status and metrics format it."""

@@ -106,7 +106,10 @@ def _address(v: Any) -> bytes:
 def _addresses(v: Any) -> tuple[bytes, ...]:
     if type(v) is not list or len(v) > MAX_ADDRESSES:
         raise ProtocolError(f"address list must be a list of at most {MAX_ADDRESSES}")
-    return tuple(_address(a) for a in v)
+    # Checked with C-level maps, not one call per address: a QUERY's answer may list 4,096.
+    if v and (set(map(type, v)) != {bytes} or set(map(len, v)) != {32}):
+        raise ProtocolError("address must be 32 bytes")
+    return tuple(v)
 
 
 def _envelope(v: Any) -> bytes:
@@ -181,7 +184,10 @@ def _envelope_batch(v: Any) -> tuple[tuple[bytes, bytes], ...]:
 def _address_batch(v: Any) -> tuple[bytes, ...]:
     if type(v) is not list or not 1 <= len(v) <= MAX_BATCH:
         raise ProtocolError(f"a chunk batch holds 1..{MAX_BATCH} chunks")
-    return tuple(_address(a) for a in v)
+    # Checked with C-level maps, not one call per address: a QUERY's answer may list 4,096.
+    if v and (set(map(type, v)) != {bytes} or set(map(len, v)) != {32}):
+        raise ProtocolError("address must be 32 bytes")
+    return tuple(v)
 
 
 def _results(v: Any) -> tuple[int, ...]:

@@ -204,8 +204,10 @@ class Pending:
 
     async def _resume_pending(self) -> None:
         pending = await self.io.call(self.catalog.incomplete_versions)
+        waiting = 0
         for i in range(0, len(pending), 2000):  # bounded memory for a huge backlog
             batch = pending[i : i + 2000]
             done = await self.ensure_versions(batch, Progress(), None)
-            if len(done) < len(batch):
-                log.info("%d pending versions still wait for copies", len(batch) - len(done))
+            waiting += len(batch) - len(done)
+        if waiting:  # one line for the whole backlog, not one per batch of it
+            log.info("%d pending versions still wait for copies", waiting)

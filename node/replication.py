@@ -59,8 +59,8 @@ class Replication:
     async def query_holders(
         self, owner: int, addresses: list[bytes], unanswered: set[int] | None = None
     ) -> dict[bytes, set[int]]:
-        """Ask every live peer which of ``addresses`` of ``owner`` it holds; peers that did
-        not answer are added to ``unanswered``."""
+        """Ask every live peer (but the owner's node) which of ``addresses`` of ``owner`` it
+        holds; peers that did not answer are added to ``unanswered``."""
         result: dict[bytes, set[int]] = {a: set() for a in addresses}
 
         async def ask(peer: int, batch: list[bytes]) -> None:
@@ -79,6 +79,8 @@ class Replication:
 
         async with trio.open_nursery() as nursery:
             for peer in self.membership.up_ids():
+                if peer == owner:
+                    continue  # placement never puts a chunk on its owner's node: not asked
                 for i in range(0, len(addresses), QUERY_BATCH):
                     nursery.start_soon(ask, peer, addresses[i : i + QUERY_BATCH])
         return result

@@ -432,6 +432,31 @@ def test_latest_many_is_latest_for_each_path(db: CatalogDB) -> None:
     assert all(complete == (v.file_id in marked) for v, complete in found.values())
 
 
+def test_the_state_listing_is_the_newest_version_of_every_file(db: CatalogDB) -> None:
+    """The plain rows ``state`` lists agree with the version objects: newest versions only,
+    folders left out, paths gone or deleted left out, chunks in order, completeness."""
+    rng = random.Random(11)
+    paths = [f"{ROOT}/f{n}" for n in range(300)]
+    for n, path in enumerate(paths):
+        for k in range(rng.randint(1, 3)):
+            v = version(path.removeprefix(ROOT + "/"), f"{n}.{k}", rng.randint(0, 300_000), k)
+            db.add_version(v, T0 + k)
+            if rng.random() < 0.5:
+                db.set_complete(v.file_id)
+    folder = dataclasses.replace(version("d", "d", 0), mode=0o040755)
+    db.add_version(folder, T0)
+    db.record_absent(paths[10:20], T0 + 10)
+    db.delete_paths(paths[20:25], [2, 3])
+    expected = [
+        (v.path, v.file_id, v.size, v.degree, complete, list(v.chunks))
+        for v, complete in db.latest_versions("")
+        if v.mode != folder.mode
+    ]
+    assert [tuple(f) for f in db.latest_files()] == expected
+    assert len(expected) == 300 - 15
+    assert f"{ROOT}/d" in {v.path for v, _ in db.latest_versions("")}
+
+
 def _rows(db: CatalogDB) -> list[tuple[object, ...]]:
     with db._reading() as conn:
         versions = conn.execute(
