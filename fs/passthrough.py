@@ -1,12 +1,14 @@
 """The live folder: a FUSE passthrough of SOURCE that records what is written.
 
-``PassthroughOps`` is an adapter only: every handler is a thin ``async`` method that calls the
-synchronous helpers below, and maps ``OSError`` to ``FUSEError`` with the same errno (the only
-exception a pyfuse3 handler may raise; anything else would take the mount down).
+``PassthroughOps`` is an adapter only: every handler is a thin ``async`` method over
+``Source`` (the real files, ``source.py``), ``ChangeRecorder`` (what is written and the versions
+it makes, ``recorder.py``), ``InodeTable`` (``inodes.py``) and, for the inodes of
+``versions/``, ``VersionsOps``; it maps ``OSError`` to ``FUSEError`` with the same errno (the
+only exception a pyfuse3 handler may raise; anything else would take the mount down).
 
-SOURCE is reached through a directory descriptor opened before mounting, with ``*at`` calls
-(``dir_fd=``), so mounting over SOURCE itself protects it in place. FUSE inode numbers are the
-underlying inode numbers, so they stay the same across remounts.
+FUSE inode numbers are the underlying inode numbers, so they stay the same across remounts.
+Handlers make their system calls inline: each is one metadata call of microseconds (a worker
+thread hop costs more); what can take long (fsync, a cut reading a file) runs off the loop.
 """
 
 from __future__ import annotations
@@ -28,14 +30,13 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
-from chunkstore.catalog import Xattrs, is_own_temp, read_xattrs
+from chunkstore.catalog import is_own_temp
 from chunkstore.chunking import CHUNK_SIZE
 
-from .capture import CutJob, VersionCutter
-from .cutschedule import CutScheduler
-from .dirty import DirtyTracker
+from .capture import VersionCutter
 from .inodes import InodeTable
-from .longpath import is_long, open_folder
+from .recorder import ChangeRecorder
+from .source import Source, set_attributes
 from .versions import VERSIONS_NAME, VersionsView
 from .versions_ops import VersionsOps
 
@@ -126,25 +127,27 @@ class PassthroughOps(pyfuse3.Operations):
         )
         self.capture = capture
         self.min_interval = min_interval
-        self.schedule = CutScheduler(min_interval, lambda inode: self._cut(inode, debounce=False))
         # versions/ answers for itself: the requests on its inodes go there
         self.vops = VersionsOps(versions, self.settle) if versions is not None else None
-        self.source_fd = source_fd
+        self.source = Source(source_fd)
         self.root_ino = os.fstat(source_fd).st_ino
         self.inodes = InodeTable(pyfuse3.ROOT_INODE)
         self.handles: dict[int, _Handle] = {}
-        self.dirty = DirtyTracker()
+        # What is written, and the versions it makes (debounce, cuts): ``recorder.py``.
+        self.changes = ChangeRecorder(capture, self.inodes, min_interval, self.source.open_for_read)
         self.i_am_root = os.geteuid() == 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Holds the debounced cuts (``CutScheduler``); runs until cancelled."""
-        await self.schedule.run(task_status=task_status)
+        await self.changes.run(task_status=task_status)
 
     async def settle(self) -> None:
         """Cut every debounced file now and wait until all is recorded (versions/ is exact)."""
-        await self.schedule.settle()
-        if self.capture is not None:
-            await self.capture.barrier()
+        await self.changes.settle()
+
+    async def cut_everything(self) -> None:
+        """At unmount: a version of every file with unrecorded changes, then wait for them."""
+        await self.changes.cut_everything()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -166,9 +169,6 @@ class PassthroughOps(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return min(entry.paths)
 
-    def _rel(self, path: str) -> str:
-        return path or "."
-
     def _child(self, parent: int, raw: bytes) -> str:
         base = self._path(parent)
         name = _name(raw)
@@ -176,26 +176,6 @@ class PassthroughOps(pyfuse3.Operations):
 
     def _fuse_ino(self, st_ino: int) -> InodeT:
         return InodeT(pyfuse3.ROOT_INODE if st_ino == self.root_ino else st_ino)
-
-    @contextlib.contextmanager
-    def _at(self, path: str) -> Iterator[tuple[int, str]]:
-        """(folder descriptor, name) that reach ``path`` (relative to SOURCE): SOURCE's and the
-        path itself when it is short, else the folder above it, opened a few components at a
-        time. A path from SOURCE's top may be longer than PATH_MAX where no program's call
-        was (it worked relative to a folder deep inside): the mount must not fail those."""
-        if not is_long(path):
-            yield self.source_fd, self._rel(path)
-            return
-        parent, _, name = path.rpartition("/")
-        fd = open_folder(self.source_fd, parent)
-        try:
-            yield fd, name
-        finally:
-            os.close(fd)
-
-    def _stat(self, path: str) -> os.stat_result:
-        with self._at(path) as (fd, name):
-            return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
     def _attrs(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
@@ -228,8 +208,7 @@ class PassthroughOps(pyfuse3.Operations):
     def _own(self, path: str, ctx: pyfuse3.RequestContext) -> None:
         # As root, give new entries to the user who made them, as a normal folder does.
         if self.i_am_root:
-            with self._at(path) as (fd, name):
-                os.chown(name, ctx.uid, ctx.gid, dir_fd=fd, follow_symlinks=False)
+            self.source.give_to(path, ctx.uid, ctx.gid)
 
     # -- lookups and attributes ------------------------------------------------------------
 
@@ -243,7 +222,7 @@ class PassthroughOps(pyfuse3.Operations):
                 return self.vops.top_attrs()
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            return self._remember(path, self._stat(path))
+            return self._remember(path, self.source.stat(path))
 
     async def forget(self, inode_list: list[tuple[InodeT, int]]) -> None:  # type: ignore[override]
         for inode, count in inode_list:
@@ -254,8 +233,8 @@ class PassthroughOps(pyfuse3.Operations):
                 continue
             entry.lookups -= count
             if entry.lookups <= 0 and entry.open_handles == 0:
-                if self.dirty.is_dirty(inode):
-                    await self._cut(inode, debounce=False)  # never drop a pending version
+                if self.changes.is_dirty(inode):
+                    await self.changes.cut(inode, debounce=False)  # never drop a pending version
                     # The kernel may have looked it up or opened it again meanwhile.
                     if (
                         entry.lookups > 0
@@ -263,11 +242,10 @@ class PassthroughOps(pyfuse3.Operations):
                         or self.inodes.get(inode) is not entry
                     ):
                         continue
-                if self.capture is not None and self.capture.busy(inode):
+                if self.changes.busy(inode):
                     continue  # a cut still reads it under this entry's lock: keep the entry
                 self.inodes.drop(inode)
-                self.dirty.forget(inode)
-                self.schedule.forget(inode)
+                self.changes.forget(inode)
 
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self.vops is not None and self.vops.owns(inode):
@@ -276,7 +254,7 @@ class PassthroughOps(pyfuse3.Operations):
             for handle in self.handles.values():
                 if handle.inode == inode:  # an unlinked but open file still has attributes
                     return self._attrs(os.fstat(handle.fd))
-            return self._attrs(self._stat(self._path(inode)))
+            return self._attrs(self.source.stat(self._path(inode)))
 
     async def setattr(
         self,
@@ -288,55 +266,15 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(inode)
         with _fuse_errors():
-            path = self._path(inode) if fh is None else ""
-            target: int | str = self.handles[fh].fd if fh is not None else path
             if fields.update_size:
-                entry = self.inodes[inode]
-                await self._cut_deferred(inode)
-                await self._wait_for_room(inode)
-                async with entry.lock:
-                    if self.capture is not None:
-                        self.capture.before_truncate(inode, attr.st_size)
-                    if fh is not None:
-                        os.ftruncate(self.handles[fh].fd, attr.st_size)
-                    else:
-                        with self._at(path) as (at, name):
-                            fd = os.open(name, os.O_WRONLY, dir_fd=at)
-                        try:
-                            os.ftruncate(fd, attr.st_size)
-                        finally:
-                            os.close(fd)
-                    self.dirty.truncate(inode, attr.st_size)
-                if entry.open_handles == 0:
-                    await self._cut(inode)
-            if fields.update_mode:
-                if isinstance(target, int):
-                    os.fchmod(target, stat.S_IMODE(attr.st_mode))
-                else:
-                    with self._at(path) as (at, name):
-                        os.chmod(name, stat.S_IMODE(attr.st_mode), dir_fd=at)
-            if fields.update_uid or fields.update_gid:
-                uid = attr.st_uid if fields.update_uid else -1
-                gid = attr.st_gid if fields.update_gid else -1
-                if isinstance(target, int):
-                    os.fchown(target, uid, gid)
-                else:
-                    with self._at(path) as (at, name):
-                        os.chown(name, uid, gid, dir_fd=at, follow_symlinks=False)
-            if fields.update_atime or fields.update_mtime:
-                current = (
-                    os.fstat(target) if isinstance(target, int) else self._stat(self._path(inode))
-                )
-                atime = attr.st_atime_ns if fields.update_atime else current.st_atime_ns
-                mtime = attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns
-                if isinstance(target, int):
-                    os.utime(target, ns=(atime, mtime))
-                else:
-                    with self._at(path) as (at, name):
-                        os.utime(name, ns=(atime, mtime), dir_fd=at, follow_symlinks=False)
-            st = os.fstat(target) if isinstance(target, int) else self._stat(self._path(inode))
+                await self._set_size(inode, fh, attr.st_size)
+            if fh is not None:
+                st = set_attributes(self.handles[fh].fd, attr, fields)
+            else:
+                with self.source.at(self._path(inode)) as (at, name):
+                    st = set_attributes((at, name), attr, fields)
         changed_attrs = fields.update_mode or fields.update_atime or fields.update_mtime
-        if self.capture is not None and changed_attrs and not self.dirty.is_dirty(inode):
+        if self.capture is not None and changed_attrs and not self.changes.is_dirty(inode):
             # A dirty file's next version carries its new mode and times anyway.
             with _fuse_errors():
                 for path in sorted(self.inodes[inode].paths):
@@ -344,18 +282,31 @@ class PassthroughOps(pyfuse3.Operations):
                         self.capture.attributes_changed(path, st)
         return self._attrs(st)
 
+    async def _set_size(self, inode: int, fh: int | None, size: int) -> None:
+        entry = self.inodes[inode]
+        if fh is not None:
+            await self.changes.truncate(inode, self.handles[fh].fd, size)
+        else:
+            fd = self.source.open(self._path(inode), os.O_WRONLY)
+            try:
+                await self.changes.truncate(inode, fd, size)
+            finally:
+                os.close(fd)
+        if entry.open_handles == 0:
+            await self.changes.cut(inode)
+
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
         if self.vops is not None and self.vops.owns(inode):
             return self.vops.readlink(inode)
-        with _fuse_errors(), self._at(self._path(inode)) as (fd, name):
-            return FileNameT(os.fsencode(os.readlink(name, dir_fd=fd)))
+        with _fuse_errors():
+            return FileNameT(os.fsencode(self.source.readlink(self._path(inode))))
 
     async def access(self, inode: InodeT, mode: ModeT, ctx: pyfuse3.RequestContext) -> bool:
         return True  # mounted with default_permissions: the kernel checks modes
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         with _fuse_errors():
-            st = os.statvfs(self.source_fd)
+            st = os.statvfs(self.source.fd)
         data = pyfuse3.StatvfsData()
         for name in (
             "f_bsize",
@@ -394,12 +345,7 @@ class PassthroughOps(pyfuse3.Operations):
             start_id -= 1
         with _fuse_errors():
             base = self._path(fh)
-            with self._at(base) as (at, leaf):
-                dir_fd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY, dir_fd=at)
-            try:
-                names = sorted(os.listdir(dir_fd))
-            finally:
-                os.close(dir_fd)
+            names = self.source.names(base)
         # Cookies are positions in the sorted listing (+1: 0 means "from the start").
         for index in range(start_id, len(names)):
             name = names[index]
@@ -407,7 +353,7 @@ class PassthroughOps(pyfuse3.Operations):
                 continue  # a real entry of that name is hidden behind versions/
             path = f"{base}/{name}" if base else name
             try:
-                st = self._stat(path)
+                st = self.source.stat(path)
             except OSError:
                 continue  # removed meanwhile
             if not pyfuse3.readdir_reply(
@@ -424,12 +370,7 @@ class PassthroughOps(pyfuse3.Operations):
         if self._virtual(fh):
             return
         with _fuse_errors():
-            with self._at(self._path(fh)) as (at, name):
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=at)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self.source.sync_folder(self._path(fh))
 
     async def mkdir(
         self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: pyfuse3.RequestContext
@@ -438,12 +379,12 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            with self._at(path) as (fd, leaf):
+            with self.source.at(path) as (fd, leaf):
                 os.mkdir(leaf, mode & ~ctx.umask, dir_fd=fd)
             self._own(path, ctx)
-            st = self._stat(path)
+            st = self.source.stat(path)
         if self.capture is not None and not is_own_temp(path):
-            self.capture.made(path, st, "", self._xattrs_of(path) or ())  # a default ACL
+            self.capture.made(path, st, "", self.source.xattrs_of(path) or ())  # a default ACL
         return self._remember(path, st)
 
     async def rmdir(
@@ -463,7 +404,7 @@ class PassthroughOps(pyfuse3.Operations):
             path = self._child(parent_inode, name)
         await self._cut_pending(path)  # what was written last is versioned under its name
         with _fuse_errors():
-            with self._at(path) as (fd, leaf):
+            with self.source.at(path) as (fd, leaf):
                 remove(leaf, dir_fd=fd)
             self.inodes.forget_path(path)
         if self.capture is not None and not is_own_temp(path):
@@ -489,7 +430,10 @@ class PassthroughOps(pyfuse3.Operations):
         await self._cut_pending(old)
         await self._cut_pending(new)
         with _fuse_errors():
-            with self._at(old) as (old_fd, old_leaf), self._at(new) as (new_fd, new_leaf):
+            with (
+                self.source.at(old) as (old_fd, old_leaf),
+                self.source.at(new) as (new_fd, new_leaf),
+            ):
                 os.rename(old_leaf, new_leaf, src_dir_fd=old_fd, dst_dir_fd=new_fd)
             self.inodes.moved(old, new)  # what was at ``new`` is forgotten
         if self.capture is None:
@@ -504,11 +448,10 @@ class PassthroughOps(pyfuse3.Operations):
     async def _took_its_name(self, path: str) -> None:
         """One of lanvault's temporary files became ``path``: record it there, whole."""
         with _fuse_errors():
-            st = self._stat(path)
+            st = self.source.stat(path)
         inode = self._fuse_ino(st.st_ino)
-        if not self.dirty.is_dirty(inode):  # written before this mount began: read it all
-            self.dirty.write(inode, 0, st.st_size + CHUNK_SIZE)
-        await self._cut(inode, debounce=False)
+        self.changes.all_of(inode, st.st_size + CHUNK_SIZE)  # it may predate this mount
+        await self.changes.cut(inode, debounce=False)
 
     async def link(
         self,
@@ -522,11 +465,14 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             new = self._child(new_parent_inode, new_name)
             existing = self._path(inode)
-            with self._at(existing) as (old_fd, old_leaf), self._at(new) as (new_fd, new_leaf):
+            with (
+                self.source.at(existing) as (old_fd, old_leaf),
+                self.source.at(new) as (new_fd, new_leaf),
+            ):
                 os.link(
                     old_leaf, new_leaf, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False
                 )
-            attrs = self._remember(new, self._stat(new))
+            attrs = self._remember(new, self.source.stat(new))
         if self.capture is not None and not is_own_temp(new):
             if is_own_temp(existing):
                 await self._took_its_name(new)
@@ -541,10 +487,10 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            with self._at(path) as (fd, leaf):
+            with self.source.at(path) as (fd, leaf):
                 os.symlink(os.fsdecode(target), leaf, dir_fd=fd)
             self._own(path, ctx)
-            st = self._stat(path)
+            st = self.source.stat(path)
         if self.capture is not None and not is_own_temp(path):
             self.capture.made(path, st, os.fsdecode(target))
         return self._remember(path, st)
@@ -561,10 +507,10 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            with self._at(path) as (fd, leaf):
+            with self.source.at(path) as (fd, leaf):
                 os.mknod(leaf, mode & ~ctx.umask, rdev, dir_fd=fd)
             self._own(path, ctx)
-            return self._remember(path, self._stat(path))
+            return self._remember(path, self.source.stat(path))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -582,35 +528,16 @@ class PassthroughOps(pyfuse3.Operations):
             return self.vops.open(inode, flags)
         # O_APPEND would let the kernel pick offsets we do not see; writes come with them.
         # O_TRUNC is done here, after a cut still reading the file kept its bytes aside.
-        with _fuse_errors(), self._at(self._path(inode)) as (at, name):
-            fd = os.open(
-                name,
+        with _fuse_errors():
+            fd = self.source.open(
+                self._path(inode),
                 (flags & ~os.O_APPEND & ~os.O_CREAT & ~os.O_EXCL & ~os.O_TRUNC) | os.O_NOFOLLOW,
-                dir_fd=at,
             )
         handle = self._register(fd, inode, flags)
         if flags & os.O_TRUNC:
             with _fuse_errors():
-                await self._truncate_fd(inode, fd, 0)
+                await self.changes.truncate(inode, fd, 0)
         return handle
-
-    async def _truncate_fd(self, inode: int, fd: int, size: int) -> None:
-        await self._cut_deferred(inode)
-        await self._wait_for_room(inode)
-        entry = self.inodes.ensure(inode)
-        async with entry.lock:
-            if self.capture is not None:
-                self.capture.before_truncate(inode, size)
-            os.ftruncate(fd, size)
-            self.dirty.truncate(inode, size)
-
-    async def _wait_for_room(self, inode: int) -> None:
-        """Writers wait while a cut of this file holds too much copied aside."""
-        while self.capture is not None:
-            job = self.capture.aside_full(inode)
-            if job is None:
-                return
-            await job.progressed.wait()
 
     async def create(
         self,
@@ -624,21 +551,19 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode, name)
         with _fuse_errors():
             path = self._child(parent_inode, name)
-            with self._at(path) as (at, leaf):
-                fd = os.open(
-                    leaf,
-                    (flags & ~os.O_APPEND & ~os.O_TRUNC) | os.O_CREAT | os.O_NOFOLLOW,
-                    mode & ~ctx.umask,
-                    dir_fd=at,
-                )
+            fd = self.source.open(
+                path,
+                (flags & ~os.O_APPEND & ~os.O_TRUNC) | os.O_CREAT | os.O_NOFOLLOW,
+                mode & ~ctx.umask,
+            )
             self._own(path, ctx)
             attrs = self._remember(path, os.fstat(fd))
             handle = self._register(fd, attrs.st_ino, flags)
         with _fuse_errors():
             if attrs.st_size == 0:  # a new file (the usual case): its empty version is due
-                self.dirty.truncate(attrs.st_ino, 0)
+                self.changes.created(attrs.st_ino)
             elif flags & os.O_TRUNC:  # it existed after all: truncated as a write would be
-                await self._truncate_fd(attrs.st_ino, fd, 0)
+                await self.changes.truncate(attrs.st_ino, fd, 0)
                 attrs = self._attrs(os.fstat(fd))
         return handle, attrs
 
@@ -666,14 +591,13 @@ class PassthroughOps(pyfuse3.Operations):
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
         entry = self.inodes[handle.inode]
-        await self._wait_for_room(handle.inode)
+        await self.changes.wait_for_room(handle.inode)
         with _fuse_errors():
             async with entry.lock:  # a cut reading this file holds the lock between batches
                 self._checked(handle)
-                if self.capture is not None:
-                    self.capture.before_write(handle.inode, off, len(buf))
+                self.changes.before_write(handle.inode, off, len(buf))
                 written = os.pwrite(fh, buf, off)
-                self.dirty.write(handle.inode, off, written)
+                self.changes.wrote(handle.inode, off, written)
                 handle.wrote = True
                 return written
 
@@ -684,7 +608,7 @@ class PassthroughOps(pyfuse3.Operations):
         # A handle that wrote nothing (a shell's `> file` closes a duplicate before writing)
         # leaves its file to the release: an empty first version would be noise.
         if handle is not None and handle.writable and handle.wrote:
-            await self._cut(handle.inode, fh)
+            await self.changes.cut(handle.inode, fh)
 
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
         if self._virtual(fh):
@@ -693,7 +617,7 @@ class PassthroughOps(pyfuse3.Operations):
         with _fuse_errors():
             self._checked(handle)
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
-        job = await self._cut(handle.inode, fh)
+        job = await self.changes.cut(handle.inode, fh)
         if job is not None and self.capture is not None:
             # Asked for durability: the version is durable (outbox and catalog) on return too.
             # (A debounced cut is not waited for: SOURCE itself is durable, and a crash before
@@ -710,97 +634,28 @@ class PassthroughOps(pyfuse3.Operations):
             if entry is not None:
                 entry.open_handles -= 1
                 if entry.open_handles == 0:
-                    await self._cut(handle.inode, fh)
+                    await self.changes.cut(handle.inode, fh)
         finally:
             with _fuse_errors():
                 os.close(fh)
 
-    async def _cut(self, inode: int, fd: int | None = None, debounce: bool = True) -> CutJob | None:
-        """Hand a written file's changes over for backup (a version of this instant).
-
-        A file cut less than ``min_interval`` ago gets its next version when the interval
-        is over (debounce), so a file written continuously does not make a version per close.
-        """
-        if self.capture is None or not self.dirty.is_dirty(inode):
-            return None
-        entry = self.inodes.get(inode)
-        if entry is None or not entry.paths:
-            self.dirty.forget(inode)  # unlinked: nothing to version under a name
-            return None
-        if not self.schedule.begin(inode, debounce):
-            return None  # cut when its interval is over (``CutScheduler``)
-        names = sorted(p for p in entry.paths if not is_own_temp(p))
-        if not names:
-            return None  # lanvault's own temporary file: cut when it takes its real name
-        async with entry.lock:
-            changes = self.dirty.take(inode)
-            if changes is None:
-                return None
-            path = names[0]
-            read_fd = None
-            try:
-                # A read-only descriptor of our own: the writer's may be write-only. Reopening
-                # through /proc reaches the same inode even if it was renamed meanwhile.
-                if fd is not None:
-                    read_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
-                else:
-                    with self._at(path) as (at, name):
-                        read_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=at)
-                return await self.capture.cut(
-                    path,
-                    read_fd,
-                    changes,
-                    lock=entry.lock,
-                    inode=inode,
-                    on_failure=functools.partial(self.dirty.restore, inode),
-                    aliases=tuple(names[1:]),  # its hard links
-                )
-            except Exception:
-                # The changes stay recorded and are retried at the next cut.
-                log.exception("could not record a new version of %s", path)
-                self.dirty.restore(inode, changes)
-                return None
-            finally:
-                if read_fd is not None:
-                    os.close(read_fd)
-
-    async def _cut_deferred(self, inode: int) -> None:
-        """A truncation is coming: a saved state still waiting for its version gets it now."""
-        if self.schedule.waiting(inode):
-            await self._cut(inode, debounce=False)
-
     async def _cut_pending(self, path: str) -> None:
         """Cut now a debounced version of the file at ``path`` (before it moves or goes)."""
         try:
-            st = self._stat(path)
+            st = self.source.stat(path)
         except OSError:
             return
         inode = self._fuse_ino(st.st_ino)
-        if stat.S_ISREG(st.st_mode) and self.dirty.is_dirty(inode):
-            await self._cut(inode, debounce=False)
-
-    async def cut_everything(self) -> None:
-        """At unmount: a version of every file with unrecorded changes, then wait for them."""
-        await self.settle()
-        for inode in list(self.inodes):
-            if self.dirty.is_dirty(inode):
-                await self._cut(inode, debounce=False)
-        if self.capture is not None:
-            await self.capture.barrier()
+        if stat.S_ISREG(st.st_mode) and self.changes.is_dirty(inode):
+            await self.changes.cut(inode, debounce=False)
 
     # -- extended attributes ---------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _xattr_path(self, inode: int) -> Iterator[str]:
-        """A path the xattr calls (which take no folder descriptor) reach the entry by."""
-        with self._at(self._path(inode)) as (fd, name):
-            yield f"/proc/self/fd/{fd}/{name}"
 
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
         if self.vops is not None and self.vops.owns(inode):
             return self.vops.getxattr(inode, name)
         with _fuse_errors():
-            with self._xattr_path(inode) as where:
+            with self.source.xattr_path(self._path(inode)) as where:
                 found: bytes = os.getxattr(where, os.fsdecode(name), follow_symlinks=False)
             return found
 
@@ -808,7 +663,7 @@ class PassthroughOps(pyfuse3.Operations):
         self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._refuse_virtual(inode)
-        with _fuse_errors(), self._xattr_path(inode) as where:
+        with _fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             os.setxattr(where, os.fsdecode(name), value, follow_symlinks=False)
         await self._xattrs_changed(inode)
 
@@ -822,33 +677,24 @@ class PassthroughOps(pyfuse3.Operations):
             return
         with _fuse_errors():
             path = self._path(inode)
-            st = self._stat(path)
-        xattrs = self._xattrs_of(path)  # the call itself succeeded: it is not failed now
+            st = self.source.stat(path)
+        xattrs = self.source.xattrs_of(path)  # the call itself succeeded: it is not failed now
         if xattrs is None:
             return
         for name in sorted(self.inodes[inode].paths):
             if not is_own_temp(name):
                 self.capture.attributes_changed(name, st, xattrs)
 
-    def _xattrs_of(self, path: str) -> Xattrs | None:
-        """The entry's extended attributes, for its history; None (logged) if unreadable."""
-        try:
-            with self._at(path) as (fd, name):
-                return read_xattrs(name, dir_fd=fd)
-        except OSError as exc:
-            log.warning("%s: its extended attributes are not recorded: %s", path, exc)
-            return None
-
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
         if self.vops is not None and self.vops.owns(inode):
             return self.vops.listxattr(inode)
-        with _fuse_errors(), self._xattr_path(inode) as where:
+        with _fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             return [XAttrNameT(os.fsencode(n)) for n in os.listxattr(where, follow_symlinks=False)]
 
     async def removexattr(
         self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         self._refuse_virtual(inode)
-        with _fuse_errors(), self._xattr_path(inode) as where:
+        with _fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             os.removexattr(where, os.fsdecode(name), follow_symlinks=False)
         await self._xattrs_changed(inode)
