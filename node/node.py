@@ -9,17 +9,14 @@ import functools
 import logging
 import math
 import random
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from chunkstore import crashpoints
-from chunkstore.errors import ChunkNotFoundError
 from chunkstore.kitexchange import KitOffer
-from chunkstore.store import BadChunk, ChunkStore, StoredChunk
+from chunkstore.store import BadChunk, ChunkStore
 
 from .discovery import run_discovery, with_source_host
 from .enrolment import Enroller
@@ -33,7 +30,6 @@ from .messages import (
     ErrorCode,
     Heartbeat,
     Hello,
-    Holding,
     KitProof,
     KitRequest,
     Message,
@@ -41,13 +37,13 @@ from .messages import (
     ProtocolError,
     Removed,
     Request,
-    Wanted,
 )
 from .peerbook import keep_peer_book, recall
 from .pool import PeerPool
 from .protocol import check_anonymous
 from .reclaim import ReclaimReport, reclaim
-from .replication import QUERY_BATCH, Replication
+from .repair import Repairer, RepairReport
+from .replication import Replication
 from .roster import RosterBook, RosterSync
 from .transport import Authenticated, Channel, Network
 
@@ -96,17 +92,6 @@ class LatencyStats:
                 self.buckets[index] += 1
 
 
-@dataclass(slots=True)
-class RepairReport:
-    checked: int = 0
-    below_degree: int = 0
-    copies_made: int = 0
-    failed: int = 0
-    unwanted: int = 0  # deleted by their owner (its DELETE is on the way): never copied again
-    unconfirmed: int = 0  # their owner is up but did not say whether it still wants them
-    vanished: int = 0  # deleted here while the pass ran
-
-
 class Node:
     def __init__(
         self,
@@ -135,6 +120,16 @@ class Node:
         self.replication = Replication(
             config.node_id, config.host_id, self.membership, self.pool, config.request_timeout
         )
+        self.repairer = Repairer(
+            config.node_id,
+            store,
+            self.membership,
+            self.pool,
+            self.replication,
+            self.disk_limiter,
+            config.request_timeout,
+            config.repair_rate,
+        )
         self.holder = HolderService(
             store,
             self.disk_limiter,
@@ -160,12 +155,9 @@ class Node:
         self._repair_wanted = trio.Event()
         self._corrupt: set[tuple[int, bytes]] = set()
         self._gone_handled: set[int] = set()
-        self._holder_cache: dict[tuple[int, bytes], set[int]] = {}
         self.on_online: list[Callable[[int], None]] = []  # run when a peer announces ONLINE
-        self.last_repair = RepairReport()
         self.last_scrub_bad = 0
         self.ready = trio.Event()
-        self._repair_lock = trio.Lock()
         self._reclaim_lock = trio.Lock()
         self.kept_over_quota = 0  # chunks the last reclaim could not move yet
 
@@ -398,155 +390,19 @@ class Node:
                 log.info("node %d is gone; restoring the degree of its chunks", peer)
                 self._gone_handled.add(peer)
             try:
-                self.last_repair = await self.repair_once()
+                await self.repair_once()
                 if self.kept_over_quota and not self._reclaim_lock.locked():
                     await self.reclaim(self.store.capacity)  # chunks a reclaim had to keep
             except Exception:
                 log.exception("repair pass failed")
 
     async def repair_once(self) -> RepairReport:
-        """Find chunks this node holds that are below their degree and re-create copies.
+        """One repair pass now (see ``node/repair.py``)."""
+        return await self.repairer.once()
 
-        Of the live holders of a chunk, only the lowest id repairs it, so holders do not race.
-        Copies on peers that are down but not yet gone still count (from the last pass).
-        """
-        async with self._repair_lock:
-            return await self._repair_pass()
-
-    async def _repair_pass(self) -> RepairReport:
-        report = RepairReport()
-        chunks = await trio.to_thread.run_sync(self.store.chunks, limiter=self.disk_limiter)
-        by_owner: dict[int, list[StoredChunk]] = defaultdict(list)
-        for chunk in chunks:
-            by_owner[chunk.owner].append(chunk)
-        deficits: list[tuple[int, StoredChunk, set[int]]] = []
-        # Nodes down but not gone, or not answering, may hold copies this pass cannot see (it
-        # may be the first since those chunks came, so none are remembered): down is not gone.
-        unsure = {
-            p.node_id
-            for p in self.membership.peers()
-            if not self.membership.is_up(p.node_id) and not self.membership.is_gone(p.node_id)
-        }
-        # Rebuilt from this pass's chunks only: a chunk deleted since the last pass is forgotten.
-        previous, self._holder_cache = self._holder_cache, {}
-        for owner, owned in by_owner.items():
-            found = await self.replication.query_holders(owner, [c.address for c in owned], unsure)
-            for chunk in owned:
-                report.checked += 1
-                live = found[chunk.address] | {self.node_id}
-                key = (owner, chunk.address)
-                remembered = {
-                    p
-                    for p in previous.get(key, set())
-                    if not self.membership.is_up(p) and not self.membership.is_gone(p)
-                }
-                self._holder_cache[key] = live | remembered
-                holders = live | remembered
-                if len(holders) >= chunk.degree:
-                    continue
-                report.below_degree += 1
-                if len(holders | (unsure - {owner})) >= chunk.degree:
-                    continue
-                if min(live) == self.node_id:
-                    deficits.append((len(holders), chunk, holders))
-        deficits = await self._still_wanted(deficits, report)
-        deficits.sort(key=lambda d: d[0])  # weakest first
-        budget_start = trio.current_time()
-        sent_bytes = 0
-        for _count, chunk, holders in deficits:
-            missing = chunk.degree - len(holders)  # before: replicating adds to ``holders``
-            made = await self._repair_chunk(chunk, holders)
-            if made is None:
-                report.vanished += 1
-                continue
-            if made:
-                crashpoints.reached("repair.copied")
-            report.copies_made += made
-            report.failed += missing - made
-            sent_bytes += made * chunk.length
-            # Bounded rate: never spend more than repair_rate bytes per second on copies.
-            ahead = sent_bytes / self.config.repair_rate - (trio.current_time() - budget_start)
-            if ahead > 0:
-                await trio.sleep(ahead)
-        if report.below_degree:
-            # A pass that changes nothing and finds what the last one found is not news (a
-            # holder waiting for its owner's DELETE would log the same line every pass).
-            quiet = not (report.copies_made or report.failed) and report == self.last_repair
-            log.log(
-                logging.DEBUG if quiet else logging.INFO,
-                "repair: %d chunks checked, %d below degree, %d copies made, %d not possible now"
-                "; %d deleted by their owner, %d waiting for their owner's word, %d deleted"
-                " meanwhile",
-                report.checked,
-                report.below_degree,
-                report.copies_made,
-                report.failed,
-                report.unwanted,
-                report.unconfirmed,
-                report.vanished,
-            )
-        return report
-
-    async def _still_wanted(
-        self, deficits: list[tuple[int, StoredChunk, set[int]]], report: RepairReport
-    ) -> list[tuple[int, StoredChunk, set[int]]]:
-        """The deficits whose owner still wants them: an owner that is up is asked (WANTED),
-        so a chunk deleted while this node was down is not copied back onto the others."""
-        by_owner: dict[int, list[bytes]] = defaultdict(list)
-        for _count, chunk, _holders in deficits:
-            if chunk.owner != self.node_id and self.membership.is_up(chunk.owner):
-                by_owner[chunk.owner].append(chunk.address)
-        answers: dict[int, set[bytes] | None] = {}
-
-        async def ask(owner: int, addresses: list[bytes]) -> None:
-            wanted: set[bytes] = set()
-            for i in range(0, len(addresses), QUERY_BATCH):
-                batch = tuple(addresses[i : i + QUERY_BATCH])
-                answer = await self.pool.request_quietly(
-                    owner,
-                    functools.partial(Wanted, owner=owner, addresses=batch),
-                    self.config.request_timeout,
-                )
-                if not isinstance(answer, Holding):
-                    answers[owner] = None  # no word (yet): nothing is copied this pass
-                    return
-                wanted.update(answer.addresses)
-            answers[owner] = wanted
-
-        async with trio.open_nursery() as nursery:
-            for owner, addresses in by_owner.items():
-                nursery.start_soon(ask, owner, addresses)
-        kept = []
-        for deficit in deficits:
-            chunk = deficit[1]
-            if chunk.owner not in answers:
-                kept.append(deficit)  # ours, or the owner is down: repair as before
-                continue
-            answer = answers[chunk.owner]
-            if answer is None:
-                report.unconfirmed += 1
-            elif chunk.address in answer:
-                kept.append(deficit)
-            else:
-                report.unwanted += 1
-        return kept
-
-    async def _repair_chunk(self, chunk: StoredChunk, holders: set[int]) -> int | None:
-        """Copies made of ``chunk`` (None: it was deleted here meanwhile)."""
-        try:
-            envelope = await trio.to_thread.run_sync(
-                self.store.get, chunk.owner, chunk.address, limiter=self.disk_limiter
-            )
-        except ChunkNotFoundError:
-            return None
-        except Exception as exc:
-            log.warning("cannot read a chunk to repair it: %s", exc)
-            return 0
-        made = await self.replication.replicate(
-            chunk.owner, chunk.address, chunk.degree, envelope, holders
-        )
-        self._holder_cache[(chunk.owner, chunk.address)] = set(holders)
-        return made
+    @property
+    def last_repair(self) -> RepairReport:
+        return self.repairer.last
 
     # -- reclaim -------------------------------------------------------------------------
 

@@ -22,9 +22,10 @@ from chunkstore.envelope import chunk_address
 from chunkstore.store import PutItem
 from lanvault.state_report import state_report
 from node.messages import MAX_BATCH, MAX_PUT_BATCH, Hello
-from node.node import Node, RepairReport
+from node.node import Node
 from node.placement import keepers
 from node.pool import GONE_DIAL_DELAY
+from node.repair import RepairReport
 from node.report import BackupError, BackupPending
 from node.safekeeping import CatalogNotSafe, Safekeeping
 
@@ -414,14 +415,14 @@ async def test_repair_reports_what_it_made_and_what_it_could_not(tmp_path: Path)
         reports: list[RepairReport] = []
         for n in range(2, 6):
             node = cluster.members[n].node
-            original = node._repair_pass
+            original = node.repairer.repair_pass
 
             async def recording(original: Any = original) -> RepairReport:
                 report: RepairReport = await original()
                 reports.append(report)
                 return report
 
-            node._repair_pass = recording  # type: ignore[method-assign]
+            node.repairer.repair_pass = recording  # type: ignore[method-assign]
         cluster.kill(victim)
         wanted = {a for v, _ in owner.catalog.latest_versions("") for a in v.chunks}
         with trio.fail_after(120):
@@ -501,8 +502,8 @@ async def test_a_chunk_deleted_while_its_holder_was_down_is_never_copied_again(
         assert report.copies_made == 0
         assert not any(cluster.members[n].store.chunks(1) for n in (2, 3))
         # The same finding next pass is not logged again at INFO (it was, every pass).
-        holder.last_repair = report
-        with caplog.at_level(logging.DEBUG, logger="node.node"):
+        holder.repairer.last = report
+        with caplog.at_level(logging.DEBUG, logger="node.repair"):
             assert await holder.repair_once() == report
         lines = [r for r in caplog.records if r.getMessage().startswith("repair:")]
         assert lines and all(r.levelno == logging.DEBUG for r in lines)
@@ -523,7 +524,7 @@ async def test_a_chunk_deleted_during_a_repair_pass_is_counted_not_warned_about(
         chunks = holder.store.chunks(1)
         holder.store.delete_many(1, [c.address for c in chunks])  # the owner's DELETE, just now
         for chunk in chunks:
-            assert await holder._repair_chunk(chunk, {2}) is None
+            assert await holder.repairer.repair_chunk(chunk, {2}) is None
         assert "cannot read a chunk" not in caplog.text
 
 
