@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,12 +82,27 @@ class Cluster:
         self.members[node_id].scope.cancel()
 
     async def wait_connected(self, timeout: float = 60) -> None:
-        with trio.fail_after(timeout):
-            while True:
-                live = [m for m in self.members.values() if not m.scope.cancel_called]
-                if all(len(m.node.membership.up_ids()) >= len(live) - 1 for m in live):
-                    return
-                await trio.sleep(0.5)
+        def linked() -> bool:
+            live = [m for m in self.members.values() if not m.scope.cancel_called]
+            return all(len(m.node.membership.up_ids()) >= len(live) - 1 for m in live)
+
+        await eventually(linked, timeout)
+
+
+async def eventually(
+    predicate: Callable[[], object], timeout: float, interval: float = 0.5
+) -> None:
+    """Wait until ``predicate()`` is true, looking every ``interval`` seconds; after
+    ``timeout`` seconds fail with the predicate's own source as the message."""
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(interval)
+        return
+    try:
+        said = inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        said = repr(predicate)
+    raise AssertionError(f"not so within {timeout} s: {said}")
 
 
 @asynccontextmanager

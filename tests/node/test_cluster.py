@@ -29,7 +29,7 @@ from node.repair import RepairReport
 from node.report import BackupError, BackupPending
 from node.safekeeping import CatalogNotSafe, Safekeeping
 
-from .cluster import Cluster, open_cluster
+from .cluster import Cluster, eventually, open_cluster
 from .memnet import FaultPlan
 
 SIZES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE, 5 * CHUNK_SIZE + 17]
@@ -66,9 +66,7 @@ async def take_offline(cluster: Cluster, node_id: int) -> None:
         link = m.node.pool._links.pop(node_id, None)
         if link:
             await link.aclose()
-    with trio.fail_after(30):
-        while cluster.members[1].node.membership.is_up(node_id):
-            await trio.sleep(0.5)
+    await eventually(lambda: not cluster.members[1].node.membership.is_up(node_id), 30)
 
 
 async def assert_at_degree(cluster: Cluster, owner_id: int, degree: int) -> None:
@@ -87,6 +85,16 @@ async def assert_at_degree(cluster: Cluster, owner_id: int, degree: int) -> None
             assert chunk["degree"] >= degree, f"{entry['path']} chunk {chunk['no']}: {chunk}"
     # Never on the owner's own node (and a store cannot hold a chunk twice: its primary key).
     assert cluster.members[owner_id].store.chunks(owner_id) == []
+
+
+async def test_eventually_fails_saying_what_was_waited_for(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    started = trio.current_time()
+    with pytest.raises(AssertionError, match=r"within 5 s: .*lambda: 1 > 2"):
+        await eventually(lambda: 1 > 2, 5)
+    assert trio.current_time() - started == pytest.approx(5)
+    await eventually(lambda: True, 5)  # at once
 
 
 async def test_backup_restore_delete_clean_network(tmp_path: Path) -> None:
@@ -183,12 +191,7 @@ async def test_gone_node_chunks_come_back_to_degree(tmp_path: Path) -> None:
         assert cluster.members[victim].store.chunks(1)
         cluster.kill(victim)
         wanted = {a for v, _ in owner.catalog.latest_versions("") for a in v.chunks}
-        with trio.fail_after(120):
-            while True:
-                await trio.sleep(1)
-                counts = copies(cluster, 1)
-                if all(counts.get(a, 0) >= 2 for a in wanted):
-                    break
+        await eventually(lambda: all(copies(cluster, 1).get(a, 0) >= 2 for a in wanted), 120)
         await assert_at_degree(cluster, 1, 2)
 
 
@@ -202,13 +205,11 @@ async def test_two_nodes_that_think_each_other_gone_meet_again(
         three, four = cluster.members[3].node, cluster.members[4].node
         assert three.address not in four.pool.seeds and four.address not in three.pool.seeds
         await take_offline(cluster, 4)
-        with trio.fail_after(120):
-            while not (three.membership.is_gone(4) and four.membership.is_gone(3)):
-                await trio.sleep(1)
+        await eventually(lambda: three.membership.is_gone(4) and four.membership.is_gone(3), 120)
         cluster.hub.cut.discard(4)
-        with trio.fail_after(3 * GONE_DIAL_DELAY):
-            while not (three.membership.is_up(4) and four.membership.is_up(3)):
-                await trio.sleep(1)
+        await eventually(
+            lambda: three.membership.is_up(4) and four.membership.is_up(3), 3 * GONE_DIAL_DELAY
+        )
 
 
 async def test_reclaim_zero_keeps_every_chunk_at_degree(tmp_path: Path) -> None:
@@ -262,9 +263,7 @@ async def test_delete_reaches_a_holder_that_was_down(tmp_path: Path) -> None:
         assert result["pending_holders"] >= 1
         assert cluster.members[4].store.chunks(1)
         cluster.hub.cut.discard(4)
-        with trio.fail_after(60):
-            while cluster.members[4].store.chunks(1):
-                await trio.sleep(0.5)
+        await eventually(lambda: not cluster.members[4].store.chunks(1), 60)
         assert owner.catalog.tombstones() == {}
 
 
@@ -284,9 +283,7 @@ async def test_corrupt_copy_found_by_scrub_is_replaced(tmp_path: Path) -> None:
                 segment.write_bytes(bytes(raw))
         assert await cluster.members[holder].node.scrub() == 1
         assert not store.has(1, victim.address)
-        with trio.fail_after(60):
-            while copies(cluster, 1).get(victim.address, 0) < 2:
-                await trio.sleep(0.5)
+        await eventually(lambda: copies(cluster, 1).get(victim.address, 0) >= 2, 60)
         await assert_at_degree(cluster, 1, 2)
 
 
@@ -351,9 +348,7 @@ async def test_a_backup_short_of_its_degree_is_recorded_and_finished_when_holder
         assert owner.unsent is not None and owner.unsent.chunk_count() > 0
         for n in (2, 3):
             cluster.hub.cut.discard(n)
-        with trio.fail_after(60):
-            while owner.catalog.incomplete_versions():
-                await trio.sleep(0.5)
+        await eventually(lambda: not owner.catalog.incomplete_versions(), 60)
         counts = copies(cluster, 1)
         assert all(counts.get(a, 0) >= 2 for v in recorded.values() for a in v.chunks)
         assert owner.unsent.chunk_count() == 0  # kept only until the version was safe
@@ -393,9 +388,10 @@ async def test_a_pending_backup_says_which_copies_depend_on_files_staying_unchan
             cluster.hub.cut.discard(n)
         # The backup's retries outlast the grace period: the holders may be taken for gone,
         # and a gone peer is dialled again only every GONE_DIAL_DELAY.
-        with trio.fail_after(3 * GONE_DIAL_DELAY):
-            while unchanged & {v.path for v in owner.catalog.incomplete_versions()}:
-                await trio.sleep(0.5)
+        await eventually(
+            lambda: not unchanged & {v.path for v in owner.catalog.incomplete_versions()},
+            3 * GONE_DIAL_DELAY,
+        )
         out = tmp_path / "out"
         await owner.restorer.restore_path(src, out)
         for path, data in files.items():
@@ -425,9 +421,7 @@ async def test_repair_reports_what_it_made_and_what_it_could_not(tmp_path: Path)
             node.repairer.repair_pass = recording  # type: ignore[method-assign]
         cluster.kill(victim)
         wanted = {a for v, _ in owner.catalog.latest_versions("") for a in v.chunks}
-        with trio.fail_after(120):
-            while not all(copies(cluster, 1).get(a, 0) >= 2 for a in wanted):
-                await trio.sleep(1)
+        await eventually(lambda: all(copies(cluster, 1).get(a, 0) >= 2 for a in wanted), 120)
         assert sum(r.copies_made for r in reports) == lost
         assert all(r.failed == 0 for r in reports)  # every missing copy could be made
 
@@ -493,9 +487,7 @@ async def test_a_chunk_deleted_while_its_holder_was_down_is_never_copied_again(
         holder = cluster.members[4].node
         # Every peer up again as node 4 sees it: a peer it still thinks down may hold copies,
         # and then nothing is a deficit to ask the owner about (that race failed this test).
-        with trio.fail_after(60):
-            while not all(holder.membership.is_up(n) for n in (1, 2, 3)):
-                await trio.sleep(0.5)
+        await eventually(lambda: all(holder.membership.is_up(n) for n in (1, 2, 3)), 60)
         report = await holder.repair_once()
         # Below their degree (only node 4 has them), but the owner no longer wants them.
         assert report.below_degree == len(deleted) and report.unwanted == len(deleted)
@@ -509,9 +501,7 @@ async def test_a_chunk_deleted_while_its_holder_was_down_is_never_copied_again(
         assert lines and all(r.levelno == logging.DEBUG for r in lines)
         monkeypatch.undo()
         owner.deletes.want()
-        with trio.fail_after(60):
-            while cluster.members[4].store.chunks(1):
-                await trio.sleep(0.5)
+        await eventually(lambda: not cluster.members[4].store.chunks(1), 60)
 
 
 async def test_a_chunk_deleted_during_a_repair_pass_is_counted_not_warned_about(
@@ -540,16 +530,16 @@ async def test_copies_a_returning_node_brings_back_are_trimmed_to_the_degree(
         victim = max(range(2, 6), key=lambda n: len(cluster.members[n].store.chunks(1)))
         brought_back = {c.address for c in cluster.members[victim].store.chunks(1)}
         cluster.kill(victim)
-        with trio.fail_after(120):  # gone after 20 s, then its copies are made elsewhere
-            while not all(copies(cluster, 1).get(a, 0) >= 2 for a in wanted):
-                await trio.sleep(1)
+        await eventually(
+            lambda: all(copies(cluster, 1).get(a, 0) >= 2 for a in wanted), 120
+        )  # gone after 20 s, then its copies are made elsewhere
         await cluster.start(victim)  # back, with every copy it had: one too many each
         counts = copies(cluster, 1)
         assert all(counts[a] == 3 for a in brought_back)
         surplus = sum(n - 2 for n in counts.values())  # repairs may have made a few more too
-        with trio.fail_after(120):  # the owner trims once the node is back online
-            while not all(n == 2 for n in copies(cluster, 1).values()):
-                await trio.sleep(1)
+        await eventually(
+            lambda: all(n == 2 for n in copies(cluster, 1).values()), 120
+        )  # the owner trims once the node is back online
         dropped = sum(
             int(m.group(1))
             for m in re.finditer(r"copies above their degree, (\d+) dropped", caplog.text)
@@ -666,9 +656,7 @@ async def test_a_backup_again_remakes_a_gone_holders_copy_of_unchanged_folders(
         holders = [n for n in (2, 3, 4) if copies_of(cluster, n, empty)]
         assert len(holders) == 2
         cluster.kill(holders[0])
-        with trio.fail_after(120):
-            while not cluster.members[1].node.membership.is_gone(holders[0]):
-                await trio.sleep(1)
+        await eventually(lambda: cluster.members[1].node.membership.is_gone(holders[0]), 120)
         again = await owner.backup_path(tmp_path / "src", degree=2)
         assert (again.folders, again.new, again.unmodified) == (3, 0, 3)
         assert copies(cluster, 1)[empty] == 2

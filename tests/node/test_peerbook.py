@@ -11,7 +11,7 @@ import trio.testing
 from node.membership import Membership
 from node.peerbook import keep_peer_book, load_peer_book, recall, save_peer_book
 
-from .cluster import open_cluster
+from .cluster import eventually, open_cluster
 
 
 def test_a_missing_or_damaged_book_is_empty_and_bad_entries_are_skipped(tmp_path: Path) -> None:
@@ -60,9 +60,7 @@ async def test_a_restarted_node_whose_seeds_are_down_finds_the_peers_it_knew(
         book = tmp_path / "peers4.json"
         cluster.kill(4)
         await cluster.start(4, peer_book=book)
-        with trio.fail_after(120):
-            while {e[0] for e in load_peer_book(book)} != {1, 2, 3}:
-                await trio.sleep(1)
+        await eventually(lambda: {e[0] for e in load_peer_book(book)} == {1, 2, 3}, 120)
         assert cluster.members[4].node.config.seeds == ["mem:1", "mem:2"]
         cluster.kill(4)
         cluster.hub.cut.update({1, 2})  # both seeds unreachable: only the book knows node 3
@@ -72,6 +70,4 @@ async def test_a_restarted_node_whose_seeds_are_down_finds_the_peers_it_knew(
         assert known is not None and known.address == "mem:3" and known.host_id == "host-3"
         told = four.status_info()["peers"]  # what gossip hands on
         assert isinstance(told, list) and [3, "mem:3", "host-3"] in [e[:3] for e in told]
-        with trio.fail_after(120):
-            while not four.membership.is_up(3):
-                await trio.sleep(1)
+        await eventually(lambda: four.membership.is_up(3), 120)
