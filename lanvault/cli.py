@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import difflib
 import logging
 import os
+import re
 import sys
 import time
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from chunkstore.errors import ChunkstoreError
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
@@ -44,9 +48,36 @@ from .state import (
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
+    """Usage errors print the (sub)command's usage, one line saying what is wrong, and for a
+    mistyped option the closest real one; options are never taken from an abbreviation
+    (``--deg`` is not ``--degree``: a later option could make it ambiguous, or another)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}  # the subcommands, on the top-level parser
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:  # blamed on the subcommand, with its usage (argparse blames the top level)
+            command = self.commands.get(getattr(parsed, "command", None) or "", self)
+            command.error(f"unrecognized arguments: {' '.join(extra)}", extra)
+        return parsed
+
+    def error(self, message: str, unknown: Sequence[str] = ()) -> NoReturn:
         self.print_usage(sys.stderr)
         print(f"lanvault: {message}", file=sys.stderr)
+        known = [o for action in self._actions for o in action.option_strings]
+        wrong = re.search(r"invalid choice: '([^']*)'", message)
+        if wrong and self.commands:  # a mistyped command
+            unknown, known = [wrong.group(1)], list(self.commands)
+        for word in unknown:
+            if word.startswith("-") or wrong:
+                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+                if close:
+                    print(f"lanvault: {word}: did you mean {close[0]}?", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -114,8 +145,23 @@ def build_parser() -> Parser:
     common.add_argument("-v", "--verbose", action="store_true", help="more log output")
 
     parser = Parser(prog="lanvault", description="A backup filesystem for a local network.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
+    parser.add_argument("--version", action="version", version=f"lanvault {version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    subparsers.required = True
+
+    class Commands:
+        """``add_parser`` whose one-line help is also the command's --help description."""
+
+        @staticmethod
+        def add_parser(name: str, *, help: str, **kwargs: Any) -> Parser:
+            description = help[0].upper() + help[1:] + "."
+            command: Parser = subparsers.add_parser(
+                name, help=help, description=description, **kwargs
+            )
+            parser.commands[name] = command
+            return command
+
+    sub = Commands()
 
     p = sub.add_parser("init", parents=[common], help="create a node's state, keys and config")
     p.add_argument("--id", type=int, required=True, help="this node's id, unique in the network")
@@ -153,11 +199,15 @@ def build_parser() -> Parser:
     )
 
     p = sub.add_parser("node", parents=[common], help="run the node daemon (foreground)")
-    p.add_argument("--listen", metavar="HOST:PORT")
+    p.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to serve peers on (default: the config's)"
+    )
     p.add_argument(
         "--advertise", metavar="HOST:PORT", help="address peers should dial, if not --listen"
     )
-    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT")
+    p.add_argument(
+        "--peer", action="append", default=[], metavar="HOST:PORT", help="a peer to contact"
+    )
     p.add_argument("--quota", type=_size, help="space lent to others (e.g. 500MB, 10GiB)")
     p.add_argument(
         "--gone-after", type=_duration, help="silence after which a peer is gone (default 10m)"
@@ -186,11 +236,11 @@ def build_parser() -> Parser:
     p.add_argument("--repair-interval", type=_duration, help=argparse.SUPPRESS)
 
     p = sub.add_parser("backup", parents=[common], help="back up a file or folder")
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, help="the file or folder (its whole tree)")
     p.add_argument("--degree", type=_degree, help="copies on other computers (1..9, default 2)")
 
     p = sub.add_parser("restore", parents=[common], help="restore a file or folder")
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, help="the file or folder as it was backed up (or mounted)")
     p.add_argument(
         "--to", type=Path, metavar="DEST", help="where to write (default: the original place)"
     )
@@ -204,12 +254,14 @@ def build_parser() -> Parser:
     p = sub.add_parser(
         "versions", parents=[common], help="list snapshots, or the versions of a file"
     )
-    p.add_argument("path", type=Path, nargs="?")
+    p.add_argument(
+        "path", type=Path, nargs="?", help="a file or folder (default: the mounts' snapshots)"
+    )
 
     p = sub.add_parser(
         "delete", parents=[common], help="delete a file's or folder's backups everywhere"
     )
-    p.add_argument("path", type=Path)
+    p.add_argument("path", type=Path, help="the file or folder whose every version goes")
 
     p = sub.add_parser("reclaim", parents=[common], help="lower the space this node lends")
     p.add_argument("size", type=_size, help="new space lent, e.g. 0, 500MB, 10GiB")
@@ -251,7 +303,9 @@ def build_parser() -> Parser:
         "--keep",
         metavar="POLICY",
         type=_policy,
-        help="this policy instead of the configured one, e.g. all:24h,hourly:7d,daily:30d",
+        help="this policy instead of the configured one: tiers INTERVAL:SPAN, youngest first,"
+        " INTERVAL one of all, hourly, daily, weekly, monthly or a duration (6h), SPAN a"
+        " duration or forever; e.g. all:24h,hourly:7d,daily:30d,weekly:1y (the default)",
     )
 
     p = sub.add_parser("check", parents=[common], help="verify chunk integrity and degrees")
@@ -268,6 +322,18 @@ def build_parser() -> Parser:
         help="with --read-data, read a random PERCENT of the chunks only",
     )
     return parser
+
+
+def version() -> str:
+    """The installed package's version; the source tree's when run from a checkout."""
+    try:
+        return metadata.version("lanvault")
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        for line in pyproject.read_text().splitlines() if pyproject.exists() else []:
+            if line.startswith("version = "):
+                return line.split("=", 1)[1].strip().strip('"')
+        return "unknown"
 
 
 def _percent(text: str) -> float:

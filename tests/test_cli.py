@@ -1,0 +1,61 @@
+"""The command line's own behaviour, in process: help for everything, usage errors that say
+what to type instead, no abbreviations, --version."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from lanvault.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_command_and_every_argument_says_what_it_is() -> None:
+    parser = build_parser()
+    assert parser.commands, "no subcommands found"
+    for name, command in parser.commands.items():
+        assert command.description, f"{name}: no description"
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "suggestion"),
+    [
+        (["backup", "--dgree", "3", "x"], "usage: lanvault backup", "did you mean --degree?"),
+        (["restore", "x", "--too", "y"], "usage: lanvault restore", "did you mean --to?"),
+        (["status", "--jsn"], "usage: lanvault status", "did you mean --json?"),
+        (["stauts"], "usage: lanvault [", "did you mean status?"),
+    ],
+)
+def test_a_mistyped_option_shows_its_commands_usage_and_the_closest_option(
+    argv: list[str], usage: str, suggestion: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage), err
+    assert suggestion in err, err
+
+
+def test_an_abbreviated_option_is_refused_not_guessed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["backup", "--deg", "3", "x"])
+    assert exit.value.code == 2
+    assert "did you mean --degree?" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    line = next(
+        line for line in (ROOT / "pyproject.toml").read_text().splitlines() if "version =" in line
+    )
+    assert capsys.readouterr().out == f"lanvault {line.split('=')[1].strip().strip(chr(34))}\n"
