@@ -235,8 +235,36 @@ def build_parser() -> Parser:
     p.add_argument("--heartbeat", type=_duration, help=argparse.SUPPRESS)
     p.add_argument("--repair-interval", type=_duration, help=argparse.SUPPRESS)
 
-    p = sub.add_parser("backup", parents=[common], help="back up a file or folder")
-    p.add_argument("path", type=Path, help="the file or folder (its whole tree)")
+    p = sub.add_parser("backup", parents=[common], help="back up files or folders")
+    p.add_argument(
+        "path", type=Path, nargs="+", help="a file or folder (its whole tree); several may be given"
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out what PATTERN matches: a name anywhere ('*.o', node_modules), a path"
+        " from the top ('/home/ann/tmp') or a path's end ('build/tmp'); '*' within a name,"
+        " '**' across names; may be repeated",
+    )
+    p.add_argument(
+        "--exclude-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="patterns from FILE, one per line ('#' starts a comment)",
+    )
+    p.add_argument(
+        "--exclude-caches",
+        action="store_true",
+        help="leave out the contents of folders tagged with CACHEDIR.TAG (the tag is kept)",
+    )
+    p.add_argument(
+        "--one-file-system",
+        action="store_true",
+        help="do not enter folders on another file system than the path's (kept empty)",
+    )
     p.add_argument("--degree", type=_degree, help="copies on other computers (1..9, default 2)")
 
     p = sub.add_parser("restore", parents=[common], help="restore a file or folder")

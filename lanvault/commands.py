@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkstore.sizes import format_size
+from node.exclusions import Exclusions, PatternError, read_pattern_file
 
 from .client import DaemonUnavailable, call, call_binary
 from .state import (
@@ -370,13 +371,54 @@ def _restore_notes(data: dict[str, Any]) -> str:
 
 
 def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
-    path = args.path.absolute()
-    if not path.exists():
-        raise CommandError(f"{args.path}: no such file or folder")
-    data = request(state, {"op": "backup", "path": str(path), "degree": args.degree}, "backup")
+    """Each path in turn (one failing does not stop the others; the exit says one did)."""
+    try:
+        patterns = list(args.exclude)
+        for name in args.exclude_file:
+            patterns += read_pattern_file(name)
+        Exclusions(patterns)  # a bad pattern is wrong usage, said before anything is read
+    except PatternError as exc:
+        raise UsageError(str(exc)) from None
+    paths = [p.absolute() for p in args.path]
+    missing = [typed for typed, p in zip(args.path, paths, strict=True) if not p.exists()]
+    if missing:
+        raise CommandError(f"{missing[0]}: no such file or folder")
+    failed = 0
+    results: list[dict[str, Any]] = []  # with --json and several paths: one list of them
+    for typed, path in zip(args.path, paths, strict=True):
+        op = {
+            "op": "backup",
+            "path": str(path),
+            "degree": args.degree,
+            "exclude": patterns,
+            "exclude_caches": args.exclude_caches,
+            "one_file_system": args.one_file_system,
+        }
+        try:
+            data = request(state, op, "backup")
+        except CommandError as exc:
+            if len(paths) == 1:
+                raise
+            print(f"lanvault: {typed}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if len(paths) == 1:
+            emit(args, data, _backed_up(data, None))
+        elif args.json:
+            results.append({"path": str(typed), **data})
+        else:
+            print(_backed_up(data, typed))
+    if args.json and len(paths) > 1:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def _backed_up(data: dict[str, Any], path: Path | None) -> str:
+    """The line a backup prints."""
     found = f"{data['new']} new, {data['changed']} changed, {data['unmodified']} unmodified"
     if data.get("removed"):
-        found += f", {data['removed']} gone since the last backup"
+        what = "gone or left out" if data.get("excluding") else "gone"
+        found += f", {data['removed']} {what} since the last backup"
     summary = (
         f"backed up {_what(data)}: {found} ({data['bytes'] / 1e6:.1f} MB,"
         f" {data['bytes_read'] / 1e6:.1f} MB read, {data['bytes_sent'] / 1e6:.1f} MB sent) at degree {data['degree']}"
@@ -384,6 +426,10 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
     )
     if not data["new"] and not data["changed"] and not data.get("removed"):
         summary += "; nothing new since the last backup"
+    if data.get("excluding"):
+        summary += f"; left out by {data['excluding']}"
+    if path is not None:
+        summary = f"{path}: {summary}"
     skipped = data.get("skipped") or []
     if skipped:
         count = data.get("skipped_count", len(skipped))
@@ -392,8 +438,7 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
             f"; passed over {count} {'entry' if one else 'entries'} that"
             f" {'is' if one else 'are'} a FIFO, socket or device, e.g. {skipped[0]}"
         )
-    emit(args, data, summary)
-    return 0
+    return summary
 
 
 def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:

@@ -23,6 +23,7 @@ from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.store import ChunkStore, DamageSummary
 from fs.versions import snapshot_name
 from node.enrolment import Enroller, Invites
+from node.exclusions import Exclusions, PatternError
 from node.identity import NetworkCA, tls_contexts
 from node.node import Node, NodeConfig
 from node.owner import Owner
@@ -409,10 +410,14 @@ class Daemon:
         degree = request.get("degree") or self.config.default_degree
         if not isinstance(degree, int) or not 1 <= degree <= 9:
             raise OpError("the degree must be 1..9")
+        try:
+            exclusions = Exclusions.from_request(request)
+        except PatternError as exc:
+            raise OpError(str(exc)) from None
         started = time.monotonic()
         try:
             report = await self._with_progress(
-                emit, lambda progress: self.owner.backup_path(path, degree, progress)
+                emit, lambda progress: self.owner.backup_path(path, degree, progress, exclusions)
             )
         except Exception as exc:
             error = _user_error(exc, (BackupError, OSError))
@@ -440,6 +445,7 @@ class Daemon:
             "changed": report.changed,
             "unmodified": report.unmodified,
             "removed": report.removed,
+            "excluding": exclusions.describe() if exclusions else "",
             "skipped": report.entries_skipped[:SKIPPED_LISTED],
             "skipped_count": len(report.entries_skipped),
             "seconds": time.monotonic() - started,

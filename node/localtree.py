@@ -13,6 +13,7 @@ from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import chunk_addresses
 
+from .exclusions import CACHEDIR_TAG, Exclusions, is_cache_folder
 from .messages import MAX_BATCH
 from .report import BackupError
 
@@ -35,9 +36,11 @@ class Scan:
     stats: dict[str, os.stat_result] = field(default_factory=dict)  # files' lstat, as listed
 
 
-def scan(root: str) -> Scan:
+def scan(root: str, exclusions: Exclusions | None = None) -> Scan:
     """What a backup of ``root`` (a regular file or a folder) reads, and what it leaves: one
-    ``lstat`` per entry (a file's is the backup's view of it, checked again when it is read)."""
+    ``lstat`` per entry (a file's is the backup's view of it, checked again when it is read).
+    ``exclusions`` leave entries out (``exclusions.py``; never ``root`` itself, which was
+    named): they are not in the scan at all, as if they were not there."""
     if os.path.islink(root):
         return Scan([], 0, [], [], links=[root])
     if not os.path.isdir(root):
@@ -52,6 +55,8 @@ def scan(root: str) -> Scan:
     folders = [root]
     stats: dict[str, os.stat_result] = {}
     pending = [root]
+    rules = exclusions or Exclusions()
+    root_dev = os.lstat(root).st_dev
     while pending:
         folder = pending.pop()
         try:
@@ -61,6 +66,8 @@ def scan(root: str) -> Scan:
             unlisted.append(f"{folder}: cannot be read ({exc.strerror or exc})")
             continue
         for entry in entries:
+            if rules and rules.excludes(entry.path):
+                continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError:  # gone since it was listed, or not searchable: its own backup
@@ -69,7 +76,13 @@ def scan(root: str) -> Scan:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 folders.append(entry.path)
-                pending.append(entry.path)
+                if not rules or rules.keeps_contents(entry.path, st, root_dev):
+                    pending.append(entry.path)
+                elif rules.exclude_caches and is_cache_folder(entry.path):
+                    tag = os.path.join(entry.path, CACHEDIR_TAG)  # kept: it says why
+                    if os.path.isfile(tag) and not os.path.islink(tag):
+                        found.append(tag)
+                        stats[tag] = os.lstat(tag)
             elif is_own_temp(entry.name):
                 continue  # a restore's file still on its way: not the user's
             elif stat.S_ISLNK(st.st_mode):  # a symlink to a folder too: kept, never followed

@@ -36,6 +36,7 @@ from chunkstore.store import ChunkStore
 
 from .catalogio import CatalogIO
 from .deletes import Deletes
+from .exclusions import Exclusions
 from .fetch import Fetcher
 from .localtree import (
     READ_BATCH,
@@ -139,11 +140,16 @@ class Owner:
     # -- backup --------------------------------------------------------------------------
 
     async def backup_path(
-        self, path: Path, degree: int | None = None, progress: ProgressFn | None = None
+        self,
+        path: Path,
+        degree: int | None = None,
+        progress: ProgressFn | None = None,
+        exclusions: Exclusions | None = None,
     ) -> Progress:
-        """Back up a file or a whole folder (regular files; symlinks are not followed)."""
+        """Back up a file or a whole folder (regular files; symlinks are not followed), less
+        what ``exclusions`` leave out (recorded as no longer there, like removed entries)."""
         degree = degree or self.default_degree
-        listing = await trio.to_thread.run_sync(scan, str(path))
+        listing = await trio.to_thread.run_sync(scan, str(path), exclusions)
         files = listing.files
         report = Progress(
             files_total=len(files), bytes_total=listing.total, entries_skipped=listing.skipped

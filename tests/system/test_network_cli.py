@@ -537,3 +537,27 @@ def test_check_read_data_finds_a_copy_a_holder_altered_and_repairs_it(
     dest = tmp_path / "restored"
     cluster4.cli(1, "restore", src, "--to", dest)
     assert same_tree(src, dest)
+
+
+def test_backup_of_several_paths_with_exclusions(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    make_tree(one)
+    make_tree(two)
+    (two / "docs" / "deep" / "scratch.tmp").write_text("left out")
+    patterns = tmp_path / "excludes"
+    patterns.write_text("# not worth keeping\n*.tmp\n")
+    out = cluster4.cli(
+        1, "backup", one, two, "--exclude", "report.odt", "--exclude-file", patterns
+    ).stdout.splitlines()
+    assert [line.split(":")[0] for line in out] == [str(one), str(two)]
+    assert all("backed up 3 files" in line and "left out by 2 patterns" in line for line in out)
+    restored = tmp_path / "out"
+    cluster4.cli(1, "restore", two, "--to", restored)
+    assert sorted(p.name for p in restored.rglob("*") if p.is_file()) == [
+        "empty.txt",
+        "exact.bin",
+        "naïve name with spaces.txt",
+    ]
+    bad = cluster4.cli(1, "backup", one, "--exclude", "[oops", check=False)
+    assert bad.returncode == 2 and "never closed" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
