@@ -31,8 +31,9 @@ class Workload:
     ``durable`` holds what each name's last acknowledged operation left in it; a name whose
     last operation was not acknowledged may hold either state, and is left out."""
 
-    def __init__(self, mnt: Path, rng: random.Random) -> None:
+    def __init__(self, mnt: Path, rng: random.Random, round_: int = 0) -> None:
         self.mnt, self.rng = mnt, rng
+        self.round = round_  # in the temporary files' names: an earlier round's may be left
         self.durable: dict[str, bytes] = {}
         self.current: dict[str, bytes] = {}  # what each name holds as this writer last left it
         self.unsure: set[str] = set()
@@ -81,7 +82,8 @@ class Workload:
             self.durable[name] = self.current[name] = self.current[name][:keep]
             self.unsure.discard(name)
         else:
-            temporary = self.mnt / f".{name}.{n}.tmp"
+            # An earlier round killed mid-save left its temporary file: a name of this round's.
+            temporary = self.mnt / f".{name}.{self.round}-{n}.tmp"
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 assert os.write(fd, data) == len(data)
@@ -128,7 +130,7 @@ def test_a_mount_killed_at_random_points_loses_nothing_acknowledged(
     checked = 0
     try:
         for round_ in range(rounds):
-            work = Workload(mnt, run.rng)
+            work = Workload(mnt, run.rng, round_)
             work.thread.start()
             deadline = time.monotonic() + 60
             while len(work.done) < 3 and work.thread.is_alive():
