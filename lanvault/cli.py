@@ -21,22 +21,25 @@ from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.sizes import parse_duration, parse_size
 from node.identity import IdentityError
 
-from .commands import (
+from .backups import (
     cmd_backup,
     cmd_check,
+    cmd_degree,
     cmd_delete,
+    cmd_prune,
+    cmd_restore,
+    cmd_versions,
+)
+from .commands import (
     cmd_init,
     cmd_invite,
     cmd_mount,
     cmd_node,
-    cmd_prune,
     cmd_reclaim,
     cmd_recover,
     cmd_remove_node,
-    cmd_restore,
     cmd_state,
     cmd_status,
-    cmd_versions,
 )
 from .runtime import tune_allocator, tune_switch_interval
 from .state import (
@@ -132,6 +135,12 @@ def _degree(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 9:
         raise argparse.ArgumentTypeError("the degree must be 1..9")
     return int(text)
+
+
+def _degree_or_default(text: str) -> str:
+    if text != "default":
+        _degree(text)
+    return text
 
 
 def build_parser() -> Parser:
@@ -291,6 +300,19 @@ def build_parser() -> Parser:
     )
     p.add_argument("path", type=Path, help="the file or folder whose every version goes")
 
+    p = sub.add_parser(
+        "degree",
+        parents=[common],
+        help="show or set how many copies the mount makes of a file's or folder's new versions",
+    )
+    p.add_argument("path", type=Path, help="a file or folder in the mount (or its SOURCE)")
+    p.add_argument(
+        "degree",
+        nargs="?",
+        type=_degree_or_default,
+        help="1..9, or 'default' to use the node's default_degree again; omitted: show it",
+    )
+
     p = sub.add_parser("reclaim", parents=[common], help="lower the space this node lends")
     p.add_argument("size", type=_size, help="new space lent, e.g. 0, 500MB, 10GiB")
 
@@ -382,6 +404,7 @@ COMMANDS = {
     "backup": cmd_backup,
     "restore": cmd_restore,
     "delete": cmd_delete,
+    "degree": cmd_degree,
     "reclaim": cmd_reclaim,
     "state": cmd_state,
     "status": cmd_status,

@@ -4,10 +4,12 @@ what to type instead, no abbreviations, --version."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
 
+from fs.capture import DEGREE_XATTR, degree_from_xattrs
 from lanvault.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,3 +61,27 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         line for line in (ROOT / "pyproject.toml").read_text().splitlines() if "version =" in line
     )
     assert capsys.readouterr().out == f"lanvault {line.split('=')[1].strip().strip(chr(34))}\n"
+
+
+def test_degree_shows_and_sets_the_mounts_degree_attribute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "Photos"
+    (folder / "2026").mkdir(parents=True)
+    photo = folder / "2026" / "beach.jpg"
+    photo.write_bytes(b"jpeg")
+    state = ["--dir", str(tmp_path / "no-node")]  # no node needed: the default is named
+    assert main(["degree", str(photo), *state]) == 0
+    assert "degree (default)" in capsys.readouterr().out
+    assert main(["degree", str(folder), "3", *state]) == 0
+    assert "versions made before keep theirs" in capsys.readouterr().out
+    assert os.getxattr(folder, DEGREE_XATTR) == b"3"
+    assert main(["degree", str(photo), *state]) == 0
+    assert f"degree 3 for its new versions, from {folder}" in capsys.readouterr().out
+    assert degree_from_xattrs(str(tmp_path), "Photos/2026/beach.jpg", 2) == 3  # the mount's view
+    assert main(["degree", str(folder), "default", *state]) == 0
+    assert DEGREE_XATTR not in os.listxattr(folder)
+    with pytest.raises(SystemExit) as exit:
+        main(["degree", str(folder), "12", *state])
+    assert exit.value.code == 2
+    assert "1..9" in capsys.readouterr().err
