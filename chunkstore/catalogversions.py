@@ -287,6 +287,17 @@ class CatalogVersions(CatalogBase):
             ).fetchall()
             return [self._version_from_row(db, r) for r in rows]
 
+    def first_recorded_ns(self, prefix: str) -> int | None:
+        """When the oldest version still kept under ``prefix`` was cut (None: there is none):
+        what a restore asked for an earlier moment can offer instead."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT MIN(created_ns) FROM versions WHERE removed=0 AND mode != 0"
+                " AND (path = ? OR path LIKE ? ESCAPE '\\' OR ? = '')",
+                (prefix, _like_prefix(prefix), prefix),
+            ).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def set_complete(self, file_id: bytes, complete: bool = True) -> None:
         with self._tx() as db:
             db.execute("UPDATE versions SET complete=? WHERE file_id=?", (int(complete), file_id))

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -80,6 +81,14 @@ class Restorer:
         tree_prefixes = tuple(root.rstrip("/") + "/" for root, _seq in trees)
         versions = [v for v in versions if not v.path.startswith(tree_prefixes)]
         if not versions and not trees:
+            first = None
+            if at_ns is not None:
+                first = await self._db(self.catalog.first_recorded_ns, key)
+            if first is not None:  # everything kept is newer: say from when there is some
+                raise RestoreError(
+                    f"{path}: nothing was backed up under this path as early as"
+                    f" {_local_time(at_ns)}; the oldest version kept is from {_local_time(first)}"
+                )
             raise RestoreError(f"{path}: nothing backed up under this path")
         folders = sorted((v for v in versions if stat.S_ISDIR(v.mode)), key=lambda v: v.path)
         links = [v for v in versions if stat.S_ISLNK(v.mode)]
@@ -266,3 +275,8 @@ class Restorer:
                 target.close()
         except UnsafeDestination as exc:
             raise RestoreError(str(exc)) from None
+
+
+def _local_time(ns: int | None) -> str:
+    """A moment as people read it (local time, to the second)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((ns or 0) / 1e9))
