@@ -149,6 +149,9 @@ class Owner:
         """Back up a file or a whole folder (regular files; symlinks are not followed), less
         what ``exclusions`` leave out (recorded as no longer there, like removed entries)."""
         degree = degree or self.default_degree
+        why = self.node.replication.short_of_holders(degree)
+        if why:  # never reachable as the network stands: said at once, nothing recorded
+            raise BackupError(why)
         listing = await trio.to_thread.run_sync(scan, str(path), exclusions)
         files = listing.files
         report = Progress(

@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 
 import trio
 
-from .membership import Membership
+from .membership import Membership, PeerInfo
 from .messages import (
     MAX_BATCH,
     STORED_ALREADY,
@@ -55,6 +55,25 @@ class Replication:
         self.membership = membership
         self.pool = pool
         self.request_timeout = request_timeout
+
+    def short_of_holders(self, degree: int) -> str | None:
+        """Why ``degree`` copies can never be made on this network as it stands (fewer other
+        nodes lend space than the degree needs), in one line; None when they can, or when a
+        known node has not said yet what it lends (it may: nothing is concluded)."""
+        others = [p for p in self.membership.peers() if not self.membership.is_gone(p.node_id)]
+        if any(p.last_seen <= 0 for p in others):
+            return None  # not heard from since this node started: its space is not known
+        lending = [p for p in others if p.capacity > 0]
+        if len(lending) >= degree:
+            return None
+        idle = [p for p in others if p.capacity <= 0]
+        said = f"degree {degree} needs {degree} other nodes lending space and "
+        said += f"{len(lending)} {'does' if len(lending) == 1 else 'do'}" + (
+            f" (node{'' if len(lending) == 1 else 's'} {_ids(lending)})" if lending else ""
+        )
+        if idle:
+            said += f"; node{'' if len(idle) == 1 else 's'} {_ids(idle)} lend{'s' if len(idle) == 1 else ''} 0 B"
+        return said + ": give a lower --degree, or more space (lanvault node --quota) or computers"
 
     async def query_holders(
         self, owner: int, addresses: list[bytes], unanswered: set[int] | None = None
@@ -281,3 +300,7 @@ class Replication:
             await trio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, BACKOFF_MAX)
         return made
+
+
+def _ids(peers: Sequence[PeerInfo]) -> str:
+    return ", ".join(str(p.node_id) for p in peers)

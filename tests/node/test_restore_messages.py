@@ -1,4 +1,4 @@
-"""What a restore says when it cannot do what was asked."""
+"""What a restore or a backup says when it cannot do what was asked."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from node.report import RestoreError
+from node.report import BackupError, RestoreError
 
-from .cluster import open_cluster
+from .cluster import eventually, open_cluster
 
 
 async def test_a_restore_before_the_first_backup_names_the_oldest_moment_kept(
@@ -31,3 +31,24 @@ async def test_a_restore_before_the_first_backup_names_the_oldest_moment_kept(
         assert f"the oldest version kept is from {oldest}" in said
         with pytest.raises(RestoreError, match=r"nothing backed up under this path$"):
             await owner.restorer.restore_path(tmp_path / "elsewhere", tmp_path / "out")
+
+
+async def test_a_degree_the_network_cannot_give_fails_at_once_saying_why(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    async with open_cluster(tmp_path / "c", 3) as cluster:
+        cluster.members[3].store.set_capacity(0)  # node 3 lends nothing
+        owner = cluster.members[1].owner
+        await eventually(lambda: [p.capacity for p in owner.node.membership.peers()][1:] == [0], 30)
+        with pytest.raises(BackupError) as caught:
+            await owner.backup_path(src, degree=2)
+        assert str(caught.value) == (
+            "degree 2 needs 2 other nodes lending space and 1 does (node 2); node 3 lends 0 B:"
+            " give a lower --degree, or more space (lanvault node --quota) or computers"
+        )
+        # Refused before anything was read, sent or recorded.
+        assert owner.catalog.latest_versions("") == []
+        assert cluster.members[2].store.chunk_count() == 0
+        report = await owner.backup_path(src, degree=1)  # what the network can give works
+        assert report.files_done == 1
