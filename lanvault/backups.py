@@ -17,21 +17,17 @@ from chunkstore.sizes import format_size
 from fs.capture import DEGREE_XATTR
 from node.exclusions import Exclusions, PatternError, read_pattern_file
 
-from .commands import damage_line, emit, request
+from .commands import damage_line, emit, plural, request
 from .state import CommandError, StateDir, UsageError
-
-
-def _count(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
 
 
 def _what(data: dict[str, Any]) -> str:
     """'3 files, 1 symlink and 2 folders': what a backup or restore went through."""
-    parts = [_count(data["files"], "file", "files")] if data["files"] else []
+    parts = [plural(data["files"], "file", "files")] if data["files"] else []
     if data.get("symlinks"):
-        parts.append(_count(data["symlinks"], "symlink", "symlinks"))
+        parts.append(plural(data["symlinks"], "symlink", "symlinks"))
     if data.get("folders"):
-        parts.append(_count(data["folders"], "folder", "folders"))
+        parts.append(plural(data["folders"], "folder", "folders"))
     if len(parts) <= 1:
         return parts[0] if parts else "0 files"
     return ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -42,7 +38,7 @@ def _links_not_made(data: dict[str, Any]) -> str:
     if not count:
         return ""
     return (
-        f"; left {_count(count, 'folder', 'folders')} where the backup had a symlink"
+        f"; left {plural(count, 'folder', 'folders')} where the backup had a symlink"
         f" (a real folder is there now), e.g. {data['links_not_made'][0]}"
     )
 
@@ -56,7 +52,7 @@ def _restore_notes(data: dict[str, Any]) -> str:
     count = data.get("xattrs_refused_count", 0)
     if count:
         notes += (
-            f"; the destination refused {_count(count, 'extended attribute', 'extended attributes')}"
+            f"; the destination refused {plural(count, 'extended attribute', 'extended attributes')}"
             f", e.g. {data['xattrs_refused'][0]}"
         )
     return notes + _links_not_made(data)
@@ -155,12 +151,17 @@ def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
 def cmd_delete(args: argparse.Namespace, state: StateDir) -> int:
     data = request(state, {"op": "delete", "path": state.backup_path(args.path)}, typed=args.path)
     pending = data["pending_holders"]
-    extra = f"; {pending} offline holders will delete when they are back" if pending else ""
+    extra = (
+        f"; {plural(pending, 'offline holder')} will delete when"
+        f" {'it is' if pending == 1 else 'they are'} back"
+        if pending
+        else ""
+    )
     emit(
         args,
         data,
-        f"deleted {data['files']} file{'' if data['files'] == 1 else 's'}"
-        f" ({data['chunks']} chunks) from every holder{extra}",
+        f"deleted {plural(data['files'], 'file')}"
+        f" ({plural(data['chunks'], 'chunk')}) from every holder{extra}",
     )
     return 0
 
@@ -194,7 +195,7 @@ def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
     human = (
         f"{data['store_chunks_verified']} stored copies verified, {len(data['store_bad_copies'])} bad;"
         f" {data['own_chunks_checked']} own chunks checked, {data['own_chunks_below_degree']} below degree,"
-        f" {data['own_chunks_lost']} lost; {data['copies_made']} copies made"
+        f" {data['own_chunks_lost']} lost; {plural(data['copies_made'], 'copy', 'copies')} made"
     )
     if data.get("store_damaged_records"):
         human += (
@@ -218,15 +219,15 @@ def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
         human += f"\nbad copies found earlier and dropped: {damage_line(found)}"
     if "read_data_chunks" in data:
         human += (
-            f"\nread back {data['read_data_copies_verified']} copies of"
-            f" {data['read_data_chunks']} own chunks ({data['read_data_bytes'] / 1e6:.1f} MB):"
+            f"\nread back {plural(data['read_data_copies_verified'], 'copy', 'copies')} of"
+            f" {plural(data['read_data_chunks'], 'own chunk')} ({data['read_data_bytes'] / 1e6:.1f} MB):"
             f" {len(data['read_data_bad_copies'])} bad,"
             f" {data['read_data_unreadable_copies']} not handed over"
         )
         if args.repair:
             human += (
-                f"; {data['read_data_copies_dropped']} bad copies deleted,"
-                f" {data['read_data_copies_made']} good copies made"
+                f"; {plural(data['read_data_copies_dropped'], 'bad copy', 'bad copies')} deleted,"
+                f" {plural(data['read_data_copies_made'], 'good copy', 'good copies')} made"
             )
         human += "".join(f"\n  bad copy on {line}" for line in data["read_data_bad_copies"][:20])
     emit(args, data, human)
@@ -248,8 +249,9 @@ def cmd_prune(args: argparse.Namespace, state: StateDir) -> int:
     emit(
         args,
         data,
-        f"{verb} {data['snapshots_dropped']} snapshots and {data['versions_dropped']} versions;"
-        f" {data['chunks_deleted']} chunks {'would be' if data['dry_run'] else 'are being'}"
+        f"{verb} {plural(data['snapshots_dropped'], 'snapshot')} and"
+        f" {plural(data['versions_dropped'], 'version')};"
+        f" {plural(data['chunks_deleted'], 'chunk')} {'would be' if data['dry_run'] else 'are being'}"
         f" deleted from their holders (policy {data['policy']})",
     )
     return 0

@@ -25,6 +25,11 @@ from .state import (
 )
 
 
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """'1 chunk', '3 chunks': a count with its noun agreeing."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def kb(count: int) -> str:
     """``state`` prints KB (1000 bytes), as the original service did; elsewhere: format_size."""
     return f"{count / 1000:,.1f} KB"
@@ -158,7 +163,7 @@ def print_status(data: dict[str, Any]) -> None:
             )
         if n.get("kept_over_quota"):
             print(
-                f"      {n['kept_over_quota']} chunks over its quota wait for another computer"
+                f"      {plural(n['kept_over_quota'], 'chunk')} over its quota wait for another computer"
                 " to take a copy (the reclaim moves them when one can)"
             )
     print(f"chunks below their degree: {data['under_replicated_chunks']}")
@@ -181,8 +186,8 @@ def print_status(data: dict[str, Any]) -> None:
         when = rec.get("last_catalog_backup")
         shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "not yet"
         print(
-            f"recovery: kit on {rec['kit_holders']} nodes; catalog copy on"
-            f" {rec['catalog_holders']} nodes ({rec['catalog_bytes'] / 1e6:.1f} MB, {shown})"
+            f"recovery: kit on {plural(rec['kit_holders'], 'node')}; catalog copy on"
+            f" {plural(rec['catalog_holders'], 'node')} ({rec['catalog_bytes'] / 1e6:.1f} MB, {shown})"
         )
     behind = rec.get("catalog_behind_seconds")
     if behind is not None:
@@ -271,8 +276,8 @@ def cmd_recover(args: argparse.Namespace, state: StateDir) -> int:
     emit(
         args,
         data,
-        f"recovered node {data['node_id']} in {data['state']}: {data['files']} files,"
-        f" {data['versions']} versions, {data['snapshots']} snapshots"
+        f"recovered node {data['node_id']} in {data['state']}: {plural(data['files'], 'file')},"
+        f" {plural(data['versions'], 'version')}, {plural(data['snapshots'], 'snapshot')}"
         f" (catalog copy {data['catalog_seq']}). Start it with: lanvault node --dir {data['state']};"
         f" then e.g. lanvault restore PATH --to DEST",
     )
@@ -333,12 +338,14 @@ def cmd_reclaim(args: argparse.Namespace, state: StateDir) -> int:
     human = (
         f"now lending {format_size(data['capacity_bytes'])}, using {format_size(data['used_bytes'])}"
         f" ({format_size(data['records_bytes'])} of it owners' recovery records, kept);"
-        f" dropped {data['dropped']} chunks after making {data['copied']} copies elsewhere"
+        f" dropped {plural(data['dropped'], 'chunk')} after making"
+        f" {plural(data['copied'], 'copy', 'copies')} elsewhere"
     )
     if data["kept"]:
         up = ", ".join(map(str, data["peers_up"])) or "none"
         human += (
-            f"\n{data['kept']} chunks ({format_size(data['kept_bytes'])}) are kept here for now:"
+            f"\n{plural(data['kept'], 'chunk')} ({format_size(data['kept_bytes'])})"
+            f" {'is' if data['kept'] == 1 else 'are'} kept here for now:"
             f" no other computer could take a copy (nodes up: {up}). The node keeps trying"
             " at each repair pass and moves them as soon as one can (see status)"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -75,12 +76,14 @@ def test_reclaim_with_nowhere_to_go_says_so_and_finishes_later(
         out = json.loads(result.stdout)
         assert out["kept"] > 0 and out["kept_bytes"] > 0 and out["capacity_bytes"] == 0, out
         human = cluster.cli(holder, "reclaim", "0", check=False, timeout=300)
-        assert "are kept here for now: no other computer could take a copy" in human.stdout
+        assert re.search(
+            r"(is|are) kept here for now: no other computer could take a copy", human.stdout
+        )
         # It kept exactly what it says (nothing dropped without its copies elsewhere).
         assert len(cluster.json(holder, "state")["stored"]) == out["kept"]
-        assert (
-            "chunks over its quota wait for another computer"
-            in cluster.cli(holder, "status").stdout
+        assert re.search(
+            r"chunks? over its quota wait for another computer",
+            cluster.cli(holder, "status").stdout,
         )
         for other in others:
             cluster.start(other)
