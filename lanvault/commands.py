@@ -31,8 +31,9 @@ def plural(n: int, one: str, many: str | None = None) -> str:
 
 
 def kb(count: int) -> str:
-    """``state`` prints KB (1000 bytes), as the original service did; elsewhere: format_size."""
-    return f"{count / 1000:,.1f} KB"
+    """``state`` prints KB (1000 bytes), as the original service did; elsewhere: format_size.
+    Under 1 KB to the byte (a 20-byte file is 0.020 KB, not 0.0 KB)."""
+    return f"{count / 1000:.3f} KB" if count < 1000 else f"{count / 1000:,.1f} KB"
 
 
 class ProgressLine:

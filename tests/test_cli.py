@@ -11,6 +11,7 @@ import pytest
 
 from fs.capture import DEGREE_XATTR, degree_from_xattrs
 from lanvault.cli import build_parser, main
+from lanvault.commands import kb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,3 +86,10 @@ def test_degree_shows_and_sets_the_mounts_degree_attribute(
         main(["degree", str(folder), "12", *state])
     assert exit.value.code == 2
     assert "1..9" in capsys.readouterr().err
+
+
+def test_state_sizes_in_kb_keep_small_files_visible() -> None:
+    assert kb(20) == "0.020 KB"
+    assert kb(0) == "0.000 KB"
+    assert kb(64_000) == "64.0 KB"
+    assert kb(1_234_567) == "1,234.6 KB"
