@@ -19,12 +19,10 @@ import trio
 
 from chunkstore.catalog import FileVersion
 from chunkstore.catalogdb import CatalogDB
-from chunkstore.chunking import CHUNK_SIZE
-from chunkstore.envelope import chunk_address, open_chunk
-from chunkstore.errors import ChunkstoreError
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from fs.capture import VersionCutter, degree_from_xattrs
+from fs.chunksource import ChunkSource
 from fs.passthrough import PassthroughOps
 from fs.scan import catch_up
 from fs.versions import VersionsView
@@ -100,21 +98,6 @@ def run_mount(
             committed = trio.Event()
             await trio.to_thread.run_sync(_kick_daemon, state)
 
-    def read_local(version: FileVersion, no: int) -> bytes | None:
-        address = version.chunks[no]
-        # The chunk may still be in the live file, unchanged: cheapest of all.
-        with contextlib.suppress(OSError):
-            fd = os.open(real_path(version.path), os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                data = os.pread(fd, CHUNK_SIZE, no * CHUNK_SIZE)
-            finally:
-                os.close(fd)
-            if chunk_address(keys, data) == address:
-                return data
-        with contextlib.suppress(ChunkstoreError):
-            return open_chunk(keys, address, outbox.get(config.node_id, address))
-        return None
-
     def read_remote(addresses: list[bytes]) -> list[bytes]:
         request = {"op": "read_chunks", "addresses": [a.hex() for a in addresses]}
         event, blob = call_binary(state.socket_path, request, timeout=120)
@@ -132,21 +115,14 @@ def run_mount(
         # second time cost a quarter of the mount's CPU in versions/ reads.
         return chunks
 
-    def read_chunks_sync(version: FileVersion, nos: list[int]) -> list[bytes]:
-        found = {no: read_local(version, no) for no in nos}
-        missing = [no for no, data in found.items() if data is None]
-        if missing:
-            try:
-                remote = read_remote([version.chunks[no] for no in missing])
-            except DaemonUnavailable as exc:
-                raise OSError(errno.EIO, str(exc)) from None
-            found.update(zip(missing, remote, strict=True))
-        return [d for d in (found[no] for no in nos) if d is not None]
+    def from_node(addresses: list[bytes]) -> list[bytes]:
+        try:
+            return read_remote(addresses)
+        except DaemonUnavailable as exc:
+            raise OSError(errno.EIO, str(exc)) from None
 
-    async def read_chunks(version: FileVersion, nos: list[int]) -> list[bytes]:
-        return await trio.to_thread.run_sync(read_chunks_sync, version, nos)
-
-    versions = VersionsView(catalog, source_root, read_chunks, os.getuid(), os.getgid())
+    chunks = ChunkSource(keys, config.node_id, outbox, real_path, from_node)
+    versions = VersionsView(catalog, source_root, chunks.read_async, os.getuid(), os.getgid())
 
     ops = PassthroughOps(source_fd, cutter, versions, min_interval=config.version_interval)
     options = set(pyfuse3.default_options)
