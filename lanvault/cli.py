@@ -344,6 +344,11 @@ def build_parser() -> Parser:
         metavar="DURATION",
         help="least time between two versions of a file written continuously (default 2s)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="mount over a folder that holds files of its own (out of sight while mounted)",
+    )
 
     p = sub.add_parser(
         "prune", parents=[common], help="apply the retention policy to snapshots and versions"

@@ -376,6 +376,10 @@ def cmd_mount(args: argparse.Namespace, state: StateDir) -> int:
     from .mount import run_mount
 
     run_mount(
-        state, args.source.absolute(), args.mountpoint.absolute(), min_interval=args.min_interval
+        state,
+        args.source.absolute(),
+        args.mountpoint.absolute(),
+        min_interval=args.min_interval,
+        force=args.force,
     )
     return 0

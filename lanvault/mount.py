@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pyfuse3
@@ -28,7 +29,7 @@ from fs.scan import catch_up
 from fs.versions import VersionsView
 
 from .client import DaemonUnavailable, call, call_binary
-from .mounts import clear_dead_mount
+from .mounts import FSNAME, clear_dead_mount, is_live, mounted_fsname
 from .state import CommandError, StateDir
 
 log = logging.getLogger("lanvault.mount")
@@ -47,12 +48,41 @@ async def _outbox_upkeep(outbox: ChunkStore) -> None:
             await trio.to_thread.run_sync(outbox.compact, 0.5)
 
 
+def refuse_unsafe_mount(state: StateDir, source: Path, mountpoint: Path, force: bool) -> None:
+    """A mount that would hide files or record one folder twice is refused, in one line:
+    MOUNTPOINT already mounted, SOURCE already mounted elsewhere, or a MOUNTPOINT that holds
+    files of its own (they would be out of sight while mounted) unless ``force``."""
+    if is_live(mountpoint):
+        raise CommandError(f"{mountpoint} is already mounted (unmount it first)")
+    here = source.resolve()
+    for other, other_source in state.mounts().items():
+        elsewhere = Path(other)
+        if (
+            Path(other_source) == here
+            and elsewhere != mountpoint
+            and is_live(elsewhere)
+            and mounted_fsname(elsewhere) == FSNAME
+        ):
+            raise CommandError(
+                f"{source} is already mounted at {other}: one folder is recorded by one"
+                " mount (unmount it first)"
+            )
+    if mountpoint.resolve() != here and not force:
+        with os.scandir(mountpoint) as entries:
+            if any(True for _ in entries):
+                raise CommandError(
+                    f"{mountpoint} is not empty: its files would be out of sight while mounted"
+                    " (mount over SOURCE itself, use an empty folder, or give --force)"
+                )
+
+
 def run_mount(
     state: StateDir,
     source: Path,
     mountpoint: Path,
     foreground_signals: bool = True,
     min_interval: float | None = None,
+    force: bool = False,
 ) -> None:
     config = state.load_config()
     if min_interval is not None:
@@ -62,6 +92,7 @@ def run_mount(
         raise CommandError(f"{source} is not a folder")
     if not mountpoint.is_dir():
         raise CommandError(f"{mountpoint} is not a folder (create it first)")
+    refuse_unsafe_mount(state, source, mountpoint, force)
     # Opened before mounting: with SOURCE == MOUNTPOINT the real files stay reachable.
     source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
     keys = KeyRing.from_master(state.master_key())
@@ -151,6 +182,14 @@ def run_mount(
             # Requests wait while SOURCE is compared with the last snapshot: no change made
             # meanwhile through the mount can slip between the scan and the first cut.
             await catch_up(cutter, real_root)
+            if foreground_signals:  # a person at a terminal: say it is ready, and how to stop
+                print(
+                    f"lanvault: {source} mounted at {mountpoint}, snapshots in"
+                    f" {mountpoint / 'versions'}; Ctrl-C or 'fusermount3 -u {mountpoint}'"
+                    " unmounts it",
+                    file=sys.stderr,
+                    flush=True,
+                )
             await pyfuse3.main()
             # Unmounted: record every change still pending before leaving.
             await ops.cut_everything()

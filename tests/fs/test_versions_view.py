@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from tests.system.procs import ROOT, env
 
 from .conftest import Mount
 
@@ -20,6 +24,7 @@ def latest(mount: Mount) -> Path:
 def test_snapshots_follow_the_tree(mounted: Mount) -> None:
     m = mounted.mountpoint
     assert os.listdir(m) == ["versions"]
+    assert f"mounted at {m}" in mounted.log.read_text()  # it says when it is ready
     (m / "a.txt").write_text("one")
     (m / "dir").mkdir()
     os.symlink("a.txt", m / "dir" / "link")
@@ -112,3 +117,28 @@ def test_extended_attributes_set_while_unmounted_are_caught_up(mounted: Mount) -
     mounted.start()
     assert os.getxattr(latest(mounted) / "f.txt", "user.tag") == b"1"
     assert os.getxattr(latest(mounted) / "d", "user.tag") == b"2"
+
+
+def test_a_source_already_mounted_is_refused_a_second_mount(mounted: Mount, tmp_path: Path) -> None:
+    other = tmp_path / "mnt2"
+    other.mkdir()
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lanvault.cli",
+            "mount",
+            str(mounted.source),
+            str(other),
+            "--dir",
+            str(mounted.state),
+        ],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"is already mounted at {mounted.mountpoint}" in second.stderr
+    assert not os.path.ismount(other)
