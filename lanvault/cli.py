@@ -349,6 +349,12 @@ def build_parser() -> Parser:
         action="store_true",
         help="mount over a folder that holds files of its own (out of sight while mounted)",
     )
+    p.add_argument(
+        "--daemon",
+        action="store_true",
+        help="go to the background once mounted (logging to STATE/mount.log); exit 0 when"
+        " ready, 1 with the reason if it could not mount",
+    )
 
     p = sub.add_parser(
         "prune", parents=[common], help="apply the retention policy to snapshots and versions"

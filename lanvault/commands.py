@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from chunkstore.errors import ChunkstoreError
 from chunkstore.sizes import format_size
 
 from .client import DaemonUnavailable, call, call_binary
@@ -375,11 +378,54 @@ def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
 def cmd_mount(args: argparse.Namespace, state: StateDir) -> int:
     from .mount import run_mount
 
-    run_mount(
-        state,
-        args.source.absolute(),
-        args.mountpoint.absolute(),
-        min_interval=args.min_interval,
-        force=args.force,
-    )
-    return 0
+    def mount(on_ready: Callable[[str], None] | None = None) -> None:
+        run_mount(
+            state,
+            args.source.absolute(),
+            args.mountpoint.absolute(),
+            min_interval=args.min_interval,
+            force=args.force,
+            on_ready=on_ready,
+        )
+
+    if not args.daemon:
+        mount()
+        return 0
+    return in_background(mount, state.root / "mount.log")
+
+
+def in_background(mount: Callable[[Callable[[str], None]], None], log_path: Path) -> int:
+    """Run ``mount`` in a child process of its own session, logging to ``log_path``; return
+    once it is mounted (0, its ready line printed) or has failed (1, its error printed)."""
+    read_end, write_end = os.pipe()
+    if os.fork():  # the parent: wait for the child's word (no threads here yet: fork is safe)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            word = pipe.read().decode(errors="replace")
+        status, _, message = word.partition(" ")
+        print(f"lanvault: {message or 'the mount stopped before it was ready'}", file=sys.stderr)
+        return 0 if status == "ready" else 1
+    os.close(read_end)
+    os.setsid()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    for fd in (1, 2):
+        os.dup2(log, fd)
+    os.close(log)
+    os.close(null)
+    told = False
+
+    def ready(message: str) -> None:
+        nonlocal told
+        os.write(write_end, f"ready {message} (it runs in the background)".encode())
+        os.close(write_end)
+        told = True
+
+    try:
+        mount(ready)
+    except (CommandError, ChunkstoreError, OSError) as exc:
+        if not told:
+            os.write(write_end, f"failed {exc}".encode())
+        os._exit(1)
+    os._exit(0)

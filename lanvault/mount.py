@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyfuse3
@@ -83,7 +84,10 @@ def run_mount(
     foreground_signals: bool = True,
     min_interval: float | None = None,
     force: bool = False,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
+    """Mount, catch up with SOURCE, then serve until unmounted. ``on_ready(message)`` is
+    called once it answers (else the message is printed when ``foreground_signals``)."""
     config = state.load_config()
     if min_interval is not None:
         config.version_interval = min_interval
@@ -182,14 +186,14 @@ def run_mount(
             # Requests wait while SOURCE is compared with the last snapshot: no change made
             # meanwhile through the mount can slip between the scan and the first cut.
             await catch_up(cutter, real_root)
-            if foreground_signals:  # a person at a terminal: say it is ready, and how to stop
-                print(
-                    f"lanvault: {source} mounted at {mountpoint}, snapshots in"
-                    f" {mountpoint / 'versions'}; Ctrl-C or 'fusermount3 -u {mountpoint}'"
-                    " unmounts it",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            ready = (
+                f"{source} mounted at {mountpoint}, snapshots in {mountpoint / 'versions'};"
+                f" 'fusermount3 -u {mountpoint}' unmounts it"
+            )
+            if on_ready is not None:
+                on_ready(ready)
+            elif foreground_signals:  # a person at a terminal: say it is ready, and how
+                print(f"lanvault: {ready} (or Ctrl-C)", file=sys.stderr, flush=True)
             await pyfuse3.main()
             # Unmounted: record every change still pending before leaving.
             await ops.cut_everything()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from lanvault.mounts import is_live, unmount
 from tests.system.procs import ROOT, env
 
-from .conftest import Mount
+from .conftest import Mount, fuse_available
 
 pytestmark = pytest.mark.fuse
 
@@ -142,3 +143,45 @@ def test_a_source_already_mounted_is_refused_a_second_mount(mounted: Mount, tmp_
     assert second.returncode == 1
     assert f"is already mounted at {mounted.mountpoint}" in second.stderr
     assert not os.path.ismount(other)
+
+
+def test_mount_daemon_returns_once_mounted_and_says_why_it_could_not(
+    node_state: Path, tmp_path: Path
+) -> None:
+    why = fuse_available()
+    if why:
+        pytest.skip(why)
+    source, mountpoint = tmp_path / "source", tmp_path / "mnt"
+    source.mkdir()
+    mountpoint.mkdir()
+    command = [sys.executable, "-m", "lanvault.cli", "mount", "--dir", str(node_state), "--daemon"]
+    started = subprocess.run(
+        [*command, str(source), str(mountpoint)],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"mounted at {mountpoint}" in started.stderr
+        assert "runs in the background" in started.stderr
+        assert is_live(mountpoint)  # mounted when the command returned, not later
+        (mountpoint / "a.txt").write_text("kept")
+    finally:
+        unmount(mountpoint)
+    assert (source / "a.txt").read_text() == "kept"
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("not to be hidden")
+    refused = subprocess.run(
+        [*command, str(source), str(tmp_path / "busy")],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    assert "is not empty" in refused.stderr
+    assert not os.path.ismount(tmp_path / "busy")
