@@ -101,6 +101,8 @@ class Restorer:
             report.files_total += done.files_total
             report.bytes_done += done.bytes_done
             report.bytes_total += done.bytes_total
+            report.links += done.links
+            report.folders += done.folders
         plain = versions + links
         single = not folders and len(plain) == 1 and plain[0].path == key
         dest_is_dir = dest is not None and await trio.to_thread.run_sync(dest.is_dir)
@@ -165,7 +167,7 @@ class Restorer:
                 folder.xattrs,
             )
             report.xattrs_refused.extend(f"{where}: {n}" for n in refused)
-        report.folders = len(folders)
+        report.folders += len(folders)
 
     async def _tree_for(self, key: str, at_ns: int | None) -> tuple[str, int] | None:
         """(mounted root, snapshot seq) whose tree holds ``key`` as of ``at_ns``, if any."""
@@ -234,7 +236,9 @@ class Restorer:
             if entry.kind == TREE_DIR:
                 await trio.to_thread.run_sync(target.make_folder, where)
                 folders.append((where, entry))
+                report.folders += 1  # counted as a plain restore counts them
             elif entry.kind == TREE_SYMLINK:
+                report.links += 1
                 await trio.to_thread.run_sync(
                     functools.partial(
                         target.make_symlink,

@@ -83,8 +83,10 @@ def test_written_files_reach_their_degree(cluster4: ProcessCluster, tmp_path: Pa
         history = cluster4.json(1, "versions", mnt / "report.odt")
         assert history["path"] == str(source.resolve() / "report.odt")
         assert len(history["versions"]) == 2
-        cluster4.cli(1, "restore", mnt / "notes", "--to", tmp_path / "notes-back")
+        restored = cluster4.json(1, "restore", mnt / "notes", "--to", tmp_path / "notes-back")
         assert (tmp_path / "notes-back" / "todo.txt").read_text() == "buy milk\n"
+        # Counted as a plain restore counts: the folder itself too (it said "1 file" only).
+        assert (restored["files"], restored["symlinks"], restored["folders"]) == (1, 0, 1)
         # In place while mounted: through the mount, so the restored file is a new version.
         (mnt / "notes" / "todo.txt").write_text("oops\n")
         cluster4.wait(
