@@ -177,9 +177,9 @@ def cmd_versions(args: argparse.Namespace, state: StateDir) -> int:
         if not data["snapshots"]:
             print("no snapshots yet (they come from mounted folders: lanvault mount)")
         for snap in data["snapshots"]:
-            print(f"{snap['name']}  {snap['root']}")
+            print(f"{snap['name']}  {state.shown_path(snap['root'])}")
     else:
-        print(data["path"])
+        print(state.shown_path(data["path"]))
         for v in data["versions"]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["time"]))
             state_word = "safe" if v["complete"] else "pending"

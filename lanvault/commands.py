@@ -119,13 +119,14 @@ def request_bytes(state: StateDir, op: dict[str, Any], timeout: float = 600) -> 
     return blob
 
 
-def print_state(data: dict[str, Any]) -> None:
+def print_state(data: dict[str, Any], shown: Callable[[str], str] = str) -> None:
+    """The report for people: files by the path they see (in the mount, for a mount's)."""
     print(
         f"Node {data['node_id']}: capacity {kb(data['capacity_bytes'])}, used {kb(data['used_bytes'])}"
     )
     print(f"Files backed up by this node ({len(data['files'])}):")
     for f in data["files"]:
-        print(f"  {f['path']}")
+        print(f"  {shown(f['path'])}")
         print(
             f"    fileId {f['file_id']}  desired degree {f['desired_degree']}  size {kb(f['size'])}"
         )
@@ -365,7 +366,7 @@ def cmd_state(args: argparse.Namespace, state: StateDir) -> int:
         sys.stdout.buffer.write(report + b"\n")
         sys.stdout.flush()
     else:
-        print_state(json.loads(report))
+        print_state(json.loads(report), state.shown_path)
     return 0
 
 

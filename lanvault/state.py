@@ -205,6 +205,20 @@ class StateDir:
             return absolute
         return self.mounts()[mountpoint] + absolute[len(mountpoint) :]
 
+    def shown_path(self, catalog_path: str) -> str:
+        """The path people see a catalog path by: in the mount (the one mounted now, else the
+        one recorded last) for a file backed up through a mount whose SOURCE is elsewhere."""
+        best: tuple[bool, str, str] | None = None  # (mounted now, mountpoint, source)
+        for mountpoint, source in self.mounts().items():
+            inside = catalog_path == source or catalog_path.startswith(source.rstrip("/") + "/")
+            if inside and mountpoint != source:
+                candidate = (os.path.ismount(mountpoint), mountpoint, source)
+                if best is None or candidate[0] >= best[0]:
+                    best = candidate
+        if best is None:
+            return catalog_path
+        return best[1] + catalog_path[len(best[2]) :]
+
     def in_live_mount(self, path: Path) -> bool:
         """Whether ``path`` lies in one of this node's folders, mounted right now."""
         mountpoint = self._mount_holding(os.path.normpath(path.absolute()))

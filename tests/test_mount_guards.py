@@ -45,3 +45,14 @@ def test_a_live_mountpoint_or_a_source_mounted_elsewhere_is_refused(
         refuse_unsafe_mount(state, source, second, force=True)
     live.clear()  # unmounted: both are fine again
     refuse_unsafe_mount(state, source, second, force=False)
+
+
+def test_a_mounts_files_are_shown_by_the_path_people_see(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.root.mkdir()
+    source, vault = tmp_path / ".vault-data", tmp_path / "vault"
+    state.record_mount(vault, source)
+    assert state.shown_path(f"{source}/docs/a.txt") == f"{vault}/docs/a.txt"
+    assert state.shown_path(str(source)) == str(vault)
+    assert state.shown_path(f"{source}-other/a.txt") == f"{source}-other/a.txt"
+    assert state.shown_path("/elsewhere/b.txt") == "/elsewhere/b.txt"

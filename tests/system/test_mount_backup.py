@@ -82,6 +82,8 @@ def test_written_files_reach_their_degree(cluster4: ProcessCluster, tmp_path: Pa
         # People name their files by the folder they see: the mount's paths work too.
         history = cluster4.json(1, "versions", mnt / "report.odt")
         assert history["path"] == str(source.resolve() / "report.odt")
+        shown = cluster4.cli(1, "versions", mnt / "report.odt").stdout.splitlines()[0]
+        assert shown == str(mnt / "report.odt")  # for people: the path they see
         assert len(history["versions"]) == 2
         restored = cluster4.json(1, "restore", mnt / "notes", "--to", tmp_path / "notes-back")
         assert (tmp_path / "notes-back" / "todo.txt").read_text() == "buy milk\n"
