@@ -87,6 +87,20 @@ CREATE TABLE IF NOT EXISTS snapshots (    -- one per commit: the tree as of tree
     time_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_by_root ON snapshots (root, seq);
+CREATE TABLE IF NOT EXISTS backup_runs (  -- one per `lanvault backup` of a path
+    id          INTEGER PRIMARY KEY,
+    root        TEXT    NOT NULL,     -- the path backed up
+    started_ns  INTEGER NOT NULL,
+    finished_ns INTEGER NOT NULL,
+    files       INTEGER NOT NULL,     -- files, symlinks and folders gone through
+    new         INTEGER NOT NULL,
+    changed     INTEGER NOT NULL,
+    removed     INTEGER NOT NULL,     -- gone (or left out) since the run before
+    bytes       INTEGER NOT NULL,     -- the files' size
+    bytes_added INTEGER NOT NULL,     -- of it, sent to holders by this run (new chunks)
+    outcome     TEXT    NOT NULL      -- 'complete', 'pending' (short of degree) or 'failed'
+);
+CREATE INDEX IF NOT EXISTS backup_runs_by_root ON backup_runs (root, id);
 CREATE TABLE IF NOT EXISTS catalog_chunks (  -- chunks of the catalog's own backup (recovery)
     address BLOB PRIMARY KEY
 ) WITHOUT ROWID;
@@ -134,6 +148,22 @@ class VersionInfo:
     mtime_ns: int
     created_ns: int
     complete: bool
+
+
+class BackupRun(NamedTuple):
+    """One ``lanvault backup`` of a path, as ``lanvault snapshots`` lists it."""
+
+    id: int
+    root: str
+    started_ns: int
+    finished_ns: int
+    files: int
+    new: int
+    changed: int
+    removed: int
+    bytes: int
+    bytes_added: int
+    outcome: str
 
 
 class FileListing(NamedTuple):

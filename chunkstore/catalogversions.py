@@ -18,6 +18,7 @@ from .catalogbase import (
     _VERSION_COLUMNS,
     ABSENT_ID,
     ORIGIN_BACKUP,
+    BackupRun,
     CatalogBase,
     DeleteReport,
     FileListing,
@@ -286,6 +287,29 @@ class CatalogVersions(CatalogBase):
                 (at_ns, at_ns, prefix, _like_prefix(prefix), prefix),
             ).fetchall()
             return [self._version_from_row(db, r) for r in rows]
+
+    def add_backup_run(self, run: BackupRun) -> int:
+        """Record one run of ``lanvault backup`` (its ``id`` is chosen here); its row id."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO backup_runs(root, started_ns, finished_ns, files, new, changed,"
+                " removed, bytes, bytes_added, outcome) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                tuple(run)[1:],
+            )
+            return int(cursor.lastrowid or 0)
+
+    def backup_runs(self, prefix: str = "") -> list[BackupRun]:
+        """The runs of ``lanvault backup`` of ``prefix`` or of paths inside or above it, oldest
+        first (a run of a folder above backed the path up too)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT id, root, started_ns, finished_ns, files, new, changed, removed, bytes,"
+                " bytes_added, outcome FROM backup_runs WHERE ? = '' OR root = ?"
+                " OR root LIKE ? ESCAPE '\\' OR ? LIKE (REPLACE(REPLACE(REPLACE(root, '\\',"
+                " '\\\\'), '%', '\\%'), '_', '\\_') || '/%') ESCAPE '\\' ORDER BY id",
+                (prefix, prefix, _like_prefix(prefix), prefix),
+            ).fetchall()
+        return [BackupRun(*r) for r in rows]
 
     def first_recorded_ns(self, prefix: str) -> int | None:
         """When the oldest version still kept under ``prefix`` was cut (None: there is none):

@@ -303,3 +303,32 @@ def _effective_degree(path: Path) -> tuple[int | None, str]:
         if text.strip().isdigit() and 1 <= int(text) <= 9:
             return int(text), str(place) if place != at else "its own setting"
     return None, ""
+
+
+def cmd_snapshots(args: argparse.Namespace, state: StateDir) -> int:
+    """Every backup run and every snapshot of a mount, oldest first, one line each."""
+    op: dict[str, Any] = {"op": "snapshots"}
+    if args.path:
+        op["path"] = state.backup_path(args.path)
+    data = request(state, op, typed=args.path)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not data["snapshots"]:
+        print("no backups or snapshots yet (lanvault backup PATH, or lanvault mount)")
+        return 0
+    print(f"{'id':<22} {'time':<19}  {'path':<36} what")
+    for snap in data["snapshots"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap["time"]))
+        shown = state.shown_path(snap["path"])
+        if snap["kind"] == "mount":
+            what = "snapshot of a mounted folder (read it in versions/)"
+        else:
+            what = (
+                f"backup: {plural(snap['entries'], 'entry', 'entries')}, {snap['new']} new,"
+                f" {snap['changed']} changed, {snap['removed']} gone;"
+                f" {format_size(snap['bytes'])}, {format_size(snap['bytes_added'])} added"
+                + ("" if snap["outcome"] == "complete" else f" ({snap['outcome']})")
+            )
+        print(f"{snap['id']:<22} {when:<19}  {shown:<36} {what}")
+    return 0

@@ -28,6 +28,7 @@ from .backups import (
     cmd_delete,
     cmd_prune,
     cmd_restore,
+    cmd_snapshots,
     cmd_versions,
 )
 from .commands import (
@@ -296,6 +297,15 @@ def build_parser() -> Parser:
     )
 
     p = sub.add_parser(
+        "snapshots",
+        parents=[common],
+        help="list every backup run and every snapshot of a mounted folder, oldest first",
+    )
+    p.add_argument(
+        "path", type=Path, nargs="?", help="only those of this file or folder (default: all)"
+    )
+
+    p = sub.add_parser(
         "delete", parents=[common], help="delete a file's or folder's backups everywhere"
     )
     p.add_argument("path", type=Path, help="the file or folder whose every version goes")
@@ -421,6 +431,7 @@ COMMANDS = {
     "status": cmd_status,
     "check": cmd_check,
     "versions": cmd_versions,
+    "snapshots": cmd_snapshots,
     "prune": cmd_prune,
     "invite": cmd_invite,
     "remove-node": cmd_remove_node,

@@ -205,6 +205,7 @@ class Daemon:
             "kick": self.op_kick,
             "read_chunk": self.op_read_chunk,
             "read_chunks": self.op_read_chunks,
+            "snapshots": self.op_snapshots,
             "versions": self.op_versions,
             "prune": self.op_prune,
         }
@@ -219,6 +220,37 @@ class Daemon:
         except RetentionFormatError as exc:
             raise OpError(str(exc)) from None
         return await self.owner.prune(policy, dry_run=bool(request.get("dry_run")))
+
+    async def op_snapshots(self, request: dict[str, Any], emit: Emit) -> Any:
+        """Every run of ``lanvault backup`` and every snapshot of a mounted folder (of
+        ``path`` and what is inside or above it, if given), oldest first."""
+        path = str(request.get("path") or "")
+        runs = await trio.to_thread.run_sync(self.catalog.backup_runs, path)
+        snaps = await trio.to_thread.run_sync(self.catalog.snapshots)
+        inside = path.rstrip("/") + "/"
+        listed: list[dict[str, Any]] = [
+            {
+                "kind": "backup",
+                "id": f"b{run.id}",
+                "time": run.finished_ns / 1e9,
+                "path": run.root,
+                "seconds": (run.finished_ns - run.started_ns) / 1e9,
+                "entries": run.files,
+                "new": run.new,
+                "changed": run.changed,
+                "removed": run.removed,
+                "bytes": run.bytes,
+                "bytes_added": run.bytes_added,
+                "outcome": run.outcome,
+            }
+            for run in runs
+        ]
+        listed += [
+            {"kind": "mount", "id": snapshot_name(time_ns), "time": time_ns / 1e9, "path": root}
+            for _seq, root, time_ns in snaps
+            if not path or root == path or root.startswith(inside) or path.startswith(root + "/")
+        ]
+        return {"snapshots": sorted(listed, key=lambda s: s["time"])}
 
     async def op_versions(self, request: dict[str, Any], emit: Emit) -> Any:
         """Snapshots of mounted folders, or every version of one file."""

@@ -25,6 +25,7 @@ from chunkstore.catalog import (
     read_xattrs,
     version_from_stat,
 )
+from chunkstore.catalogbase import BackupRun
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import chunk_count, split_bytes
 from chunkstore.envelope import chunk_address
@@ -42,6 +43,7 @@ from .localtree import (
     READ_BATCH,
     SEAL_BYTES,
     SMALL_FILE,
+    Scan,
     SmallRead,
     groups,
     pending_summary,
@@ -147,16 +149,54 @@ class Owner:
         exclusions: Exclusions | None = None,
     ) -> Progress:
         """Back up a file or a whole folder (regular files; symlinks are not followed), less
-        what ``exclusions`` leave out (recorded as no longer there, like removed entries)."""
+        what ``exclusions`` leave out (recorded as no longer there, like removed entries).
+        Each run that got as far as reading is recorded (``lanvault snapshots``), with its
+        outcome: complete, pending (short of its degree) or failed."""
         degree = degree or self.default_degree
         why = self.node.replication.short_of_holders(degree)
         if why:  # never reachable as the network stands: said at once, nothing recorded
             raise BackupError(why)
+        started = time.time_ns()
         listing = await trio.to_thread.run_sync(scan, str(path), exclusions)
-        files = listing.files
         report = Progress(
-            files_total=len(files), bytes_total=listing.total, entries_skipped=listing.skipped
+            files_total=len(listing.files),
+            bytes_total=listing.total,
+            entries_skipped=listing.skipped,
         )
+        outcome = "failed"
+        try:
+            await self._backup_listing(path, degree, progress, listing, report)
+            outcome = "complete"
+        except BackupPending:
+            outcome = "pending"
+            raise
+        finally:
+            run = BackupRun(
+                0,
+                str(path),
+                started,
+                time.time_ns(),
+                report.files_done + report.links + report.folders,
+                report.new,
+                report.changed,
+                report.removed,
+                report.bytes_read if outcome == "failed" else report.bytes_total,
+                report.bytes_sent,
+                outcome,
+            )
+            with trio.CancelScope(shield=True):  # an interrupted run is recorded as failed
+                await self._db(self.catalog.add_backup_run, run)
+        return report
+
+    async def _backup_listing(
+        self,
+        path: Path,
+        degree: int,
+        progress: ProgressFn | None,
+        listing: Scan,
+        report: Progress,
+    ) -> None:
+        files = listing.files
         failures: list[str] = []
         errors: list[Exception] = []
         room = trio.Semaphore(GROUPS_IN_FLIGHT)
@@ -241,7 +281,6 @@ class Owner:
                 f" degrees): {next(f'{p}: {why}' for p, why in report.pending.items())}"
             )
         await self._note_backup()  # a run that found nothing new is a backup all the same
-        return report
 
     async def _backup_folders(
         self, folders: list[str], degree: int, report: Progress, retry: list[str]

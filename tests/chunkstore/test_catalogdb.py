@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from chunkstore.catalog import FileVersion
-from chunkstore.catalogbase import _SCHEMA, TREE_DIR, TREE_FILE
+from chunkstore.catalogbase import _SCHEMA, TREE_DIR, TREE_FILE, BackupRun
 from chunkstore.catalogdb import (
     AttrRecord,
     CatalogDB,
@@ -455,6 +455,22 @@ def test_the_state_listing_is_the_newest_version_of_every_file(db: CatalogDB) ->
     assert [tuple(f) for f in db.latest_files()] == expected
     assert len(expected) == 300 - 15
     assert f"{ROOT}/d" in {v.path for v, _ in db.latest_versions("")}
+
+
+def test_backup_runs_of_a_path_are_its_own_those_inside_and_those_above(db: CatalogDB) -> None:
+    roots = ["/home/a", "/home/a/docs", "/home/ab", "/home", "/srv/x_y"]
+    for n, root in enumerate(roots):
+        db.add_backup_run(BackupRun(0, root, n, n + 1, 3, 1, 1, 0, 10, 5, "complete"))
+
+    def listed(prefix: str) -> list[str]:
+        return [run.root for run in db.backup_runs(prefix)]
+
+    assert listed("") == roots
+    assert listed("/home/a") == ["/home/a", "/home/a/docs", "/home"]
+    assert listed("/home/a/docs/f.txt") == ["/home/a", "/home/a/docs", "/home"]
+    assert listed("/home/ab") == ["/home/ab", "/home"]  # not /home/a's
+    assert listed("/srv/xay") == []  # '_' is not a wildcard
+    assert [r.id for r in db.backup_runs("")] == [1, 2, 3, 4, 5]
 
 
 def _rows(db: CatalogDB) -> list[tuple[object, ...]]:

@@ -561,3 +561,26 @@ def test_backup_of_several_paths_with_exclusions(cluster4: ProcessCluster, tmp_p
     bad = cluster4.cli(1, "backup", one, "--exclude", "[oops", check=False)
     assert bad.returncode == 2 and "never closed" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_snapshots_lists_every_backup_run(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    cluster4.cli(1, "backup", src)
+    (src / "new.txt").write_text("one more")
+    cluster4.cli(1, "backup", src / "docs", src)
+    runs = cluster4.json(1, "snapshots")["snapshots"]
+    mine = [r for r in runs if r["kind"] == "backup"]
+    # 4 files and 3 folders (src, docs, deep) new at first; then nothing; then new.txt, and
+    # src itself changed (its mtime moved).
+    assert [(r["path"], r["entries"], r["new"], r["changed"], r["outcome"]) for r in mine] == [
+        (str(src), 7, 7, 0, "complete"),
+        (str(src / "docs"), 4, 0, 0, "complete"),  # 2 files, 2 folders
+        (str(src), 8, 1, 1, "complete"),
+    ]
+    assert mine[0]["bytes_added"] > 0 and mine[1]["bytes_added"] == 0
+    assert mine[2]["new"] == 1 and mine[2]["bytes_added"] > 0
+    only_docs = cluster4.json(1, "snapshots", src / "docs" / "deep")["snapshots"]
+    assert [r["path"] for r in only_docs] == [str(src), str(src / "docs"), str(src)]
+    human = cluster4.cli(1, "snapshots", src / "docs").stdout
+    assert human.count("backup:") == 3 and "1 new" in human
