@@ -19,6 +19,7 @@ class PeerInfo:
     chunks: int = 0
     last_seen: float = 0.0
     first_seen: float = field(default=0.0)
+    capacity_known: bool = False  # it said what it lends (0 until then means "not told")
 
     @property
     def free(self) -> int:
@@ -93,6 +94,7 @@ class Membership:
         info.last_seen = self._clock()
         if capacity is not None:
             info.capacity = capacity
+            info.capacity_known = True
         if used is not None:
             info.used = used
         if chunks is not None:

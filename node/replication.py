@@ -61,7 +61,7 @@ class Replication:
         nodes lend space than the degree needs), in one line; None when they can, or when a
         known node has not said yet what it lends (it may: nothing is concluded)."""
         others = [p for p in self.membership.peers() if not self.membership.is_gone(p.node_id)]
-        if any(p.last_seen <= 0 for p in others):
+        if any(not p.capacity_known for p in others):
             return None  # not heard from since this node started: its space is not known
         lending = [p for p in others if p.capacity > 0]
         if len(lending) >= degree:
