@@ -21,7 +21,6 @@ from chunkstore.keys import KeyRing
 from chunkstore.recovery import make_kit
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.store import ChunkStore, DamageSummary
-from fs.versions import snapshot_name
 from node.enrolment import Enroller, Invites
 from node.exclusions import Exclusions, PatternError
 from node.identity import NetworkCA, tls_contexts
@@ -38,6 +37,7 @@ from node.verify import ReadDataReport, read_data, rereplicate
 from .control import Binary, Emit, OpError, serve_control
 from .health import Health
 from .health import take as take_health
+from .history import snapshots_listing, versions_listing
 from .runtime import raise_open_file_limit
 from .state import Config, StateDir
 from .state_report import state_report_json
@@ -222,68 +222,16 @@ class Daemon:
         return await self.owner.prune(policy, dry_run=bool(request.get("dry_run")))
 
     async def op_snapshots(self, request: dict[str, Any], emit: Emit) -> Any:
-        """Every run of ``lanvault backup`` and every snapshot of a mounted folder (of
-        ``path`` and what is inside or above it, if given), oldest first."""
-        path = str(request.get("path") or "")
-        runs = await trio.to_thread.run_sync(self.catalog.backup_runs, path)
-        snaps = await trio.to_thread.run_sync(self.catalog.snapshots)
-        inside = path.rstrip("/") + "/"
-        listed: list[dict[str, Any]] = [
-            {
-                "kind": "backup",
-                "id": f"b{run.id}",
-                "time": run.finished_ns / 1e9,
-                "path": run.root,
-                "seconds": (run.finished_ns - run.started_ns) / 1e9,
-                "entries": run.files,
-                "new": run.new,
-                "changed": run.changed,
-                "removed": run.removed,
-                "bytes": run.bytes,
-                "bytes_added": run.bytes_added,
-                "outcome": run.outcome,
-            }
-            for run in runs
-        ]
-        listed += [
-            {"kind": "mount", "id": snapshot_name(time_ns), "time": time_ns / 1e9, "path": root}
-            for _seq, root, time_ns in snaps
-            if not path or root == path or root.startswith(inside) or path.startswith(root + "/")
-        ]
-        return {"snapshots": sorted(listed, key=lambda s: s["time"])}
+        return await trio.to_thread.run_sync(
+            snapshots_listing, self.catalog, str(request.get("path") or "")
+        )
 
     async def op_versions(self, request: dict[str, Any], emit: Emit) -> Any:
-        """Snapshots of mounted folders, or every version of one file."""
         path = request.get("path")
-        if not path:
-            rows = await trio.to_thread.run_sync(self.catalog.snapshots)
-            return {
-                "snapshots": [
-                    {
-                        "seq": seq,
-                        "root": root,
-                        "time": time_ns / 1e9,
-                        "name": snapshot_name(time_ns),
-                    }
-                    for seq, root, time_ns in rows
-                ]
-            }
-        history = await trio.to_thread.run_sync(self.catalog.versions_of, str(path))
-        if not history:
+        found = await trio.to_thread.run_sync(versions_listing, self.catalog, str(path or ""))
+        if found is None:
             raise OpError(f"{path}: no versions backed up")
-        return {
-            "path": str(path),
-            "versions": [
-                {
-                    "time": v.created_ns / 1e9,
-                    "file_id": v.file_id.hex(),
-                    "size": v.size,
-                    "mtime": v.mtime_ns / 1e9,
-                    "complete": v.complete,
-                }
-                for v in history
-            ],
-        }
+        return found
 
     async def op_read_chunk(self, request: dict[str, Any], emit: Emit) -> Any:
         """A verified chunk of one of our versions, from the peers (for versions/ reads)."""
