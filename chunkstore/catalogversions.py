@@ -311,6 +311,15 @@ class CatalogVersions(CatalogBase):
             ).fetchall()
         return [BackupRun(*r) for r in rows]
 
+    def path_summary(self) -> list[tuple[str, int, int]]:
+        """(path, versions kept, when the newest was cut) of every path with a kept version."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT path, COUNT(*), MAX(created_ns) FROM versions WHERE removed=0"
+                " AND mode != 0 GROUP BY path ORDER BY path"
+            ).fetchall()
+        return [(str(p), int(n), int(t)) for p, n, t in rows]
+
     def first_recorded_ns(self, prefix: str) -> int | None:
         """When the oldest version still kept under ``prefix`` was cut (None: there is none):
         what a restore asked for an earlier moment can offer instead."""

@@ -332,3 +332,59 @@ def cmd_snapshots(args: argparse.Namespace, state: StateDir) -> int:
             )
         print(f"{snap['id']:<22} {when:<19}  {shown:<36} {what}")
     return 0
+
+
+def cmd_ls(args: argparse.Namespace, state: StateDir) -> int:
+    """The entries of a snapshot (a backup run's bN or a mount snapshot's name)."""
+    op: dict[str, Any] = {"op": "ls", "snapshot": args.snapshot}
+    if args.path:
+        op["path"] = state.backup_path(args.path)
+    data = request(state, op, typed=args.path)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for entry in data["entries"]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["mtime"]))
+        size = "" if entry["kind"] == "folder" else format_size(entry["size"])
+        mark = "/" if entry["kind"] == "folder" else "@" if entry["kind"] == "symlink" else ""
+        print(f"{entry['mode']:>6} {size:>10}  {when}  {state.shown_path(entry['path'])}{mark}")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, state: StateDir) -> int:
+    """What changed between two snapshots (``+`` added, ``-`` removed, ``M`` content, ``U``
+    mode or time only), as restic's diff prints it."""
+    op: dict[str, Any] = {"op": "diff", "from": args.snapshot1, "to": args.snapshot2}
+    if args.path:
+        op["path"] = state.backup_path(args.path)
+    data = request(state, op, typed=args.path)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    marks = {"added": "+", "removed": "-", "changed": "M", "metadata": "U"}
+    lines = sorted((p, marks[what]) for what, paths in data.items() for p in paths)
+    for path, mark in lines:
+        print(f"{mark}    {state.shown_path(path)}")
+    counts = ", ".join(f"{len(data[what])} {what}" for what in marks)
+    print(f"{args.snapshot1} -> {args.snapshot2}: {counts}")
+    return 0
+
+
+def cmd_find(args: argparse.Namespace, state: StateDir) -> int:
+    """Every path a kept version has had that PATTERN matches, in any snapshot."""
+    try:
+        Exclusions([args.pattern])
+    except PatternError as exc:
+        raise UsageError(str(exc)) from None
+    data = request(state, {"op": "find", "pattern": args.pattern})
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not data["paths"]:
+        print(f"nothing backed up matches {args.pattern}")
+        return 1
+    for found in data["paths"]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found["newest"]))
+        versions = plural(found["versions"], "version")
+        print(f"{state.shown_path(found['path'])}  ({versions}, the newest {when})")
+    return 0

@@ -26,6 +26,9 @@ from .backups import (
     cmd_check,
     cmd_degree,
     cmd_delete,
+    cmd_diff,
+    cmd_find,
+    cmd_ls,
     cmd_prune,
     cmd_restore,
     cmd_snapshots,
@@ -306,6 +309,27 @@ def build_parser() -> Parser:
     )
 
     p = sub.add_parser(
+        "ls", parents=[common], help="list what a snapshot holds (an id from lanvault snapshots)"
+    )
+    p.add_argument("snapshot", help="a backup run's id (b12) or a mount snapshot's name")
+    p.add_argument("path", type=Path, nargs="?", help="only this folder or file of it")
+
+    p = sub.add_parser(
+        "diff", parents=[common], help="what changed between two snapshots (ids as for ls)"
+    )
+    p.add_argument("snapshot1", help="the earlier snapshot")
+    p.add_argument("snapshot2", help="the later snapshot")
+    p.add_argument("path", type=Path, nargs="?", help="only under this folder")
+
+    p = sub.add_parser(
+        "find", parents=[common], help="find the backed-up paths a pattern matches, in any snapshot"
+    )
+    p.add_argument(
+        "pattern",
+        help="a name ('*.odt', report.odt) or a path ('/home/ann/**/notes'), as --exclude",
+    )
+
+    p = sub.add_parser(
         "delete", parents=[common], help="delete a file's or folder's backups everywhere"
     )
     p.add_argument("path", type=Path, help="the file or folder whose every version goes")
@@ -432,6 +456,9 @@ COMMANDS = {
     "check": cmd_check,
     "versions": cmd_versions,
     "snapshots": cmd_snapshots,
+    "ls": cmd_ls,
+    "diff": cmd_diff,
+    "find": cmd_find,
     "prune": cmd_prune,
     "invite": cmd_invite,
     "remove-node": cmd_remove_node,

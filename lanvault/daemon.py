@@ -37,7 +37,14 @@ from node.verify import ReadDataReport, read_data, rereplicate
 from .control import Binary, Emit, OpError, serve_control
 from .health import Health
 from .health import take as take_health
-from .history import snapshots_listing, versions_listing
+from .history import (
+    SnapshotError,
+    diff_entries,
+    find_paths,
+    snapshot_entries,
+    snapshots_listing,
+    versions_listing,
+)
 from .runtime import raise_open_file_limit
 from .state import Config, StateDir
 from .state_report import state_report_json
@@ -206,6 +213,9 @@ class Daemon:
             "read_chunk": self.op_read_chunk,
             "read_chunks": self.op_read_chunks,
             "snapshots": self.op_snapshots,
+            "ls": self.op_ls,
+            "diff": self.op_diff,
+            "find": self.op_find,
             "versions": self.op_versions,
             "prune": self.op_prune,
         }
@@ -225,6 +235,34 @@ class Daemon:
         return await trio.to_thread.run_sync(
             snapshots_listing, self.catalog, str(request.get("path") or "")
         )
+
+    async def op_ls(self, request: dict[str, Any], emit: Emit) -> Any:
+        snap, path = str(request.get("snapshot") or ""), str(request.get("path") or "")
+        try:
+            found = await trio.to_thread.run_sync(snapshot_entries, self.catalog, snap, path)
+        except SnapshotError as exc:
+            raise OpError(str(exc)) from None
+        return {"entries": [entry.to_json(p) for p, entry in sorted(found.items())]}
+
+    async def op_diff(self, request: dict[str, Any], emit: Emit) -> Any:
+        path = str(request.get("path") or "")
+        try:
+            before, after = [
+                await trio.to_thread.run_sync(snapshot_entries, self.catalog, str(s or ""), path)
+                for s in (request.get("from"), request.get("to"))
+            ]
+        except SnapshotError as exc:
+            raise OpError(str(exc)) from None
+        return diff_entries(before, after)
+
+    async def op_find(self, request: dict[str, Any], emit: Emit) -> Any:
+        try:
+            found = await trio.to_thread.run_sync(
+                find_paths, self.catalog, str(request.get("pattern") or "")
+            )
+        except PatternError as exc:
+            raise OpError(str(exc)) from None
+        return {"paths": found}
 
     async def op_versions(self, request: dict[str, Any], emit: Emit) -> Any:
         path = request.get("path")

@@ -111,6 +111,15 @@ def test_written_files_reach_their_degree(cluster4: ProcessCluster, tmp_path: Pa
     # Unmounted, the mount's path still names SOURCE's backups.
     history = cluster4.json(1, "versions", mnt / "report.odt")
     assert history["path"] == str(source.resolve() / "report.odt")
+    # A mount snapshot listed by name (as versions/ and lanvault snapshots show it).
+    snaps = [s for s in cluster4.json(1, "snapshots", mnt)["snapshots"] if s["kind"] == "mount"]
+    newest = cluster4.json(1, "ls", snaps[-1]["id"], mnt / "notes")["entries"]
+    assert [(e["path"], e["kind"], e["size"]) for e in newest] == [
+        (str(source.resolve() / "notes"), "folder", 0),
+        (str(source.resolve() / "notes" / "todo.txt"), "file", 9),
+    ]
+    changes = cluster4.json(1, "diff", snaps[0]["id"], snaps[-1]["id"])
+    assert str(source.resolve() / "report.odt") in changes["added"] + changes["changed"]
     # Nothing backed up there: one line naming the path as typed, exit 1, nothing written.
     for command in (("versions",), ("restore", "--to", str(tmp_path / "nothing"))):
         failed = cluster4.cli(1, command[0], mnt / "never.txt", *command[1:], check=False)

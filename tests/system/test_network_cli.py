@@ -584,3 +584,26 @@ def test_snapshots_lists_every_backup_run(cluster4: ProcessCluster, tmp_path: Pa
     assert [r["path"] for r in only_docs] == [str(src), str(src / "docs"), str(src)]
     human = cluster4.cli(1, "snapshots", src / "docs").stdout
     assert human.count("backup:") == 3 and "1 new" in human
+    # ls, diff and find over those runs.
+    first, _docs, last = (r["id"] for r in mine)
+    listed = cluster4.json(1, "ls", first)["entries"]
+    assert sorted(e["path"] for e in listed if e["kind"] == "file") == sorted(
+        str(p) for p in src.rglob("*") if p.is_file() and p.name != "new.txt"
+    )
+    only = cluster4.json(1, "ls", last, src / "docs" / "deep")["entries"]
+    assert [e["path"] for e in only] == [
+        str(src / "docs" / "deep"),
+        str(src / "docs" / "deep" / "naïve name with spaces.txt"),
+    ]
+    changes = cluster4.json(1, "diff", first, last)
+    assert changes == {
+        "added": [str(src / "new.txt")],
+        "removed": [],
+        "changed": [],
+        "metadata": [],
+    }
+    assert "+    " + str(src / "new.txt") in cluster4.cli(1, "diff", first, last).stdout
+    found = cluster4.json(1, "find", "*.odt")["paths"]
+    assert [(f["path"], f["versions"]) for f in found] == [(str(src / "docs" / "report.odt"), 1)]
+    missing = cluster4.cli(1, "ls", "b999", check=False)
+    assert missing.returncode == 1 and "no backup run b999" in missing.stderr
