@@ -45,6 +45,7 @@ from .commands import (
     cmd_state,
     cmd_status,
 )
+from .docgen import bash_completion, man_page, zsh_completion
 from .runtime import tune_allocator, tune_switch_interval
 from .state import (
     CommandError,
@@ -403,6 +404,12 @@ def build_parser() -> Parser:
         " duration or forever; e.g. all:24h,hourly:7d,daily:30d,weekly:1y (the default)",
     )
 
+    p = sub.add_parser(
+        "completion", help="print a shell completion script (source it, e.g. in ~/.bashrc)"
+    )
+    p.add_argument("shell", choices=["bash", "zsh"], help="the shell: bash or zsh")
+    sub.add_parser("man", help="print the manual page (man -l <(lanvault man))")
+
     p = sub.add_parser("check", parents=[common], help="verify chunk integrity and degrees")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired")
     p.add_argument(
@@ -466,7 +473,16 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("completion", "man"):  # the parser describing itself: no state needed
+        if args.command == "man":
+            print(man_page(parser, parser.commands), end="")
+        elif args.shell == "zsh":
+            print(zsh_completion(parser.commands), end="")
+        else:
+            print(bash_completion(parser.commands), end="")
+        return 0
     tune_allocator()
     tune_switch_interval()
     logging.basicConfig(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,48 @@ def test_state_sizes_in_kb_keep_small_files_visible() -> None:
     assert kb(0) == "0.000 KB"
     assert kb(64_000) == "64.0 KB"
     assert kb(1_234_567) == "1,234.6 KB"
+
+
+def completions(words: list[str]) -> list[str]:
+    """What the generated bash completion offers after ``words`` (the last being typed)."""
+    script = subprocess.run(
+        [sys.executable, "-m", "lanvault.cli", "completion", "bash"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    probe = (
+        f"{script}\nCOMP_WORDS=({' '.join(shlex.quote(w) for w in words)});"
+        f" COMP_CWORD={len(words) - 1}; _lanvault; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+    )
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_bash_completion_offers_commands_and_each_commands_options() -> None:
+    assert completions(["lanvault", "bac"]) == ["backup"]
+    assert set(completions(["lanvault", "s"])) == {"snapshots", "state", "status"}
+    assert completions(["lanvault", "backup", "--deg"]) == ["--degree"]
+    assert "--exclude-caches" in completions(["lanvault", "backup", "--exclude"])
+    assert completions(["lanvault", "--json", "restore", "--t"]) == ["--to"]
+
+
+def test_the_man_page_names_every_command_and_option() -> None:
+    parser = build_parser()
+    page = subprocess.run(
+        [sys.executable, "-m", "lanvault.cli", "man"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert page.startswith(".TH LANVAULT 1")
+    for name, command in parser.commands.items():
+        if name in ("completion", "man"):
+            continue
+        assert f".SS lanvault {name}" in page.replace("\\-", "-"), name
+        for action in command._actions:
+            for option in action.option_strings:
+                if action.help != argparse.SUPPRESS and option not in ("-h", "--help"):
+                    assert option.replace("-", "\\-") in page, (name, option)
