@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import trio
 
@@ -82,15 +82,45 @@ class Replication:
         holds; peers that did not answer are added to ``unanswered``."""
         result: dict[bytes, set[int]] = {a: set() for a in addresses}
 
+        def held(peer: int, found: tuple[bytes, ...]) -> None:
+            for address in found:
+                if address in result:
+                    result[address].add(peer)
+
+        await self._query(owner, addresses, held, unanswered)
+        return result
+
+    async def degrees(self, owner: int, addresses: list[bytes]) -> dict[bytes, int]:
+        """How many peers answer that they hold each of ``addresses`` of ``owner`` (counted,
+        no set per chunk: ``state`` and ``status`` ask this for every chunk)."""
+        counts = dict.fromkeys(addresses, 0)
+
+        def held(_peer: int, found: tuple[bytes, ...]) -> None:
+            for address in found:
+                if address in counts:
+                    counts[address] += 1
+
+        await self._query(owner, addresses, held, None)
+        return counts
+
+    async def _query(
+        self,
+        owner: int,
+        addresses: list[bytes],
+        held: Callable[[int, tuple[bytes, ...]], None],
+        unanswered: set[int] | None,
+    ) -> None:
+        """QUERY every live peer but the owner's node, QUERY_BATCH addresses at a time, all at
+        once; ``held(peer, addresses)`` for each answer; a peer that does not answer after
+        three tries goes to ``unanswered``."""
+
         async def ask(peer: int, batch: list[bytes]) -> None:
             for attempt in range(3):  # queries are idempotent: retry lost ones
                 answer = await self.pool.request_quietly(
                     peer, lambda r: Query(r, owner, tuple(batch)), self.request_timeout
                 )
                 if isinstance(answer, Holding):
-                    for address in answer.addresses:
-                        if address in result:
-                            result[address].add(peer)
+                    held(peer, answer.addresses)
                     return
                 await trio.sleep(0.2 * 2**attempt)
             if unanswered is not None:
@@ -102,7 +132,6 @@ class Replication:
                     continue  # placement never puts a chunk on its owner's node: not asked
                 for i in range(0, len(addresses), QUERY_BATCH):
                     nursery.start_soon(ask, peer, addresses[i : i + QUERY_BATCH])
-        return result
 
     async def get_envelopes(
         self,
@@ -148,11 +177,6 @@ class Replication:
                 for i in range(0, len(addresses), MAX_BATCH):
                     nursery.start_soon(one_request, addresses[i : i + MAX_BATCH])
         return found, failed
-
-    async def degrees(self, owner: int, addresses: list[bytes]) -> dict[bytes, int]:
-        """How many peers answer that they hold each of ``addresses`` of ``owner``."""
-        found = await self.query_holders(owner, addresses)
-        return {a: len(h) for a, h in found.items()}
 
     async def put_copy(
         self, target: int, owner: int, address: bytes, degree: int, envelope: bytes
