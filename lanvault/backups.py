@@ -168,9 +168,7 @@ def cmd_delete(args: argparse.Namespace, state: StateDir) -> int:
 
 def cmd_versions(args: argparse.Namespace, state: StateDir) -> int:
     op: dict[str, Any] = {"op": "versions"}
-    if args.path:
-        op["path"] = state.backup_path(args.path)
-    data = request(state, op, typed=args.path)
+    data = _ask_about_path(state, op, args.path)
     if args.json:
         print(json.dumps(data, indent=2))
     elif "snapshots" in data:
@@ -308,9 +306,7 @@ def _effective_degree(path: Path) -> tuple[int | None, str]:
 def cmd_snapshots(args: argparse.Namespace, state: StateDir) -> int:
     """Every backup run and every snapshot of a mount, oldest first, one line each."""
     op: dict[str, Any] = {"op": "snapshots"}
-    if args.path:
-        op["path"] = state.backup_path(args.path)
-    data = request(state, op, typed=args.path)
+    data = _ask_about_path(state, op, args.path)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -337,9 +333,7 @@ def cmd_snapshots(args: argparse.Namespace, state: StateDir) -> int:
 def cmd_ls(args: argparse.Namespace, state: StateDir) -> int:
     """The entries of a snapshot (a backup run's bN or a mount snapshot's name)."""
     op: dict[str, Any] = {"op": "ls", "snapshot": args.snapshot}
-    if args.path:
-        op["path"] = state.backup_path(args.path)
-    data = request(state, op, typed=args.path)
+    data = _ask_about_path(state, op, args.path)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -355,9 +349,7 @@ def cmd_diff(args: argparse.Namespace, state: StateDir) -> int:
     """What changed between two snapshots (``+`` added, ``-`` removed, ``M`` content, ``U``
     mode or time only), as restic's diff prints it."""
     op: dict[str, Any] = {"op": "diff", "from": args.snapshot1, "to": args.snapshot2}
-    if args.path:
-        op["path"] = state.backup_path(args.path)
-    data = request(state, op, typed=args.path)
+    data = _ask_about_path(state, op, args.path)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -388,3 +380,11 @@ def cmd_find(args: argparse.Namespace, state: StateDir) -> int:
         versions = plural(found["versions"], "version")
         print(f"{state.shown_path(found['path'])}  ({versions}, the newest {when})")
     return 0
+
+
+def _ask_about_path(state: StateDir, op: dict[str, Any], path: Path | None) -> Any:
+    """``op`` for ``path`` (by the catalog's name for it; a failure names it as typed), or for
+    everything when no path was given."""
+    if path:
+        op["path"] = state.backup_path(path)
+    return request(state, op, typed=path)

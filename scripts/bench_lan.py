@@ -45,19 +45,14 @@ def rate_bits(text: str) -> float:
 
 def counters(lan: Lan, index: int) -> tuple[int, int]:
     """(bytes sent, bytes received) on a computer's interface so far."""
+    statistics_dir = "/sys/class/net/eth0/statistics"
     out = subprocess.run(
-        [*lan.prefix(index), "cat", "/sys/class/net/eth0/statistics/tx_bytes"],
+        [*lan.prefix(index), "cat", f"{statistics_dir}/tx_bytes", f"{statistics_dir}/rx_bytes"],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout
-    received = subprocess.run(
-        [*lan.prefix(index), "cat", "/sys/class/net/eth0/statistics/rx_bytes"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return int(out), int(received)
+    ).stdout.split()
+    return int(out[0]), int(out[1])
 
 
 SINK = """
