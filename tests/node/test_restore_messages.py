@@ -40,7 +40,13 @@ async def test_a_degree_the_network_cannot_give_fails_at_once_saying_why(tmp_pat
     async with open_cluster(tmp_path / "c", 3) as cluster:
         cluster.members[3].store.set_capacity(0)  # node 3 lends nothing
         owner = cluster.members[1].owner
-        await eventually(lambda: [p.capacity for p in owner.node.membership.peers()][1:] == [0], 30)
+        peers = owner.node.membership.peers
+
+        def both_told() -> bool:  # node 2 said what it lends, and node 3 said 0 B
+            said = {p.node_id: p.capacity for p in peers() if p.capacity_known}
+            return said.get(3) == 0 and said.get(2, 0) > 0
+
+        await eventually(both_told, 60)
         with pytest.raises(BackupError) as caught:
             await owner.backup_path(src, degree=2)
         assert str(caught.value) == (
