@@ -281,6 +281,7 @@ def cmd_degree(args: argparse.Namespace, state: StateDir) -> int:
     data = {"path": str(path), "degree": degree, "from": source}
     after = " for the new versions of its files" if path.is_dir() else " for its new versions"
     said = f"{path}: degree {degree if degree is not None else '(default)'}{after}, from {source}"
+    said += " (the mount reads it; lanvault backup uses its --degree)"
     if args.degree is not None:
         said += " (versions made before keep theirs; write or back up again to raise them)"
     emit(args, data, said)
