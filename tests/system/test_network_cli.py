@@ -281,7 +281,10 @@ def test_metrics_endpoint_and_status_for_people(cluster4: ProcessCluster, tmp_pa
     src = tmp_path / "src"
     make_tree(src, big=500_000)
     cluster4.cli(1, "backup", src)
-    cluster4.cli(2, "restore", src, check=False)  # node 2 has none: an error, and a request
+    # node 1 answers a peer's request for certain: node 2 backs up at degree 3 (of 3 others)
+    theirs = tmp_path / "theirs"
+    make_tree(theirs, big=1_000)
+    cluster4.cli(2, "backup", theirs, "--degree", "3")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         assert reply.status == 200
         text = reply.read().decode()
