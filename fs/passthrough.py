@@ -136,6 +136,9 @@ class PassthroughOps(pyfuse3.Operations):
         # What is written, and the versions it makes (debounce, cuts): ``recorder.py``.
         self.changes = ChangeRecorder(capture, self.inodes, min_interval, self.source.open_for_read)
         self.i_am_root = os.geteuid() == 0
+        # Open unless a catch-up holds it (``hold_changes``): reads are answered meanwhile.
+        self._changes_open = trio.Event()
+        self._changes_open.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Holds the debounced cuts (``CutScheduler``); runs until cancelled."""
@@ -143,7 +146,20 @@ class PassthroughOps(pyfuse3.Operations):
 
     async def settle(self) -> None:
         """Cut every debounced file now and wait until all is recorded (versions/ is exact)."""
+        await self._changes_open.wait()  # and what a catch-up finds is recorded first
         await self.changes.settle()
+
+    def hold_changes(self) -> None:
+        """Until ``allow_changes``, every request that would change SOURCE waits (and
+        versions/ too): the mount answers lookups and reads while the catch-up compares
+        SOURCE with the last snapshot, and no change made through it can slip in between."""
+        self._changes_open = trio.Event()
+
+    def allow_changes(self) -> None:
+        self._changes_open.set()
+
+    async def changes_allowed(self) -> None:
+        await self._changes_open.wait()
 
     async def cut_everything(self) -> None:
         """At unmount: a version of every file with unrecorded changes, then wait for them."""
@@ -265,6 +281,7 @@ class PassthroughOps(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(inode)
+        await self.changes_allowed()
         with _fuse_errors():
             if fields.update_size:
                 await self._set_size(inode, fh, attr.st_size)
@@ -377,6 +394,7 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(parent_inode)
         self._refuse_versions_name(parent_inode, name)
+        await self.changes_allowed()
         with _fuse_errors():
             path = self._child(parent_inode, name)
             with self.source.at(path) as (fd, leaf):
@@ -400,6 +418,7 @@ class PassthroughOps(pyfuse3.Operations):
     async def _remove(self, parent_inode: int, name: bytes, remove: Callable[..., None]) -> None:
         self._refuse_virtual(parent_inode)
         self._refuse_versions_name(parent_inode, name)
+        await self.changes_allowed()
         with _fuse_errors():
             path = self._child(parent_inode, name)
         await self._cut_pending(path)  # what was written last is versioned under its name
@@ -424,6 +443,7 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode_new, name_new)
         if flags:
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE/NOREPLACE: not offered
+        await self.changes_allowed()
         with _fuse_errors():
             old = self._child(parent_inode_old, name_old)
             new = self._child(parent_inode_new, name_new)
@@ -462,6 +482,7 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(inode, new_parent_inode)
         self._refuse_versions_name(new_parent_inode, new_name)
+        await self.changes_allowed()
         with _fuse_errors():
             new = self._child(new_parent_inode, new_name)
             existing = self._path(inode)
@@ -485,6 +506,7 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(parent_inode)
         self._refuse_versions_name(parent_inode, name)
+        await self.changes_allowed()
         with _fuse_errors():
             path = self._child(parent_inode, name)
             with self.source.at(path) as (fd, leaf):
@@ -505,6 +527,7 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(parent_inode)
         self._refuse_versions_name(parent_inode, name)
+        await self.changes_allowed()
         with _fuse_errors():
             path = self._child(parent_inode, name)
             with self.source.at(path) as (fd, leaf):
@@ -528,6 +551,8 @@ class PassthroughOps(pyfuse3.Operations):
             return self.vops.open(inode, flags)
         # O_APPEND would let the kernel pick offsets we do not see; writes come with them.
         # O_TRUNC is done here, after a cut still reading the file kept its bytes aside.
+        if flags & os.O_TRUNC or (flags & os.O_ACCMODE) != os.O_RDONLY:
+            await self.changes_allowed()
         with _fuse_errors():
             fd = self.source.open(
                 self._path(inode),
@@ -549,6 +574,7 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._refuse_virtual(parent_inode)
         self._refuse_versions_name(parent_inode, name)
+        await self.changes_allowed()
         with _fuse_errors():
             path = self._child(parent_inode, name)
             fd = self.source.open(
@@ -663,6 +689,7 @@ class PassthroughOps(pyfuse3.Operations):
         self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._refuse_virtual(inode)
+        await self.changes_allowed()
         with _fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             os.setxattr(where, os.fsdecode(name), value, follow_symlinks=False)
         await self._xattrs_changed(inode)
@@ -695,6 +722,7 @@ class PassthroughOps(pyfuse3.Operations):
         self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         self._refuse_virtual(inode)
+        await self.changes_allowed()
         with _fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             os.removexattr(where, os.fsdecode(name), follow_symlinks=False)
         await self._xattrs_changed(inode)

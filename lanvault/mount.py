@@ -183,18 +183,26 @@ def run_mount(
                             return
 
                 nursery.start_soon(stop_on_signal)
-            # Requests wait while SOURCE is compared with the last snapshot: no change made
-            # meanwhile through the mount can slip between the scan and the first cut.
-            await catch_up(cutter, real_root)
-            ready = (
-                f"{source} mounted at {mountpoint}, snapshots in {mountpoint / 'versions'};"
-                f" 'fusermount3 -u {mountpoint}' unmounts it"
-            )
-            if on_ready is not None:
-                on_ready(ready)
-            elif foreground_signals:  # a person at a terminal: say it is ready, and how
-                print(f"lanvault: {ready} (or Ctrl-C)", file=sys.stderr, flush=True)
+            # While SOURCE is compared with the last snapshot the mount answers lookups and
+            # reads; a request that would change SOURCE waits (``hold_changes``), so no change
+            # made through the mount can slip between the scan and the first cut.
+            ops.hold_changes()
+
+            async def catch_up_first() -> None:
+                await catch_up(cutter, real_root)
+                ops.allow_changes()
+                ready = (
+                    f"{source} mounted at {mountpoint}, snapshots in {mountpoint / 'versions'};"
+                    f" 'fusermount3 -u {mountpoint}' unmounts it"
+                )
+                if on_ready is not None:
+                    on_ready(ready)
+                elif foreground_signals:  # a person at a terminal: say it is ready, and how
+                    print(f"lanvault: {ready} (or Ctrl-C)", file=sys.stderr, flush=True)
+
+            nursery.start_soon(catch_up_first)
             await pyfuse3.main()
+            await ops.changes_allowed()  # unmounted during the catch-up: it finishes first
             # Unmounted: record every change still pending before leaving.
             await ops.cut_everything()
             await trio.to_thread.run_sync(_kick_daemon, state)

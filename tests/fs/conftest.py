@@ -72,6 +72,15 @@ class Mount:
                 raise AssertionError("not mounted after 20 s")
             time.sleep(0.05)
 
+    def wait_ready(self) -> None:
+        """Until the mount says it is ready: the catch-up is done and changes are accepted
+        (it answers lookups and reads before)."""
+        deadline = time.monotonic() + 60
+        while f"mounted at {self.mountpoint}" not in self.log.read_text(errors="replace"):
+            if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the mount never said it is ready: {self.log.read_text()}")
+            time.sleep(0.02)
+
     def stop(self) -> None:
         if mounted_fsname(self.mountpoint) == FSNAME:  # alive, or dead (ENOTCONN)
             unmount(self.mountpoint)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from fs.passthrough import PassthroughOps
 
@@ -92,5 +93,57 @@ async def test_a_file_looked_up_again_during_its_last_cut_stays_known(tmp_path: 
             assert (await ops.lookup(pyfuse3.ROOT_INODE, name, ctx)).st_ino == inode
             capture.finish.set()
         assert (await ops.getattr(inode, ctx)).st_size == 4  # still known by its inode
+    finally:
+        os.close(source_fd)
+
+
+async def test_changes_wait_for_the_catch_up_while_reads_are_answered(tmp_path: Path) -> None:
+    """At mount time the adapter answers lookups and reads at once, while every request that
+    would change SOURCE waits until the catch-up has compared it with the last snapshot."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "old.txt").write_bytes(b"old")
+    (source / "kept.txt").write_bytes(b"kept")
+    source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ops = PassthroughOps(source_fd, direct_writes=False)
+        ctx = pyfuse3.RequestContext()
+        ops.hold_changes()
+        attrs = await ops.lookup(pyfuse3.ROOT_INODE, pyfuse3.FileNameT(b"old.txt"), ctx)
+        info = await ops.open(attrs.st_ino, pyfuse3.FlagT(os.O_RDONLY), ctx)
+        assert await ops.read(info.fh, 0, 10) == b"old"
+        await ops.release(info.fh)
+        kept = await ops.lookup(pyfuse3.ROOT_INODE, pyfuse3.FileNameT(b"kept.txt"), ctx)
+        done: list[str] = []
+
+        async def change(what: str, request: object) -> None:
+            await request  # type: ignore[misc]
+            done.append(what)
+
+        name = pyfuse3.FileNameT
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                change, "mkdir", ops.mkdir(pyfuse3.ROOT_INODE, name(b"d"), 0o755, ctx)
+            )
+            nursery.start_soon(
+                change, "unlink", ops.unlink(pyfuse3.ROOT_INODE, name(b"old.txt"), ctx)
+            )
+            nursery.start_soon(
+                change,
+                "create",
+                ops.create(pyfuse3.ROOT_INODE, name(b"new.txt"), 0o644, os.O_WRONLY, ctx),
+            )
+            nursery.start_soon(
+                change, "open for writing", ops.open(kept.st_ino, pyfuse3.FlagT(os.O_RDWR), ctx)
+            )
+            nursery.start_soon(change, "settle", ops.settle())
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == []
+            assert sorted(os.listdir(source)) == ["kept.txt", "old.txt"]
+            ops.allow_changes()
+        assert sorted(done) == sorted(["mkdir", "unlink", "create", "open for writing", "settle"])
+        assert sorted(os.listdir(source)) == ["d", "kept.txt", "new.txt"]
+        for fh in list(ops.handles):
+            await ops.release(pyfuse3.FileHandleT(fh))
     finally:
         os.close(source_fd)
