@@ -29,24 +29,16 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from .errors import ChunkNotFoundError, ChunkstoreError, CorruptChunkError
-from .store import (
-    CLOUD_MARKER,
-    BadChunk,
-    CheckReport,
-    ChunkStore,
-    PutItem,
-    StoredChunk,
-    _connect_index,
-    validate_address,
-    validate_owner,
-)
+from .chunkindex import BadChunk, ChunkIndex, IndexedChunk, Location, PutItem, Record, connect_index
+from .errors import ChunkstoreError, CorruptChunkError
+from .segments import StorageReport
+from .store import CLOUD_MARKER, ChunkStore
 
 log = logging.getLogger(__name__)
 PARALLEL_REQUESTS = 16  # an object store answers each request in milliseconds: overlap them
@@ -193,23 +185,199 @@ class S3Bucket:
             token = answer["NextContinuationToken"]
 
 
-class CloudChunkStore(ChunkStore):
-    """A ``ChunkStore`` keeping its index here and its envelopes in ``bucket`` (one object
-    each). Thread-safe like the disk store; the lock is never held during a request."""
+T = TypeVar("T")
 
-    def __init__(
-        self, root: Path, conn: Any, capacity: int, bucket: ObjectBucket, prefix: str
-    ) -> None:
-        super().__init__(root, conn, capacity)
+
+class BucketBackend:
+    """Envelopes as objects in ``bucket`` (one each), for a store's index. Thread-safe; the
+    index's lock is never held during a request."""
+
+    def __init__(self, index: ChunkIndex, bucket: ObjectBucket, prefix: str) -> None:
+        index.db.executescript(_DOOMED_SCHEMA)
         self.bucket = bucket
+        self._index = index
+        self._lock = index.lock
         self._chunk_prefix = prefix + "chunks/"
         self._requests = ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="bucket")
         self._in_flight: set[str] = set()  # keys being put: not orphans, whatever a list says
         self._purge_lock = threading.Lock()
 
-    def disk_room(self, fresh: bool = False) -> int:
+    def close(self) -> None:
+        self._requests.shutdown(wait=True)
+
+    def room(self, fresh: bool = False) -> int:
         """The envelopes go to the bucket: only the quota bounds what this store takes."""
         return 2**62
+
+    def object_key(self, owner: int, address: bytes, digest: bytes) -> str:
+        return f"{self._chunk_prefix}{owner}/{address.hex()}.{digest.hex()[:16]}"
+
+    # -- writing -------------------------------------------------------------------------
+
+    def begin(self, records: Sequence[Record]) -> list[tuple[str, PutItem]]:
+        """(lock held) The records' keys, in flight until ``end``: no check takes them for
+        orphans meanwhile."""
+        keys = [(self.object_key(i.owner, i.address, d), i) for i, d in records]
+        self._in_flight.update(key for key, _i in keys)
+        return keys
+
+    def write(self, keys: list[tuple[str, PutItem]]) -> list[tuple[int, int]]:
+        """PUT every envelope (in parallel); every PUT has ended when this returns (none may
+        still be writing), then the first failure, if any, is raised. An object store answers
+        only once the object is durable."""
+        futures = [self._requests.submit(self.bucket.put, key, i.envelope) for key, i in keys]
+        for future in futures:
+            future.exception()
+        for future in futures:
+            future.result()
+        return [(0, 0)] * len(keys)
+
+    def end(self, keys: list[tuple[str, PutItem]], failed: bool) -> None:
+        """(lock held)"""
+        self._in_flight.difference_update(key for key, _i in keys)
+
+    def lost_race(self, raced: Sequence[tuple[Record, Location]]) -> None:
+        """(lock held) A concurrent put was indexed first: its object stands; ours goes,
+        unless it was the same envelope, hence the very same object."""
+        superseded = [
+            (self.object_key(item.owner, item.address, digest),)
+            for (item, digest), loc in raced
+            if loc.digest != digest
+        ]
+        if superseded:
+            with self._index.transaction():
+                self._index.db.executemany(
+                    "INSERT OR IGNORE INTO doomed(key, length) VALUES (?, 0)", superseded
+                )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, owner: int, address: bytes, loc: Location) -> bytes:
+        short = address.hex()[:16]
+        try:
+            envelope = self.bucket.get(self.object_key(owner, address, loc.digest))
+        except KeyError:
+            raise CorruptChunkError(f"chunk {short}… is missing from the bucket") from None
+        if len(envelope) != loc.length or hashlib.sha256(envelope).digest() != loc.digest:
+            raise CorruptChunkError(f"chunk {short}… failed its checksum")
+        return envelope
+
+    def map_reads(self, read: Callable[[bytes], T], addresses: Sequence[bytes]) -> list[T]:
+        return list(self._requests.map(read, addresses))  # requests overlap
+
+    # -- removing ------------------------------------------------------------------------
+
+    def forgetting(self, removed: Sequence[IndexedChunk]) -> None:
+        """(transaction open) The objects to delete are written down in the same transaction
+        as the rows' removal."""
+        self._index.db.executemany(
+            "INSERT OR IGNORE INTO doomed(key, length) VALUES (?, ?)",
+            [(self.object_key(o, a, loc.digest), loc.length) for o, a, loc in removed],
+        )
+
+    def forgotten(self) -> None:
+        self._purge_quietly()
+
+    def purge(self) -> int:
+        """Delete the doomed objects from the bucket; return their bytes. Raises
+        ``BucketError`` (they stay doomed) when the bucket cannot be reached."""
+        with self._purge_lock:
+            with self._lock:
+                self._index.ensure_open()
+                rows = self._index.db.execute("SELECT key, length FROM doomed").fetchall()
+            if not rows:
+                return 0
+            keys = [str(k) for k, _n in rows]
+            self.bucket.delete(keys)
+            with self._lock, self._index.transaction():
+                self._index.db.executemany("DELETE FROM doomed WHERE key=?", [(k,) for k in keys])
+            return sum(int(n) for _k, n in rows)
+
+    def _purge_quietly(self) -> None:
+        try:
+            self.purge()
+        except BucketError as exc:
+            log.warning("%s; the objects will be deleted later", exc)
+
+    # -- verification and upkeep ---------------------------------------------------------
+
+    def _listing(self) -> dict[str, int]:
+        return dict(self.bucket.list(self._chunk_prefix))
+
+    def scrub(self) -> list[BadChunk]:
+        """Check every chunk's object is in the bucket with its size (reads verify bytes); and
+        delete what an earlier removal could not."""
+        self._purge_quietly()
+        # The rows before the listing: a chunk indexed later (its object put after the listing
+        # began) must not be taken for missing.
+        rows = self._index.located()
+        listed = self._listing()
+        bad: list[BadChunk] = []
+        for owner, address, loc in rows:
+            size = listed.get(self.object_key(owner, address, loc.digest))
+            if size is None:
+                bad.append(BadChunk(owner, address, "missing from the bucket"))
+            elif size != loc.length:
+                reason = f"has {size} bytes in the bucket, {loc.length} expected"
+                bad.append(BadChunk(owner, address, reason))
+        if bad:  # removed meanwhile (its object with it): not a bad copy
+            expected = {(o, a): loc.digest for o, a, loc in rows}
+            with self._lock:
+                now = {(b.owner, b.address): self._index.location(b.owner, b.address) for b in bad}
+            bad = [
+                b
+                for b in bad
+                if (found := now[(b.owner, b.address)]) is not None
+                and found.digest == expected[(b.owner, b.address)]
+            ]
+        return bad
+
+    def check(self, repair: bool) -> StorageReport:
+        """Objects no entry names counted (and deleted with ``repair``)."""
+        listed = self._listing()
+        with self._lock:
+            expected = {
+                self.object_key(int(o), bytes(a), bytes(d))
+                for o, a, d in self._index.db.execute("SELECT owner, address, digest FROM chunks")
+            }
+            expected.update(str(k) for (k,) in self._index.db.execute("SELECT key FROM doomed"))
+            expected.update(self._in_flight)
+        orphans = {k: n for k, n in listed.items() if k not in expected}
+        report = StorageReport(orphan_records=len(orphans), orphan_bytes=sum(orphans.values()))
+        if repair:
+            if orphans:
+                self.bucket.delete(sorted(orphans))
+            self.purge()
+        return report
+
+    def garbage_bytes(self) -> int:
+        with self._lock:
+            return self._index.query_int("SELECT COALESCE(SUM(length), 0) FROM doomed")
+
+    def compact(self, min_garbage_ratio: float = 0.5) -> int:
+        """No segments to rewrite: delete what removal could not delete at the time."""
+        try:
+            return self.purge()
+        except BucketError as exc:
+            log.warning("%s; trying again at the next compaction", exc)
+            return 0
+
+
+class CloudChunkStore(ChunkStore):
+    """A ``ChunkStore`` whose backend is a bucket (the index stays on this disk)."""
+
+    backend: BucketBackend
+
+    @property
+    def bucket(self) -> ObjectBucket:
+        return self.backend.bucket
+
+    def object_key(self, owner: int, address: bytes, digest: bytes) -> str:
+        return self.backend.object_key(owner, address, digest)
+
+    def purge(self) -> int:
+        """Delete the objects of removed chunks now (``BucketBackend.purge``)."""
+        return self.backend.purge()
 
     @classmethod
     def open_cloud(
@@ -234,7 +402,7 @@ class CloudChunkStore(ChunkStore):
                 )
         else:
             if (path / "index.sqlite3").exists():
-                conn, _capacity = _connect_index(path)
+                conn, _capacity = connect_index(path)
                 try:
                     held = int(conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
                 finally:
@@ -247,219 +415,8 @@ class CloudChunkStore(ChunkStore):
             tmp = marker.with_suffix(".tmp")
             tmp.write_text(json.dumps(binding))
             tmp.replace(marker)
-        conn, stored_capacity = _connect_index(path)
-        conn.executescript(_DOOMED_SCHEMA)
-        store = cls(path, conn, stored_capacity, bucket, prefix)
+        index = ChunkIndex(*connect_index(path))
+        store = cls(path, index, BucketBackend(index, bucket, prefix))
         if capacity is not None:
             store.set_capacity(capacity)
         return store
-
-    def close(self) -> None:
-        self._requests.shutdown(wait=True)
-        super().close()
-
-    def _segment_numbers(self) -> list[int]:
-        return []  # no segments: the bucket holds the envelopes
-
-    def object_key(self, owner: int, address: bytes, digest: bytes) -> str:
-        return f"{self._chunk_prefix}{owner}/{address.hex()}.{digest.hex()[:16]}"
-
-    # -- writing -------------------------------------------------------------------------
-
-    def put_many(self, items: Sequence[PutItem]) -> list[bool]:
-        digests = self._checked_digests(items)
-        with self._lock:
-            written, records, needed = self._admit(items, digests)
-            if not records:
-                return written
-            keys = [self.object_key(i.owner, i.address, d) for i, d in records]
-            self._reserved += needed
-            self._in_flight.update(keys)
-        superseded: list[str] = []
-        now_held: set[tuple[int, bytes]] = set()
-        try:
-            # Every PUT must have ended before anything is indexed (none may still be
-            # writing when this returns), then the first failure, if any, is raised.
-            futures = [
-                self._requests.submit(self.bucket.put, key, item.envelope)
-                for key, (item, _d) in zip(keys, records, strict=True)
-            ]
-            for future in futures:
-                future.exception()
-            for future in futures:
-                future.result()
-            with self._lock:
-                # Held meanwhile: a concurrent put was indexed first. Its object stands; ours
-                # goes, unless it was the same envelope, hence the very same object.
-                superseded = [
-                    key
-                    for key, (item, digest) in zip(keys, records, strict=True)
-                    if (loc := self._location(item.owner, item.address)) is not None
-                    and loc.digest != digest
-                ]
-                now_held = self._index_new(records, [(0, 0)] * len(records))
-                with self._transaction():
-                    self._db.executemany(
-                        "INSERT OR IGNORE INTO doomed(key, length) VALUES (?, 0)",
-                        [(k,) for k in superseded],
-                    )
-        finally:
-            with self._lock:
-                self._reserved -= needed
-                self._in_flight.difference_update(keys)
-        if superseded:
-            self._purge_quietly()
-        return self._not_raced(written, items, now_held)
-
-    # -- reading -------------------------------------------------------------------------
-
-    def get(self, owner: int, address: bytes) -> bytes:
-        validate_owner(owner)
-        validate_address(address)
-        with self._lock:
-            self._ensure_open()
-            loc = self._location(owner, address)
-        if loc is None:
-            raise ChunkNotFoundError(f"no chunk {address.hex()} of owner {owner}")
-        short = address.hex()[:16]
-        try:
-            envelope = self.bucket.get(self.object_key(owner, address, loc.digest))
-        except KeyError:
-            raise CorruptChunkError(f"chunk {short}… is missing from the bucket") from None
-        if len(envelope) != loc.length or hashlib.sha256(envelope).digest() != loc.digest:
-            raise CorruptChunkError(f"chunk {short}… failed its checksum")
-        return envelope
-
-    def get_many(
-        self, owner: int, addresses: Sequence[bytes]
-    ) -> list[bytes | ChunkstoreError | OSError]:
-        def one(address: bytes) -> bytes | ChunkstoreError | OSError:
-            try:
-                return self.get(owner, address)
-            except (ChunkstoreError, OSError) as exc:
-                return exc
-
-        return list(self._requests.map(one, addresses))
-
-    # -- removing ------------------------------------------------------------------------
-
-    def _drop_rows(self, pairs: Sequence[tuple[int, bytes]]) -> None:
-        # The objects to delete are written down in the same transaction as the rows' removal.
-        doomed = []
-        for owner, address in pairs:
-            row = self._db.execute(
-                "SELECT digest, length FROM chunks WHERE owner=? AND address=?", (owner, address)
-            ).fetchone()
-            if row is not None:
-                doomed.append((self.object_key(owner, address, bytes(row[0])), int(row[1])))
-        self._db.executemany("INSERT OR IGNORE INTO doomed(key, length) VALUES (?, ?)", doomed)
-        super()._drop_rows(pairs)
-
-    def delete_many(self, owner: int, addresses: Iterable[bytes]) -> list[bytes]:
-        removed = super().delete_many(owner, addresses)
-        if removed:
-            self._purge_quietly()
-        return removed
-
-    def evict(
-        self, target_used: int, priority: Callable[[StoredChunk], float] | None = None
-    ) -> list[StoredChunk]:
-        dropped = super().evict(target_used, priority)
-        if dropped:
-            self._purge_quietly()
-        return dropped
-
-    def purge(self) -> int:
-        """Delete the doomed objects from the bucket; return their bytes. Raises
-        ``BucketError`` (they stay doomed) when the bucket cannot be reached."""
-        with self._purge_lock:
-            with self._lock:
-                self._ensure_open()
-                rows = self._db.execute("SELECT key, length FROM doomed").fetchall()
-            if not rows:
-                return 0
-            keys = [str(k) for k, _n in rows]
-            self.bucket.delete(keys)
-            with self._lock, self._transaction():
-                self._db.executemany("DELETE FROM doomed WHERE key=?", [(k,) for k in keys])
-            return sum(int(n) for _k, n in rows)
-
-    def _purge_quietly(self) -> None:
-        try:
-            self.purge()
-        except BucketError as exc:
-            log.warning("%s; the objects will be deleted later", exc)
-
-    # -- verification and upkeep ---------------------------------------------------------
-
-    def _listing(self) -> dict[str, int]:
-        return dict(self.bucket.list(self._chunk_prefix))
-
-    def scrub(self, drop_bad: bool = False, found_by: str = "scrub") -> list[BadChunk]:
-        """Check every chunk's object is in the bucket with its size (reads verify bytes); and
-        delete what an earlier removal could not."""
-        self._purge_quietly()
-        # The rows before the listing: a chunk indexed later (its object put after the listing
-        # began) must not be taken for missing.
-        with self._lock:
-            rows = self._db.execute("SELECT owner, address, length, digest FROM chunks").fetchall()
-        listed = self._listing()
-        bad: list[BadChunk] = []
-        for owner, address, length, digest in rows:
-            key = self.object_key(int(owner), bytes(address), bytes(digest))
-            size = listed.get(key)
-            if size is None:
-                bad.append(BadChunk(int(owner), bytes(address), "missing from the bucket"))
-            elif size != int(length):
-                reason = f"has {size} bytes in the bucket, {int(length)} expected"
-                bad.append(BadChunk(int(owner), bytes(address), reason))
-        if bad:  # removed meanwhile (its object with it): not a bad copy
-            with self._lock:
-                digests = {(b.owner, b.address): self._location(b.owner, b.address) for b in bad}
-            expected = {(int(o), bytes(a)): bytes(d) for o, a, _n, d in rows}
-            bad = [
-                b
-                for b in bad
-                if (loc := digests[(b.owner, b.address)]) is not None
-                and loc.digest == expected[(b.owner, b.address)]
-            ]
-        if drop_bad and bad:
-            self.drop_damaged(bad, found_by)
-            self._purge_quietly()
-        return bad
-
-    def check(self, repair: bool = False) -> CheckReport:
-        """Reconcile index and bucket: every entry present, objects nobody names counted (and
-        deleted with ``repair``)."""
-        report = CheckReport(found_before=self.damage_summary())
-        report.bad = self.scrub(drop_bad=repair, found_by="check")
-        listed = self._listing()
-        with self._lock:
-            report.verified = self.chunk_count() if repair else self.chunk_count() - len(report.bad)
-            expected = {
-                self.object_key(int(o), bytes(a), bytes(d))
-                for o, a, d in self._db.execute("SELECT owner, address, digest FROM chunks")
-            }
-            expected.update(str(k) for (k,) in self._db.execute("SELECT key FROM doomed"))
-            expected.update(self._in_flight)
-        orphans = {k: n for k, n in listed.items() if k not in expected}
-        report.orphan_records = len(orphans)
-        report.orphan_bytes = sum(orphans.values())
-        if repair:
-            if orphans:
-                self.bucket.delete(sorted(orphans))
-            self.purge()
-            report.repaired = True
-        return report
-
-    def garbage_bytes(self) -> int:
-        with self._lock:
-            return self._query_int("SELECT COALESCE(SUM(length), 0) FROM doomed")
-
-    def compact(self, min_garbage_ratio: float = 0.5) -> int:
-        """No segments to rewrite: delete what removal could not delete at the time."""
-        try:
-            return self.purge()
-        except BucketError as exc:
-            log.warning("%s; trying again at the next compaction", exc)
-            return 0

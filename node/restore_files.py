@@ -26,7 +26,7 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import chunk_address, open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
-from chunkstore.store import pwrite_all
+from chunkstore.segments import pwrite_all
 
 from .fetch import DbRunner, Fetcher
 from .messages import MAX_BATCH

@@ -178,7 +178,7 @@ def test_the_reliability_document_is_written_from_the_suite() -> None:
 
 
 def test_the_disk_reserve_and_reclaim_figures_are_the_codes() -> None:
-    from chunkstore.store import DISK_RESERVE
+    from chunkstore.segments import DISK_RESERVE
     from node.reclaim import COPIES_IN_FLIGHT, RECLAIM_BATCH
 
     formats = " ".join((DOCS / "formats.md").read_text().split())

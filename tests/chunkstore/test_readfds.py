@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 import chunkstore.readfds as readfds_module
-import chunkstore.store as store_module
+import chunkstore.segments as store_module
 from chunkstore.errors import ChunkNotFoundError
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import prepare_chunk
 from chunkstore.readfds import MAX_IDLE_READ_FDS, ReadFds
+from chunkstore.segments import SegmentBackend
 from chunkstore.store import ChunkStore, PutItem
 
 
@@ -100,6 +101,11 @@ def deleted_segments_held(root: Path) -> int:
     return held
 
 
+def read_fds_open(store: ChunkStore) -> int:
+    assert isinstance(store.backend, SegmentBackend)
+    return store.backend.read_fds_open
+
+
 def test_a_store_shared_with_another_process_reads_through_its_compactions(
     tmp_path: Path, keys: KeyRing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,7 +119,7 @@ def test_a_store_shared_with_another_process_reads_through_its_compactions(
         writer.put_many([PutItem(1, c.address, c.envelope, 1) for c in chunks])
         for c in chunks:
             assert reader.get(1, c.address) == c.envelope
-        assert reader._read_fds.open_count <= MAX_IDLE_READ_FDS
+        assert read_fds_open(reader) <= MAX_IDLE_READ_FDS
         for round_no in range(3):  # the writer drops some, compacts, and the reader goes on
             gone = chunks[round_no::4]
             writer.delete_many(1, [c.address for c in gone])
@@ -121,7 +127,7 @@ def test_a_store_shared_with_another_process_reads_through_its_compactions(
             chunks = [c for c in chunks if c not in gone]
             for c in chunks:
                 assert reader.get(1, c.address) == c.envelope
-            assert reader._read_fds.open_count <= MAX_IDLE_READ_FDS
+            assert read_fds_open(reader) <= MAX_IDLE_READ_FDS
         assert deleted_segments_held(tmp_path / "outbox") <= MAX_IDLE_READ_FDS
         assert reader.scrub() == []  # nothing taken for damaged because it moved
         # A second on, the next read closes every idle descriptor of a deleted segment (the
@@ -148,12 +154,12 @@ def test_a_chunk_removed_by_the_other_process_is_not_taken_for_damaged(
         chunks = [prepare_chunk(keys, os.urandom(20_000)) for _ in range(12)]
         writer.put_many([PutItem(1, c.address, c.envelope, 1) for c in chunks])
         gone = chunks[0]
-        stale = reader._location(1, gone.address)
+        stale = reader.index.location(1, gone.address)
         assert stale is not None
         writer.delete_many(1, [gone.address])
         writer.compact(0.01)
         with pytest.raises(ChunkNotFoundError):
-            reader._read_at(1, gone.address, stale)
+            reader.backend.read(1, gone.address, stale)
         assert reader.get(1, chunks[1].address) == chunks[1].envelope
     finally:
         writer.close()

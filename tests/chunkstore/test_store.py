@@ -17,7 +17,8 @@ from chunkstore.errors import (
 )
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import PreparedChunk, prepare_chunk
-from chunkstore.store import DISK_RESERVE, ChunkStore, PutItem, parse_address, pwrite_all
+from chunkstore.segments import DISK_RESERVE, pwrite_all
+from chunkstore.store import ChunkStore, PutItem, parse_address
 
 
 def chunk(keys: KeyRing, n: int, size: int = 1000) -> PreparedChunk:
@@ -265,7 +266,7 @@ def test_check_reports_missing_segment(store: ChunkStore, keys: KeyRing) -> None
 def test_segments_roll_over(
     store: ChunkStore, keys: KeyRing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import chunkstore.store as module
+    import chunkstore.segments as module
 
     monkeypatch.setattr(module, "SEGMENT_LIMIT", 5_000)
     chunks = [chunk(keys, n, size=2_000) for n in range(10)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkstore.store import RECORD_HEADER
+from chunkstore.segments import RECORD_HEADER
 
 from .conftest import ScenarioRun
 from .helpers import copies_on_holders, running, same_tree, seconds_until, write_tree
