@@ -276,6 +276,36 @@ def test_segments_roll_over(
         assert store.get(1, c.address) == c.envelope
 
 
+def test_a_compaction_between_writing_and_indexing_keeps_the_records(
+    store: ChunkStore, keys: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction (another thread) that runs after a put wrote its records and before it
+    indexed them must not take a segment the put filled and retired for garbage: nothing names
+    its records yet, and unlinking it lost the chunks the put then acknowledged."""
+    import threading
+
+    import chunkstore.segments as module
+    import chunkstore.store as store_module
+
+    monkeypatch.setattr(module, "SEGMENT_LIMIT", 5_000)
+    chunks = [chunk(keys, n, size=3_000) for n in range(3)]  # one per segment: two retired
+    compacted: list[int] = []
+
+    def compact_meanwhile(name: str) -> None:
+        if name == "store.written" and not compacted:
+            other = threading.Thread(target=lambda: compacted.append(store.compact(0.0)))
+            other.start()
+            other.join(30)
+            assert not other.is_alive()
+
+    monkeypatch.setattr(store_module.crashpoints, "reached", compact_meanwhile)
+    assert store.put_many([PutItem(1, c.address, c.envelope) for c in chunks]) == [True] * 3
+    assert compacted == [0]  # it ran, and found nothing to free
+    for c in chunks:
+        assert store.get(1, c.address) == c.envelope
+    assert store.check().clean
+
+
 def test_closed_store_refuses(store: ChunkStore, keys: KeyRing) -> None:
     store.close()
     with pytest.raises(ChunkstoreError, match="closed"):
