@@ -285,7 +285,7 @@ def test_a_compaction_between_writing_and_indexing_keeps_the_records(
     import threading
 
     import chunkstore.segments as module
-    import chunkstore.store as store_module
+    from chunkstore import crashpoints
 
     monkeypatch.setattr(module, "SEGMENT_LIMIT", 5_000)
     chunks = [chunk(keys, n, size=3_000) for n in range(3)]  # one per segment: two retired
@@ -298,7 +298,7 @@ def test_a_compaction_between_writing_and_indexing_keeps_the_records(
             other.join(30)
             assert not other.is_alive()
 
-    monkeypatch.setattr(store_module.crashpoints, "reached", compact_meanwhile)
+    monkeypatch.setattr(crashpoints, "reached", compact_meanwhile)
     assert store.put_many([PutItem(1, c.address, c.envelope) for c in chunks]) == [True] * 3
     assert compacted == [0]  # it ran, and found nothing to free
     for c in chunks:
