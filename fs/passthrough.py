@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import inspect
 import logging
 import os
-import platform
-import re
 import stat
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -34,6 +28,16 @@ from chunkstore.catalog import is_own_temp
 from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import VersionCutter
+from .fuseglue import (
+    DEFAULT_MIN_INTERVAL,
+    Handle,
+    checked_name,
+    direct_writes_are_coherent,
+    entry_attributes,
+    fuse_errors,
+    guarded,
+    statfs_data,
+)
 from .inodes import InodeTable
 from .recorder import ChangeRecorder
 from .source import Source, set_attributes
@@ -42,69 +46,8 @@ from .versions_ops import VersionsOps
 
 log = logging.getLogger(__name__)
 
-# Kernels from 6.6 drop the page cache a direct write overlaps (other open files and mmaps
-# see the new bytes at once); older ones would leave a reader's cached pages stale.
-DIRECT_WRITES_COHERENT_FROM = (6, 6)
 
-
-def direct_writes_are_coherent(release: str | None = None) -> bool:
-    """Whether this kernel keeps cached readers coherent with FOPEN_DIRECT_IO writes."""
-    found = re.match(r"(\d+)\.(\d+)", release if release is not None else platform.release())
-    return found is not None and (int(found[1]), int(found[2])) >= DIRECT_WRITES_COHERENT_FROM
-
-
-ENTRY_TIMEOUT = 1.0
-DEFAULT_MIN_INTERVAL = 2.0  # seconds between two versions of a file written continuously
-
-
-@dataclass(slots=True)
-class _Handle:
-    fd: int
-    inode: int
-    writable: bool
-    wrote: bool = False  # a write came through this handle
-
-
-@contextmanager
-def _fuse_errors() -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-
-
-def _name(raw: bytes) -> str:
-    name = os.fsdecode(raw)
-    if not name or "/" in name or "\x00" in name or name in (".", ".."):
-        raise pyfuse3.FUSEError(errno.EINVAL)
-    return name
-
-
-def _guarded(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
-    """Turn any unexpected exception of a handler into EIO: it must never take the mount down."""
-
-    def wrap(
-        name: str, method: Callable[..., Awaitable[object]]
-    ) -> Callable[..., Awaitable[object]]:
-        @functools.wraps(method)
-        async def handler(*args: object, **kwargs: object) -> object:
-            try:
-                return await method(*args, **kwargs)
-            except pyfuse3.FUSEError:
-                raise
-            except Exception:
-                log.exception("%s failed", name)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-
-        return handler
-
-    for name, method in list(vars(cls).items()):
-        if inspect.iscoroutinefunction(method) and not name.startswith("_"):
-            setattr(cls, name, wrap(name, method))
-    return cls
-
-
-@_guarded
+@guarded
 class PassthroughOps(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -132,7 +75,7 @@ class PassthroughOps(pyfuse3.Operations):
         self.source = Source(source_fd)
         self.root_ino = os.fstat(source_fd).st_ino
         self.inodes = InodeTable(pyfuse3.ROOT_INODE)
-        self.handles: dict[int, _Handle] = {}
+        self.handles: dict[int, Handle] = {}
         # What is written, and the versions it makes (debounce, cuts): ``recorder.py``.
         self.changes = ChangeRecorder(capture, self.inodes, min_interval, self.source.open_for_read)
         self.i_am_root = os.geteuid() == 0
@@ -175,7 +118,7 @@ class PassthroughOps(pyfuse3.Operations):
         if self.vops is not None:
             self.vops.refuse(*inodes)
 
-    def _refuse_versions_name(self, parent: int, raw: bytes) -> None:
+    def _refuse_versionschecked_name(self, parent: int, raw: bytes) -> None:
         if self.vops is not None and parent == pyfuse3.ROOT_INODE and raw == VERSIONS_NAME.encode():
             raise pyfuse3.FUSEError(errno.EROFS)
 
@@ -187,30 +130,14 @@ class PassthroughOps(pyfuse3.Operations):
 
     def _child(self, parent: int, raw: bytes) -> str:
         base = self._path(parent)
-        name = _name(raw)
+        name = checked_name(raw)
         return f"{base}/{name}" if base else name
 
     def _fuse_ino(self, st_ino: int) -> InodeT:
         return InodeT(pyfuse3.ROOT_INODE if st_ino == self.root_ino else st_ino)
 
     def _attrs(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
-        entry = pyfuse3.EntryAttributes()
-        entry.st_ino = self._fuse_ino(st.st_ino)
-        entry.generation = 0
-        entry.entry_timeout = ENTRY_TIMEOUT
-        entry.attr_timeout = ENTRY_TIMEOUT
-        entry.st_mode = ModeT(st.st_mode)
-        entry.st_nlink = st.st_nlink
-        entry.st_uid = st.st_uid
-        entry.st_gid = st.st_gid
-        entry.st_rdev = st.st_rdev
-        entry.st_size = st.st_size
-        entry.st_blksize = st.st_blksize
-        entry.st_blocks = st.st_blocks
-        entry.st_atime_ns = st.st_atime_ns
-        entry.st_mtime_ns = st.st_mtime_ns
-        entry.st_ctime_ns = st.st_ctime_ns
-        return entry
+        return entry_attributes(st, self._fuse_ino(st.st_ino))
 
     def _remember(
         self, path: str, st: os.stat_result, count_lookup: bool = True
@@ -233,10 +160,10 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         if self.vops is not None:
             if self.vops.owns(parent_inode):
-                return await self.vops.lookup(parent_inode, _name(name))
+                return await self.vops.lookup(parent_inode, checked_name(name))
             if parent_inode == pyfuse3.ROOT_INODE and name == VERSIONS_NAME.encode():
                 return self.vops.top_attrs()
-        with _fuse_errors():
+        with fuse_errors():
             path = self._child(parent_inode, name)
             return self._remember(path, self.source.stat(path))
 
@@ -266,7 +193,7 @@ class PassthroughOps(pyfuse3.Operations):
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self.vops is not None and self.vops.owns(inode):
             return self.vops.getattr(inode)
-        with _fuse_errors():
+        with fuse_errors():
             for handle in self.handles.values():
                 if handle.inode == inode:  # an unlinked but open file still has attributes
                     return self._attrs(os.fstat(handle.fd))
@@ -282,7 +209,7 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(inode)
         await self.changes_allowed()
-        with _fuse_errors():
+        with fuse_errors():
             if fields.update_size:
                 await self._set_size(inode, fh, attr.st_size)
             if fh is not None:
@@ -293,7 +220,7 @@ class PassthroughOps(pyfuse3.Operations):
         changed_attrs = fields.update_mode or fields.update_atime or fields.update_mtime
         if self.capture is not None and changed_attrs and not self.changes.is_dirty(inode):
             # A dirty file's next version carries its new mode and times anyway.
-            with _fuse_errors():
+            with fuse_errors():
                 for path in sorted(self.inodes[inode].paths):
                     if not is_own_temp(path):
                         self.capture.attributes_changed(path, st)
@@ -315,36 +242,23 @@ class PassthroughOps(pyfuse3.Operations):
     async def readlink(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileNameT:
         if self.vops is not None and self.vops.owns(inode):
             return self.vops.readlink(inode)
-        with _fuse_errors():
+        with fuse_errors():
             return FileNameT(os.fsencode(self.source.readlink(self._path(inode))))
 
     async def access(self, inode: InodeT, mode: ModeT, ctx: pyfuse3.RequestContext) -> bool:
         return True  # mounted with default_permissions: the kernel checks modes
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        with _fuse_errors():
+        with fuse_errors():
             st = os.statvfs(self.source.fd)
-        data = pyfuse3.StatvfsData()
-        for name in (
-            "f_bsize",
-            "f_frsize",
-            "f_blocks",
-            "f_bfree",
-            "f_bavail",
-            "f_files",
-            "f_ffree",
-            "f_favail",
-        ):
-            setattr(data, name, getattr(st, name))
-        data.f_namemax = st.f_namemax
-        return data
+        return statfs_data(st)
 
     # -- directories -----------------------------------------------------------------------
 
     async def opendir(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> FileHandleT:
         if self.vops is not None and self.vops.owns(inode):
             return self.vops.opendir(inode)
-        with _fuse_errors():
+        with fuse_errors():
             self._path(inode)
         return FileHandleT(inode)
 
@@ -360,7 +274,7 @@ class PassthroughOps(pyfuse3.Operations):
                     return
                 start_id = 1
             start_id -= 1
-        with _fuse_errors():
+        with fuse_errors():
             base = self._path(fh)
             names = self.source.names(base)
         # Cookies are positions in the sorted listing (+1: 0 means "from the start").
@@ -386,16 +300,16 @@ class PassthroughOps(pyfuse3.Operations):
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         if self._virtual(fh):
             return
-        with _fuse_errors():
+        with fuse_errors():
             self.source.sync_folder(self._path(fh))
 
     async def mkdir(
         self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(parent_inode)
-        self._refuse_versions_name(parent_inode, name)
+        self._refuse_versionschecked_name(parent_inode, name)
         await self.changes_allowed()
-        with _fuse_errors():
+        with fuse_errors():
             path = self._child(parent_inode, name)
             with self.source.at(path) as (fd, leaf):
                 os.mkdir(leaf, mode & ~ctx.umask, dir_fd=fd)
@@ -417,12 +331,12 @@ class PassthroughOps(pyfuse3.Operations):
 
     async def _remove(self, parent_inode: int, name: bytes, remove: Callable[..., None]) -> None:
         self._refuse_virtual(parent_inode)
-        self._refuse_versions_name(parent_inode, name)
+        self._refuse_versionschecked_name(parent_inode, name)
         await self.changes_allowed()
-        with _fuse_errors():
+        with fuse_errors():
             path = self._child(parent_inode, name)
         await self._cut_pending(path)  # what was written last is versioned under its name
-        with _fuse_errors():
+        with fuse_errors():
             with self.source.at(path) as (fd, leaf):
                 remove(leaf, dir_fd=fd)
             self.inodes.forget_path(path)
@@ -439,17 +353,17 @@ class PassthroughOps(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         self._refuse_virtual(parent_inode_old, parent_inode_new)
-        self._refuse_versions_name(parent_inode_old, name_old)
-        self._refuse_versions_name(parent_inode_new, name_new)
+        self._refuse_versionschecked_name(parent_inode_old, name_old)
+        self._refuse_versionschecked_name(parent_inode_new, name_new)
         if flags:
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE/NOREPLACE: not offered
         await self.changes_allowed()
-        with _fuse_errors():
+        with fuse_errors():
             old = self._child(parent_inode_old, name_old)
             new = self._child(parent_inode_new, name_new)
         await self._cut_pending(old)
         await self._cut_pending(new)
-        with _fuse_errors():
+        with fuse_errors():
             with (
                 self.source.at(old) as (old_fd, old_leaf),
                 self.source.at(new) as (new_fd, new_leaf),
@@ -461,13 +375,13 @@ class PassthroughOps(pyfuse3.Operations):
         if not is_own_temp(old) and not is_own_temp(new):
             self.capture.renamed(old, new)
         elif is_own_temp(old) and not is_own_temp(new):
-            await self._took_its_name(new)  # a restored file: its first version, at its name
+            await self._took_itschecked_name(new)  # a restored file: its first version, at its name
         elif not is_own_temp(old):
             self.capture.removed(old)  # gone from the user's tree (to a name we pass over)
 
-    async def _took_its_name(self, path: str) -> None:
+    async def _took_itschecked_name(self, path: str) -> None:
         """One of lanvault's temporary files became ``path``: record it there, whole."""
-        with _fuse_errors():
+        with fuse_errors():
             st = self.source.stat(path)
         inode = self._fuse_ino(st.st_ino)
         self.changes.all_of(inode, st.st_size + CHUNK_SIZE)  # it may predate this mount
@@ -481,9 +395,9 @@ class PassthroughOps(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(inode, new_parent_inode)
-        self._refuse_versions_name(new_parent_inode, new_name)
+        self._refuse_versionschecked_name(new_parent_inode, new_name)
         await self.changes_allowed()
-        with _fuse_errors():
+        with fuse_errors():
             new = self._child(new_parent_inode, new_name)
             existing = self._path(inode)
             with (
@@ -496,7 +410,7 @@ class PassthroughOps(pyfuse3.Operations):
             attrs = self._remember(new, self.source.stat(new))
         if self.capture is not None and not is_own_temp(new):
             if is_own_temp(existing):
-                await self._took_its_name(new)
+                await self._took_itschecked_name(new)
             else:
                 self.capture.linked(existing, new)
         return attrs
@@ -505,9 +419,9 @@ class PassthroughOps(pyfuse3.Operations):
         self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(parent_inode)
-        self._refuse_versions_name(parent_inode, name)
+        self._refuse_versionschecked_name(parent_inode, name)
         await self.changes_allowed()
-        with _fuse_errors():
+        with fuse_errors():
             path = self._child(parent_inode, name)
             with self.source.at(path) as (fd, leaf):
                 os.symlink(os.fsdecode(target), leaf, dir_fd=fd)
@@ -526,9 +440,9 @@ class PassthroughOps(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(parent_inode)
-        self._refuse_versions_name(parent_inode, name)
+        self._refuse_versionschecked_name(parent_inode, name)
         await self.changes_allowed()
-        with _fuse_errors():
+        with fuse_errors():
             path = self._child(parent_inode, name)
             with self.source.at(path) as (fd, leaf):
                 os.mknod(leaf, mode & ~ctx.umask, rdev, dir_fd=fd)
@@ -539,7 +453,7 @@ class PassthroughOps(pyfuse3.Operations):
 
     def _register(self, fd: int, inode: int, flags: int) -> pyfuse3.FileInfo:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        self.handles[fd] = _Handle(fd, inode, writable)
+        self.handles[fd] = Handle(fd, inode, writable)
         self.inodes.ensure(inode).open_handles += 1
         direct = self.direct_writes and (flags & os.O_ACCMODE) == os.O_WRONLY
         return pyfuse3.FileInfo(fh=FileHandleT(fd), direct_io=direct)
@@ -553,14 +467,14 @@ class PassthroughOps(pyfuse3.Operations):
         # O_TRUNC is done here, after a cut still reading the file kept its bytes aside.
         if flags & os.O_TRUNC or (flags & os.O_ACCMODE) != os.O_RDONLY:
             await self.changes_allowed()
-        with _fuse_errors():
+        with fuse_errors():
             fd = self.source.open(
                 self._path(inode),
                 (flags & ~os.O_APPEND & ~os.O_CREAT & ~os.O_EXCL & ~os.O_TRUNC) | os.O_NOFOLLOW,
             )
         handle = self._register(fd, inode, flags)
         if flags & os.O_TRUNC:
-            with _fuse_errors():
+            with fuse_errors():
                 await self.changes.truncate(inode, fd, 0)
         return handle
 
@@ -573,9 +487,9 @@ class PassthroughOps(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._refuse_virtual(parent_inode)
-        self._refuse_versions_name(parent_inode, name)
+        self._refuse_versionschecked_name(parent_inode, name)
         await self.changes_allowed()
-        with _fuse_errors():
+        with fuse_errors():
             path = self._child(parent_inode, name)
             fd = self.source.open(
                 path,
@@ -585,7 +499,7 @@ class PassthroughOps(pyfuse3.Operations):
             self._own(path, ctx)
             attrs = self._remember(path, os.fstat(fd))
             handle = self._register(fd, attrs.st_ino, flags)
-        with _fuse_errors():
+        with fuse_errors():
             if attrs.st_size == 0:  # a new file (the usual case): its empty version is due
                 self.changes.created(attrs.st_ino)
             elif flags & os.O_TRUNC:  # it existed after all: truncated as a write would be
@@ -596,12 +510,12 @@ class PassthroughOps(pyfuse3.Operations):
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         virtual = self.vops.handle(fh) if self.vops is not None else None
         if virtual is not None and self.vops is not None:
-            with _fuse_errors():
+            with fuse_errors():
                 return await self.vops.read(virtual, off, size)
-        with _fuse_errors():
+        with fuse_errors():
             return os.pread(fh, size, off)
 
-    def _checked(self, handle: _Handle) -> None:
+    def _checked(self, handle: Handle) -> None:
         """Refuse to write or sync through a descriptor that no longer is the file it was
         opened on (its number closed and reused elsewhere in this process): an error the
         writer sees, never bytes acknowledged into another file."""
@@ -618,7 +532,7 @@ class PassthroughOps(pyfuse3.Operations):
         handle = self.handles[fh]
         entry = self.inodes[handle.inode]
         await self.changes.wait_for_room(handle.inode)
-        with _fuse_errors():
+        with fuse_errors():
             async with entry.lock:  # a cut reading this file holds the lock between batches
                 self._checked(handle)
                 self.changes.before_write(handle.inode, off, len(buf))
@@ -640,7 +554,7 @@ class PassthroughOps(pyfuse3.Operations):
         if self._virtual(fh):
             return  # versions/ holds nothing to flush
         handle = self.handles[fh]
-        with _fuse_errors():
+        with fuse_errors():
             self._checked(handle)
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
         job = await self.changes.cut(handle.inode, fh)
@@ -662,7 +576,7 @@ class PassthroughOps(pyfuse3.Operations):
                 if entry.open_handles == 0:
                     await self.changes.cut(handle.inode, fh)
         finally:
-            with _fuse_errors():
+            with fuse_errors():
                 os.close(fh)
 
     async def _cut_pending(self, path: str) -> None:
@@ -680,7 +594,7 @@ class PassthroughOps(pyfuse3.Operations):
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
         if self.vops is not None and self.vops.owns(inode):
             return self.vops.getxattr(inode, name)
-        with _fuse_errors():
+        with fuse_errors():
             with self.source.xattr_path(self._path(inode)) as where:
                 found: bytes = os.getxattr(where, os.fsdecode(name), follow_symlinks=False)
             return found
@@ -690,7 +604,7 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> None:
         self._refuse_virtual(inode)
         await self.changes_allowed()
-        with _fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
+        with fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             os.setxattr(where, os.fsdecode(name), value, follow_symlinks=False)
         await self._xattrs_changed(inode)
 
@@ -702,7 +616,7 @@ class PassthroughOps(pyfuse3.Operations):
             pyfuse3.invalidate_inode(InodeT(inode), attr_only=True)
         if self.capture is None:
             return
-        with _fuse_errors():
+        with fuse_errors():
             path = self._path(inode)
             st = self.source.stat(path)
         xattrs = self.source.xattrs_of(path)  # the call itself succeeded: it is not failed now
@@ -715,7 +629,7 @@ class PassthroughOps(pyfuse3.Operations):
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
         if self.vops is not None and self.vops.owns(inode):
             return self.vops.listxattr(inode)
-        with _fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
+        with fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             return [XAttrNameT(os.fsencode(n)) for n in os.listxattr(where, follow_symlinks=False)]
 
     async def removexattr(
@@ -723,6 +637,6 @@ class PassthroughOps(pyfuse3.Operations):
     ) -> None:
         self._refuse_virtual(inode)
         await self.changes_allowed()
-        with _fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
+        with fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             os.removexattr(where, os.fsdecode(name), follow_symlinks=False)
         await self._xattrs_changed(inode)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from fs.passthrough import direct_writes_are_coherent
+from fs.fuseglue import direct_writes_are_coherent
 
 from .conftest import Mount
 
