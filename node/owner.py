@@ -27,7 +27,7 @@ from chunkstore.catalog import (
 )
 from chunkstore.catalogbase import BackupRun
 from chunkstore.catalogdb import CatalogDB
-from chunkstore.chunking import chunk_count, split_bytes
+from chunkstore.chunking import split_bytes
 from chunkstore.envelope import chunk_address
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import chunk_addresses, seal_chunks
@@ -39,18 +39,13 @@ from .catalogio import CatalogIO
 from .deletes import Deletes
 from .exclusions import Exclusions
 from .fetch import Fetcher
+from .filesender import FileSender
 from .localtree import (
-    READ_BATCH,
-    SEAL_BYTES,
     SMALL_FILE,
     Scan,
-    SmallRead,
     groups,
     pending_summary,
-    read_and_address,
     read_folders,
-    read_smalls,
-    runs,
     scan,
 )
 from .node import Node
@@ -64,7 +59,6 @@ from .uploader import Uploader
 
 log = logging.getLogger(__name__)
 GROUPS_IN_FLIGHT = 3  # several groups at once
-IN_FLIGHT_CHUNKS = 256  # bounds memory (16 MiB of chunks) while keeping holders busy
 
 
 class Owner:
@@ -108,6 +102,7 @@ class Owner:
             node, keys, catalog, self.io, self.uploader, outbox, unsent, self._note_backup
         )
         self.kick = self.pending.kick
+        self.sender = FileSender(node, keys, catalog, self.io, self.uploader, self.pending)
         self.trimmer = Trimmer(
             node, catalog, keys, self.fetcher, default_degree, self._guard.exclusive
         )
@@ -453,7 +448,7 @@ class Owner:
                 report.bytes_done += before.st_size
                 report.unmodified += 1
                 return latest
-            addresses, short = await self._store_content(
+            addresses, short = await self.sender.content(
                 key, before.st_size, degree, report, progress
             )
             report.bytes_read += before.st_size
@@ -534,7 +529,14 @@ class Owner:
                 report.unmodified += 1
             else:
                 report.pending[path] = f"some chunks are not yet at degree {version.degree}"
-        failures += await self._backup_small(small, degree, report, one_by_one)
+        small_failures, committed, pending = await self.sender.smalls(
+            small, degree, report, one_by_one
+        )
+        failures += small_failures
+        if committed is not None:  # the time of the last backup went in with them
+            self.last_backup_ns = committed
+        if committed is not None or pending:
+            self._catalog_changed()
         for path in one_by_one:
             try:
                 await self._backup_file(Path(path), degree, report, progress)
@@ -545,180 +547,7 @@ class Owner:
             report.files_done += 1
         return failures
 
-    async def _backup_small(
-        self,
-        files: list[tuple[str, os.stat_result, FileVersion | None]],
-        degree: int,
-        report: Progress,
-        retry: list[str],
-    ) -> list[str]:
-        """Small files read whole, their chunks sent together and their versions committed in
-        one transaction; a file that changed while read goes to ``retry``."""
-        read: list[tuple[str, os.stat_result, FileVersion | None, SmallRead]] = []
-        failures: list[str] = []
-        results = await trio.to_thread.run_sync(  # one thread hop for the whole group
-            read_smalls,
-            self.keys,
-            [(path, st) for path, st, _b in files],
-            limiter=self.node.cpu_limiter,
-        )
-        for (path, st, before), got in zip(files, results, strict=True):
-            if isinstance(got, OSError):
-                failures.append(f"{path}: {got.strerror or got}")
-                report.files_done += 1
-                continue
-            if got is None:
-                retry.append(path)
-            else:
-                read.append((path, st, before, got))
-        if not read:
-            return failures
-        plain: dict[bytes, bytes] = {}
-        for *_x, (chunks, addresses, _xattrs) in read:
-            plain.update(zip(addresses, chunks, strict=True))
-        known = await self._query(self.catalog.holders_many, list(plain))
-        live = {
-            a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
-        }
-        to_send = [a for a in plain if len(live[a]) < degree]
-        report.chunks_skipped += len(plain) - len(to_send)
-        learned: list[tuple[bytes, int]] = []
-        for start, end in runs([len(plain[a]) for a in to_send], SEAL_BYTES):
-            batch = to_send[start:end]
-            envelopes = await trio.to_thread.run_sync(
-                seal_chunks,
-                self.keys,
-                [(a, plain[a]) for a in batch],
-                limiter=self.node.cpu_limiter,
-            )
-            items = [(a, e, live[a]) for a, e in zip(batch, envelopes, strict=True)]
-            new, short_lines = await self.uploader.send(items, degree, report)  # ``live`` grows
-            learned += new
-            if short_lines:
-                await self.pending.keep_unsent(items, degree, report)
-        versions: list[FileVersion] = []
-        pending: list[FileVersion] = []
-        for path, st, before, (_chunks, addresses, xattrs) in read:
-            report.files_done += 1
-            version = version_from_stat(self.owner_id, path, st, degree, addresses, xattrs=xattrs)
-            report.bytes_read += st.st_size
-            report.note(before, version)
-            short = [a for a in addresses if len(live[a]) < degree]
-            if short:  # recorded all the same: pending until the missing copies are made
-                pending.append(version)
-                report.pending[path] = (
-                    f"chunk {short[0].hex()[:12]}… has {len(live[short[0]])} of {degree}"
-                    f" copies ({len(self.node.membership.up_ids())} peers up)"
-                )
-                continue
-            versions.append(version)
-            report.bytes_done += st.st_size
-        now = time.time_ns()
-        crashpoints.reached("backup.group")
-        await self._db(
-            self.catalog.add_complete_versions,
-            versions,
-            now,
-            learned,
-            now if versions else None,
-            pending,
-        )
-        if pending and not versions:
-            self._catalog_changed()
-        if versions:  # the time of the last backup went in with them
-            self.last_backup_ns = now
-            self._catalog_changed()
-        return failures
-
     async def _note_backup(self) -> None:
         self.last_backup_ns = time.time_ns()
         await self._db(self.catalog.set_setting, "last_backup_ns", self.last_backup_ns)
         self._catalog_changed()
-
-    async def _store_content(
-        self, path: str, size: int, degree: int, report: Progress, progress: ProgressFn | None
-    ) -> tuple[list[bytes], list[str]]:
-        """Read, address, seal and send every chunk of ``path``; return the addresses in order
-        and a line per chunk that stayed short of its degree (kept for later, ``Pending.keep_unsent``)."""
-        count = chunk_count(size)
-        addresses: list[bytes | None] = [None] * count
-        budget = trio.Semaphore(IN_FLIGHT_CHUNKS)
-        failures: list[str] = []
-        unreadable: list[OSError] = []
-        learned: list[tuple[bytes, int]] = []  # (address, holder) pairs not yet in the catalog
-
-        async def send_batch(items: list[tuple[bytes, bytes, set[int]]]) -> None:
-            try:
-                new, short = await self.uploader.send(items, degree, report)
-                learned.extend(new)
-                failures.extend(short)
-                if short:
-                    await self.pending.keep_unsent(items, degree, report)
-            finally:
-                for _ in items:
-                    budget.release()
-
-        async def flush_learned() -> None:
-            if learned:
-                pending = learned[:]
-                del learned[:]
-                await self._db(self.catalog.add_holders, pending)
-
-        async def produce(first: int, n: int) -> None:
-            # One thread hop reads and addresses the batch, one seals what must be sent.
-            try:
-                plaintexts, batch_addresses = await trio.to_thread.run_sync(
-                    read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
-                )
-            except OSError as exc:  # raised here it would leave the nursery as a group
-                unreadable.append(exc)
-                for _ in range(n):
-                    budget.release()
-                return
-            known = await self._query(self.catalog.holders_many, batch_addresses)
-            to_send: list[tuple[bytes, bytes, set[int]]] = []
-            for offset, (plain, address) in enumerate(
-                zip(plaintexts, batch_addresses, strict=True)
-            ):
-                addresses[first + offset] = address
-                report.bytes_done += len(plain)
-                holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
-                if len(holders) >= degree:
-                    report.chunks_skipped += 1
-                    budget.release()
-                else:
-                    to_send.append((address, plain, holders))
-            if to_send:
-                envelopes = await trio.to_thread.run_sync(
-                    seal_chunks,
-                    self.keys,
-                    [(address, plain) for address, plain, _h in to_send],
-                    limiter=self.node.cpu_limiter,
-                )
-                sealed = [
-                    (address, envelope, holders)
-                    for (address, _plain, holders), envelope in zip(to_send, envelopes, strict=True)
-                ]
-                del plaintexts, to_send  # the plaintexts need not wait for the holders
-                await send_batch(sealed)
-            if len(learned) >= 1024:  # record holders in batches, not one commit per chunk
-                await flush_learned()
-            if progress:
-                progress(report)
-
-        # Batches are produced concurrently (each waits for its budget in file order): one
-        # batch at a time left a core idle while its chain of thread hops waited its turn.
-        async with trio.open_nursery() as nursery:
-            for first in range(0, count, READ_BATCH):
-                n = min(READ_BATCH, count - first)
-                for _ in range(n):
-                    await budget.acquire()
-                if unreadable:
-                    for _ in range(n):
-                        budget.release()
-                    break
-                nursery.start_soon(produce, first, n)
-        await flush_learned()
-        if unreadable:
-            raise unreadable[0]
-        return [a for a in addresses if a is not None], failures
