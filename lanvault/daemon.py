@@ -37,14 +37,7 @@ from node.verify import ReadDataReport, read_data, rereplicate
 from .control import Binary, Emit, OpError, serve_control
 from .health import Health
 from .health import take as take_health
-from .history import (
-    SnapshotError,
-    diff_entries,
-    find_paths,
-    snapshot_entries,
-    snapshots_listing,
-    versions_listing,
-)
+from .history_ops import HistoryOps
 from .runtime import raise_open_file_limit
 from .state import Config, StateDir
 from .state_report import state_report_json
@@ -148,6 +141,7 @@ class Daemon:
             ).digest(),
         )
         self.catalog = CatalogDB(catalog_path or state.catalog_path)
+        self.history = HistoryOps(self.catalog)
         self.keys = KeyRing.from_master(state.master_key())
         self.outbox = ChunkStore.open(state.outbox_path, capacity=1 << 62)
         # Only this process writes here (the mount writes the outbox).
@@ -212,12 +206,8 @@ class Daemon:
             "kick": self.op_kick,
             "read_chunk": self.op_read_chunk,
             "read_chunks": self.op_read_chunks,
-            "snapshots": self.op_snapshots,
-            "ls": self.op_ls,
-            "diff": self.op_diff,
-            "find": self.op_find,
-            "versions": self.op_versions,
             "prune": self.op_prune,
+            **self.history.handlers(),
         }
 
     async def op_prune(self, request: dict[str, Any], emit: Emit) -> Any:
@@ -230,46 +220,6 @@ class Daemon:
         except RetentionFormatError as exc:
             raise OpError(str(exc)) from None
         return await self.owner.prune(policy, dry_run=bool(request.get("dry_run")))
-
-    async def op_snapshots(self, request: dict[str, Any], emit: Emit) -> Any:
-        return await trio.to_thread.run_sync(
-            snapshots_listing, self.catalog, str(request.get("path") or "")
-        )
-
-    async def op_ls(self, request: dict[str, Any], emit: Emit) -> Any:
-        snap, path = str(request.get("snapshot") or ""), str(request.get("path") or "")
-        try:
-            found = await trio.to_thread.run_sync(snapshot_entries, self.catalog, snap, path)
-        except SnapshotError as exc:
-            raise OpError(str(exc)) from None
-        return {"entries": [entry.to_json(p) for p, entry in sorted(found.items())]}
-
-    async def op_diff(self, request: dict[str, Any], emit: Emit) -> Any:
-        path = str(request.get("path") or "")
-        try:
-            before, after = [
-                await trio.to_thread.run_sync(snapshot_entries, self.catalog, str(s or ""), path)
-                for s in (request.get("from"), request.get("to"))
-            ]
-        except SnapshotError as exc:
-            raise OpError(str(exc)) from None
-        return diff_entries(before, after)
-
-    async def op_find(self, request: dict[str, Any], emit: Emit) -> Any:
-        try:
-            found = await trio.to_thread.run_sync(
-                find_paths, self.catalog, str(request.get("pattern") or "")
-            )
-        except PatternError as exc:
-            raise OpError(str(exc)) from None
-        return {"paths": found}
-
-    async def op_versions(self, request: dict[str, Any], emit: Emit) -> Any:
-        path = request.get("path")
-        found = await trio.to_thread.run_sync(versions_listing, self.catalog, str(path or ""))
-        if found is None:
-            raise OpError(f"{path}: no versions backed up")
-        return found
 
     async def op_read_chunk(self, request: dict[str, Any], emit: Emit) -> Any:
         """A verified chunk of one of our versions, from the peers (for versions/ reads)."""

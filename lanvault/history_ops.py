@@ -1,0 +1,76 @@
+"""The control socket's operations on what was backed up when (``snapshots``, ``ls``,
+``diff``, ``find``, ``versions``): each reads the catalog on a worker thread through
+``history.py`` and says a bad argument as one line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from chunkstore.catalogdb import CatalogDB
+from node.exclusions import PatternError
+
+from .control import Emit, OpError
+from .history import (
+    SnapshotError,
+    diff_entries,
+    find_paths,
+    snapshot_entries,
+    snapshots_listing,
+    versions_listing,
+)
+
+
+class HistoryOps:
+    def __init__(self, catalog: CatalogDB) -> None:
+        self.catalog = catalog
+
+    def handlers(self) -> dict[str, Any]:
+        return {
+            "snapshots": self.op_snapshots,
+            "ls": self.op_ls,
+            "diff": self.op_diff,
+            "find": self.op_find,
+            "versions": self.op_versions,
+        }
+
+    async def op_snapshots(self, request: dict[str, Any], emit: Emit) -> Any:
+        return await trio.to_thread.run_sync(
+            snapshots_listing, self.catalog, str(request.get("path") or "")
+        )
+
+    async def op_ls(self, request: dict[str, Any], emit: Emit) -> Any:
+        snap, path = str(request.get("snapshot") or ""), str(request.get("path") or "")
+        try:
+            found = await trio.to_thread.run_sync(snapshot_entries, self.catalog, snap, path)
+        except SnapshotError as exc:
+            raise OpError(str(exc)) from None
+        return {"entries": [entry.to_json(p) for p, entry in sorted(found.items())]}
+
+    async def op_diff(self, request: dict[str, Any], emit: Emit) -> Any:
+        path = str(request.get("path") or "")
+        try:
+            before, after = [
+                await trio.to_thread.run_sync(snapshot_entries, self.catalog, str(s or ""), path)
+                for s in (request.get("from"), request.get("to"))
+            ]
+        except SnapshotError as exc:
+            raise OpError(str(exc)) from None
+        return diff_entries(before, after)
+
+    async def op_find(self, request: dict[str, Any], emit: Emit) -> Any:
+        try:
+            found = await trio.to_thread.run_sync(
+                find_paths, self.catalog, str(request.get("pattern") or "")
+            )
+        except PatternError as exc:
+            raise OpError(str(exc)) from None
+        return {"paths": found}
+
+    async def op_versions(self, request: dict[str, Any], emit: Emit) -> Any:
+        path = request.get("path")
+        found = await trio.to_thread.run_sync(versions_listing, self.catalog, str(path or ""))
+        if found is None:
+            raise OpError(f"{path}: no versions backed up")
+        return found
