@@ -307,10 +307,13 @@ class ChunkStore:
     def which_held(self, owner: int, addresses: Iterable[bytes]) -> set[bytes]:
         """The subset of ``addresses`` this store holds for ``owner``."""
         validate_owner(owner)
-        wanted = [validate_address(a) for a in addresses]
+        wanted = list(addresses)
+        if not all(type(a) is bytes and len(a) == ADDRESS_SIZE for a in wanted):
+            for address in wanted:
+                validate_address(address)  # says which
         with self._lock:
             self.index.ensure_open()
-            return {a for _o, a in self.index.held_pairs([(owner, a) for a in wanted])}
+            return self.index.held_of(owner, wanted)
 
     def get(self, owner: int, address: bytes) -> bytes:
         """Return the verified envelope; ``CorruptChunkError`` if the bytes rotted."""

@@ -458,3 +458,16 @@ def test_a_full_disk_refuses_whole_batches_and_is_advertised(tmp_path: Path, key
             assert s.put(1, one.address, one.envelope) is True
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_which_held_answers_for_many_and_refuses_a_bad_address(
+    store: ChunkStore, keys: KeyRing
+) -> None:
+    held = [chunk(keys, n) for n in range(3)]
+    store.put_many([PutItem(1, c.address, c.envelope) for c in held])
+    other = chunk(keys, 9).address
+    asked = [c.address for c in held] * 2 + [other]  # repeats are fine
+    assert store.which_held(1, asked) == {c.address for c in held}
+    assert store.which_held(2, asked) == set()  # another owner's: none
+    with pytest.raises(InvalidIdError, match="expected 32 bytes"):
+        store.which_held(1, [held[0].address, b"short"])
