@@ -74,9 +74,19 @@ async def _gather(
 ) -> tuple[list[FileListing], dict[bytes, int], list[StoredChunk], dict[tuple[int, bytes], int]]:
     """What the report shows, as the catalog, this node's store and the peers say now."""
     node = owner.node
-    files = await owner.io.call(owner.catalog.latest_files)
-    wanted = sorted({a for f in files for a in f.chunks})
-    degrees = await node.replication.degrees(owner.owner_id, wanted) if wanted else {}
+    degrees: dict[bytes, int] = {}
+
+    async def ask(addresses: list[bytes]) -> None:
+        degrees.update(await node.replication.degrees(owner.owner_id, addresses))
+
+    async with trio.open_nursery() as nursery:
+
+        def addresses_known(addresses: list[bytes]) -> None:  # on the catalog's thread
+            if addresses:
+                trio.from_thread.run_sync(nursery.start_soon, ask, addresses)
+
+        # The peers are asked while the catalog reads the files' rows (they overlap).
+        files = await owner.io.call(owner.catalog.latest_files, addresses_known)
     stored = await trio.to_thread.run_sync(node.store.chunks)
     stored_degrees: dict[tuple[int, bytes], int] = {}
     by_owner: dict[int, list[bytes]] = {}

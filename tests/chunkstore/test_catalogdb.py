@@ -452,8 +452,15 @@ def test_the_state_listing_is_the_newest_version_of_every_file(db: CatalogDB) ->
         for v, complete in db.latest_versions("")
         if v.mode != folder.mode
     ]
-    assert [tuple(f) for f in db.latest_files()] == expected
+    announced: list[list[bytes]] = []
+    assert [tuple(f) for f in db.latest_files(announced.append)] == expected
     assert len(expected) == 300 - 15
+    # Every chunk of the listing was announced first, each once (the peers are asked while
+    # the rows are read): the folder's chunks too, which the listing leaves out.
+    [addresses] = announced
+    assert len(addresses) == len(set(addresses))
+    assert {a for f in expected for a in f[5]} <= set(addresses)
+    assert set(addresses) - {a for f in expected for a in f[5]} <= set(folder.chunks)
     assert f"{ROOT}/d" in {v.path for v, _ in db.latest_versions("")}
 
 
