@@ -42,6 +42,8 @@ KIND_SNAPSHOT_ENTRY_FILE = 2
 KIND_SNAPSHOT_ENTRY_SYMLINK = 3
 
 MAX_RECORD_SIZE = 256 * 1024 * 1024
+# The extended attribute that asks a mount for a file's (or a folder's files') degree.
+DEGREE_XATTR = "user.lanvault.degree"
 _SEALED_HEADER = struct.Struct(">4sBB24s")  # magic, version, kind, nonce
 _SEALED_MAGIC = b"LVMD"
 

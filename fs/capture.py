@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import trio
 
 from chunkstore import crashpoints
-from chunkstore.catalog import FileVersion, Xattrs, read_xattrs, version_from_stat
+from chunkstore.catalog import DEGREE_XATTR, FileVersion, Xattrs, read_xattrs, version_from_stat
 from chunkstore.catalogbase import TREE_DIR, TREE_SYMLINK
 from chunkstore.catalogdb import (
     AttrRecord,
@@ -526,9 +526,6 @@ class VersionCutter:
             queued.done.set()
         if versions and self.on_commit is not None:
             self.on_commit(versions)
-
-
-DEGREE_XATTR = "user.lanvault.degree"
 
 
 def degree_from_xattrs(real_root: str, relative: str, default: int) -> int:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chunkstore.catalog import DEGREE_XATTR
 from chunkstore.sizes import format_size
-from fs.capture import DEGREE_XATTR
 from node.exclusions import Exclusions, PatternError, read_pattern_file
 
 from .commands import damage_line, emit, plural, request

@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import msgpack
-import trio
 
 from chunkstore.atomic import write_atomic
 from chunkstore.keys import (
@@ -47,7 +46,6 @@ from chunkstore.keys import (
 )
 from chunkstore.recovery import kit_verifier
 from chunkstore.retention import DEFAULT_POLICY
-from node.enrolment import INVITE_LIFETIME, Invites, enrol
 from node.identity import (
     IdentityError,
     Invitation,
@@ -59,7 +57,6 @@ from node.identity import (
     issue_node_credentials,
     pem_fingerprint,
 )
-from node.roster import Roster, RosterBook, roster_lock, write_roster
 
 DEFAULT_PORT = 7420
 
@@ -342,6 +339,10 @@ def initialize(
     listen = listen or f"127.0.0.1:{DEFAULT_PORT}"
     ca_key: bytes | None = None
     if join_code:
+        import trio  # here: every other command starts without it
+
+        from node.enrolment import enrol
+
         invitation = decode_join_code(join_code)
         try:
             enrolled = trio.run(enrol, invitation, node_id, peers)
@@ -354,6 +355,8 @@ def initialize(
         creds = issue_node_credentials(ca, node_id)
         network_id, ca_cert, ca_key = ca.network_id, ca.cert_pem, ca.key_pem
         node_cert, node_key = creds.cert_pem, creds.key_pem
+        from node.roster import Roster
+
         first = Roster(network_id, 1, {node_id: pem_fingerprint(node_cert)})
         roster = first.sign(ca.key_pem)
     master = master_key or new_master_key()
@@ -386,8 +389,11 @@ def initialize(
     return config, invite(StateDir(root))
 
 
-def invite(state: StateDir, lifetime: float = INVITE_LIFETIME) -> str:
-    """A join code for one more computer (this node must be an administrator)."""
+def invite(state: StateDir, lifetime: float | None = None) -> str:
+    """A join code for one more computer (this node must be an administrator), valid for
+    ``lifetime`` seconds (``enrolment.INVITE_LIFETIME`` unless said)."""
+    from node.enrolment import INVITE_LIFETIME, Invites
+
     ca_key = state.ca_key()
     if ca_key is None:
         raise CommandError(
@@ -395,7 +401,7 @@ def invite(state: StateDir, lifetime: float = INVITE_LIFETIME) -> str:
             " on an administrator node (the network's first node)"
         )
     config = state.load_config()
-    secret = Invites(state.invites_path).create(lifetime)
+    secret = Invites(state.invites_path).create(INVITE_LIFETIME if lifetime is None else lifetime)
     address = reachable_address(config.advertise or config.listen)
     ca_cert = (state.root / "tls" / "ca.pem").read_bytes()
     return encode_join_code(Invitation(config.network_id, ca_cert, secret, (address,)))
@@ -404,6 +410,8 @@ def invite(state: StateDir, lifetime: float = INVITE_LIFETIME) -> str:
 def remove_node(state: StateDir, node_id: int) -> int:
     """Take ``node_id`` off the network's roster (this node must be an administrator); the
     new roster's version. Nodes that are up learn it from this one within seconds."""
+    from node.roster import RosterBook, roster_lock, write_roster
+
     ca_key = state.ca_key()
     if ca_key is None:
         raise CommandError(

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fs.capture import DEGREE_XATTR, degree_from_xattrs
+from chunkstore.catalog import DEGREE_XATTR
+from fs.capture import degree_from_xattrs
 from lanvault.cli import build_parser, main
 from lanvault.commands import kb
 

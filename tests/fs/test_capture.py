@@ -211,7 +211,8 @@ async def test_tree_changes_are_committed_in_order(cutter: VersionCutter, tmp_pa
 
 
 def test_degree_from_xattrs_is_inherited(tmp_path: Path) -> None:
-    from fs.capture import DEGREE_XATTR, degree_from_xattrs
+    from chunkstore.catalog import DEGREE_XATTR
+    from fs.capture import degree_from_xattrs
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "f").write_text("x")

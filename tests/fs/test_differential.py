@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fs.capture import DEGREE_XATTR, degree_from_xattrs
+from chunkstore.catalog import DEGREE_XATTR
+from fs.capture import degree_from_xattrs
 
 from .conftest import Mount
 
