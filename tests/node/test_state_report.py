@@ -32,3 +32,10 @@ async def test_the_json_written_directly_is_the_report(tmp_path: Path) -> None:
             CHUNK_SIZE,
             5,
         ]
+
+
+def test_paths_are_written_as_json_dumps_writes_them() -> None:
+    from lanvault.state_report import _json_text
+
+    for path in ["/plain/a b.txt", 'q"uote', "back\\slash", "naïve", "del\x7f", "tab\t", "", "€"]:
+        assert _json_text(path) == json.dumps(path)
