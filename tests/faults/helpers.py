@@ -115,10 +115,12 @@ def fill_disk(path: Path, leave: int) -> None:
 
 
 @contextmanager
-def running(root: Path, count: int, gone_after: str) -> Iterator[ProcessCluster]:
+def running(
+    root: Path, count: int, gone_after: str, repair_interval: str = "2"
+) -> Iterator[ProcessCluster]:
     """``count`` enrolled nodes started and linked; stopped after, and then no node may have
     logged a traceback (checked only when the scenario itself passed)."""
-    cluster = ProcessCluster(root, count, gone_after=gone_after)
+    cluster = ProcessCluster(root, count, gone_after=gone_after, repair_interval=repair_interval)
     try:
         cluster.start_all()
         yield cluster

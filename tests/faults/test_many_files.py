@@ -40,7 +40,9 @@ def test_many_files_and_snapshots_answer_quickly(run: ScenarioRun, tmp_path: Pat
         pytest.skip(why)
     sweep_stale_mounts()
     files, folders, snapshots = run.size(5_000, 100_000), run.size(250, 5_000), run.size(20, 200)
-    with running(tmp_path / "net", 4, "10m") as cluster:
+    # The shipped repair interval (30 s): the suite's 2 s (for the faults, which wait on
+    # repair) would have every holder re-check its 67,000 chunks every 2 s meanwhile.
+    with running(tmp_path / "net", 4, "10m", repair_interval="30s") as cluster:
         mount, _source, mnt = new_mount(cluster, tmp_path)
         mount.start()
         written = 0

@@ -121,9 +121,11 @@ class ProcessCluster:
         prefixes: list[list[str]] | None = None,
         seed_peer: bool = True,
         first_id: int = 1,
+        repair_interval: str = "2",  # the tests' (the default is 30 s): faults heal quickly
     ) -> None:
         self.root = root
         self.gone_after = gone_after
+        self.repair_interval = repair_interval
         self.nodes: dict[int, ProcNode] = {}
         for index in range(count):
             node_id = first_id + index
@@ -190,7 +192,7 @@ class ProcessCluster:
             str(node.state),
         ]
         command += ["--quota", "2GB", "--gone-after", self.gone_after, "--heartbeat", "0.5"]
-        command += ["--repair-interval", "2", *extra]
+        command += ["--repair-interval", self.repair_interval, *extra]
         with open(node.log, "ab") as handle:  # the child keeps its own copy of the descriptor
             node.proc = subprocess.Popen(
                 command, cwd=ROOT, env=env(), stdout=handle, stderr=subprocess.STDOUT
