@@ -6,11 +6,17 @@ state is under ``.lanvault-demo/`` (ignored by git). It starts them, mounts ``./
 in the foreground until Ctrl-C, when it unmounts and stops every node cleanly. Running it again
 reuses the same network and data. ``--check`` starts everything, writes a file through the mount,
 waits until it is at its degree and visible in ``vault/versions/``, restores it, and stops.
+
+A node that stops does not stop the demo: it says so and goes on, as the network does.
+``scripts/run --stop-node N`` and ``--start-node N``, from another terminal, stop and start one
+node of the running demo (each node's process id is in ``.lanvault-demo/nodeN.pid``), so that a
+person can try a failure, a restore without that node, and the repair.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -91,7 +97,7 @@ class Demo:
         # The others enrol through node 1 (it holds the network's key), which must run.
         admin = self._spawn(1)
         try:
-            self._wait_serving(admin)
+            self._wait_serving(admin, 1)
             for node_id in missing:
                 code = json.loads(
                     self.lanvault("invite", "--json", "--dir", str(self.node_dir(1))).stdout
@@ -108,16 +114,18 @@ class Demo:
         state = str(self.node_dir(node_id))
         self.lanvault("init", "--dir", state, "--id", str(node_id), "--listen", address, *extra)
 
-    def _wait_serving(self, proc: subprocess.Popen[bytes]) -> None:
+    def _wait_serving(self, proc: subprocess.Popen[bytes], node_id: int) -> None:
         deadline = time.monotonic() + 60
-        while not (self.node_dir(1) / "control.sock").exists():
+        state = str(self.node_dir(node_id))
+        while self.lanvault("status", "--json", "--dir", state, check=False).returncode != 0:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"node 1 did not start (see {self.home / 'node1.log'})")
-            time.sleep(0.1)
+                log = self.home / f"node{node_id}.log"
+                raise SystemExit(f"node {node_id} did not start (see {log})")
+            time.sleep(0.2)
 
     def _spawn(self, node_id: int) -> subprocess.Popen[bytes]:
         with open(self.home / f"node{node_id}.log", "ab") as log:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
@@ -134,6 +142,57 @@ class Demo:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the nodes in order
             )
+        self.pidfile(node_id).write_text(f"{proc.pid}\n")
+        return proc
+
+    def pidfile(self, node_id: int) -> Path:
+        return self.home / f"node{node_id}.pid"
+
+    def running_pid(self, node_id: int) -> int | None:
+        """Node ``node_id``'s process id while it runs (started by this run or by
+        ``--start-node`` from another terminal), else None."""
+        proc = self.procs.get(node_id)
+        if proc is not None and proc.poll() is None:
+            return proc.pid
+        try:
+            pid = int(self.pidfile(node_id).read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            return None
+        mine = proc is not None and proc.pid == pid  # our child, exited (and reaped)
+        if mine or state == "Z" or os.fsencode(self.node_dir(node_id)) + b"\0" not in cmdline:
+            return None
+        return pid
+
+    def stop_node(self, node_id: int) -> int:
+        """Stop one node of the running demo (``--stop-node``); the others go on."""
+        pid = self.running_pid(node_id)
+        if pid is None:
+            print(f"node {node_id} is not running")
+            return 0
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while self.running_pid(node_id) is not None:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        print(
+            f"node {node_id} stopped. The others go on: try a restore now; if it stays away"
+            f" longer than its peers' --gone-after (10 minutes), they re-make its copies"
+            f" elsewhere. 'scripts/run --start-node {node_id}' starts it again."
+        )
+        return 0
+
+    def start_node(self, node_id: int) -> int:
+        """Start one node of the demo again (``--start-node``)."""
+        if self.running_pid(node_id) is not None:
+            print(f"node {node_id} is already running")
+            return 0
+        proc = self._spawn(node_id)
+        self._wait_serving(proc, node_id)
+        print(f"node {node_id} is running again; it catches up with the others by itself")
+        return 0
 
     def start(self) -> None:
         for node_id in range(1, NODES + 1):
@@ -191,14 +250,17 @@ class Demo:
                 self.mount_proc.kill()
         if mounted_fsname(self.vault) == FSNAME:  # dead (killed) or alive
             unmount(self.vault)
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        running = {n: pid for n in range(1, NODES + 1) if (pid := self.running_pid(n))}
+        for pid in running.values():  # ours, and those started again from another terminal
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for node_id in running:
+            while self.running_pid(node_id) is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            pid = self.running_pid(node_id)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
 
     def check(self) -> int:
         """Write through the mount, wait until safe and in versions/, restore, compare."""
@@ -242,8 +304,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vault", type=Path, default=ROOT / "vault", help="where to mount the folder"
     )
+    control = parser.add_mutually_exclusive_group()
+    control.add_argument(
+        "--stop-node",
+        type=int,
+        metavar="N",
+        choices=range(1, NODES + 1),
+        help="stop node N of the running demo (from another terminal): the others go on",
+    )
+    control.add_argument(
+        "--start-node",
+        type=int,
+        metavar="N",
+        choices=range(1, NODES + 1),
+        help="start node N of the running demo again",
+    )
     args = parser.parse_args(argv)
     demo = Demo(args.home.absolute(), args.vault.absolute())
+    if args.stop_node or args.start_node:
+        if not (demo.node_dir(1) / "config.json").exists():
+            raise SystemExit(f"no demo network in {demo.home}: start one with scripts/run")
+        if args.stop_node:
+            return demo.stop_node(args.stop_node)
+        return demo.start_node(args.start_node)
     demo.create()
     stop = {"now": False}
 
@@ -274,15 +357,27 @@ Try, in another terminal:
   .venv/bin/lanvault versions {demo.vault}/Documents/SOME-FILE   # every version of it
   .venv/bin/lanvault restore {demo.vault}/Documents --at 10m       # as it was 10 minutes ago
   .venv/bin/lanvault reclaim 0 --dir {demo.node_dir(2)}
+Try a failure and the repair:
+  scripts/run --stop-node 3     # the others go on; restore something, look at status
+  scripts/run --start-node 3
 
 Press Ctrl-C to unmount and stop every node.""",
             flush=True,
         )
-        while not stop["now"]:
-            for node_id, proc in demo.procs.items():
-                if proc.poll() is not None:
-                    print(f"node {node_id} stopped unexpectedly; see {demo.home}/node{node_id}.log")
-                    return 1
+        up = dict.fromkeys(range(1, NODES + 1), True)
+        while not stop["now"]:  # a node that stops is said, and the demo goes on
+            for node_id in up:
+                now = demo.running_pid(node_id) is not None
+                if now != up[node_id]:
+                    up[node_id] = now
+                    print(
+                        f"node {node_id} is running again"
+                        if now
+                        else f"node {node_id} stopped (see {demo.home}/node{node_id}.log);"
+                        f" the others go on. 'scripts/run --start-node {node_id}' starts it"
+                        " again.",
+                        flush=True,
+                    )
             time.sleep(0.5)
         print("\nunmounting and stopping the nodes …")
         return 0
