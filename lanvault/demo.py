@@ -305,20 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         "--vault", type=Path, default=ROOT / "vault", help="where to mount the folder"
     )
     control = parser.add_mutually_exclusive_group()
-    control.add_argument(
-        "--stop-node",
-        type=int,
-        metavar="N",
-        choices=range(1, NODES + 1),
-        help="stop node N of the running demo (from another terminal): the others go on",
-    )
-    control.add_argument(
-        "--start-node",
-        type=int,
-        metavar="N",
-        choices=range(1, NODES + 1),
-        help="start node N of the running demo again",
-    )
+    for option, what in (
+        (
+            "--stop-node",
+            "stop node N of the running demo (from another terminal): the others go on",
+        ),
+        ("--start-node", "start node N of the running demo again"),
+    ):
+        control.add_argument(option, type=int, metavar="N", choices=range(1, NODES + 1), help=what)
     args = parser.parse_args(argv)
     demo = Demo(args.home.absolute(), args.vault.absolute())
     if args.stop_node or args.start_node:

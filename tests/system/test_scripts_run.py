@@ -96,6 +96,10 @@ def test_the_demo_goes_on_when_a_node_stops(tmp_path: Path) -> None:
             except queue.Empty:
                 raise AssertionError(f"the demo never said {text!r}: {''.join(said)}") from None
 
+    def control(*args: str) -> subprocess.CompletedProcess[str]:  # from another terminal
+        run = [str(ROOT / "scripts" / "run"), *where, *args]
+        return subprocess.run(run, capture_output=True, text=True, timeout=120)
+
     def lanvault(*args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "LANVAULT_PASSPHRASE": (home / "passphrase").read_text().strip()}
         return subprocess.run(
@@ -119,24 +123,14 @@ def test_the_demo_goes_on_when_a_node_stops(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, entry
             time.sleep(0.3)
-        stopped = subprocess.run(
-            [str(ROOT / "scripts" / "run"), *where, "--stop-node", "3"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        stopped = control("--stop-node", "3")
         assert stopped.returncode == 0 and "node 3 stopped" in stopped.stdout, stopped
         wait_for("node 3 stopped")  # the demo says so, and goes on
         assert demo.poll() is None
         restored = lanvault("restore", real, "--to", str(tmp_path / "back.bin"))
         assert restored.returncode == 0, restored.stderr
         assert (tmp_path / "back.bin").read_bytes() == payload
-        started = subprocess.run(
-            [str(ROOT / "scripts" / "run"), *where, "--start-node", "3"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        started = control("--start-node", "3")
         assert started.returncode == 0 and "running again" in started.stdout, started
         wait_for("node 3 is running again")
     finally:
