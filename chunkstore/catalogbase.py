@@ -299,6 +299,17 @@ class CatalogBase:
             yield self._reader
 
     @contextlib.contextmanager
+    def _reading_alone(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own for one long read, so that it runs beside the reads of
+        ``_reading`` (WAL lets any number of readers run at once)."""
+        conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=60)
+        try:
+            conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

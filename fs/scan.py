@@ -84,21 +84,24 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
     root_fd = os.open(disk, os.O_RDONLY | os.O_DIRECTORY)
     try:
         # The catalog's side (each file's last stats, the last snapshot's entries) is read
-        # while SOURCE is walked: the two overlap (2.2 s -> 1.6 s at 100,000 files). No cut
+        # while SOURCE is walked: the two overlap (2.2 s -> 1.6 s at 100,000 files; the two catalog reads overlap too). No cut
         # through the mount happens meanwhile: requests that would change SOURCE wait until
         # the catch-up is done (``PassthroughOps.hold_changes``); lookups and reads do not.
         latest: dict[str, tuple[int, int, int]] = {}
         tree: list[tuple[str, str, int]] = []
 
-        async def read_catalog() -> None:
-            nonlocal latest, tree
-            catalog = cutter.catalog
-            latest = await trio.to_thread.run_sync(catalog.latest_stats, root)
-            if seq:
-                tree = await trio.to_thread.run_sync(catalog.tree_entries, root, seq)
+        async def read_latest() -> None:
+            nonlocal latest
+            latest = await trio.to_thread.run_sync(cutter.catalog.latest_stats, root)
+
+        async def read_tree() -> None:  # on a connection of its own: beside latest_stats
+            nonlocal tree
+            tree = await trio.to_thread.run_sync(cutter.catalog.tree_entries, root, seq)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_catalog)
+            nursery.start_soon(read_latest)
+            if seq:
+                nursery.start_soon(read_tree)
             entries, complete = await trio.to_thread.run_sync(_walk, root, root_fd)
         changes += await _record(cutter, root_fd, entries, seq, latest)
     finally:
