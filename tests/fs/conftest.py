@@ -44,9 +44,11 @@ class Mount:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     extra: tuple[str, ...] = ()  # more `lanvault mount` options
+    log_start: int = 0  # the log's size when the mount was last started
 
     def start(self) -> None:
         with open(self.log, "ab") as handle:
+            self.log_start = handle.tell()  # what this start logs comes after
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -76,7 +78,9 @@ class Mount:
         """Until the mount says it is ready: the catch-up is done and changes are accepted
         (it answers lookups and reads before)."""
         deadline = time.monotonic() + 60
-        while f"mounted at {self.mountpoint}" not in self.log.read_text(errors="replace"):
+        while (
+            f"mounted at {self.mountpoint}".encode() not in self.log.read_bytes()[self.log_start :]
+        ):
             if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the mount never said it is ready: {self.log.read_text()}")
             time.sleep(0.02)
