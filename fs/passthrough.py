@@ -102,7 +102,8 @@ class PassthroughOps(pyfuse3.Operations):
         self._changes_open.set()
 
     async def changes_allowed(self) -> None:
-        await self._changes_open.wait()
+        if not self._changes_open.is_set():  # once open, no extra checkpoint per request
+            await self._changes_open.wait()
 
     async def cut_everything(self) -> None:
         """At unmount: a version of every file with unrecorded changes, then wait for them."""
