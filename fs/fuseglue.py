@@ -42,6 +42,19 @@ class Handle:
     writable: bool
     wrote: bool = False  # a write came through this handle
 
+    def check(self) -> None:
+        """Refuse to write or sync through a descriptor that no longer is the file it was
+        opened on (its number closed and reused elsewhere in this process): an error the
+        writer sees, never bytes acknowledged into another file."""
+        # A file's FUSE inode is its st_ino in SOURCE (only the root is renumbered).
+        if os.fstat(self.fd).st_ino != self.inode:
+            log.error(
+                "handle %d of inode %d now refers to another file; refusing to write through it",
+                self.fd,
+                self.inode,
+            )
+            raise pyfuse3.FUSEError(errno.EIO)
+
 
 @contextmanager
 def fuse_errors() -> Iterator[None]:

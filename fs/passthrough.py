@@ -24,7 +24,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
-from chunkstore.catalog import is_own_temp
+from chunkstore.catalog import Xattrs, is_own_temp
 from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import VersionCutter
@@ -119,9 +119,34 @@ class PassthroughOps(pyfuse3.Operations):
         if self.vops is not None:
             self.vops.refuse(*inodes)
 
-    def _refuse_versionschecked_name(self, parent: int, raw: bytes) -> None:
+    def _refuse_versions_name(self, parent: int, raw: bytes) -> None:
         if self.vops is not None and parent == pyfuse3.ROOT_INODE and raw == VERSIONS_NAME.encode():
             raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def _new_name(self, parent: int, raw: bytes) -> str:
+        """The path a change makes or removes at ``raw`` in ``parent``, once it may go on:
+        never in versions/ (EROFS), and only after a catch-up (``hold_changes``)."""
+        self._refuse_virtual(parent)
+        self._refuse_versions_name(parent, raw)
+        await self.changes_allowed()
+        with fuse_errors():
+            return self._child(parent, raw)
+
+    def _made(self, path: str, ctx: pyfuse3.RequestContext) -> os.stat_result:
+        """A new entry at ``path``: given to the user who made it (as root), and its stat."""
+        if self.i_am_root:  # as a normal folder does
+            self.source.give_to(path, ctx.uid, ctx.gid)
+        return self.source.stat(path)
+
+    def _attributes_changed(
+        self, inode: int, st: os.stat_result, xattrs: Xattrs | None = None
+    ) -> None:
+        """Record new attributes under every name of ``inode`` but lanvault's own temporary ones."""
+        if self.capture is None:
+            return
+        for path in sorted(self.inodes[inode].paths):
+            if not is_own_temp(path):
+                self.capture.attributes_changed(path, st, xattrs)
 
     def _path(self, inode: int) -> str:
         entry = self.inodes.get(inode)
@@ -149,11 +174,6 @@ class PassthroughOps(pyfuse3.Operations):
             entry.lookups += 1
         return self._attrs(st)
 
-    def _own(self, path: str, ctx: pyfuse3.RequestContext) -> None:
-        # As root, give new entries to the user who made them, as a normal folder does.
-        if self.i_am_root:
-            self.source.give_to(path, ctx.uid, ctx.gid)
-
     # -- lookups and attributes ------------------------------------------------------------
 
     async def lookup(
@@ -170,26 +190,8 @@ class PassthroughOps(pyfuse3.Operations):
 
     async def forget(self, inode_list: list[tuple[InodeT, int]]) -> None:  # type: ignore[override]
         for inode, count in inode_list:
-            if self._virtual(inode):
-                continue
-            entry = self.inodes.get(inode)
-            if entry is None or inode == pyfuse3.ROOT_INODE:
-                continue
-            entry.lookups -= count
-            if entry.lookups <= 0 and entry.open_handles == 0:
-                if self.changes.is_dirty(inode):
-                    await self.changes.cut(inode, debounce=False)  # never drop a pending version
-                    # The kernel may have looked it up or opened it again meanwhile.
-                    if (
-                        entry.lookups > 0
-                        or entry.open_handles
-                        or self.inodes.get(inode) is not entry
-                    ):
-                        continue
-                if self.changes.busy(inode):
-                    continue  # a cut still reads it under this entry's lock: keep the entry
-                self.inodes.drop(inode)
-                self.changes.forget(inode)
+            if not self._virtual(inode) and inode != pyfuse3.ROOT_INODE:
+                await self.changes.forgotten(inode, count)
 
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self.vops is not None and self.vops.owns(inode):
@@ -219,12 +221,10 @@ class PassthroughOps(pyfuse3.Operations):
                 with self.source.at(self._path(inode)) as (at, name):
                     st = set_attributes((at, name), attr, fields)
         changed_attrs = fields.update_mode or fields.update_atime or fields.update_mtime
-        if self.capture is not None and changed_attrs and not self.changes.is_dirty(inode):
+        if changed_attrs and not self.changes.is_dirty(inode):
             # A dirty file's next version carries its new mode and times anyway.
             with fuse_errors():
-                for path in sorted(self.inodes[inode].paths):
-                    if not is_own_temp(path):
-                        self.capture.attributes_changed(path, st)
+                self._attributes_changed(inode, st)
         return self._attrs(st)
 
     async def _set_size(self, inode: int, fh: int | None, size: int) -> None:
@@ -307,15 +307,11 @@ class PassthroughOps(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._refuse_virtual(parent_inode)
-        self._refuse_versionschecked_name(parent_inode, name)
-        await self.changes_allowed()
+        path = await self._new_name(parent_inode, name)
         with fuse_errors():
-            path = self._child(parent_inode, name)
             with self.source.at(path) as (fd, leaf):
                 os.mkdir(leaf, mode & ~ctx.umask, dir_fd=fd)
-            self._own(path, ctx)
-            st = self.source.stat(path)
+            st = self._made(path, ctx)
         if self.capture is not None and not is_own_temp(path):
             self.capture.made(path, st, "", self.source.xattrs_of(path) or ())  # a default ACL
         return self._remember(path, st)
@@ -331,11 +327,7 @@ class PassthroughOps(pyfuse3.Operations):
         await self._remove(parent_inode, name, os.unlink)
 
     async def _remove(self, parent_inode: int, name: bytes, remove: Callable[..., None]) -> None:
-        self._refuse_virtual(parent_inode)
-        self._refuse_versionschecked_name(parent_inode, name)
-        await self.changes_allowed()
-        with fuse_errors():
-            path = self._child(parent_inode, name)
+        path = await self._new_name(parent_inode, name)
         await self._cut_pending(path)  # what was written last is versioned under its name
         with fuse_errors():
             with self.source.at(path) as (fd, leaf):
@@ -354,8 +346,8 @@ class PassthroughOps(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         self._refuse_virtual(parent_inode_old, parent_inode_new)
-        self._refuse_versionschecked_name(parent_inode_old, name_old)
-        self._refuse_versionschecked_name(parent_inode_new, name_new)
+        self._refuse_versions_name(parent_inode_old, name_old)
+        self._refuse_versions_name(parent_inode_new, name_new)
         if flags:
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE/NOREPLACE: not offered
         await self.changes_allowed()
@@ -376,11 +368,11 @@ class PassthroughOps(pyfuse3.Operations):
         if not is_own_temp(old) and not is_own_temp(new):
             self.capture.renamed(old, new)
         elif is_own_temp(old) and not is_own_temp(new):
-            await self._took_itschecked_name(new)  # a restored file: its first version, at its name
+            await self._took_its_name(new)  # a restored file: its first version, at its name
         elif not is_own_temp(old):
             self.capture.removed(old)  # gone from the user's tree (to a name we pass over)
 
-    async def _took_itschecked_name(self, path: str) -> None:
+    async def _took_its_name(self, path: str) -> None:
         """One of lanvault's temporary files became ``path``: record it there, whole."""
         with fuse_errors():
             st = self.source.stat(path)
@@ -395,11 +387,9 @@ class PassthroughOps(pyfuse3.Operations):
         new_name: FileNameT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        self._refuse_virtual(inode, new_parent_inode)
-        self._refuse_versionschecked_name(new_parent_inode, new_name)
-        await self.changes_allowed()
+        self._refuse_virtual(inode)
+        new = await self._new_name(new_parent_inode, new_name)
         with fuse_errors():
-            new = self._child(new_parent_inode, new_name)
             existing = self._path(inode)
             with (
                 self.source.at(existing) as (old_fd, old_leaf),
@@ -411,7 +401,7 @@ class PassthroughOps(pyfuse3.Operations):
             attrs = self._remember(new, self.source.stat(new))
         if self.capture is not None and not is_own_temp(new):
             if is_own_temp(existing):
-                await self._took_itschecked_name(new)
+                await self._took_its_name(new)
             else:
                 self.capture.linked(existing, new)
         return attrs
@@ -419,15 +409,11 @@ class PassthroughOps(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._refuse_virtual(parent_inode)
-        self._refuse_versionschecked_name(parent_inode, name)
-        await self.changes_allowed()
+        path = await self._new_name(parent_inode, name)
         with fuse_errors():
-            path = self._child(parent_inode, name)
             with self.source.at(path) as (fd, leaf):
                 os.symlink(os.fsdecode(target), leaf, dir_fd=fd)
-            self._own(path, ctx)
-            st = self.source.stat(path)
+            st = self._made(path, ctx)
         if self.capture is not None and not is_own_temp(path):
             self.capture.made(path, st, os.fsdecode(target))
         return self._remember(path, st)
@@ -440,15 +426,11 @@ class PassthroughOps(pyfuse3.Operations):
         rdev: int,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        self._refuse_virtual(parent_inode)
-        self._refuse_versionschecked_name(parent_inode, name)
-        await self.changes_allowed()
+        path = await self._new_name(parent_inode, name)
         with fuse_errors():
-            path = self._child(parent_inode, name)
             with self.source.at(path) as (fd, leaf):
                 os.mknod(leaf, mode & ~ctx.umask, rdev, dir_fd=fd)
-            self._own(path, ctx)
-            return self._remember(path, self.source.stat(path))
+            return self._remember(path, self._made(path, ctx))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -487,17 +469,14 @@ class PassthroughOps(pyfuse3.Operations):
         flags: FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        self._refuse_virtual(parent_inode)
-        self._refuse_versionschecked_name(parent_inode, name)
-        await self.changes_allowed()
+        path = await self._new_name(parent_inode, name)
         with fuse_errors():
-            path = self._child(parent_inode, name)
             fd = self.source.open(
                 path,
                 (flags & ~os.O_APPEND & ~os.O_TRUNC) | os.O_CREAT | os.O_NOFOLLOW,
                 mode & ~ctx.umask,
             )
-            self._own(path, ctx)
+            self._made(path, ctx)
             attrs = self._remember(path, os.fstat(fd))
             handle = self._register(fd, attrs.st_ino, flags)
         with fuse_errors():
@@ -516,26 +495,13 @@ class PassthroughOps(pyfuse3.Operations):
         with fuse_errors():
             return os.pread(fh, size, off)
 
-    def _checked(self, handle: Handle) -> None:
-        """Refuse to write or sync through a descriptor that no longer is the file it was
-        opened on (its number closed and reused elsewhere in this process): an error the
-        writer sees, never bytes acknowledged into another file."""
-        # A file's FUSE inode is its st_ino in SOURCE (only the root is renumbered).
-        if os.fstat(handle.fd).st_ino != handle.inode:
-            log.error(
-                "handle %d of inode %d now refers to another file; refusing to write through it",
-                handle.fd,
-                handle.inode,
-            )
-            raise pyfuse3.FUSEError(errno.EIO)
-
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
         entry = self.inodes[handle.inode]
         await self.changes.wait_for_room(handle.inode)
         with fuse_errors():
             async with entry.lock:  # a cut reading this file holds the lock between batches
-                self._checked(handle)
+                handle.check()
                 self.changes.before_write(handle.inode, off, len(buf))
                 written = os.pwrite(fh, buf, off)
                 self.changes.wrote(handle.inode, off, written)
@@ -556,7 +522,7 @@ class PassthroughOps(pyfuse3.Operations):
             return  # versions/ holds nothing to flush
         handle = self.handles[fh]
         with fuse_errors():
-            self._checked(handle)
+            handle.check()
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
         job = await self.changes.cut(handle.inode, fh)
         if job is not None and self.capture is not None:
@@ -621,11 +587,8 @@ class PassthroughOps(pyfuse3.Operations):
             path = self._path(inode)
             st = self.source.stat(path)
         xattrs = self.source.xattrs_of(path)  # the call itself succeeded: it is not failed now
-        if xattrs is None:
-            return
-        for name in sorted(self.inodes[inode].paths):
-            if not is_own_temp(name):
-                self.capture.attributes_changed(name, st, xattrs)
+        if xattrs is not None:
+            self._attributes_changed(inode, st, xattrs)
 
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
         if self.vops is not None and self.vops.owns(inode):

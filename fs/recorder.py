@@ -62,6 +62,25 @@ class ChangeRecorder:
         self.dirty.forget(inode)
         self.schedule.forget(inode)
 
+    async def forgotten(self, inode: int, count: int) -> None:
+        """The kernel drops ``count`` lookups of ``inode``: once none is left and no handle is
+        open, its pending version is cut (never dropped) and its entry goes."""
+        entry = self.inodes.get(inode)
+        if entry is None:
+            return
+        entry.lookups -= count
+        if entry.lookups > 0 or entry.open_handles:
+            return
+        if self.is_dirty(inode):
+            await self.cut(inode, debounce=False)
+            # The kernel may have looked it up or opened it again meanwhile.
+            if entry.lookups > 0 or entry.open_handles or self.inodes.get(inode) is not entry:
+                return
+        if self.busy(inode):
+            return  # a cut still reads it under this entry's lock: keep the entry
+        self.inodes.drop(inode)
+        self.forget(inode)
+
     def wrote(self, inode: int, offset: int, size: int) -> None:
         self.dirty.write(inode, offset, size)
 
