@@ -199,7 +199,7 @@ def test_the_unsent_store_figure_is_the_codes() -> None:
 
 
 def test_the_restore_window_figures_are_the_codes() -> None:
-    from node.restore_files import LEFTOVER_ROUNDS, RESTORE_WINDOW, RESTORE_WINDOWS
+    from node.restore_windows import LEFTOVER_ROUNDS, RESTORE_WINDOW, RESTORE_WINDOWS
 
     architecture = " ".join((DOCS / "architecture.md").read_text().split())
     assert f"fetches windows of {RESTORE_WINDOW} chunks" in architecture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chunkstore.chunking import CHUNK_SIZE
-from node.restore_files import _ChunkWriter
+from node.restore_windows import ChunkWriter
 
 
 def chunk(no: int, size: int = CHUNK_SIZE) -> bytes:
@@ -19,7 +19,7 @@ def test_chunks_in_any_order_land_at_their_offsets(tmp_path: Path) -> None:
     path = tmp_path / "out"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        writer = _ChunkWriter(fd)
+        writer = ChunkWriter(fd)
         # Two runs (5..7 and 9), out of order; then a gap filled later, and a short last chunk.
         assert writer.write([(7, chunk(7)), (5, chunk(5)), (9, chunk(9)), (6, chunk(6))]) == (
             4 * CHUNK_SIZE
@@ -36,10 +36,10 @@ def test_chunks_in_any_order_land_at_their_offsets(tmp_path: Path) -> None:
 def test_writeback_is_started_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hints: list[int] = []
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, size, advice: hints.append(advice))
-    monkeypatch.setattr(_ChunkWriter, "WRITEBACK_STEP", 3 * CHUNK_SIZE)
+    monkeypatch.setattr(ChunkWriter, "WRITEBACK_STEP", 3 * CHUNK_SIZE)
     fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        writer = _ChunkWriter(fd)
+        writer = ChunkWriter(fd)
         for no in range(7):
             writer.write([(no, chunk(no))])
     finally:
