@@ -16,42 +16,40 @@ person can try a failure, a restore without that node, and the repair.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from .localnet import LocalNet, LocalNetError, free_port
 from .mounts import FSNAME, is_live, mounted_fsname, unmount
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = 4  # with 3, a reclaim on one lender would leave degree-2 chunks one copy short
 
 
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise RuntimeError("no free TCP port")
-
-
 class Demo:
     def __init__(self, home: Path, vault: Path) -> None:
         self.home = home
         self.vault = vault
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.created: set[int] = set()  # nodes made by this run (their quota is set once)
         self.mount_proc: subprocess.Popen[bytes] | None = None
+        self.net = LocalNet(
+            home,
+            range(1, NODES + 1),
+            self.env,
+            # The quota is set at a node's first start only: a later `lanvault reclaim` must
+            # stay in force across restarts.
+            lambda node_id: ["--quota", "5GB"] if node_id in self.created else [],
+            name="node",
+            ports=lambda node_id: free_port(17420 + node_id - 1),
+            new_session=True,  # Ctrl-C reaches us; we stop the nodes in order
+        )
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "LANVAULT_PASSPHRASE": self.passphrase()}
@@ -66,117 +64,25 @@ class Demo:
         return path.read_text().strip()
 
     def node_dir(self, node_id: int) -> Path:
-        return self.home / f"node{node_id}"
+        return self.net.nodes[node_id].state
 
-    def lanvault(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "lanvault.cli", *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-        )
-        if check and result.returncode != 0:
-            raise SystemExit(f"lanvault {args[0]} failed: {result.stderr.strip()}")
-        return result
+    def lanvault(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.net.run(1, *args)
 
     def create(self) -> None:
-        first = ""
-        missing: list[int] = []
-        for node_id in range(1, NODES + 1):
-            state = self.node_dir(node_id)
-            if (state / "config.json").exists():
-                first = first or json.loads((state / "config.json").read_text())["listen"]
-                continue
-            if node_id == 1:
-                self._init(1, [])
-                first = json.loads((state / "config.json").read_text())["listen"]
-            else:
-                missing.append(node_id)
-        if not missing:
-            return
-        # The others enrol through node 1 (it holds the network's key), which must run.
-        admin = self._spawn(1)
-        try:
-            self._wait_serving(admin, 1)
-            for node_id in missing:
-                code = json.loads(
-                    self.lanvault("invite", "--json", "--dir", str(self.node_dir(1))).stdout
-                )["join_code"]
-                self._init(node_id, ["--join", code, "--peer", first])
-        finally:
-            admin.terminate()
-            admin.wait(30)
+        def creating(node_id: int) -> None:
+            print(f"creating node {node_id} (Argon2id key derivation takes a moment) …", flush=True)
+            self.created.add(node_id)
 
-    def _init(self, node_id: int, extra: list[str]) -> None:
-        print(f"creating node {node_id} (Argon2id key derivation takes a moment) …", flush=True)
-        self.created.add(node_id)
-        address = f"127.0.0.1:{_free_port(17420 + node_id - 1)}"
-        state = str(self.node_dir(node_id))
-        self.lanvault("init", "--dir", state, "--id", str(node_id), "--listen", address, *extra)
-
-    def _wait_serving(self, proc: subprocess.Popen[bytes], node_id: int) -> None:
-        deadline = time.monotonic() + 60
-        state = str(self.node_dir(node_id))
-        while self.lanvault("status", "--json", "--dir", state, check=False).returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = self.home / f"node{node_id}.log"
-                raise SystemExit(f"node {node_id} did not start (see {log})")
-            time.sleep(0.2)
-
-    def _spawn(self, node_id: int) -> subprocess.Popen[bytes]:
-        with open(self.home / f"node{node_id}.log", "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "lanvault.cli",
-                    "node",
-                    "--dir",
-                    str(self.node_dir(node_id)),
-                    # The quota is set at a node's first start only: a later
-                    # `lanvault reclaim` must stay in force across restarts.
-                    *(["--quota", "5GB"] if node_id in self.created else []),
-                ],
-                env=self.env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us; we stop the nodes in order
-            )
-        self.pidfile(node_id).write_text(f"{proc.pid}\n")
-        return proc
-
-    def pidfile(self, node_id: int) -> Path:
-        return self.home / f"node{node_id}.pid"
-
-    def running_pid(self, node_id: int) -> int | None:
-        """Node ``node_id``'s process id while it runs (started by this run or by
-        ``--start-node`` from another terminal), else None."""
-        proc = self.procs.get(node_id)
-        if proc is not None and proc.poll() is None:
-            return proc.pid
-        try:
-            pid = int(self.pidfile(node_id).read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, ValueError, IndexError):
-            return None
-        mine = proc is not None and proc.pid == pid  # our child, exited (and reaped)
-        if mine or state == "Z" or os.fsencode(self.node_dir(node_id)) + b"\0" not in cmdline:
-            return None
-        return pid
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.net.create(on_create=creating)
 
     def stop_node(self, node_id: int) -> int:
         """Stop one node of the running demo (``--stop-node``); the others go on."""
-        pid = self.running_pid(node_id)
-        if pid is None:
+        if self.net.pid(node_id) is None:
             print(f"node {node_id} is not running")
             return 0
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while self.running_pid(node_id) is not None:
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        self.net.stop(node_id, 20)
         print(
             f"node {node_id} stopped. The others go on: try a restore now; if it stays away"
             f" longer than its peers' --gone-after (10 minutes), they re-make its copies"
@@ -186,31 +92,15 @@ class Demo:
 
     def start_node(self, node_id: int) -> int:
         """Start one node of the demo again (``--start-node``)."""
-        if self.running_pid(node_id) is not None:
+        if self.net.pid(node_id) is not None:
             print(f"node {node_id} is already running")
             return 0
-        proc = self._spawn(node_id)
-        self._wait_serving(proc, node_id)
+        self.net.start(node_id)
         print(f"node {node_id} is running again; it catches up with the others by itself")
         return 0
 
     def start(self) -> None:
-        for node_id in range(1, NODES + 1):
-            self.procs[node_id] = self._spawn(node_id)
-        deadline = time.monotonic() + 60
-        while True:
-            status = self.lanvault("status", "--json", "--dir", str(self.node_dir(1)), check=False)
-            if (
-                status.returncode == 0
-                and sum(n["up"] for n in json.loads(status.stdout)["nodes"]) == NODES
-            ):
-                return
-            for node_id, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise SystemExit(f"node {node_id} stopped; see {self.home}/node{node_id}.log")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the nodes did not find each other; see {self.home}/node*.log")
-            time.sleep(0.3)
+        self.net.start_all(60)
 
     def mount(self) -> None:
         data = self.home / "vault-data"
@@ -250,17 +140,7 @@ class Demo:
                 self.mount_proc.kill()
         if mounted_fsname(self.vault) == FSNAME:  # dead (killed) or alive
             unmount(self.vault)
-        running = {n: pid for n in range(1, NODES + 1) if (pid := self.running_pid(n))}
-        for pid in running.values():  # ours, and those started again from another terminal
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for node_id in running:
-            while self.running_pid(node_id) is not None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            pid = self.running_pid(node_id)
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
+        self.net.stop_all(15)  # ours, and those started again from another terminal
 
     def check(self) -> int:
         """Write through the mount, wait until safe and in versions/, restore, compare."""
@@ -292,6 +172,13 @@ class Demo:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except LocalNetError as exc:  # a node would not start, a command failed: said in one line
+        raise SystemExit(f"scripts/run: {exc}".rstrip()) from None
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/run", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--check", action="store_true", help="start, back up and restore a file, stop"
@@ -361,7 +248,7 @@ Press Ctrl-C to unmount and stop every node.""",
         up = dict.fromkeys(range(1, NODES + 1), True)
         while not stop["now"]:  # a node that stops is said, and the demo goes on
             for node_id in up:
-                now = demo.running_pid(node_id) is not None
+                now = demo.net.pid(node_id) is not None
                 if now != up[node_id]:
                     up[node_id] = now
                     print(

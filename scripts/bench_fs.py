@@ -194,7 +194,7 @@ def main() -> int:
         mount: Mounted | None = None
         try:
             log("starting 4 nodes (owner + 3 storage nodes) and the mount …")
-            net.start()
+            net.start_all()
             source, mnt = root / "src", root / "mnt"
             mount = Mounted(net.dirs[1], source, mnt, root / "mount.log")
             big = mnt / "big.bin"
@@ -302,7 +302,7 @@ def main() -> int:
         finally:
             if mount is not None:
                 mount.stop()
-            net.stop()
+            net.stop_all(15)
 
     if args.json:
         print(json.dumps(r, indent=2))

@@ -99,13 +99,13 @@ def main() -> int:
         net = Net(root / "net", 4)
         try:
             log("starting 4 nodes …")
-            net.start()
+            net.start_all()
             log("first backup …")
             results["backup_s"] = timed(net.cli, 1, "backup", str(src), "--degree", str(DEGREE))
             log("backup again, nothing changed …")
             os.sync()
             start = time.perf_counter()
-            rerun = net.cli(1, "backup", str(src), "--degree", str(DEGREE))
+            rerun = net.json(1, "backup", str(src), "--degree", str(DEGREE))
             results["rerun_s"] = time.perf_counter() - start
             results["rerun_bytes_read"] = rerun["bytes_read"]
             log("restore …")
@@ -113,7 +113,7 @@ def main() -> int:
             results["restore_s"] = timed(net.cli, 1, "restore", str(src), "--to", str(out))
             results["restore_identical"] = float(same_tree(src, out))
         finally:
-            net.stop()
+            net.stop_all(15)
         if shutil.which("restic"):
             log("restic, same files …")
             results.update(restic_times(src, root))

@@ -78,7 +78,7 @@ def main() -> int:
         net = Net(root / "net", 5)
         try:
             log("starting 5 nodes (owner + 4 storage nodes) …")
-            net.start()
+            net.start_all()
             pids = [proc.pid for proc in net.procs.values()]
 
             def cpu_now() -> float:  # every node, and the CLI processes run meanwhile
@@ -87,12 +87,12 @@ def main() -> int:
 
             log("backup …")
             start, cpu = time.perf_counter(), cpu_now()
-            net.cli(1, "backup", str(src), "--degree", str(DEGREE))
+            net.json(1, "backup", str(src), "--degree", str(DEGREE))
             results["backup_mb_s"] = size / (time.perf_counter() - start) / 1e6
             results["backup_cpu_ms_per_mb"] = (cpu_now() - cpu) / (size / 1e6) * 1000
             log("restore …")
             start, cpu = time.perf_counter(), cpu_now()
-            net.cli(1, "restore", str(src), "--to", str(root / "out"))
+            net.json(1, "restore", str(src), "--to", str(root / "out"))
             results["restore_mb_s"] = size / (time.perf_counter() - start) / 1e6
             results["restore_cpu_ms_per_mb"] = (cpu_now() - cpu) / (size / 1e6) * 1000
             same = (
@@ -104,7 +104,7 @@ def main() -> int:
             results["restore_identical"] = float(same)
             (root / "out" / "data.bin").unlink()
 
-            used = {n: net.cli(n, "state")["used_bytes"] for n in (2, 3, 4, 5)}
+            used = {n: net.json(n, "state")["used_bytes"] for n in (2, 3, 4, 5)}
             victim = max(used, key=lambda n: used[n])
             results["repaired_mb"] = used[victim] / 1e6
             log(f"killing node {victim} ({used[victim] / 1e6:.0f} MB) …")
@@ -114,7 +114,7 @@ def main() -> int:
             killed = time.perf_counter()
             while True:
                 time.sleep(1)
-                status = net.cli(1, "status")
+                status = net.json(1, "status")
                 if (
                     time.perf_counter() - killed > GONE_AFTER
                     and status["own_chunks_below_degree"] == 0
@@ -127,7 +127,7 @@ def main() -> int:
                 if node_id != victim:
                     results[f"rss_node{node_id}_mb"] = peak_rss_mb(proc.pid)
         finally:
-            net.stop()
+            net.stop_all(15)
 
     if args.json:
         print(json.dumps(results, indent=2))

@@ -48,7 +48,7 @@ def reclaim(net: Net, node_id: int, target: str) -> dict[str, Any]:
 
 
 def fullest(net: Net) -> tuple[int, int]:
-    used = {n: int(net.cli(n, "state")["used_bytes"]) for n in (2, 3, 4, 5)}
+    used = {n: int(net.json(n, "state")["used_bytes"]) for n in (2, 3, 4, 5)}
     holder = max(used, key=lambda n: used[n])
     return holder, used[holder]
 
@@ -73,13 +73,13 @@ def main() -> int:
         net = Net(root / "net", 5)
         try:
             log("starting 5 nodes (owner + 4 storage nodes) …")
-            net.start()
+            net.start_all()
             for run in range(args.runs):
                 data = src / f"data{run}.bin"
                 write_random(data, args.size_mib)
                 log(f"round {run + 1}: backup (the ceiling) …")
                 start = time.perf_counter()
-                net.cli(1, "backup", str(data), "--degree", str(DEGREE))
+                net.json(1, "backup", str(data), "--degree", str(DEGREE))
                 backups.append(size / (time.perf_counter() - start) / 1e6)
                 holder, used = fullest(net)
                 log(f"round {run + 1}: node {holder} reclaims half of its {used / 1e6:.0f} MB …")
@@ -98,17 +98,17 @@ def main() -> int:
                 report["freed_bytes"] / (time.perf_counter() - start) / 1e6
             )
             kept += int(report["kept"])
-            status = net.cli(1, "status")
+            status = net.json(1, "status")
             results["own_chunks_below_degree"] = float(status["own_chunks_below_degree"])
             log("restore …")
-            net.cli(1, "restore", str(src), "--to", str(root / "out"))
+            net.json(1, "restore", str(src), "--to", str(root / "out"))
             same = all(
                 subprocess.run(["cmp", str(f), str(root / "out" / f.name)]).returncode == 0
                 for f in sorted(src.iterdir())
             )
             results["restore_identical"] = float(same)
         finally:
-            net.stop()
+            net.stop_all(15)
     results["backup_mb_s"] = statistics.median(backups)
     results["reclaim_half_freed_mb_s"] = statistics.median(freed)
     results["reclaim_half_copies"] = statistics.median(copies)

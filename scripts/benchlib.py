@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -22,12 +20,13 @@ import trio
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.keys import KeyRing, new_master_key
 from chunkstore.pipeline import open_chunks, prepare_chunks
+from lanvault.localnet import LocalNet
+from lanvault.localnet import free_port as free_port  # below the ephemeral range
 from node.localtree import READ_BATCH
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' helpers, as scripts/reliability_report.py does
 
-from tests.system.procs import free_port as free_port  # noqa: E402 (below the ephemeral range)
 
 GONE_AFTER = 5.0
 
@@ -320,93 +319,33 @@ def disk_ceiling(folder: Path, mib: int) -> float:
 # -- the network ---------------------------------------------------------------------------
 
 
-class Net:
+class Net(LocalNet):
+    """The benchmarks' network (``lanvault.localnet``): ``count`` nodes on 127.0.0.1, made at
+    once, with room for any benchmark and without multicast discovery."""
+
     def __init__(
         self, root: Path, count: int, gone_after: float = GONE_AFTER, repair_interval: float = 30
     ) -> None:
-        self.gone_after = gone_after
-        self.repair_interval = repair_interval
-        self.root = root
-        self.dirs: dict[int, Path] = {}
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        first = ""
-        for node_id in range(1, count + 1):
-            state = root / f"n{node_id}"
-            address = f"127.0.0.1:{free_port()}"
-            args = ["init", "--dir", str(state), "--id", str(node_id), "--listen", address]
-            args += ["--host-id", f"computer-{node_id}", "--json"]
-            if first:  # the others enrol through node 1, which runs meanwhile
-                if 1 not in self.procs:
-                    self._spawn(1)
-                    self._wait_control(1)
-                code = json.loads(lanvault("invite", "--json", "--dir", str(self.dirs[1])))
-                args += ["--join", code["join_code"], "--peer", first]
-            lanvault(*args)
-            first = first or address
-            self.dirs[node_id] = state
-        self.stop_node(1)
+        ids = list(range(1, count + 1))
+        node_args = ["--quota", "20GB", "--gone-after", f"{gone_after}s", "--heartbeat", "0.5"]
+        node_args += ["--repair-interval", str(repair_interval), "--no-discovery"]
+        super().__init__(
+            root, ids, env, lambda _id: node_args, hosts=[f"computer-{i}" for i in ids]
+        )
+        self.create()
 
-    def _spawn(self, node_id: int) -> None:
-        with open(self.root / f"n{node_id}.log", "ab") as handle:
-            self.procs[node_id] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "lanvault.cli",
-                    "node",
-                    "--dir",
-                    str(self.dirs[node_id]),
-                    "--quota",
-                    "20GB",
-                    "--gone-after",
-                    f"{self.gone_after}s",
-                    "--heartbeat",
-                    "0.5",
-                    "--repair-interval",
-                    str(self.repair_interval),
-                    "--no-discovery",
-                ],
-                cwd=ROOT,
-                env=env(),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
+    @property
+    def dirs(self) -> dict[int, Path]:
+        return {node_id: node.state for node_id, node in self.nodes.items()}
 
-    def _wait_control(self, node_id: int) -> None:
-        while not (self.dirs[node_id] / "control.sock").exists():
-            if self.procs[node_id].poll() is not None:
-                raise SystemExit(f"node {node_id} exited (see {self.root}/n{node_id}.log)")
-            time.sleep(0.05)
-
-    def stop_node(self, node_id: int) -> None:
-        proc = self.procs.pop(node_id, None)
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
-
-    def start(self) -> None:
-        for node_id in self.dirs:
-            self._spawn(node_id)
-        for node_id in self.dirs:
-            self._wait_control(node_id)
-        while True:
-            status = json.loads(lanvault("status", "--json", "--dir", str(self.dirs[1])))
-            if sum(n["up"] for n in status["nodes"]) == len(self.dirs):
-                return
-            time.sleep(0.3)
-
-    def cli(self, node_id: int, *args: str) -> Any:
-        return json.loads(lanvault(*args, "--json", "--dir", str(self.dirs[node_id])))
+    @property
+    def procs(self) -> dict[int, subprocess.Popen[bytes]]:
+        """The running nodes' processes."""
+        return {
+            node_id: node.proc
+            for node_id, node in self.nodes.items()
+            if node.proc is not None and node.proc.poll() is None
+        }
 
     def status(self, node_id: int) -> Any:
-        return self.cli(node_id, "status")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        return self.json(node_id, "status")

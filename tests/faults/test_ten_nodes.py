@@ -45,7 +45,7 @@ def computers_holding(cluster: ProcessCluster, owner: int) -> Counter[str]:
     for node_id in cluster.running():
         for held in cluster.json(node_id, "state")["stored"]:
             if held["owner"] == owner and held["chunk"] in where:
-                where[held["chunk"]].add(cluster.nodes[node_id].host)
+                where[held["chunk"]].add(str(cluster.nodes[node_id].host))
     return Counter({chunk: len(hosts) for chunk, hosts in where.items()})
 
 

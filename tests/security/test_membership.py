@@ -31,7 +31,7 @@ from node.messages import (
     StoredMany,
 )
 from node.transport import Channel, PeerUnavailable, PinStore, TLSNetwork
-from tests.system.procs import ProcessCluster, ProcNode, free_port, lanvault
+from tests.system.procs import ProcessCluster, lanvault
 
 pytestmark = pytest.mark.slow
 REFUSED = (PeerUnavailable, trio.BrokenResourceError, trio.EndOfChannel)
@@ -201,9 +201,7 @@ def test_a_new_member_meets_the_others_while_the_administrator_is_away(
     bad = cluster3.cli(1, "invite", "--expires", "0", check=False)
     assert bad.returncode == 2 and "positive" in bad.stderr
     cluster3.stop(1)
-    cluster3.nodes[7] = newcomer = ProcNode(
-        7, tmp_path / "n7", free_port(), "computer-7", log=tmp_path / "n7.log"
-    )
+    newcomer = cluster3.add(7, "computer-7")
     away = lanvault("init", "--dir", newcomer.state, "--id", "7", "--join", later, check=False)
     assert away.returncode == 1 and "could not join" in away.stderr  # said, nothing written
     assert not newcomer.state.exists()

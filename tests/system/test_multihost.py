@@ -57,7 +57,7 @@ def holders_by_chunk(cluster: ProcessCluster, owner: int) -> dict[str, list[int]
 
 
 def computer_of(cluster: ProcessCluster, node_id: int) -> str:
-    return cluster.nodes[node_id].host
+    return str(cluster.nodes[node_id].host)
 
 
 def test_discovery_and_placement_on_distinct_computers(
