@@ -25,6 +25,7 @@ from node.enrolment import Enroller, Invites
 from node.exclusions import Exclusions, PatternError
 from node.identity import NetworkCA, tls_contexts
 from node.node import Node, NodeConfig
+from node.offload import in_thread
 from node.owner import Owner
 from node.pending import UNSENT_BYTES
 from node.reclaim import ReclaimReport
@@ -488,10 +489,10 @@ class Daemon:
     async def op_check(self, request: dict[str, Any], emit: Emit) -> Any:
         repair = bool(request.get("repair"))
         try:
-            report = await trio.to_thread.run_sync(self.store.check, repair)
+            report = await in_thread(self.store.check, repair)
         except OSError as exc:  # the disk, or a cloud node's bucket, cannot be read
             raise OpError(f"cannot check the store: {exc}") from None
-        wanted = await trio.to_thread.run_sync(self.catalog.wanted_degrees)
+        wanted = await in_thread(self.catalog.wanted_degrees)
         degrees = (
             await self.node.replication.degrees(self.node.node_id, sorted(wanted)) if wanted else {}
         )

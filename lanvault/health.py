@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import trio
-
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.store import ChunkStore, DamageSummary
 from node.node import LatencyStats, Node
+from node.offload import in_thread
 from node.owner import Owner
 from node.safekeeping import Safekeeping, SafekeepingReport
 
@@ -95,7 +94,7 @@ async def take(
     ]
     own_under: int | None = None
     if own_degrees:
-        wanted = await trio.to_thread.run_sync(catalog.wanted_degrees)
+        wanted = await in_thread(catalog.wanted_degrees)
         degrees = await node.replication.degrees(node.node_id, sorted(wanted)) if wanted else {}
         own_under = sum(1 for a, d in wanted.items() if degrees.get(a, 0) < d)
 
@@ -107,7 +106,7 @@ async def take(
             store.damage_summary(),
         )
 
-    counts, chunks, by_owner, damage = await trio.to_thread.run_sync(from_disk)
+    counts, chunks, by_owner, damage = await in_thread(from_disk)
     repair = node.last_repair
     return Health(
         node_id=node.node_id,

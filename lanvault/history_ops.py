@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
 from chunkstore.catalogdb import CatalogDB
 from node.exclusions import PatternError
+from node.offload import in_thread
 
 from .control import Emit, OpError
 from .history import (
@@ -36,14 +35,12 @@ class HistoryOps:
         }
 
     async def op_snapshots(self, request: dict[str, Any], emit: Emit) -> Any:
-        return await trio.to_thread.run_sync(
-            snapshots_listing, self.catalog, str(request.get("path") or "")
-        )
+        return await in_thread(snapshots_listing, self.catalog, str(request.get("path") or ""))
 
     async def op_ls(self, request: dict[str, Any], emit: Emit) -> Any:
         snap, path = str(request.get("snapshot") or ""), str(request.get("path") or "")
         try:
-            found = await trio.to_thread.run_sync(snapshot_entries, self.catalog, snap, path)
+            found = await in_thread(snapshot_entries, self.catalog, snap, path)
         except SnapshotError as exc:
             raise OpError(str(exc)) from None
         return {"entries": [entry.to_json(p) for p, entry in sorted(found.items())]}
@@ -52,7 +49,7 @@ class HistoryOps:
         path = str(request.get("path") or "")
         try:
             before, after = [
-                await trio.to_thread.run_sync(snapshot_entries, self.catalog, str(s or ""), path)
+                await in_thread(snapshot_entries, self.catalog, str(s or ""), path)
                 for s in (request.get("from"), request.get("to"))
             ]
         except SnapshotError as exc:
@@ -61,16 +58,14 @@ class HistoryOps:
 
     async def op_find(self, request: dict[str, Any], emit: Emit) -> Any:
         try:
-            found = await trio.to_thread.run_sync(
-                find_paths, self.catalog, str(request.get("pattern") or "")
-            )
+            found = await in_thread(find_paths, self.catalog, str(request.get("pattern") or ""))
         except PatternError as exc:
             raise OpError(str(exc)) from None
         return {"paths": found}
 
     async def op_versions(self, request: dict[str, Any], emit: Emit) -> Any:
         path = request.get("path")
-        found = await trio.to_thread.run_sync(versions_listing, self.catalog, str(path or ""))
+        found = await in_thread(versions_listing, self.catalog, str(path or ""))
         if found is None:
             raise OpError(f"{path}: no versions backed up")
         return found

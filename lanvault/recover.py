@@ -44,6 +44,7 @@ from chunkstore.recovery import (
 from node.discovery import listen_for_nodes
 from node.identity import issued_by, node_id_from_certificate
 from node.messages import ErrorCode, KitChallenge
+from node.offload import in_thread
 from node.report import RestoreError
 from node.safekeeping import fetch_kit, newest_manifests
 from node.transport import PeerUnavailable, RemoteError
@@ -77,14 +78,12 @@ async def obtain_identity(
         if params not in verifiers:
             say("deriving the key from the passphrase (Argon2id) …")
             try:
-                key = await trio.to_thread.run_sync(derive_wrapping_key, passphrase, params)
+                key = await in_thread(derive_wrapping_key, passphrase, params)
             except ChunkstoreError as exc:
                 raise CommandError(f"the peer sent unusable key parameters: {exc}") from None
             verifiers[params] = (key, kit_verifier(key))
         verifier = verifiers[params][1]
-        return await trio.to_thread.run_sync(
-            KitRequestor, verifier, node_id, params, challenge.pake
-        )
+        return await in_thread(KitRequestor, verifier, node_id, params, challenge.pake)
 
     problems: list[str] = []
     refused = False
@@ -257,17 +256,15 @@ async def _fetch_catalog(
     done = 0
     chunks = list(manifest.chunks)
     found = await daemon.node.replication.query_holders(owner.owner_id, list(dict.fromkeys(chunks)))
-    await trio.to_thread.run_sync(
-        owner.catalog.add_holders, [(a, h) for a, hs in found.items() for h in hs]
-    )
-    fd = await trio.to_thread.run_sync(
+    await in_thread(owner.catalog.add_holders, [(a, h) for a, hs in found.items() for h in hs])
+    fd = await in_thread(
         functools.partial(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     )
     try:
         for start in range(0, len(chunks), FETCH_BATCH):
             batch = chunks[start : start + FETCH_BATCH]
             plains = await owner.fetcher.fetch_many(batch)
-            await trio.to_thread.run_sync(_write_all, fd, b"".join(plains))
+            await in_thread(_write_all, fd, b"".join(plains))
             done += sum(len(p) for p in plains)
             if progress is not None:
                 progress(
@@ -279,7 +276,7 @@ async def _fetch_catalog(
                         "elapsed": time.monotonic() - started,
                     }
                 )
-        await trio.to_thread.run_sync(os.fsync, fd)
+        await in_thread(os.fsync, fd)
     finally:
         os.close(fd)
 

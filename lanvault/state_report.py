@@ -15,13 +15,14 @@ import trio
 from chunkstore.catalogbase import FileListing
 from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.store import StoredChunk
+from node.offload import in_thread, on_loop
 from node.owner import Owner
 
 
 async def state_report(owner: Owner) -> dict[str, object]:
     """The original service's STATE report (see the spec's JSON shape)."""
     files, degrees, stored, stored_degrees = await _gather(owner)
-    return await trio.to_thread.run_sync(_build, owner, files, degrees, stored, stored_degrees)
+    return await in_thread(_build, owner, files, degrees, stored, stored_degrees)
 
 
 async def state_report_json(owner: Owner) -> bytes:
@@ -29,7 +30,7 @@ async def state_report_json(owner: Owner) -> bytes:
     document as ``json.dumps(state_report(...))`` (a test compares them), in half the time
     (0.8 s -> 0.35 s at 100,000 files), since no dict is built for each file and chunk."""
     files, degrees, stored, stored_degrees = await _gather(owner)
-    return await trio.to_thread.run_sync(_encode, owner, files, degrees, stored, stored_degrees)
+    return await in_thread(_encode, owner, files, degrees, stored, stored_degrees)
 
 
 def _encode(
@@ -95,11 +96,11 @@ async def _gather(
 
         def addresses_known(addresses: list[bytes]) -> None:  # on the catalog's thread
             if addresses:
-                trio.from_thread.run_sync(nursery.start_soon, ask, addresses)
+                on_loop(nursery.start_soon, ask, addresses)
 
         # The peers are asked while the catalog reads the files' rows (they overlap).
         files = await owner.io.call(owner.catalog.latest_files, addresses_known)
-    stored = await trio.to_thread.run_sync(node.store.chunks)
+    stored = await in_thread(node.store.chunks)
     stored_degrees: dict[tuple[int, bytes], int] = {}
     by_owner: dict[int, list[bytes]] = {}
     for chunk in stored:

@@ -9,6 +9,8 @@ from typing import TypeVar
 
 import trio
 
+from .offload import in_thread
+
 T = TypeVar("T")
 
 
@@ -20,13 +22,9 @@ class CatalogIO:
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` on a worker thread, one at a time (writes, and reads that must see
         them)."""
-        return await trio.to_thread.run_sync(
-            functools.partial(fn, *args), limiter=self._call_limiter
-        )
+        return await in_thread(functools.partial(fn, *args), limiter=self._call_limiter)
 
     async def read(self, fn: Callable[..., T], *args: object) -> T:
         """A read of the catalog on its own connection: it never waits behind a commit (it
         sees what was committed when it starts)."""
-        return await trio.to_thread.run_sync(
-            functools.partial(fn, *args), limiter=self._read_limiter
-        )
+        return await in_thread(functools.partial(fn, *args), limiter=self._read_limiter)

@@ -48,6 +48,7 @@ from .messages import (
     Message,
     ProtocolError,
 )
+from .offload import in_thread
 from .roster import RosterBook, open_roster, roster_lock, write_roster
 from .transport import Channel, PeerUnavailable, RemoteError, connect_anonymous
 
@@ -140,7 +141,7 @@ class Enroller:
 
     async def answer(self, request: Enrol) -> Message:
         try:
-            cert, roster = await trio.to_thread.run_sync(self.enrol, request)
+            cert, roster = await in_thread(self.enrol, request)
         except IdentityError as exc:
             await trio.sleep(1.0)  # a stranger's guesses cost it time, not us
             return Error(request.req, ErrorCode.FORBIDDEN, str(exc))
@@ -157,7 +158,7 @@ class Enrolment:
 
 async def enrol(invitation: Invitation, node_id: int, extra_addresses: list[str]) -> Enrolment:
     """Join the network of ``invitation`` as ``node_id``: ask its administrator to sign."""
-    key_pem, csr = await trio.to_thread.run_sync(certificate_request, node_id)
+    key_pem, csr = await in_thread(certificate_request, node_id)
     mac = enrol_mac(invitation.secret, node_id, csr)
     problems: list[str] = []
     for address in dict.fromkeys([*invitation.addresses, *extra_addresses]):

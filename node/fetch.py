@@ -20,6 +20,7 @@ from chunkstore.keys import KeyRing
 
 from .messages import Chunk, GetChunk
 from .node import Node
+from .offload import in_thread
 from .report import RestoreError
 from .transport import PeerUnavailable, RemoteError
 
@@ -128,9 +129,7 @@ class Fetcher:
             got = await self.get_envelopes(holder, batch)
             missed.extend(a for a in batch if a not in got)
             items = list(got.items())
-            opened, failed = await trio.to_thread.run_sync(
-                open_many, items, limiter=self.node.cpu_limiter
-            )
+            opened, failed = await in_thread(open_many, items, limiter=self.node.cpu_limiter)
             found.update(opened)
             missed.extend(failed)
 
@@ -191,7 +190,7 @@ class Fetcher:
                 )
                 if not isinstance(answer, Chunk):
                     continue
-                return await trio.to_thread.run_sync(
+                return await in_thread(
                     open_and_sink, answer.envelope, limiter=self.node.cpu_limiter
                 )
             except (PeerUnavailable, RemoteError, EnvelopeError) as exc:

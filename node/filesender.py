@@ -20,6 +20,7 @@ from chunkstore.pipeline import seal_chunks
 from .catalogio import CatalogIO
 from .localtree import READ_BATCH, SEAL_BYTES, SmallRead, read_and_address, read_smalls, runs
 from .node import Node
+from .offload import in_thread
 from .pending import Pending
 from .report import Progress, ProgressFn
 from .uploader import Uploader
@@ -58,7 +59,7 @@ class FileSender:
         whether some were recorded pending."""
         read: list[tuple[str, os.stat_result, FileVersion | None, SmallRead]] = []
         failures: list[str] = []
-        results = await trio.to_thread.run_sync(  # one thread hop for the whole group
+        results = await in_thread(  # one thread hop for the whole group
             read_smalls,
             self.keys,
             [(path, st) for path, st, _b in files],
@@ -87,7 +88,7 @@ class FileSender:
         learned: list[tuple[bytes, int]] = []
         for start, end in runs([len(plain[a]) for a in to_send], SEAL_BYTES):
             batch = to_send[start:end]
-            envelopes = await trio.to_thread.run_sync(
+            envelopes = await in_thread(
                 seal_chunks,
                 self.keys,
                 [(a, plain[a]) for a in batch],
@@ -161,7 +162,7 @@ class FileSender:
         async def produce(first: int, n: int) -> None:
             # One thread hop reads and addresses the batch, one seals what must be sent.
             try:
-                plaintexts, batch_addresses = await trio.to_thread.run_sync(
+                plaintexts, batch_addresses = await in_thread(
                     read_and_address, self.keys, path, first, n, limiter=self.node.cpu_limiter
                 )
             except OSError as exc:  # raised here it would leave the nursery as a group
@@ -183,7 +184,7 @@ class FileSender:
                 else:
                     to_send.append((address, plain, holders))
             if to_send:
-                envelopes = await trio.to_thread.run_sync(
+                envelopes = await in_thread(
                     seal_chunks,
                     self.keys,
                     [(address, plain) for address, plain, _h in to_send],

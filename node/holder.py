@@ -60,6 +60,7 @@ from .messages import (
     StoredMany,
     Wanted,
 )
+from .offload import in_thread
 from .roster import ROSTER_NAME, RosterBook
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,7 @@ class KitGate:
         self.refused = 0
 
     async def _kit(self, owner: int) -> tuple[RecoveryKit, bytes] | None:
-        found = await trio.to_thread.run_sync(
-            self.store.get_blob, owner, KIT_BLOB, limiter=self._limiter
-        )
+        found = await in_thread(self.store.get_blob, owner, KIT_BLOB, limiter=self._limiter)
         if found is None:
             return None
         try:
@@ -123,7 +122,7 @@ class KitGate:
         else:
             verifier, params = found[0].verifier, found[0].kdf
         await self._paced()
-        offer = await trio.to_thread.run_sync(KitOffer, verifier, request.owner, params)
+        offer = await in_thread(KitOffer, verifier, request.owner, params)
         nonce = secrets.token_bytes(32)
         sessions.clear()  # one exchange at a time per connection
         sessions[nonce] = offer
@@ -140,7 +139,7 @@ class KitGate:
             if wait > 0:
                 await trio.sleep(wait)
             await self._paced()
-            ok = await trio.to_thread.run_sync(offer.check, proof.pake, proof.confirm)
+            ok = await in_thread(offer.check, proof.pake, proof.confirm)
             found = await self._kit(proof.owner) if ok else None
             ok = found is not None
             delay = (
@@ -213,18 +212,14 @@ class HolderService:
     async def _commit(self, batch: list[_PendingPut]) -> None:
         items = [item for pending in batch for item in pending.items]
         try:
-            stored = await trio.to_thread.run_sync(
-                self.store.put_many, items, limiter=self._limiter
-            )
+            stored = await in_thread(self.store.put_many, items, limiter=self._limiter)
             flat: list[bool | BaseException] = list(stored)
         except QuotaExceededError:
             # Sort out which of the batch fit, one by one.
             flat = []
             for item in items:
                 try:
-                    [one] = await trio.to_thread.run_sync(
-                        self.store.put_many, [item], limiter=self._limiter
-                    )
+                    [one] = await in_thread(self.store.put_many, [item], limiter=self._limiter)
                     flat.append(one)
                 except Exception as exc:
                     flat.append(exc)
@@ -309,7 +304,7 @@ class HolderService:
         if isinstance(message, GetMeta):
             return Meta(message.req, ROSTER_NAME, self._roster.version, self._roster.blob)
         try:
-            await trio.to_thread.run_sync(self._roster.offer, message.blob)
+            await in_thread(self._roster.offer, message.blob)
         except IdentityError as exc:
             return Error(message.req, ErrorCode.FORBIDDEN, str(exc))
         return Ok(message.req)
@@ -369,7 +364,7 @@ class HolderService:
                     self.bytes_received += len(item.envelope)
             return StoredMany(req, tuple(results))
         if isinstance(message, GetChunks):
-            envelopes, codes = await trio.to_thread.run_sync(
+            envelopes, codes = await in_thread(
                 self._get_many, message.owner, message.addresses, limiter=self._limiter
             )
             self.bytes_sent += sum(len(e) for e in envelopes)
@@ -379,7 +374,7 @@ class HolderService:
             return ChunksMany(req, envelopes, codes)
         if isinstance(message, GetChunk):
             try:
-                envelope = await trio.to_thread.run_sync(
+                envelope = await in_thread(
                     self.store.get, message.owner, message.address, limiter=self._limiter
                 )
             except CorruptChunkError as exc:
@@ -391,12 +386,12 @@ class HolderService:
         if isinstance(message, Delete):
             if message.owner != peer_id:
                 return Error(req, ErrorCode.FORBIDDEN, "only a chunk's owner may delete it")
-            removed = await trio.to_thread.run_sync(
+            removed = await in_thread(
                 self.store.delete_many, message.owner, message.addresses, limiter=self._limiter
             )
             return Deleted(req, len(removed))
         if isinstance(message, Query):
-            held = await trio.to_thread.run_sync(
+            held = await in_thread(
                 self.store.which_held, message.owner, message.addresses, limiter=self._limiter
             )
             return Holding(req, tuple(a for a in message.addresses if a in held))
@@ -411,7 +406,7 @@ class HolderService:
         if isinstance(message, PutMeta):
             if message.owner != peer_id:
                 return Error(req, ErrorCode.FORBIDDEN, "only the owner may write its records")
-            await trio.to_thread.run_sync(
+            await in_thread(
                 self.store.put_blob,
                 message.owner,
                 message.name,
@@ -421,7 +416,7 @@ class HolderService:
             )
             return Ok(req)
         if isinstance(message, GetMeta):
-            found = await trio.to_thread.run_sync(
+            found = await in_thread(
                 self.store.get_blob, message.owner, message.name, limiter=self._limiter
             )
             if found is None:

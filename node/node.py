@@ -38,6 +38,7 @@ from .messages import (
     Removed,
     Request,
 )
+from .offload import in_thread
 from .peerbook import keep_peer_book, recall
 from .pool import PeerPool
 from .protocol import check_anonymous
@@ -377,7 +378,7 @@ class Node:
             corrupt, self._corrupt = self._corrupt, set()
             if corrupt:
                 bad = [BadChunk(o, a, "failed verification when read") for o, a in corrupt]
-                dropped = await trio.to_thread.run_sync(
+                dropped = await in_thread(
                     self.store.drop_damaged, bad, "read", limiter=self.disk_limiter
                 )
                 await self._bad_copies_dropped(dropped, "reads")
@@ -418,9 +419,7 @@ class Node:
     # -- scrub ---------------------------------------------------------------------------
 
     async def scrub(self) -> int:
-        bad = await trio.to_thread.run_sync(
-            lambda: self.store.scrub(drop_bad=True), limiter=self.disk_limiter
-        )
+        bad = await in_thread(lambda: self.store.scrub(drop_bad=True), limiter=self.disk_limiter)
         self.last_scrub_bad = len(bad)
         await self._bad_copies_dropped(bad, "a scrub")
         return len(bad)

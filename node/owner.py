@@ -49,6 +49,7 @@ from .localtree import (
     scan,
 )
 from .node import Node
+from .offload import in_thread
 from .pending import UNSENT_BYTES, Pending
 from .report import BackupError, BackupPending, EntryPending, Progress, ProgressFn
 from .restore import Restorer
@@ -152,7 +153,7 @@ class Owner:
         if why:  # never reachable as the network stands: said at once, nothing recorded
             raise BackupError(why)
         started = time.time_ns()
-        listing = await trio.to_thread.run_sync(scan, str(path), exclusions)
+        listing = await in_thread(scan, str(path), exclusions)
         report = Progress(
             files_total=len(listing.files),
             bytes_total=listing.total,
@@ -286,7 +287,7 @@ class Owner:
         if not folders:
             return []
         latest = await self._query(self.catalog.latest_many, folders)
-        found = await trio.to_thread.run_sync(read_folders, folders)
+        found = await in_thread(read_folders, folders)
         empty = chunk_address(self.keys, b"")
         failures: list[str] = []
         versions: list[tuple[FileVersion | None, FileVersion]] = []
@@ -379,7 +380,7 @@ class Owner:
                 pieces = split_bytes(content)
                 report.bytes_read += len(content)
                 addresses = chunk_addresses(self.keys, pieces)
-                envelopes = await trio.to_thread.run_sync(
+                envelopes = await in_thread(
                     seal_chunks,
                     self.keys,
                     list(zip(addresses, pieces, strict=True)),

@@ -19,6 +19,7 @@ import trio
 from chunkstore.atomic import write_atomic
 
 from .membership import Membership
+from .offload import in_thread
 
 log = logging.getLogger(__name__)
 MAX_REMEMBERED = 1024  # entries read back, at most
@@ -90,7 +91,7 @@ async def keep_peer_book(
         updated.update({e[0]: e for e in seen_peers(membership)})  # a peer not seen stays
         if updated != book:
             try:
-                await trio.to_thread.run_sync(save_peer_book, path, sorted(updated.values()))
+                await in_thread(save_peer_book, path, sorted(updated.values()))
                 book = updated
             except OSError as exc:
                 log.warning("cannot write %s: %s", path, exc)

@@ -23,6 +23,7 @@ from chunkstore import crashpoints
 from chunkstore.store import StoredChunk
 
 from .messages import Removed
+from .offload import in_thread
 
 if TYPE_CHECKING:
     from .node import Node
@@ -60,11 +61,11 @@ async def reclaim(
 ) -> ReclaimReport:
     """Lend at most ``capacity`` bytes: copy what must go elsewhere first, then drop it."""
     store = node.store
-    await trio.to_thread.run_sync(store.set_capacity, capacity, limiter=node.disk_limiter)
+    await in_thread(store.set_capacity, capacity, limiter=node.disk_limiter)
     report = ReclaimReport(to_free_bytes=max(0, store.used_bytes - capacity))
     kept: dict[tuple[int, bytes], int] = {}  # chunk -> its length
     while store.used_bytes > capacity:
-        chunks = await trio.to_thread.run_sync(store.chunks, limiter=node.disk_limiter)
+        chunks = await in_thread(store.chunks, limiter=node.disk_limiter)
         # The most replicated and the oldest go first: the cheapest to lose here.
         chunks.sort(key=lambda c: (c.degree, c.stored_at), reverse=True)
         excess = store.used_bytes - capacity
@@ -82,8 +83,8 @@ async def reclaim(
             if progress is not None:
                 progress(report)
     if report.dropped:
-        await trio.to_thread.run_sync(store.compact, 0.0, limiter=node.disk_limiter)
-    held = {(c.owner, c.address) for c in await trio.to_thread.run_sync(store.chunks)}
+        await in_thread(store.compact, 0.0, limiter=node.disk_limiter)
+    held = {(c.owner, c.address) for c in await in_thread(store.chunks)}
     still = [key for key in kept if key in held]
     report.kept = len(still)
     report.kept_bytes = sum(kept[key] for key in still)
@@ -132,7 +133,7 @@ async def _move_batch(
         if report.copied:
             crashpoints.reached("reclaim.copied")
         removed = set(
-            await trio.to_thread.run_sync(
+            await in_thread(
                 node.store.delete_many,
                 owner,
                 [c.address for c in ready],
@@ -166,9 +167,7 @@ async def _shown(
     bytes; one that does not is not counted, the copy is made elsewhere if it can be, and
     the chunk is kept if not. (A holder that answered STORED to a copy just made counts.)"""
     addresses = [c.address for c in ready]
-    ours = await trio.to_thread.run_sync(
-        node.store.get_many, owner, addresses, limiter=node.disk_limiter
-    )
+    ours = await in_thread(node.store.get_many, owner, addresses, limiter=node.disk_limiter)
     mine = {a: e for a, e in zip(addresses, ours, strict=True) if isinstance(e, bytes)}
     by_holder: dict[int, list[bytes]] = {}
     for address in mine:
@@ -220,7 +219,7 @@ async def _copy_first(
     async with slots:
         if len(holders) < chunk.degree:
             try:
-                envelope = await trio.to_thread.run_sync(
+                envelope = await in_thread(
                     node.store.get, chunk.owner, chunk.address, limiter=node.disk_limiter
                 )
             except Exception as exc:  # a bad copy here: its other holders make it again

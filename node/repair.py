@@ -23,6 +23,7 @@ from chunkstore.store import ChunkStore, StoredChunk
 
 from .membership import Membership
 from .messages import Holding, Wanted
+from .offload import in_thread
 from .pool import PeerPool
 from .replication import QUERY_BATCH, Replication
 
@@ -77,7 +78,7 @@ class Repairer:
 
     async def repair_pass(self) -> RepairReport:
         report = RepairReport()
-        chunks = await trio.to_thread.run_sync(self.store.chunks, limiter=self.disk_limiter)
+        chunks = await in_thread(self.store.chunks, limiter=self.disk_limiter)
         by_owner: dict[int, list[StoredChunk]] = defaultdict(list)
         for chunk in chunks:
             by_owner[chunk.owner].append(chunk)
@@ -196,7 +197,7 @@ class Repairer:
     async def repair_chunk(self, chunk: StoredChunk, holders: set[int]) -> int | None:
         """Copies made of ``chunk`` (None: it was deleted here meanwhile)."""
         try:
-            envelope = await trio.to_thread.run_sync(
+            envelope = await in_thread(
                 self.store.get, chunk.owner, chunk.address, limiter=self.disk_limiter
             )
         except ChunkNotFoundError:

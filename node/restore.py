@@ -16,13 +16,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import trio
-
 from chunkstore.catalog import FileVersion
 from chunkstore.catalogbase import TREE_DIR, TREE_FILE, TREE_SYMLINK
 from chunkstore.catalogdb import CatalogDB, TreeEvent
 
 from .fetch import DbRunner, Fetcher
+from .offload import in_thread
 from .report import Progress, ProgressFn, RestoreError
 from .restore_files import FileRestorer
 from .restore_target import RestoreTarget, UnsafeDestination
@@ -105,7 +104,7 @@ class Restorer:
             report.folders += done.folders
         plain = versions + links
         single = not folders and len(plain) == 1 and plain[0].path == key
-        dest_is_dir = dest is not None and await trio.to_thread.run_sync(dest.is_dir)
+        dest_is_dir = dest is not None and await in_thread(dest.is_dir)
 
         def target_of(version: FileVersion) -> Path:
             if dest is None:
@@ -135,7 +134,7 @@ class Restorer:
         progress: ProgressFn | None,
     ) -> None:
         for folder in folders:  # empty ones too; their own mode and times are set last
-            await trio.to_thread.run_sync(target.make_folder, target_of(folder))
+            await in_thread(target.make_folder, target_of(folder))
         await self.files.restore_files(
             target, [(target_of(v), v, None) for v in files], report, progress
         )
@@ -145,7 +144,7 @@ class Restorer:
         for link in sorted(links, key=lambda v: v.path):
             where = target_of(link)
             content = os.fsdecode(b"".join(await self.fetcher.fetch_many(list(link.chunks))))
-            made = await trio.to_thread.run_sync(
+            made = await in_thread(
                 functools.partial(
                     target.make_symlink, where, content, link.mtime_ns, replace_folder=False
                 )
@@ -158,7 +157,7 @@ class Restorer:
         # Folder modes and times last, deepest first: writing inside a folder changes its mtime.
         for folder in reversed(folders):
             where = target_of(folder)
-            refused = await trio.to_thread.run_sync(
+            refused = await in_thread(
                 target.finish_folder,
                 where,
                 folder.mode,
@@ -204,7 +203,7 @@ class Restorer:
         top_is_file = bool(entries) and entries[0][1].kind != TREE_DIR and relative != ""
         if dest is None:
             base = Path(key)
-        elif top_is_file and await trio.to_thread.run_sync(dest.is_dir):
+        elif top_is_file and await in_thread(dest.is_dir):
             base = dest / Path(key).name
         else:
             base = dest
@@ -234,12 +233,12 @@ class Restorer:
         for path, entry in entries:
             where = target_of(path)
             if entry.kind == TREE_DIR:
-                await trio.to_thread.run_sync(target.make_folder, where)
+                await in_thread(target.make_folder, where)
                 folders.append((where, entry))
                 report.folders += 1  # counted as a plain restore counts them
             elif entry.kind == TREE_SYMLINK:
                 report.links += 1
-                await trio.to_thread.run_sync(
+                await in_thread(
                     functools.partial(
                         target.make_symlink,
                         where,
@@ -252,7 +251,7 @@ class Restorer:
             target, [(target_of(p), v, e) for p, v, e in files], report, progress
         )
         for where, entry in reversed(folders):  # children first: their writes move mtimes
-            refused = await trio.to_thread.run_sync(
+            refused = await in_thread(
                 functools.partial(
                     target.finish_folder,
                     where,
@@ -267,14 +266,14 @@ class Restorer:
     async def _target(self, anchor: Path, as_typed: bool) -> AsyncIterator[RestoreTarget]:
         """The restore's target below ``anchor``; a destination it refuses is a RestoreError."""
         try:
-            target = await trio.to_thread.run_sync(
+            target = await in_thread(
                 functools.partial(
                     RestoreTarget, anchor, as_typed=as_typed, resume_dir=self.resume_dir
                 )
             )
             try:
                 yield target
-                await trio.to_thread.run_sync(target.sync)  # "restored" means on the disk
+                await in_thread(target.sync)  # "restored" means on the disk
             finally:
                 target.close()
         except UnsafeDestination as exc:

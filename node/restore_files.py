@@ -25,6 +25,7 @@ from chunkstore.keys import KeyRing
 
 from .fetch import DbRunner, Fetcher
 from .node import Node
+from .offload import in_thread
 from .report import Progress, ProgressFn, RestoreError
 from .restore_target import RestoreTarget, UnsafeDestination, flush_files
 from .restore_windows import ChunkWriter, WindowedFetch, chunks_in_place
@@ -124,9 +125,7 @@ class FileRestorer:
     ) -> None:
         mode = version.mode if mode is None else mode
         mtime_ns = version.mtime_ns if mtime_ns is None else mtime_ns
-        if await trio.to_thread.run_sync(
-            _already_restored, target, dest, version.size, mode, mtime_ns
-        ):
+        if await in_thread(_already_restored, target, dest, version.size, mode, mtime_ns):
             report.bytes_done += version.size
             return
         try:
@@ -161,7 +160,7 @@ class FileRestorer:
         xattrs: Xattrs,
         known_holders: dict[bytes, set[int]] | None,
     ) -> None:
-        fd, tmp, resumed = await trio.to_thread.run_sync(
+        fd, tmp, resumed = await in_thread(
             target.partial_file,
             dir_fd,
             name,
@@ -175,7 +174,7 @@ class FileRestorer:
                 known_holders = await self._db(self.catalog.holders_many, version.chunks)
             kept: set[int] = set()
             if resumed:  # a new temporary file holds nothing yet
-                kept = await trio.to_thread.run_sync(
+                kept = await in_thread(
                     chunks_in_place, self.keys, fd, version, limiter=self.node.cpu_limiter
                 )
             if kept:
@@ -203,7 +202,7 @@ class FileRestorer:
                 unwritable,
             ).run()
             os.ftruncate(fd, version.size)
-            refused = await trio.to_thread.run_sync(
+            refused = await in_thread(
                 target.publish, dir_fd, fd, tmp, name, dest, mode, mtime_ns, xattrs
             )
             report.xattrs_refused.extend(f"{dest}: {n}" for n in refused)
@@ -274,9 +273,7 @@ class FileRestorer:
         for (where, version, _entry), first in zip(files, firsts, strict=True):
             if first is not None:  # made once every file they are names of is in place
                 try:
-                    made = await trio.to_thread.run_sync(
-                        target.make_hard_link, files[first][0], where
-                    )
+                    made = await in_thread(target.make_hard_link, files[first][0], where)
                 except UnsafeDestination as exc:
                     raise RestoreError(str(exc)) from None
                 if made:
@@ -300,7 +297,7 @@ class FileRestorer:
     ) -> None:
         """Restore a group of small files: the ones not already there are fetched together
         (one GETCHUNKS per holder) and written in one worker-thread hop."""
-        there = await trio.to_thread.run_sync(_already_there, target, group)
+        there = await in_thread(_already_there, target, group)
         todo = [item for item, done in zip(group, there, strict=True) if not done]
         report.bytes_done += sum(
             v.size for (_w, v, _e), done in zip(group, there, strict=True) if done
@@ -309,7 +306,7 @@ class FileRestorer:
         found, missing = await self.fetcher.fetch_found(
             [c for _w, v, _e in todo for c in v.chunks], holders
         )
-        outcomes = await trio.to_thread.run_sync(
+        outcomes = await in_thread(
             _write_group, target, todo, found, missing, limiter=self.node.disk_limiter
         )
         for (where, version, _entry), outcome in zip(todo, outcomes, strict=True):

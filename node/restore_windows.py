@@ -29,6 +29,7 @@ from chunkstore.segments import pwrite_all
 from .fetch import Fetcher
 from .messages import MAX_BATCH
 from .node import Node
+from .offload import in_thread
 from .report import Progress, ProgressFn, RestoreError
 
 log = logging.getLogger(__name__)
@@ -170,9 +171,7 @@ class WindowedFetch:
         got = await self.fetcher.get_envelopes(holder, [chunks[no] for no in nos])
         fetched = [(no, got[chunks[no]]) for no in nos if chunks[no] in got]
         leftovers.extend(no for no in nos if chunks[no] not in got)
-        plains, failed = await trio.to_thread.run_sync(
-            self._open_share, fetched, limiter=self.node.cpu_limiter
-        )
+        plains, failed = await in_thread(self._open_share, fetched, limiter=self.node.cpu_limiter)
         opened.extend(plains)
         leftovers.extend(failed)
 
@@ -183,7 +182,7 @@ class WindowedFetch:
         if not opened:  # every chunk of the window was there already, or failed
             return
         async with self.write_lock:
-            self.report.bytes_done += await trio.to_thread.run_sync(
+            self.report.bytes_done += await in_thread(
                 self.writer.write, opened, limiter=self.node.disk_limiter
             )
 

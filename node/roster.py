@@ -35,6 +35,7 @@ from chunkstore.atomic import write_atomic
 from .identity import IdentityError
 from .membership import Membership
 from .messages import GetMeta, Meta, StatusReply
+from .offload import in_thread
 from .pool import PeerPool
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ class RosterSync:
             with trio.move_on_after(self._interval):
                 await self._wake.wait()
             self._wake = trio.Event()
-            await trio.to_thread.run_sync(self.book.refresh)
+            await in_thread(self.book.refresh)
             await self._pull()
             await self.enforce()
 
@@ -265,7 +266,7 @@ class RosterSync:
             if not isinstance(reply, Meta):
                 continue
             try:
-                if await trio.to_thread.run_sync(self.book.offer, reply.blob):
+                if await in_thread(self.book.offer, reply.blob):
                     return
             except IdentityError as exc:
                 log.warning("node %d offered a roster that fails: %s", peer, exc)

@@ -44,6 +44,7 @@ from .messages import (
     ProtocolError,
     PutMeta,
 )
+from .offload import in_thread
 from .report import Progress
 from .transport import Channel, PeerUnavailable, RemoteError, connect_anonymous
 
@@ -197,11 +198,9 @@ class Safekeeping:
             return False  # nothing backed up yet: nothing a recovery could bring back
         tmp = Path(str(catalog.path) + ".peers-copy")
         try:
-            await trio.to_thread.run_sync(catalog.copy_to, tmp)
-            size = (await trio.to_thread.run_sync(os.stat, tmp)).st_size
-            addresses = await trio.to_thread.run_sync(
-                self._addresses, tmp, limiter=owner.node.cpu_limiter
-            )
+            await in_thread(catalog.copy_to, tmp)
+            size = (await in_thread(os.stat, tmp)).st_size
+            addresses = await in_thread(self._addresses, tmp, limiter=owner.node.cpu_limiter)
             degree = owner.default_degree
             known = await owner.io.call(catalog.holders_many, addresses)
             sent = 0
@@ -212,9 +211,7 @@ class Safekeeping:
             ]
             for i in range(0, len(wanted), 15):
                 batch = wanted[i : i + 15]
-                envelopes = await trio.to_thread.run_sync(
-                    self._seal, tmp, batch, limiter=owner.node.cpu_limiter
-                )
+                envelopes = await in_thread(self._seal, tmp, batch, limiter=owner.node.cpu_limiter)
                 items = [
                     (
                         address,
@@ -238,7 +235,7 @@ class Safekeeping:
         manifest = CatalogManifest(
             owner.owner_id, seq, time.time_ns(), size, tuple(addresses), self.config_json()
         )
-        blob = await trio.to_thread.run_sync(seal_manifest, owner.keys, manifest)
+        blob = await in_thread(seal_manifest, owner.keys, manifest)
         self.manifest = (seq, blob)
         await owner.io.call(catalog.set_setting, "catalog_seq", seq)
         holders = await self.publish()

@@ -28,6 +28,7 @@ from chunkstore.keys import KeyRing
 
 from .fetch import Fetcher
 from .messages import Delete, Deleted
+from .offload import in_thread
 from .placement import keepers
 from .verify import bad_envelopes
 
@@ -63,8 +64,8 @@ async def trim_surplus(
     ``verified_at(holder, addresses)`` returns those of which ``holder`` gave a copy that
     opens: a chunk's extra copies go only once each of its keepers did.
     """
-    wanted = dict(await trio.to_thread.run_sync(catalog.live_addresses))
-    for address in await trio.to_thread.run_sync(catalog.catalog_chunks):
+    wanted = dict(await in_thread(catalog.live_addresses))
+    for address in await in_thread(catalog.catalog_chunks):
         wanted[address] = max(wanted.get(address, 0), default_degree)
     addresses = sorted(wanted)
     report = TrimReport()
@@ -108,9 +109,7 @@ async def trim_surplus(
                 )
                 if isinstance(answer, Deleted):
                     report.dropped += len(extra)
-                    await trio.to_thread.run_sync(
-                        catalog.drop_holders, [(address, holder) for address in extra]
-                    )
+                    await in_thread(catalog.drop_holders, [(address, holder) for address in extra])
     if report.surplus:
         log.info(
             "trim: %d chunks checked, %d copies above their degree, %d dropped; %d chunks left"
@@ -159,9 +158,7 @@ class Trimmer:
     async def verified_at(self, holder: int, addresses: list[bytes]) -> set[bytes]:
         """Those of ``addresses`` of which ``holder`` hands over a copy that opens."""
         got = await self.fetcher.get_envelopes(holder, addresses)
-        bad = await trio.to_thread.run_sync(
-            bad_envelopes, self.keys, got, limiter=self.node.cpu_limiter
-        )
+        bad = await in_thread(bad_envelopes, self.keys, got, limiter=self.node.cpu_limiter)
         return set(got) - set(bad)
 
     async def run(self) -> None:

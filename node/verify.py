@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import trio
-
 from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
 
 from .messages import Chunk, Delete, Deleted, GetChunk
+from .offload import in_thread
 from .transport import PeerUnavailable, RemoteError
 
 if TYPE_CHECKING:
@@ -63,8 +62,8 @@ async def read_data(
 ) -> ReadDataReport:
     """Read and open every copy of our chunks (or of a random ``sample_percent`` of them)."""
     catalog = owner.catalog
-    wanted = dict(await trio.to_thread.run_sync(catalog.live_addresses))
-    for address in await trio.to_thread.run_sync(catalog.catalog_chunks):
+    wanted = dict(await in_thread(catalog.live_addresses))
+    for address in await in_thread(catalog.catalog_chunks):
         wanted[address] = max(wanted.get(address, 0), owner.default_degree)
     chosen = sorted(wanted)
     if sample_percent < 100.0:
@@ -90,9 +89,7 @@ async def read_data(
                     f"node {holder}: chunk {address.hex()[:16]}…: damaged on the holder's disk"
                 )
             report.bytes_read += sum(len(e) for e in got.values())
-            failed = await trio.to_thread.run_sync(
-                bad_envelopes, owner.keys, got, limiter=owner.node.cpu_limiter
-            )
+            failed = await in_thread(bad_envelopes, owner.keys, got, limiter=owner.node.cpu_limiter)
             for address in got:
                 if address in failed:
                     bad[address].add(holder)
@@ -129,9 +126,7 @@ async def _repair(
         )
         if isinstance(answer, Deleted):
             report.copies_dropped += len(addresses)
-            await trio.to_thread.run_sync(
-                owner.catalog.drop_holders, [(a, holder) for a in addresses]
-            )
+            await in_thread(owner.catalog.drop_holders, [(a, holder) for a in addresses])
     for address, nodes in bad.items():
         good = holders[address] - nodes
         for source in sorted(good):  # a good copy to make the new ones from
@@ -160,7 +155,7 @@ async def rereplicate(owner: Owner, address: bytes, degree: int) -> int:
         if not isinstance(answer, Chunk):
             continue
         try:
-            await trio.to_thread.run_sync(open_chunk, owner.keys, address, answer.envelope)
+            await in_thread(open_chunk, owner.keys, address, answer.envelope)
         except EnvelopeError:
             continue
         now = set(holders)  # grows with the copies made

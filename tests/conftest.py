@@ -47,18 +47,6 @@ def keys() -> KeyRing:
     return KeyRing.from_master(new_master_key())
 
 
-@pytest.fixture
-def slow_autojump_clock() -> object:
-    """A MockClock that jumps only after 50 ms of real idleness.
-
-    The nodes do disk I/O on worker threads; an autojump threshold of 0 would jump the clock
-    while a thread works and fire timeouts that real time would never fire.
-    """
-    import trio.testing
-
-    return trio.testing.MockClock(autojump_threshold=0.05)
-
-
 @contextlib.contextmanager
 def s3_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real S3-compatible HTTP service (moto's server) in a subprocess: (endpoint, process)."""

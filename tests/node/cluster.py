@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import AsyncIterator, Callable
@@ -10,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from node.node import Node, NodeConfig
+from node.offload import inline_work
 from node.owner import Owner
 from node.pending import UNSENT_BYTES
 
@@ -109,11 +112,15 @@ async def eventually(
 async def open_cluster(
     root: Path, count: int, faults: FaultPlan | None = None, capacity: int = 10**9
 ) -> AsyncIterator[Cluster]:
-    async with trio.open_nursery() as nursery:
-        hub = MemoryHub(nursery, faults)
-        cluster = Cluster(hub, {}, root, nursery, capacity)
-        for node_id in range(1, count + 1):
-            await cluster.start(node_id)
-        await cluster.wait_connected()
-        yield cluster
-        nursery.cancel_scope.cancel()
+    # On a MockClock (the ``autojump_clock`` fixture) the nodes' blocking work runs inline, so
+    # that time jumps only when every task is blocked: virtual time, reproducible.
+    virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    with inline_work() if virtual else contextlib.nullcontext():
+        async with trio.open_nursery() as nursery:
+            hub = MemoryHub(nursery, faults)
+            cluster = Cluster(hub, {}, root, nursery, capacity)
+            for node_id in range(1, count + 1):
+                await cluster.start(node_id)
+            await cluster.wait_connected()
+            yield cluster
+            nursery.cancel_scope.cancel()
