@@ -22,6 +22,7 @@ from chunkstore.store import ChunkStore, PutItem
 from .catalogio import CatalogIO
 from .localtree import READ_BATCH
 from .node import Node
+from .offload import in_thread
 from .report import EntryPending, Progress, ProgressFn
 from .uploader import Uploader
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 # A backup short of its degree keeps the chunks it could not send in a local store of this
 # size; beyond it the node reads them again from the file (while that is unchanged).
 UNSENT_BYTES = 1 << 30
+
+Source = tuple[FileVersion, int]  # a version and the number of one of its chunks
 
 
 class Pending:
@@ -79,26 +82,30 @@ class Pending:
         live = {
             a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
         }
-        wanted: dict[bytes, tuple[int, FileVersion, int]] = {}  # address -> degree, version, no
+        # address -> the degree wanted, and every (version, chunk number) that has it: a chunk
+        # shared by several versions (the empty chunk of every empty file and folder, a file
+        # copied) is read from whichever of them still has it.
+        wanted: dict[bytes, tuple[int, list[Source]]] = {}
         for version in versions:
             for no, address in enumerate(version.chunks):
                 if len(live[address]) >= version.degree:
                     continue
-                degree = max(version.degree, wanted[address][0] if address in wanted else 0)
-                wanted[address] = (degree, version, no)
-        by_degree: dict[int, list[tuple[bytes, FileVersion, int]]] = {}
-        for address, (degree, version, no) in wanted.items():
-            by_degree.setdefault(degree, []).append((address, version, no))
+                degree, sources = wanted.get(address, (0, []))
+                sources.append((version, no))
+                wanted[address] = (max(degree, version.degree), sources)
+        by_degree: dict[int, list[tuple[bytes, list[Source]]]] = {}
+        for address, (degree, sources) in wanted.items():
+            by_degree.setdefault(degree, []).append((address, sources))
         window = trio.Semaphore(4)  # batches in flight: 240 chunks, about 15 MB
 
-        async def one_batch(degree: int, batch: list[tuple[bytes, FileVersion, int]]) -> None:
+        async def one_batch(degree: int, batch: list[tuple[bytes, list[Source]]]) -> None:
             try:
-                envelopes = await trio.to_thread.run_sync(
+                envelopes = await in_thread(
                     self.envelopes_for, batch, limiter=self.node.disk_limiter
                 )
                 items = [
                     (address, envelope, live[address])
-                    for (address, _v, _no), envelope in zip(batch, envelopes, strict=True)
+                    for (address, _sources), envelope in zip(batch, envelopes, strict=True)
                     if envelope is not None
                 ]
                 if items:
@@ -123,29 +130,27 @@ class Pending:
             )
         if newly:
             if self.outbox is not None or self.unsent is not None:
-                await trio.to_thread.run_sync(self.release_outbox, complete)
+                await in_thread(self.release_outbox, complete)
             await self._completed()
         return complete
 
-    def envelopes_for(self, batch: list[tuple[bytes, FileVersion, int]]) -> list[bytes | None]:
-        return [self.envelope_for(version, no, address) for address, version, no in batch]
+    def envelopes_for(self, batch: list[tuple[bytes, list[Source]]]) -> list[bytes | None]:
+        return [self.envelope_for(address, sources) for address, sources in batch]
 
-    def envelope_for(self, version: FileVersion, no: int, address: bytes) -> bytes | None:
+    def envelope_for(self, address: bytes, sources: list[Source]) -> bytes | None:
+        """The chunk's envelope from the outbox or the unsent store, else sealed again from
+        the first of ``sources`` whose file still has that content (None: none has)."""
         for kept in (self.outbox, self.unsent):
             if kept is not None:
                 try:
                     return kept.get(self.owner_id, address)
                 except ChunkstoreError:
                     pass
-        try:
-            with open(version.path, "rb") as handle:
-                handle.seek(no * CHUNK_SIZE)
-                data = handle.read(CHUNK_SIZE)
-        except OSError:
-            return None
-        if chunk_address(self.keys, data) != address:
-            return None  # the file moved on since this version: its copy is in the outbox or lost
-        return seal_chunk(self.keys, address, data)
+        for version, no in sources:
+            data = _read_chunk(version, no)
+            if data is not None and chunk_address(self.keys, data) == address:
+                return seal_chunk(self.keys, address, data)
+        return None  # the files moved on since: the copy is in the outbox or lost
 
     def release_outbox(self, versions: list[FileVersion]) -> None:
         """Drop outbox and unsent chunks of these (now safe) versions that no pending version
@@ -183,7 +188,7 @@ class Pending:
                     return True
             return False
 
-        if not await trio.to_thread.run_sync(keep, limiter=self.node.disk_limiter):
+        if not await in_thread(keep, limiter=self.node.disk_limiter):
             report.bytes_not_kept += size
 
     def kick(self) -> None:
@@ -211,3 +216,14 @@ class Pending:
             waiting += len(batch) - len(done)
         if waiting:  # one line for the whole backlog, not one per batch of it
             log.info("%d pending versions still wait for copies", waiting)
+
+
+def _read_chunk(version: FileVersion, no: int) -> bytes | None:
+    if no * CHUNK_SIZE >= version.size:
+        return b""  # an empty file's or a folder's one chunk: nothing to read
+    try:
+        with open(version.path, "rb") as handle:
+            handle.seek(no * CHUNK_SIZE)
+            return handle.read(CHUNK_SIZE)
+    except OSError:
+        return None

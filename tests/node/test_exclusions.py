@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trio.testing
 
 from node.exclusions import (
     CACHEDIR_SIGNATURE,
@@ -105,7 +106,9 @@ def test_one_file_system_keeps_a_mount_point_empty(tmp_path: Path) -> None:
         subprocess.run(["umount", str(other)], check=True)
 
 
-async def test_a_backup_with_exclusions_restores_without_them(tmp_path: Path) -> None:
+async def test_a_backup_with_exclusions_restores_without_them(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     root = tmp_path / "src"
     make_tree(root)
     async with open_cluster(tmp_path / "c", 3) as cluster:

@@ -16,7 +16,7 @@ from .cluster import open_cluster
 
 
 async def test_a_silent_connection_is_closed_and_members_stay_linked(
-    tmp_path: Path, slow_autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_cluster(tmp_path / "c", 2) as cluster:
         auth = await cluster.hub.network_for(9).connect(cluster.address(1))

@@ -31,7 +31,7 @@ def test_a_missing_or_damaged_book_is_empty_and_bad_entries_are_skipped(tmp_path
 
 
 async def test_only_peers_seen_are_written_and_recall_gives_hints(
-    tmp_path: Path, slow_autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     book = tmp_path / "peers.json"
     await trio.sleep(1)  # the mock clock starts at 0, which membership reads as "never seen"
@@ -54,7 +54,7 @@ async def test_only_peers_seen_are_written_and_recall_gives_hints(
 
 
 async def test_a_restarted_node_whose_seeds_are_down_finds_the_peers_it_knew(
-    tmp_path: Path, slow_autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with open_cluster(tmp_path / "c", 4) as cluster:
         book = tmp_path / "peers4.json"

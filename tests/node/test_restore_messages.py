@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio.testing
 
 from node.report import BackupError, RestoreError
 
@@ -13,6 +14,7 @@ from .cluster import eventually, open_cluster
 
 
 async def test_a_restore_before_the_first_backup_names_the_oldest_moment_kept(
+    autojump_clock: trio.testing.MockClock,
     tmp_path: Path,
 ) -> None:
     src = tmp_path / "src"
@@ -33,7 +35,9 @@ async def test_a_restore_before_the_first_backup_names_the_oldest_moment_kept(
             await owner.restorer.restore_path(tmp_path / "elsewhere", tmp_path / "out")
 
 
-async def test_a_degree_the_network_cannot_give_fails_at_once_saying_why(tmp_path: Path) -> None:
+async def test_a_degree_the_network_cannot_give_fails_at_once_saying_why(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("a")

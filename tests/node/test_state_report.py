@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import trio.testing
+
 from chunkstore.chunking import CHUNK_SIZE
 from lanvault.state_report import state_report, state_report_json
 
 from .cluster import open_cluster
 
 
-async def test_the_json_written_directly_is_the_report(tmp_path: Path) -> None:
+async def test_the_json_written_directly_is_the_report(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / 'naïve "quoted" \\ name.txt').write_text("x" * 10)

@@ -7,6 +7,7 @@ import functools
 from pathlib import Path
 
 import pytest
+import trio.testing
 
 from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.errors import QuotaExceededError
@@ -43,7 +44,9 @@ def test_records_count_against_the_quota(tmp_path: Path) -> None:
     reopened.close()
 
 
-async def test_a_member_cannot_store_records_beyond_the_quota(tmp_path: Path) -> None:
+async def test_a_member_cannot_store_records_beyond_the_quota(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
     quota = 2 * 1024 * 1024
     async with open_cluster(tmp_path / "c", 2, capacity=quota) as cluster:
         mallory, victim = cluster.members[1].node, cluster.members[2]
