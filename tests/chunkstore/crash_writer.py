@@ -1,7 +1,8 @@
 """A process that puts (and sometimes deletes) chunks until it is killed.
 
 Prints ``P <hex>`` after each put batch returns and ``D <hex>`` after each delete returns:
-those lines are the acknowledgements the crash test holds the store to.
+those lines are the acknowledgements the crash test holds the store to. ``X <hex>`` comes
+before a delete: a chunk killed with its delete in flight may be there or not.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
             sys.stdout.flush()
         elif action < 0.95:
             victim = held.pop(rng.randrange(len(held)))
+            print("X", victim.hex(), flush=True)  # in flight: killed now, it may be gone or not
             store.delete(seed % 7, victim)
             print("D", victim.hex(), flush=True)
         else:

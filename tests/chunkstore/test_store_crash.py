@@ -40,7 +40,9 @@ def test_sigkill_loses_no_acknowledged_chunk(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     store_dir = tmp_path / "store"
     keys = KeyRing.from_master(bytes(32))
-    acknowledged: dict[tuple[int, str], bool] = {}
+    # True: its put was acknowledged; False: its delete was; None: a delete was in flight
+    # when the writer was killed, so it may be there or not.
+    acknowledged: dict[tuple[int, str], bool | None] = {}
     # Several kill/restart rounds on the same store: recovery itself must be crash-safe.
     for round_no in range(3):
         writer_seed = seed * 100 + round_no
@@ -49,7 +51,7 @@ def test_sigkill_loses_no_acknowledged_chunk(tmp_path: Path, seed: int) -> None:
         complete = [line for line in lines if len(line) == 66]  # the last line may be torn
         for line in complete:
             kind, address = line.split()
-            acknowledged[(owner, address)] = kind == "P"
+            acknowledged[(owner, address)] = {"P": True, "D": False, "X": None}[kind]
         store = ChunkStore.open(store_dir)
         try:
             report = store.check()
@@ -67,5 +69,7 @@ def test_sigkill_loses_no_acknowledged_chunk(tmp_path: Path, seed: int) -> None:
         for key, present in acknowledged.items():
             if present:
                 assert key in held, f"seed {seed}: acknowledged chunk {key} lost"
-            else:
+            elif present is not None:
                 assert key not in held, f"seed {seed}: acknowledged delete {key} came back"
+            else:  # what the crash left of an in-flight delete must stay so from now on
+                acknowledged[key] = key in held
