@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import AsyncIterator, Callable
+import random
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import trio
 import trio.testing
 
 from chunkstore.catalogdb import CatalogDB
+from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from node.node import Node, NodeConfig
@@ -106,6 +108,40 @@ async def eventually(
     except (OSError, TypeError):
         said = repr(predicate)
     raise AssertionError(f"not so within {timeout} s: {said}")
+
+
+SIZES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE, 5 * CHUNK_SIZE + 17]
+
+
+def write_files(folder: Path, rng: random.Random) -> dict[Path, bytes]:
+    """Files of the sizes a chunker gets wrong first (empty, one byte, around one and two
+    chunks, several), of random bytes from ``rng``; returns their contents."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for n, size in enumerate(SIZES):
+        data = rng.randbytes(size)
+        path = folder / f"file{n}.bin"
+        path.write_bytes(data)
+        files[path] = data
+    return files
+
+
+def busiest_holder(cluster: Cluster, among: Iterable[int], owner_id: int = 1) -> int:
+    """Of ``among``, the node holding the most of ``owner_id``'s chunks."""
+    return max(among, key=lambda n: len(cluster.members[n].store.chunks(owner_id)))
+
+
+@asynccontextmanager
+async def backed_up(
+    tmp_path: Path, count: int, seed: int, degree: int = 2
+) -> AsyncIterator[tuple[Cluster, Owner]]:
+    """A cluster of ``count`` nodes (in ``tmp_path/c``) whose node 1 has backed up
+    ``write_files(tmp_path/src, Random(seed))`` at ``degree``: (the cluster, node 1's owner)."""
+    async with open_cluster(tmp_path / "c", count) as cluster:
+        write_files(tmp_path / "src", random.Random(seed))
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=degree)
+        yield cluster, owner
 
 
 @asynccontextmanager

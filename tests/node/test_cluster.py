@@ -29,21 +29,16 @@ from node.repair import RepairReport
 from node.report import BackupError, BackupPending, Progress, RestoreError
 from node.safekeeping import CatalogNotSafe, Safekeeping
 
-from .cluster import Cluster, eventually, open_cluster
+from .cluster import (
+    SIZES,
+    Cluster,
+    backed_up,
+    busiest_holder,
+    eventually,
+    open_cluster,
+    write_files,
+)
 from .memnet import FaultPlan
-
-SIZES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE, 5 * CHUNK_SIZE + 17]
-
-
-def write_files(folder: Path, rng: random.Random) -> dict[Path, bytes]:
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for n, size in enumerate(SIZES):
-        data = rng.randbytes(size)
-        path = folder / f"file{n}.bin"
-        path.write_bytes(data)
-        files[path] = data
-    return files
 
 
 def copies(cluster: Cluster, owner_id: int) -> dict[bytes, int]:
@@ -191,11 +186,8 @@ async def test_lossy_network_backups_reach_degree_and_restore(
 async def test_gone_node_chunks_come_back_to_degree(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    async with open_cluster(tmp_path / "c", 5) as cluster:
-        write_files(tmp_path / "src", random.Random(3))
-        owner = cluster.members[1].owner
-        await owner.backup_path(tmp_path / "src", degree=2)
-        victim = max(range(2, 6), key=lambda n: len(cluster.members[n].store.chunks(1)))
+    async with backed_up(tmp_path, 5, seed=3) as (cluster, owner):
+        victim = busiest_holder(cluster, range(2, 6))
         assert cluster.members[victim].store.chunks(1)
         cluster.kill(victim)
         wanted = {a for v, _ in owner.catalog.latest_versions("") for a in v.chunks}
@@ -224,11 +216,8 @@ async def test_two_nodes_that_think_each_other_gone_meet_again(
 async def test_reclaim_zero_keeps_every_chunk_at_degree(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    async with open_cluster(tmp_path / "c", 4) as cluster:
-        write_files(tmp_path / "src", random.Random(4))
-        owner = cluster.members[1].owner
-        await owner.backup_path(tmp_path / "src", degree=2)
-        holder = max(range(2, 5), key=lambda n: len(cluster.members[n].store.chunks(1)))
+    async with backed_up(tmp_path, 4, seed=4) as (cluster, _owner):
+        holder = busiest_holder(cluster, range(2, 5))
         result = await cluster.members[holder].node.reclaim(0)
         assert result.dropped > 0 and result.kept == 0
         store = cluster.members[holder].store
@@ -246,7 +235,7 @@ async def test_reclaim_does_not_drop_a_copy_on_a_lying_members_word(
         files = write_files(tmp_path / "src", random.Random(41))
         owner = cluster.members[1].owner
         await owner.backup_path(tmp_path / "src", degree=2)
-        holder = max(range(2, 5), key=lambda n: len(cluster.members[n].store.chunks(1)))
+        holder = busiest_holder(cluster, range(2, 5))
         liar = next(n for n in range(2, 5) if n != holder)
         store = cluster.members[liar].store
         monkeypatch.setattr(store, "which_held", lambda owner_id, addresses: set(addresses))
@@ -283,11 +272,8 @@ async def test_delete_reaches_a_holder_that_was_down(
 async def test_corrupt_copy_found_by_scrub_is_replaced(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    async with open_cluster(tmp_path / "c", 4) as cluster:
-        write_files(tmp_path / "src", random.Random(6))
-        owner = cluster.members[1].owner
-        await owner.backup_path(tmp_path / "src", degree=2)
-        holder = max(range(2, 5), key=lambda n: len(cluster.members[n].store.chunks(1)))
+    async with backed_up(tmp_path, 4, seed=6) as (cluster, _owner):
+        holder = busiest_holder(cluster, range(2, 5))
         store = cluster.members[holder].store
         victim = max(store.chunks(1), key=lambda c: c.length)
         for segment in (store.root / "segments").iterdir():
@@ -462,11 +448,8 @@ async def test_a_chunk_that_pending_versions_share_is_made_from_any_of_them(
 async def test_repair_reports_what_it_made_and_what_it_could_not(
     autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
-    async with open_cluster(tmp_path / "c", 5) as cluster:
-        write_files(tmp_path / "src", random.Random(5))
-        owner = cluster.members[1].owner
-        await owner.backup_path(tmp_path / "src", degree=2)
-        victim = max(range(2, 6), key=lambda n: len(cluster.members[n].store.chunks(1)))
+    async with backed_up(tmp_path, 5, seed=5) as (cluster, owner):
+        victim = busiest_holder(cluster, range(2, 6))
         lost = len(cluster.members[victim].store.chunks(1))
         reports: list[RepairReport] = []
         for n in range(2, 6):
@@ -491,11 +474,8 @@ async def test_a_down_holder_is_not_repaired_around_before_it_is_gone(
 ) -> None:
     # Killed before any repair pass has seen who holds what: while it is down (4 s) but not
     # gone (20 s), its copies may come back with it, so none is made elsewhere yet.
-    async with open_cluster(tmp_path / "c", 4) as cluster:
-        write_files(tmp_path / "src", random.Random(6))
-        owner = cluster.members[1].owner
-        await owner.backup_path(tmp_path / "src", degree=2)
-        victim = max(range(2, 5), key=lambda n: len(cluster.members[n].store.chunks(1)))
+    async with backed_up(tmp_path, 4, seed=6) as (cluster, _owner):
+        victim = busiest_holder(cluster, range(2, 5))
         cluster.kill(victim)
         surviving = copies(cluster, 1)
         await trio.sleep(12)  # down after 4 s; repair passes every 3 s
@@ -590,12 +570,9 @@ async def test_copies_a_returning_node_brings_back_are_trimmed_to_the_degree(
     autojump_clock: trio.testing.MockClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "node")
-    async with open_cluster(tmp_path / "c", 5) as cluster:
-        write_files(tmp_path / "src", random.Random(10))
-        owner = cluster.members[1].owner
-        await owner.backup_path(tmp_path / "src", degree=2)
+    async with backed_up(tmp_path, 5, seed=10) as (cluster, owner):
         wanted = {a for v, _ in owner.catalog.latest_versions("") for a in v.chunks}
-        victim = max(range(2, 6), key=lambda n: len(cluster.members[n].store.chunks(1)))
+        victim = busiest_holder(cluster, range(2, 6))
         brought_back = {c.address for c in cluster.members[victim].store.chunks(1)}
         cluster.kill(victim)
         await eventually(
@@ -629,10 +606,7 @@ async def test_a_member_claiming_copies_it_lacks_cannot_make_the_owner_trim_real
     autojump_clock: trio.testing.MockClock,
     tmp_path: Path,
 ) -> None:
-    async with open_cluster(tmp_path / "c", 5) as cluster:
-        write_files(tmp_path / "src", random.Random(11))
-        owner = cluster.members[1].owner
-        await owner.backup_path(tmp_path / "src", degree=2)
+    async with backed_up(tmp_path, 5, seed=11) as (cluster, owner):
         wanted = {a for v, _ in owner.catalog.latest_versions("") for a in v.chunks}
         node = cluster.members[1].node
 
@@ -675,10 +649,7 @@ async def test_a_backup_waits_for_its_catalog_copy_and_says_so_when_it_cannot_be
     autojump_clock: trio.testing.MockClock,
     tmp_path: Path,
 ) -> None:
-    async with open_cluster(tmp_path / "c", 3) as cluster:
-        write_files(tmp_path / "src", random.Random(12))
-        owner = cluster.members[1].owner
-        await owner.backup_path(tmp_path / "src", degree=2)
+    async with backed_up(tmp_path, 3, seed=12) as (cluster, owner):
         keeping = Safekeeping(owner, lambda: b"{}", None)
         heard: list[str] = []
 
