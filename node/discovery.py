@@ -54,6 +54,22 @@ def with_source_host(address: str, source: str) -> str:
     return address
 
 
+async def _multicast_receiver(group: str, port: int) -> trio.socket.SocketType:
+    """A UDP socket bound to ``port`` that has joined ``group`` (closed again on failure)."""
+    receiver = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(AttributeError, OSError):
+            receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        await receiver.bind(("", port))
+        membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("0.0.0.0"))
+        receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+    except BaseException:
+        receiver.close()
+        raise
+    return receiver
+
+
 async def run_discovery(
     network_id: str,
     node_id: int,
@@ -67,17 +83,10 @@ async def run_discovery(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Announce this node every ``interval`` seconds and report peers of the same network."""
-    receiver = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    with contextlib.suppress(AttributeError, OSError):
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        await receiver.bind(("", port))
-        membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("0.0.0.0"))
-        receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        receiver = await _multicast_receiver(group, port)
     except OSError as exc:
         log.warning("LAN discovery is off (%s); peers must be given with --peer", exc)
-        receiver.close()
         task_status.started()
         return
     sender = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -113,19 +122,13 @@ async def listen_for_nodes(
 ) -> list[tuple[str, int, str]]:
     """(network id, node id, address) of every node heard announcing itself within ``seconds``
     (any network: a computer recovering from nothing does not know its network yet)."""
-    receiver = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    with contextlib.suppress(AttributeError, OSError):
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        receiver = await _multicast_receiver(group, port)
+    except OSError as exc:
+        log.warning("cannot listen for LAN announcements: %s", exc)
+        return []
     heard: dict[tuple[str, int], str] = {}
     with receiver:
-        try:
-            await receiver.bind(("", port))
-            membership = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton("0.0.0.0"))
-            receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
-        except OSError as exc:
-            log.warning("cannot listen for LAN announcements: %s", exc)
-            return []
         with trio.move_on_after(seconds):
             while True:
                 data, source = await receiver.recvfrom(MAX_DATAGRAM + 1)
