@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import random
+import struct
+import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import trio
 from node.identity import create_network_ca
 from node.transport import READ_SIZE, Authenticated, TLSStream
 
+from .cluster import eventually
 from .test_transport import contexts_for, network_for
 
 MIB = 1 << 20
@@ -42,6 +46,12 @@ async def connected_pair(tmp: Path) -> AsyncIterator[tuple[TLSStream, TLSStream]
         finally:
             await trio.aclose_forcefully(auth.stream)
             nursery.cancel_scope.cancel()
+
+
+def _pending(fd: int) -> int:
+    """Bytes the kernel holds for reading on socket ``fd``."""
+    (count,) = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))
+    return int(count)
 
 
 def pieces(seed: int, total: int) -> list[bytes]:
@@ -90,7 +100,10 @@ async def test_one_receive_returns_every_record_that_has_arrived(tmp_path: Path)
         # 4 records, small enough for the socket buffers while nobody reads yet
         with trio.fail_after(10):
             await client.send_all(bytes(60_000))
-        await trio.sleep(0.3)
+        raw = server.transport
+        assert isinstance(raw, trio.SocketStream)
+        # Until the kernel holds all 4 records for the server (ciphertext: a little more).
+        await eventually(lambda: _pending(raw.socket.fileno()) >= 60_000, 10, interval=0.01)
         data = await server.receive_some(READ_SIZE)
         assert len(data) == 60_000
 

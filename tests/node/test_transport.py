@@ -31,6 +31,8 @@ from node.messages import (
 )
 from node.transport import Authenticated, Channel, Link, PeerUnavailable, PinStore, TLSNetwork
 
+from .cluster import eventually
+
 
 def contexts_for(
     tmp: Path, ca: NetworkCA, node_id: int
@@ -102,7 +104,7 @@ async def test_certificate_from_another_network_is_refused(tmp_path: Path) -> No
         address = await start_echo_server(nursery, server, 1, seen)
         with pytest.raises(PeerUnavailable, match="TLS"):
             await stranger.connect(address)
-        await trio.sleep(0.2)
+        await eventually(lambda: server.admission.failed_tls == 1, 10)  # the server is done
         assert seen == []  # the handler never ran: no protocol byte was parsed
         nursery.cancel_scope.cancel()
 
@@ -118,8 +120,7 @@ async def test_a_member_cannot_pose_as_a_known_node(tmp_path: Path) -> None:
         address = await start_echo_server(nursery, server, 1, seen)
         auth = await honest.connect(address)
         await trio.aclose_forcefully(auth.stream)
-        await trio.sleep(0.2)
-        assert seen == [2]
+        await eventually(lambda: seen == [2], 10)
         with pytest.raises((PeerUnavailable, trio.BrokenResourceError)):
             auth2 = await impostor.connect(address)
             try:
@@ -130,7 +131,7 @@ async def test_a_member_cannot_pose_as_a_known_node(tmp_path: Path) -> None:
                 raise PeerUnavailable("closed")
             finally:
                 await trio.aclose_forcefully(auth2.stream)
-        await trio.sleep(0.2)
+        await eventually(lambda: server.admission.failed_tls == 1, 10)  # refused, by the pin
         assert seen == [2]
         # The pin survives a restart.
         assert "2" in (tmp_path / "server-pins.json").read_text()
