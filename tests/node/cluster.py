@@ -110,6 +110,17 @@ async def eventually(
     raise AssertionError(f"not so within {timeout} s: {said}")
 
 
+def seed_everything(seed: int) -> None:
+    """Make a cluster run on virtual time repeat exactly from ``seed``: the nodes' own random
+    choices (boot ids, dial jitter) and trio's order of running ready tasks. Trio shuffles
+    that order with its module's ``_r``, deterministically once Hypothesis's plugin is loaded
+    (it is, here) and ``_r`` is seeded, as Hypothesis does for its own runs."""
+    import trio._core._run as trio_run
+
+    random.seed(seed)
+    trio_run._r.seed(seed)
+
+
 SIZES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE, 5 * CHUNK_SIZE + 17]
 
 
@@ -151,6 +162,8 @@ async def open_cluster(
     # On a MockClock (the ``autojump_clock`` fixture) the nodes' blocking work runs inline, so
     # that time jumps only when every task is blocked: virtual time, reproducible.
     virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    if virtual:  # and the same run from the same seed: see seed_everything
+        seed_everything(faults.seed if faults else 0)
     with inline_work() if virtual else contextlib.nullcontext():
         async with trio.open_nursery() as nursery:
             hub = MemoryHub(nursery, faults)
