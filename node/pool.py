@@ -9,7 +9,8 @@ from collections.abc import Callable
 import trio
 
 from .membership import Membership
-from .messages import Heartbeat, Hello, Message, Online, Request, Status, StatusReply
+from .messages import Heartbeat, Hello, Message, Request, Status, StatusReply
+from .protocol import Announcements
 from .transport import Channel, Link, Network, PeerUnavailable, RemoteError
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,10 @@ class PeerPool:
         self._hello = hello
         self._membership = membership
         self._heartbeat = heartbeat
-        self._boot_id = boot_id
         self._links: dict[int, Link] = {}
         self._dialing: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
-        self._announced: set[int] = set()
+        self._announcements = Announcements(boot_id)
         self.seeds: list[str] = []
         self._backoff: dict[str, tuple[float, float]] = {}  # address -> (next try, delay)
         self.on_new_link: list[Callable[[int], None]] = []  # run when a link is made
@@ -84,9 +84,9 @@ class PeerPool:
             await self._nursery.start(link.run)
             if old is not None:
                 await old.aclose()
-            if peer_id not in self._announced:
-                self._announced.add(peer_id)
-                await link.notify(Online(self._boot_id))
+            online = self._announcements.online_for(peer_id)
+            if online is not None:
+                await link.notify(online)
             await link.notify(self._heartbeat())
             for hook in self.on_new_link:
                 hook(peer_id)

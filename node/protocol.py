@@ -26,6 +26,7 @@ from .messages import (
     KitProof,
     KitRequest,
     Message,
+    Online,
     ProtocolError,
     PutChunks,
     Request,
@@ -44,6 +45,25 @@ def check_anonymous(message: Message) -> Request:
     if not isinstance(message, ANONYMOUS_REQUESTS):
         raise ProtocolError(f"{type(message).__name__} needs a member's certificate")
     return message
+
+
+class Announcements:
+    """ONLINE goes to each peer once per start of this node, on the first link to it.
+
+    A peer that hears ONLINE takes this node for restarted (it forgets that it had given this
+    node up, and pending work towards it goes on); a link made again after a dropped
+    connection is not a restart, so it says nothing more."""
+
+    def __init__(self, boot_id: int) -> None:
+        self.boot_id = boot_id
+        self._told: set[int] = set()
+
+    def online_for(self, peer_id: int) -> Online | None:
+        """The ONLINE to send on a new link to ``peer_id``, or None if it was sent already."""
+        if peer_id in self._told:
+            return None
+        self._told.add(peer_id)
+        return Online(self.boot_id)
 
 
 class Requests:

@@ -49,7 +49,7 @@ from node.messages import (
     encode_message,
     put_batches,
 )
-from node.protocol import NEED_DATA, Connection
+from node.protocol import NEED_DATA, Announcements, Connection
 
 HELLO = Hello((1,), 7, "host-a", "127.0.0.1:7420")  # a node that speaks version 1 only
 HELLO2 = Hello((1, 2), 7, "host-a", "127.0.0.1:7420")
@@ -439,3 +439,12 @@ def test_a_connection_without_a_certificate_may_only_ask_for_its_kit_or_enrol() 
     with pytest.raises(ProtocolError, match="Query needs a member's certificate"):
         check_anonymous(Query(1, 1, ()))
     assert {c.__name__ for c in ANONYMOUS_REQUESTS} == {"KitRequest", "KitProof", "Enrol"}
+
+
+def test_online_goes_to_each_peer_once_per_start() -> None:
+    announcements = Announcements(boot_id=77)
+    first = announcements.online_for(2)
+    assert first == Online(77)
+    assert announcements.online_for(2) is None  # a link made again is not a restart
+    assert announcements.online_for(3) == Online(77)
+    assert Announcements(boot_id=78).online_for(2) == Online(78)  # a new start says it again
