@@ -60,8 +60,17 @@ class Replication:
     def short_of_holders(self, degree: int) -> str | None:
         """Why ``degree`` copies can never be made on this network as it stands (fewer other
         nodes lend space than the degree needs), in one line; None when they can, or when a
-        known node has not said yet what it lends (it may: nothing is concluded)."""
-        others = [p for p in self.membership.peers() if not self.membership.is_gone(p.node_id)]
+        known node has not said yet what it lends (it may: nothing is concluded).
+
+        A node heard from since this one started counts with what it last said it lends, even
+        silent for longer than the grace period: it may come back (a laptop away, or this very
+        computer waking from sleep, when every peer looks gone until it is heard again). That
+        is a wait, said as pending copies; only never hearing of enough lenders is "never"."""
+        others = [
+            p
+            for p in self.membership.peers()
+            if p.last_seen > 0 or not self.membership.is_gone(p.node_id)
+        ]
         if any(not p.capacity_known for p in others):
             return None  # not heard from since this node started: its space is not known
         lending = [p for p in others if p.capacity > 0]
