@@ -30,6 +30,11 @@ class RestoreError(Exception):
     """A file could not be restored (no holder had a valid copy of some chunk)."""
 
 
+class DestinationError(RestoreError):
+    """The destination refused a write (full, read-only, gone): a restore stops there rather
+    than fail the same way for every file after it."""
+
+
 @dataclass(slots=True)
 class Progress:
     files_total: int = 0

@@ -26,7 +26,7 @@ from chunkstore.keys import KeyRing
 from .fetch import DbRunner, Fetcher
 from .node import Node
 from .offload import in_thread
-from .report import Progress, ProgressFn, RestoreError
+from .report import DestinationError, Progress, ProgressFn, RestoreError
 from .restore_target import RestoreTarget, UnsafeDestination, flush_files
 from .restore_windows import ChunkWriter, WindowedFetch, chunks_in_place
 
@@ -184,7 +184,7 @@ class FileRestorer:
                 )
 
             def unwritable(exc: OSError) -> RestoreError:
-                return RestoreError(
+                return DestinationError(
                     f"cannot write {dest}: {exc.strerror or exc} (what was restored"
                     f" so far is kept in {tmp} and reused by the next attempt)"
                 )
@@ -218,16 +218,21 @@ class FileRestorer:
         progress: ProgressFn | None,
     ) -> None:
         """Write each file (with the mode, times and attributes of its snapshot entry, if it
-        has one); a second name of a file already written becomes a hard link to it. The first
-        error is raised once every other file had its turn."""
+        has one); a second name of a file already written becomes a hard link to it. A file
+        that cannot be restored does not stop the others: once every file had its turn, one
+        ``RestoreError`` names those that could not be (only the destination failing stops
+        the restore early)."""
         firsts = hard_links([version for _where, version, _entry in files])
         # Who holds the small files' chunks, in one query (a big file asks for its own).
         holders = await self._db(
             self.catalog.holders_many,
             [c for _w, v, _e in files if v.size <= RESTORE_SMALL for c in v.chunks],
         )
-        errors: list[Exception] = []
+        errors: list[tuple[Path, Exception]] = []  # (where, why): the others still come back
         room = trio.Semaphore(GROUPS)
+
+        def stopped() -> bool:  # the destination failing fails every file after it too
+            return any(isinstance(exc, DestinationError) for _where, exc in errors)
 
         async def group_done(group: list[Entry]) -> None:
             try:
@@ -241,7 +246,7 @@ class FileRestorer:
             group: list[Entry] = []
             size = 0
             for item, first in zip(files, firsts, strict=True):
-                if errors:
+                if stopped():
                     break
                 if first is not None:
                     continue
@@ -252,8 +257,11 @@ class FileRestorer:
                         await self.restore_version(
                             version, item[0], target, report, mode, mtime_ns, progress, xattrs
                         )
-                    except (RestoreError, OSError) as exc:
-                        errors.append(exc)
+                    except RestoreError as exc:
+                        errors.append((item[0], exc))
+                        continue
+                    except OSError as exc:
+                        errors.append((item[0], _failure(item[0], exc)))
                         continue
                     report.files_done += 1
                     if progress:
@@ -265,12 +273,16 @@ class FileRestorer:
                     await room.acquire()
                     nursery.start_soon(group_done, group)
                     group, size = [], 0
-            if group and not errors:
+            if group and not stopped():
                 await room.acquire()
                 nursery.start_soon(group_done, group)
-        if errors:
-            raise errors[0]
+        not_made = {where for where, _exc in errors}
         for (where, version, _entry), first in zip(files, firsts, strict=True):
+            if first is not None and stopped():
+                break
+            if first is not None and files[first][0] in not_made:
+                errors.append((where, RestoreError(f"a hard link to {files[first][0]}, not made")))
+                continue
             if first is not None:  # made once every file they are names of is in place
                 try:
                     made = await in_thread(target.make_hard_link, files[first][0], where)
@@ -285,6 +297,8 @@ class FileRestorer:
                 report.files_done += 1
                 if progress:
                     progress(report)
+        if errors:
+            raise _summary(errors, report)
 
     async def _restore_group(
         self,
@@ -293,7 +307,7 @@ class FileRestorer:
         holders: dict[bytes, set[int]],
         report: Progress,
         progress: ProgressFn | None,
-        errors: list[Exception],
+        errors: list[tuple[Path, Exception]],
     ) -> None:
         """Restore a group of small files: the ones not already there are fetched together
         (one GETCHUNKS per holder) and written in one worker-thread hop."""
@@ -311,7 +325,7 @@ class FileRestorer:
         )
         for (where, version, _entry), outcome in zip(todo, outcomes, strict=True):
             if isinstance(outcome, Exception):
-                errors.append(outcome)
+                errors.append((where, outcome))
                 continue
             report.xattrs_refused.extend(f"{where}: {n}" for n in outcome)
             report.bytes_done += version.size
@@ -363,8 +377,38 @@ def _failure(where: Path, exc: Exception) -> Exception:
     if isinstance(exc, UnsafeDestination):
         return RestoreError(str(exc))
     if isinstance(exc, OSError):
-        return RestoreError(f"cannot write {where}: {exc.strerror or exc}")
+        return DestinationError(f"cannot write {where}: {exc.strerror or exc}")
     return exc
+
+
+SHOWN_FAILURES = 5  # files named in a restore's error; the count says how many more
+
+
+def _summary(failed: list[tuple[Path, Exception]], report: Progress) -> RestoreError:
+    """One error for a restore in which some files could not be restored: how many, each
+    with its reason (a few), and that the others were restored."""
+    if report.files_total <= 1 and len(failed) == 1:
+        return _as_restore_error(failed[0][1])
+    lines = [_with_path(where, exc) for where, exc in failed[:SHOWN_FAILURES]]
+    more = len(failed) - len(lines)
+    said = (
+        f"{len(failed)} of {report.files_total} files could not be restored"
+        f" ({report.files_done} were): " + "; ".join(lines)
+    )
+    if more:
+        said += f"; and {more} more"
+    if any(isinstance(exc, DestinationError) for _where, exc in failed):
+        return DestinationError(said + " (the restore stopped at the destination's error)")
+    return RestoreError(said)
+
+
+def _with_path(where: Path, exc: Exception) -> str:
+    text = str(exc)
+    return text if str(where) in text else f"{where}: {text}"
+
+
+def _as_restore_error(exc: Exception) -> RestoreError:
+    return exc if isinstance(exc, RestoreError) else RestoreError(str(exc))
 
 
 def _write_group(

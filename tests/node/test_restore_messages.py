@@ -10,7 +10,7 @@ import trio.testing
 
 from node.report import BackupError, RestoreError
 
-from .cluster import eventually, open_cluster
+from .cluster import backed_up, eventually, open_cluster
 
 
 async def test_a_restore_before_the_first_backup_names_the_oldest_moment_kept(
@@ -62,3 +62,27 @@ async def test_a_degree_the_network_cannot_give_fails_at_once_saying_why(
         assert cluster.members[2].store.chunk_count() == 0
         report = await owner.backup_path(src, degree=1)  # what the network can give works
         assert report.files_done == 1
+
+
+async def test_a_file_nobody_holds_does_not_stop_the_others_and_is_named(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """Every copy of one file's chunk is gone: the restore brings back every other file,
+    then fails naming that file (and saying how many came back), instead of stopping at it."""
+    async with backed_up(tmp_path, 4, seed=12) as (cluster, owner):
+        src = tmp_path / "src"
+        lost = src / "file4.bin"  # two chunks, none shared with another file
+        version = next(v for v, _ in owner.catalog.latest_versions(str(lost)))
+        for n in (2, 3, 4):
+            for address in version.chunks:
+                cluster.members[n].store.delete(1, address)
+        out = tmp_path / "out"
+        with pytest.raises(RestoreError) as caught:
+            await owner.restorer.restore_path(src, out)
+        said = str(caught.value)
+        assert said.startswith("1 of 7 files could not be restored (6 were): ")
+        assert f"{out / 'file4.bin'}: no reachable holder has a valid copy" in said
+        for path in sorted(src.iterdir()):
+            if path != lost:
+                assert (out / path.name).read_bytes() == path.read_bytes()
+        assert not (out / "file4.bin").exists()
