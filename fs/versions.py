@@ -1,7 +1,8 @@
 """The read-only ``versions/`` folder: every snapshot of the mounted tree, as plain files.
 
 ``versions/<UTC time>/…`` is the tree as of that snapshot (``latest`` is the newest), with the
-sizes, modes and times of then. Nothing is materialised: a folder is listed by one indexed
+sizes, modes and times of then; bursts older than an hour are listed as their last snapshot
+of each minute (``shown_snapshots``). Nothing is materialised: a folder is listed by one indexed
 query of the catalog's tree history, and a file's bytes come chunk by chunk from ``read_chunk``
 (the current SOURCE file when the chunk is unchanged, else the outbox, else the peers). A
 sequential reader gets the next chunks fetched ahead, in batches, several at once; recently
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime
 import errno
 import stat
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +49,35 @@ class Node:
     path: str  # relative to the snapshot root; '' for its top
     kind: int
     event: TreeEvent | None = None
+
+
+# A busy hour (a `git clone`, a build) makes many snapshots a few seconds apart. In the listing
+# of versions/, snapshots older than GROUP_AFTER show one per GROUP_EVERY: the last of it, the
+# state the burst ended in. The others are still there by name (and in `lanvault snapshots`);
+# retention is what removes snapshots, not this.
+GROUP_AFTER_NS = 3600 * 10**9
+GROUP_EVERY_NS = 60 * 10**9
+
+
+def shown_snapshots(
+    named: dict[str, tuple[int, int]],
+    now_ns: int,
+    after_ns: int = GROUP_AFTER_NS,
+    every_ns: int = GROUP_EVERY_NS,
+) -> list[tuple[str, tuple[int, int]]]:
+    """The snapshots a listing of versions/ shows, by name: every one younger than
+    ``after_ns`` (and ``latest``); of the older ones, the last of each ``every_ns``."""
+    last_of: dict[int, tuple[str, tuple[int, int]]] = {}
+    shown: list[tuple[str, tuple[int, int]]] = []
+    for name, (seq, time_ns) in named.items():
+        if name == LATEST or now_ns - time_ns < after_ns:
+            shown.append((name, (seq, time_ns)))
+            continue
+        slot = time_ns // every_ns
+        kept = last_of.get(slot)
+        if kept is None or (time_ns, seq) > (kept[1][1], kept[1][0]):
+            last_of[slot] = (name, (seq, time_ns))
+    return sorted(shown + list(last_of.values()))
 
 
 def snapshot_name(time_ns: int) -> str:
@@ -216,7 +247,7 @@ class VersionsView:
     def listing(self, inode: int) -> list[tuple[str, int]]:
         node = self.node(inode)
         if node.seq == 0:  # the names read once, not once per name
-            named = sorted(self._snapshots().items())
+            named = shown_snapshots(self._snapshots(), time.time_ns())
             return [(name, self._snapshot_inode(name, seq, t)) for name, (seq, t) in named]
         if node.kind != TREE_DIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
