@@ -57,6 +57,22 @@ class Replication:
         self.pool = pool
         self.request_timeout = request_timeout
 
+    def _others(self) -> list[PeerInfo]:
+        """The other nodes this one counts on: every one heard from since it started (with
+        what it last said it lends), and those only heard of while not yet gone."""
+        return [
+            p
+            for p in self.membership.peers()
+            if p.last_seen > 0 or not self.membership.is_gone(p.node_id)
+        ]
+
+    def lenders(self) -> int | None:
+        """How many other nodes lend space (None while one has not said what it lends)."""
+        others = self._others()
+        if any(not p.capacity_known for p in others):
+            return None
+        return sum(1 for p in others if p.capacity > 0)
+
     def short_of_holders(self, degree: int) -> str | None:
         """Why ``degree`` copies can never be made on this network as it stands (fewer other
         nodes lend space than the degree needs), in one line; None when they can, or when a
@@ -66,11 +82,7 @@ class Replication:
         silent for longer than the grace period: it may come back (a laptop away, or this very
         computer waking from sleep, when every peer looks gone until it is heard again). That
         is a wait, said as pending copies; only never hearing of enough lenders is "never"."""
-        others = [
-            p
-            for p in self.membership.peers()
-            if p.last_seen > 0 or not self.membership.is_gone(p.node_id)
-        ]
+        others = self._others()
         if any(not p.capacity_known for p in others):
             return None  # not heard from since this node started: its space is not known
         lending = [p for p in others if p.capacity > 0]

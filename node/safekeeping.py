@@ -123,13 +123,23 @@ class Safekeeping:
             return report.manifest_holders
         return min(report.manifest_holders, report.kit_holders)
 
+    def copies_wanted(self) -> int:
+        """Copies of the catalog (its chunks, its manifest, the kit) to keep on the peers: the
+        owner's default degree, or as many as there are other nodes lending space when that is
+        fewer (a network of two computers keeps one, on the other: all it can; a backup does
+        not wait for a second copy that cannot be made). None lending yet: the default."""
+        lenders = self.owner.node.replication.lenders()
+        if not lenders:
+            return self.owner.default_degree
+        return min(self.owner.default_degree, lenders)
+
     async def secure(self, timeout: float, waiting: Callable[[str], Awaitable[None]]) -> None:
         """Return once the peers hold a catalog copy with every change made so far, its
         chunks at the default degree and its manifest (and the recovery kit) on as many
         nodes; ``CatalogNotSafe`` after ``timeout`` seconds (the loop goes on trying).
         ``waiting`` hears why it waits."""
         mark = self._changes
-        needed = self.owner.default_degree
+        needed = self.copies_wanted()
         why = "its chunks are still being sent"
 
         async def say_if_slow() -> None:  # a copy normally takes well under a second
@@ -148,6 +158,7 @@ class Safekeeping:
                         return  # the catalog is empty: there is nothing to keep
                     if self._copied >= mark and self._holders() < needed:
                         await self.publish()
+                    needed = self.copies_wanted()  # the network may have grown meanwhile
                     if self._copied >= mark and self._holders() >= needed:
                         return
                     why = f"it is on {self._holders()} of {needed} nodes"
@@ -201,7 +212,7 @@ class Safekeeping:
             await in_thread(catalog.copy_to, tmp)
             size = (await in_thread(os.stat, tmp)).st_size
             addresses = await in_thread(self._addresses, tmp, limiter=owner.node.cpu_limiter)
-            degree = owner.default_degree
+            degree = self.copies_wanted()
             known = await owner.io.call(catalog.holders_many, addresses)
             sent = 0
             wanted = [

@@ -694,6 +694,26 @@ async def test_a_backup_waits_for_its_catalog_copy_and_says_so_when_it_cannot_be
         assert heard and all("waiting for the catalog copy" in m for m in heard)
 
 
+async def test_a_network_of_two_keeps_one_catalog_copy_and_backups_do_not_wait_for_two(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """With one other computer, the catalog copy can have one copy, on it: every backup waited
+    for a second that could never be made and failed (exit 1; found installing lanvault
+    with pip on two nodes). It keeps as many as there are lenders, up to the default."""
+    async with backed_up(tmp_path, 2, seed=13, degree=1) as (_cluster, owner):
+        keeping = Safekeeping(owner, lambda: b"{}", None)
+        heard: list[str] = []
+
+        async def waiting(message: str) -> None:
+            heard.append(message)
+
+        assert owner.default_degree == 2
+        await keeping.secure(30, waiting)
+        assert keeping.copies_wanted() == 1
+        assert keeping.report.manifest_holders == 1 and keeping.behind() is None
+        assert not heard
+
+
 async def test_a_backup_again_remakes_a_gone_holders_copy_of_unchanged_folders(
     autojump_clock: trio.testing.MockClock,
     tmp_path: Path,
