@@ -499,13 +499,14 @@ class CatalogBase:
         """Sizes of the catalog, for status and metrics."""
         with self._reading() as db:
             one = db.execute
+            pending, pending_degree = one(
+                "SELECT COUNT(*), COALESCE(MAX(degree), 0) FROM versions"
+                " WHERE complete=0 AND removed=0"
+            ).fetchone()
             return {
                 "versions": int(one("SELECT COUNT(*) FROM versions WHERE removed=0").fetchone()[0]),
-                "pending_versions": int(
-                    one("SELECT COUNT(*) FROM versions WHERE complete=0 AND removed=0").fetchone()[
-                        0
-                    ]
-                ),
+                "pending_versions": int(pending),
+                "pending_degree": int(pending_degree),  # the highest a pending version wants
                 "snapshots": int(one("SELECT COUNT(*) FROM snapshots").fetchone()[0]),
                 "tombstones": int(one("SELECT COUNT(*) FROM tombstones").fetchone()[0]),
             }

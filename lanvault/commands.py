@@ -173,6 +173,8 @@ def print_status(data: dict[str, Any]) -> None:
             )
     print(f"chunks below their degree: {data['under_replicated_chunks']}")
     print(f"backups waiting to be sent: {data['pending_backlog']}")
+    if data.get("pending_cannot_complete"):  # waiting will not help: said, with what will
+        print(f"      they cannot all be sent on this network: {data['pending_cannot_complete']}")
     for owner, when in data.get("last_backup", {}).items():
         shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else "never"
         print(f"last backup of node {owner}: {shown}")

@@ -315,6 +315,7 @@ class Daemon:
             "own_chunks_below_degree": h.own_below_degree,
             "held_chunks_below_degree": h.held_below_degree,
             "pending_backlog": h.catalog["pending_versions"],
+            "pending_cannot_complete": h.pending_reason,  # None: they wait for holders only
             "last_backup": {str(h.node_id): (h.last_backup_ns / 1e9) if h.last_backup_ns else None},
             "scrub_bad_copies": h.scrub_bad_copies,
             "bad_copies_found": damage_dict(h.damage),

@@ -47,7 +47,8 @@ class Health:
     peers: list[PeerHealth]
     held_below_degree: int  # chunks held for others the last repair pass left below degree
     own_below_degree: int | None  # the owner's chunks below degree now (None: not measured)
-    catalog: dict[str, int]  # versions, pending_versions, snapshots, tombstones
+    catalog: dict[str, int]  # versions, pending_versions, pending_degree, snapshots, ...
+    pending_reason: str | None  # why pending versions cannot reach their degree on this network
     last_backup_ns: int
     scrub_bad_copies: int
     damage: DamageSummary
@@ -124,6 +125,11 @@ async def take(
         held_below_degree=max(0, repair.below_degree - repair.copies_made),
         own_below_degree=own_under,
         catalog=counts,
+        pending_reason=(
+            node.replication.short_of_holders(counts["pending_degree"])
+            if counts["pending_versions"]
+            else None
+        ),
         last_backup_ns=owner.last_backup_ns,
         scrub_bad_copies=node.last_scrub_bad,
         damage=damage,
