@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from chunkstore.catalog import DEGREE_XATTR
+from chunkstore.exclusions import Exclusions, PatternError, read_pattern_file
 from chunkstore.sizes import format_size
-from node.exclusions import Exclusions, PatternError, read_pattern_file
 
 from .commands import damage_line, emit, plural, request
 from .state import CommandError, StateDir, UsageError

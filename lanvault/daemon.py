@@ -17,12 +17,12 @@ from typing import Any
 import trio
 
 from chunkstore.catalogdb import CatalogDB
+from chunkstore.exclusions import Exclusions, PatternError
 from chunkstore.keys import KeyRing
 from chunkstore.recovery import make_kit
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.store import ChunkStore, DamageSummary
 from node.enrolment import Enroller, Invites
-from node.exclusions import Exclusions, PatternError
 from node.identity import NetworkCA, tls_contexts
 from node.node import Node, NodeConfig
 from node.offload import in_thread

@@ -9,9 +9,9 @@ from typing import Any
 
 from chunkstore.catalog import FileVersion
 from chunkstore.catalogdb import CatalogDB
+from chunkstore.exclusions import Exclusions
 from chunkstore.fileid import content_digest
 from fs.versions import snapshot_name
-from node.exclusions import Exclusions
 
 
 def snapshots_listing(catalog: CatalogDB, path: str) -> dict[str, Any]:

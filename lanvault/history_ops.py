@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from chunkstore.catalogdb import CatalogDB
-from node.exclusions import PatternError
+from chunkstore.exclusions import PatternError
 from node.offload import in_thread
 
 from .control import Emit, OpError

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 from chunkstore.catalog import Xattrs, is_own_temp, read_xattrs
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
+from chunkstore.exclusions import CACHEDIR_TAG, Exclusions, is_cache_folder
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import chunk_addresses
 
-from .exclusions import CACHEDIR_TAG, Exclusions, is_cache_folder
 from .messages import MAX_BATCH
 from .report import BackupError
 

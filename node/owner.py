@@ -29,6 +29,7 @@ from chunkstore.catalogbase import BackupRun
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import split_bytes
 from chunkstore.envelope import chunk_address
+from chunkstore.exclusions import Exclusions
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import chunk_addresses, seal_chunks
 from chunkstore.retention import RetentionPolicy
@@ -37,7 +38,6 @@ from chunkstore.store import ChunkStore
 
 from .catalogio import CatalogIO
 from .deletes import Deletes
-from .exclusions import Exclusions
 from .fetch import Fetcher
 from .filesender import FileSender
 from .localtree import (

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio.testing
 
-from node.exclusions import (
+from chunkstore.exclusions import (
     CACHEDIR_SIGNATURE,
     Exclusions,
     PatternError,
