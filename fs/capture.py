@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 import trio
 
 from chunkstore import crashpoints
-from chunkstore.catalog import DEGREE_XATTR, FileVersion, Xattrs, read_xattrs, version_from_stat
+from chunkstore.catalog import (
+    DEGREE_XATTR,
+    FileVersion,
+    Xattrs,
+    is_own_temp,
+    read_xattrs,
+    version_from_stat,
+)
 from chunkstore.catalogbase import TREE_DIR, TREE_SYMLINK
 from chunkstore.catalogdb import (
     AttrRecord,
@@ -46,6 +53,7 @@ from chunkstore.catalogdb import (
     TreeChange,
 )
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
+from chunkstore.exclusions import Exclusions
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import prepare_chunk
 from chunkstore.store import ChunkStore, PutItem
@@ -128,8 +136,10 @@ class VersionCutter:
         source_root: str,
         degree_for: Callable[[str], int],
         on_commit: Callable[[list[FileVersion]], None] | None = None,
+        exclusions: Exclusions | None = None,
     ) -> None:
         self.keys = keys
+        self.exclusions = exclusions or Exclusions()  # what the mount leaves out
         self.catalog = catalog
         self.outbox = outbox
         self.owner = owner
@@ -149,6 +159,19 @@ class VersionCutter:
 
     def catalog_path(self, relative: str) -> str:
         return f"{self.source_root}/{relative}"
+
+    def ignores(self, relative: str) -> bool:
+        """Whether the entry at ``relative`` is never recorded: lanvault's own temporary file,
+        or one the mount's exclusions leave out (or inside a folder they leave out)."""
+        if is_own_temp(relative):
+            return True
+        if not self.exclusions.patterns:
+            return False
+        parts = relative.split("/")  # a folder left out leaves out everything in it
+        return any(
+            self.exclusions.excludes(self.catalog_path("/".join(parts[:i])))
+            for i in range(1, len(parts) + 1)
+        )
 
     # -- running -------------------------------------------------------------------------
 

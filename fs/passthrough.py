@@ -18,7 +18,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pyfuse3
 import trio
@@ -60,8 +60,12 @@ class PassthroughOps(pyfuse3.Operations):
         versions: VersionsView | None = None,
         min_interval: float = DEFAULT_MIN_INTERVAL,
         direct_writes: bool | None = None,
+        rescan: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         super().__init__()
+        # Records what is new in SOURCE (the catch-up): after a folder left out takes a
+        # name the mount records, its whole contents are new to the history.
+        self.rescan = rescan
         # A write-only handle bypasses the kernel's page cache of the mount: each write is
         # then copied once less and needs no cache pages of its own (measured here: about
         # 1.5x the write speed). write() still returns only once SOURCE has the bytes.
@@ -114,6 +118,10 @@ class PassthroughOps(pyfuse3.Operations):
     def _virtual(self, inode: int) -> bool:
         return self.vops is not None and self.vops.owns(inode)
 
+    def _ignored(self, path: str) -> bool:
+        """Never recorded: lanvault's own temporary files, and what the mount leaves out."""
+        return self.capture.ignores(path) if self.capture is not None else is_own_temp(path)
+
     def _refuse_virtual(self, *inodes: int) -> None:
         """versions/ is read-only: any change there fails with EROFS."""
         if self.vops is not None:
@@ -141,11 +149,11 @@ class PassthroughOps(pyfuse3.Operations):
     def _attributes_changed(
         self, inode: int, st: os.stat_result, xattrs: Xattrs | None = None
     ) -> None:
-        """Record new attributes under every name of ``inode`` but lanvault's own temporary ones."""
+        """Record new attributes under every name of ``inode`` that is recorded at all."""
         if self.capture is None:
             return
         for path in sorted(self.inodes[inode].paths):
-            if not is_own_temp(path):
+            if not self._ignored(path):
                 self.capture.attributes_changed(path, st, xattrs)
 
     def _path(self, inode: int) -> str:
@@ -312,7 +320,7 @@ class PassthroughOps(pyfuse3.Operations):
             with self.source.at(path) as (fd, leaf):
                 os.mkdir(leaf, mode & ~ctx.umask, dir_fd=fd)
             st = self._made(path, ctx)
-        if self.capture is not None and not is_own_temp(path):
+        if self.capture is not None and not self._ignored(path):
             self.capture.made(path, st, "", self.source.xattrs_of(path) or ())  # a default ACL
         return self._remember(path, st)
 
@@ -333,7 +341,7 @@ class PassthroughOps(pyfuse3.Operations):
             with self.source.at(path) as (fd, leaf):
                 remove(leaf, dir_fd=fd)
             self.inodes.forget_path(path)
-        if self.capture is not None and not is_own_temp(path):
+        if self.capture is not None and not self._ignored(path):
             self.capture.removed(path)
 
     async def rename(
@@ -365,17 +373,28 @@ class PassthroughOps(pyfuse3.Operations):
             self.inodes.moved(old, new)  # what was at ``new`` is forgotten
         if self.capture is None:
             return
-        if not is_own_temp(old) and not is_own_temp(new):
+        if not self._ignored(old) and not self._ignored(new):
             self.capture.renamed(old, new)
-        elif is_own_temp(old) and not is_own_temp(new):
-            await self._took_its_name(new)  # a restored file: its first version, at its name
-        elif not is_own_temp(old):
+        elif self._ignored(old) and not self._ignored(new):
+            # A restored file (its first version, at its name), or something the mount left
+            # out taking a name it records: recorded there, whole.
+            await self._took_its_name(new)
+        elif not self._ignored(old):
             self.capture.removed(old)  # gone from the user's tree (to a name we pass over)
 
     async def _took_its_name(self, path: str) -> None:
-        """One of lanvault's temporary files became ``path``: record it there, whole."""
+        """Something never recorded (lanvault's temporary file, an excluded file or folder)
+        became ``path``: record it there, whole (a folder by a catch-up of SOURCE)."""
         with fuse_errors():
             st = self.source.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            if self.rescan is not None:  # other changes wait, as at mount time
+                self.hold_changes()
+                try:
+                    await self.rescan()
+                finally:
+                    self.allow_changes()
+            return
         inode = self._fuse_ino(st.st_ino)
         self.changes.all_of(inode, st.st_size + CHUNK_SIZE)  # it may predate this mount
         await self.changes.cut(inode, debounce=False)
@@ -399,8 +418,8 @@ class PassthroughOps(pyfuse3.Operations):
                     old_leaf, new_leaf, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False
                 )
             attrs = self._remember(new, self.source.stat(new))
-        if self.capture is not None and not is_own_temp(new):
-            if is_own_temp(existing):
+        if self.capture is not None and not self._ignored(new):
+            if self._ignored(existing):
                 await self._took_its_name(new)
             else:
                 self.capture.linked(existing, new)
@@ -414,7 +433,7 @@ class PassthroughOps(pyfuse3.Operations):
             with self.source.at(path) as (fd, leaf):
                 os.symlink(os.fsdecode(target), leaf, dir_fd=fd)
             st = self._made(path, ctx)
-        if self.capture is not None and not is_own_temp(path):
+        if self.capture is not None and not self._ignored(path):
             self.capture.made(path, st, os.fsdecode(target))
         return self._remember(path, st)
 

@@ -16,8 +16,6 @@ from collections.abc import Callable
 
 import trio
 
-from chunkstore.catalog import is_own_temp
-
 from .capture import CutJob, VersionCutter
 from .cutschedule import CutScheduler
 from .dirty import DirtyTracker
@@ -134,9 +132,9 @@ class ChangeRecorder:
             return None
         if not self.schedule.begin(inode, debounce):
             return None  # cut when its interval is over (``CutScheduler``)
-        names = sorted(p for p in entry.paths if not is_own_temp(p))
+        names = sorted(p for p in entry.paths if not self.capture.ignores(p))
         if not names:
-            return None  # lanvault's own temporary file: cut when it takes its real name
+            return None  # never recorded (ours, or left out): cut if it takes a recorded name
         async with entry.lock:
             changes = self.dirty.take(inode)
             if changes is None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable
 from typing import NamedTuple
 
 import trio
 
-from chunkstore.catalog import Xattrs, is_own_temp, read_xattrs
+from chunkstore.catalog import Xattrs, read_xattrs
 from chunkstore.catalogbase import TREE_DIR, TREE_SYMLINK
 from chunkstore.catalogdb import TreeEvent
 from chunkstore.chunking import CHUNK_SIZE
@@ -36,7 +37,7 @@ class _Found(NamedTuple):  # a tuple: 100,000 of them are made at each mount
     xattrs: Xattrs = ()  # a folder's or symlink's (a file's are read when it is cut)
 
 
-def _walk(root: str, root_fd: int) -> tuple[list[_Found], bool]:
+def _walk(root: str, root_fd: int, ignores: Callable[[str], bool]) -> tuple[list[_Found], bool]:
     """Everything in SOURCE, read through folder descriptors (os.fwalk): a path from the
     top longer than PATH_MAX is found like any other. False if something could not be read
     (then what was not found is not taken for gone)."""
@@ -54,10 +55,13 @@ def _walk(root: str, root_fd: int) -> tuple[list[_Found], bool]:
         rel_dir = "" if rel_dir == "." else rel_dir
         if not rel_dir and VERSIONS_NAME in dirnames:
             dirnames.remove(VERSIONS_NAME)  # hidden behind the versions/ view
+        for name in list(dirnames):  # folders left out are not entered
+            if ignores(f"{rel_dir}/{name}" if rel_dir else name):
+                dirnames.remove(name)
         for name in dirnames + filenames:
-            if is_own_temp(name):
-                continue  # a restore's file still on its way: not the user's
             rel = f"{rel_dir}/{name}" if rel_dir else name
+            if ignores(rel):
+                continue  # a restore's file still on its way, or what the mount leaves out
             try:
                 st = os.lstat(name, dir_fd=dir_fd)
                 target = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else ""
@@ -102,7 +106,7 @@ async def catch_up(cutter: VersionCutter, real_root: str | None = None) -> int:
             nursery.start_soon(read_latest)
             if seq:
                 nursery.start_soon(read_tree)
-            entries, complete = await trio.to_thread.run_sync(_walk, root, root_fd)
+            entries, complete = await trio.to_thread.run_sync(_walk, root, root_fd, cutter.ignores)
         changes += await _record(cutter, root_fd, entries, seq, latest)
     finally:
         os.close(root_fd)

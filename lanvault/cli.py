@@ -374,6 +374,26 @@ def build_parser() -> Parser:
     p.add_argument("source", type=Path, help="the folder holding the real files")
     p.add_argument("mountpoint", type=Path, help="where to mount it (may be SOURCE itself)")
     p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="never record what PATTERN matches (as backup --exclude: node_modules, '*.o');"
+        " kept for this SOURCE, for later mounts too; may be repeated",
+    )
+    p.add_argument(
+        "--exclude-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="patterns from FILE, one per line ('#' starts a comment)",
+    )
+    p.add_argument(
+        "--no-exclude",
+        action="store_true",
+        help="drop the patterns kept for this SOURCE (record everything again)",
+    )
+    p.add_argument(
         "--min-interval",
         type=_duration,
         metavar="DURATION",

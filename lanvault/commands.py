@@ -379,7 +379,21 @@ def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_mount(args: argparse.Namespace, state: StateDir) -> int:
+    from chunkstore.exclusions import Exclusions, PatternError, read_pattern_file
+
     from .mount import run_mount
+
+    patterns: list[str] | None = None  # None: the ones kept for this SOURCE
+    try:
+        if args.exclude or args.exclude_file or args.no_exclude:
+            if args.no_exclude and (args.exclude or args.exclude_file):
+                raise PatternError("--no-exclude drops every pattern: give it alone")
+            patterns = list(args.exclude)
+            for name in args.exclude_file:
+                patterns += read_pattern_file(name)
+            Exclusions(patterns)  # a bad pattern is wrong usage, said before mounting
+    except PatternError as exc:
+        raise UsageError(str(exc)) from None
 
     def mount(on_ready: Callable[[str], None] | None = None) -> None:
         run_mount(
@@ -389,6 +403,7 @@ def cmd_mount(args: argparse.Namespace, state: StateDir) -> int:
             min_interval=args.min_interval,
             force=args.force,
             on_ready=on_ready,
+            exclude=patterns,
         )
 
     if not args.daemon:

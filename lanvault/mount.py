@@ -21,6 +21,7 @@ import trio
 
 from chunkstore.catalog import FileVersion
 from chunkstore.catalogdb import CatalogDB
+from chunkstore.exclusions import Exclusions
 from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from fs.capture import VersionCutter, degree_from_xattrs
@@ -85,9 +86,11 @@ def run_mount(
     min_interval: float | None = None,
     force: bool = False,
     on_ready: Callable[[str], None] | None = None,
+    exclude: list[str] | None = None,
 ) -> None:
     """Mount, catch up with SOURCE, then serve until unmounted. ``on_ready(message)`` is
-    called once it answers (else the message is printed when ``foreground_signals``)."""
+    called once it answers (else the message is printed when ``foreground_signals``).
+    ``exclude`` replaces the patterns kept for SOURCE (None: use them)."""
     config = state.load_config()
     if min_interval is not None:
         config.version_interval = min_interval
@@ -122,9 +125,18 @@ def run_mount(
             log.info("new version of %s (%d bytes)", version.path, version.size)
         committed.set()
 
+    patterns = state.mount_exclusions(source_root, exclude)
     cutter = VersionCutter(
-        keys, catalog, outbox, config.node_id, source_root, degree_for, on_commit=on_commit
+        keys,
+        catalog,
+        outbox,
+        config.node_id,
+        source_root,
+        degree_for,
+        on_commit=on_commit,
+        exclusions=Exclusions(patterns),
     )
+    left_out = f"; never recorded: {', '.join(patterns)}" if patterns else ""
 
     async def kick_daemon_on_commits() -> None:
         nonlocal committed
@@ -159,7 +171,13 @@ def run_mount(
     chunks = ChunkSource(keys, config.node_id, outbox, real_path, from_node)
     versions = VersionsView(catalog, source_root, chunks.read_async, os.getuid(), os.getgid())
 
-    ops = PassthroughOps(source_fd, cutter, versions, min_interval=config.version_interval)
+    ops = PassthroughOps(
+        source_fd,
+        cutter,
+        versions,
+        min_interval=config.version_interval,
+        rescan=lambda: catch_up(cutter, real_root),
+    )
     options = set(pyfuse3.default_options)
     options |= {"fsname=lanvault", "default_permissions"}
     if os.geteuid() == 0:
@@ -192,8 +210,8 @@ def run_mount(
                 await catch_up(cutter, real_root)
                 ops.allow_changes()
                 ready = (
-                    f"{source} mounted at {mountpoint}, snapshots in {mountpoint / 'versions'};"
-                    f" 'fusermount3 -u {mountpoint}' unmounts it"
+                    f"{source} mounted at {mountpoint}, snapshots in {mountpoint / 'versions'}"
+                    f"{left_out}; 'fusermount3 -u {mountpoint}' unmounts it"
                 )
                 if on_ready is not None:
                     on_ready(ready)

@@ -190,6 +190,29 @@ class StateDir:
         finally:
             os.close(lock_fd)  # releases the lock
 
+    def mount_exclusions(self, source: str, patterns: list[str] | None = None) -> list[str]:
+        """The patterns a mount of ``source`` leaves out: with ``patterns``, they replace the
+        ones kept for it (an empty list drops them); the mount's catch-up uses them too, so
+        they are kept across mounts (STATE/mount-exclusions.json)."""
+        path = self.root / "mount-exclusions.json"
+        lock_fd = os.open(self.root / "mounts.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                kept: dict[str, list[str]] = json.loads(path.read_text())
+            except FileNotFoundError:
+                kept = {}
+            if patterns is None:
+                return list(kept.get(source, []))
+            if patterns:
+                kept[source] = list(patterns)
+            else:
+                kept.pop(source, None)
+            write_atomic(path, json.dumps(kept, indent=2).encode())
+            return list(patterns)
+        finally:
+            os.close(lock_fd)
+
     def backup_path(self, path: Path) -> str:
         """The path the catalog knows ``path`` by: SOURCE's, for a path inside a mount.
 

@@ -63,6 +63,9 @@ class _SlowCapture:
     def busy(self, inode: int) -> bool:
         return False
 
+    def ignores(self, relative: str) -> bool:
+        return False
+
     async def cut(self, *args: object, **kwargs: object) -> None:
         self.cuts += 1
         if self.cuts == 1:

@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from chunkstore.catalog import is_own_temp
 from fs.capture import VersionCutter
 from fs.dirty import DirtyFile
 from fs.inodes import InodeTable
@@ -27,6 +28,9 @@ class FakeCutter:
         self.cuts: list[tuple[str, bytes, set[int], tuple[str, ...], float]] = []
         self.fail = False
         self.truncated: list[tuple[int, int]] = []
+
+    def ignores(self, relative: str) -> bool:
+        return is_own_temp(relative)
 
     async def cut(
         self,
