@@ -17,15 +17,11 @@ import contextlib
 import errno
 import logging
 import os
-import stat
 from collections.abc import Awaitable, Callable
 
 import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
-
-from chunkstore.catalog import Xattrs, is_own_temp
-from chunkstore.chunking import CHUNK_SIZE
 
 from .capture import VersionCutter
 from .fuseglue import (
@@ -41,6 +37,7 @@ from .fuseglue import (
 from .inodes import InodeTable
 from .recorder import ChangeRecorder
 from .source import Source, set_attributes
+from .treerecorder import ChangeGate, TreeRecorder
 from .versions import VERSIONS_NAME, VersionsView
 from .versions_ops import VersionsOps
 
@@ -63,9 +60,6 @@ class PassthroughOps(pyfuse3.Operations):
         rescan: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         super().__init__()
-        # Records what is new in SOURCE (the catch-up): after a folder left out takes a
-        # name the mount records, its whole contents are new to the history.
-        self.rescan = rescan
         # A write-only handle bypasses the kernel's page cache of the mount: each write is
         # then copied once less and needs no cache pages of its own (measured here: about
         # 1.5x the write speed). write() still returns only once SOURCE has the bytes.
@@ -83,9 +77,13 @@ class PassthroughOps(pyfuse3.Operations):
         # What is written, and the versions it makes (debounce, cuts): ``recorder.py``.
         self.changes = ChangeRecorder(capture, self.inodes, min_interval, self.source.open_for_read)
         self.i_am_root = os.geteuid() == 0
-        # Open unless a catch-up holds it (``hold_changes``): reads are answered meanwhile.
-        self._changes_open = trio.Event()
-        self._changes_open.set()
+        # Closed while a catch-up runs (``hold_changes``): reads are answered meanwhile.
+        self.gate = ChangeGate()
+        # What the namespace changes record (``treerecorder.py``); ``rescan`` is the catch-up,
+        # run again when a folder left out takes a name the mount records.
+        self.tree = TreeRecorder(
+            capture, self.source, self.inodes, self.changes, self._inode_of, self.gate, rescan
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Holds the debounced cuts (``CutScheduler``); runs until cancelled."""
@@ -93,21 +91,20 @@ class PassthroughOps(pyfuse3.Operations):
 
     async def settle(self) -> None:
         """Cut every debounced file now and wait until all is recorded (versions/ is exact)."""
-        await self._changes_open.wait()  # and what a catch-up finds is recorded first
+        await self.gate.allowed()  # and what a catch-up finds is recorded first
         await self.changes.settle()
 
     def hold_changes(self) -> None:
         """Until ``allow_changes``, every request that would change SOURCE waits (and
         versions/ too): the mount answers lookups and reads while the catch-up compares
         SOURCE with the last snapshot, and no change made through it can slip in between."""
-        self._changes_open = trio.Event()
+        self.gate.hold()
 
     def allow_changes(self) -> None:
-        self._changes_open.set()
+        self.gate.allow()
 
     async def changes_allowed(self) -> None:
-        if not self._changes_open.is_set():  # once open, no extra checkpoint per request
-            await self._changes_open.wait()
+        await self.gate.allowed()
 
     async def cut_everything(self) -> None:
         """At unmount: a version of every file with unrecorded changes, then wait for them."""
@@ -117,10 +114,6 @@ class PassthroughOps(pyfuse3.Operations):
 
     def _virtual(self, inode: int) -> bool:
         return self.vops is not None and self.vops.owns(inode)
-
-    def _ignored(self, path: str) -> bool:
-        """Never recorded: lanvault's own temporary files, and what the mount leaves out."""
-        return self.capture.ignores(path) if self.capture is not None else is_own_temp(path)
 
     def _refuse_virtual(self, *inodes: int) -> None:
         """versions/ is read-only: any change there fails with EROFS."""
@@ -146,16 +139,6 @@ class PassthroughOps(pyfuse3.Operations):
             self.source.give_to(path, ctx.uid, ctx.gid)
         return self.source.stat(path)
 
-    def _attributes_changed(
-        self, inode: int, st: os.stat_result, xattrs: Xattrs | None = None
-    ) -> None:
-        """Record new attributes under every name of ``inode`` that is recorded at all."""
-        if self.capture is None:
-            return
-        for path in sorted(self.inodes[inode].paths):
-            if not self._ignored(path):
-                self.capture.attributes_changed(path, st, xattrs)
-
     def _path(self, inode: int) -> str:
         entry = self.inodes.get(inode)
         if entry is None or not entry.paths:
@@ -166,6 +149,9 @@ class PassthroughOps(pyfuse3.Operations):
         base = self._path(parent)
         name = checked_name(raw)
         return f"{base}/{name}" if base else name
+
+    def _inode_of(self, st: os.stat_result) -> int:
+        return self._fuse_ino(st.st_ino)
 
     def _fuse_ino(self, st_ino: int) -> InodeT:
         return InodeT(pyfuse3.ROOT_INODE if st_ino == self.root_ino else st_ino)
@@ -232,7 +218,7 @@ class PassthroughOps(pyfuse3.Operations):
         if changed_attrs and not self.changes.is_dirty(inode):
             # A dirty file's next version carries its new mode and times anyway.
             with fuse_errors():
-                self._attributes_changed(inode, st)
+                self.tree.attributes_changed(inode, st)
         return self._attrs(st)
 
     async def _set_size(self, inode: int, fh: int | None, size: int) -> None:
@@ -320,8 +306,7 @@ class PassthroughOps(pyfuse3.Operations):
             with self.source.at(path) as (fd, leaf):
                 os.mkdir(leaf, mode & ~ctx.umask, dir_fd=fd)
             st = self._made(path, ctx)
-        if self.capture is not None and not self._ignored(path):
-            self.capture.made(path, st, "", self.source.xattrs_of(path) or ())  # a default ACL
+            self.tree.made(path, st)
         return self._remember(path, st)
 
     async def rmdir(
@@ -336,13 +321,12 @@ class PassthroughOps(pyfuse3.Operations):
 
     async def _remove(self, parent_inode: int, name: bytes, remove: Callable[..., None]) -> None:
         path = await self._new_name(parent_inode, name)
-        await self._cut_pending(path)  # what was written last is versioned under its name
+        await self.tree.cut_pending(path)  # what was written last is versioned under its name
         with fuse_errors():
             with self.source.at(path) as (fd, leaf):
                 remove(leaf, dir_fd=fd)
             self.inodes.forget_path(path)
-        if self.capture is not None and not self._ignored(path):
-            self.capture.removed(path)
+        self.tree.removed(path)
 
     async def rename(
         self,
@@ -362,8 +346,8 @@ class PassthroughOps(pyfuse3.Operations):
         with fuse_errors():
             old = self._child(parent_inode_old, name_old)
             new = self._child(parent_inode_new, name_new)
-        await self._cut_pending(old)
-        await self._cut_pending(new)
+        await self.tree.cut_pending(old)
+        await self.tree.cut_pending(new)
         with fuse_errors():
             with (
                 self.source.at(old) as (old_fd, old_leaf),
@@ -371,33 +355,7 @@ class PassthroughOps(pyfuse3.Operations):
             ):
                 os.rename(old_leaf, new_leaf, src_dir_fd=old_fd, dst_dir_fd=new_fd)
             self.inodes.moved(old, new)  # what was at ``new`` is forgotten
-        if self.capture is None:
-            return
-        if not self._ignored(old) and not self._ignored(new):
-            self.capture.renamed(old, new)
-        elif self._ignored(old) and not self._ignored(new):
-            # A restored file (its first version, at its name), or something the mount left
-            # out taking a name it records: recorded there, whole.
-            await self._took_its_name(new)
-        elif not self._ignored(old):
-            self.capture.removed(old)  # gone from the user's tree (to a name we pass over)
-
-    async def _took_its_name(self, path: str) -> None:
-        """Something never recorded (lanvault's temporary file, an excluded file or folder)
-        became ``path``: record it there, whole (a folder by a catch-up of SOURCE)."""
-        with fuse_errors():
-            st = self.source.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            if self.rescan is not None:  # other changes wait, as at mount time
-                self.hold_changes()
-                try:
-                    await self.rescan()
-                finally:
-                    self.allow_changes()
-            return
-        inode = self._fuse_ino(st.st_ino)
-        self.changes.all_of(inode, st.st_size + CHUNK_SIZE)  # it may predate this mount
-        await self.changes.cut(inode, debounce=False)
+            await self.tree.renamed(old, new)
 
     async def link(
         self,
@@ -418,11 +376,7 @@ class PassthroughOps(pyfuse3.Operations):
                     old_leaf, new_leaf, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False
                 )
             attrs = self._remember(new, self.source.stat(new))
-        if self.capture is not None and not self._ignored(new):
-            if self._ignored(existing):
-                await self._took_its_name(new)
-            else:
-                self.capture.linked(existing, new)
+            await self.tree.linked(existing, new)
         return attrs
 
     async def symlink(
@@ -433,8 +387,7 @@ class PassthroughOps(pyfuse3.Operations):
             with self.source.at(path) as (fd, leaf):
                 os.symlink(os.fsdecode(target), leaf, dir_fd=fd)
             st = self._made(path, ctx)
-        if self.capture is not None and not self._ignored(path):
-            self.capture.made(path, st, os.fsdecode(target))
+            self.tree.made(path, st, os.fsdecode(target))
         return self._remember(path, st)
 
     async def mknod(
@@ -565,16 +518,6 @@ class PassthroughOps(pyfuse3.Operations):
             with fuse_errors():
                 os.close(fh)
 
-    async def _cut_pending(self, path: str) -> None:
-        """Cut now a debounced version of the file at ``path`` (before it moves or goes)."""
-        try:
-            st = self.source.stat(path)
-        except OSError:
-            return
-        inode = self._fuse_ino(st.st_ino)
-        if stat.S_ISREG(st.st_mode) and self.changes.is_dirty(inode):
-            await self.changes.cut(inode, debounce=False)
-
     # -- extended attributes ---------------------------------------------------------------
 
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext) -> bytes:
@@ -596,18 +539,11 @@ class PassthroughOps(pyfuse3.Operations):
 
     async def _xattrs_changed(self, inode: int) -> None:
         """The kernel forgets the entry's attributes (setting ``system.posix_acl_access``
-        changes the mode beneath it: ``cp -a`` copies modes that way), and the new extended
-        attributes are recorded (a file's next version carries them too)."""
+        changes the mode beneath it: ``cp -a`` copies modes that way); the history notes them."""
         with contextlib.suppress(OSError):  # ENOENT: the kernel does not hold the inode
             pyfuse3.invalidate_inode(InodeT(inode), attr_only=True)
-        if self.capture is None:
-            return
         with fuse_errors():
-            path = self._path(inode)
-            st = self.source.stat(path)
-        xattrs = self.source.xattrs_of(path)  # the call itself succeeded: it is not failed now
-        if xattrs is not None:
-            self._attributes_changed(inode, st, xattrs)
+            self.tree.xattrs_changed(inode, self._path(inode))
 
     async def listxattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> list[XAttrNameT]:
         if self.vops is not None and self.vops.owns(inode):
