@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,14 +72,23 @@ def checked_name(raw: bytes) -> str:
     return name
 
 
+# FUSE requests served by every guarded adapter of this process, by handler: the mount logs
+# them when it stops (``scripts/bench_smallfiles.py`` reads the requests a file costs).
+REQUESTS: Counter[str] = Counter()
+
+
 def guarded(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
     """Turn any unexpected exception of a handler into EIO: it must never take the mount down."""
 
     def wrap(
         name: str, method: Callable[..., Awaitable[object]]
     ) -> Callable[..., Awaitable[object]]:
+        request = name in vars(pyfuse3.Operations)  # a FUSE handler, not a helper
+
         @functools.wraps(method)
         async def handler(*args: object, **kwargs: object) -> object:
+            if request:
+                REQUESTS[name] += 1
             try:
                 return await method(*args, **kwargs)
             except pyfuse3.FUSEError:

@@ -394,6 +394,12 @@ def build_parser() -> Parser:
         help="drop the patterns kept for this SOURCE (record everything again)",
     )
     p.add_argument(
+        "--request-counts",
+        type=Path,
+        metavar="FILE",
+        help="when unmounted, write the FUSE requests served, by kind, to FILE (JSON)",
+    )
+    p.add_argument(
         "--min-interval",
         type=_duration,
         metavar="DURATION",

@@ -404,6 +404,7 @@ def cmd_mount(args: argparse.Namespace, state: StateDir) -> int:
             force=args.force,
             on_ready=on_ready,
             exclude=patterns,
+            request_counts=args.request_counts,
         )
 
     if not args.daemon:

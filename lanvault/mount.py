@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from chunkstore.atomic import write_atomic
 from chunkstore.catalog import FileVersion
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.exclusions import Exclusions
@@ -26,6 +28,7 @@ from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from fs.capture import VersionCutter, degree_from_xattrs
 from fs.chunksource import ChunkSource
+from fs.fuseglue import REQUESTS
 from fs.passthrough import PassthroughOps
 from fs.scan import catch_up
 from fs.versions import VersionsView
@@ -87,6 +90,7 @@ def run_mount(
     force: bool = False,
     on_ready: Callable[[str], None] | None = None,
     exclude: list[str] | None = None,
+    request_counts: Path | None = None,
 ) -> None:
     """Mount, catch up with SOURCE, then serve until unmounted. ``on_ready(message)`` is
     called once it answers (else the message is printed when ``foreground_signals``).
@@ -229,6 +233,10 @@ def run_mount(
     try:
         trio.run(main)
     finally:
+        served = ", ".join(f"{name} {n}" for name, n in REQUESTS.most_common())
+        log.info("FUSE requests served: %s", served or "none")
+        if request_counts is not None:
+            write_atomic(request_counts, json.dumps(dict(REQUESTS)).encode(), mode=0o644)
         pyfuse3.close(unmount=True)
         outbox.close()
         catalog.close()

@@ -25,10 +25,7 @@ import argparse
 import hashlib
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,9 +33,9 @@ from typing import Any
 
 from benchlib import (
     ROOT,
+    Mounted,
     Net,
     disk_ceiling,
-    env,
     log,
     loopback_ceiling,
     peak_rss_mb,
@@ -108,43 +105,6 @@ def io_counters(pid: int) -> dict[str, int]:
         key, value = line.split(":")
         out[key] = int(value)
     return out
-
-
-class Mounted:
-    def __init__(self, state: Path, source: Path, mountpoint: Path, log_path: Path) -> None:
-        source.mkdir(parents=True, exist_ok=True)
-        mountpoint.mkdir(parents=True, exist_ok=True)
-        self.mountpoint = mountpoint
-        with open(log_path, "ab") as handle:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "lanvault.cli",
-                    "mount",
-                    "--dir",
-                    str(state),
-                    str(source),
-                    str(mountpoint),
-                ],
-                cwd=ROOT,
-                env=env(),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mountpoint):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the mount did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
 
 
 def wait_safe(net: Net, path: Path, not_before: float = 0.0, timeout: float = 900) -> float:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -349,3 +351,50 @@ class Net(LocalNet):
 
     def status(self, node_id: int) -> Any:
         return self.json(node_id, "status")
+
+
+class Mounted:
+    def __init__(self, state: Path, source: Path, mountpoint: Path, log_path: Path) -> None:
+        source.mkdir(parents=True, exist_ok=True)
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        self.mountpoint = mountpoint
+        self.counts = log_path.with_name(f"{mountpoint.name}-requests.json")
+        self.log_path = log_path
+        with open(log_path, "ab") as handle:
+            self.log_start = handle.tell()  # what this mount logs comes after
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lanvault.cli",
+                    "mount",
+                    "--dir",
+                    str(state),
+                    str(source),
+                    str(mountpoint),
+                    "--request-counts",
+                    str(self.counts),
+                ],
+                cwd=ROOT,
+                env=env(),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while f"mounted at {mountpoint}".encode() not in log_path.read_bytes()[self.log_start :]:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the mount did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def requests(self) -> dict[str, int]:
+        """The FUSE requests this mount served, by kind (written when it stopped)."""
+        counts: dict[str, int] = json.loads(self.counts.read_text())
+        return counts
