@@ -448,7 +448,8 @@ class PassthroughOps(pyfuse3.Operations):
                 (flags & ~os.O_APPEND & ~os.O_TRUNC) | os.O_CREAT | os.O_NOFOLLOW,
                 mode & ~ctx.umask,
             )
-            self._made(path, ctx)
+            if self.i_am_root:  # given to the user who made it, through the new descriptor
+                os.fchown(fd, ctx.uid, ctx.gid)
             attrs = self._remember(path, os.fstat(fd))
             handle = self._register(fd, attrs.st_ino, flags)
         with fuse_errors():

@@ -15,7 +15,7 @@ from tests.system.procs import start_lanvault
 from .conftest import ScenarioRun
 from .helpers import copies_on_holders, running, same_tree
 
-pytestmark = [pytest.mark.slow, pytest.mark.scenario("retention-race")]
+pytestmark = [pytest.mark.slow, pytest.mark.scenario("retention-race", seeds=(2048279513,))]
 
 
 def test_pruning_never_deletes_a_chunk_a_kept_snapshot_uses(
