@@ -148,6 +148,18 @@ def _degree_or_default(text: str) -> str:
     return text
 
 
+def _exclusion_options(p: argparse.ArgumentParser, pattern_help: str) -> None:
+    """--exclude PATTERN and --exclude-file FILE, for backup and mount."""
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help=pattern_help)
+    p.add_argument(
+        "--exclude-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="patterns from FILE, one per line ('#' starts a comment)",
+    )
+
+
 def build_parser() -> Parser:
     common = Parser(add_help=False)
     common.add_argument(
@@ -253,21 +265,11 @@ def build_parser() -> Parser:
     p.add_argument(
         "path", type=Path, nargs="+", help="a file or folder (its whole tree); several may be given"
     )
-    p.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="leave out what PATTERN matches: a name anywhere ('*.o', node_modules), a path"
+    _exclusion_options(
+        p,
+        "leave out what PATTERN matches: a name anywhere ('*.o', node_modules), a path"
         " from the top ('/home/ann/tmp') or a path's end ('build/tmp'); '*' within a name,"
         " '**' across names; may be repeated",
-    )
-    p.add_argument(
-        "--exclude-file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="patterns from FILE, one per line ('#' starts a comment)",
     )
     p.add_argument(
         "--exclude-caches",
@@ -373,20 +375,10 @@ def build_parser() -> Parser:
     p = sub.add_parser("mount", parents=[common], help="mount a backed-up folder (foreground)")
     p.add_argument("source", type=Path, help="the folder holding the real files")
     p.add_argument("mountpoint", type=Path, help="where to mount it (may be SOURCE itself)")
-    p.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="never record what PATTERN matches (as backup --exclude: node_modules, '*.o');"
+    _exclusion_options(
+        p,
+        "never record what PATTERN matches (as backup --exclude: node_modules, '*.o');"
         " kept for this SOURCE, for later mounts too; may be repeated",
-    )
-    p.add_argument(
-        "--exclude-file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="patterns from FILE, one per line ('#' starts a comment)",
     )
     p.add_argument(
         "--no-exclude",
