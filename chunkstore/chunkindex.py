@@ -90,6 +90,11 @@ class DamageSummary:
     by: dict[str, int] = field(default_factory=dict)  # found_by -> copies
     since: float = 0.0  # when the first was found
     last: float = 0.0  # when the last was found
+    # The newest of them (up to DAMAGE_SHOWN), as check lists bad copies: "owner:address why".
+    recent: list[str] = field(default_factory=list)
+
+
+DAMAGE_SHOWN = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +367,14 @@ class ChunkIndex:
                 "SELECT found_by, COUNT(*), MIN(found_at), MAX(found_at) FROM damage"
                 " GROUP BY found_by"
             ).fetchall()
-        summary = DamageSummary()
+            newest = self.db.execute(
+                "SELECT owner, address, reason, found_by FROM damage"
+                " ORDER BY found_at DESC LIMIT ?",
+                (DAMAGE_SHOWN,),
+            ).fetchall()
+        summary = DamageSummary(
+            recent=[f"{o}:{bytes(a).hex()} {why} (found by {by})" for o, a, why, by in newest]
+        )
         for found_by, count, first, last in rows:
             summary.by[str(found_by)] = int(count)
             summary.total += int(count)

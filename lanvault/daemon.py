@@ -560,6 +560,7 @@ def damage_dict(summary: DamageSummary) -> dict[str, Any]:
         "by": summary.by,
         "since": summary.since or None,
         "last": summary.last or None,
+        "recent": summary.recent,  # the newest, "owner:address why (found by ...)"
     }
 
 
