@@ -8,9 +8,11 @@ nothing touches the host's network. ``link_down``/``link_up`` unplug and replug 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def run(*args: str) -> None:
@@ -46,6 +48,8 @@ class Lan:
         return f"10.231.{self.subnet}.{index + 1}"
 
     def create(self, count: int) -> None:
+        OWNERS.mkdir(parents=True, exist_ok=True)
+        (OWNERS / self.tag).write_text(str(os.getpid()))  # before anything a sweep could see
         run("ip", "netns", "add", self.switch)
         run("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", self.switch, "link", "set", "br0", "up")
@@ -98,12 +102,41 @@ class Lan:
     def destroy(self) -> None:
         for name in [*self.computers, self.switch]:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        (OWNERS / self.tag).unlink(missing_ok=True)
+
+
+# Who made each LAN: a file per tag holding the making process's id, so that a sweep removes
+# only what a dead run left, never the namespaces of a run going on beside it (a CI run's sweep
+# once cut every computer of the fault suite's partition scenario running at the same time).
+OWNERS = Path("/run/lanvault-netns")
+_NAME = re.compile(r"^lv(?P<tag>.+?)(?:sw|c\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_alive(tag: str) -> bool:
+    try:
+        return _alive(int((OWNERS / tag).read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 def sweep_stale(prefix: str = "lv") -> None:
-    """Remove namespaces left behind by an earlier, killed run."""
+    """Remove namespaces left behind by an earlier run that was killed (its maker is gone);
+    those of a run still going on are left alone."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(prefix) and ("sw" in name or "c" in name[2:]):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        found = _NAME.match(name) if name.startswith(prefix) else None
+        if found is None or _owner_alive(found["tag"]):
+            continue
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        (OWNERS / found["tag"]).unlink(missing_ok=True)
