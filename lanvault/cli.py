@@ -35,6 +35,7 @@ from .backups import (
     cmd_versions,
 )
 from .commands import (
+    cmd_dashboard,
     cmd_init,
     cmd_invite,
     cmd_mount,
@@ -251,6 +252,14 @@ def build_parser() -> Parser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (':PORT' is 127.0.0.1; give 0.0.0.0:PORT for every interface; 'off' to stop)",
     )
     p.add_argument(
+        "--web",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve the web dashboard at http://HOST:PORT/ (e.g. 127.0.0.1:8384); every request"
+        " needs the token kept in STATE/web-token ('lanvault dashboard' prints the address with"
+        " it); 'off' to stop",
+    )
+    p.add_argument(
         "--bucket",
         metavar="s3://NAME[/PREFIX]",
         help="keep the chunks this node holds in an S3-compatible bucket (the cloud tier);"
@@ -371,6 +380,11 @@ def build_parser() -> Parser:
 
     sub.add_parser("state", parents=[common], help="files backed up, chunks stored, capacity")
     sub.add_parser("status", parents=[common], help="the network's health")
+    sub.add_parser(
+        "dashboard",
+        parents=[common],
+        help="print the web dashboard's address, with its token (see node --web)",
+    )
 
     p = sub.add_parser("mount", parents=[common], help="mount a backed-up folder (foreground)")
     p.add_argument("source", type=Path, help="the folder holding the real files")
@@ -478,6 +492,7 @@ COMMANDS = {
     "reclaim": cmd_reclaim,
     "state": cmd_state,
     "status": cmd_status,
+    "dashboard": cmd_dashboard,
     "check": cmd_check,
     "versions": cmd_versions,
     "snapshots": cmd_snapshots,

@@ -316,6 +316,8 @@ def cmd_node(args: argparse.Namespace, state: StateDir) -> int:
         config.discovery = args.discovery
     if args.metrics is not None:
         config.metrics = "" if args.metrics == "off" else args.metrics
+    if args.web is not None:
+        config.web = "" if args.web == "off" else args.web
     if (args.s3_endpoint or args.s3_region) and not (args.bucket or config.bucket):
         raise UsageError("--s3-endpoint and --s3-region go with --bucket s3://NAME[/PREFIX]")
     if args.bucket is not None:
@@ -369,6 +371,20 @@ def cmd_state(args: argparse.Namespace, state: StateDir) -> int:
         sys.stdout.flush()
     else:
         print_state(json.loads(report), state.shown_path)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, state: StateDir) -> int:
+    config = state.load_config()
+    if not config.web:
+        raise CommandError(
+            "this node serves no dashboard: start it with 'lanvault node --web 127.0.0.1:8384'"
+        )
+    host, _, port = config.web.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]"):  # every interface: this computer's own is one
+        host = "127.0.0.1"
+    url = f"http://{host}:{port}/?token={state.web_token()}"
+    print(json.dumps({"url": url}) if args.json else url)
     return 0
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
 import math
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from node.safekeeping import CatalogNotSafe, Safekeeping
 from node.transport import PinStore, TLSNetwork
 from node.verify import ReadDataReport, read_data, rereplicate
 
+from .activities import Activities
 from .control import Binary, Emit, OpError, serve_control
 from .health import Health
 from .health import take as take_health
@@ -48,16 +50,8 @@ CATALOG_WAIT = 60.0  # seconds a backup waits for its catalog copy to reach the 
 SKIPPED_LISTED = 100  # entries a backup names as passed over; the count is always whole
 
 
-def _progress_event(report: Progress, started: float, unit: str) -> dict[str, Any]:
-    return {
-        "event": "progress",
-        "unit": unit,
-        "files_done": report.files_done,
-        "files_total": report.files_total,
-        "bytes_done": report.bytes_done,
-        "bytes_total": report.bytes_total,
-        "elapsed": time.monotonic() - started,
-    }
+async def _no_events(event: dict[str, Any]) -> None:
+    """An operation's events when no CLI is listening (the dashboard's own calls)."""
 
 
 async def _say(emit: Emit, message: str) -> None:
@@ -143,6 +137,7 @@ class Daemon:
         )
         self.catalog = CatalogDB(catalog_path or state.catalog_path)
         self.history = HistoryOps(self.catalog)
+        self.activities = Activities()  # what runs now, for the CLI and the dashboard
         self.keys = KeyRing.from_master(state.master_key())
         self.outbox = ChunkStore.open(state.outbox_path, capacity=1 << 62)
         # Only this process writes here (the mount writes the outbox).
@@ -186,11 +181,41 @@ class Daemon:
             await nursery.start(self.owner.run)
             await nursery.start(self.safekeeping.run)
             await nursery.start(serve_control, self.state.socket_path, self.handlers())
+            if self.config.web:
+                await nursery.start(self.serve_web)
             if self.config.metrics:
                 from .metrics import serve_metrics  # prometheus_client only when asked for
 
                 await nursery.start(serve_metrics, self.health, self.config.metrics)
             task_status.started(address)
+
+    async def serve_web(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The web dashboard (``web.py``; Starlette and Hypercorn only when asked for)."""
+        from .web import Sources, serve_web
+
+        async def status(degrees: bool) -> dict[str, Any]:
+            answer: dict[str, Any] = await self.op_status({"degrees": degrees}, _no_events)
+            return answer
+
+        sources = Sources(
+            status=status,
+            running=self.activities.running,
+            snapshots=self.history.snapshots,
+            entries=self.history.entries,
+            fetch=self.owner.fetcher.fetch_many,
+        )
+        token = self.state.web_token()
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(serve_web, sources, token, self.config.web)
+            if address.startswith(("127.", "localhost", "[::1]")):
+                log.info("web dashboard: http://%s/?token=%s", address, token)
+            else:
+                log.info(
+                    "web dashboard: http://%s/ (its token: %s/web-token)", address, self.state.root
+                )
+            task_status.started()
 
     # -- control operations --------------------------------------------------------------
 
@@ -276,7 +301,7 @@ class Daemon:
         )
 
     async def op_status(self, request: dict[str, Any], emit: Emit) -> Any:
-        h = await self.health(own_degrees=True)
+        h = await self.health(own_degrees=bool(request.get("degrees", True)))
         nodes: list[dict[str, Any]] = [
             {
                 "id": h.node_id,
@@ -330,50 +355,10 @@ class Daemon:
             },
             "bytes_received": h.bytes_received,
             "bytes_sent": h.bytes_sent,
+            "network_id": self.config.network_id,
+            "last_repair": dataclasses.asdict(self.node.last_repair),  # the last pass's counts
+            "running": self.activities.running(),  # backups, restores... in progress
         }
-
-    @staticmethod
-    async def _with_progress(
-        emit: Emit,
-        work: Callable[[Callable[[Progress], None]], Awaitable[Progress]],
-        unit: str = "files",
-    ) -> Progress:
-        """Run ``work``, forwarding its progress to the CLI at most twice a second."""
-        started = time.monotonic()
-        latest: list[dict[str, Any]] = []
-        last = [0.0]
-
-        def progress(report: Progress) -> None:
-            now = time.monotonic()
-            if now - last[0] >= 0.5:
-                last[0] = now
-                latest[:] = [_progress_event(report, started, unit)]
-
-        done = trio.Event()
-
-        async def forward() -> None:
-            while not done.is_set():
-                if latest:
-                    try:
-                        await emit(latest.pop())
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return  # the CLI went away; the control socket stops the work
-                with trio.move_on_after(0.5):
-                    await done.wait()
-
-        outcome: list[Progress] = []
-        failure: list[Exception] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(forward)
-            try:
-                outcome.append(await work(progress))
-            except Exception as exc:  # raised outside the nursery: no exception group
-                failure.append(exc)
-            finally:
-                done.set()
-        if failure:
-            raise failure[0]
-        return outcome[0]
 
     async def op_backup(self, request: dict[str, Any], emit: Emit) -> Any:
         path = Path(str(request.get("path", "")))
@@ -386,8 +371,11 @@ class Daemon:
             raise OpError(str(exc)) from None
         started = time.monotonic()
         try:
-            report = await self._with_progress(
-                emit, lambda progress: self.owner.backup_path(path, degree, progress, exclusions)
+            report = await self.activities.run(
+                "backup",
+                str(path),
+                emit,
+                lambda progress: self.owner.backup_path(path, degree, progress, exclusions),
             )
         except Exception as exc:
             error = _user_error(exc, (BackupError, OSError))
@@ -430,8 +418,11 @@ class Daemon:
             raise OpError("bad time")
         started = time.monotonic()
         try:
-            report = await self._with_progress(
-                emit, lambda progress: self.owner.restorer.restore_path(path, dest, progress, at_ns)
+            report = await self.activities.run(
+                "restore",
+                str(path),
+                emit,
+                lambda progress: self.owner.restorer.restore_path(path, dest, progress, at_ns),
             )
         except Exception as exc:
             error = _user_error(exc, (RestoreError, OSError))
@@ -479,7 +470,7 @@ class Daemon:
             reports.append(await self.node.reclaim(size, moved))
             return shown
 
-        await self._with_progress(emit, work, unit="chunks")
+        await self.activities.run("reclaim", f"to {size} B", emit, work, unit="chunks")
         return {
             **reports[0].as_dict(),
             "capacity_bytes": self.store.capacity,
@@ -526,7 +517,7 @@ class Daemon:
                 reports.append(await read_data(self.owner, float(sample), repair, seen))
                 return shown
 
-            await self._with_progress(emit, work, unit="copies")
+            await self.activities.run("check", "read data", emit, work, unit="copies")
             read = reports[0]
             data = {
                 "read_data_chunks": read.chunks,

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from .localnet import LocalNet, LocalNetError, free_port
@@ -31,6 +32,7 @@ from .mounts import FSNAME, is_live, mounted_fsname, unmount
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = 4  # with 3, a reclaim on one lender would leave degree-2 chunks one copy short
+WEB_PORT = 8384  # the dashboard's, if free (else another)
 
 
 class Demo:
@@ -43,13 +45,24 @@ class Demo:
             home,
             range(1, NODES + 1),
             self.env,
-            # The quota is set at a node's first start only: a later `lanvault reclaim` must
-            # stay in force across restarts.
-            lambda node_id: ["--quota", "5GB"] if node_id in self.created else [],
+            self.node_args,
             name="node",
             ports=lambda node_id: free_port(17420 + node_id - 1),
             new_session=True,  # Ctrl-C reaches us; we stop the nodes in order
         )
+
+    def node_args(self, node_id: int) -> list[str]:
+        # The quota is set at a node's first start only: a later `lanvault reclaim` must stay
+        # in force across restarts. The first node serves the web dashboard, on this computer
+        # only.
+        args = ["--quota", "5GB"] if node_id in self.created else []
+        if node_id == 1:
+            args += ["--web", f"127.0.0.1:{free_port(WEB_PORT)}"]
+        return args
+
+    def dashboard(self) -> str:
+        """The web dashboard's address, with its token."""
+        return self.lanvault("dashboard", "--dir", str(self.node_dir(1))).stdout.strip()
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "LANVAULT_PASSPHRASE": self.passphrase()}
@@ -163,10 +176,18 @@ class Demo:
             self.lanvault("restore", str(real), "--to", str(Path(tmp) / name), "--dir", node1)
             restored = (Path(tmp) / name).read_bytes() == payload
         (self.vault / name).unlink()
-        ok = safe and in_versions and restored
+        url = self.dashboard()
+        origin, token = url.split("/?token=")
+        answer = urllib.request.Request(origin + "/api/overview")
+        answer.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(answer, timeout=30) as got:
+            shown = len(json.loads(got.read())["status"]["nodes"])
+        dashboard = shown == NODES
+        ok = safe and in_versions and restored and dashboard
         print(
             f"check: written through {self.vault}: at degree 2: {safe}; in versions/: {in_versions};"
-            f" restored identical: {restored} -> {'OK' if ok else 'FAILED'}"
+            f" restored identical: {restored}; the dashboard shows {shown} nodes"
+            f" -> {'OK' if ok else 'FAILED'}"
         )
         return 0 if ok else 1
 
@@ -241,6 +262,9 @@ Try, in another terminal:
 Try a failure and the repair:
   scripts/run --stop-node 3     # the others go on; restore something, look at status
   scripts/run --start-node 3
+
+The web dashboard (nodes, repair, running backups, snapshots to browse and download):
+  {demo.dashboard()}
 
 Press Ctrl-C to unmount and stop every node.""",
             flush=True,

@@ -80,6 +80,8 @@ class Listed:
     mode: int
     mtime_ns: int
     content: bytes  # the digest of its chunks (a symlink's: of its target); b"" for a folder
+    chunks: tuple[bytes, ...] = ()  # where its data is (a backed-up symlink's: its target)
+    target: str = ""  # a mounted tree's symlink: where it points
 
     def to_json(self, path: str) -> dict[str, Any]:
         return {
@@ -97,7 +99,9 @@ def _kind(mode: int) -> str:
 
 def _from_version(version: FileVersion) -> Listed:
     content = b"" if stat.S_ISDIR(version.mode) else content_digest(version.chunks)
-    return Listed(_kind(version.mode), version.size, version.mode, version.mtime_ns, content)
+    return Listed(
+        _kind(version.mode), version.size, version.mode, version.mtime_ns, content, version.chunks
+    )
 
 
 def snapshot_entries(catalog: CatalogDB, snap: str, path: str = "") -> dict[str, Listed]:
@@ -129,7 +133,9 @@ def snapshot_entries(catalog: CatalogDB, snap: str, path: str = "") -> dict[str,
                 )
             else:
                 content = event.target.encode() if event.target else b""
-                entries[where] = Listed(_kind(event.mode), 0, event.mode, event.mtime_ns, content)
+                entries[where] = Listed(
+                    _kind(event.mode), 0, event.mode, event.mtime_ns, content, target=event.target
+                )
         return entries
     raise SnapshotError(f"no snapshot {snap} (lanvault snapshots lists them)")
 

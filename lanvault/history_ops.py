@@ -12,6 +12,7 @@ from node.offload import in_thread
 
 from .control import Emit, OpError
 from .history import (
+    Listed,
     SnapshotError,
     diff_entries,
     find_paths,
@@ -34,13 +35,24 @@ class HistoryOps:
             "versions": self.op_versions,
         }
 
+    async def snapshots(self, path: str = "") -> list[dict[str, Any]]:
+        """Every snapshot (of ``path``, if given), oldest first."""
+        listed: list[dict[str, Any]] = (await in_thread(snapshots_listing, self.catalog, path))[
+            "snapshots"
+        ]
+        return listed
+
+    async def entries(self, snap: str, path: str) -> dict[str, Listed]:
+        """Snapshot ``snap``'s entries at or under ``path`` (``SnapshotError`` if none such)."""
+        return await in_thread(snapshot_entries, self.catalog, snap, path)
+
     async def op_snapshots(self, request: dict[str, Any], emit: Emit) -> Any:
-        return await in_thread(snapshots_listing, self.catalog, str(request.get("path") or ""))
+        return {"snapshots": await self.snapshots(str(request.get("path") or ""))}
 
     async def op_ls(self, request: dict[str, Any], emit: Emit) -> Any:
         snap, path = str(request.get("snapshot") or ""), str(request.get("path") or "")
         try:
-            found = await in_thread(snapshot_entries, self.catalog, snap, path)
+            found = await self.entries(snap, path)
         except SnapshotError as exc:
             raise OpError(str(exc)) from None
         return {"entries": [entry.to_json(p) for p, entry in sorted(found.items())]}
@@ -49,7 +61,7 @@ class HistoryOps:
         path = str(request.get("path") or "")
         try:
             before, after = [
-                await in_thread(snapshot_entries, self.catalog, str(s or ""), path)
+                await self.entries(str(s or ""), path)
                 for s in (request.get("from"), request.get("to"))
             ]
         except SnapshotError as exc:

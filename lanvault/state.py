@@ -17,6 +17,7 @@ STATE/restores/          which temporary file each interrupted restore made (res
 STATE/control.sock       the daemon's control socket (owner only)
 STATE/mounts.json        mountpoint -> SOURCE of every folder mounted (+ mounts.lock to update it)
 STATE/peers.json         the peers this node has met (id, address, computer): dialed again after a restart
+STATE/web-token          the web dashboard's token (owner-readable only: it shows and downloads files)
 ```
 """
 
@@ -27,6 +28,7 @@ import fcntl
 import getpass
 import json
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -109,6 +111,7 @@ class Config:
     retention: str = DEFAULT_POLICY  # which snapshots and versions are kept (see retention.py)
     prune_interval: float = 3600.0  # how often the retention policy is applied
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint; "" = off
+    web: str = ""  # HOST:PORT of the web dashboard; "" = off
     bucket: str = ""  # s3://NAME[/PREFIX]: this node keeps the chunks it holds there (cloud tier)
     s3_endpoint: str = ""  # URL of a non-AWS S3-compatible service ("" = AWS)
     s3_region: str = ""
@@ -257,6 +260,16 @@ class StateDir:
             raise CommandError(
                 f"{self.root}/keys/master.raw is missing (run 'lanvault recover')"
             ) from None
+
+    def web_token(self) -> str:
+        """The web dashboard's token, made on first use and kept (owner-readable only)."""
+        path = self.root / "web-token"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            token = secrets.token_urlsafe(24)
+            write_atomic(path, token.encode())
+            return token
 
     def wrapped_key(self) -> bytes:
         return (self.root / "keys" / "master.key").read_bytes()
