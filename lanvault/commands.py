@@ -199,6 +199,13 @@ def print_status(data: dict[str, Any]) -> None:
     behind = rec.get("catalog_behind_seconds")
     if behind is not None:
         print(f"catalog copy {behind:.0f} s behind (the newest changes are not on the peers yet)")
+    for job in data.get("running") or []:
+        total = f" of {job['files_total']}" if job["files_total"] else ""
+        size = f" of {format_size(job['bytes_total'])}" if job["bytes_total"] else ""
+        print(
+            f"running: {job['kind']} {job['what']}: {job['files_done']}{total} {job['unit']},"
+            f" {format_size(job['bytes_done'])}{size}, {job['elapsed']:.0f} s"
+        )
 
 
 def emit(args: argparse.Namespace, data: Any, human: str | None = None) -> None:

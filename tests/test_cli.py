@@ -142,3 +142,20 @@ def test_the_man_page_names_every_command_and_option() -> None:
             for option in action.option_strings:
                 if action.help != argparse.SUPPRESS and option not in ("-h", "--help"):
                     assert option.replace("-", "\\-") in page, (name, option)
+
+
+def test_status_names_what_runs_now(capsys: pytest.CaptureFixture[str]) -> None:
+    from lanvault.commands import print_status
+
+    running = {"kind": "restore", "what": "/home/u/docs", "unit": "files", "elapsed": 12.4}
+    counts = {"files_done": 3, "files_total": 10, "bytes_done": 2_500_000, "bytes_total": 0}
+    print_status(
+        {
+            "nodes": [],
+            "under_replicated_chunks": 0,
+            "pending_backlog": 0,
+            "scrub_bad_copies": 0,
+            "running": [running | counts],
+        }
+    )
+    assert "running: restore /home/u/docs: 3 of 10 files, 2.5 MB, 12 s" in capsys.readouterr().out
