@@ -246,6 +246,13 @@ def build_parser() -> Parser:
         help="announce this node and find peers on the LAN by multicast (default on)",
     )
     p.add_argument(
+        "--relay",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send a backup's copies once, down a chain of holders that each store and pass"
+        " them on (default on); --no-relay sends every copy from this node and forwards none",
+    )
+    p.add_argument(
         "--metrics",
         type=_host_port,
         metavar="HOST:PORT",

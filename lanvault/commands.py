@@ -321,6 +321,8 @@ def cmd_node(args: argparse.Namespace, state: StateDir) -> int:
         config.quota = args.quota
     if args.discovery is not None:
         config.discovery = args.discovery
+    if args.relay is not None:
+        config.relay = args.relay
     if args.metrics is not None:
         config.metrics = "" if args.metrics == "off" else args.metrics
     if args.web is not None:

@@ -124,6 +124,7 @@ class Daemon:
                 scrub_interval=config.scrub_interval if config.scrub_interval > 0 else math.inf,
                 network_id=config.network_id,
                 discovery=config.discovery,
+                relay=config.relay,
                 peer_book=state.root / "peers.json",
             ),
             self.store,
@@ -355,6 +356,8 @@ class Daemon:
             },
             "bytes_received": h.bytes_received,
             "bytes_sent": h.bytes_sent,
+            "network_bytes_sent": self.node.traffic.sent,  # on every peer link, since start
+            "network_bytes_received": self.node.traffic.received,
             "network_id": self.config.network_id,
             "last_repair": dataclasses.asdict(self.node.last_repair),  # the last pass's counts
             "running": self.activities.running(),  # backups, restores... in progress

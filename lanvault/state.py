@@ -107,6 +107,7 @@ class Config:
     repair_interval: float = 30.0
     scrub_interval: float = 24 * 3600.0
     discovery: bool = True
+    relay: bool = True  # a backup's copies go down a chain of holders, each passing them on
     version_interval: float = 2.0  # least seconds between two versions of one file (mount)
     retention: str = DEFAULT_POLICY  # which snapshots and versions are kept (see retention.py)
     prune_interval: float = 3600.0  # how often the retention policy is applied

@@ -9,8 +9,13 @@ import struct
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Final
 
-PROTOCOL_VERSION: Final = 2
-SUPPORTED_VERSIONS: Final = (1, 2)  # what a node's HELLO offers; both sides use the highest common
+PROTOCOL_VERSION: Final = 3
+SUPPORTED_VERSIONS: Final = (
+    1,
+    2,
+    3,
+)  # what a node's HELLO offers; both sides use the highest common
+RELAY_VERSION: Final = 3  # RELAYCHUNKS (a holder forwards the batch to the next) from this on
 MAX_FRAME: Final = 1_048_576
 MAX_BUFFER: Final = 4 * MAX_FRAME
 # Before the peer's HELLO is in, a frame can only be a HELLO: a few hundred bytes. A host that
@@ -29,7 +34,10 @@ MAX_BATCH: Final = 15  # addresses per GETCHUNKS: 15 full envelopes fit in the a
 # (``put_batches`` packs them).
 MAX_PUT_BATCH: Final = 512
 PUT_ITEM_OVERHEAD: Final = 40  # a PUTCHUNKS item's bytes beyond its envelope: [bin32, bin16]
-PUT_FRAME_OVERHEAD: Final = 32  # the rest of a PUTCHUNKS frame: type, req, owner, degree, list
+MAX_CHAIN: Final = 8  # holders a RELAYCHUNKS names to forward to (degree 9 less the first)
+# The rest of a PUTCHUNKS or RELAYCHUNKS frame: type, req, owner, degree, the forward list of up
+# to MAX_CHAIN u32 (5 bytes each), the chunk list's header.
+PUT_FRAME_OVERHEAD: Final = 80
 LENGTH_PREFIX = struct.Struct(">I")
 _META_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -143,6 +151,16 @@ def _versions(v: Any) -> tuple[int, ...]:
     if type(v) is not list or not 1 <= len(v) <= 16:
         raise ProtocolError("versions must be a list of 1..16 integers")
     return tuple(_u32(x) for x in v)
+
+
+def _forward(v: Any) -> tuple[int, ...]:
+    """The holders a RELAYCHUNKS is forwarded to, in order: 1..MAX_CHAIN distinct node ids."""
+    if type(v) is not list or not 1 <= len(v) <= MAX_CHAIN:
+        raise ProtocolError(f"a forward list names 1..{MAX_CHAIN} nodes")
+    ids = tuple(_u32(x) for x in v)
+    if len(set(ids)) != len(ids):
+        raise ProtocolError("a forward list names each node once")
+    return ids
 
 
 def put_batch_limit(version: int | None) -> int:

@@ -52,6 +52,7 @@ from .messages import (
     PutChunks,
     PutMeta,
     Query,
+    RelayChunks,
     Removed,
     Request,
     Status,
@@ -187,6 +188,9 @@ class HolderService:
         # Set by this node's owner role: which of its own chunks it still wants (None: not
         # the owner asked about).
         self.wanted: Callable[[int, tuple[bytes, ...]], Awaitable[set[bytes] | None]] | None = None
+        # Set by the node: passes a RELAYCHUNKS on to the next holder it names (None: this
+        # node forwards nothing and stores only its own copies).
+        self.relay: Callable[[RelayChunks], Awaitable[None]] | None = None
         self._send, self._receive = trio.open_memory_channel[_PendingPut](4 * BATCH_LIMIT)
         self.bytes_received = 0
         self.disk_full = False  # the last batch was refused for want of disk space
@@ -297,6 +301,52 @@ class HolderService:
             )
         return tuple(envelopes), tuple(codes)
 
+    async def _store_batch(self, message: PutChunks | RelayChunks) -> tuple[int, ...]:
+        """Store a batch durably; a result per chunk (STORED_NEW, STORED_ALREADY, or an error
+        code + STORED_ERROR_BASE): a bad or refused chunk does not sink the others."""
+        results = [STORED_NEW] * len(message.chunks)
+        valid: list[tuple[int, PutItem]] = []
+        for index, (address, envelope) in enumerate(message.chunks):
+            item = PutItem(message.owner, address, envelope, message.degree)
+            try:
+                self.store.check_item(item)
+                valid.append((index, item))
+            except InvalidIdError:
+                results[index] = STORED_ERROR_BASE + ErrorCode.BAD_MESSAGE
+        outcomes = await self.put_batch([item for _i, item in valid]) if valid else []
+        for (index, item), outcome in zip(valid, outcomes, strict=True):
+            if isinstance(outcome, QuotaExceededError):
+                results[index] = STORED_ERROR_BASE + ErrorCode.QUOTA_EXCEEDED
+            elif isinstance(outcome, InvalidIdError):
+                results[index] = STORED_ERROR_BASE + ErrorCode.BAD_MESSAGE
+            elif isinstance(outcome, BaseException):
+                results[index] = STORED_ERROR_BASE + ErrorCode.INTERNAL
+            else:
+                results[index] = STORED_NEW if outcome else STORED_ALREADY
+                self.bytes_received += len(item.envelope)
+        return tuple(results)
+
+    async def _store_and_relay(self, message: RelayChunks) -> Message:
+        """Store a RELAYCHUNKS and, at the same time, forward it down its chain; answer with
+        this node's own results once both are done. The chunks go on even where this node
+        refused them (full): the next holder's copies do not depend on this one's."""
+        results: list[tuple[int, ...]] = []
+        failure: list[Exception] = []
+
+        async def store() -> None:
+            try:
+                results.append(await self._store_batch(message))
+            except (QuotaExceededError, OSError) as exc:  # answered below, after the relay
+                failure.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store)
+            if self.relay is not None:
+                nursery.start_soon(self.relay, message)
+        if failure:
+            raise failure[0]
+        return StoredMany(message.req, results[0])
+
     async def _roster_record(self, message: PutMeta | GetMeta) -> Message:
         """The network's roster, under its reserved record name: served, or taken if newer."""
         if self._roster is None:
@@ -329,10 +379,12 @@ class HolderService:
 
     async def _dispatch(self, message: Request, peer_id: int) -> Message:
         req = message.req
-        if isinstance(message, PutChunk | PutChunks) and self._stranger_owner(
+        if isinstance(message, PutChunk | PutChunks | RelayChunks) and self._stranger_owner(
             message.owner, peer_id
         ):
             return Error(req, ErrorCode.FORBIDDEN, f"node {message.owner} is not a member")
+        if isinstance(message, RelayChunks):
+            return await self._store_and_relay(message)
         if isinstance(message, PutMeta | GetMeta) and message.name == ROSTER_NAME:
             return await self._roster_record(message)
         if isinstance(message, PutChunk):
@@ -342,27 +394,7 @@ class HolderService:
             self.bytes_received += len(message.envelope)
             return Stored(req, message.address, stored)
         if isinstance(message, PutChunks):
-            results = [STORED_NEW] * len(message.chunks)
-            valid: list[tuple[int, PutItem]] = []
-            for index, (address, envelope) in enumerate(message.chunks):
-                item = PutItem(message.owner, address, envelope, message.degree)
-                try:
-                    self.store.check_item(item)  # a bad one must not sink the others
-                    valid.append((index, item))
-                except InvalidIdError:
-                    results[index] = STORED_ERROR_BASE + ErrorCode.BAD_MESSAGE
-            outcomes = await self.put_batch([item for _i, item in valid]) if valid else []
-            for (index, item), outcome in zip(valid, outcomes, strict=True):
-                if isinstance(outcome, QuotaExceededError):
-                    results[index] = STORED_ERROR_BASE + ErrorCode.QUOTA_EXCEEDED
-                elif isinstance(outcome, InvalidIdError):
-                    results[index] = STORED_ERROR_BASE + ErrorCode.BAD_MESSAGE
-                elif isinstance(outcome, BaseException):
-                    results[index] = STORED_ERROR_BASE + ErrorCode.INTERNAL
-                else:
-                    results[index] = STORED_NEW if outcome else STORED_ALREADY
-                    self.bytes_received += len(item.envelope)
-            return StoredMany(req, tuple(results))
+            return StoredMany(req, await self._store_batch(message))
         if isinstance(message, GetChunks):
             envelopes, codes = await in_thread(
                 self._get_many, message.owner, message.addresses, limiter=self._limiter

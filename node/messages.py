@@ -20,6 +20,7 @@ from .fields import (
     MAX_BATCH,
     MAX_BLOB,
     MAX_BUFFER,
+    MAX_CHAIN,
     MAX_CSR,
     MAX_ENVELOPE,
     MAX_FRAME,
@@ -29,6 +30,7 @@ from .fields import (
     PROTOCOL_VERSION,
     PUT_FRAME_OVERHEAD,
     PUT_ITEM_OVERHEAD,
+    RELAY_VERSION,
     SUPPORTED_VERSIONS,
     ErrorCode,
     ProtocolError,
@@ -42,6 +44,7 @@ from .fields import (
     _envelope,
     _envelope_batch,
     _fixed,
+    _forward,
     _info,
     _maybe_envelopes,
     _name,
@@ -63,6 +66,7 @@ __all__ = [  # the limits and errors callers take from here
     "MAX_BATCH",
     "MAX_BLOB",
     "MAX_BUFFER",
+    "MAX_CHAIN",
     "MAX_CSR",
     "MAX_ENVELOPE",
     "MAX_FRAME",
@@ -72,6 +76,7 @@ __all__ = [  # the limits and errors callers take from here
     "PROTOCOL_VERSION",
     "PUT_FRAME_OVERHEAD",
     "PUT_ITEM_OVERHEAD",
+    "RELAY_VERSION",
     "SUPPORTED_VERSIONS",
     "ErrorCode",
     "ProtocolError",
@@ -280,6 +285,25 @@ class PutChunks(Request):
 
 
 @dataclass(frozen=True, slots=True)
+class RelayChunks(Request):
+    """A PUTCHUNKS the holder also forwards, once stored, to ``forward[0]`` with the rest of the
+    list (protocol version 3): the owner sends each byte once, the holders pass it on. The
+    answer (STOREDMANY) is the holder's own results, sent once the forwarding is done or failed;
+    the owner counts a copy downstream only when that holder itself says it holds it (QUERY)."""
+
+    TYPE: ClassVar[int] = 34
+    CHECKS: ClassVar[tuple[Any, ...]] = (_req, _u32, _degree, _forward, _envelope_batch)
+    owner: int
+    degree: int
+    forward: tuple[int, ...]
+    chunks: tuple[tuple[bytes, bytes], ...]
+
+    def to_list(self) -> list[Any]:
+        chunks = [list(c) for c in self.chunks]
+        return [self.TYPE, self.req, self.owner, self.degree, list(self.forward), chunks]
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMany(Message):
     """Per chunk of a PUTCHUNKS, in order: 0 stored now, 1 already held, else an error code + 100."""
 
@@ -429,6 +453,7 @@ MESSAGE_TYPES: Final[dict[int, type[Message]]] = {
         Status,
         StatusReply,
         PutChunks,
+        RelayChunks,
         StoredMany,
         GetChunks,
         ChunksMany,
@@ -518,6 +543,7 @@ ANSWERS: Final[dict[type[Request], tuple[type[Message], ...]]] = {
     GetMeta: (Meta,),
     Status: (StatusReply,),
     PutChunks: (StoredMany,),
+    RelayChunks: (StoredMany,),
     GetChunks: (ChunksMany,),
     KitRequest: (KitChallenge,),
     KitProof: (Kit,),

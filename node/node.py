@@ -46,7 +46,7 @@ from .reclaim import ReclaimReport, reclaim
 from .repair import Repairer, RepairReport
 from .replication import Replication
 from .roster import RosterBook, RosterSync
-from .transport import Authenticated, Channel, Network
+from .transport import Authenticated, Channel, Network, Traffic
 
 log = logging.getLogger(__name__)
 IDLE_TIMEOUT = 60.0  # at least; an authenticated connection silent this long is closed
@@ -72,6 +72,7 @@ class NodeConfig:
     discovery: bool = False  # UDP multicast announcements on the LAN
     discovery_port: int = 7421
     peer_book: Path | None = None  # where the peers met are remembered (node/peerbook.py)
+    relay: bool = True  # a backup's copies travel down a chain of holders (RELAYCHUNKS)
 
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -114,8 +115,15 @@ class Node:
         self.disk_limiter = trio.CapacityLimiter(4)
         self.boot_id = random.getrandbits(63)
         self.address = config.advertise or config.listen
+        self.traffic = Traffic()  # bytes on every peer connection, both ways
         self.pool = PeerPool(
-            config.node_id, network, self.hello, self.membership, self.heartbeat, self.boot_id
+            config.node_id,
+            network,
+            self.hello,
+            self.membership,
+            self.heartbeat,
+            self.boot_id,
+            self.traffic,
         )
         self.pool.seeds = list(config.seeds)
         self.replication = Replication(
@@ -139,6 +147,8 @@ class Node:
             on_corrupt=self._corrupt_copy_found,
             roster=roster,
         )
+        if config.relay:
+            self.holder.relay = self.replication.relay
         self.kits = KitGate(store, self.disk_limiter, kit_secret)
         self.roster = roster
         self.enroller = enroller
@@ -228,7 +238,7 @@ class Node:
         if auth.anonymous:  # a stranger learns nothing of us before the passphrase exchange
             await self._serve_anonymous(Channel(auth, Hello(SUPPORTED_VERSIONS, 0, "", "")))
             return
-        channel = Channel(auth, self.hello())
+        channel = Channel(auth, self.hello(), self.traffic)
         peer = auth.peer_id
         try:
             hello = await channel.handshake()

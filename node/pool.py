@@ -11,7 +11,7 @@ import trio
 from .membership import Membership
 from .messages import Heartbeat, Hello, Message, Request, Status, StatusReply
 from .protocol import Announcements
-from .transport import Channel, Link, Network, PeerUnavailable, RemoteError
+from .transport import Channel, Link, Network, PeerUnavailable, RemoteError, Traffic
 
 log = logging.getLogger(__name__)
 MAX_DIAL_DELAY = 10.0  # seconds, at most, between attempts to reach a known peer
@@ -27,8 +27,10 @@ class PeerPool:
         membership: Membership,
         heartbeat: Callable[[], Heartbeat],
         boot_id: int,
+        traffic: Traffic | None = None,
     ) -> None:
         self.own_id = own_id
+        self.traffic = traffic if traffic is not None else Traffic()
         self._network = network
         self._hello = hello
         self._membership = membership
@@ -65,7 +67,7 @@ class PeerPool:
             if auth.peer_id == self.own_id:
                 await trio.aclose_forcefully(auth.stream)
                 raise PeerUnavailable(f"{address} is this node itself")
-            channel = Channel(auth, self._hello())
+            channel = Channel(auth, self._hello(), self.traffic)
             try:
                 hello = await channel.handshake()
             except Exception as exc:

@@ -19,6 +19,7 @@ from .messages import (
     MAX_BUFFER,
     MAX_FRAME,
     MAX_HELLO_FRAME,
+    RELAY_VERSION,
     Enrol,
     Error,
     ErrorCode,
@@ -29,6 +30,7 @@ from .messages import (
     Online,
     ProtocolError,
     PutChunks,
+    RelayChunks,
     Request,
     decode_payload,
     encode_message,
@@ -159,6 +161,11 @@ class Connection:
         """Chunks a PUTCHUNKS may hold on this connection (by the version both sides speak)."""
         return put_batch_limit(self.version)
 
+    @property
+    def relays(self) -> bool:
+        """Whether a RELAYCHUNKS may be sent on this connection (both sides speak version 3)."""
+        return self.version is not None and self.version >= RELAY_VERSION
+
     def send(self, message: Message) -> bytes:
         if self.closed:
             raise ProtocolError("connection is closed")
@@ -166,11 +173,13 @@ class Connection:
             raise ProtocolError("HELLO is sent by initiate()")
         if not self._hello_sent:
             raise ProtocolError("HELLO must be sent first")
-        if isinstance(message, PutChunks) and len(message.chunks) > self.put_limit:
+        if isinstance(message, PutChunks | RelayChunks) and len(message.chunks) > self.put_limit:
             raise ProtocolError(
                 f"a PUTCHUNKS of {len(message.chunks)} chunks is more than this peer's"
                 f" protocol version allows ({self.put_limit})"
             )
+        if isinstance(message, RelayChunks) and not self.relays:
+            raise ProtocolError(f"RELAYCHUNKS needs protocol version {RELAY_VERSION}")
         return encode_message(message)
 
     def receive_data(self, data: bytes | bytearray) -> None:
@@ -213,11 +222,13 @@ class Connection:
             self.version = max(common)
         elif isinstance(message, Hello):
             raise ProtocolError("HELLO sent twice")
-        elif isinstance(message, PutChunks) and len(message.chunks) > self.put_limit:
+        elif isinstance(message, PutChunks | RelayChunks) and len(message.chunks) > self.put_limit:
             raise ProtocolError(
                 f"a PUTCHUNKS holds at most {self.put_limit} chunks in protocol version"
                 f" {self.version}"
             )
+        elif isinstance(message, RelayChunks) and not self.relays:
+            raise ProtocolError(f"RELAYCHUNKS needs protocol version {RELAY_VERSION}")
         return message
 
     def _end_or_need(self) -> NeedData:

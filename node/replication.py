@@ -27,6 +27,7 @@ from .messages import (
     PutChunk,
     PutChunks,
     Query,
+    RelayChunks,
     Stored,
     StoredMany,
     put_batches,
@@ -265,25 +266,42 @@ class Replication:
         return plans
 
     async def put_batch(
-        self, target: int, owner: int, degree: int, items: list[tuple[bytes, bytes]]
+        self,
+        target: int,
+        owner: int,
+        degree: int,
+        items: list[tuple[bytes, bytes]],
+        forward: tuple[int, ...] = (),
     ) -> list[bool]:
         """Store chunks on ``target`` in as few PUTCHUNKS as its protocol version and the frame
-        size allow, all sent at once; True where the target stored the chunk durably."""
+        size allow, all sent at once; True where the target stored the chunk durably.
+
+        With ``forward``, the target passes them on, once stored, to ``forward[0]``, which passes
+        them to the next (RELAYCHUNKS, when the target speaks protocol version 3; an older one
+        gets a plain PUTCHUNKS and the chain stops there). The answer comes once the chain is
+        done, so each hop's wait is given a request timeout per holder after it. What the
+        holders after ``target`` stored is not said here: ask them (``held_by``)."""
         stored = [False] * len(items)
         try:
-            limit = (await self.pool.link(target)).channel.put_limit
+            channel = (await self.pool.link(target)).channel
         except PeerUnavailable as exc:
             log.info("batch to node %d failed: %s", target, exc)
             return stored
+        limit = channel.put_limit
+        relayed = bool(forward) and channel.relays
+        timeout = self.request_timeout * (1 + len(forward) if relayed else 1)
 
         async def one(start: int, end: int) -> None:
             chunks = tuple(items[start:end])
-            try:
-                answer = await self.pool.request(
-                    target,
-                    functools.partial(PutChunks, owner=owner, degree=degree, chunks=chunks),
-                    self.request_timeout,
+            make: Callable[[int], PutChunks | RelayChunks] = (
+                functools.partial(
+                    RelayChunks, owner=owner, degree=degree, forward=forward, chunks=chunks
                 )
+                if relayed
+                else functools.partial(PutChunks, owner=owner, degree=degree, chunks=chunks)
+            )
+            try:
+                answer = await self.pool.request(target, make, timeout)
             except (PeerUnavailable, RemoteError, ProtocolError) as exc:
                 # ProtocolError: the link was dialled again meanwhile, to an older version.
                 log.info("batch to node %d failed: %s", target, exc)
@@ -296,6 +314,34 @@ class Replication:
                 nursery.start_soon(one, start, end)
         return stored
 
+    async def relay(self, message: RelayChunks) -> None:
+        """A holder's part in a chain: pass a RELAYCHUNKS it received on to the next holder it
+        names, with the rest of the list. Nothing is answered for the next holders: the owner
+        asks each one itself what it holds. Ids that are this node's or the owner's are
+        skipped (placement never names them: a confused or hostile sender)."""
+        chain = tuple(n for n in message.forward if n not in (self.node_id, message.owner))
+        if chain:
+            await self.put_batch(
+                chain[0], message.owner, message.degree, list(message.chunks), chain[1:]
+            )
+
+    async def held_by(self, holder: int, owner: int, addresses: list[bytes]) -> set[bytes]:
+        """Which of ``addresses`` of ``owner`` ``holder`` says it holds (QUERY; nothing if it
+        does not answer): a copy made along a chain counts only by its holder's own word."""
+        found: set[bytes] = set()
+
+        async def ask(batch: list[bytes]) -> None:
+            answer = await self.pool.request_quietly(
+                holder, lambda r: Query(r, owner, tuple(batch)), self.request_timeout
+            )
+            if isinstance(answer, Holding):
+                found.update(set(answer.addresses) & set(batch))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(0, len(addresses), QUERY_BATCH):
+                nursery.start_soon(ask, addresses[i : i + QUERY_BATCH])
+        return found
+
     async def replicate(
         self,
         owner: int,
@@ -304,11 +350,13 @@ class Replication:
         envelope: bytes,
         holders: set[int],
         rounds: int = REPLICATE_ROUNDS,
+        failed: Collection[int] = (),
     ) -> int:
         """Make copies until ``holders`` reaches ``degree``; returns how many were made.
 
-        Each round tries the best placement targets not yet holding the chunk; a target that
-        fails is skipped for the rest of the round and the next in placement order is used.
+        Each round tries the best placement targets not yet holding the chunk (the first
+        round skips ``failed``, which has just failed to take it); a target that fails is
+        skipped for the rest of the round and the next in placement order is used.
         Between rounds the sender backs off (0.2 s doubling to 5 s, with jitter). Copies go to
         computers that hold none yet (the owner's own computer included among those to avoid);
         a second copy on one computer is made only when the network has too few computers, or
@@ -319,7 +367,8 @@ class Replication:
         made = 0
         delay = BACKOFF_FIRST
         for round_no in range(rounds):
-            tried: set[int] = set()
+            # ``failed`` just refused or missed this chunk (down a chain): not asked at once.
+            tried: set[int] = set(failed) if round_no == 0 else set()
             while len(holders) < degree:
                 targets = self.plan_targets(
                     owner, address, degree, holders, tried, final=round_no == rounds - 1

@@ -363,15 +363,25 @@ async def connect_anonymous(address: str) -> tuple[Authenticated, bytes]:
     return Authenticated(stream, peer_id, host, anonymous=True), der
 
 
+@dataclass(slots=True)
+class Traffic:
+    """Bytes a node's peer connections sent and received, over all of them (status: what this
+    computer's link carried for lanvault, TLS records aside)."""
+
+    sent: int = 0
+    received: int = 0
+
+
 class Channel:
     """The protocol pump on one authenticated stream: HELLO, then messages in and out."""
 
-    def __init__(self, auth: Authenticated, hello: Hello) -> None:
+    def __init__(self, auth: Authenticated, hello: Hello, traffic: Traffic | None = None) -> None:
         self.auth = auth
         self.peer_id = auth.peer_id
         self._conn = Connection(hello)
         self._send_lock = trio.Lock()
         self.peer_hello: Hello | None = None
+        self._traffic = traffic if traffic is not None else Traffic()
 
     async def handshake(self, timeout: float = HANDSHAKE_TIMEOUT) -> Hello:
         with trio.fail_after(timeout):
@@ -397,9 +407,15 @@ class Channel:
         """Chunks a PUTCHUNKS may hold here (by the protocol version both sides speak)."""
         return self._conn.put_limit
 
+    @property
+    def relays(self) -> bool:
+        """Whether the peer forwards a RELAYCHUNKS (it speaks protocol version 3)."""
+        return self._conn.relays
+
     async def _write(self, data: bytes) -> None:
         async with self._send_lock:
             await self.auth.stream.send_all(data)
+            self._traffic.sent += len(data)
 
     async def send(self, message: Message) -> None:
         if self._conn.closed:
@@ -423,6 +439,7 @@ class Channel:
             if room == 0:  # cannot be: a frame that does not fit was refused by its length
                 raise ProtocolError("receive buffer overflow: events are not being consumed")
             data = await self.auth.stream.receive_some(min(READ_SIZE, room))
+            self._traffic.received += len(data)
             self._conn.receive_data(data)
 
     def limit_frames(self, limit: int) -> None:

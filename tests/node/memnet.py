@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import trio
@@ -119,6 +120,31 @@ class LossyStream(trio.abc.Stream):
         await self._inner.aclose()
 
 
+class CountingStream(trio.abc.Stream):
+    """Counts the bytes one node sends on a connection (``MemoryHub.sent``)."""
+
+    def __init__(self, inner: trio.abc.Stream, sent: Counter[int], node_id: int) -> None:
+        self._inner = inner
+        self._sent = sent
+        self._node_id = node_id
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+        self._sent[self._node_id] += len(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:  # pragma: no cover - not used by the node
+        pass
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class MemoryHub:
     def __init__(self, nursery: trio.Nursery, faults: FaultPlan | None = None) -> None:
         self._nursery = nursery
@@ -127,15 +153,17 @@ class MemoryHub:
         self._rng = random.Random(faults.seed if faults else 0)
         self.stats: dict[str, int] = {}
         self.cut: set[int] = set()  # node ids whose links are down
+        self.sent: Counter[int] = Counter()  # bytes each node sent, over all its connections
 
     def network_for(self, node_id: int) -> MemoryNetwork:
         return MemoryNetwork(self, node_id)
 
-    def _wrap(self, stream: trio.abc.Stream) -> trio.abc.Stream:
+    def _wrap(self, stream: trio.abc.Stream, sender: int) -> trio.abc.Stream:
+        counted = CountingStream(stream, self.sent, sender)
         if self.faults is None:
-            return stream
+            return counted
         return LossyStream(
-            stream, self.faults, random.Random(self._rng.random()), self._nursery, self.stats
+            counted, self.faults, random.Random(self._rng.random()), self._nursery, self.stats
         )
 
 
@@ -171,9 +199,9 @@ class MemoryNetwork:
 
         async def run_handler() -> None:
             try:
-                await handler(Authenticated(self._hub._wrap(server_end), self.node_id))
+                await handler(Authenticated(self._hub._wrap(server_end, server_id), self.node_id))
             finally:
                 await trio.aclose_forcefully(server_end)
 
         nursery.start_soon(run_handler)
-        return Authenticated(self._hub._wrap(client_end), server_id)
+        return Authenticated(self._hub._wrap(client_end, self.node_id), server_id)

@@ -11,6 +11,7 @@ from node.messages import (
     MAX_ANONYMOUS_FRAME,
     MAX_BATCH,
     MAX_BUFFER,
+    MAX_CHAIN,
     MAX_ENVELOPE,
     MAX_FRAME,
     MAX_HELLO_FRAME,
@@ -40,6 +41,7 @@ from node.messages import (
     PutChunks,
     PutMeta,
     Query,
+    RelayChunks,
     Removed,
     Status,
     StatusReply,
@@ -53,6 +55,7 @@ from node.protocol import NEED_DATA, Announcements, Connection
 
 HELLO = Hello((1,), 7, "host-a", "127.0.0.1:7420")  # a node that speaks version 1 only
 HELLO2 = Hello((1, 2), 7, "host-a", "127.0.0.1:7420")
+HELLO3 = Hello((1, 2, 3), 7, "host-a", "127.0.0.1:7420")
 addr = st.binary(min_size=32, max_size=32)
 req = st.integers(1, 2**32 - 1)
 u32 = st.integers(0, 2**32 - 1)
@@ -84,6 +87,14 @@ messages: st.SearchStrategy[Message] = st.one_of(
         u32,
         st.integers(1, 9),
         st.lists(st.tuples(addr, envelope), min_size=1, max_size=40).map(tuple),
+    ),
+    st.builds(
+        RelayChunks,
+        req,
+        u32,
+        st.integers(1, 9),
+        st.lists(u32, min_size=1, max_size=8, unique=True).map(tuple),
+        st.lists(st.tuples(addr, envelope), min_size=1, max_size=20).map(tuple),
     ),
     st.builds(StoredMany, req, st.lists(st.integers(0, 200), max_size=40).map(tuple)),
     st.builds(GetChunks, req, u32, st.lists(addr, min_size=1, max_size=15).map(tuple)),
@@ -120,9 +131,9 @@ messages: st.SearchStrategy[Message] = st.one_of(
 )
 
 
-def open_pair(hello: Hello = HELLO2) -> tuple[Connection, Connection]:
+def open_pair(hello: Hello = HELLO3) -> tuple[Connection, Connection]:
     a = Connection(hello)
-    b = Connection(Hello((1, 2), 8, "host-b", "127.0.0.1:7421"))
+    b = Connection(Hello((1, 2, 3), 8, "host-b", "127.0.0.1:7421"))
     b.receive_data(a.initiate())
     a.receive_data(b.initiate())
     assert b.next_event() == hello
@@ -156,9 +167,9 @@ def test_splitting_the_stream_anywhere_gives_the_same_events(
     a, _ = open_pair()
     stream = b"".join(a.send(m) for m in batch)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
-    receiver = Connection(HELLO2)
+    receiver = Connection(HELLO3)
     receiver.initiate()
-    receiver.receive_data(encode_message(HELLO2))
+    receiver.receive_data(encode_message(HELLO3))
     got: list[Message] = list(drain(receiver))  # the HELLO first: it lifts the small limit
     previous = 0
     for cut in [*cuts, len(stream)]:
@@ -166,7 +177,7 @@ def test_splitting_the_stream_anywhere_gives_the_same_events(
             receiver.receive_data(stream[previous:cut])
         previous = max(previous, cut)
         got.extend(drain(receiver))
-    assert got[0] == HELLO2
+    assert got[0] == HELLO3
     assert got[1:] == batch
 
 
@@ -233,10 +244,12 @@ def test_hello_must_come_first_and_once() -> None:
 
 
 def test_version_negotiation() -> None:
-    a, b = open_pair(HELLO)  # a node of version 1 meets one of version 2
+    a, b = open_pair(HELLO)  # a node of version 1 meets one of version 3
     assert a.version == 1 and b.version == 1
-    a, b = open_pair()
+    a, b = open_pair(HELLO2)
     assert a.version == 2 and b.version == 2
+    a, b = open_pair()
+    assert a.version == 3 and b.version == 3
     future_only = Connection(HELLO)
     future_only.receive_data(encode_message(Hello((2, 3), 9, "h", "x:1")))
     with pytest.raises(ProtocolError) as info:
@@ -366,12 +379,17 @@ def test_put_batches_fill_frames_that_a_holder_accepts(sizes: list[int]) -> None
         chunks = tuple((bytes([k % 256]) * 32, b"e" * sizes[k]) for k in range(start, end))
         message = PutChunks(2**32 - 1, 2**32 - 1, 9, chunks)
         frame = encode_message(message)
-        conn = Connection(HELLO2)
+        conn = Connection(HELLO3)
         conn.initiate()
-        conn.receive_data(encode_message(HELLO2))
-        assert conn.next_event() == HELLO2
+        conn.receive_data(encode_message(HELLO3))
+        assert conn.next_event() == HELLO3
         conn.receive_data(frame)
         assert conn.next_event() == message
+        # A RELAYCHUNKS of the same run, naming the most holders, fits a frame as well.
+        forward = tuple(range(2**32 - MAX_CHAIN, 2**32))
+        relayed = RelayChunks(2**32 - 1, 2**32 - 1, 9, forward, chunks)
+        conn.receive_data(encode_message(relayed))
+        assert conn.next_event() == relayed
         if n + 1 < len(runs):  # full: by count, or the next chunk would not have fit
             bigger = (*chunks, (bytes(32), b"e" * sizes[end]))
             assert end - start == MAX_PUT_BATCH or (
@@ -391,7 +409,7 @@ def test_a_version_1_peer_is_never_sent_more_than_it_accepts() -> None:
     old.receive_data(encode_message(PutChunks(1, 1, 2, chunks)))
     with pytest.raises(ProtocolError, match="at most 15 chunks in protocol version 1"):
         old.next_event()
-    a, b = open_pair()  # both speak version 2
+    a, b = open_pair(HELLO2)  # both speak version 2
     assert a.put_limit == MAX_PUT_BATCH
     full = tuple((bytes([n % 256]) * 32, b"e" * 100) for n in range(MAX_PUT_BATCH))
     b.receive_data(a.send(PutChunks(1, 1, 2, full)))
@@ -448,3 +466,43 @@ def test_online_goes_to_each_peer_once_per_start() -> None:
     assert announcements.online_for(2) is None  # a link made again is not a restart
     assert announcements.online_for(3) == Online(77)
     assert Announcements(boot_id=78).online_for(2) == Online(78)  # a new start says it again
+
+
+def test_relaychunks_needs_version_3_on_both_sides() -> None:
+    """A holder that speaks version 2 knows no RELAYCHUNKS: a node never sends it one, and
+    one that arrives on a version 2 connection ends it (the sender broke the rules)."""
+    chunks = ((bytes(32), b"e" * 100),)
+    relay = RelayChunks(1, 1, 2, (3,), chunks)
+    old, new = open_pair(HELLO2)
+    assert not new.relays and not old.relays
+    with pytest.raises(ProtocolError, match="RELAYCHUNKS needs protocol version 3"):
+        new.send(relay)
+    old.receive_data(encode_message(relay))
+    with pytest.raises(ProtocolError, match="RELAYCHUNKS needs protocol version 3"):
+        old.next_event()
+    a = Connection(HELLO3)
+    b = Connection(Hello((1, 2, 3), 8, "host-b", "127.0.0.1:7421"))
+    b.receive_data(a.initiate())
+    a.receive_data(b.initiate())
+    assert b.next_event() == HELLO3 and isinstance(a.next_event(), Hello)
+    assert a.relays and b.relays
+    b.receive_data(a.send(relay))
+    assert b.next_event() == relay
+
+
+@pytest.mark.parametrize(
+    ("forward", "said"),
+    [
+        ([], "names 1..8 nodes"),
+        (list(range(9)), "names 1..8 nodes"),
+        ([2, 3, 2], "each node once"),
+        ([-1], "expected a u32"),
+        ([2**32], "expected a u32"),
+        (["2"], "expected a u32"),
+        (5, "names 1..8 nodes"),
+    ],
+)
+def test_a_forward_list_is_checked(forward: object, said: str) -> None:
+    frame = msgpack.packb([RelayChunks.TYPE, 1, 1, 2, forward, [[bytes(32), b"e"]]])
+    with pytest.raises(ProtocolError, match=said):
+        decode_payload(frame)
