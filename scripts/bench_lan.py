@@ -8,7 +8,8 @@ in the same run by a plain TCP sender between two namespaces (the ceiling).
 
 Needs root (namespaces, tc). Each computer runs one node; node 1 is the owner.
 
-    scripts/bench_lan.py                        # 512 MiB at degrees 1, 2, 3; 200mbit / 1gbit
+    scripts/bench_lan.py                        # 512 MiB at degrees 1, 2, 3; 200mbit / 1gbit;
+                                                # relay replication on, then off
     scripts/bench_lan.py --mib 128 --runs 3 --owner-rate 100mbit --holders 3
 """
 
@@ -156,6 +157,13 @@ def main() -> int:
         "--degrees", default="1,2,3", help="degrees to measure, comma-separated (default 1,2,3)"
     )
     parser.add_argument("--runs", type=int, default=1, help="rounds per degree; medians shown")
+    parser.add_argument(
+        "--relay",
+        choices=("on", "off", "both"),
+        default="both",
+        help="relay replication on the owner (the default), off (it sends every copy), or"
+        " both, one after the other in the same run (default both)",
+    )
     args = parser.parse_args()
     for rate in (args.owner_rate, args.holder_rate):
         rate_bits(rate)
@@ -195,10 +203,17 @@ def main() -> int:
             cluster.start(node_id, "--quota", "100GB", "--repair-interval", "600")
         cluster.wait_mesh(120)
         print(
-            f"{'degree':>6} {'backup MB/s':>12} {'x link':>7} {'owner sent/data':>16}"
+            f"{'relay':>5} {'degree':>6} {'backup MB/s':>12} {'x link':>7} {'owner sent/data':>16}"
             f" {'restore MB/s':>13} {'x link':>7}  CPU s per node (owner first)"
         )
-        for degree in degrees:
+        modes = ["on", "off"] if args.relay == "both" else [args.relay]
+        current = ""
+        for mode, degree in [(m, d) for m in modes for d in degrees]:
+            if mode != current:  # the owner decides: it sends down chains, or every copy
+                cluster.stop(1)
+                cluster.start(1, "--relay" if mode == "on" else "--no-relay")
+                cluster.wait_mesh(120)
+                current = mode
             rounds = [
                 one_round(cluster, lan, work, degree, args.mib, computers) for _ in range(args.runs)
             ]
@@ -208,7 +223,7 @@ def main() -> int:
             owner_sent = statistics.median(r.sent[0] for r in rounds) / data
             cpu = {n: statistics.median(r.cpu[n] for r in rounds) for n in rounds[0].cpu}
             print(
-                f"{degree:>6} {backup:>12.1f} {backup / ceiling:>7.2f} {owner_sent:>16.2f}"
+                f"{mode:>5} {degree:>6} {backup:>12.1f} {backup / ceiling:>7.2f} {owner_sent:>16.2f}"
                 f" {restore:>13.1f} {restore / back:>7.2f}  "
                 + " ".join(f"{cpu[n]:.1f}" for n in sorted(cpu)),
                 flush=True,

@@ -159,3 +159,38 @@ def test_status_names_what_runs_now(capsys: pytest.CaptureFixture[str]) -> None:
         }
     )
     assert "running: restore /home/u/docs: 3 of 10 files, 2.5 MB, 12 s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (
+            {"files": 1, "chunks": 1, "pending_holders": 1},
+            "deleted 1 file (1 chunk) from every holder; 1 offline holder will delete when it"
+            " is back",
+        ),
+        (
+            {"files": 3, "chunks": 7, "pending_holders": 2},
+            "deleted 3 files (7 chunks) from every holder; 2 offline holders will delete when"
+            " they are back",
+        ),
+        (
+            {"files": 2, "chunks": 0, "pending_holders": 0},
+            "deleted 2 files (0 chunks) from every holder",
+        ),
+    ],
+)
+def test_delete_says_its_counts_with_their_plurals(
+    answer: dict[str, int],
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import lanvault.backups as backups
+    from lanvault.state import StateDir
+
+    monkeypatch.setattr(backups, "request", lambda *args, **kwargs: answer)
+    args = argparse.Namespace(path=tmp_path / "gone", json=False)
+    assert backups.cmd_delete(args, StateDir(tmp_path / "state")) == 0
+    assert capsys.readouterr().out.strip() == said

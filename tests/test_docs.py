@@ -282,3 +282,18 @@ def test_protocol_md_gives_each_request_the_answer_the_code_accepts() -> None:
     names = {name for _n, name, _a in rows if int(_n) in {k.TYPE for k in ANONYMOUS_REQUESTS}}
     assert "only KITREQUEST, KITPROOF and ENROL may be sent" in " ".join(text.split())
     assert names == {"KITREQUEST", "KITPROOF", "ENROL"}
+
+
+def test_the_systemd_units_run_commands_the_cli_accepts() -> None:
+    """docs/lanvault-node.service and lanvault-mount.service start real commands: their
+    ExecStart lines parse with lanvault's own parser (a renamed option would break them)."""
+    from lanvault.cli import build_parser
+
+    for unit, command in (("node", "node"), ("mount", "mount")):
+        text = (DOCS / f"lanvault-{unit}.service").read_text()
+        [line] = [x for x in text.splitlines() if x.startswith("ExecStart=")]
+        words = line.removeprefix("ExecStart=").split()
+        assert words[0].endswith("/bin/lanvault") and words[1] == command
+        parsed = build_parser().parse_args(words[1:])
+        assert parsed.command == command
+        assert "Type=simple" in text  # the command stays in the foreground, as both do
