@@ -34,6 +34,8 @@ from bench_fs import drop_caches, read_file, wait_safe
 from bench_many_files import restic_times, same_tree, timed, write_tree
 from benchlib import ROOT, Mounted, Net, log
 
+from node.restore_target import flush_files
+
 DEGREE = 2
 MIB = 1 << 20
 
@@ -51,6 +53,50 @@ def write_big_files(root: Path, mib: int, seed: int = 7) -> int:
         left -= size
         n += 1
     return mib * MIB
+
+
+def durable_floor(src: Path, work: Path) -> tuple[float, float]:
+    """Seconds to write ``src``'s files anew (no network, no decryption) the way a restore
+    must to keep its promise, and the way restic does: (durable, not synced).
+
+    Durable is the restore's own discipline (``node/restore_files.py``): each file into a new
+    temporary file, 128 at a time flushed together (one ``syncfs`` and an ``fdatasync`` each),
+    then renamed, and the folders synced at the end. restic's restore syncs nothing: what it
+    wrote may be lost to a power cut after it said it was done."""
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    contents = [p.read_bytes() for p in files]
+    result = []
+    for durable in (True, False):
+        out = work / f"floor-{'durable' if durable else 'unsynced'}"
+        os.sync()
+        start = time.perf_counter()
+        folders: dict[Path, int] = {}
+        for first in range(0, len(files), 128):
+            opened = []
+            batch = zip(files[first : first + 128], contents[first : first + 128], strict=True)
+            for path, data in batch:
+                target = out / path.relative_to(src)
+                if target.parent not in folders:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    folders[target.parent] = os.open(target.parent, os.O_RDONLY)
+                temp = target.with_name(f".{target.name}.part")
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, data)
+                opened.append((fd, temp, target))
+            if durable:  # the restore's own flush: one syncfs, then an fdatasync each
+                for error in flush_files([fd for fd, _temp, _target in opened]):
+                    if error is not None:
+                        raise error
+            for fd, temp, target in opened:
+                os.rename(temp, target)
+                os.close(fd)
+        for fd in folders.values():
+            if durable:
+                os.fsync(fd)
+            os.close(fd)
+        result.append(time.perf_counter() - start)
+        shutil.rmtree(out)
+    return result[0], result[1]
 
 
 def lanvault_times(net: Net, src: Path, work: Path) -> dict[str, float]:
@@ -147,6 +193,8 @@ def main() -> int:
                 log(f"restic, {name} …")
                 theirs = restic_times(src, work / f"restic-{name}")
                 r.update({f"{name}_{k}": v for k, v in theirs.items()})
+            log("the durable floor: writing the small files as a restore must …")
+            r["small_floor_durable_s"], r["small_floor_unsynced_s"] = durable_floor(small, work)
             log("versions/ from the peers, and restic mount …")
             r["versions_mb_s"], digest, kept = versions_read(net, work, args.mib)
             r["restic_mount_mb_s"] = restic_mount_read(kept, work, digest)
@@ -168,6 +216,12 @@ def main() -> int:
                 f"    {step:8s} {mine_s:7.1f} s   {who}: {their_s:6.1f} s"
                 f"  -> {their_s / mine_s:.2f}x restic's speed"
             )
+    print(
+        f"  writing the {args.files} files, no network: {r['small_floor_durable_s']:.1f} s"
+        f" durably as a restore must (the floor for lanvault's restore:"
+        f" {r['small_floor_durable_s'] / r['small_restore_s']:.2f}x of it reached),"
+        f" {r['small_floor_unsynced_s']:.1f} s unsynced as restic writes"
+    )
     print(
         f"  a {args.mib} MiB file from versions/ (only the peers hold it):"
         f" {r['versions_mb_s']:.0f} MB/s; restic mount: {r['restic_mount_mb_s']:.0f} MB/s"
