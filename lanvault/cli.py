@@ -48,6 +48,7 @@ from .commands import (
 )
 from .docgen import bash_completion, man_page, zsh_completion
 from .runtime import tune_allocator, tune_switch_interval
+from .simulate import cmd_simulate, simulate_arguments
 from .state import (
     CommandError,
     StateDir,
@@ -449,6 +450,13 @@ def build_parser() -> Parser:
     p.add_argument("shell", choices=["bash", "zsh"], help="the shell: bash or zsh")
     sub.add_parser("man", help="print the manual page (man -l <(lanvault man))")
 
+    p = sub.add_parser(
+        "simulate",
+        parents=[common],
+        help="estimate what each degree (or k-of-n code) risks losing, by simulating years",
+    )
+    simulate_arguments(p, _size, _duration)
+
     p = sub.add_parser("check", parents=[common], help="verify chunk integrity and degrees")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired")
     p.add_argument(
@@ -500,6 +508,7 @@ COMMANDS = {
     "state": cmd_state,
     "status": cmd_status,
     "dashboard": cmd_dashboard,
+    "simulate": cmd_simulate,
     "check": cmd_check,
     "versions": cmd_versions,
     "snapshots": cmd_snapshots,

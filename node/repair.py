@@ -10,6 +10,7 @@ back onto the others. ``Node`` runs the passes (``Node._repair_loop``).
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 from collections import defaultdict
@@ -39,6 +40,26 @@ class RepairReport:
     unwanted: int = 0  # deleted by their owner (its DELETE is on the way): never copied again
     unconfirmed: int = 0  # their owner is up but did not say whether it still wants them
     vanished: int = 0  # deleted here while the pass ran
+
+
+class Repair(enum.Enum):
+    AT_DEGREE = "at degree"
+    WAIT = "below degree, but holders down and not yet gone may bring it back"
+    REPAIR = "below degree: make the missing copies now"
+
+
+def repair_decision(degree: int, live: set[int], remembered: set[int], unsure: set[int]) -> Repair:
+    """The repair policy for one chunk, as a pass sees it: copies on ``live`` holders (up,
+    answering) and on ``remembered`` ones (down, not yet gone, seen holding it) count; while
+    the holders that are down and not yet gone (``unsure``) could still make up the degree the
+    pass waits: down is not gone (``--gone-after``). The lowest live holder repairs (not here).
+    ``lanvault simulate`` runs this same function over simulated years."""
+    holders = live | remembered
+    if len(holders) >= degree:
+        return Repair.AT_DEGREE
+    if len(holders | unsure) >= degree:
+        return Repair.WAIT
+    return Repair.REPAIR
 
 
 class Repairer:
@@ -105,12 +126,11 @@ class Repairer:
                 }
                 self._holders_seen[key] = live | remembered
                 holders = live | remembered
-                if len(holders) >= chunk.degree:
+                decision = repair_decision(chunk.degree, live, remembered, unsure - {owner})
+                if decision is Repair.AT_DEGREE:
                     continue
                 report.below_degree += 1
-                if len(holders | (unsure - {owner})) >= chunk.degree:
-                    continue
-                if min(live) == self.node_id:
+                if decision is Repair.REPAIR and min(live) == self.node_id:
                     deficits.append((len(holders), chunk, holders))
         deficits = await self._still_wanted(deficits, report)
         deficits.sort(key=lambda d: d[0])  # weakest first

@@ -4,6 +4,7 @@ what to type instead, no abbreviations, --version."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -118,7 +119,7 @@ def completions(words: list[str]) -> list[str]:
 
 def test_bash_completion_offers_commands_and_each_commands_options() -> None:
     assert completions(["lanvault", "bac"]) == ["backup"]
-    assert set(completions(["lanvault", "s"])) == {"snapshots", "state", "status"}
+    assert set(completions(["lanvault", "s"])) == {"simulate", "snapshots", "state", "status"}
     assert completions(["lanvault", "backup", "--deg"]) == ["--degree"]
     assert "--exclude-caches" in completions(["lanvault", "backup", "--exclude"])
     assert completions(["lanvault", "--json", "restore", "--t"]) == ["--to"]
@@ -194,3 +195,21 @@ def test_delete_says_its_counts_with_their_plurals(
     args = argparse.Namespace(path=tmp_path / "gone", json=False)
     assert backups.cmd_delete(args, StateDir(tmp_path / "state")) == 0
     assert capsys.readouterr().out.strip() == said
+
+
+def test_simulate_compares_schemes_and_says_a_bad_code_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["simulate", "--trials", "10", "--degree", "2", "--code", "2-of-4", "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    schemes = {s["scheme"]: s for s in data["schemes"]}
+    assert set(schemes) == {"degree 2", "2-of-4"}
+    assert schemes["2-of-4"]["stored"] == 2.0 and schemes["degree 2"]["stored"] == 2.0
+    assert 0 <= schemes["degree 2"]["p_loss"] <= 1 and data["trials"] == 10
+    with pytest.raises(SystemExit) as bad:
+        main(["simulate", "--code", "4-of-2"])
+    assert bad.value.code == 2
+    assert "a code like 2-of-4" in capsys.readouterr().err
+    assert main(["simulate", "--degree", "9", "--desktops", "3", "--laptops", "0"]) == 2
+    assert "degree 9 needs 9 computers and the network has 3" in capsys.readouterr().err

@@ -612,3 +612,15 @@ def test_snapshots_lists_every_backup_run(cluster4: ProcessCluster, tmp_path: Pa
     assert [(f["path"], f["versions"]) for f in found] == [(str(src / "docs" / "report.odt"), 1)]
     missing = cluster4.cli(1, "ls", "b999", check=False)
     assert missing.returncode == 1 and "no backup run b999" in missing.stderr
+
+
+def test_simulate_takes_the_network_as_it_is(cluster4: ProcessCluster, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    cluster4.cli(1, "backup", src, "--degree", "2")
+    backed_up = sum(f["size"] for f in cluster4.json(1, "state")["files"])
+    said = cluster4.json(1, "simulate", "--from-network", "--trials", "5", "--laptops", "1")
+    assert said["network"]["desktops"] + said["network"]["laptops"] == 4  # four computers
+    assert said["network"]["laptops"] == 1
+    assert said["network"]["data_bytes"] == backed_up
+    assert [s["scheme"] for s in said["schemes"]] == ["degree 1", "degree 2", "degree 3"]
