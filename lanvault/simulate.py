@@ -176,6 +176,10 @@ class Trial:
             if not c.dead and c.down_since is None
         ]
 
+    def fail_at(self, hours: float, node: int) -> None:
+        """Lose computer ``node``'s disk at ``hours`` (besides the random failures)."""
+        self._at(hours, "fail", node)
+
     def run(self, years: float) -> float:
         """Bytes lost in ``years``."""
         end = years * YEAR_H
@@ -203,6 +207,7 @@ class Trial:
 
     def _on_replace(self, now: float, node: int) -> None:
         self._join(now, laptop=self.computers[node].laptop)
+        self._at(now, "pass")  # a pass every 30 s finds the newcomer at once
 
     def _on_site(self, now: float) -> None:
         alive = [n for n, c in self.computers.items() if not c.dead]
@@ -226,6 +231,7 @@ class Trial:
         for holders in self.holders:  # copies made meanwhile: the extra one is trimmed
             if node in holders and len(holders) > self.scheme.n:
                 holders.discard(node)
+        self._at(now, "pass")  # what waited for a computer to copy to can go to it now
         self._at(now + self._exp(self.net.laptop_away_per_year), "away", node)
 
     def _on_rot(self, now: float, node: int) -> None:

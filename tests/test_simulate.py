@@ -5,11 +5,12 @@ computer away for less than --gone-after)."""
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
 from lanvault.lossmodel import loss_probability, wilson
-from lanvault.simulate import YEAR_H, Network, Scheme, simulate
+from lanvault.simulate import YEAR_H, Network, Scheme, Trial, simulate
 
 FAILURE = 1e-3  # per hour: high, so that losses are common enough to count in a test
 REPAIR_HOURS = 50.0
@@ -108,3 +109,17 @@ def test_more_copies_lose_less_when_computers_fail_together() -> None:
     three = simulate(net, Scheme(3), years=1, trials=100, sample_chunks=300)
     assert two.p_loss > 0.5 and three.p_loss == 0.0
     assert sum(two.bytes_lost) > 0 and sum(three.bytes_lost) == 0
+
+
+def test_copies_waiting_for_a_computer_go_to_its_replacement() -> None:
+    """Three computers, three copies: after a disk is lost nothing can be re-made until its
+    replacement joins (two days later); then it gets its copies at once, as the repair pass
+    every 30 s finds it."""
+    net = Network(desktops=3, laptops=0, afr=0.0, rot_per_copy_year=0, replace_days=2)
+    trial = Trial(net, Scheme(3), 50, random.Random(7))
+    trial.fail_at(1.0, 1)
+    trial.run(0.01)  # 87.6 hours
+    assert not trial.lost
+    assert trial.copies_made == 50
+    for holders in trial.holders:
+        assert len(holders - {1}) == 3 and max(trial.computers) in holders
