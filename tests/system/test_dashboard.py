@@ -225,7 +225,8 @@ def test_the_dashboard_shows_the_network_and_gives_back_what_was_backed_up(
         screenshot(browser, "running")
     finally:
         os.kill(holder, signal.SIGCONT)
-    assert restore.wait(120) == 0, restore.communicate()
+    _out, err = restore.communicate(timeout=120)  # and its pipes closed
+    assert restore.returncode == 0, err
     assert back.read_bytes() == beach
     until(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, RESTORING), "restore done")
 
@@ -233,6 +234,7 @@ def test_the_dashboard_shows_the_network_and_gives_back_what_was_backed_up(
     request = urllib.request.Request(origin + notes)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
+    refused.value.close()  # it holds the connection
     assert refused.value.code == 401
     token = url.split("token=", 1)[1]
     request.add_header("Authorization", f"Bearer {token}")
