@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,12 @@ def test_copies_waiting_for_a_computer_go_to_its_replacement() -> None:
     assert trial.copies_made == 50
     for holders in trial.holders:
         assert len(holders - {1}) == 3 and max(trial.computers) in holders
+
+
+def test_the_closed_forms_docs_durability_states_are_the_models() -> None:
+    text = " ".join((Path(__file__).parents[1] / "docs" / "durability.md").read_text().split())
+    stated = "closed form " + ", ".join(
+        f"{loss_probability(n, k, FAILURE, 1 / REPAIR_HOURS, YEARS * YEAR_H):.4f}"
+        for n, k in ((2, 1), (3, 1), (3, 2), (4, 2))
+    )
+    assert stated in text, stated
