@@ -210,12 +210,14 @@ class Daemon:
         token = self.state.web_token()
         async with trio.open_nursery() as nursery:
             address = await nursery.start(serve_web, sources, token, self.config.web)
-            if address.startswith(("127.", "localhost", "[::1]")):
-                log.info("web dashboard: http://%s/?token=%s", address, token)
-            else:
-                log.info(
-                    "web dashboard: http://%s/ (its token: %s/web-token)", address, self.state.root
-                )
+            # The token never goes into the log (another local user may read a log file):
+            # it stays in STATE/web-token (0600), and `lanvault dashboard` prints it.
+            log.info(
+                "web dashboard: http://%s/ ('lanvault dashboard --dir %s' prints its address"
+                " with the token)",
+                address,
+                self.state.root,
+            )
             task_status.started()
 
     # -- control operations --------------------------------------------------------------

@@ -388,7 +388,8 @@ def cmd_simulate(args: argparse.Namespace, state: StateDir) -> int:
     schemes = [Scheme(d) for d in args.degree or []] + [Scheme(n, k) for k, n in args.code or []]
     if not schemes:
         schemes = [Scheme(1), Scheme(2), Scheme(3)]
-    if any(not 1 <= s.n <= 16 for s in schemes) or desktops + laptops < 2:
+    degrees_ok = all(1 <= s.n <= 9 for s in schemes if s.k == 1)
+    if not degrees_ok or any(not 1 <= s.n <= 16 for s in schemes) or desktops + laptops < 2:
         raise UsageError(
             "degrees are 1..9, codes K-of-N with N <= 16, and a network has 2+ computers"
         )

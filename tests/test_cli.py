@@ -211,5 +211,7 @@ def test_simulate_compares_schemes_and_says_a_bad_code_in_one_line(
         main(["simulate", "--code", "4-of-2"])
     assert bad.value.code == 2
     assert "a code like 2-of-4" in capsys.readouterr().err
+    assert main(["simulate", "--degree", "12", "--desktops", "16", "--laptops", "0"]) == 2
+    assert "degrees are 1..9" in capsys.readouterr().err
     assert main(["simulate", "--degree", "9", "--desktops", "3", "--laptops", "0"]) == 2
     assert "degree 9 needs 9 computers and the network has 3" in capsys.readouterr().err

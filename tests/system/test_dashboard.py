@@ -158,6 +158,12 @@ def test_the_dashboard_shows_the_network_and_gives_back_what_was_backed_up(
     assert "needs the node's token" in browser.find_element(By.TAG_NAME, "body").text
     assert list(downloads.iterdir()) == []
 
+    # The token is in no log another local user could read (only STATE/web-token, 0600).
+    token = url.split("token=", 1)[1]
+    for node in cluster.nodes.values():
+        assert token not in node.log.read_text()
+    assert oct((cluster.nodes[1].state / "web-token").stat().st_mode & 0o777) == "0o600"
+
     # With it: the token goes into a cookie and out of the address bar.
     browser.get(url)
     assert browser.current_url == origin + "/"
@@ -236,7 +242,6 @@ def test_the_dashboard_shows_the_network_and_gives_back_what_was_backed_up(
         urllib.request.urlopen(request, timeout=30)
     refused.value.close()  # it holds the connection
     assert refused.value.code == 401
-    token = url.split("token=", 1)[1]
     request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=30) as answer:
         assert answer.read() == b"remember the sunscreen\n"
