@@ -11,7 +11,8 @@ import logging
 import os
 import platform
 import re
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ def checked_name(raw: bytes) -> str:
 # FUSE requests served by every guarded adapter of this process, by handler: the mount logs
 # them when it stops (``scripts/bench_smallfiles.py`` reads the requests a file costs).
 REQUESTS: Counter[str] = Counter()
+REQUEST_SECONDS: defaultdict[str, float] = defaultdict(float)  # and the seconds spent in them
 
 
 def guarded(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
@@ -89,6 +91,7 @@ def guarded(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
         async def handler(*args: object, **kwargs: object) -> object:
             if request:
                 REQUESTS[name] += 1
+            started = time.perf_counter()
             try:
                 return await method(*args, **kwargs)
             except pyfuse3.FUSEError:
@@ -96,6 +99,9 @@ def guarded(cls: type[pyfuse3.Operations]) -> type[pyfuse3.Operations]:
             except Exception:
                 log.exception("%s failed", name)
                 raise pyfuse3.FUSEError(errno.EIO) from None
+            finally:
+                if request:
+                    REQUEST_SECONDS[name] += time.perf_counter() - started
 
         return handler
 

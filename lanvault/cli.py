@@ -411,13 +411,21 @@ def build_parser() -> Parser:
         "--request-counts",
         type=Path,
         metavar="FILE",
-        help="when unmounted, write the FUSE requests served, by kind, to FILE (JSON)",
+        help="when unmounted, write the FUSE requests served, and the seconds spent in them,"
+        " by kind, to FILE (JSON)",
     )
     p.add_argument(
         "--min-interval",
         type=_duration,
         metavar="DURATION",
         help="least time between two versions of a file written continuously (default 2s)",
+    )
+    p.add_argument(
+        "--burst-wait",
+        type=_duration,
+        metavar="DURATION",
+        help="most time a closed file waits for a burst of changes (a cp -a, a git clone) to"
+        " pause before its version is cut (default 5s; 0: at once)",
     )
     p.add_argument(
         "--force",

@@ -28,7 +28,7 @@ from chunkstore.keys import KeyRing
 from chunkstore.store import ChunkStore
 from fs.capture import VersionCutter, degree_from_xattrs
 from fs.chunksource import ChunkSource
-from fs.fuseglue import REQUESTS
+from fs.fuseglue import REQUEST_SECONDS, REQUESTS
 from fs.passthrough import PassthroughOps
 from fs.scan import catch_up
 from fs.versions import VersionsView
@@ -87,6 +87,7 @@ def run_mount(
     mountpoint: Path,
     foreground_signals: bool = True,
     min_interval: float | None = None,
+    burst_wait: float | None = None,
     force: bool = False,
     on_ready: Callable[[str], None] | None = None,
     exclude: list[str] | None = None,
@@ -98,6 +99,8 @@ def run_mount(
     config = state.load_config()
     if min_interval is not None:
         config.version_interval = min_interval
+    if burst_wait is not None:
+        config.burst_wait = burst_wait
     clear_dead_mount(mountpoint)  # a killed mount's leftover answers ENOTCONN to everything
     if not source.is_dir():
         raise CommandError(f"{source} is not a folder")
@@ -180,6 +183,7 @@ def run_mount(
         cutter,
         versions,
         min_interval=config.version_interval,
+        burst_wait=config.burst_wait,
         rescan=lambda: catch_up(cutter, real_root),
     )
     options = set(pyfuse3.default_options)
@@ -236,7 +240,8 @@ def run_mount(
         served = ", ".join(f"{name} {n}" for name, n in REQUESTS.most_common())
         log.info("FUSE requests served: %s", served or "none")
         if request_counts is not None:
-            write_atomic(request_counts, json.dumps(dict(REQUESTS)).encode(), mode=0o644)
+            served_json = {"counts": dict(REQUESTS), "seconds": dict(REQUEST_SECONDS)}
+            write_atomic(request_counts, json.dumps(served_json).encode(), mode=0o644)
         pyfuse3.close(unmount=True)
         outbox.close()
         catalog.close()

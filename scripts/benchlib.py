@@ -396,5 +396,10 @@ class Mounted:
 
     def requests(self) -> dict[str, int]:
         """The FUSE requests this mount served, by kind (written when it stopped)."""
-        counts: dict[str, int] = json.loads(self.counts.read_text())
+        counts: dict[str, int] = json.loads(self.counts.read_text())["counts"]
         return counts
+
+    def request_seconds(self) -> dict[str, float]:
+        """The seconds this mount spent in each kind of request (waits included)."""
+        seconds: dict[str, float] = json.loads(self.counts.read_text())["seconds"]
+        return seconds

@@ -1,5 +1,5 @@
-"""`lanvault mount --request-counts FILE`: the FUSE requests the mount served, by kind, written
-when it stops (what scripts/bench_smallfiles.py reports per file)."""
+"""`lanvault mount --request-counts FILE`: the FUSE requests the mount served, and the seconds
+spent in them, by kind, written when it stops (what scripts/bench_smallfiles.py reports per file)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ def test_the_requests_served_are_counted_by_kind(
     for i in range(5):
         (mount.mountpoint / f"f{i}").write_bytes(b"x" * 100)
     mount.stop()
-    served = json.loads(counts.read_text())
+    found = json.loads(counts.read_text())
+    served, seconds = found["counts"], found["seconds"]
     assert served["create"] == 5 and served["write"] == 5
     assert "changes_allowed" not in served and "settle" not in served  # handlers only
+    assert set(seconds) == set(served) and all(s >= 0 for s in seconds.values())
+    assert seconds["create"] > 0
