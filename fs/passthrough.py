@@ -23,6 +23,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FileHandleT, FileNameT, FlagT, InodeT, ModeT, XAttrNameT
 
+from .burst import LONGEST
 from .capture import VersionCutter
 from .fuseglue import (
     DEFAULT_MIN_INTERVAL,
@@ -56,6 +57,7 @@ class PassthroughOps(pyfuse3.Operations):
         capture: VersionCutter | None = None,
         versions: VersionsView | None = None,
         min_interval: float = DEFAULT_MIN_INTERVAL,
+        burst_wait: float = LONGEST,
         direct_writes: bool | None = None,
         rescan: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
@@ -75,7 +77,9 @@ class PassthroughOps(pyfuse3.Operations):
         self.inodes = InodeTable(pyfuse3.ROOT_INODE)
         self.handles: dict[int, Handle] = {}
         # What is written, and the versions it makes (debounce, cuts): ``recorder.py``.
-        self.changes = ChangeRecorder(capture, self.inodes, min_interval, self.source.open_for_read)
+        self.changes = ChangeRecorder(
+            capture, self.inodes, min_interval, self.source.open_for_read, burst_wait
+        )
         self.i_am_root = os.geteuid() == 0
         # Closed while a catch-up runs (``hold_changes``): reads are answered meanwhile.
         self.gate = ChangeGate()
@@ -129,6 +133,7 @@ class PassthroughOps(pyfuse3.Operations):
         never in versions/ (EROFS), and only after a catch-up (``hold_changes``)."""
         self._refuse_virtual(parent)
         self._refuse_versions_name(parent, raw)
+        self.changes.changing()
         await self.changes_allowed()
         with fuse_errors():
             return self._child(parent, raw)
@@ -205,6 +210,7 @@ class PassthroughOps(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         self._refuse_virtual(inode)
+        self.changes.changing()
         await self.changes_allowed()
         with fuse_errors():
             if fields.update_size:
@@ -342,6 +348,7 @@ class PassthroughOps(pyfuse3.Operations):
         self._refuse_versions_name(parent_inode_new, name_new)
         if flags:
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE/NOREPLACE: not offered
+        self.changes.changing()
         await self.changes_allowed()
         with fuse_errors():
             old = self._child(parent_inode_old, name_old)
@@ -497,7 +504,7 @@ class PassthroughOps(pyfuse3.Operations):
         with fuse_errors():
             handle.check()
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
-        job = await self.changes.cut(handle.inode, fh)
+        job = await self.changes.cut(handle.inode, fh, defer=False)
         if job is not None and self.capture is not None:
             # Asked for durability: the version is durable (outbox and catalog) on return too.
             # (A debounced cut is not waited for: SOURCE itself is durable, and a crash before
@@ -533,6 +540,7 @@ class PassthroughOps(pyfuse3.Operations):
         self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         self._refuse_virtual(inode)
+        self.changes.changing()
         await self.changes_allowed()
         with fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             os.setxattr(where, os.fsdecode(name), value, follow_symlinks=False)
@@ -556,6 +564,7 @@ class PassthroughOps(pyfuse3.Operations):
         self, inode: InodeT, name: XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
         self._refuse_virtual(inode)
+        self.changes.changing()
         await self.changes_allowed()
         with fuse_errors(), self.source.xattr_path(self._path(inode)) as where:
             os.removexattr(where, os.fsdecode(name), follow_symlinks=False)

@@ -1,6 +1,6 @@
 """What the live folder does with what is written: which byte ranges of each file changed
-since its version (``DirtyTracker``), when its next version is cut (``CutScheduler``: the
-debounce), cutting it (``VersionCutter``), truncating under the same rules, and holding writers
+since its version (``DirtyTracker``), when its next version is cut (``BurstDeferral``: after a
+burst of changes; ``CutScheduler``: the debounce), cutting it (``VersionCutter``), truncating under the same rules, and holding writers
 back while a cut of their file keeps too much copied aside.
 
 No FUSE here: ``PassthroughOps`` turns requests into these calls, and reaches the real files
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import trio
 
+from .burst import LONGEST, BurstDeferral
 from .capture import CutJob, VersionCutter
 from .cutschedule import CutScheduler
 from .dirty import DirtyTracker
@@ -31,19 +32,30 @@ class ChangeRecorder:
         inodes: InodeTable,
         min_interval: float,
         open_for_read: Callable[[str], int],
+        burst_wait: float = LONGEST,
     ) -> None:
         self.capture = capture
         self.inodes = inodes
         self.dirty = DirtyTracker()
         self.schedule = CutScheduler(min_interval, lambda inode: self.cut(inode, debounce=False))
+        self.burst = BurstDeferral(lambda inode: self.cut(inode, after_burst=True), burst_wait)
         self._open_for_read = open_for_read
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Holds the debounced cuts; runs until cancelled."""
-        await self.schedule.run(task_status=task_status)
+        """Holds the deferred and the debounced cuts; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.burst.run)
+            await nursery.start(self.schedule.run)
+            task_status.started()
+
+    def changing(self) -> None:
+        """The mount is asked to change something: a burst goes on (``BurstDeferral``)."""
+        self.burst.request()
 
     async def settle(self) -> None:
-        """Cut every debounced file now and wait until all is recorded (versions/ is exact)."""
+        """Cut every deferred or debounced file now and wait until all is recorded (versions/
+        is exact)."""
+        await self.burst.settle()
         await self.schedule.settle()
         if self.capture is not None:
             await self.capture.barrier()
@@ -59,6 +71,7 @@ class ChangeRecorder:
         """The kernel forgot the inode (and nothing is left to cut of it)."""
         self.dirty.forget(inode)
         self.schedule.forget(inode)
+        self.burst.take(inode)
 
     async def forgotten(self, inode: int, count: int) -> None:
         """The kernel drops ``count`` lookups of ``inode``: once none is left and no handle is
@@ -80,6 +93,7 @@ class ChangeRecorder:
         self.forget(inode)
 
     def wrote(self, inode: int, offset: int, size: int) -> None:
+        self.burst.request()
         self.dirty.write(inode, offset, size)
 
     def before_write(self, inode: int, offset: int, size: int) -> None:
@@ -98,7 +112,7 @@ class ChangeRecorder:
     async def truncate(self, inode: int, fd: int, size: int) -> None:
         """Truncate the file open as ``fd``: a state waiting for its version gets it first,
         and a cut reading it meanwhile keeps the bytes that go aside."""
-        if self.schedule.waiting(inode):
+        if self.schedule.waiting(inode) or self.burst.waiting(inode):
             await self.cut(inode, debounce=False)
         await self.wait_for_room(inode)
         entry = self.inodes.ensure(inode)
@@ -117,19 +131,37 @@ class ChangeRecorder:
         if not self.dirty.is_dirty(inode):
             self.dirty.write(inode, 0, size)
 
-    async def cut(self, inode: int, fd: int | None = None, debounce: bool = True) -> CutJob | None:
+    async def cut(
+        self,
+        inode: int,
+        fd: int | None = None,
+        debounce: bool = True,
+        *,
+        defer: bool = True,
+        after_burst: bool = False,
+    ) -> CutJob | None:
         """Hand a written file's changes over for backup (a version of this instant).
 
-        A file cut less than ``min_interval`` ago gets its next version when the interval
-        is over (debounce), so a file written continuously does not make a version per close.
-        ``fd``, if given, is a descriptor the file is open on (it may have been renamed).
+        With ``defer`` (a close), the cut waits for a burst of changes to pause
+        (``BurstDeferral``). A file cut less than ``min_interval`` ago gets its next version
+        when the interval is over (debounce), so a file written continuously does not make a
+        version per close. ``debounce`` False (the file is about to change, or the mount
+        settles) cuts now. ``fd``, if given, is a descriptor the file is open on (it may have
+        been renamed).
         """
+        if not after_burst:
+            self.burst.request()
         if self.capture is None or not self.dirty.is_dirty(inode):
             return None
         entry = self.inodes.get(inode)
         if entry is None or not entry.paths:
             self.dirty.forget(inode)  # unlinked: nothing to version under a name
+            self.burst.take(inode)
             return None
+        if after_burst or not debounce or not defer:
+            self.burst.take(inode)
+        elif self.burst.defer(inode):
+            return None  # cut when the burst pauses
         if not self.schedule.begin(inode, debounce):
             return None  # cut when its interval is over (``CutScheduler``)
         names = sorted(p for p in entry.paths if not self.capture.ignores(p))

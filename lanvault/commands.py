@@ -426,6 +426,7 @@ def cmd_mount(args: argparse.Namespace, state: StateDir) -> int:
             args.source.absolute(),
             args.mountpoint.absolute(),
             min_interval=args.min_interval,
+            burst_wait=args.burst_wait,
             force=args.force,
             on_ready=on_ready,
             exclude=patterns,

@@ -70,14 +70,17 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def recorder(folder: Path, cutter: FakeCutter, interval: float = 2.0) -> ChangeRecorder:
+def recorder(
+    folder: Path, cutter: FakeCutter, interval: float = 2.0, burst_wait: float = 0.0
+) -> ChangeRecorder:
+    """``burst_wait`` 0 (the most tests): a close is cut at once, unless debounced."""
     inodes = InodeTable(1)
     inodes.remember(10, "a.txt")
 
     def open_for_read(path: str) -> int:
         return os.open(folder / path, os.O_RDONLY)
 
-    return ChangeRecorder(cast(VersionCutter, cutter), inodes, interval, open_for_read)
+    return ChangeRecorder(cast(VersionCutter, cutter), inodes, interval, open_for_read, burst_wait)
 
 
 async def test_a_write_is_cut_once_and_a_clean_file_not_at_all(
@@ -160,6 +163,40 @@ async def test_hard_links_are_cut_as_aliases_and_own_temporary_names_not_at_all(
         await changes.cut(11)
         assert [(p, a) for p, _d, _c, a, _t in cutter.cuts] == [("a.txt", ("b.txt",))]
         assert changes.is_dirty(11)  # cut when it takes its real name
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_close_in_a_burst_is_cut_when_it_pauses_and_a_truncation_first(
+    folder: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    cutter = FakeCutter()
+    changes = recorder(folder, cutter, interval=0.0, burst_wait=5.0)
+    (folder / "b.txt").write_bytes(b"other")
+    changes.inodes.remember(11, "b.txt")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(changes.run)
+        start = trio.current_time()
+        changes.wrote(10, 0, 5)
+        assert await changes.cut(10) is None  # closed in a burst: waits
+        changes.wrote(11, 0, 5)
+        assert await changes.cut(11) is None
+        for _ in range(10):  # the burst goes on for a second
+            await trio.sleep(0.1)
+            changes.changing()
+        assert cutter.cuts == []
+        fd = os.open(folder / "b.txt", os.O_WRONLY)
+        try:
+            await changes.truncate(11, fd, 0)  # b's waiting state is versioned first
+        finally:
+            os.close(fd)
+        assert cutter.cuts[0][:2] == ("b.txt", b"other")
+        while len(cutter.cuts) < 2:
+            await trio.sleep(0.01)
+        # a.txt once the burst paused (not during it: nothing was cut in its second).
+        assert cutter.cuts[1][0] == "a.txt" and cutter.cuts[1][4] > start + 1.0
+        assert changes.is_dirty(11) and not changes.is_dirty(10)
+        fsynced = await changes.cut(11, defer=False)  # fsync: at once, whatever the burst
+        assert fsynced is None and [c[0] for c in cutter.cuts] == ["b.txt", "a.txt", "b.txt"]
         nursery.cancel_scope.cancel()
 
 

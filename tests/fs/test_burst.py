@@ -1,0 +1,151 @@
+"""Cuts wait out a burst of changes (``fs/burst.py``), on trio's mock clock (no mount needed)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from fs.burst import BurstDeferral
+
+
+class Cuts:
+    """The deferral's ``cut`` callback: when each inode was cut."""
+
+    def __init__(self) -> None:
+        self.at: list[tuple[int, float]] = []
+        self.fail_on: set[int] = set()
+
+    async def __call__(self, inode: int) -> None:
+        await trio.sleep(0.001)  # a cut takes a moment
+        if inode in self.fail_on:
+            raise RuntimeError("the disk went away")
+        self.at.append((inode, trio.current_time()))
+
+
+async def requests_every(burst: BurstDeferral, step: float, until: float) -> None:
+    """A burst: a request every ``step`` seconds until ``until``."""
+    while trio.current_time() < until:
+        burst.request()
+        await trio.sleep(step)
+
+
+async def test_files_closed_in_a_burst_are_cut_once_it_pauses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cuts = Cuts()
+    burst = BurstDeferral(cuts, longest=5.0, quiet=0.3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(burst.run)
+        start = trio.current_time()
+        for inode in range(10):  # ten files closed 0.1 s apart
+            burst.request()
+            assert burst.defer(inode)
+            assert burst.defer(inode)  # closed again: still the one waiting cut
+            await trio.sleep(0.1)
+        assert burst.count == 10 and cuts.at == []  # nothing cut during the burst
+        await burst.settle()  # waits for the round under way, wants nothing sooner
+        nursery.cancel_scope.cancel()
+    assert [inode for inode, _ in cuts.at] == list(range(10))  # in the order they closed
+    first_cut = cuts.at[0][1]
+    # The last request was at 0.9 s: cut 0.3 s later (settle came at 1.0 s and hurried it).
+    assert start + 0.9 <= first_cut <= start + 1.2
+    assert burst.count == 0
+
+
+async def test_a_burst_that_goes_on_gets_its_files_cut_every_longest_seconds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cuts = Cuts()
+    burst = BurstDeferral(cuts, longest=5.0, quiet=0.3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(burst.run)
+        start = trio.current_time()
+        burst.request()
+        nursery.start_soon(requests_every, burst, 0.05, start + 12)
+        assert burst.defer(1)
+        await trio.sleep(4.0)
+        assert burst.defer(2)
+        await trio.sleep(2.0)
+        assert burst.defer(3)
+        while len(cuts.at) < 3:
+            await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    when = dict(cuts.at)
+    # 1 and 2 when the oldest (1) had waited 5 s; 3 five seconds after it began to wait:
+    # every file waited at most ``longest``, though the burst never paused.
+    assert start + 5.0 <= when[1] <= when[2] < start + 5.1
+    assert start + 11.0 <= when[3] < start + 11.1
+
+
+async def test_too_many_waiting_files_are_cut_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cuts = Cuts()
+    burst = BurstDeferral(cuts, longest=60.0, quiet=0.3, most=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(burst.run)
+        start = trio.current_time()
+        burst.request()
+        nursery.start_soon(requests_every, burst, 0.05, start + 30)
+        for inode in range(5):
+            assert burst.defer(inode)
+        while len(cuts.at) < 5:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert all(at < start + 0.1 for _inode, at in cuts.at)
+
+
+async def test_a_file_taken_is_cut_by_its_taker_not_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cuts = Cuts()
+    burst = BurstDeferral(cuts)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(burst.run)
+        assert burst.defer(1) and burst.defer(2)
+        assert burst.waiting(1)
+        assert burst.take(1)  # e.g. about to be truncated: its cut is made now, by the caller
+        assert not burst.waiting(1) and not burst.take(1)
+        await burst.settle()
+        nursery.cancel_scope.cancel()
+    assert [inode for inode, _ in cuts.at] == [2]
+
+
+async def test_a_failed_cut_does_not_stop_the_others(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cuts = Cuts()
+    cuts.fail_on = {2}
+    burst = BurstDeferral(cuts)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(burst.run)
+        for inode in (1, 2, 3):
+            burst.defer(inode)
+        await burst.settle()
+        nursery.cancel_scope.cancel()
+    assert [inode for inode, _ in cuts.at] == [1, 3]
+    assert "a deferred cut failed" in caplog.text
+
+
+async def test_without_the_runner_nothing_is_deferred() -> None:
+    burst = BurstDeferral(Cuts())
+    assert not burst.defer(1)  # before the mount runs (or after): cut at once
+    await burst.settle()  # returns
+
+
+async def test_settle_waits_for_a_round_under_way(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cuts = Cuts()
+    burst = BurstDeferral(cuts, quiet=0.3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(burst.run)
+        burst.request()
+        for inode in range(50):
+            burst.defer(inode)
+        await trio.sleep(0.3 + 0.0105)  # the round began and cut about ten of them
+        assert burst.count == 0 and 0 < len(cuts.at) < 50
+        await burst.settle()
+        assert len(cuts.at) == 50  # settle returned only once every one was cut
+        nursery.cancel_scope.cancel()
