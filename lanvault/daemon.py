@@ -25,6 +25,7 @@ from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.store import ChunkStore, DamageSummary
 from node.enrolment import Enroller, Invites
 from node.identity import NetworkCA, tls_contexts
+from node.membership import Presence
 from node.node import Node, NodeConfig
 from node.offload import in_thread
 from node.owner import Owner
@@ -330,6 +331,7 @@ class Daemon:
                 "capacity_bytes": peer.capacity,
                 "used_bytes": peer.used,
                 "free_bytes": peer.free,
+                **presence_fields(peer.presence),
             }
             for peer in h.peers
         ]
@@ -577,3 +579,15 @@ async def run_daemon(state: StateDir, config: Config) -> None:
                     break
     finally:
         daemon.close()
+
+
+def presence_fields(presence: Presence | None) -> dict[str, Any]:
+    """What this node observed of a peer's presence since it first saw it (status)."""
+    if presence is None:
+        return {"observed_s": 0.0, "uptime": None, "times_away": 0, "away_s": 0.0}
+    return {
+        "observed_s": round(presence.observed_s, 1),
+        "uptime": round(presence.uptime, 4),
+        "times_away": presence.times_away,
+        "away_s": round(presence.away_s, 1),
+    }

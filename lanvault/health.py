@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.store import ChunkStore, DamageSummary
+from node.membership import Presence
 from node.node import LatencyStats, Node
 from node.offload import in_thread
 from node.owner import Owner
@@ -29,6 +30,7 @@ class PeerHealth:
     capacity: int
     used: int
     free: int
+    presence: Presence | None  # what this node observed of it (None: never seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ async def take(
             p.capacity,
             p.used,
             p.free,
+            membership.presence(p.node_id),
         )
         for p in membership.peers()
     ]

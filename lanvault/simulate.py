@@ -376,13 +376,85 @@ def report_lines(net: Network, outcomes: list[Outcome], years: float) -> list[st
     return lines
 
 
+OBSERVED_ENOUGH_S = 24 * HOUR  # a peer watched for less says little about its absences
+OFTEN_AWAY = 0.9  # a computer up less than this share of the time is counted a laptop
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """The network as ``status`` saw it: computers, how many are often away, their absences."""
+
+    desktops: int
+    laptops: int
+    away_per_year: float
+    away_hours: float
+    note: str
+
+
+def observed_network(
+    nodes: list[dict[str, object]], laptops: int, away_per_year: float, away_hours: float
+) -> Observed:
+    """From ``status``'s nodes: the computers, and, where this node watched its peers for a
+    day or more, which are often away (up less than 90 % of the time) and how often and how
+    long they were away; else the options' figures (``laptops``, ``away_*``)."""
+    computers: dict[str, list[dict[str, object]]] = {}
+    for n in nodes:
+        computers.setdefault(str(n.get("computer") or f"node-{n['id']}"), []).append(n)
+    watched = {
+        name: peers
+        for name, peers in computers.items()
+        if not any(p.get("self") for p in peers)
+        and all(float(str(p.get("observed_s") or 0)) >= OBSERVED_ENOUGH_S for p in peers)
+    }
+    if not watched or len(watched) < len(computers) - 1:
+        laptops = min(laptops, len(computers))
+        return Observed(
+            len(computers) - laptops,
+            laptops,
+            away_per_year,
+            away_hours,
+            "presence not observed for a day yet: laptops and absences from the options",
+        )
+    often_away, times, away_s, observed_s = 0, 0, 0.0, 0.0
+    for peers in watched.values():
+        # A computer is up while any of its nodes is: its best node's figures stand for it.
+        best = max(peers, key=lambda p: float(str(p.get("uptime") or 0)))
+        if float(str(best.get("uptime") or 0)) < OFTEN_AWAY:
+            often_away += 1
+            times += int(str(best.get("times_away") or 0))
+            away_s += float(str(best.get("away_s") or 0))
+            observed_s += float(str(best.get("observed_s") or 0))
+    if often_away and times:
+        away_per_year = times / (observed_s / HOUR / YEAR_H)
+        away_hours = away_s / times / HOUR
+    return Observed(
+        len(computers) - often_away,
+        often_away,
+        away_per_year,
+        away_hours,
+        f"observed: {often_away} of {len(computers)} computers up less than"
+        f" {OFTEN_AWAY:.0%} of the time"
+        + (
+            f", away {away_per_year:.1f} times a year for {away_hours:.1f} h on average"
+            if often_away and times
+            else ""
+        ),
+    )
+
+
 def cmd_simulate(args: argparse.Namespace, state: StateDir) -> int:
     desktops, laptops, data = args.desktops, args.laptops, float(args.data)
+    away, away_for = args.away, args.away_for
     if args.from_network:
         status = request(state, {"op": "status"})
-        computers = {n.get("computer") or f"node-{n['id']}" for n in status["nodes"]}
-        laptops = min(laptops, len(computers))
-        desktops = len(computers) - laptops
+        seen = observed_network(status["nodes"], laptops, away, away_for / HOUR)
+        desktops, laptops, away, away_for = (
+            seen.desktops,
+            seen.laptops,
+            seen.away_per_year,
+            seen.away_hours * HOUR,
+        )
+        print(seen.note, file=sys.stderr)
         owned = json.loads(request_bytes(state, {"op": "state"}))
         data = float(sum(f["size"] for f in owned["files"])) or data
     schemes = [Scheme(d) for d in args.degree or []] + [Scheme(n, k) for k, n in args.code or []]
@@ -402,8 +474,8 @@ def cmd_simulate(args: argparse.Namespace, state: StateDir) -> int:
         desktops=desktops,
         laptops=laptops,
         afr=args.afr,
-        laptop_away_per_year=args.away,
-        laptop_away_hours=args.away_for / HOUR,
+        laptop_away_per_year=away,
+        laptop_away_hours=away_for / HOUR,
         site_events_per_year=args.site_events,
         site_size=args.site_size,
         data_bytes=data,
@@ -444,7 +516,7 @@ def cmd_simulate(args: argparse.Namespace, state: StateDir) -> int:
         f"{desktops + laptops} computers ({desktops} always on, {laptops} laptops),"
         f" {format_size(int(data))} of data, {args.trials} runs of {args.years:g} year(s), seed"
         f" {args.seed}; a disk lost {args.afr:g}/year per computer (an empty one replaces it a"
-        f" week later), laptops away {args.away:g} times a year for {args.away_for / HOUR:g} h"
+        f" week later), laptops away {away:g} times a year for {away_for / HOUR:g} h"
         f" on average, {args.site_events:g} events a year taking {args.site_size} computers at"
         f" once, copies re-made after {args.gone_after / 60:g} min away at"
         f" {format_size(int(net.repair_rate))}/s per holder, silent damage"
@@ -489,7 +561,8 @@ def simulate_arguments(
     p.add_argument(
         "--from-network",
         action="store_true",
-        help="take the computers and the data size from the running node (--dir) and its status",
+        help="take the computers, the data size and, once the node has watched its peers for a"
+        " day, which computers are often away and for how long, from the running node (--dir)",
     )
     p.add_argument("--desktops", type=int, default=4, help="computers always on (default 4)")
     p.add_argument("--laptops", type=int, default=2, help="computers often away (default 2)")

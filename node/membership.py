@@ -20,10 +20,29 @@ class PeerInfo:
     last_seen: float = 0.0
     first_seen: float = field(default=0.0)
     capacity_known: bool = False  # it said what it lends (0 until then means "not told")
+    # What we observed of its presence since we first saw it (this node's run): how often it
+    # was away (down, then back) and for how long in all.
+    first_up: float = 0.0
+    times_away: int = 0
+    away_seconds: float = 0.0
 
     @property
     def free(self) -> int:
         return max(0, self.capacity - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A peer's observed presence: seconds observed, absences, seconds away in all."""
+
+    observed_s: float
+    times_away: int
+    away_s: float
+
+    @property
+    def uptime(self) -> float:
+        """The share of the observed time it was up (1.0 before any time passed)."""
+        return 1.0 - self.away_s / self.observed_s if self.observed_s > 0 else 1.0
 
 
 # Peers heard of only from hints (discovery, gossip), never seen on a verified link: a host
@@ -91,7 +110,13 @@ class Membership:
         chunks: int | None = None,
     ) -> None:
         info = self.learn(node_id)
-        info.last_seen = self._clock()
+        now = self._clock()
+        if info.last_seen == 0:
+            info.first_up = now
+        elif now - info.last_seen >= self.down_after:  # it was down: back from an absence
+            info.times_away += 1
+            info.away_seconds += now - info.last_seen
+        info.last_seen = now
         if capacity is not None:
             info.capacity = capacity
             info.capacity_known = True
@@ -119,6 +144,20 @@ class Membership:
             return True
         reference = info.last_seen if info.last_seen > 0 else self._started
         return self._clock() - reference >= self.gone_after
+
+    def presence(self, node_id: int) -> Presence | None:
+        """What was observed of ``node_id``'s presence since it was first seen (None: never
+        seen): the absence going on now counts (as away since it was last seen)."""
+        info = self._peers.get(node_id)
+        if info is None or info.last_seen == 0:
+            return None
+        now = self._clock()
+        observed = now - info.first_up
+        away, times = info.away_seconds, info.times_away
+        if not self.is_up(node_id):
+            away += now - info.last_seen
+            times += 1
+        return Presence(observed, times, away)
 
     def up_ids(self) -> list[int]:
         return [p.node_id for p in self.peers() if self.is_up(p.node_id)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lanvault.lossmodel import loss_probability, wilson
-from lanvault.simulate import YEAR_H, Network, Scheme, Trial, simulate
+from lanvault.simulate import YEAR_H, Network, Scheme, Trial, observed_network, simulate
 
 FAILURE = 1e-3  # per hour: high, so that losses are common enough to count in a test
 REPAIR_HOURS = 50.0
@@ -133,3 +133,42 @@ def test_the_closed_forms_docs_durability_states_are_the_models() -> None:
         for n, k in ((2, 1), (3, 1), (3, 2), (4, 2))
     )
     assert stated in text, stated
+
+
+def test_the_network_observed_by_status_gives_its_laptops_and_their_absences() -> None:
+    day = 24 * 3600.0
+    me = {"id": 1, "computer": "desk-1", "self": True}
+
+    def peer(
+        node_id: int, computer: str, observed: float, uptime: float, times: int
+    ) -> dict[str, object]:
+        away = observed * (1 - uptime)
+        return {
+            "id": node_id,
+            "computer": computer,
+            "observed_s": observed,
+            "uptime": uptime,
+            "times_away": times,
+            "away_s": away,
+        }
+
+    # Watched for ten days: one laptop up 60 % of the time, away 4 times (once every 2.5 days).
+    nodes = [
+        me,
+        peer(2, "desk-2", 10 * day, 0.999, 1),
+        peer(3, "desk-3", 10 * day, 1.0, 0),
+        peer(4, "laptop", 10 * day, 0.6, 4),
+    ]
+    seen = observed_network(nodes, laptops=2, away_per_year=20, away_hours=48)
+    assert (seen.desktops, seen.laptops) == (3, 1)
+    assert seen.away_per_year == pytest.approx(4 / (10 / 365))
+    assert seen.away_hours == pytest.approx(0.4 * 10 * 24 / 4)  # 24 h each time
+    assert "observed: 1 of 4 computers" in seen.note
+    # Two nodes on one computer: it is up while either is.
+    nodes.append(peer(5, "laptop", 10 * day, 0.95, 1))
+    assert observed_network(nodes, 2, 20, 48).laptops == 0
+    # Watched for an hour: the options' figures, and the note says so.
+    young = [me, peer(2, "desk-2", 3600, 1.0, 0), peer(3, "laptop", 3600, 0.5, 1)]
+    seen = observed_network(young, laptops=1, away_per_year=20, away_hours=48)
+    assert (seen.desktops, seen.laptops, seen.away_per_year, seen.away_hours) == (2, 1, 20, 48)
+    assert "not observed for a day" in seen.note

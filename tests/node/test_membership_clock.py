@@ -43,3 +43,30 @@ def test_a_peer_never_heard_from_is_gone_a_grace_period_after_this_node_started(
     assert not peers.is_gone(3)
     now[0] = 60.0  # counted from this node's start, not from when it was heard of
     assert peers.is_gone(3)
+
+
+def test_a_peers_presence_counts_its_absences_and_the_time_it_was_away() -> None:
+    now = [0.0]
+    peers = Membership(1, down_after=5, gone_after=600, clock=lambda: now[0])
+    peers.learn(2, "10.0.0.2:7420", "laptop")
+    assert peers.presence(2) is None  # never seen: nothing observed
+    now[0] = 10.0
+    peers.seen(2)
+    for t in range(11, 100):  # heard from every second for 90 s
+        now[0] = float(t)
+        peers.seen(2)
+    presence = peers.presence(2)
+    assert presence is not None
+    assert (presence.observed_s, presence.times_away, presence.away_s) == (89.0, 0, 0.0)
+    assert presence.uptime == 1.0
+    now[0] = 400.0  # away from 99 s (last heard) until 400 s
+    peers.seen(2)
+    now[0] = 404.0  # a heartbeat or two missed, less than down_after: no absence
+    peers.seen(2)
+    presence = peers.presence(2)
+    assert presence is not None
+    assert (presence.times_away, presence.away_s) == (1, 301.0)
+    assert presence.uptime == 1 - 301 / 394
+    now[0] = 414.0  # silent again for 10 s: the absence going on counts
+    presence = peers.presence(2)
+    assert presence is not None and (presence.times_away, presence.away_s) == (2, 311.0)
