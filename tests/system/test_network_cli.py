@@ -201,6 +201,14 @@ def test_gone_node_is_repaired_and_status_reports_it(
 
     cluster4.wait(reported_down, 15, "killed node reported down")
     assert snapshot["under_replicated_chunks"] > 0
+    # Its presence as observed: away once, now, for the time since it was last heard.
+    entry = next(n for n in snapshot["nodes"] if n["id"] == victim)
+    assert entry["times_away"] == 1 and 0 < entry["away_s"] <= entry["observed_s"]
+    assert entry["uptime"] == pytest.approx(
+        1 - entry["away_s"] / entry["observed_s"], abs=0.02
+    )  # rounded to 0.1 s
+    others = [n for n in snapshot["nodes"] if n["id"] not in (1, victim)]
+    assert all(n["times_away"] == 0 and n["uptime"] == 1.0 for n in others)
     cluster4.wait(
         lambda: cluster4.json(1, "status")["under_replicated_chunks"] == 0,
         60,
