@@ -155,6 +155,13 @@ class RestoreTarget:
         self._resume_dir = resume_dir
         self._touched: set[tuple[str, ...]] = set()  # folders whose entries changed
         self._files: dict[tuple[str, ...], tuple[int, int]] = {}  # ours: (device, inode)
+        # The resume records there are (an interrupted restore's, and this one's): a file
+        # taking its name drops its record, and only these need it (an unlink of a record
+        # that is not there cost a restore of small files a sixth of its time).
+        try:
+            self._records = {p.name for p in resume_dir.iterdir()}
+        except FileNotFoundError:
+            self._records = set()
         if as_typed:  # the user named it: follow it as the shell would
             self.anchor.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -396,6 +403,7 @@ class RestoreTarget:
                     json.dumps({"dest": str(dest), "name": tmp, "dev": st.st_dev, "ino": st.st_ino})
                 )
                 staging.replace(record)
+                self._records.add(record.name)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -455,4 +463,7 @@ class RestoreTarget:
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         self.adopt(dest, os.fstat(fd))
         self._touch(dest)
-        self._record_path(dest).unlink(missing_ok=True)
+        record = self._record_path(dest)
+        if record.name in self._records:
+            record.unlink(missing_ok=True)
+            self._records.discard(record.name)

@@ -68,10 +68,10 @@ class ChunkWriter:
         chunks = sorted(chunks)
         total = 0
         if self._holes:
-            zeros = [(no, p) for no, p in chunks if p.count(0) == len(p)]
+            zeros = [(no, p) for no, p in chunks if all_zeros(p)]
             if zeros:
                 total = sum(len(p) for _no, p in zeros)
-                chunks = [(no, p) for no, p in chunks if p.count(0) != len(p)]
+                chunks = [(no, p) for no, p in chunks if not all_zeros(p)]
         with self._lock:
             i = 0
             while i < len(chunks):
@@ -86,6 +86,12 @@ class ChunkWriter:
                 self._unflushed = 0
                 os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         return total
+
+
+def all_zeros(data: bytes) -> bool:
+    """Whether ``data`` is all zero bytes: most chunks are told by their first byte, without
+    scanning 64,000 (a count of every chunk's zeros cost a restore 7 % of its time)."""
+    return not data or (data[0] == 0 and data[-1] == 0 and data == bytes(len(data)))
 
 
 def chunks_in_place(keys: KeyRing, fd: int, version: FileVersion) -> set[int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from node.restore_target import RestoreTarget, UnsafeDestination
+from node.restore_windows import all_zeros
 from tests.attackers import MALLORY, plant_in_shared_folder
 
 
@@ -153,3 +154,12 @@ def test_a_hard_link_is_made_only_to_the_file_the_restore_wrote(tmp_path: Path) 
         with pytest.raises(UnsafeDestination, match="not the file this restore wrote"):
             t.make_hard_link(out / "never", out / "d")
     assert not (out / "c").exists() and (out / "b").read_bytes() == b"mine"
+
+
+def test_all_zeros_tells_a_chunk_of_zeros_from_any_other() -> None:
+    assert all_zeros(b"") and all_zeros(bytes(64_000)) and all_zeros(b"\0")
+    for at in (0, 1, 31_999, 63_999):  # one byte set anywhere, the ends included
+        data = bytearray(64_000)
+        data[at] = 1
+        assert not all_zeros(bytes(data))
+    assert not all_zeros(b"\x01" + bytes(10))
