@@ -11,6 +11,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -32,7 +33,7 @@ from .messages import (
     StoredMany,
     put_batches,
 )
-from .placement import choose_targets
+from .placement import Candidate, choose_targets
 from .pool import PeerPool
 from .transport import PeerUnavailable, RemoteError
 
@@ -236,34 +237,36 @@ class Replication:
     ) -> list[list[int]]:
         """``plan_targets`` for each (address, holders) of a batch; the view of the network
         (candidates, computers) is taken once for the whole batch."""
-        owner_host = self.host_id if owner == self.node_id else self.membership.host_of(owner)
-        candidates = self.membership.candidates()
-        # Computers with a node that is not gone (down ones included: they may come back).
-        live_hosts = [
-            (p.node_id, self.membership.host_of(p.node_id))
-            for p in self.membership.peers()
-            if not self.membership.is_gone(p.node_id)
-        ]
-        key_prefix = owner.to_bytes(4, "big")
-        plans: list[list[int]] = []
-        for address, holders in chunks:
-            busy = {self.membership.host_of(h) for h in holders} | {owner_host}
-            if self.node_id in holders:
-                busy.add(self.host_id)
-            skip = holders | {owner, self.node_id}
-            spare_hosts = {host for node, host in live_hosts if node not in skip} - busy
-            strict = not final and len(spare_hosts) >= degree - len(holders)
-            targets = choose_targets(
-                key_prefix + address,
-                candidates,
-                owner,
-                degree - len(holders),
-                exclude=[*holders, *tried, self.node_id],
-                avoid_hosts=busy,
-                allow_same_host=not strict,
-            )
-            plans.append([t.node_id for t in targets])
-        return plans
+        return self.view(owner).plan(degree, chunks, tried, final)
+
+    async def plan_many_off_loop(
+        self, owner: int, degree: int, chunks: Sequence[tuple[bytes, set[int]]]
+    ) -> list[list[int]]:
+        """``plan_many`` with the hashing on a worker thread (a backup of small files ranks
+        a chunk per file): the view is taken here, on the event loop, as it is now."""
+        view = self.view(owner)
+        if len(chunks) < 64:
+            return view.plan(degree, chunks)
+        return await trio.to_thread.run_sync(view.plan, degree, chunks)
+
+    def view(self, owner: int) -> PlacementView:
+        """The network as placement sees it now, for ``owner``'s chunks."""
+        membership = self.membership
+        hosts = {p.node_id: membership.host_of(p.node_id) for p in membership.peers()}
+        return PlacementView(
+            node_id=self.node_id,
+            host_id=self.host_id,
+            owner=owner,
+            owner_host=self.host_id if owner == self.node_id else membership.host_of(owner),
+            candidates=membership.candidates(),
+            # Computers with a node that is not gone (down ones included: they may come back).
+            live_hosts=[
+                (p.node_id, hosts[p.node_id])
+                for p in membership.peers()
+                if not membership.is_gone(p.node_id)
+            ],
+            hosts=hosts,
+        )
 
     async def put_batch(
         self,
@@ -397,3 +400,50 @@ class Replication:
 
 def _ids(peers: Sequence[PeerInfo]) -> str:
     return ", ".join(str(p.node_id) for p in peers)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementView:
+    """What placement needs of the network, taken at one instant: planning a batch from it
+    touches nothing else (so it may run on a worker thread)."""
+
+    node_id: int
+    host_id: str
+    owner: int
+    owner_host: str
+    candidates: list[Candidate]
+    live_hosts: list[tuple[int, str]]
+    hosts: dict[int, str]  # node -> its computer, for the nodes known
+
+    def host_of(self, node_id: int) -> str:
+        return self.hosts.get(node_id) or f"node-{node_id}"
+
+    def plan(
+        self,
+        degree: int,
+        chunks: Sequence[tuple[bytes, set[int]]],
+        tried: Collection[int] = (),
+        final: bool = False,
+    ) -> list[list[int]]:
+        """New holders for each (address, holders), by placement, spread over computers."""
+        owner = self.owner
+        key_prefix = owner.to_bytes(4, "big")
+        plans: list[list[int]] = []
+        for address, holders in chunks:
+            busy = {self.host_of(h) for h in holders} | {self.owner_host}
+            if self.node_id in holders:
+                busy.add(self.host_id)
+            skip = holders | {owner, self.node_id}
+            spare_hosts = {host for node, host in self.live_hosts if node not in skip} - busy
+            strict = not final and len(spare_hosts) >= degree - len(holders)
+            targets = choose_targets(
+                key_prefix + address,
+                self.candidates,
+                owner,
+                degree - len(holders),
+                exclude=[*holders, *tried, self.node_id],
+                avoid_hosts=busy,
+                allow_same_host=not strict,
+            )
+            plans.append([t.node_id for t in targets])
+        return plans

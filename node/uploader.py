@@ -39,7 +39,7 @@ class Uploader:
             async with self.deletes_lock:
                 await self.io.call(self.catalog.revive, addresses)
         before = [set(holders) for _a, _e, holders in items]
-        plans = self.node.replication.plan_many(
+        plans = await self.node.replication.plan_many_off_loop(
             self.owner_id, degree, [(a, h) for a, _e, h in items]
         )
         # With relaying, the chunks with the same targets go to the first, which passes them
