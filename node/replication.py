@@ -33,6 +33,7 @@ from .messages import (
     StoredMany,
     put_batches,
 )
+from .offload import in_thread
 from .placement import Candidate, choose_targets
 from .pool import PeerPool
 from .transport import PeerUnavailable, RemoteError
@@ -247,7 +248,7 @@ class Replication:
         view = self.view(owner)
         if len(chunks) < 64:
             return view.plan(degree, chunks)
-        return await trio.to_thread.run_sync(view.plan, degree, chunks)
+        return await in_thread(view.plan, degree, chunks)
 
     def view(self, owner: int) -> PlacementView:
         """The network as placement sees it now, for ``owner``'s chunks."""

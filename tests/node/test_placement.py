@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.placement import Candidate, choose_targets, keepers, rank
+from node.replication import PlacementView
 
 KEYS = [hashlib.sha256(str(n).encode()).digest() for n in range(20_000)]
 
@@ -87,3 +88,30 @@ def test_keepers_depend_on_the_holders_alone(holders: list[int], degree: int, ke
     assert len({host_of(n) for n in kept}) == min(len(kept), len(hosts))
     if len(others) >= len(kept):
         assert all(host_of(n) != "pc0" for n in kept)
+
+
+def test_a_placement_view_plans_a_batch_as_choose_targets_does_chunk_by_chunk() -> None:
+    """The view a backup's batch is planned from (on a worker thread): each chunk gets the
+    holders ``choose_targets`` gives it, new computers first, never the owner or a holder."""
+    candidates = [Candidate(n, f"pc{(n + 1) // 2}", 1000 * n) for n in range(2, 8)]
+    hosts = {c.node_id: c.host_id for c in candidates}
+    view = PlacementView(
+        node_id=1,
+        host_id="pc1",
+        owner=1,
+        owner_host="pc1",
+        candidates=candidates,
+        live_hosts=sorted(hosts.items()),
+        hosts=hosts,
+    )
+    chunks = [(key, {2} if i % 3 == 0 else set()) for i, key in enumerate(KEYS[:300])]
+    plans = view.plan(3, chunks)
+    for (key, holders), plan in zip(chunks, plans, strict=True):
+        assert len(plan) == 3 - len(holders) and not set(plan) & (holders | {1})
+        busy = {hosts[h] for h in holders} | {"pc1"}
+        expected = choose_targets(
+            (1).to_bytes(4, "big") + key, candidates, 1, 3 - len(holders), [*holders, 1], busy,
+            allow_same_host=False,
+        )  # fmt: skip
+        assert plan == [c.node_id for c in expected]
+        assert len({hosts[n] for n in plan} | {hosts[h] for h in holders}) == 3  # 3 computers
