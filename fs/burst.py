@@ -24,7 +24,7 @@ import trio
 log = logging.getLogger(__name__)
 
 QUIET = 0.3  # seconds without a request: the burst has paused
-LONGEST = 5.0  # seconds a closed file waits at most for its version to be cut
+LONGEST = 15.0  # seconds a closed file waits at most for its version to be cut
 MOST = 10_000  # files waiting at most (each keeps its changes in memory)
 
 

@@ -425,7 +425,7 @@ def build_parser() -> Parser:
         type=_duration,
         metavar="DURATION",
         help="most time a closed file waits for a burst of changes (a cp -a, a git clone) to"
-        " pause before its version is cut (default 5s; 0: at once)",
+        " pause before its version is cut (default 15s; 0: at once)",
     )
     p.add_argument(
         "--force",

@@ -109,7 +109,7 @@ class Config:
     discovery: bool = True
     relay: bool = True  # a backup's copies go down a chain of holders, each passing them on
     version_interval: float = 2.0  # least seconds between two versions of one file (mount)
-    burst_wait: float = 5.0  # most seconds a closed file waits for a burst of changes to pause
+    burst_wait: float = 15.0  # most seconds a closed file waits for a burst of changes to pause
     retention: str = DEFAULT_POLICY  # which snapshots and versions are kept (see retention.py)
     prune_interval: float = 3600.0  # how often the retention policy is applied
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint; "" = off

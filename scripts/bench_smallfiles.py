@@ -14,7 +14,7 @@ served (what the next step, fewer requests per file, is measured by), the millis
 spent in lanvault's handlers, and the seconds until lanvault had every file recorded and at
 degree 2 on its peers.
 
-Usage: scripts/bench_smallfiles.py [--files 5000] [--tree-files 4000] [--json]
+Usage: scripts/bench_smallfiles.py [--files 5000] [--tree-files 4000] [--burst-wait 15s] [--json]
 """
 
 from __future__ import annotations
@@ -108,6 +108,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--tree-files", type=int, default=4000)
+    parser.add_argument(
+        "--burst-wait",
+        default="",
+        help="the mount's --burst-wait (default: the configured one, 15s): how long a closed"
+        " file waits at most for the burst to pause before its version is cut",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if shutil.which("fusermount3") is None or shutil.which("git") is None:
@@ -158,6 +164,7 @@ def main() -> int:
                     root / f"lsrc{number}",
                     root / f"lmnt{number}",
                     root / "mount.log",
+                    *(["--burst-wait", args.burst_wait] if args.burst_wait else []),
                 )
                 row["lanvault_s"] = timed(functools.partial(job, mount.mountpoint / "w"))
                 row["lanvault_safe_s"] = row["lanvault_s"] + until_safe(net, mount.mountpoint)

@@ -354,7 +354,10 @@ class Net(LocalNet):
 
 
 class Mounted:
-    def __init__(self, state: Path, source: Path, mountpoint: Path, log_path: Path) -> None:
+    def __init__(
+        self, state: Path, source: Path, mountpoint: Path, log_path: Path, *extra: str
+    ) -> None:
+        """``lanvault mount`` of ``source`` at ``mountpoint``, with ``extra`` options."""
         source.mkdir(parents=True, exist_ok=True)
         mountpoint.mkdir(parents=True, exist_ok=True)
         self.mountpoint = mountpoint
@@ -374,6 +377,7 @@ class Mounted:
                     str(mountpoint),
                     "--request-counts",
                     str(self.counts),
+                    *extra,
                 ],
                 cwd=ROOT,
                 env=env(),
