@@ -148,6 +148,22 @@ def damage_line(found: dict[str, Any]) -> str:
     )
 
 
+def presence_line(node: dict[str, Any]) -> str:
+    """What was observed of a peer's presence, for people ("" for this node, or a peer seen for
+    less than an hour: too little to say)."""
+    observed = float(node.get("observed_s") or 0)
+    if node.get("self") or observed < 3600 or node.get("uptime") is None:
+        return ""
+    span = f"{observed / 86400:.1f} days" if observed >= 86400 else f"{observed / 3600:.1f} h"
+    times = int(node.get("times_away") or 0)
+    away = (
+        f", away {plural(times, 'time')} for {float(node['away_s']) / 3600:.1f} h in all"
+        if times
+        else ", never away"
+    )
+    return f"up {float(node['uptime']):.1%} of the {span} this node has seen it{away}"
+
+
 def print_status(data: dict[str, Any]) -> None:
     print(
         f"{'id':>5}  {'address':<22} {'computer':<24} {'state':<6} {'lent':>12} {'used':>12}"
@@ -161,6 +177,9 @@ def print_status(data: dict[str, Any]) -> None:
             f" {format_size(n['capacity_bytes']):>12} {format_size(n['used_bytes']):>12}"
             f" {format_size(n.get('free_bytes', 0)):>12}"
         )
+        presence = presence_line(n)
+        if presence:
+            print(f"      {presence}")
         if n.get("disk_full"):
             print(
                 f"      this node's disk has room for {format_size(n['free_bytes'])} more,"

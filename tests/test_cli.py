@@ -215,3 +215,40 @@ def test_simulate_compares_schemes_and_says_a_bad_code_in_one_line(
     assert "degrees are 1..9" in capsys.readouterr().err
     assert main(["simulate", "--degree", "9", "--desktops", "3", "--laptops", "0"]) == 2
     assert "degree 9 needs 9 computers and the network has 3" in capsys.readouterr().err
+
+
+def test_status_says_what_it_observed_of_each_peers_presence(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lanvault.commands import print_status
+
+    def node(node_id: int, **extra: object) -> dict[str, object]:
+        return {
+            "id": node_id,
+            "address": f"10.0.0.{node_id}:7420",
+            "computer": f"pc{node_id}",
+            "up": True,
+            "capacity_bytes": 10**9,
+            "used_bytes": 0,
+            "free_bytes": 10**9,
+            **extra,
+        }
+
+    day = 86400.0
+    print_status(
+        {
+            "nodes": [
+                node(1, self=True),
+                node(2, observed_s=3 * day, uptime=0.75, times_away=4, away_s=0.75 * day),
+                node(3, observed_s=7200, uptime=1.0, times_away=0, away_s=0.0),
+                node(4, observed_s=600, uptime=0.5, times_away=1, away_s=300.0),
+            ],
+            "under_replicated_chunks": 0,
+            "pending_backlog": 0,
+            "scrub_bad_copies": 0,
+        }
+    )
+    out = capsys.readouterr().out
+    assert "up 75.0% of the 3.0 days this node has seen it, away 4 times for 18.0 h in all" in out
+    assert "up 100.0% of the 2.0 h this node has seen it, never away" in out
+    assert out.count("this node has seen it") == 2  # not for itself, nor after ten minutes
