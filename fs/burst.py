@@ -8,7 +8,9 @@ closed through the mount is not cut at once: it waits until the mount has had no
 ``quiet`` seconds, but never longer than ``longest`` seconds (a burst that goes on gets its
 files cut in groups that often), and never while more than ``most`` files wait. A file that is
 about to change under a waiting cut (truncated, renamed, removed), a settle (``versions/``, an
-unmount) or fsync cut at once, as before: what a version records is unchanged, only when.
+unmount) or fsync cut at once, as before. A version is still one instant of the file, never
+torn: the instant its cut begins (a file written again meanwhile is cut as it is then, as a
+debounced one is).
 
 Only trio: the tests drive it on ``MockClock`` without a mount.
 """
