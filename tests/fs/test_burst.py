@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import trio
 import trio.testing
@@ -149,3 +151,51 @@ async def test_settle_waits_for_a_round_under_way(
         await burst.settle()
         assert len(cuts.at) == 50  # settle returned only once every one was cut
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_a_random_run_cuts_each_waiting_file_once_in_order_and_never_late(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A model (seeded: a seed repeats its run): random requests, closes, files taken by
+    someone else, pauses and settles. Each time a file waits and is not taken, it is cut exactly
+    once, in the order the files began to wait, and no file waits longer than ``longest``."""
+    rng = random.Random(seed)
+    cuts = Cuts()
+    longest = 0.5
+    burst = BurstDeferral(cuts, longest=longest, quiet=0.3, most=6)
+    episodes: list[tuple[int, bool]] = []  # (inode, taken) for every time a file began to wait
+    waiting: dict[int, tuple[int, float]] = {}  # the model: inode -> (its episode, since when)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(burst.run)
+        for _step in range(600):
+            action = rng.random()
+            if action < 0.35:
+                burst.request()
+            elif action < 0.6:
+                inode = rng.randrange(12)
+                burst.request()
+                assert burst.defer(inode)
+                if inode not in waiting:
+                    waiting[inode] = (len(episodes), trio.current_time())
+                    episodes.append((inode, False))
+            elif action < 0.7:
+                inode = rng.randrange(12)
+                assert burst.take(inode) == (inode in waiting)
+                if inode in waiting:
+                    episode, _since = waiting.pop(inode)
+                    episodes[episode] = (inode, True)
+            elif action < 0.995:
+                # Mostly a burst going on (gaps under ``quiet``), now and then a pause.
+                await trio.sleep(rng.choice([0.01, 0.05, 0.1]) if rng.random() < 0.95 else 1.0)
+            else:
+                await burst.settle()
+                assert burst.count == 0
+            for inode in [i for i in waiting if not burst.waiting(i)]:
+                del waiting[inode]  # its round began: it is being cut, or was
+            for inode, (_episode, since) in waiting.items():
+                # A round cuts a file a millisecond: 12 files at most are ahead of any.
+                assert trio.current_time() <= since + longest + 0.013, (inode, since)
+        await burst.settle()
+        nursery.cancel_scope.cancel()
+    assert [inode for inode, _at in cuts.at] == [i for i, taken in episodes if not taken]
