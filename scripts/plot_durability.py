@@ -75,7 +75,7 @@ def main() -> int:
     )
     for axis, (title, net, outcomes) in zip(axes, results, strict=True):
         # The codes are the simulator's model: backups store copies (issue 19, part 2).
-        names = [str(o.scheme) + (" (model)" if o.scheme.k > 1 else "") for o in outcomes]
+        names = [str(o.scheme) + ("\n(model)" if o.scheme.k > 1 else "") for o in outcomes]
         xs = list(range(len(outcomes)))
         for x, outcome in zip(xs, outcomes, strict=True):
             low, high = outcome.p_interval
