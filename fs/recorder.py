@@ -1,7 +1,8 @@
 """What the live folder does with what is written: which byte ranges of each file changed
 since its version (``DirtyTracker``), when its next version is cut (``BurstDeferral``: after a
-burst of changes; ``CutScheduler``: the debounce), cutting it (``VersionCutter``), truncating under the same rules, and holding writers
-back while a cut of their file keeps too much copied aside.
+burst of changes; ``CutScheduler``: the debounce), cutting it (``VersionCutter``), truncating
+under the same rules, and holding writers back while a cut of their file keeps too much copied
+aside.
 
 No FUSE here: ``PassthroughOps`` turns requests into these calls, and reaches the real files
 for it through ``open_for_read`` (a path relative to SOURCE -> a read-only descriptor).

@@ -391,6 +391,12 @@ class Observed:
     note: str
 
 
+def _number(node: dict[str, object], key: str) -> float:
+    """A figure of ``status``'s node entry (0 where absent or null)."""
+    value = node.get(key)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 def observed_network(
     nodes: list[dict[str, object]], laptops: int, away_per_year: float, away_hours: float
 ) -> Observed:
@@ -404,7 +410,7 @@ def observed_network(
         name: peers
         for name, peers in computers.items()
         if not any(p.get("self") for p in peers)
-        and all(float(str(p.get("observed_s") or 0)) >= OBSERVED_ENOUGH_S for p in peers)
+        and all(_number(p, "observed_s") >= OBSERVED_ENOUGH_S for p in peers)
     }
     if not watched or len(watched) < len(computers) - 1:
         laptops = min(laptops, len(computers))
@@ -418,12 +424,12 @@ def observed_network(
     often_away, times, away_s, observed_s = 0, 0, 0.0, 0.0
     for peers in watched.values():
         # A computer is up while any of its nodes is: its best node's figures stand for it.
-        best = max(peers, key=lambda p: float(str(p.get("uptime") or 0)))
-        if float(str(best.get("uptime") or 0)) < OFTEN_AWAY:
+        best = max(peers, key=lambda p: _number(p, "uptime"))
+        if _number(best, "uptime") < OFTEN_AWAY:
             often_away += 1
-            times += int(str(best.get("times_away") or 0))
-            away_s += float(str(best.get("away_s") or 0))
-            observed_s += float(str(best.get("observed_s") or 0))
+            times += int(_number(best, "times_away"))
+            away_s += _number(best, "away_s")
+            observed_s += _number(best, "observed_s")
     if often_away and times:
         away_per_year = times / (observed_s / HOUR / YEAR_H)
         away_hours = away_s / times / HOUR

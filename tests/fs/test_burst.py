@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -25,6 +27,19 @@ class Cuts:
         self.at.append((inode, trio.current_time()))
 
 
+@contextlib.asynccontextmanager
+async def running(
+    longest: float = 15.0, quiet: float = 0.3, most: int = 10_000
+) -> AsyncIterator[tuple[BurstDeferral, Cuts, trio.Nursery]]:
+    """A deferral running (with its recorded cuts), stopped when the block ends."""
+    cuts = Cuts()
+    burst = BurstDeferral(cuts, longest=longest, quiet=quiet, most=most)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(burst.run)
+        yield burst, cuts, nursery
+        nursery.cancel_scope.cancel()
+
+
 async def requests_every(burst: BurstDeferral, step: float, until: float) -> None:
     """A burst: a request every ``step`` seconds until ``until``."""
     while trio.current_time() < until:
@@ -35,10 +50,7 @@ async def requests_every(burst: BurstDeferral, step: float, until: float) -> Non
 async def test_files_closed_in_a_burst_are_cut_once_it_pauses(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    cuts = Cuts()
-    burst = BurstDeferral(cuts, longest=5.0, quiet=0.3)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(burst.run)
+    async with running(longest=5.0, quiet=0.3) as (burst, cuts, _nursery):
         start = trio.current_time()
         for inode in range(10):  # ten files closed 0.1 s apart
             burst.request()
@@ -47,7 +59,6 @@ async def test_files_closed_in_a_burst_are_cut_once_it_pauses(
             await trio.sleep(0.1)
         assert burst.count == 10 and cuts.at == []  # nothing cut during the burst
         await burst.settle()  # waits for the round under way, wants nothing sooner
-        nursery.cancel_scope.cancel()
     assert [inode for inode, _ in cuts.at] == list(range(10))  # in the order they closed
     first_cut = cuts.at[0][1]
     # The last request was at 0.9 s: cut 0.3 s later (settle came at 1.0 s and hurried it).
@@ -58,10 +69,7 @@ async def test_files_closed_in_a_burst_are_cut_once_it_pauses(
 async def test_a_burst_that_goes_on_gets_its_files_cut_every_longest_seconds(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    cuts = Cuts()
-    burst = BurstDeferral(cuts, longest=5.0, quiet=0.3)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(burst.run)
+    async with running(longest=5.0, quiet=0.3) as (burst, cuts, nursery):
         start = trio.current_time()
         burst.request()
         nursery.start_soon(requests_every, burst, 0.05, start + 12)
@@ -72,7 +80,6 @@ async def test_a_burst_that_goes_on_gets_its_files_cut_every_longest_seconds(
         assert burst.defer(3)
         while len(cuts.at) < 3:
             await trio.sleep(0.1)
-        nursery.cancel_scope.cancel()
     when = dict(cuts.at)
     # 1 and 2 when the oldest (1) had waited 5 s; 3 five seconds after it began to wait:
     # every file waited at most ``longest``, though the burst never paused.
@@ -83,10 +90,7 @@ async def test_a_burst_that_goes_on_gets_its_files_cut_every_longest_seconds(
 async def test_too_many_waiting_files_are_cut_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    cuts = Cuts()
-    burst = BurstDeferral(cuts, longest=60.0, quiet=0.3, most=5)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(burst.run)
+    async with running(longest=60.0, quiet=0.3, most=5) as (burst, cuts, nursery):
         start = trio.current_time()
         burst.request()
         nursery.start_soon(requests_every, burst, 0.05, start + 30)
@@ -94,38 +98,29 @@ async def test_too_many_waiting_files_are_cut_at_once(
             assert burst.defer(inode)
         while len(cuts.at) < 5:
             await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
     assert all(at < start + 0.1 for _inode, at in cuts.at)
 
 
 async def test_a_file_taken_is_cut_by_its_taker_not_again(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    cuts = Cuts()
-    burst = BurstDeferral(cuts)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(burst.run)
+    async with running() as (burst, cuts, _nursery):
         assert burst.defer(1) and burst.defer(2)
         assert burst.waiting(1)
         assert burst.take(1)  # e.g. about to be truncated: its cut is made now, by the caller
         assert not burst.waiting(1) and not burst.take(1)
         await burst.settle()
-        nursery.cancel_scope.cancel()
     assert [inode for inode, _ in cuts.at] == [2]
 
 
 async def test_a_failed_cut_does_not_stop_the_others(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cuts = Cuts()
-    cuts.fail_on = {2}
-    burst = BurstDeferral(cuts)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(burst.run)
+    async with running() as (burst, cuts, _nursery):
+        cuts.fail_on = {2}
         for inode in (1, 2, 3):
             burst.defer(inode)
         await burst.settle()
-        nursery.cancel_scope.cancel()
     assert [inode for inode, _ in cuts.at] == [1, 3]
     assert "a deferred cut failed" in caplog.text
 
@@ -139,10 +134,7 @@ async def test_without_the_runner_nothing_is_deferred() -> None:
 async def test_settle_waits_for_a_round_under_way(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    cuts = Cuts()
-    burst = BurstDeferral(cuts, quiet=0.3)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(burst.run)
+    async with running(quiet=0.3) as (burst, cuts, _nursery):
         burst.request()
         for inode in range(50):
             burst.defer(inode)
@@ -150,7 +142,6 @@ async def test_settle_waits_for_a_round_under_way(
         assert burst.count == 0 and 0 < len(cuts.at) < 50
         await burst.settle()
         assert len(cuts.at) == 50  # settle returned only once every one was cut
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -161,13 +152,10 @@ async def test_a_random_run_cuts_each_waiting_file_once_in_order_and_never_late(
     someone else, pauses and settles. Each time a file waits and is not taken, it is cut exactly
     once, in the order the files began to wait, and no file waits longer than ``longest``."""
     rng = random.Random(seed)
-    cuts = Cuts()
     longest = 0.5
-    burst = BurstDeferral(cuts, longest=longest, quiet=0.3, most=6)
     episodes: list[tuple[int, bool]] = []  # (inode, taken) for every time a file began to wait
     waiting: dict[int, tuple[int, float]] = {}  # the model: inode -> (its episode, since when)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(burst.run)
+    async with running(longest=longest, quiet=0.3, most=6) as (burst, cuts, _nursery):
         for _step in range(600):
             action = rng.random()
             if action < 0.35:
@@ -197,5 +185,4 @@ async def test_a_random_run_cuts_each_waiting_file_once_in_order_and_never_late(
                 # A round cuts a file a millisecond: 12 files at most are ahead of any.
                 assert trio.current_time() <= since + longest + 0.013, (inode, since)
         await burst.settle()
-        nursery.cancel_scope.cancel()
     assert [inode for inode, _at in cuts.at] == [i for i, taken in episodes if not taken]

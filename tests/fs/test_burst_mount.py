@@ -85,3 +85,24 @@ def test_an_unmount_records_what_still_waits(
         (mount.mountpoint / f"w{i}").write_bytes(b"x" * i)
     mount.stop()
     assert all(versions_in_catalog(node_state, f"w{i}") == 1 for i in range(20))
+
+
+def test_files_waiting_when_the_mount_is_killed_are_recorded_by_the_next_mount(
+    mount_with: Callable[..., Mount], node_state: Path
+) -> None:
+    """Waiting widens the time between a close and its version: a mount SIGKILLed meanwhile
+    leaves the files in SOURCE, and the next mount's catch-up records them."""
+    mount = mount_with("--burst-wait", "60")
+    mnt = mount.mountpoint
+    contents = {f"k{i}.txt": os.urandom(100 + i) for i in range(30)}
+    for name, data in contents.items():
+        (mnt / name).write_bytes(data)
+    assert mount.proc is not None
+    mount.proc.kill()  # SIGKILL: no unmount, no settle
+    mount.proc.wait(10)
+    assert all(versions_in_catalog(node_state, name) == 0 for name in contents)  # still waiting
+    mount.start()
+    mount.wait_ready()
+    latest = mnt / "versions" / "latest"
+    assert {name: (latest / name).read_bytes() for name in contents} == contents
+    assert all(versions_in_catalog(node_state, name) == 1 for name in contents)
