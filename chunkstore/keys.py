@@ -139,6 +139,7 @@ class KeyRing:
     data_key: bytes
     metadata_key: bytes
     catalog_mac_key: bytes
+    share_key: bytes  # seals the family of an erasure-coded chunk's shares (shares.py)
 
     @classmethod
     def from_master(cls, master_key: bytes) -> KeyRing:
@@ -149,6 +150,7 @@ class KeyRing:
             data_key=_subkey(master_key, b"lanvault:data"),
             metadata_key=_subkey(master_key, b"lanvault:meta"),
             catalog_mac_key=_subkey(master_key, b"lanvault:catmac"),
+            share_key=_subkey(master_key, b"lanvault:share"),
         )
 
     def __repr__(self) -> str:
