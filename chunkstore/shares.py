@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import zfec
 
-from .envelope import ADDRESS_OFFSET, ADDRESS_SIZE, MAX_ENVELOPE_SIZE
+from .envelope import ADDRESS_OFFSET, ADDRESS_SIZE, MAX_ENVELOPE_SIZE, MIN_ENVELOPE_SIZE
 from .errors import EnvelopeError
 
 SHARE_KIND = 2  # the first byte: an envelope's is its version, 1
@@ -48,8 +48,10 @@ def data_size(envelope_length: int, k: int) -> int:
     return -(-envelope_length // k)
 
 
-MIN_SHARE_SIZE = header_size(2) + 1
-MAX_SHARE_SIZE = header_size(MAX_SHARES) + MAX_ENVELOPE_SIZE  # K = 1
+MIN_SHARE_SIZE = header_size(3) + 1  # 2-of-3 of a 1-byte envelope
+MAX_SHARE_SIZE = header_size(MAX_SHARES) + data_size(MAX_ENVELOPE_SIZE, 2)  # 2-of-16
+# A share is an item like an envelope on holders and on the wire, within an envelope's bounds.
+assert MIN_ENVELOPE_SIZE <= MIN_SHARE_SIZE and MAX_SHARE_SIZE <= MAX_ENVELOPE_SIZE
 
 
 class ShareError(EnvelopeError):
@@ -58,7 +60,8 @@ class ShareError(EnvelopeError):
 
 @dataclass(frozen=True, slots=True)
 class Code:
-    """K-of-N: N shares, any K of which rebuild the chunk (1 <= K < N <= 16)."""
+    """K-of-N: N shares, any K of which rebuild the chunk (2 <= K < N <= 16; 1-of-N would be
+    N copies, which ``--degree`` makes without the code's headers)."""
 
     k: int
     n: int
@@ -66,8 +69,10 @@ class Code:
     def __post_init__(self) -> None:
         if not (isinstance(self.k, int) and isinstance(self.n, int)):
             raise ValueError("a code is two whole numbers, K-of-N")
-        if not 1 <= self.k < self.n <= MAX_SHARES:
-            raise ValueError(f"{self.k}-of-{self.n}: a code needs 1 <= K < N <= {MAX_SHARES}")
+        if self.k == 1 and 1 < self.n <= MAX_SHARES:
+            raise ValueError(f"1-of-{self.n} is {self.n} copies: use a degree of {self.n}")
+        if not 2 <= self.k < self.n <= MAX_SHARES:
+            raise ValueError(f"{self.k}-of-{self.n}: a code needs 2 <= K < N <= {MAX_SHARES}")
 
     @classmethod
     def parse(cls, text: str) -> Code:
@@ -155,7 +160,7 @@ def parse(blob: bytes) -> Share:
     kind, k, address, n, number, chunk_address, length = _HEAD.unpack_from(blob)
     if kind != SHARE_KIND:
         raise ShareError(f"not a share (kind {kind})")
-    if not 1 <= k < n <= MAX_SHARES or number >= n:
+    if not 2 <= k < n <= MAX_SHARES or number >= n:
         raise ShareError(f"share {number} of an impossible code {k}-of-{n}")
     if not 1 <= length <= MAX_ENVELOPE_SIZE:
         raise ShareError(f"share of an envelope of impossible length {length}")
