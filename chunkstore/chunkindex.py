@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ChunkstoreError, DiskFullError, QuotaExceededError
+from .shares import ShareRef, is_share, ref_of
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -34,6 +35,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     digest    BLOB    NOT NULL,     -- SHA-256 of the envelope, checked on every read
     degree    INTEGER NOT NULL,     -- the file's desired replication degree (1..9)
     stored_at REAL    NOT NULL,     -- unix time of the first put
+    share     BLOB,                 -- a share of a coded chunk: its ShareRef (shares.py); NULL
+                                    -- for a whole envelope
     PRIMARY KEY (owner, address)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_segment ON chunks (segment);
@@ -73,6 +76,7 @@ class StoredChunk:
     length: int
     degree: int
     stored_at: float
+    share: ShareRef | None = None  # a share of a coded chunk, else a whole envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,9 @@ def connect_index(path: Path) -> tuple[sqlite3.Connection, int]:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(_SCHEMA)
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(chunks)")}
+    if "share" not in columns:  # an index made before shares were stored
+        conn.execute("ALTER TABLE chunks ADD COLUMN share BLOB")
     row = conn.execute("SELECT value FROM settings WHERE name='capacity'").fetchone()
     return conn, int(row[0]) if row else 0
 
@@ -248,13 +255,16 @@ class ChunkIndex:
             if (item.owner, item.address) in raced:
                 continue
             size = len(item.envelope)
-            rows.append((item.owner, item.address, segment, offset, size, digest, item.degree, now))
+            share = ref_of(item.envelope).to_bytes() if is_share(item.envelope) else None
+            rows.append(
+                (item.owner, item.address, segment, offset, size, digest, item.degree, now, share)
+            )
             added += size
         if rows:
             with self.transaction():
                 self.db.executemany(
                     "INSERT INTO chunks(owner, address, segment, offset, length, digest,"
-                    " degree, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " degree, stored_at, share) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
             self.used += added
@@ -320,7 +330,7 @@ class ChunkIndex:
         ]
 
     def chunks(self, owner: int | None = None) -> list[StoredChunk]:
-        query = "SELECT owner, address, length, degree, stored_at FROM chunks"
+        query = "SELECT owner, address, length, degree, stored_at, share FROM chunks"
         args: tuple[int, ...] = ()
         if owner is not None:
             query += " WHERE owner = ?"
@@ -328,7 +338,12 @@ class ChunkIndex:
         with self.lock:
             self.ensure_open()
             rows = self.db.execute(query + " ORDER BY owner, address", args).fetchall()
-        return [StoredChunk(int(o), bytes(a), int(n), int(d), float(t)) for o, a, n, d, t in rows]
+        return [
+            StoredChunk(
+                int(o), bytes(a), int(n), int(d), float(t), ShareRef.from_bytes(s) if s else None
+            )
+            for o, a, n, d, t, s in rows
+        ]
 
     def usage_by_owner(self) -> dict[int, int]:
         with self.lock:

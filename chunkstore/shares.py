@@ -147,6 +147,41 @@ class Share:
         return head + b"".join(f.digests) + f.seal + self.data
 
 
+@dataclass(frozen=True, slots=True)
+class ShareRef:
+    """What a holder's index keeps of a share it holds: enough to name its siblings and to
+    know how many of them rebuild it, without reading the share."""
+
+    chunk_address: bytes
+    k: int
+    n: int
+    number: int
+
+    def to_bytes(self) -> bytes:
+        return self.chunk_address + bytes([self.k, self.n, self.number])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ShareRef:
+        if len(raw) != ADDRESS_SIZE + 3:
+            raise ShareError("a share reference is 35 bytes")
+        k, n, number = raw[ADDRESS_SIZE:]
+        return cls(bytes(raw[:ADDRESS_SIZE]), k, n, number)
+
+    @property
+    def address(self) -> bytes:
+        return share_address(self.chunk_address, self.number)
+
+    def siblings(self) -> list[bytes]:
+        """Every share's address, in number order (this one's included)."""
+        return [share_address(self.chunk_address, i) for i in range(self.n)]
+
+
+def ref_of(blob: bytes) -> ShareRef:
+    """The reference of a share already checked by ``parse`` (its header only is read)."""
+    _kind, k, _address, n, number, chunk_address, _length = _HEAD.unpack_from(blob)
+    return ShareRef(chunk_address, k, n, number)
+
+
 def is_share(blob: bytes) -> bool:
     """Whether a stored item is a share (else a whole envelope)."""
     return len(blob) > 0 and blob[0] == SHARE_KIND

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
-from . import crashpoints
+from . import crashpoints, shares
 from .chunkindex import (
     BadChunk,
     ChunkIndex,
@@ -43,6 +43,7 @@ from .chunkindex import (
 from .envelope import ADDRESS_OFFSET, ADDRESS_SIZE, MAX_ENVELOPE_SIZE, MIN_ENVELOPE_SIZE
 from .errors import ChunkNotFoundError, ChunkstoreError, InvalidIdError
 from .segments import DISK_RESERVE, SegmentBackend, StorageReport
+from .shares import ShareError, is_share
 
 __all__ = [
     "DISK_RESERVE",
@@ -292,6 +293,11 @@ class ChunkStore:
             )
         if item.envelope[ADDRESS_OFFSET : ADDRESS_OFFSET + ADDRESS_SIZE] != item.address:
             raise InvalidIdError("envelope header names another address; refusing to misfile it")
+        if is_share(item.envelope):
+            try:
+                shares.parse(item.envelope)  # a share verifies alone: never store a bad one
+            except ShareError as exc:
+                raise InvalidIdError(f"refusing a bad share: {exc}") from exc
         if isinstance(item.degree, bool) or not 1 <= item.degree <= MAX_DEGREE:
             raise InvalidIdError(f"invalid degree {item.degree!r}: expected 1..{MAX_DEGREE}")
 

@@ -14,7 +14,7 @@ import enum
 import functools
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -27,6 +27,7 @@ from .messages import Holding, Wanted
 from .offload import in_thread
 from .pool import PeerPool
 from .replication import QUERY_BATCH, Replication
+from .share_repair import ShareRepairer, ShareReport
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class RepairReport:
     unwanted: int = 0  # deleted by their owner (its DELETE is on the way): never copied again
     unconfirmed: int = 0  # their owner is up but did not say whether it still wants them
     vanished: int = 0  # deleted here while the pass ran
+    shares: ShareReport = field(default_factory=ShareReport)  # coded chunks (share_repair.py)
 
 
 class Repair(enum.Enum):
@@ -86,6 +88,9 @@ class Repairer:
         # (owner, address) -> holders seen by the last pass (rebuilt by each pass)
         self._holders_seen: dict[tuple[int, bytes], set[int]] = {}
         self._lock = trio.Lock()
+        self.shares = ShareRepairer(
+            node_id, store, membership, replication, disk_limiter, self.ask_wanted
+        )
 
     async def once(self) -> RepairReport:
         """Find chunks this node holds that are below their degree and re-create copies.
@@ -99,7 +104,8 @@ class Repairer:
 
     async def repair_pass(self) -> RepairReport:
         report = RepairReport()
-        chunks = await in_thread(self.store.chunks, limiter=self.disk_limiter)
+        held = await in_thread(self.store.chunks, limiter=self.disk_limiter)
+        chunks = [c for c in held if c.share is None]  # copies; shares are share_repair's
         by_owner: dict[int, list[StoredChunk]] = defaultdict(list)
         for chunk in chunks:
             by_owner[chunk.owner].append(chunk)
@@ -136,6 +142,15 @@ class Repairer:
         deficits.sort(key=lambda d: d[0])  # weakest first
         budget_start = trio.current_time()
         sent_bytes = 0
+
+        async def pace(sent: int) -> None:
+            """Bounded rate: never spend more than repair_rate bytes per second on copies."""
+            nonlocal sent_bytes
+            sent_bytes += sent
+            ahead = sent_bytes / self.repair_rate - (trio.current_time() - budget_start)
+            if ahead > 0:
+                await trio.sleep(ahead)
+
         for _count, chunk, holders in deficits:
             missing = chunk.degree - len(holders)  # before: replicating adds to ``holders``
             made = await self.repair_chunk(chunk, holders)
@@ -146,11 +161,10 @@ class Repairer:
                 crashpoints.reached("repair.copied")
             report.copies_made += made
             report.failed += missing - made
-            sent_bytes += made * chunk.length
-            # Bounded rate: never spend more than repair_rate bytes per second on copies.
-            ahead = sent_bytes / self.repair_rate - (trio.current_time() - budget_start)
-            if ahead > 0:
-                await trio.sleep(ahead)
+            await pace(made * chunk.length)
+        if any(c.share is not None for c in held):
+            report.shares = await self.shares.repair_pass(held, unsure, pace)
+            self._log_shares(report.shares)
         if report.below_degree:
             # A pass that changes nothing and finds what the last one found is not news (a
             # holder waiting for its owner's DELETE would log the same line every pass).
@@ -170,6 +184,23 @@ class Repairer:
             )
         return report
 
+    def _log_shares(self, shares: ShareReport) -> None:
+        if shares.below:
+            quiet = not (shares.made or shares.failed) and shares == self.last.shares
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "repair: %d coded chunks checked, %d with shares missing, %d shares rebuilt,"
+                " %d not possible now; %d with fewer than K shares present, %d deleted by"
+                " their owner, %d waiting for their owner's word",
+                shares.chunks,
+                shares.below,
+                shares.made,
+                shares.failed,
+                shares.out_of_reach,
+                shares.unwanted,
+                shares.unconfirmed,
+            )
+
     async def _still_wanted(
         self, deficits: list[tuple[int, StoredChunk, set[int]]], report: RepairReport
     ) -> list[tuple[int, StoredChunk, set[int]]]:
@@ -179,6 +210,25 @@ class Repairer:
         for _count, chunk, _holders in deficits:
             if chunk.owner != self.node_id and self.membership.is_up(chunk.owner):
                 by_owner[chunk.owner].append(chunk.address)
+        answers = await self.ask_wanted(dict(by_owner))
+        kept = []
+        for deficit in deficits:
+            chunk = deficit[1]
+            if chunk.owner not in answers:
+                kept.append(deficit)  # ours, or the owner is down: repair as before
+                continue
+            answer = answers[chunk.owner]
+            if answer is None:
+                report.unconfirmed += 1
+            elif chunk.address in answer:
+                kept.append(deficit)
+            else:
+                report.unwanted += 1
+        return kept
+
+    async def ask_wanted(self, by_owner: dict[int, list[bytes]]) -> dict[int, set[bytes] | None]:
+        """Which of these chunk addresses each owner still wants (WANTED); None for an owner
+        that gave no word (yet): nothing of its is copied this pass."""
         answers: dict[int, set[bytes] | None] = {}
 
         async def ask(owner: int, addresses: list[bytes]) -> None:
@@ -199,20 +249,7 @@ class Repairer:
         async with trio.open_nursery() as nursery:
             for owner, addresses in by_owner.items():
                 nursery.start_soon(ask, owner, addresses)
-        kept = []
-        for deficit in deficits:
-            chunk = deficit[1]
-            if chunk.owner not in answers:
-                kept.append(deficit)  # ours, or the owner is down: repair as before
-                continue
-            answer = answers[chunk.owner]
-            if answer is None:
-                report.unconfirmed += 1
-            elif chunk.address in answer:
-                kept.append(deficit)
-            else:
-                report.unwanted += 1
-        return kept
+        return answers
 
     async def repair_chunk(self, chunk: StoredChunk, holders: set[int]) -> int | None:
         """Copies made of ``chunk`` (None: it was deleted here meanwhile)."""
