@@ -31,6 +31,7 @@ from .chunking import chunk_count
 from .errors import CatalogFormatError, TamperedEnvelopeError, TruncatedEnvelopeError
 from .fileid import content_digest, file_id
 from .keys import KeyRing
+from .shares import Code
 
 CATALOG_VERSION = 1
 KIND_FILE_VERSION = 1
@@ -58,7 +59,7 @@ class FileVersion:
     gid: int
     mtime_ns: int
     ctime_ns: int
-    degree: int
+    degree: int  # copies, 1..9, or a K-of-N code as Code.as_degree() (32 K + N)
     chunks: tuple[bytes, ...]
     owner: int
     xattrs: tuple[tuple[str, bytes], ...] = ()  # extended attributes, sorted by name
@@ -70,7 +71,12 @@ class FileVersion:
         if self.size < 0:
             raise CatalogFormatError("size must not be negative")
         if not 1 <= self.degree <= 9:
-            raise CatalogFormatError(f"degree {self.degree} outside 1..9")
+            try:
+                Code.of_degree(self.degree)
+            except ValueError:
+                raise CatalogFormatError(
+                    f"degree {self.degree} is neither 1..9 copies nor a K-of-N code"
+                ) from None
         if len(self.chunks) != chunk_count(self.size):
             raise CatalogFormatError(
                 f"{len(self.chunks)} chunk addresses for a {self.size}-byte file"
@@ -84,6 +90,11 @@ class FileVersion:
             raise CatalogFormatError("extended attributes must be sorted and named once")
         if not 0 <= self.link < 1 << 63:
             raise CatalogFormatError("link key outside 0..2**63-1")
+
+    @property
+    def code(self) -> Code | None:
+        """The K-of-N code its chunks are kept with, or None: ``degree`` copies."""
+        return Code.of_degree(self.degree)
 
 
 def link_key(st: os.stat_result) -> int:

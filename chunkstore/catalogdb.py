@@ -201,13 +201,14 @@ class CatalogDB(CatalogVersions):
                         "SELECT address FROM version_chunks WHERE version_id=?", (vid,)
                     )
                 )
+            coded = self._coded(db, candidates)  # read before the rows go
             # Versions removed by `delete` had their chunks scheduled then: just forget them.
             victims += [int(r[0]) for r in db.execute("SELECT id FROM versions WHERE removed=1")]
             db.executemany("DELETE FROM version_chunks WHERE version_id=?", [(v,) for v in victims])
             db.executemany("DELETE FROM versions WHERE id=?", [(v,) for v in victims])
             report.versions_dropped = len(set(victims))
             orphaned = self._unreferenced(db, candidates)
-            self._schedule_deletes(db, orphaned, known_nodes)
+            self._schedule_deletes(db, orphaned, known_nodes, coded)
             report.chunks_orphaned = len(orphaned)
             if dry_run:
                 raise _DryRun  # rolls the transaction back

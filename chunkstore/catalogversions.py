@@ -28,6 +28,7 @@ from .catalogbase import (
     _private,
 )
 from .errors import CatalogFormatError
+from .shares import items_of
 
 _FILE_TYPE_BITS = 0o170000  # stat.S_IFMT's mask
 
@@ -261,14 +262,16 @@ class CatalogVersions(CatalogBase):
         return listing
 
     def wanted_degrees(self) -> dict[bytes, int]:
-        """Every chunk of a newest live version, with the highest degree one asks of it (for
-        ``status`` and ``check``: no version objects built, 0.25 s at 100,000 files)."""
+        """Every chunk of a newest live version kept as copies, with the highest degree one
+        asks of it (for ``status`` and ``check``: no version objects built, 0.25 s at 100,000
+        files). Coded versions' chunks are not copies: ``coded_chunks`` lists them."""
         wanted: dict[bytes, int] = {}
         with self._reading() as db:
             for address, degree in db.execute(
                 "SELECT c.address, v.degree FROM (SELECT MAX(id) AS id FROM versions"
                 " WHERE removed=0 GROUP BY path) m JOIN versions v ON v.id = m.id"
                 " JOIN version_chunks c ON c.version_id = v.id WHERE v.mode != 0"
+                " AND v.degree <= 9"
             ):
                 key = bytes(address)
                 if wanted.get(key, 0) < degree:
@@ -424,12 +427,38 @@ class CatalogVersions(CatalogBase):
         return sorted(orphaned)
 
     @staticmethod
+    def _coded(db: sqlite3.Connection, addresses: Iterable[bytes]) -> dict[bytes, set[int]]:
+        """Of ``addresses``, those some version (removed ones too) keeps with a code: the
+        codes (as degrees)."""
+        out: dict[bytes, set[int]] = {}
+        for address in addresses:
+            for (degree,) in db.execute(
+                "SELECT DISTINCT v.degree FROM version_chunks c JOIN versions v"
+                " ON v.id = c.version_id WHERE c.address=? AND v.degree > 9",
+                (address,),
+            ):
+                out.setdefault(address, set()).add(int(degree))
+        return out
+
+    @classmethod
     def _schedule_deletes(
-        db: sqlite3.Connection, orphaned: list[bytes], known_nodes: Iterable[int]
+        cls,
+        db: sqlite3.Connection,
+        orphaned: list[bytes],
+        known_nodes: Iterable[int],
+        coded: dict[bytes, set[int]] | None = None,
     ) -> set[int]:
+        """Tombstones for ``orphaned`` chunks on every node that may hold them, and for the
+        shares of those kept with a code (``coded``: read from the versions if not given)."""
         everyone = set(known_nodes)
         nodes: set[int] = set()
-        for address in orphaned:
+        if coded is None:
+            coded = cls._coded(db, orphaned)
+        items = list(orphaned)
+        for address in orphaned:  # a coded chunk's shares go with it
+            for degree in sorted(coded.get(address, ())):
+                items += items_of(address, degree)
+        for address in dict.fromkeys(items):
             held = {
                 int(r[0])
                 for r in db.execute("SELECT node FROM holders WHERE address=?", (address,))
@@ -444,11 +473,22 @@ class CatalogVersions(CatalogBase):
         return nodes
 
     def live_addresses(self) -> list[tuple[bytes, int]]:
-        """Every chunk address a live version uses, with the highest degree asked for it."""
+        """Every chunk address a live version keeps as copies, with the highest degree asked
+        for it (a coded version's chunks are kept as shares: ``coded_chunks``)."""
         with self._reading() as db:
             rows = db.execute(
                 "SELECT c.address, MAX(v.degree) FROM version_chunks c"
-                " JOIN versions v ON v.id = c.version_id WHERE v.removed=0 GROUP BY c.address"
+                " JOIN versions v ON v.id = c.version_id WHERE v.removed=0 AND v.degree <= 9"
+                " GROUP BY c.address"
+            ).fetchall()
+            return [(bytes(a), int(d)) for a, d in rows]
+
+    def coded_chunks(self) -> list[tuple[bytes, int]]:
+        """Every (chunk address, code as a degree) a live version keeps with a code."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT DISTINCT c.address, v.degree FROM version_chunks c"
+                " JOIN versions v ON v.id = c.version_id WHERE v.removed=0 AND v.degree > 9"
             ).fetchall()
             return [(bytes(a), int(d)) for a, d in rows]
 
@@ -489,6 +529,24 @@ class CatalogVersions(CatalogBase):
                     f"SELECT address, node FROM holders WHERE address IN ({marks})", batch
                 ):
                     out[bytes(address)].add(int(node))
+        return out
+
+    def codes_of(self, addresses: Iterable[bytes]) -> dict[bytes, list[int]]:
+        """For those of ``addresses`` some version keeps with a K-of-N code, the degrees (the
+        codes, ``Code.as_degree``) they are kept with: where their shares are to be found."""
+        wanted = sorted(set(addresses))
+        out: dict[bytes, list[int]] = {}
+        with self._reading() as db:
+            for i in range(0, len(wanted), 500):
+                batch = wanted[i : i + 500]
+                marks = ",".join("?" * len(batch))
+                for address, degree in db.execute(
+                    "SELECT DISTINCT c.address, v.degree FROM version_chunks c"
+                    " JOIN versions v ON v.id = c.version_id"
+                    f" WHERE v.degree > 9 AND c.address IN ({marks})",
+                    batch,
+                ):
+                    out.setdefault(bytes(address), []).append(int(degree))
         return out
 
     def still_wanted(self, addresses: Iterable[bytes]) -> set[bytes]:

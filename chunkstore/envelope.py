@@ -17,6 +17,7 @@ keeping it outside saves a copy of every chunk.)
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 import threading
@@ -107,14 +108,27 @@ def _aad(version: int, codec: int, address: bytes, length: int) -> bytes:
     return _AAD_PREFIX + bytes([version, codec]) + address + length.to_bytes(4, "big")
 
 
-def seal_chunk(keys: KeyRing, address: bytes, plaintext: bytes) -> bytes:
-    """Compress (when it helps) and encrypt ``plaintext`` for storage under ``address``."""
+def seal_chunk(
+    keys: KeyRing, address: bytes, plaintext: bytes, *, deterministic: bool = False
+) -> bytes:
+    """Compress (when it helps) and encrypt ``plaintext`` for storage under ``address``.
+
+    ``deterministic``: the nonce is derived from the address (a PRF under the data key)
+    instead of drawn, so sealing the same chunk again gives the same envelope, and so the same
+    shares: a coded chunk's missing shares can be made from the file again and match the ones
+    sent before. A nonce repeats only for the same plaintext, which then encrypts to the same
+    bytes (equality of chunks is what the address shows anyway)."""
     if len(address) != ADDRESS_SIZE:
         raise ValueError("address must be 32 bytes")
     if len(plaintext) > CHUNK_SIZE:
         raise ValueError(f"a chunk holds at most {CHUNK_SIZE} bytes")
     codec, body = _compress(plaintext)
-    nonce = nacl.utils.random(_NONCE_SIZE)
+    if deterministic:
+        nonce = hashlib.blake2b(
+            address, key=keys.data_key, person=b"lanvault:nonce", digest_size=_NONCE_SIZE
+        ).digest()
+    else:
+        nonce = nacl.utils.random(_NONCE_SIZE)
     length = len(body) + _TAG_SIZE
     aad = _aad(ENVELOPE_VERSION, codec, address, length)
     out = _uninitialised("unsigned char[]", _HEADER.size + length)

@@ -37,9 +37,12 @@ def chunk_addresses(keys: KeyRing, plaintexts: Sequence[bytes]) -> list[bytes]:
     return [chunk_address(keys, p) for p in plaintexts]
 
 
-def seal_chunks(keys: KeyRing, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
-    """Seal ``(address, plaintext)`` pairs whose addresses are known."""
-    return [seal_chunk(keys, address, plain) for address, plain in items]
+def seal_chunks(
+    keys: KeyRing, items: Sequence[tuple[bytes, bytes]], *, deterministic: bool = False
+) -> list[bytes]:
+    """Seal ``(address, plaintext)`` pairs whose addresses are known (``deterministic``: see
+    ``seal_chunk``; a coded chunk's envelope is sealed so)."""
+    return [seal_chunk(keys, a, plain, deterministic=deterministic) for a, plain in items]
 
 
 def open_chunks(keys: KeyRing, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import zfec
@@ -85,6 +85,21 @@ class Code:
 
     def __str__(self) -> str:
         return f"{self.k}-of-{self.n}"
+
+    def as_degree(self) -> int:
+        """How a catalog records the code in a version's degree: ``32 * K + N`` (at least 67,
+        never a number of copies, 1..9)."""
+        return 32 * self.k + self.n
+
+    @classmethod
+    def of_degree(cls, degree: int) -> Code | None:
+        """The code a version's recorded degree names, or None for a number of copies."""
+        if 1 <= degree <= 9:
+            return None
+        code = cls(degree // 32, degree % 32)
+        if code.as_degree() != degree:
+            raise ValueError(f"degree {degree} names neither copies nor a code")
+        return code
 
     @property
     def stored_ratio(self) -> float:
@@ -291,3 +306,36 @@ def rebuild(shares: Sequence[Share], numbers: Sequence[int]) -> list[bytes]:
             raise ShareError(f"share {i} rebuilt does not match its digest: a share lied")
         made.append(Share(family, i, bytes(data)).to_bytes())
     return made
+
+
+def items_of(address: bytes, degree: int) -> list[bytes]:
+    """What holders keep of a chunk recorded at ``degree``: the chunk itself (copies), or
+    each of its N shares; the addresses the catalog's holder rows are about."""
+    code = Code.of_degree(degree)
+    if code is None:
+        return [address]
+    return [share_address(address, i) for i in range(code.n)]
+
+
+def is_safe(address: bytes, degree: int, holders: Mapping[bytes, Collection[int]]) -> bool:
+    """Whether a chunk is kept as ``degree`` asks, by ``holders`` (item address -> the nodes
+    holding it): ``degree`` copies, or every one of its N shares on some node."""
+    code = Code.of_degree(degree)
+    if code is None:
+        return len(holders.get(address, ())) >= degree
+    return all(holders.get(share_address(address, i)) for i in range(code.n))
+
+
+def shortfall(address: bytes, degree: int, holders: Mapping[bytes, Collection[int]]) -> str:
+    """What a chunk lacks, in a few words ("1 of 2 copies", "3 of 4 shares")."""
+    code = Code.of_degree(degree)
+    if code is None:
+        return f"{len(holders.get(address, ()))} of {degree} copies"
+    present = sum(1 for i in range(code.n) if holders.get(share_address(address, i)))
+    return f"{present} of {code.n} shares ({code})"
+
+
+def describe(degree: int) -> str:
+    """A recorded degree as a person says it: "degree 2" or "code 2-of-4"."""
+    code = Code.of_degree(degree)
+    return f"degree {degree}" if code is None else f"code {code}"

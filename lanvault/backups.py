@@ -78,6 +78,7 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
             "op": "backup",
             "path": str(path),
             "degree": args.degree,
+            "code": args.code,
             "exclude": patterns,
             "exclude_caches": args.exclude_caches,
             "one_file_system": args.one_file_system,
@@ -101,6 +102,13 @@ def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
     return 1 if failed else 0
 
 
+def _kept(data: dict[str, Any]) -> str:
+    """How a backup's chunks are kept, as its line says it."""
+    if data.get("code"):
+        return f"as {data['code']} shares (any {data['code'].split('-')[0]} rebuild each chunk)"
+    return f"at degree {data['degree']}"
+
+
 def _backed_up(data: dict[str, Any], path: Path | None) -> str:
     """The line a backup prints."""
     found = f"{data['new']} new, {data['changed']} changed, {data['unmodified']} unmodified"
@@ -109,7 +117,7 @@ def _backed_up(data: dict[str, Any], path: Path | None) -> str:
         found += f", {data['removed']} {what} since the last backup"
     summary = (
         f"backed up {_what(data)}: {found} ({data['bytes'] / 1e6:.1f} MB,"
-        f" {data['bytes_read'] / 1e6:.1f} MB read, {data['bytes_sent'] / 1e6:.1f} MB sent) at degree {data['degree']}"
+        f" {data['bytes_read'] / 1e6:.1f} MB read, {data['bytes_sent'] / 1e6:.1f} MB sent) {_kept(data)}"
         f" in {data['seconds']:.1f} s"
     )
     if not data["new"] and not data["changed"] and not data.get("removed"):
@@ -195,6 +203,12 @@ def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
         f" {data['own_chunks_checked']} own chunks checked, {data['own_chunks_below_degree']} below degree,"
         f" {data['own_chunks_lost']} lost; {plural(data['copies_made'], 'copy', 'copies')} made"
     )
+    if data.get("own_coded_chunks_checked"):
+        human += (
+            f"; {data['own_coded_chunks_checked']} own coded chunks checked,"
+            f" {data['own_coded_chunks_short']} short of shares, {data['own_coded_chunks_lost']}"
+            " with fewer shares than rebuild them"
+        )
     if data.get("store_damaged_records"):
         human += (
             f"\n{data['store_damaged_records']} damaged records in the segments"
@@ -232,6 +246,7 @@ def cmd_check(args: argparse.Namespace, state: StateDir) -> int:
     bad = (
         data["store_bad_copies"]
         or data["own_chunks_below_degree"]
+        or data.get("own_coded_chunks_short")
         or data.get("read_data_bad_copies")
         or data.get("read_data_unreadable_copies")
     )

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from chunkstore.errors import ChunkstoreError
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
+from chunkstore.shares import Code
 from chunkstore.sizes import parse_duration, parse_size
 from node.identity import IdentityError
 
@@ -142,6 +143,13 @@ def _degree(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 9:
         raise argparse.ArgumentTypeError("the degree must be 1..9")
     return int(text)
+
+
+def _code(text: str) -> str:
+    try:
+        return str(Code.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _degree_or_default(text: str) -> str:
@@ -298,7 +306,16 @@ def build_parser() -> Parser:
         action="store_true",
         help="do not enter folders on another file system than the path's (kept empty)",
     )
-    p.add_argument("--degree", type=_degree, help="copies on other computers (1..9, default 2)")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--degree", type=_degree, help="copies on other computers (1..9, default 2)")
+    keep.add_argument(
+        "--code",
+        type=_code,
+        metavar="K-of-N",
+        help="keep each chunk as N erasure-coded shares on N computers, any K of which rebuild"
+        " it (2 <= K < N <= 16; 2-of-4 stores 2x like degree 2 and survives any two computers"
+        " lost, like degree 3)",
+    )
 
     p = sub.add_parser("restore", parents=[common], help="restore a file or folder")
     p.add_argument("path", type=Path, help="the file or folder as it was backed up (or mounted)")

@@ -127,11 +127,13 @@ def print_state(data: dict[str, Any], shown: Callable[[str], str] = str) -> None
     print(f"Files backed up by this node ({len(data['files'])}):")
     for f in data["files"]:
         print(f"  {shown(f['path'])}")
-        print(
-            f"    fileId {f['file_id']}  desired degree {f['desired_degree']}  size {kb(f['size'])}"
-        )
+        if f.get("code"):  # coded: a chunk's "degree" is its shares present, of N
+            wanted, each = f"code {f['code']} ({f['desired_degree']} shares)", "shares"
+        else:
+            wanted, each = f"desired degree {f['desired_degree']}", "degree"
+        print(f"    fileId {f['file_id']}  {wanted}  size {kb(f['size'])}")
         for c in f["chunks"]:
-            print(f"      chunk {c['no']:>5}  {kb(c['size']):>10}  degree {c['degree']}")
+            print(f"      chunk {c['no']:>5}  {kb(c['size']):>10}  {each} {c['degree']}")
     print(f"Chunks stored for others ({len(data['stored'])}):")
     for c in data["stored"]:
         print(f"  owner {c['owner']:>4}  {c['chunk']}  {kb(c['size']):>10}  degree {c['degree']}")

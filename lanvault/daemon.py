@@ -22,6 +22,7 @@ from chunkstore.exclusions import Exclusions, PatternError
 from chunkstore.keys import KeyRing
 from chunkstore.recovery import make_kit
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
+from chunkstore.shares import Code
 from chunkstore.store import ChunkStore, DamageSummary
 from node.enrolment import Enroller, Invites
 from node.identity import NetworkCA, tls_contexts
@@ -35,7 +36,7 @@ from node.report import BackupError, Progress, RestoreError
 from node.roster import RosterBook
 from node.safekeeping import CatalogNotSafe, Safekeeping
 from node.transport import PinStore, TLSNetwork
-from node.verify import ReadDataReport, read_data, rereplicate
+from node.verify import ReadDataReport, check_coded, read_data, rereplicate
 
 from .activities import Activities
 from .control import Binary, Emit, OpError, serve_control
@@ -372,6 +373,15 @@ class Daemon:
         degree = request.get("degree") or self.config.default_degree
         if not isinstance(degree, int) or not 1 <= degree <= 9:
             raise OpError("the degree must be 1..9")
+        code = None
+        if request.get("code"):
+            if request.get("degree"):
+                raise OpError("give a --degree or a --code, not both")
+            try:
+                code = Code.parse(str(request["code"]))
+            except ValueError as exc:
+                raise OpError(str(exc)) from None
+            degree = code.as_degree()
         try:
             exclusions = Exclusions.from_request(request)
         except PatternError as exc:
@@ -414,7 +424,8 @@ class Daemon:
             "skipped": report.entries_skipped[:SKIPPED_LISTED],
             "skipped_count": len(report.entries_skipped),
             "seconds": time.monotonic() - started,
-            "degree": degree,
+            "degree": None if code else degree,  # copies; a coded backup names its code
+            "code": str(code) if code else None,
         }
 
     async def op_restore(self, request: dict[str, Any], emit: Emit) -> Any:
@@ -497,6 +508,7 @@ class Daemon:
         )
         low = {a: d for a, d in wanted.items() if degrees.get(a, 0) < d}
         lost = [a for a in low if degrees.get(a, 0) == 0]
+        coded = await check_coded(self.owner)
         repaired = 0
         if repair:
             for address, degree in low.items():
@@ -547,6 +559,9 @@ class Daemon:
             "own_chunks_checked": len(wanted),
             "own_chunks_below_degree": len(low),
             "own_chunks_lost": len(lost),
+            "own_coded_chunks_checked": coded.checked,
+            "own_coded_chunks_short": coded.short,  # fewer than N shares: holders rebuild them
+            "own_coded_chunks_lost": coded.lost,  # fewer than K shares answer
             "copies_made": repaired,
         }
 

@@ -8,12 +8,15 @@ CLI as raw bytes, which ``state --json`` writes out as they are."""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 
 import trio
 
 from chunkstore.catalogbase import FileListing
 from chunkstore.chunking import CHUNK_SIZE
+from chunkstore.shares import Code, items_of
 from chunkstore.store import StoredChunk
 from node.offload import in_thread, on_loop
 from node.owner import Owner
@@ -46,8 +49,12 @@ def _encode(
         f'"used_bytes":{node.store.used_bytes},"files":['
     ]
     entries = []
-    degree_of = degrees.get
     for f in files:
+        degree_of: Callable[[bytes, int], int] = (
+            functools.partial(_coded_degree, degrees, f.degree)  # coded: shares present, of N
+            if f.degree > 9
+            else degrees.get
+        )
         if len(f.chunks) == 1:  # the usual small file: no generator
             (a,) = f.chunks
             chunks = f'{{"no":0,"chunk":"{a.hex()}","size":{min(CHUNK_SIZE, f.size)},"degree":{degree_of(a, 0)}}}'
@@ -57,9 +64,10 @@ def _encode(
                 f'"degree":{degree_of(a, 0)}}}'
                 for no, a in enumerate(f.chunks)
             )
+        desired, code = _wanted(f)
         entries.append(
             f'{{"path":{_json_text(f.path)},"file_id":"{f.file_id.hex()}",'
-            f'"desired_degree":{f.degree},"size":{f.size},'
+            f'"desired_degree":{desired},{code}"size":{f.size},'
             f'"complete":{"true" if f.complete else "false"},"chunks":[{chunks}]}}'
         )
     parts += [",".join(entries), '],"stored":[']
@@ -100,6 +108,16 @@ async def _gather(
 
         # The peers are asked while the catalog reads the files' rows (they overlap).
         files = await owner.io.call(owner.catalog.latest_files, addresses_known)
+    # A coded file's chunk: how many of its N shares some peer holds (its "degree", to compare
+    # with N, its "desired_degree").
+    shares = [s for f in files if f.degree > 9 for a in f.chunks for s in items_of(a, f.degree)]
+    if shares:
+        held = await node.replication.degrees(owner.owner_id, shares)
+        for f in files:
+            if f.degree > 9:
+                for a in f.chunks:
+                    present = sum(1 for s in items_of(a, f.degree) if held.get(s))
+                    degrees[_coded_key(a, f.degree)] = present
     stored = await in_thread(node.store.chunks)
     stored_degrees: dict[tuple[int, bytes], int] = {}
     by_owner: dict[int, list[bytes]] = {}
@@ -110,6 +128,30 @@ async def _gather(
         for address, holders in found.items():
             stored_degrees[(owner_id, address)] = len(holders | {node.node_id})
     return files, degrees, stored, stored_degrees
+
+
+def _coded_key(address: bytes, degree: int) -> bytes:
+    """Where ``degrees`` keeps a coded chunk's shares present (apart from its copies)."""
+    return address + degree.to_bytes(2, "big")
+
+
+def _wanted(f: FileListing) -> tuple[int, str]:
+    """A file's desired degree as the report gives it (a code's N: all its shares), and its
+    JSON fields for a code (none for copies)."""
+    code = Code.of_degree(f.degree)
+    if code is None:
+        return f.degree, ""
+    return code.n, f'"code":"{code}",'
+
+
+def _coded_degree(degrees: dict[bytes, int], degree: int, address: bytes, _default: int) -> int:
+    return degrees.get(_coded_key(address, degree), 0)
+
+
+def _chunk_degree(degrees: dict[bytes, int], address: bytes, degree: int) -> int:
+    if degree > 9:
+        return degrees.get(_coded_key(address, degree), 0)
+    return degrees.get(address, 0)
 
 
 def _build(
@@ -128,7 +170,8 @@ def _build(
             {
                 "path": f.path,
                 "file_id": f.file_id.hex(),
-                "desired_degree": f.degree,
+                "desired_degree": _wanted(f)[0],
+                **({"code": str(Code.of_degree(f.degree))} if f.degree > 9 else {}),
                 "size": f.size,
                 "complete": f.complete,
                 "chunks": [
@@ -136,7 +179,7 @@ def _build(
                         "no": no,
                         "chunk": a.hex(),
                         "size": min(CHUNK_SIZE, f.size - no * CHUNK_SIZE),
-                        "degree": degrees.get(a, 0),
+                        "degree": _chunk_degree(degrees, a, f.degree),
                     }
                     for no, a in enumerate(f.chunks)
                 ],

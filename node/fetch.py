@@ -17,7 +17,9 @@ from chunkstore.catalogdb import CatalogDB
 from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
+from chunkstore.shares import Code
 
+from .fetch_coded import CodedFetch
 from .messages import Chunk, GetChunk
 from .node import Node
 from .offload import in_thread
@@ -61,6 +63,16 @@ class Fetcher:
         plaintext is returned, or, with ``sink``, handed to it on the same worker thread that
         opened it (one thread hop per chunk) and its result returned.
         """
+        if not known:
+            known = await self._db(self.catalog.holders, address)
+            if not known:  # no copies known: a coded chunk's shares, if it is kept so
+                coded, lost = await self.fetch_coded_any([address])
+                if address in coded:
+                    if sink is None:
+                        return coded[address]
+                    return await in_thread(sink, coded[address], limiter=self.node.cpu_limiter)
+                if address in lost:
+                    raise lost[address]
         delay = 0.5
         for round_no in range(rounds):
             if known is None or round_no > 0:
@@ -113,6 +125,11 @@ class Fetcher:
         if holders is None or not all(a in holders for a in unique):
             holders = await self._db(self.catalog.holders_many, unique)
         found: dict[bytes, bytes] = {}
+        missing: dict[bytes, RestoreError] = {}
+        uncopied = [a for a in unique if not holders[a]]
+        if uncopied:  # coded chunks (kept as shares, not copies) come from their shares
+            found, missing = await self.fetch_coded_any(uncopied)
+            unique = [a for a in unique if a not in found and a not in missing]
         leftovers: list[bytes] = []
         tried: dict[bytes, set[int]] = {}
 
@@ -156,7 +173,6 @@ class Fetcher:
                 break
         leftovers += todo
 
-        missing: dict[bytes, RestoreError] = {}
         slots = trio.CapacityLimiter(SLOW_FETCHES)
 
         async def slow(address: bytes) -> None:
@@ -172,6 +188,51 @@ class Fetcher:
         async with trio.open_nursery() as nursery:
             for address in leftovers:
                 nursery.start_soon(slow, address)
+        return found, missing
+
+    async def fetch_coded(
+        self, addresses: list[bytes], code: Code
+    ) -> tuple[dict[bytes, bytes], dict[bytes, RestoreError]]:
+        """(verified plaintexts, why each missing one is missing) of chunks kept with
+        ``code``: K shares each from their holders (``fetch_coded.py``)."""
+
+        async def learn(pairs: list[tuple[bytes, int]]) -> None:
+            await self._db(self.catalog.add_holders, pairs)
+
+        async def holders(shares: list[bytes]) -> dict[bytes, set[int]]:
+            found: dict[bytes, set[int]] = await self._db(self.catalog.holders_many, shares)
+            return found
+
+        return await CodedFetch(
+            self.node, self.keys, code, holders, learn, self.get_envelopes
+        ).fetch(addresses)
+
+    async def fetch_coded_any(
+        self, addresses: list[bytes]
+    ) -> tuple[dict[bytes, bytes], dict[bytes, RestoreError]]:
+        """``fetch_coded`` for chunks whose code the catalog knows (those it does not are left
+        out of both results: the caller looks for their copies)."""
+        codes = await self._db(self.catalog.codes_of, addresses)
+        by_code: dict[int, list[bytes]] = {}
+        for address, degrees in codes.items():
+            by_code.setdefault(max(degrees), []).append(address)
+        found: dict[bytes, bytes] = {}
+        missing: dict[bytes, RestoreError] = {}
+        for degree, batch in by_code.items():
+            code = Code.of_degree(degree)
+            assert code is not None
+            got, lost = await self.fetch_coded(batch, code)
+            found.update(got)
+            for address, error in lost.items():
+                others = [d for d in codes[address] if d != degree]
+                if others:  # kept with another code too: try its shares
+                    other = Code.of_degree(others[0])
+                    assert other is not None
+                    again, _lost = await self.fetch_coded([address], other)
+                    if address in again:
+                        found[address] = again[address]
+                        continue
+                missing[address] = error
         return found, missing
 
     async def _try_holders(

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -16,6 +17,7 @@ from chunkstore.catalogdb import CatalogDB
 from chunkstore.chunking import chunk_count
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import seal_chunks
+from chunkstore.shares import Code, is_safe, shortfall
 
 from .catalogio import CatalogIO
 from .localtree import READ_BATCH, SEAL_BYTES, SmallRead, read_and_address, read_smalls, runs
@@ -79,26 +81,26 @@ class FileSender:
         plain: dict[bytes, bytes] = {}
         for *_x, (chunks, addresses, _xattrs) in read:
             plain.update(zip(addresses, chunks, strict=True))
-        known = await self._query(self.catalog.holders_many, list(plain))
-        live = {
-            a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
-        }
-        to_send = [a for a in plain if len(live[a]) < degree]
+        live = await self.uploader.live_holders(list(plain), degree)
+        coded = Code.of_degree(degree) is not None
+        to_send = [a for a in plain if not is_safe(a, degree, live)]
         report.chunks_skipped += len(plain) - len(to_send)
         learned: list[tuple[bytes, int]] = []
         for start, end in runs([len(plain[a]) for a in to_send], SEAL_BYTES):
             batch = to_send[start:end]
             envelopes = await in_thread(
-                seal_chunks,
+                functools.partial(seal_chunks, deterministic=coded),
                 self.keys,
                 [(a, plain[a]) for a in batch],
                 limiter=self.node.cpu_limiter,
             )
-            items = [(a, e, live[a]) for a, e in zip(batch, envelopes, strict=True)]
-            new, short_lines = await self.uploader.send(items, degree, report)  # ``live`` grows
+            items = list(zip(batch, envelopes, strict=True))
+            new, short_lines = await self.uploader.keep(
+                items, degree, live, report
+            )  # ``live`` grows
             learned += new
             if short_lines:
-                await self.pending.keep_unsent(items, degree, report)
+                await self.pending.keep_unsent(items, degree, live, report)
         versions: list[FileVersion] = []
         pending: list[FileVersion] = []
         for path, st, before, (_chunks, addresses, xattrs) in read:
@@ -108,12 +110,12 @@ class FileSender:
             )
             report.bytes_read += st.st_size
             report.note(before, version)
-            short = [a for a in addresses if len(live[a]) < degree]
+            short = [a for a in addresses if not is_safe(a, degree, live)]
             if short:  # recorded all the same: pending until the missing copies are made
                 pending.append(version)
                 report.pending[path] = (
-                    f"chunk {short[0].hex()[:12]}… has {len(live[short[0]])} of {degree}"
-                    f" copies ({len(self.node.membership.up_ids())} peers up)"
+                    f"chunk {short[0].hex()[:12]}… has {shortfall(short[0], degree, live)}"
+                    f" ({len(self.node.membership.up_ids())} peers up)"
                 )
                 continue
             versions.append(version)
@@ -136,19 +138,20 @@ class FileSender:
         """Read, address, seal and send every chunk of ``path``; return the addresses in order
         and a line per chunk that stayed short of its degree (kept for later, ``Pending.keep_unsent``)."""
         count = chunk_count(size)
+        coded = Code.of_degree(degree) is not None
         addresses: list[bytes | None] = [None] * count
         budget = trio.Semaphore(IN_FLIGHT_CHUNKS)
         failures: list[str] = []
         unreadable: list[OSError] = []
         learned: list[tuple[bytes, int]] = []  # (address, holder) pairs not yet in the catalog
 
-        async def send_batch(items: list[tuple[bytes, bytes, set[int]]]) -> None:
+        async def send_batch(items: list[tuple[bytes, bytes]], live: dict[bytes, set[int]]) -> None:
             try:
-                new, short = await self.uploader.send(items, degree, report)
+                new, short = await self.uploader.keep(items, degree, live, report)
                 learned.extend(new)
                 failures.extend(short)
                 if short:
-                    await self.pending.keep_unsent(items, degree, report)
+                    await self.pending.keep_unsent(items, degree, live, report)
             finally:
                 for _ in items:
                     budget.release()
@@ -170,32 +173,31 @@ class FileSender:
                 for _ in range(n):
                     budget.release()
                 return
-            known = await self._query(self.catalog.holders_many, batch_addresses)
-            to_send: list[tuple[bytes, bytes, set[int]]] = []
+            live = await self.uploader.live_holders(batch_addresses, degree)
+            to_send: list[tuple[bytes, bytes]] = []
             for offset, (plain, address) in enumerate(
                 zip(plaintexts, batch_addresses, strict=True)
             ):
                 addresses[first + offset] = address
                 report.bytes_done += len(plain)
-                holders = {h for h in known[address] if not self.node.membership.is_gone(h)}
-                if len(holders) >= degree:
+                if is_safe(address, degree, live):
                     report.chunks_skipped += 1
                     budget.release()
                 else:
-                    to_send.append((address, plain, holders))
+                    to_send.append((address, plain))
             if to_send:
                 envelopes = await in_thread(
-                    seal_chunks,
+                    functools.partial(seal_chunks, deterministic=coded),
                     self.keys,
-                    [(address, plain) for address, plain, _h in to_send],
+                    to_send,
                     limiter=self.node.cpu_limiter,
                 )
                 sealed = [
-                    (address, envelope, holders)
-                    for (address, _plain, holders), envelope in zip(to_send, envelopes, strict=True)
+                    (address, envelope)
+                    for (address, _plain), envelope in zip(to_send, envelopes, strict=True)
                 ]
                 del plaintexts, to_send  # the plaintexts need not wait for the holders
-                await send_batch(sealed)
+                await send_batch(sealed, live)
             if len(learned) >= 1024:  # record holders in batches, not one commit per chunk
                 await flush_learned()
             if progress:

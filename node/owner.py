@@ -9,6 +9,7 @@ holds what restores (``Restorer``), deletes and prunes (``Deletes``) and trims (
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -33,6 +34,7 @@ from chunkstore.exclusions import Exclusions
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import chunk_addresses, seal_chunks
 from chunkstore.retention import RetentionPolicy
+from chunkstore.shares import Code, describe, is_safe
 from chunkstore.sizes import format_size
 from chunkstore.store import ChunkStore
 
@@ -98,7 +100,7 @@ class Owner:
         self.deletes = Deletes(node, catalog, self.io, self._guard.exclusive, self._catalog_changed)
         self.delete_path = self.deletes.delete_path
         self.prune = self.deletes.prune
-        self.uploader = Uploader(node, catalog, self.io, self.deletes.lock)
+        self.uploader = Uploader(node, keys, catalog, self.io, self.deletes.lock)
         self.pending = Pending(
             node, keys, catalog, self.io, self.uploader, outbox, unsent, self._note_backup
         )
@@ -320,14 +322,15 @@ class Owner:
         # A folder's content is the one empty chunk: at its degree (a gone holder's copy made
         # again) before any folder counts as backed up.
         learned: list[tuple[bytes, int]] = []
-        known_holders = await self._query(self.catalog.holders_many, [empty])
-        holders = {h for h in known_holders[empty] if not self.node.membership.is_gone(h)}
-        if len(holders) < degree:
-            [envelope] = seal_chunks(self.keys, [(empty, b"")])
-            item = (empty, envelope, holders)
-            learned, short = await self.uploader.send([item], degree, report)
+        live = await self.uploader.live_holders([empty], degree)
+        if not is_safe(empty, degree, live):
+            [envelope] = seal_chunks(
+                self.keys, [(empty, b"")], deterministic=Code.of_degree(degree) is not None
+            )
+            item = (empty, envelope)
+            learned, short = await self.uploader.keep([item], degree, live, report)
             if short:  # recorded all the same: pending until the copies are made
-                await self.pending.keep_unsent([item], degree, report)
+                await self.pending.keep_unsent([item], degree, live, report)
                 report.pending.update((p, short[0]) for p in unchanged)
                 report.pending.update((v.path, short[0]) for _b, v in versions)
                 for before, version in versions:
@@ -381,22 +384,20 @@ class Owner:
                 report.bytes_read += len(content)
                 addresses = chunk_addresses(self.keys, pieces)
                 envelopes = await in_thread(
-                    seal_chunks,
+                    functools.partial(
+                        seal_chunks, deterministic=Code.of_degree(degree) is not None
+                    ),
                     self.keys,
                     list(zip(addresses, pieces, strict=True)),
                     limiter=self.node.cpu_limiter,
                 )
-                known = await self._query(self.catalog.holders_many, addresses)
-                items = [
-                    (a, e, {h for h in known[a] if not self.node.membership.is_gone(h)})
-                    for a, e in zip(addresses, envelopes, strict=True)
-                ]
-                sent = [item for item in items if len(item[2]) < degree]
-                learned, short = await self.uploader.send(sent, degree, report)
+                live = await self.uploader.live_holders(addresses, degree)
+                items = list(zip(addresses, envelopes, strict=True))
+                learned, short = await self.uploader.keep(items, degree, live, report)
                 if learned:
                     await self._db(self.catalog.add_holders, learned)
                 if short:
-                    await self.pending.keep_unsent(sent, degree, report)
+                    await self.pending.keep_unsent(items, degree, live, report)
                 xattrs = read_xattrs(path)
                 after = os.lstat(path)
                 if (after.st_mtime_ns, after.st_ctime_ns) != (
@@ -529,7 +530,7 @@ class Owner:
                 report.bytes_done += version.size
                 report.unmodified += 1
             else:
-                report.pending[path] = f"some chunks are not yet at degree {version.degree}"
+                report.pending[path] = f"some chunks are not yet kept at {describe(version.degree)}"
         small_failures, committed, pending = await self.sender.smalls(
             small, degree, report, one_by_one
         )

@@ -17,6 +17,7 @@ from chunkstore.chunking import CHUNK_SIZE
 from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.errors import ChunkstoreError, QuotaExceededError
 from chunkstore.keys import KeyRing
+from chunkstore.shares import Code, describe, is_safe, items_of
 from chunkstore.store import ChunkStore, PutItem
 
 from .catalogio import CatalogIO
@@ -64,7 +65,9 @@ class Pending:
         """Bring every chunk of a recorded version to its degree, then mark it complete."""
         done = await self.ensure_versions([version], report, progress)
         if not done:
-            raise EntryPending(version.path, f"some chunks are not yet at degree {version.degree}")
+            raise EntryPending(
+                version.path, f"some chunks are not yet kept at {describe(version.degree)}"
+            )
 
     async def ensure_versions(
         self, versions: list[FileVersion], report: Progress, progress: ProgressFn | None
@@ -77,24 +80,34 @@ class Pending:
         the file itself if that chunk still has the same content; otherwise its version stays
         pending. Completed versions are recorded in one transaction.
         """
-        addresses = list(dict.fromkeys(a for v in versions for a in v.chunks))
-        known = await self.io.read(self.catalog.holders_many, addresses)
+        items = list(
+            dict.fromkeys(i for v in versions for a in v.chunks for i in items_of(a, v.degree))
+        )
+        known = await self.io.read(self.catalog.holders_many, items)
         live = {
             a: {h for h in hs if not self.node.membership.is_gone(h)} for a, hs in known.items()
         }
-        # address -> the degree wanted, and every (version, chunk number) that has it: a chunk
-        # shared by several versions (the empty chunk of every empty file and folder, a file
-        # copied) is read from whichever of them still has it.
-        wanted: dict[bytes, tuple[int, list[Source]]] = {}
-        for version in versions:
-            for no, address in enumerate(version.chunks):
-                if len(live[address]) >= version.degree:
-                    continue
-                degree, sources = wanted.get(address, (0, []))
-                sources.append((version, no))
-                wanted[address] = (max(degree, version.degree), sources)
+        # (address, degree) -> every (version, chunk number) that has it: a chunk shared by
+        # several versions (the empty chunk of every empty file and folder, a file copied) is
+        # read from whichever of them still has it. Copies go to the highest degree any version
+        # asks; a code's shares are kept apart from copies (a chunk may be both).
+        short = [
+            (version, no, address)
+            for version in versions
+            for no, address in enumerate(version.chunks)
+            if not is_safe(address, version.degree, live)
+        ]
+        most: dict[bytes, int] = {}
+        for version, _no, address in short:
+            if Code.of_degree(version.degree) is None:
+                most[address] = max(most.get(address, 0), version.degree)
+        wanted: dict[tuple[bytes, int], list[Source]] = {}
+        for version, no, address in short:
+            coded = Code.of_degree(version.degree) is not None
+            key = (address, version.degree if coded else most[address])
+            wanted.setdefault(key, []).append((version, no))
         by_degree: dict[int, list[tuple[bytes, list[Source]]]] = {}
-        for address, (degree, sources) in wanted.items():
+        for (address, degree), sources in wanted.items():
             by_degree.setdefault(degree, []).append((address, sources))
         window = trio.Semaphore(4)  # batches in flight: 240 chunks, about 15 MB
 
@@ -103,13 +116,13 @@ class Pending:
                 envelopes = await in_thread(
                     self.envelopes_for, batch, limiter=self.node.disk_limiter
                 )
-                items = [
-                    (address, envelope, live[address])
+                chunks = [
+                    (address, envelope)
                     for (address, _sources), envelope in zip(batch, envelopes, strict=True)
                     if envelope is not None
                 ]
-                if items:
-                    learned, _short = await self.uploader.send(items, degree, report)
+                if chunks:
+                    learned, _short = await self.uploader.keep(chunks, degree, live, report)
                     if learned:
                         await self.io.call(self.catalog.add_holders, learned)
                 if progress:
@@ -122,7 +135,7 @@ class Pending:
                 for i in range(0, len(entries), READ_BATCH):
                     await window.acquire()
                     nursery.start_soon(one_batch, degree, entries[i : i + READ_BATCH])
-        complete = [v for v in versions if all(len(live[a]) >= v.degree for a in v.chunks)]
+        complete = [v for v in versions if all(is_safe(a, v.degree, live) for a in v.chunks)]
         newly = 0  # versions pending until now (an unchanged file's complete one costs nothing)
         if complete:
             newly = await self.io.call(
@@ -139,7 +152,8 @@ class Pending:
 
     def envelope_for(self, address: bytes, sources: list[Source]) -> bytes | None:
         """The chunk's envelope from the outbox or the unsent store, else sealed again from
-        the first of ``sources`` whose file still has that content (None: none has)."""
+        the first of ``sources`` whose file still has that content (None: none has); sealed
+        deterministically for a coded version (its shares then match those sent before)."""
         for kept in (self.outbox, self.unsent):
             if kept is not None:
                 try:
@@ -149,7 +163,8 @@ class Pending:
         for version, no in sources:
             data = _read_chunk(version, no)
             if data is not None and chunk_address(self.keys, data) == address:
-                return seal_chunk(self.keys, address, data)
+                coded = Code.of_degree(version.degree) is not None
+                return seal_chunk(self.keys, address, data, deterministic=coded)
         return None  # the files moved on since: the copy is in the outbox or lost
 
     def release_outbox(self, versions: list[FileVersion]) -> None:
@@ -165,14 +180,24 @@ class Pending:
                 self.unsent.compact(0.5)
 
     async def keep_unsent(
-        self, items: list[tuple[bytes, bytes, set[int]]], degree: int, report: Progress
+        self,
+        chunks: list[tuple[bytes, bytes]],
+        degree: int,
+        live: dict[bytes, set[int]],
+        report: Progress,
     ) -> None:
         """Keep the envelopes of chunks still short of ``degree`` (durable before a pending
         version names them), so the node can finish the version when holders return even if
         the file changes meanwhile. Up to ``UNSENT_BYTES``: beyond that the node reads them
         from the file again, which works while the file is unchanged (``report`` counts
-        those bytes, and the backup says so)."""
-        short = [PutItem(self.owner_id, a, e, degree) for a, e, h in items if len(h) < degree]
+        those bytes, and the backup says so). A coded chunk is kept whole (its shares are
+        made from it)."""
+        kept_degree = degree if Code.of_degree(degree) is None else 1
+        short = [
+            PutItem(self.owner_id, a, e, kept_degree)
+            for a, e in chunks
+            if not is_safe(a, degree, live)
+        ]
         unsent = self.unsent
         if not short:
             return

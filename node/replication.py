@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import trio
 
+from chunkstore.shares import Code, describe
+
 from .membership import Membership, PeerInfo
 from .messages import (
     MAX_BATCH,
@@ -89,16 +91,19 @@ class Replication:
         if any(not p.capacity_known for p in others):
             return None  # not heard from since this node started: its space is not known
         lending = [p for p in others if p.capacity > 0]
-        if len(lending) >= degree:
+        code = Code.of_degree(degree)
+        needed = degree if code is None else code.n
+        if len(lending) >= needed:
             return None
         idle = [p for p in others if p.capacity <= 0]
-        said = f"degree {degree} needs {degree} other nodes lending space and "
+        said = f"{describe(degree)} needs {needed} other nodes lending space and "
         said += f"{len(lending)} {'does' if len(lending) == 1 else 'do'}" + (
             f" (node{'' if len(lending) == 1 else 's'} {_ids(lending)})" if lending else ""
         )
         if idle:
             said += f"; node{'' if len(idle) == 1 else 's'} {_ids(idle)} lend{'s' if len(idle) == 1 else ''} 0 B"
-        return said + ": give a lower --degree, or more space (lanvault node --quota) or computers"
+        lower = "a lower --degree" if code is None else "a code of fewer shares (--code)"
+        return said + f": give {lower}, or more space (lanvault node --quota) or computers"
 
     async def query_holders(
         self, owner: int, addresses: list[bytes], unanswered: set[int] | None = None

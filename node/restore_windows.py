@@ -25,6 +25,7 @@ from chunkstore.envelope import chunk_address, open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
 from chunkstore.segments import pwrite_all
+from chunkstore.shares import Code
 
 from .fetch import Fetcher
 from .messages import MAX_BATCH
@@ -217,6 +218,10 @@ class WindowedFetch:
                 return
             end = min(start + RESTORE_WINDOW, len(self.version.chunks))
             todo = [n for n in range(start, end) if n not in self.kept]
+            code = self.version.code
+            if code is not None:  # kept as shares: K of each chunk's, spread over holders
+                await self._coded(todo, code)
+                return
             failed_requests = self.fetcher.failed_requests
             leftovers = await self._batched(todo)
             if leftovers is None:
@@ -240,6 +245,25 @@ class WindowedFetch:
                 self.errors.append(exc)
             except OSError as exc:  # a full or failing destination disk
                 self.errors.append(self.unwritable(exc))
+
+    async def _coded(self, todo: list[int], code: Code) -> None:
+        chunks = self.version.chunks
+        found, missing = await self.fetcher.fetch_coded([chunks[no] for no in todo], code)
+        try:
+            opened = [
+                (no, self._checked(no, found[chunks[no]])) for no in todo if chunks[no] in found
+            ]
+            await self._write_window(opened)
+        except RestoreError as exc:
+            self.errors.append(exc)
+            return
+        except OSError as exc:  # a full or failing destination disk
+            self.errors.append(self.unwritable(exc))
+            return
+        if missing:
+            self.errors.append(next(iter(missing.values())))
+        elif self.progress is not None:
+            self.progress(self.report)
 
     async def _batched(self, todo: list[int]) -> list[int] | None:
         """Fetch ``todo`` in batches, a first round and ``LEFTOVER_ROUNDS`` more for what was

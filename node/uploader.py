@@ -1,25 +1,79 @@
 """Sending an owner's sealed chunks until each has its degree: one PUTCHUNKS per holder for a
-whole batch, then per-chunk retries down the placement order (``Replication``). Backups, their
-resumption and the catalog copy send through here."""
+whole batch, then per-chunk retries down the placement order (``Replication``); or, for a chunk
+kept with a K-of-N code, its N shares each to a computer of its own (``send_coded``). Backups,
+their resumption and the catalog copy send through here."""
 
 from __future__ import annotations
+
+import logging
 
 import trio
 
 from chunkstore.catalogdb import CatalogDB
+from chunkstore.keys import KeyRing
+from chunkstore.shares import (
+    Code,
+    Share,
+    ShareError,
+    encode,
+    is_safe,
+    items_of,
+    parse,
+    rebuild,
+    share_address,
+    verify,
+)
 
 from .catalogio import CatalogIO
 from .node import Node
+from .offload import in_thread
 from .report import Progress
+
+log = logging.getLogger(__name__)
+SHARE_ROUNDS = 3  # placement rounds for a share whose first holder did not take it
 
 
 class Uploader:
-    def __init__(self, node: Node, catalog: CatalogDB, io: CatalogIO, deletes_lock: trio.Lock):
+    def __init__(
+        self,
+        node: Node,
+        keys: KeyRing,
+        catalog: CatalogDB,
+        io: CatalogIO,
+        deletes_lock: trio.Lock,
+    ):
         self.node = node
+        self.keys = keys
         self.catalog = catalog
         self.io = io
         self.owner_id = node.node_id
         self.deletes_lock = deletes_lock  # a revive waits for owed deletes being sent
+
+    async def live_holders(self, addresses: list[bytes], degree: int) -> dict[bytes, set[int]]:
+        """The catalog's holders of what ``degree`` keeps of each chunk (the chunk itself, or
+        its shares), by item address, without the nodes that are gone."""
+        items = [i for a in addresses for i in items_of(a, degree)]
+        known = await self.io.read(self.catalog.holders_many, items)
+        gone = self.node.membership.is_gone
+        return {a: {h for h in hs if not gone(h)} for a, hs in known.items()}
+
+    async def keep(
+        self,
+        chunks: list[tuple[bytes, bytes]],
+        degree: int,
+        live: dict[bytes, set[int]],
+        report: Progress,
+    ) -> tuple[list[tuple[bytes, int]], list[str]]:
+        """Bring each (address, envelope) to what ``degree`` asks, copies or a code's shares;
+        ``live`` (from ``live_holders``) grows as holders acknowledge. Returns the new (item
+        address, holder) pairs and a line per chunk still short."""
+        todo = [(a, e) for a, e in chunks if not is_safe(a, degree, live)]
+        if not todo:
+            return [], []
+        code = Code.of_degree(degree)
+        if code is not None:
+            return await self.send_coded(todo, code, live, report)
+        return await self.send([(a, e, live.setdefault(a, set())) for a, e in todo], degree, report)
 
     async def send(
         self, items: list[tuple[bytes, bytes, set[int]]], degree: int, report: Progress
@@ -108,3 +162,138 @@ class Uploader:
                 if len(holders) < degree:
                     nursery.start_soon(finish, index)
         return learned, failures
+
+    async def send_coded(
+        self,
+        items: list[tuple[bytes, bytes]],
+        code: Code,
+        live: dict[bytes, set[int]],
+        report: Progress,
+    ) -> tuple[list[tuple[bytes, int]], list[str]]:
+        """Bring each (address, envelope) to all N shares of ``code`` on the holders.
+
+        ``live`` maps a share's address to the live nodes holding it (it grows as shares are
+        acknowledged). A chunk's missing shares are made from its envelope and each goes to a
+        node of a computer that holds none of the chunk's shares (a second share on one
+        computer only when the network has too few), one PUTCHUNKS per holder for the whole
+        batch, then per-share retries down the placement order. Returns the new (share
+        address, holder) pairs and a line per chunk still short."""
+        every = [share_address(a, i) for a, _e in items for i in range(code.n)]
+        if await self.io.read(self.catalog.any_tombstoned, every):
+            # Deleted content is wanted again: no owed delete may remove the new shares.
+            async with self.deletes_lock:
+                await self.io.call(self.catalog.revive, every)
+        todo = []
+        for address, envelope in items:
+            missing = [i for i in range(code.n) if not live.get(share_address(address, i))]
+            if missing:
+                todo.append((address, envelope, missing))
+        if not todo:
+            return [], []
+        before = {
+            share_address(a, i): set(live.get(share_address(a, i), ()))
+            for a, _e, _m in todo
+            for i in range(code.n)
+        }
+        blobs = await in_thread(
+            lambda: [encode(e, a, code, self.keys.share_key) for a, e, _m in todo],
+            limiter=self.node.cpu_limiter,
+        )
+        for index, (address, _e, missing) in enumerate(todo):
+            if len(missing) < code.n:  # some shares are out there: made from this envelope?
+                blobs[index] = await self._same_family(address, code, live, blobs[index])
+        todo = [t for t, b in zip(todo, blobs, strict=True) if b]
+        blobs = [b for b in blobs if b]
+        replication = self.node.replication
+        view = replication.view(self.owner_id)
+
+        def family(address: bytes) -> set[int]:
+            return {h for i in range(code.n) for h in live.get(share_address(address, i), ())}
+
+        plans = view.plan(
+            code.n, [(a, family(a)) for a, _e, _m in todo]
+        )  # placement for the whole family, the chunk's own order
+        by_target: dict[int, list[tuple[bytes, bytes]]] = {}
+        waiting: list[tuple[bytes, int, bytes]] = []  # (chunk address, number, share)
+        for (address, _e, missing), shares, targets in zip(todo, blobs, plans, strict=True):
+            for slot, number in enumerate(missing):
+                share = shares[number]
+                if slot < len(targets):
+                    by_target.setdefault(targets[slot], []).append(
+                        (share_address(address, number), share)
+                    )
+                waiting.append((address, number, share))
+
+        async def to_target(target: int, batch: list[tuple[bytes, bytes]]) -> None:
+            ok = await replication.put_batch(target, self.owner_id, 1, batch)
+            report.bytes_sent += sum(len(share) for _a, share in batch)
+            for (share_addr, _s), stored in zip(batch, ok, strict=True):
+                if stored:
+                    live.setdefault(share_addr, set()).add(target)
+
+        async with trio.open_nursery() as nursery:
+            for target, batch in by_target.items():
+                nursery.start_soon(to_target, target, batch)
+        for address, number, share in waiting:
+            share_addr = share_address(address, number)
+            tried: set[int] = set()
+            for round_no in range(SHARE_ROUNDS):
+                if live.get(share_addr):
+                    break
+                holding = family(address)
+                [targets] = replication.view(self.owner_id).plan(
+                    len(holding) + 1,
+                    [(share_addr, holding)],
+                    tried,
+                    final=round_no == SHARE_ROUNDS - 1,
+                )
+                for target in targets:
+                    tried.add(target)
+                    if await replication.put_copy(target, self.owner_id, share_addr, 1, share):
+                        live.setdefault(share_addr, set()).add(target)
+                        report.bytes_sent += len(share)
+                        break
+        learned = [(a, h) for a, had in before.items() for h in live.get(a, set()) - had]
+        failures = []
+        for address, _e in items:
+            present = sum(1 for i in range(code.n) if live.get(share_address(address, i)))
+            if present < code.n:
+                failures.append(
+                    f"chunk {address.hex()[:12]}… has {present} of {code.n} shares ({code})"
+                    f" ({len(self.node.membership.up_ids())} peers up)"
+                )
+        return learned, failures
+
+    async def _same_family(
+        self, address: bytes, code: Code, live: dict[bytes, set[int]], made: list[bytes]
+    ) -> list[bytes]:
+        """The shares to send for a chunk some of whose shares are already out there: ``made``
+        if they are of the same family (the same envelope: sealed deterministically, they
+        are), else the family out there made whole again from K of its shares; none (the
+        chunk stays short, said as such) when neither can be had."""
+        mine = parse(made[0]).family
+        found: list[Share] = []
+        for number in range(code.n):
+            s = share_address(address, number)
+            for holder in sorted(live.get(s, ())):
+                got, _failed = await self.node.replication.get_envelopes(holder, self.owner_id, [s])
+                try:
+                    found.append(verify(got[s], s, share_key=self.keys.share_key))
+                    break
+                except (KeyError, ShareError):
+                    continue
+            if found and found[0].family == mine:
+                return made
+            if len(found) >= code.k:
+                try:
+                    return await in_thread(rebuild, found, list(range(code.n)))
+                except ShareError as exc:
+                    log.warning("chunk %s…: %s", address.hex()[:12], exc)
+                    break
+        log.warning(
+            "chunk %s…: its shares out there are of another sealing and fewer than %d of them"
+            " answer: it stays short",
+            address.hex()[:12],
+            code.k,
+        )
+        return []

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
+from chunkstore.shares import Code, items_of
 
 from .messages import Chunk, Delete, Deleted, GetChunk
 from .offload import in_thread
@@ -165,3 +166,30 @@ async def rereplicate(owner: Owner, address: bytes, degree: int) -> int:
         await owner.io.call(owner.catalog.set_holders, address, now)
         return made
     return 0
+
+
+@dataclass(slots=True)
+class CodedReport:
+    """What ``check`` found of this node's coded chunks (kept as K-of-N shares)."""
+
+    checked: int = 0
+    short: int = 0  # fewer than N shares on the holders (the holders rebuild them)
+    lost: int = 0  # fewer than K: not rebuildable from what answers now
+
+
+async def check_coded(owner: Owner) -> CodedReport:
+    """Count, for every chunk a live version keeps with a code, its shares the holders say
+    they hold (QUERY): short of N, or short of K."""
+    coded = await in_thread(owner.catalog.coded_chunks)
+    report = CodedReport(checked=len(coded))
+    if not coded:
+        return report
+    shares = [s for address, degree in coded for s in items_of(address, degree)]
+    held = await owner.node.replication.degrees(owner.owner_id, shares)
+    for address, degree in coded:
+        code = Code.of_degree(degree)
+        assert code is not None
+        present = sum(1 for s in items_of(address, degree) if held.get(s))
+        report.short += present < code.n
+        report.lost += present < code.k
+    return report

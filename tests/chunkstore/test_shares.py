@@ -206,3 +206,17 @@ def test_the_formats_doc_states_the_sizes_the_code_makes() -> None:
     assert f"2-of-4 of a full chunk's envelope is four shares of {full:,} bytes" in text
     assert 104 + 32 * 16 + data_size(MAX_ENVELOPE_SIZE, 2) == MAX_SHARE_SIZE
     assert f"at most {MAX_SHARE_SIZE:,} bytes (2-of-16)" in text
+
+
+def test_a_code_is_recorded_in_a_degree_no_number_of_copies_can_be() -> None:
+    seen = set()
+    for n in range(3, 17):
+        for k in range(2, n):
+            degree = Code(k, n).as_degree()
+            assert degree > 9 and Code.of_degree(degree) == Code(k, n)
+            seen.add(degree)
+    assert len(seen) == sum(n - 2 for n in range(3, 17))
+    assert all(Code.of_degree(d) is None for d in range(1, 10))
+    for bad in (0, 10, 31, 32 * 2 + 2, 32 * 5 + 17, -1):
+        with pytest.raises(ValueError):
+            Code.of_degree(bad)

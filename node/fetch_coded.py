@@ -1,0 +1,177 @@
+"""Getting erasure-coded chunks back: K of each chunk's N shares from their holders, each
+verified alone with the owner's key (``chunkstore/shares.py``), decoded and opened.
+
+A batch asks each holder once (GETCHUNKS of the share addresses it holds), spreading the
+chunks' shares over the holders so that no holder's link is the limit; a chunk short of K good
+shares is asked again from the holders of its other shares, then every live peer is asked
+which shares it holds (a holder's repair may have moved one) and the rest is tried from them.
+A share that fails its check is never used: the chunk comes back exactly as sealed, or not
+at all (a RestoreError naming it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from chunkstore.envelope import open_chunk
+from chunkstore.errors import EnvelopeError
+from chunkstore.keys import KeyRing
+from chunkstore.shares import Code, Share, ShareError, decode, share_address, verify
+
+from .node import Node
+from .offload import in_thread
+from .report import RestoreError
+
+log = logging.getLogger(__name__)
+ROUNDS = 3  # rounds over the known holders before asking every peer
+
+
+class CodedFetch:
+    """One batch of coded chunks (all with one code) to fetch."""
+
+    def __init__(
+        self,
+        node: Node,
+        keys: KeyRing,
+        code: Code,
+        holders: Callable[[list[bytes]], Awaitable[dict[bytes, set[int]]]],
+        learn: Callable[[list[tuple[bytes, int]]], Awaitable[None]],
+        get_envelopes: Callable[[int, list[bytes]], Awaitable[dict[bytes, bytes]]],
+    ) -> None:
+        self.node = node
+        self.keys = keys
+        self.code = code
+        self._holders = holders  # the catalog's holders of share addresses
+        self._learn = learn  # record (share address, holder) pairs found by asking
+        self._get = get_envelopes
+
+    async def fetch(
+        self, addresses: list[bytes]
+    ) -> tuple[dict[bytes, bytes], dict[bytes, RestoreError]]:
+        """(verified plaintexts, why each missing one is missing) of these chunks."""
+        code = self.code
+        unique = list(dict.fromkeys(addresses))
+        share_of = {
+            share_address(a, i): (a, i) for a in unique for i in range(code.n)
+        }  # share address -> (chunk, number)
+        holders = await self._holders(list(share_of))
+        got: dict[bytes, dict[int, Share]] = defaultdict(dict)  # chunk -> number -> share
+        tried: dict[bytes, set[int]] = defaultdict(set)  # share address -> holders asked
+        found: dict[bytes, bytes] = {}
+        todo = unique
+        for round_no in range(ROUNDS + 1):
+            if round_no == ROUNDS:  # ask every live peer which shares it holds
+                asked = await self.node.replication.query_holders(
+                    self.node.node_id, [s for a in todo for s in _shares(a, code)]
+                )
+                new = [(s, h) for s, hs in asked.items() for h in hs - holders.get(s, set())]
+                if new:
+                    await self._learn(new)
+                for s, hs in asked.items():
+                    holders.setdefault(s, set()).update(hs)
+                tried.clear()
+            elif round_no:
+                await trio.sleep(0.25 * 2 ** (round_no - 1))
+            plan = self._spread(todo, holders, got, tried)
+            if not plan:
+                break
+            async with trio.open_nursery() as nursery:
+                for holder, wanted in plan.items():
+                    nursery.start_soon(self._from_holder, holder, wanted, share_of, got)
+            ready = [a for a in todo if len(got[a]) >= code.k]
+            opened = await in_thread(
+                self._open,
+                [(a, list(got[a].values())) for a in ready],
+                limiter=self.node.cpu_limiter,
+            )
+            for address, plain in opened.items():
+                found[address] = plain
+            for address in ready:
+                if address not in opened:  # decoded to what does not open: never seen yet
+                    got[address].clear()
+            todo = [a for a in todo if a not in found]
+            if not todo:
+                break
+        missing = {
+            a: RestoreError(
+                f"chunk {a.hex()[:16]}… ({code}): {len(got[a])} of the {code.k} shares it"
+                " needs came back valid from the reachable holders"
+            )
+            for a in todo
+        }
+        return found, missing
+
+    def _spread(
+        self,
+        todo: list[bytes],
+        holders: dict[bytes, set[int]],
+        got: dict[bytes, dict[int, Share]],
+        tried: dict[bytes, set[int]],
+    ) -> dict[int, list[bytes]]:
+        """Share addresses by the up holder to ask: for each chunk the shares it still needs
+        to reach K, from the holders with the least asked of them so far."""
+        load: dict[int, list[bytes]] = {}
+        up = self.node.membership.is_up
+        for address in todo:
+            need = self.code.k - len(got[address])
+            options = []
+            for number in range(self.code.n):
+                if number in got[address]:
+                    continue
+                s = share_address(address, number)
+                live = [h for h in holders.get(s, ()) if up(h) and h not in tried[s]]
+                if live:
+                    options.append((s, live))
+            # Shares first whose holders are least loaded, one holder per share.
+            chosen: set[int] = set()
+            for s, live in sorted(options, key=lambda o: min(len(load.get(h, ())) for h in o[1])):
+                if need <= 0:
+                    break
+                holder = min(live, key=lambda h: (h in chosen, len(load.get(h, ())), h))
+                load.setdefault(holder, []).append(s)
+                tried[s].add(holder)
+                chosen.add(holder)
+                need -= 1
+        return load
+
+    async def _from_holder(
+        self,
+        holder: int,
+        wanted: list[bytes],
+        share_of: dict[bytes, tuple[bytes, int]],
+        got: dict[bytes, dict[int, Share]],
+    ) -> None:
+        blobs = await self._get(holder, wanted)
+        key = self.keys.share_key
+        for s, blob in blobs.items():
+            address, number = share_of[s]
+            try:
+                share = verify(blob, s, share_key=key)
+            except ShareError as exc:
+                log.warning(
+                    "share %d of chunk %s… from node %d: %s",
+                    number,
+                    address.hex()[:12],
+                    holder,
+                    exc,
+                )
+                continue
+            if share.family.chunk_address == address and share.family.k == self.code.k:
+                got[address][number] = share
+
+    def _open(self, ready: list[tuple[bytes, list[Share]]]) -> dict[bytes, bytes]:
+        opened = {}
+        for address, shares in ready:
+            try:
+                opened[address] = open_chunk(self.keys, address, decode(shares))
+            except (ShareError, EnvelopeError) as exc:
+                log.warning("chunk %s… from its shares: %s", address.hex()[:12], exc)
+        return opened
+
+
+def _shares(address: bytes, code: Code) -> list[bytes]:
+    return [share_address(address, i) for i in range(code.n)]
