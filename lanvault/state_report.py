@@ -74,7 +74,8 @@ def _encode(
     parts.append(
         ",".join(
             f'{{"owner":{c.owner},"chunk":"{c.address.hex()}","size":{c.length},'
-            f'"degree":{stored_degrees.get((c.owner, c.address), 1)},"desired_degree":{c.degree}}}'
+            f'"degree":{stored_degrees.get((c.owner, c.address), 1)},"desired_degree":{c.degree}'
+            f"{_share_json(c)}}}"
             for c in stored
         )
     )
@@ -128,6 +129,26 @@ async def _gather(
         for address, holders in found.items():
             stored_degrees[(owner_id, address)] = len(holders | {node.node_id})
     return files, degrees, stored, stored_degrees
+
+
+def _share_fields(c: StoredChunk) -> dict[str, object]:
+    """A share held for an owner: which chunk's, its number and code (none for a copy)."""
+    if c.share is None:
+        return {}
+    return {
+        "share_of": c.share.chunk_address.hex(),
+        "share": c.share.number,
+        "code": f"{c.share.k}-of-{c.share.n}",
+    }
+
+
+def _share_json(c: StoredChunk) -> str:
+    if c.share is None:
+        return ""
+    return (
+        f',"share_of":"{c.share.chunk_address.hex()}","share":{c.share.number},'
+        f'"code":"{c.share.k}-of-{c.share.n}"'
+    )
 
 
 def _coded_key(address: bytes, degree: int) -> bytes:
@@ -193,6 +214,7 @@ def _build(
                 "size": c.length,
                 "degree": stored_degrees.get((c.owner, c.address), 1),
                 "desired_degree": c.degree,
+                **_share_fields(c),
             }
             for c in stored
         ],

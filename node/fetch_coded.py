@@ -3,8 +3,9 @@ verified alone with the owner's key (``chunkstore/shares.py``), decoded and open
 
 A batch asks each holder once (GETCHUNKS of the share addresses it holds), spreading the
 chunks' shares over the holders so that no holder's link is the limit; a chunk short of K good
-shares is asked again from the holders of its other shares, then every live peer is asked
-which shares it holds (a holder's repair may have moved one) and the rest is tried from them.
+shares is asked again from holders not yet asked for it; once none is left, every live peer is
+asked which shares it holds (a holder's repair may have put one where the catalog does not
+know) and those are tried; then the whole once more after a pause.
 A share that fails its check is never used: the chunk comes back exactly as sealed, or not
 at all (a RestoreError naming it).
 """
@@ -27,7 +28,7 @@ from .offload import in_thread
 from .report import RestoreError
 
 log = logging.getLogger(__name__)
-ROUNDS = 3  # rounds over the known holders before asking every peer
+PASSES = 2  # passes over every holder of every share (the second after a pause)
 
 
 class CodedFetch:
@@ -63,37 +64,33 @@ class CodedFetch:
         tried: dict[bytes, set[int]] = defaultdict(set)  # share address -> holders asked
         found: dict[bytes, bytes] = {}
         todo = unique
-        for round_no in range(ROUNDS + 1):
-            if round_no == ROUNDS:  # ask every live peer which shares it holds
-                asked = await self.node.replication.query_holders(
-                    self.node.node_id, [s for a in todo for s in _shares(a, code)]
-                )
-                new = [(s, h) for s, hs in asked.items() for h in hs - holders.get(s, set())]
-                if new:
-                    await self._learn(new)
-                for s, hs in asked.items():
-                    holders.setdefault(s, set()).update(hs)
+        queried = False
+        for attempt in range(PASSES):
+            if attempt:  # every holder was asked once: again, after a pause (a busy link)
+                await trio.sleep(0.5 * attempt)
                 tried.clear()
-            elif round_no:
-                await trio.sleep(0.25 * 2 ** (round_no - 1))
-            plan = self._spread(todo, holders, got, tried)
-            if not plan:
-                break
-            async with trio.open_nursery() as nursery:
-                for holder, wanted in plan.items():
-                    nursery.start_soon(self._from_holder, holder, wanted, share_of, got)
-            ready = [a for a in todo if len(got[a]) >= code.k]
-            opened = await in_thread(
-                self._open,
-                [(a, list(got[a].values())) for a in ready],
-                limiter=self.node.cpu_limiter,
-            )
-            for address, plain in opened.items():
-                found[address] = plain
-            for address in ready:
-                if address not in opened:  # decoded to what does not open: never seen yet
-                    got[address].clear()
-            todo = [a for a in todo if a not in found]
+            while todo:
+                plan = self._spread(todo, holders, got, tried)
+                if not plan and not queried:  # ask every live peer which shares it holds
+                    queried = True
+                    await self._ask_everyone(todo, holders)
+                    plan = self._spread(todo, holders, got, tried)
+                if not plan:
+                    break
+                async with trio.open_nursery() as nursery:
+                    for holder, wanted in plan.items():
+                        nursery.start_soon(self._from_holder, holder, wanted, share_of, got)
+                ready = [a for a in todo if len(got[a]) >= code.k]
+                opened = await in_thread(
+                    self._open,
+                    [(a, list(got[a].values())) for a in ready],
+                    limiter=self.node.cpu_limiter,
+                )
+                found.update(opened)
+                for address in ready:
+                    if address not in opened:  # decoded to what does not open: never seen yet
+                        got[address].clear()
+                todo = [a for a in todo if a not in found]
             if not todo:
                 break
         missing = {
@@ -104,6 +101,18 @@ class CodedFetch:
             for a in todo
         }
         return found, missing
+
+    async def _ask_everyone(self, todo: list[bytes], holders: dict[bytes, set[int]]) -> None:
+        """Learn from every live peer which of these chunks' shares it holds (a holder's
+        repair may have put one where the catalog does not know), and record it."""
+        asked = await self.node.replication.query_holders(
+            self.node.node_id, [s for a in todo for s in _shares(a, self.code)]
+        )
+        new = [(s, h) for s, hs in asked.items() for h in hs - holders.get(s, set())]
+        if new:
+            await self._learn(new)
+        for s, hs in asked.items():
+            holders.setdefault(s, set()).update(hs)
 
     def _spread(
         self,
