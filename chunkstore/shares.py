@@ -335,6 +335,18 @@ def shortfall(address: bytes, degree: int, holders: Mapping[bytes, Collection[in
     return f"{present} of {code.n} shares ({code})"
 
 
+def parse_keeping(text: str) -> int | None:
+    """How a person or a ``user.lanvault.degree`` attribute says to keep a file: copies
+    ("2", 1..9) or a code ("2-of-4"), as a recorded degree; None for anything else."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text) if 1 <= int(text) <= 9 else None
+    try:
+        return Code.parse(text).as_degree()
+    except ValueError:
+        return None
+
+
 def describe(degree: int) -> str:
     """A recorded degree as a person says it: "degree 2" or "code 2-of-4"."""
     code = Code.of_degree(degree)

@@ -53,9 +53,10 @@ from chunkstore.catalogdb import (
     TreeChange,
 )
 from chunkstore.chunking import CHUNK_SIZE, chunk_count
+from chunkstore.envelope import chunk_address, seal_chunk
 from chunkstore.exclusions import Exclusions
 from chunkstore.keys import KeyRing
-from chunkstore.pipeline import prepare_chunk
+from chunkstore.shares import Code, parse_keeping
 from chunkstore.store import ChunkStore, PutItem
 
 from .dirty import DirtyFile
@@ -346,10 +347,15 @@ class VersionCutter:
         return self._seal(job.degree, self._read_batch(job, numbers))
 
     def _seal(self, degree: int, batch: list[tuple[int, bytes]]) -> list[tuple[int, PutItem]]:
+        # A coded chunk is sealed deterministically (its shares made again later match) and
+        # waits in the outbox whole (at "degree" 1: its shares are made as it is sent).
+        coded = Code.of_degree(degree) is not None
+        kept = 1 if coded else degree
         sealed = []
         for no, data in batch:
-            chunk = prepare_chunk(self.keys, data)
-            sealed.append((no, PutItem(self.owner, chunk.address, chunk.envelope, degree)))
+            address = chunk_address(self.keys, data)
+            envelope = seal_chunk(self.keys, address, data, deterministic=coded)
+            sealed.append((no, PutItem(self.owner, address, envelope, kept)))
         return sealed
 
     async def _read_and_seal(self, job: CutJob, inode: int | None) -> None:
@@ -552,7 +558,8 @@ class VersionCutter:
 
 
 def degree_from_xattrs(real_root: str, relative: str, default: int) -> int:
-    """The file's ``user.lanvault.degree``, else the nearest folder's above it, else ``default``."""
+    """The file's ``user.lanvault.degree``, else the nearest folder's above it, else ``default``:
+    a number of copies, or a K-of-N code as its recorded degree."""
     parts = relative.split("/") if relative else []
     for depth in range(len(parts), -1, -1):
         path = "/".join([real_root, *parts[:depth]])
@@ -560,9 +567,9 @@ def degree_from_xattrs(real_root: str, relative: str, default: int) -> int:
             value = _degree_attribute(real_root, "/".join(parts[:depth]), path)
         except OSError:
             continue
-        text = value.decode("ascii", "replace").strip()
-        if text.isdigit() and 1 <= int(text) <= 9:
-            return int(text)
+        degree = parse_keeping(value.decode("ascii", "replace"))
+        if degree is not None:  # copies (1..9) or a code (2-of-4)
+            return degree
     return default
 
 

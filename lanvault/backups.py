@@ -15,6 +15,7 @@ from typing import Any
 
 from chunkstore.catalog import DEGREE_XATTR
 from chunkstore.exclusions import Exclusions, PatternError, read_pattern_file
+from chunkstore.shares import Code, describe, parse_keeping
 from chunkstore.sizes import format_size
 
 from .commands import damage_line, emit, plural, request
@@ -293,9 +294,16 @@ def cmd_degree(args: argparse.Namespace, state: StateDir) -> int:
             degree, source = state.load_config().default_degree, "the node's default_degree"
         except CommandError:
             source = "the node's default_degree"
-    data = {"path": str(path), "degree": degree, "from": source}
+    code = Code.of_degree(degree) if degree is not None else None
+    data = {
+        "path": str(path),
+        "degree": None if code else degree,
+        "code": str(code) if code else None,
+        "from": source,
+    }
     after = " for the new versions of its files" if path.is_dir() else " for its new versions"
-    said = f"{path}: degree {degree if degree is not None else '(default)'}{after}, from {source}"
+    kept = describe(degree) if degree is not None else "degree (default)"
+    said = f"{path}: {kept}{after}, from {source}"
     said += " (the mount reads it; lanvault backup uses its --degree)"
     if args.degree is not None:
         said += " (versions made before keep theirs; write or back up again to raise them)"
@@ -314,8 +322,9 @@ def _effective_degree(path: Path) -> tuple[int | None, str]:
             )
         except OSError:
             continue
-        if text.strip().isdigit() and 1 <= int(text) <= 9:
-            return int(text), str(place) if place != at else "its own setting"
+        degree = parse_keeping(text)
+        if degree is not None:
+            return degree, str(place) if place != at else "its own setting"
     return None, ""
 
 

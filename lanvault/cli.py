@@ -153,9 +153,12 @@ def _code(text: str) -> str:
 
 
 def _degree_or_default(text: str) -> str:
-    if text != "default":
+    if text == "default":
+        return text
+    if text.strip().isdigit():
         _degree(text)
-    return text
+        return text.strip()
+    return _code(text)  # a K-of-N code
 
 
 def _exclusion_options(p: argparse.ArgumentParser, pattern_help: str) -> None:
@@ -381,7 +384,8 @@ def build_parser() -> Parser:
         "degree",
         nargs="?",
         type=_degree_or_default,
-        help="1..9, or 'default' to use the node's default_degree again; omitted: show it",
+        help="1..9 copies, a K-of-N code (2-of-4), or 'default' to use the node's default_degree"
+        " again; omitted: show it",
     )
 
     p = sub.add_parser("reclaim", parents=[common], help="lower the space this node lends")

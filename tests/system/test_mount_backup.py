@@ -217,3 +217,55 @@ def test_versions_folder_shows_every_snapshot_even_from_peers(
         assert (mnt / "versions" / "latest" / "docs" / "report.odt").read_bytes() == second
     finally:
         mount.stop()
+
+
+def test_a_folder_set_to_a_code_is_kept_as_shares_and_read_back_from_them(
+    cluster4: ProcessCluster, tmp_path: Path
+) -> None:
+    if fuse_available():
+        pytest.skip(str(fuse_available()))
+    sweep_stale_mounts()
+    source, mnt = tmp_path / "data", tmp_path / "Backup"
+    source.mkdir()
+    mnt.mkdir()
+    mount = Mount(cluster4.nodes[1].state, source, mnt, tmp_path / "mount.log")
+    mount.start()
+    try:
+        (mnt / "photos").mkdir()
+        said = cluster4.cli(1, "degree", mnt / "photos", "2-of-3").stdout
+        assert "code 2-of-3" in said, said
+        data = os.urandom(5 * 64_000 + 7)
+        (mnt / "photos" / "a.jpg").write_bytes(data)
+        path = str(source.resolve() / "photos" / "a.jpg")
+
+        def coded_and_safe() -> bool:
+            entry = files_state(cluster4).get(path)
+            return bool(
+                entry
+                and entry.get("code") == "2-of-3"
+                and entry["complete"]
+                and all(c["degree"] == 3 for c in entry["chunks"])  # type: ignore[attr-defined]
+            )
+
+        cluster4.wait(coded_and_safe, 30, "the file's three shares of every chunk held")
+        # The file's chunks are shares only: no holder keeps a copy of them.
+        chunks = {c["chunk"] for c in files_state(cluster4)[path]["chunks"]}  # type: ignore[attr-defined]
+        for node_id in (2, 3, 4):
+            held = cluster4.json(node_id, "state")["stored"]
+            assert not chunks & {h["chunk"] for h in held if "share_of" not in h}
+            assert chunks >= {h["share_of"] for h in held if h.get("code") == "2-of-3"}
+        # SOURCE and the outbox wiped, one holder away: versions/ reads it from two shares.
+        os.unlink(source / "photos" / "a.jpg")
+        cluster4.wait(
+            lambda: outbox_empty(cluster4.nodes[1].state / "outbox"), 30, "outbox emptied"
+        )
+        cluster4.kill(2)
+        with_file = [
+            n
+            for n in os.listdir(mnt / "versions")
+            if n != "latest" and (mnt / "versions" / n / "photos" / "a.jpg").exists()
+        ]
+        newest = sorted(with_file)[-1]
+        assert (mnt / "versions" / newest / "photos" / "a.jpg").read_bytes() == data
+    finally:
+        mount.stop()
