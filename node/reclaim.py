@@ -1,7 +1,8 @@
 """Lending less: a holder gives back space by moving chunks elsewhere, then dropping them.
 
 A chunk is dropped only once enough other holders have a copy (its degree, not counting this
-node), each shown: a holder that only answered QUERY that it has one must hand it over, the
+node; a share of a coded chunk, once another node has it, on a computer holding none of the
+chunk's other shares), each shown: a holder that only answered QUERY that it has one must hand it over, the
 same bytes as this node's (a member may lie); the copies it must make first are made a few at a time in parallel, and a chunk no
 other computer can take (the others down or full) is kept, not waited on for ever: the
 report says how many, and the node tries again at each repair pass until it is within its
@@ -118,16 +119,25 @@ async def _move_batch(
     for owner, owned in by_owner.items():
         found = await node.replication.query_holders(owner, [c.address for c in owned])
         others = {c.address: found[c.address] - {node.node_id} for c in owned}
+        avoid = await _siblings_held(node, owner, owned)
         claimed = {a: set(h) for a, h in others.items()}  # what HOLDING said, not yet shown
         ready: list[StoredChunk] = []
 
         async with trio.open_nursery() as nursery:
             for chunk in owned:
                 nursery.start_soon(
-                    _copy_first, node, chunk, others[chunk.address], ready, kept, report, slots
+                    _copy_first,
+                    node,
+                    chunk,
+                    others[chunk.address],
+                    avoid.get(chunk.address, set()),
+                    ready,
+                    kept,
+                    report,
+                    slots,
                 )
         if ready:
-            ready = await _shown(node, owner, ready, others, claimed, kept, report)
+            ready = await _shown(node, owner, ready, others, claimed, avoid, kept, report)
         if not ready:
             continue
         if report.copied:
@@ -158,6 +168,7 @@ async def _shown(
     ready: list[StoredChunk],
     others: dict[bytes, set[int]],
     claimed: dict[bytes, set[int]],
+    avoid: dict[bytes, set[int]],
     kept: dict[tuple[int, bytes], int],
     report: ReclaimReport,
 ) -> list[StoredChunk]:
@@ -197,7 +208,13 @@ async def _shown(
         holders = others[chunk.address]
         if envelope is not None and len(holders) < chunk.degree:
             report.copied += await node.replication.replicate(
-                chunk.owner, chunk.address, chunk.degree, envelope, holders, rounds=COPY_ROUNDS
+                chunk.owner,
+                chunk.address,
+                chunk.degree,
+                envelope,
+                holders,
+                rounds=COPY_ROUNDS,
+                avoid=avoid.get(chunk.address, set()),
             )
         if envelope is not None and len(holders) >= chunk.degree:
             shown.append(chunk)
@@ -210,6 +227,7 @@ async def _copy_first(
     node: Node,
     chunk: StoredChunk,
     holders: set[int],
+    avoid: set[int],
     ready: list[StoredChunk],
     kept: dict[tuple[int, bytes], int],
     report: ReclaimReport,
@@ -227,12 +245,34 @@ async def _copy_first(
                 kept[(chunk.owner, chunk.address)] = chunk.length
                 return
             report.copied += await node.replication.replicate(
-                chunk.owner, chunk.address, chunk.degree, envelope, holders, rounds=COPY_ROUNDS
+                chunk.owner,
+                chunk.address,
+                chunk.degree,
+                envelope,
+                holders,
+                rounds=COPY_ROUNDS,
+                avoid=avoid,
             )
         if len(holders) >= chunk.degree:
             ready.append(chunk)
         else:
             kept[(chunk.owner, chunk.address)] = chunk.length
+
+
+async def _siblings_held(node: Node, owner: int, owned: list[StoredChunk]) -> dict[bytes, set[int]]:
+    """For each share among ``owned``: the other nodes holding its chunk's other shares (a
+    share moved away must not go to a computer of theirs)."""
+    shares = [c for c in owned if c.share is not None]
+    if not shares:
+        return {}
+    wanted = [s for c in shares if c.share is not None for s in c.share.siblings()]
+    found = await node.replication.query_holders(owner, wanted)
+    avoid: dict[bytes, set[int]] = {}
+    for chunk in shares:
+        assert chunk.share is not None
+        siblings = [s for s in chunk.share.siblings() if s != chunk.address]
+        avoid[chunk.address] = set().union(*(found[s] for s in siblings)) - {node.node_id}
+    return avoid
 
 
 async def _tell(

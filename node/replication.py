@@ -229,9 +229,10 @@ class Replication:
         holders: set[int],
         tried: set[int],
         final: bool,
+        avoid: Collection[int] = (),
     ) -> list[int]:
         """New holders for a chunk by placement, spread over computers (see ``replicate``)."""
-        return self.plan_many(owner, degree, [(address, holders)], tried, final)[0]
+        return self.view(owner).plan(degree, [(address, holders)], tried, final, avoid)[0]
 
     def plan_many(
         self,
@@ -360,6 +361,7 @@ class Replication:
         holders: set[int],
         rounds: int = REPLICATE_ROUNDS,
         failed: Collection[int] = (),
+        avoid: Collection[int] = (),
     ) -> int:
         """Make copies until ``holders`` reaches ``degree``; returns how many were made.
 
@@ -372,6 +374,8 @@ class Replication:
         as a last resort when the missing computers stay unreachable. With no peer up at all it
         still waits the rounds out: right after a peer's link breaks the others can look down
         for a moment (the partition scenario saw it), and a backup must not give up on that.
+        ``avoid``: nodes whose computers get no copy while another will do (the holders of a
+        share's siblings: one computer lost must not take two shares of a chunk).
         """
         made = 0
         delay = BACKOFF_FIRST
@@ -380,7 +384,13 @@ class Replication:
             tried: set[int] = set(failed) if round_no == 0 else set()
             while len(holders) < degree:
                 targets = self.plan_targets(
-                    owner, address, degree, holders, tried, final=round_no == rounds - 1
+                    owner,
+                    address,
+                    degree,
+                    holders,
+                    tried,
+                    final=round_no == rounds - 1,
+                    avoid=avoid,
                 )
                 if not targets:
                     break
@@ -430,16 +440,19 @@ class PlacementView:
         chunks: Sequence[tuple[bytes, set[int]]],
         tried: Collection[int] = (),
         final: bool = False,
+        avoid: Collection[int] = (),
     ) -> list[list[int]]:
-        """New holders for each (address, holders), by placement, spread over computers."""
+        """New holders for each (address, holders), by placement, spread over computers
+        (and not on the computers of ``avoid`` while others will do)."""
         owner = self.owner
         key_prefix = owner.to_bytes(4, "big")
         plans: list[list[int]] = []
+        shunned = {self.host_of(a) for a in avoid}
         for address, holders in chunks:
-            busy = {self.host_of(h) for h in holders} | {self.owner_host}
+            busy = {self.host_of(h) for h in holders} | {self.owner_host} | shunned
             if self.node_id in holders:
                 busy.add(self.host_id)
-            skip = holders | {owner, self.node_id}
+            skip = holders | {owner, self.node_id} | set(avoid)
             spare_hosts = {host for node, host in self.live_hosts if node not in skip} - busy
             strict = not final and len(spare_hosts) >= degree - len(holders)
             targets = choose_targets(
@@ -447,7 +460,7 @@ class PlacementView:
                 self.candidates,
                 owner,
                 degree - len(holders),
-                exclude=[*holders, *tried, self.node_id],
+                exclude=[*holders, *tried, *avoid, self.node_id],
                 avoid_hosts=busy,
                 allow_same_host=not strict,
             )

@@ -18,6 +18,7 @@ from chunkstore.errors import ChunkNotFoundError
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import PreparedChunk, prepare_chunk
 from chunkstore.shares import Code, decode, encode, parse, share_address
+from node.reclaim import reclaim
 from node.repair import RepairReport
 from node.share_repair import ShareDecision, share_decision
 
@@ -141,3 +142,27 @@ async def test_fewer_than_k_shares_cannot_be_rebuilt_and_are_counted(
             for i in range(4)
         )
         assert sum(r.shares.made for r in reports(cluster, (2, 5, 6))) == 0
+
+
+async def test_a_holder_lending_less_moves_its_share_to_a_computer_with_none(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_cluster(tmp_path / "c", 6) as cluster:
+        chunk, blobs = spread(cluster, Code(2, 4), [2, 3, 4, 5])
+        report = await reclaim(cluster.members[2].node, 0)
+        moved = share_address(chunk.address, 0)
+        assert report.dropped == 1 and report.kept == 0
+        assert holders_of(cluster, moved, range(2, 7)) == {6: blobs[0]}  # not 3, 4 or 5
+
+
+async def test_a_share_no_computer_without_one_can_take_is_kept(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_cluster(tmp_path / "c", 5) as cluster:
+        chunk, blobs = spread(cluster, Code(2, 4), [2, 3, 4, 5])
+        report = await reclaim(cluster.members[2].node, 0)
+        assert report.dropped == 0 and report.kept == 1
+        for number, node in enumerate((2, 3, 4, 5)):
+            assert holders_of(cluster, share_address(chunk.address, number), range(2, 6)) == {
+                node: blobs[number]
+            }
