@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
-from chunkstore.shares import Code, items_of
+from chunkstore.shares import Code, is_share, items_of, verify
 
 from .messages import Chunk, Delete, Deleted, GetChunk
 from .offload import in_thread
@@ -49,8 +49,11 @@ def bad_envelopes(keys: KeyRing, envelopes: dict[bytes, bytes]) -> dict[bytes, s
     bad: dict[bytes, str] = {}
     for address, envelope in envelopes.items():
         try:
-            open_chunk(keys, address, envelope)
-        except EnvelopeError as exc:
+            if is_share(envelope):  # a coded chunk's share: it verifies alone, with our key
+                verify(envelope, address, share_key=keys.share_key)
+            else:
+                open_chunk(keys, address, envelope)
+        except EnvelopeError as exc:  # ShareError is one
             bad[address] = str(exc) or type(exc).__name__
     return bad
 
@@ -61,11 +64,16 @@ async def read_data(
     repair: bool = False,
     progress: Callable[[ReadDataReport, int], None] | None = None,
 ) -> ReadDataReport:
-    """Read and open every copy of our chunks (or of a random ``sample_percent`` of them)."""
+    """Read and open every copy of our chunks (or of a random ``sample_percent`` of them),
+    and check every share of our coded chunks alone (a bad share deleted with ``repair`` is
+    rebuilt by the holders' repair from the others)."""
     catalog = owner.catalog
     wanted = dict(await in_thread(catalog.live_addresses))
     for address in await in_thread(catalog.catalog_chunks):
         wanted[address] = max(wanted.get(address, 0), owner.default_degree)
+    for address, degree in await in_thread(catalog.coded_chunks):
+        for share in items_of(address, degree):  # each share read and checked alone
+            wanted[share] = 1
     chosen = sorted(wanted)
     if sample_percent < 100.0:
         count = max(1, round(len(chosen) * sample_percent / 100)) if chosen else 0

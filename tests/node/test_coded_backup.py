@@ -11,10 +11,12 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from chunkstore.shares import Code, parse, share_address
+from chunkstore.keys import KeyRing
+from chunkstore.shares import Code, encode, parse, share_address
 from lanvault.state_report import state_report, state_report_json
+from node.verify import read_data
 
-from .cluster import SIZES, Cluster, open_cluster, write_files
+from .cluster import SIZES, Cluster, eventually, open_cluster, write_files
 
 CODE = Code(2, 4)
 
@@ -112,4 +114,41 @@ async def test_a_chunk_both_copied_and_coded_is_kept_both_ways(
         for n in (2, 3):
             cluster.kill(n)
         await owner.restorer.restore_path(tmp_path / "b" / "f", tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == body
+
+
+async def test_check_read_data_checks_every_share_alone_and_drops_a_forged_one(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_cluster(tmp_path / "c", 6) as cluster:
+        (tmp_path / "src").mkdir()
+        body = random.Random(6).randbytes(3 * 64_000)
+        (tmp_path / "src" / "f").write_bytes(body)
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=CODE.as_degree())
+        clean = await read_data(owner)
+        shares = len(shares_held(cluster))
+        assert clean.bad_copies == [] and clean.copies_verified >= shares
+        # A member swaps one share for one of its own making: consistent alone, filed at the
+        # right address, but not sealed by the owner.
+        forged_at, [holder] = next(iter(shares_held(cluster).items()))
+        mine = parse(cluster.members[holder].store.get(1, forged_at))
+        liar = KeyRing.from_master(bytes(32))
+        forged = encode(
+            random.Random(7).randbytes(mine.family.envelope_length),
+            mine.family.chunk_address,
+            CODE,
+            liar.share_key,
+        )[mine.number]
+        store = cluster.members[holder].store
+        store.delete_many(1, [forged_at])
+        store.put(1, forged_at, forged)
+        found = await read_data(owner, repair=True)
+        assert len(found.bad_copies) == 1 and "seal" in found.bad_copies[0]
+        assert found.copies_dropped == 1
+        # The holders' repair makes the share again from the others: the owner's own bytes.
+        await eventually(lambda: shares_held(cluster).get(forged_at), 60)
+        [again] = shares_held(cluster)[forged_at]
+        assert parse(cluster.members[again].store.get(1, forged_at)).family == mine.family
+        await owner.restorer.restore_path(tmp_path / "src" / "f", tmp_path / "out")
         assert (tmp_path / "out").read_bytes() == body
