@@ -49,7 +49,7 @@ from .commands import (
 )
 from .docgen import bash_completion, man_page, zsh_completion
 from .runtime import tune_allocator, tune_switch_interval
-from .simulate import cmd_simulate, simulate_arguments
+from .simulate_cli import cmd_simulate, simulate_arguments
 from .state import (
     CommandError,
     StateDir,

@@ -18,6 +18,7 @@ from node.node import LatencyStats, Node
 from node.offload import in_thread
 from node.owner import Owner
 from node.safekeeping import Safekeeping, SafekeepingReport
+from node.verify import check_coded
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ class Health:
     held_by_owner: dict[int, int]
     peers: list[PeerHealth]
     held_below_degree: int  # chunks held for others the last repair pass left below degree
-    own_below_degree: int | None  # the owner's chunks below degree now (None: not measured)
+    own_below_degree: int | None  # own chunks below degree (a coded one: short of shares) now
     catalog: dict[str, int]  # versions, pending_versions, pending_degree, snapshots, ...
     pending_reason: str | None  # why pending versions cannot reach their degree on this network
     last_backup_ns: int
@@ -101,6 +102,7 @@ async def take(
         wanted = await in_thread(catalog.wanted_degrees)
         degrees = await node.replication.degrees(node.node_id, sorted(wanted)) if wanted else {}
         own_under = sum(1 for a, d in wanted.items() if degrees.get(a, 0) < d)
+        own_under += (await check_coded(owner)).short  # coded chunks short of shares
 
     def from_disk() -> tuple[dict[str, int], int, dict[int, int], DamageSummary]:
         return (

@@ -47,8 +47,9 @@ class ShareDecision(enum.Enum):
 
 def share_decision(k: int, n: int, present: set[int], unsure: int) -> ShareDecision:
     """The repair policy for one coded chunk: ``present`` share numbers (on live holders, or
-    remembered on holders down and not yet gone), ``unsure`` nodes down and not yet gone
-    that the pass could not ask (each may hold one share)."""
+    remembered on holders down and not yet gone), ``unsure`` nodes down and not yet gone,
+    not among those, that the pass could not ask (each may hold one share).
+    ``lanvault simulate`` runs this same function for codes over simulated years."""
     if len(present) >= n:
         return ShareDecision.COMPLETE
     if len(present) + unsure >= n:
@@ -127,7 +128,12 @@ class ShareRepairer:
                         self._seen[(owner, address)] = live | remembered
                     if live:
                         family.live[number] = live
-                decision = share_decision(ref.k, ref.n, set(family.holders), len(unsure - {owner}))
+                # Down nodes already counted by a share they were seen with are not counted
+                # again as maybe holding one.
+                counted = {node for nodes in family.holders.values() for node in nodes}
+                decision = share_decision(
+                    ref.k, ref.n, set(family.holders), len(unsure - {owner} - counted)
+                )
                 if decision is ShareDecision.COMPLETE:
                     continue
                 report.below += 1

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from lanvault.lossmodel import loss_probability, wilson
-from lanvault.simulate import YEAR_H, Network, Scheme, Trial, observed_network, simulate
+from lanvault.simulate import YEAR_H, Network, Scheme, Trial, simulate
+from lanvault.simulate_cli import observed_network
 
 FAILURE = 1e-3  # per hour: high, so that losses are common enough to count in a test
 REPAIR_HOURS = 50.0
