@@ -206,6 +206,8 @@ def test_the_formats_doc_states_the_sizes_the_code_makes() -> None:
     assert f"2-of-4 of a full chunk's envelope is four shares of {full:,} bytes" in text
     assert 104 + 32 * 16 + data_size(MAX_ENVELOPE_SIZE, 2) == MAX_SHARE_SIZE
     assert f"at most {MAX_SHARE_SIZE:,} bytes (2-of-16)" in text
+    lowest = min(Code(k, n).as_degree() for n in range(3, 17) for k in range(2, n))
+    assert f"`32·K + N` (at least {lowest}: never a number of copies)" in text
 
 
 def test_a_code_is_recorded_in_a_degree_no_number_of_copies_can_be() -> None:
