@@ -48,6 +48,7 @@ class Fetcher:
         self._db = db
         self.owner_id = node.node_id
         self.failed_requests = 0  # GETCHUNKS that failed (a reset, a timeout): a busy link
+        self.share_pace: dict[int, float] = {}  # holder -> seconds per share lately
 
     async def fetch_chunk(
         self,
@@ -204,7 +205,7 @@ class Fetcher:
             return found
 
         return await CodedFetch(
-            self.node, self.keys, code, holders, learn, self.get_envelopes
+            self.node, self.keys, code, holders, learn, self.get_envelopes, self.share_pace
         ).fetch(addresses)
 
     async def fetch_coded_any(

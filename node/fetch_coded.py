@@ -1,8 +1,9 @@
 """Getting erasure-coded chunks back: K of each chunk's N shares from their holders, each
 verified alone with the owner's key (``chunkstore/shares.py``), decoded and opened.
 
-A batch asks each holder once (GETCHUNKS of the share addresses it holds), spreading the
-chunks' shares over the holders so that no holder's link is the limit; a chunk short of K good
+A batch asks each holder once (GETCHUNKS of the share addresses it holds), each chunk's K
+shares of the holders that would give them soonest (their queue in this batch times the
+seconds a share took them lately), so that the batch is spread and the fastest do most; a chunk short of K good
 shares is asked again from holders not yet asked for it; once none is left, every live peer is
 asked which shares it holds (a holder's repair may have put one where the catalog does not
 know) and those are tried; then the whole once more after a pause.
@@ -42,6 +43,7 @@ class CodedFetch:
         holders: Callable[[list[bytes]], Awaitable[dict[bytes, set[int]]]],
         learn: Callable[[list[tuple[bytes, int]]], Awaitable[None]],
         get_envelopes: Callable[[int, list[bytes]], Awaitable[dict[bytes, bytes]]],
+        pace: dict[int, float] | None = None,
     ) -> None:
         self.node = node
         self.keys = keys
@@ -49,6 +51,9 @@ class CodedFetch:
         self._holders = holders  # the catalog's holders of share addresses
         self._learn = learn  # record (share address, holder) pairs found by asking
         self._get = get_envelopes
+        # holder -> seconds a share took it lately (a moving average, kept by the caller
+        # across batches): the K shares of a chunk are asked of the fastest holders.
+        self.pace = pace if pace is not None else {}
 
     async def fetch(
         self, addresses: list[bytes]
@@ -125,6 +130,13 @@ class CodedFetch:
         to reach K, from the holders with the least asked of them so far."""
         load: dict[int, list[bytes]] = {}
         up = self.node.membership.is_up
+        known = [p for p in self.pace.values() if p > 0]
+        usual = sorted(known)[len(known) // 2] if known else 1.0  # a holder not timed yet
+
+        def cost(holder: int) -> float:
+            """When a share asked of ``holder`` now would come: its queue times its pace."""
+            return (len(load.get(holder, ())) + 1) * self.pace.get(holder, usual)
+
         for address in todo:
             need = self.code.k - len(got[address])
             options = []
@@ -135,12 +147,12 @@ class CodedFetch:
                 live = [h for h in holders.get(s, ()) if up(h) and h not in tried[s]]
                 if live:
                     options.append((s, live))
-            # Shares first whose holders are least loaded, one holder per share.
+            # The shares whose holders would give them soonest, one holder per share.
             chosen: set[int] = set()
-            for s, live in sorted(options, key=lambda o: min(len(load.get(h, ())) for h in o[1])):
+            for s, live in sorted(options, key=lambda o: min(cost(h) for h in o[1])):
                 if need <= 0:
                     break
-                holder = min(live, key=lambda h: (h in chosen, len(load.get(h, ())), h))
+                holder = min(live, key=lambda h: (h in chosen, cost(h), h))
                 load.setdefault(holder, []).append(s)
                 tried[s].add(holder)
                 chosen.add(holder)
@@ -154,7 +166,13 @@ class CodedFetch:
         share_of: dict[bytes, tuple[bytes, int]],
         got: dict[bytes, dict[int, Share]],
     ) -> None:
+        started = trio.current_time()
         blobs = await self._get(holder, wanted)
+        took = (trio.current_time() - started) / len(wanted)
+        if not blobs:  # gave nothing: slow, as far as the next choice is concerned
+            took = max(took, 10 * self.pace.get(holder, took))
+        before = self.pace.get(holder)
+        self.pace[holder] = took if before is None else 0.7 * before + 0.3 * took
         key = self.keys.share_key
         for s, blob in blobs.items():
             address, number = share_of[s]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import defaultdict
 from pathlib import Path
 
 import trio
@@ -14,6 +15,7 @@ import trio.testing
 from chunkstore.keys import KeyRing
 from chunkstore.shares import Code, encode, parse, share_address
 from lanvault.state_report import state_report, state_report_json
+from node.fetch_coded import CodedFetch
 from node.verify import read_data
 
 from .cluster import SIZES, Cluster, eventually, open_cluster, write_files
@@ -152,3 +154,36 @@ async def test_check_read_data_checks_every_share_alone_and_drops_a_forged_one(
         assert parse(cluster.members[again].store.get(1, forged_at)).family == mine.family
         await owner.restorer.restore_path(tmp_path / "src" / "f", tmp_path / "out")
         assert (tmp_path / "out").read_bytes() == body
+
+
+def test_a_restore_asks_its_shares_of_the_fastest_holders() -> None:
+    class Up:
+        @staticmethod
+        def is_up(_node: int) -> bool:
+            return True
+
+    class FakeNode:
+        membership = Up()
+
+    async def unused(*_args: object) -> dict[bytes, set[int]]:
+        raise AssertionError("not called")
+
+    chunks = [bytes([i]) * 32 for i in range(40)]
+    holders = {share_address(c, i): {2 + i} for c in chunks for i in range(CODE.n)}
+    fetch = CodedFetch(
+        FakeNode(),  # type: ignore[arg-type]
+        KeyRing.from_master(bytes(32)),
+        CODE,
+        unused,
+        unused,  # type: ignore[arg-type]
+        unused,  # type: ignore[arg-type]
+        pace={2: 0.5, 3: 0.01, 4: 0.01, 5: 0.012},  # node 2 is fifty times slower
+    )
+    plan = fetch._spread(chunks, holders, defaultdict(dict), defaultdict(set))
+    asked = {holder: len(shares) for holder, shares in plan.items()}
+    assert sum(asked.values()) == CODE.k * len(chunks)  # K shares of each chunk, no more
+    assert asked.get(2, 0) == 0  # the slow one is left out while the others can give them
+    assert asked[3] > 0 and asked[4] > 0 and asked[5] > 0  # ... and the others share the load
+    even = CodedFetch(FakeNode(), KeyRing.from_master(bytes(32)), CODE, unused, unused, unused)  # type: ignore[arg-type]
+    spread = even._spread(chunks, holders, defaultdict(dict), defaultdict(set))
+    assert all(len(shares) == 20 for shares in spread.values())  # not timed yet: evenly
