@@ -13,6 +13,7 @@ from chunkstore.chunking import CHUNK_SIZE, chunk_count
 from chunkstore.exclusions import CACHEDIR_TAG, Exclusions, is_cache_folder
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import chunk_addresses
+from chunkstore.shares import describe
 
 from .messages import MAX_BATCH
 from .report import BackupError
@@ -202,7 +203,7 @@ def pending_summary(
     pending: dict[str, str], files: list[str], entries: list[str], degree: int
 ) -> str:
     """What a backup left pending: '2 of 5 files and 1 of 3 symlinks and folders recorded,
-    not yet at degree 2'."""
+    not yet at degree 2' (or 'at code 2-of-4')."""
     paths = set(pending)
     in_files = len(paths & set(files))
     parts = []
@@ -210,7 +211,7 @@ def pending_summary(
         parts.append(f"{in_files} of {len(files)} file{'' if len(files) == 1 else 's'}")
     if len(paths) > in_files:
         parts.append(f"{len(paths) - in_files} of {len(entries)} symlinks and folders")
-    return f"{' and '.join(parts)} recorded, not yet at degree {degree}"
+    return f"{' and '.join(parts)} recorded, not yet at {describe(degree)}"
 
 
 def read_batch(path: str, first_no: int, count: int) -> list[bytes]:

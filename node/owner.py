@@ -530,7 +530,7 @@ class Owner:
                 report.bytes_done += version.size
                 report.unmodified += 1
             else:
-                report.pending[path] = f"some chunks are not yet kept at {describe(version.degree)}"
+                report.pending[path] = f"some chunks are not yet at {describe(version.degree)}"
         small_failures, committed, pending = await self.sender.smalls(
             small, degree, report, one_by_one
         )

@@ -66,7 +66,7 @@ class Pending:
         done = await self.ensure_versions([version], report, progress)
         if not done:
             raise EntryPending(
-                version.path, f"some chunks are not yet kept at {describe(version.degree)}"
+                version.path, f"some chunks are not yet at {describe(version.degree)}"
             )
 
     async def ensure_versions(
