@@ -21,6 +21,8 @@ from chunkstore.errors import (
     QuotaExceededError,
 )
 from chunkstore.keys import KeyRing
+from chunkstore.pipeline import prepare_chunk
+from chunkstore.shares import Code, ShareRef, encode, share_address
 from chunkstore.store import ChunkStore, PutItem
 from tests.conftest import make_bucket
 
@@ -297,3 +299,19 @@ def test_against_a_real_s3_service(tmp_path: Path, s3_endpoint: str, keys: KeyRi
         bucket.put("tier/chunks/9/stray", b"left by a crash")
         assert store.check(repair=True).orphan_records == 1
         assert len(dict(bucket.list("tier/"))) == 15
+
+
+def test_the_cloud_tier_keeps_shares_as_a_disk_store_does(
+    store: CloudChunkStore, bucket: MemoryBucket, keys: KeyRing
+) -> None:
+    chunk = prepare_chunk(keys, os.urandom(30_000))
+    blobs = encode(chunk.envelope, chunk.address, Code(2, 4), keys.share_key)
+    address = share_address(chunk.address, 3)
+    assert store.put(9, address, blobs[3]) is True
+    assert store.get(9, address) == blobs[3]
+    assert list(bucket.objects.values()) == [blobs[3]]  # the share itself, one object
+    [held] = store.chunks()
+    assert held.share == ShareRef(chunk.address, 2, 4, 3)
+    assert store.used_bytes == len(blobs[3])  # the quota counts a share as any item
+    store.delete_many(9, [address])
+    assert store.chunks() == []
