@@ -173,7 +173,18 @@ class CodedFetch:
             took = max(took, 10 * self.pace.get(holder, took))
         before = self.pace.get(holder)
         self.pace[holder] = took if before is None else 0.7 * before + 0.3 * took
+        checked = await in_thread(  # hashing off the event loop, one hop per answer
+            self._verify, holder, blobs, share_of, limiter=self.node.cpu_limiter
+        )
+        for address, number, share in checked:
+            got[address][number] = share
+
+    def _verify(
+        self, holder: int, blobs: dict[bytes, bytes], share_of: dict[bytes, tuple[bytes, int]]
+    ) -> list[tuple[bytes, int, Share]]:
+        """The shares that pass the owner's check, as (chunk, number, share)."""
         key = self.keys.share_key
+        good = []
         for s, blob in blobs.items():
             address, number = share_of[s]
             try:
@@ -188,7 +199,8 @@ class CodedFetch:
                 )
                 continue
             if share.family.chunk_address == address and share.family.k == self.code.k:
-                got[address][number] = share
+                good.append((address, number, share))
+        return good
 
     def _open(self, ready: list[tuple[bytes, list[Share]]]) -> dict[bytes, bytes]:
         opened = {}
