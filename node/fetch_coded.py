@@ -29,6 +29,7 @@ from .offload import in_thread
 from .report import RestoreError
 
 log = logging.getLogger(__name__)
+PARITY_COST = 1.5  # how much later a parity share may come than a data share and be chosen
 PASSES = 2  # passes over every holder of every share (the second after a pause)
 
 
@@ -146,10 +147,13 @@ class CodedFetch:
                 s = share_address(address, number)
                 live = [h for h in holders.get(s, ()) if up(h) and h not in tried[s]]
                 if live:
-                    options.append((s, live))
+                    # A parity share costs a decode (~0.8 ms per MB here), a data share none:
+                    # data shares first unless their holders are clearly slower.
+                    options.append((s, live, 1.0 if number < self.code.k else PARITY_COST))
             # The shares whose holders would give them soonest, one holder per share.
             chosen: set[int] = set()
-            for s, live in sorted(options, key=lambda o: min(cost(h) for h in o[1])):
+            ranked = sorted(options, key=lambda o: o[2] * min(cost(h) for h in o[1]))
+            for s, live, _weight in ranked:
                 if need <= 0:
                     break
                 holder = min(live, key=lambda h: (h in chosen, cost(h), h))
