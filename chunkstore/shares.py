@@ -18,6 +18,7 @@ A share verifies alone (``docs/formats.md`` has the byte layout):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -112,6 +113,7 @@ class Code:
         return self.n - self.k
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked many times per share along one backup
 def share_address(chunk_address: bytes, number: int) -> bytes:
     """Where share ``number`` of a chunk is filed: anyone who knows the chunk's address (a
     holder of one of its shares does) can name every share, but not the reverse."""
