@@ -1,7 +1,6 @@
 """The catalog's versions of files: recording them (one by one, or a group in one
 transaction), reading the newest of each path or those of a moment, marking them complete,
-deleting paths; the holders that acknowledged each chunk, the deletes owed by holders that were
-offline (tombstones), and the chunks of the catalog's own backup."""
+deleting paths (over ``catalogholders``: who holds what, the deletes owed)."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from .catalogbase import (
     ABSENT_ID,
     ORIGIN_BACKUP,
     BackupRun,
-    CatalogBase,
     DeleteReport,
     FileListing,
     VersionInfo,
@@ -27,13 +25,13 @@ from .catalogbase import (
     _matching,
     _private,
 )
+from .catalogholders import CatalogHolders
 from .errors import CatalogFormatError
-from .shares import items_of
 
 _FILE_TYPE_BITS = 0o170000  # stat.S_IFMT's mask
 
 
-class CatalogVersions(CatalogBase):
+class CatalogVersions(CatalogHolders):
     # -- versions ------------------------------------------------------------------------
 
     def add_version(
@@ -407,215 +405,6 @@ class CatalogVersions(CatalogBase):
             orphaned = self._unreferenced(db, candidates)
             nodes = self._schedule_deletes(db, orphaned, known_nodes)
             return DeleteReport(len(wanted), orphaned, nodes)
-
-    @staticmethod
-    def _unreferenced(db: sqlite3.Connection, candidates: Iterable[bytes]) -> list[bytes]:
-        """Those of ``candidates`` that no live version and no catalog backup uses."""
-        orphaned = []
-        for address in candidates:
-            still = db.execute(
-                "SELECT 1 FROM version_chunks c JOIN versions v ON v.id = c.version_id"
-                " WHERE c.address=? AND v.removed=0 LIMIT 1",
-                (address,),
-            ).fetchone()
-            if still is None:
-                still = db.execute(
-                    "SELECT 1 FROM catalog_chunks WHERE address=?", (address,)
-                ).fetchone()
-            if still is None:
-                orphaned.append(address)
-        return sorted(orphaned)
-
-    @staticmethod
-    def _coded(db: sqlite3.Connection, addresses: Iterable[bytes]) -> dict[bytes, set[int]]:
-        """Of ``addresses``, those some version (removed ones too) keeps with a code: the
-        codes (as degrees)."""
-        out: dict[bytes, set[int]] = {}
-        for address in addresses:
-            for (degree,) in db.execute(
-                "SELECT DISTINCT v.degree FROM version_chunks c JOIN versions v"
-                " ON v.id = c.version_id WHERE c.address=? AND v.degree > 9",
-                (address,),
-            ):
-                out.setdefault(address, set()).add(int(degree))
-        return out
-
-    @classmethod
-    def _schedule_deletes(
-        cls,
-        db: sqlite3.Connection,
-        orphaned: list[bytes],
-        known_nodes: Iterable[int],
-        coded: dict[bytes, set[int]] | None = None,
-    ) -> set[int]:
-        """Tombstones for ``orphaned`` chunks on every node that may hold them, and for the
-        shares of those kept with a code (``coded``: read from the versions if not given)."""
-        everyone = set(known_nodes)
-        nodes: set[int] = set()
-        if coded is None:
-            coded = cls._coded(db, orphaned)
-        items = list(orphaned)
-        for address in orphaned:  # a coded chunk's shares go with it
-            for degree in sorted(coded.get(address, ())):
-                items += items_of(address, degree)
-        for address in dict.fromkeys(items):
-            held = {
-                int(r[0])
-                for r in db.execute("SELECT node FROM holders WHERE address=?", (address,))
-            }
-            targets = held | everyone
-            nodes |= targets
-            db.executemany(
-                "INSERT OR IGNORE INTO tombstones(node, address) VALUES (?,?)",
-                [(n, address) for n in targets],
-            )
-            db.execute("DELETE FROM holders WHERE address=?", (address,))
-        return nodes
-
-    def live_addresses(self) -> list[tuple[bytes, int]]:
-        """Every chunk address a live version keeps as copies, with the highest degree asked
-        for it (a coded version's chunks are kept as shares: ``coded_chunks``)."""
-        with self._reading() as db:
-            rows = db.execute(
-                "SELECT c.address, MAX(v.degree) FROM version_chunks c"
-                " JOIN versions v ON v.id = c.version_id WHERE v.removed=0 AND v.degree <= 9"
-                " GROUP BY c.address"
-            ).fetchall()
-            return [(bytes(a), int(d)) for a, d in rows]
-
-    def coded_chunks(self) -> list[tuple[bytes, int]]:
-        """Every (chunk address, code as a degree) a live version keeps with a code."""
-        with self._reading() as db:
-            rows = db.execute(
-                "SELECT DISTINCT c.address, v.degree FROM version_chunks c"
-                " JOIN versions v ON v.id = c.version_id WHERE v.removed=0 AND v.degree > 9"
-            ).fetchall()
-            return [(bytes(a), int(d)) for a, d in rows]
-
-    # -- holders and tombstones ----------------------------------------------------------
-
-    def add_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
-        with self._tx() as db:
-            db.executemany("INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(pairs))
-
-    def drop_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
-        """These (address, node) copies were dropped (surplus trimmed)."""
-        with self._tx() as db:
-            db.executemany("DELETE FROM holders WHERE address=? AND node=?", list(pairs))
-
-    def set_holders(self, address: bytes, nodes: Iterable[int]) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM holders WHERE address=?", (address,))
-            db.executemany(
-                "INSERT INTO holders(address, node) VALUES (?,?)",
-                [(address, n) for n in set(nodes)],
-            )
-
-    def holders(self, address: bytes) -> set[int]:
-        with self._reading() as db:
-            return {
-                int(r[0])
-                for r in db.execute("SELECT node FROM holders WHERE address=?", (address,))
-            }
-
-    def holders_many(self, addresses: Iterable[bytes]) -> dict[bytes, set[int]]:
-        wanted = list(dict.fromkeys(addresses))
-        out: dict[bytes, set[int]] = {a: set() for a in wanted}
-        with self._reading() as db:
-            for i in range(0, len(wanted), 500):
-                batch = wanted[i : i + 500]
-                marks = ",".join("?" * len(batch))
-                for address, node in db.execute(
-                    f"SELECT address, node FROM holders WHERE address IN ({marks})", batch
-                ):
-                    out[bytes(address)].add(int(node))
-        return out
-
-    def codes_of(self, addresses: Iterable[bytes]) -> dict[bytes, list[int]]:
-        """For those of ``addresses`` some version keeps with a K-of-N code, the degrees (the
-        codes, ``Code.as_degree``) they are kept with: where their shares are to be found."""
-        wanted = sorted(set(addresses))
-        out: dict[bytes, list[int]] = {}
-        with self._reading() as db:
-            for i in range(0, len(wanted), 500):
-                batch = wanted[i : i + 500]
-                marks = ",".join("?" * len(batch))
-                for address, degree in db.execute(
-                    "SELECT DISTINCT c.address, v.degree FROM version_chunks c"
-                    " JOIN versions v ON v.id = c.version_id"
-                    f" WHERE v.degree > 9 AND c.address IN ({marks})",
-                    batch,
-                ):
-                    out.setdefault(bytes(address), []).append(int(degree))
-        return out
-
-    def still_wanted(self, addresses: Iterable[bytes]) -> set[bytes]:
-        """Those of ``addresses`` a live version or the catalog copy uses, with no delete
-        pending (what holders may copy again when a copy is missing)."""
-        with self._reading() as db:
-            used = _matching(
-                db,
-                "SELECT c.address FROM version_chunks c JOIN versions v ON v.id = c.version_id"
-                " WHERE v.removed=0 AND c.address IN ({marks})"
-                " UNION SELECT address FROM catalog_chunks WHERE address IN ({marks})",
-                addresses,
-                uses=2,
-            )
-            return used - _matching(
-                db, "SELECT address FROM tombstones WHERE address IN ({marks})", used
-            )
-
-    def any_tombstoned(self, addresses: Iterable[bytes]) -> bool:
-        """Whether a delete is pending for any of ``addresses`` (on any node)."""
-        wanted = list(addresses)
-        with self._reading() as db:
-            for i in range(0, len(wanted), 500):
-                batch = wanted[i : i + 500]
-                marks = ",".join("?" * len(batch))
-                if db.execute(
-                    f"SELECT 1 FROM tombstones WHERE address IN ({marks}) LIMIT 1", batch
-                ).fetchone():
-                    return True
-        return False
-
-    def tombstones(self) -> dict[int, list[bytes]]:
-        with self._reading() as db:
-            out: dict[int, list[bytes]] = {}
-            for node, address in db.execute("SELECT node, address FROM tombstones ORDER BY node"):
-                out.setdefault(int(node), []).append(bytes(address))
-            return out
-
-    def clear_tombstones(self, node: int, addresses: Iterable[bytes]) -> None:
-        with self._tx() as db:
-            db.executemany(
-                "DELETE FROM tombstones WHERE node=? AND address=?", [(node, a) for a in addresses]
-            )
-
-    def revive(self, addresses: Iterable[bytes]) -> None:
-        """Content that was deleted is wanted again: drop the deletes still owed for it."""
-        with self._tx() as db:
-            db.executemany("DELETE FROM tombstones WHERE address=?", [(a,) for a in addresses])
-
-    # -- the catalog's own backup --------------------------------------------------------
-
-    def set_catalog_chunks(self, addresses: Iterable[bytes]) -> list[bytes]:
-        """Record the chunks of the newest catalog backup; returns those no longer needed."""
-        wanted = set(addresses)
-        with self._tx() as db:
-            old = {bytes(r[0]) for r in db.execute("SELECT address FROM catalog_chunks")}
-            db.execute("DELETE FROM catalog_chunks")
-            db.executemany(
-                "INSERT INTO catalog_chunks(address) VALUES (?)", [(a,) for a in sorted(wanted)]
-            )
-            return self._unreferenced(db, old - wanted)
-
-    def catalog_chunks(self) -> set[bytes]:
-        with self._reading() as db:
-            return {bytes(r[0]) for r in db.execute("SELECT address FROM catalog_chunks")}
-
-    def schedule_deletes(self, addresses: list[bytes], known_nodes: Iterable[int]) -> set[int]:
-        with self._tx() as db:
-            return self._schedule_deletes(db, self._unreferenced(db, addresses), known_nodes)
 
     def copy_to(self, path: str | Path) -> None:
         """A consistent copy of the whole catalog (SQLite's online backup), fsync'd."""

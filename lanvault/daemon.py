@@ -23,10 +23,9 @@ from chunkstore.keys import KeyRing
 from chunkstore.recovery import make_kit
 from chunkstore.retention import RetentionFormatError, RetentionPolicy
 from chunkstore.shares import Code
-from chunkstore.store import ChunkStore, DamageSummary
+from chunkstore.store import ChunkStore
 from node.enrolment import Enroller, Invites
 from node.identity import NetworkCA, tls_contexts
-from node.membership import Presence
 from node.node import Node, NodeConfig
 from node.offload import in_thread
 from node.owner import Owner
@@ -40,7 +39,7 @@ from node.verify import ReadDataReport, check_coded, read_data, rereplicate
 
 from .activities import Activities
 from .control import Binary, Emit, OpError, serve_control
-from .health import Health
+from .health import Health, damage_dict, presence_fields
 from .health import take as take_health
 from .history_ops import HistoryOps
 from .runtime import raise_open_file_limit
@@ -566,17 +565,6 @@ class Daemon:
         }
 
 
-def damage_dict(summary: DamageSummary) -> dict[str, Any]:
-    """Bad copies this node found and dropped, for status and check (and their --json)."""
-    return {
-        "total": summary.total,
-        "by": summary.by,
-        "since": summary.since or None,
-        "last": summary.last or None,
-        "recent": summary.recent,  # the newest, "owner:address why (found by ...)"
-    }
-
-
 async def run_daemon(state: StateDir, config: Config) -> None:
     limit = raise_open_file_limit()
     log.debug("open file limit: %d", limit)
@@ -594,15 +582,3 @@ async def run_daemon(state: StateDir, config: Config) -> None:
                     break
     finally:
         daemon.close()
-
-
-def presence_fields(presence: Presence | None) -> dict[str, Any]:
-    """What this node observed of a peer's presence since it first saw it (status)."""
-    if presence is None:
-        return {"observed_s": 0.0, "uptime": None, "times_away": 0, "away_s": 0.0}
-    return {
-        "observed_s": round(presence.observed_s, 1),
-        "uptime": round(presence.uptime, 4),
-        "times_away": presence.times_away,
-        "away_s": round(presence.away_s, 1),
-    }

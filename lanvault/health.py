@@ -10,6 +10,7 @@ when asked for (``status`` does; a metrics scrape does not).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.store import ChunkStore, DamageSummary
@@ -145,3 +146,26 @@ async def take(
         bytes_sent=node.holder.bytes_sent,
         latency=dict(node.latency),
     )
+
+
+def damage_dict(summary: DamageSummary) -> dict[str, Any]:
+    """Bad copies this node found and dropped, for status and check (and their --json)."""
+    return {
+        "total": summary.total,
+        "by": summary.by,
+        "since": summary.since or None,
+        "last": summary.last or None,
+        "recent": summary.recent,  # the newest, "owner:address why (found by ...)"
+    }
+
+
+def presence_fields(presence: Presence | None) -> dict[str, Any]:
+    """What this node observed of a peer's presence since it first saw it (status)."""
+    if presence is None:
+        return {"observed_s": 0.0, "uptime": None, "times_away": 0, "away_s": 0.0}
+    return {
+        "observed_s": round(presence.observed_s, 1),
+        "uptime": round(presence.uptime, 4),
+        "times_away": presence.times_away,
+        "away_s": round(presence.away_s, 1),
+    }
