@@ -207,15 +207,7 @@ async def _shown(
         envelope = mine.get(chunk.address)
         holders = others[chunk.address]
         if envelope is not None and len(holders) < chunk.degree:
-            report.copied += await node.replication.replicate(
-                chunk.owner,
-                chunk.address,
-                chunk.degree,
-                envelope,
-                holders,
-                rounds=COPY_ROUNDS,
-                avoid=avoid.get(chunk.address, set()),
-            )
+            report.copied += await _copy(node, chunk, envelope, holders, avoid.get(chunk.address))
         if envelope is not None and len(holders) >= chunk.degree:
             shown.append(chunk)
         else:
@@ -244,19 +236,27 @@ async def _copy_first(
                 log.info("reclaim: chunk not copied (%s)", exc)
                 kept[(chunk.owner, chunk.address)] = chunk.length
                 return
-            report.copied += await node.replication.replicate(
-                chunk.owner,
-                chunk.address,
-                chunk.degree,
-                envelope,
-                holders,
-                rounds=COPY_ROUNDS,
-                avoid=avoid,
-            )
+            report.copied += await _copy(node, chunk, envelope, holders, avoid)
         if len(holders) >= chunk.degree:
             ready.append(chunk)
         else:
             kept[(chunk.owner, chunk.address)] = chunk.length
+
+
+async def _copy(
+    node: Node, chunk: StoredChunk, envelope: bytes, holders: set[int], avoid: set[int] | None
+) -> int:
+    """Copies of ``chunk`` made elsewhere until ``holders`` reach its degree (a share: not on
+    a computer of ``avoid``, its chunk's other shares' holders)."""
+    return await node.replication.replicate(
+        chunk.owner,
+        chunk.address,
+        chunk.degree,
+        envelope,
+        holders,
+        rounds=COPY_ROUNDS,
+        avoid=avoid or (),
+    )
 
 
 async def _siblings_held(node: Node, owner: int, owned: list[StoredChunk]) -> dict[bytes, set[int]]:

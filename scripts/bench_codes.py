@@ -120,7 +120,7 @@ def main() -> int:
     )
     print(
         f"  {'':10} {'backup MB/s':>12} {'restore MB/s':>13} {'sent/data':>10} {'stored/data':>12}"
-        f"  {'loses a computer':>17}  P(loss in a year), office, 2 lost together 1/10 y"
+        f"  {'survives losing':>17}  P(loss in a year), office, 2 lost together 1/10 y"
     )
     survives = {"degree 2": "1", "degree 3": "any 2", "2-of-4": "any 2"}
     for name, way in results["ways"].items():

@@ -8,6 +8,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,23 @@ def test_mount_killed_then_remounted_loses_nothing(
     )
 
 
+@contextlib.contextmanager
+def mounted(cluster: ProcessCluster, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """Node 1's mount of ``tmp_path/data`` at ``tmp_path/Backup``: (SOURCE, the mount)."""
+    if fuse_available():
+        pytest.skip(str(fuse_available()))
+    sweep_stale_mounts()
+    source, mnt = tmp_path / "data", tmp_path / "Backup"
+    source.mkdir()
+    mnt.mkdir()
+    mount = Mount(cluster.nodes[1].state, source, mnt, tmp_path / "mount.log")
+    mount.start()
+    try:
+        yield source, mnt
+    finally:
+        mount.stop()
+
+
 def outbox_empty(path: Path) -> bool:
     with ChunkStore.open(path) as store:
         return store.chunk_count() == 0
@@ -167,15 +185,7 @@ def outbox_empty(path: Path) -> bool:
 def test_versions_folder_shows_every_snapshot_even_from_peers(
     cluster4: ProcessCluster, tmp_path: Path
 ) -> None:
-    if fuse_available():
-        pytest.skip(str(fuse_available()))
-    sweep_stale_mounts()
-    source, mnt = tmp_path / "data", tmp_path / "Backup"
-    source.mkdir()
-    mnt.mkdir()
-    mount = Mount(cluster4.nodes[1].state, source, mnt, tmp_path / "mount.log")
-    mount.start()
-    try:
+    with mounted(cluster4, tmp_path) as (source, mnt):
         first = os.urandom(150_000)
         (mnt / "report.odt").write_bytes(first)
         cluster4.wait(
@@ -215,22 +225,12 @@ def test_versions_folder_shows_every_snapshot_even_from_peers(
         cluster4.wait(lambda: outbox_empty(outbox), 30, "outbox emptied once safe")
         assert (mnt / "versions" / with_v1[0] / "report.odt").read_bytes() == first
         assert (mnt / "versions" / "latest" / "docs" / "report.odt").read_bytes() == second
-    finally:
-        mount.stop()
 
 
 def test_a_folder_set_to_a_code_is_kept_as_shares_and_read_back_from_them(
     cluster4: ProcessCluster, tmp_path: Path
 ) -> None:
-    if fuse_available():
-        pytest.skip(str(fuse_available()))
-    sweep_stale_mounts()
-    source, mnt = tmp_path / "data", tmp_path / "Backup"
-    source.mkdir()
-    mnt.mkdir()
-    mount = Mount(cluster4.nodes[1].state, source, mnt, tmp_path / "mount.log")
-    mount.start()
-    try:
+    with mounted(cluster4, tmp_path) as (source, mnt):
         (mnt / "photos").mkdir()
         said = cluster4.cli(1, "degree", mnt / "photos", "2-of-3").stdout
         assert "code 2-of-3" in said, said
@@ -267,5 +267,3 @@ def test_a_folder_set_to_a_code_is_kept_as_shares_and_read_back_from_them(
         ]
         newest = sorted(with_file)[-1]
         assert (mnt / "versions" / newest / "photos" / "a.jpg").read_bytes() == data
-    finally:
-        mount.stop()
