@@ -8,7 +8,9 @@ decides: it asks every up peer what it holds, keeps ``degree`` holders chosen by
 ``placement.keepers`` (one per computer first, never its own computer while another will do)
 and sends the others a DELETE. A single decision-maker: two holders never both drop their copy
 on different views of who else has one. A member may lie about what it holds, so nothing is
-deleted until every keeper has handed over its copy and the owner has opened it.
+deleted until every keeper has handed over its copy and the owner has opened it. A coded
+chunk's share is wanted once: a share held twice loses one holder, the same way (the keeper's
+share checked alone with the owner's key).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import trio
 
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.keys import KeyRing
+from chunkstore.shares import items_of
 
 from .fetch import Fetcher
 from .messages import Delete, Deleted
@@ -67,6 +70,9 @@ async def trim_surplus(
     wanted = dict(await in_thread(catalog.live_addresses))
     for address in await in_thread(catalog.catalog_chunks):
         wanted[address] = max(wanted.get(address, 0), default_degree)
+    for address, degree in await in_thread(catalog.coded_chunks):
+        for share in items_of(address, degree):  # each share wanted once (two repairers
+            wanted[share] = 1  # racing may both have made it)
     addresses = sorted(wanted)
     report = TrimReport()
     for i in range(0, len(addresses), TRIM_BATCH):

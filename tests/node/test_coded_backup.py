@@ -192,3 +192,25 @@ def test_a_restore_asks_its_shares_of_the_fastest_holders() -> None:
     # Not timed yet: data shares (on nodes 2 and 3; no decode needed) first, the parity
     # shares' holders taking what the data shares' would give later.
     assert sum(spread.values()) == 80 and spread[2] == spread[3] > spread[4] == spread[5] > 0
+
+
+async def test_a_share_held_twice_is_trimmed_to_one_holder(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_cluster(tmp_path / "c", 6) as cluster:
+        (tmp_path / "src").mkdir()
+        body = random.Random(8).randbytes(64_000)
+        (tmp_path / "src" / "f").write_bytes(body)
+        owner = cluster.members[1].owner
+        await owner.backup_path(tmp_path / "src", degree=CODE.as_degree())
+        held = shares_held(cluster)
+        twice, [home] = next(iter(held.items()))
+        spare = next(n for n in range(2, 7) if all(n not in h for h in held.values()))
+        # Two repairers racing both made this share: it is on two nodes now.
+        cluster.members[spare].store.put(1, twice, cluster.members[home].store.get(1, twice))
+        assert len(shares_held(cluster)[twice]) == 2
+        report = await owner.trim_surplus()
+        assert report.surplus == 1 and report.dropped == 1
+        assert {k: len(v) for k, v in shares_held(cluster).items()} == dict.fromkeys(held, 1)
+        await owner.restorer.restore_path(tmp_path / "src" / "f", tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == body
