@@ -210,9 +210,13 @@ class Uploader:
         def family(address: bytes) -> set[int]:
             return {h for i in range(code.n) for h in live.get(share_address(address, i), ())}
 
-        plans = view.plan(
-            code.n, [(a, family(a)) for a, _e, _m in todo]
-        )  # placement for the whole family, the chunk's own order
+        # Placement for each whole family, in the chunk's own order (ranking hashes every
+        # candidate per chunk: a worker thread for a batch, as for copies).
+        families = [(a, family(a)) for a, _e, _m in todo]
+        if len(families) < 64:
+            plans = view.plan(code.n, families)
+        else:
+            plans = await in_thread(view.plan, code.n, families)
         by_target: dict[int, list[tuple[bytes, bytes]]] = {}
         waiting: list[tuple[bytes, int, bytes]] = []  # (chunk address, number, share)
         for (address, _e, missing), shares, targets in zip(todo, blobs, plans, strict=True):
