@@ -6,6 +6,7 @@ their resumption and the catalog copy send through here."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -31,6 +32,7 @@ from .report import Progress
 
 log = logging.getLogger(__name__)
 SHARE_ROUNDS = 3  # placement rounds for a share whose first holder did not take it
+RETRIES_IN_FLIGHT = 16  # chunks whose missing shares are retried at once
 
 
 class Uploader:
@@ -238,25 +240,21 @@ class Uploader:
         async with trio.open_nursery() as nursery:
             for target, batch in by_target.items():
                 nursery.start_soon(to_target, target, batch)
+        by_chunk: dict[bytes, list[tuple[int, bytes]]] = {}
         for address, number, share in waiting:
-            share_addr = share_address(address, number)
-            tried: set[int] = set()
-            for round_no in range(SHARE_ROUNDS):
-                if live.get(share_addr):
-                    break
-                holding = family(address)
-                [targets] = replication.view(self.owner_id).plan(
-                    len(holding) + 1,
-                    [(share_addr, holding)],
-                    tried,
-                    final=round_no == SHARE_ROUNDS - 1,
-                )
-                for target in targets:
-                    tried.add(target)
-                    if await replication.put_copy(target, self.owner_id, share_addr, 1, share):
-                        live.setdefault(share_addr, set()).add(target)
-                        report.bytes_sent += len(share)
-                        break
+            if not live.get(share_address(address, number)):
+                by_chunk.setdefault(address, []).append((number, share))
+        slots = trio.CapacityLimiter(RETRIES_IN_FLIGHT)
+
+        async def retry(address: bytes, left: list[tuple[int, bytes]]) -> None:
+            # One chunk's shares one after the other: two at once could pick one node.
+            async with slots:
+                for number, share in left:
+                    await self._place_share(address, number, share, live, family, report)
+
+        async with trio.open_nursery() as nursery:
+            for address, left in by_chunk.items():
+                nursery.start_soon(retry, address, left)
         learned = [(a, h) for a, had in before.items() for h in live.get(a, set()) - had]
         failures = []
         for address, _e in items:
@@ -267,6 +265,34 @@ class Uploader:
                     f" ({len(self.node.membership.up_ids())} peers up)"
                 )
         return learned, failures
+
+    async def _place_share(
+        self,
+        address: bytes,
+        number: int,
+        share: bytes,
+        live: dict[bytes, set[int]],
+        family: Callable[[bytes], set[int]],
+        report: Progress,
+    ) -> None:
+        """One share to a node of a computer holding none of its chunk's shares, down the
+        placement order, ``SHARE_ROUNDS`` plans at most."""
+        replication = self.node.replication
+        share_addr = share_address(address, number)
+        tried: set[int] = set()
+        for round_no in range(SHARE_ROUNDS):
+            if live.get(share_addr):
+                return
+            holding = family(address)
+            [targets] = replication.view(self.owner_id).plan(
+                len(holding) + 1, [(share_addr, holding)], tried, final=round_no == SHARE_ROUNDS - 1
+            )
+            for target in targets:
+                tried.add(target)
+                if await replication.put_copy(target, self.owner_id, share_addr, 1, share):
+                    live.setdefault(share_addr, set()).add(target)
+                    report.bytes_sent += len(share)
+                    return
 
     async def _same_family(
         self, address: bytes, code: Code, live: dict[bytes, set[int]], made: list[bytes]

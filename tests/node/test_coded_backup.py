@@ -214,3 +214,24 @@ async def test_a_share_held_twice_is_trimmed_to_one_holder(
         assert {k: len(v) for k, v in shares_held(cluster).items()} == dict.fromkeys(held, 1)
         await owner.restorer.restore_path(tmp_path / "src" / "f", tmp_path / "out")
         assert (tmp_path / "out").read_bytes() == body
+
+
+async def test_a_share_its_first_holder_did_not_take_goes_to_the_next_computer(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_cluster(tmp_path / "c", 6) as cluster:
+        files = write_files(tmp_path / "src", random.Random(9))
+        owner = cluster.members[1].owner
+        cluster.kill(2)  # still counted up for a few seconds: placement picks it, it fails
+        assert owner.node.membership.is_up(2)
+        await owner.backup_path(tmp_path / "src", degree=CODE.as_degree())
+        held = shares_held(cluster)
+        versions = [v for v, complete in owner.catalog.latest_versions("") if complete]
+        chunks = {a for v in versions for a in v.chunks}
+        assert len(versions) == len(SIZES) + 1  # every version complete
+        for address in chunks:  # four shares on the four computers that answered
+            homes = [held[share_address(address, i)] for i in range(CODE.n)]
+            assert set().union(*homes) == {3, 4, 5, 6} and all(len(h) == 1 for h in homes)
+        await owner.restorer.restore_path(tmp_path / "src", tmp_path / "out")
+        for path, data in files.items():
+            assert (tmp_path / "out" / path.name).read_bytes() == data
