@@ -8,7 +8,7 @@ of is added to the catalog).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import trio
@@ -17,7 +17,7 @@ from chunkstore.catalogdb import CatalogDB
 from chunkstore.envelope import open_chunk
 from chunkstore.errors import EnvelopeError
 from chunkstore.keys import KeyRing
-from chunkstore.shares import Code
+from chunkstore.shares import Code, share_address
 
 from .fetch_coded import CodedFetch
 from .messages import Chunk, GetChunk
@@ -192,21 +192,33 @@ class Fetcher:
         return found, missing
 
     async def fetch_coded(
-        self, addresses: list[bytes], code: Code
+        self,
+        addresses: list[bytes],
+        code: Code,
+        known: dict[bytes, set[int]] | None = None,
     ) -> tuple[dict[bytes, bytes], dict[bytes, RestoreError]]:
         """(verified plaintexts, why each missing one is missing) of chunks kept with
-        ``code``: K shares each from their holders (``fetch_coded.py``)."""
+        ``code``: K shares each from their holders (``fetch_coded.py``); ``known``: the
+        catalog's holders of their shares, if the caller read them already."""
 
         async def learn(pairs: list[tuple[bytes, int]]) -> None:
             await self._db(self.catalog.add_holders, pairs)
 
         async def holders(shares: list[bytes]) -> dict[bytes, set[int]]:
+            if known is not None and all(s in known for s in shares):
+                return {s: set(known[s]) for s in shares}
             found: dict[bytes, set[int]] = await self._db(self.catalog.holders_many, shares)
             return found
 
         return await CodedFetch(
             self.node, self.keys, code, holders, learn, self.get_envelopes, self.share_pace
         ).fetch(addresses)
+
+    async def share_holders(self, chunks: Sequence[bytes], code: Code) -> dict[bytes, set[int]]:
+        """The catalog's holders of every share of these chunks (one read for a whole file)."""
+        shares = [share_address(a, i) for a in dict.fromkeys(chunks) for i in range(code.n)]
+        found: dict[bytes, set[int]] = await self._db(self.catalog.holders_many, shares)
+        return found
 
     async def fetch_coded_any(
         self, addresses: list[bytes]

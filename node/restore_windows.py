@@ -139,6 +139,8 @@ class WindowedFetch:
         self.windows = trio.CapacityLimiter(RESTORE_WINDOWS)
         self.cut_at = fetcher.failed_requests  # failures counted when the windows were cut
         self.write_lock = trio.Lock()
+        self.share_holders: dict[bytes, set[int]] | None = None  # a coded version's, once
+        self.holders_lock = trio.Lock()
         self.errors: list[RestoreError] = []
 
     async def run(self) -> None:
@@ -248,7 +250,13 @@ class WindowedFetch:
 
     async def _coded(self, todo: list[int], code: Code) -> None:
         chunks = self.version.chunks
-        found, missing = await self.fetcher.fetch_coded([chunks[no] for no in todo], code)
+        if self.share_holders is None:
+            async with self.holders_lock:  # the first window reads every share's holders
+                if self.share_holders is None:
+                    self.share_holders = await self.fetcher.share_holders(chunks, code)
+        found, missing = await self.fetcher.fetch_coded(
+            [chunks[no] for no in todo], code, self.share_holders
+        )
         try:
             opened = [
                 (no, self._checked(no, found[chunks[no]])) for no in todo if chunks[no] in found
