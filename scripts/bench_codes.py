@@ -12,7 +12,7 @@ computers lost together once in ten years: the probability of losing anything in
 The ceiling measured in the same run: a plain TCP sender on loopback (what the owner's link
 could carry if it were the limit).
 
-    scripts/bench_codes.py [--mib 512] [--trials 400] [--json]
+    scripts/bench_codes.py [--mib 1024] [--trials 400] [--json]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def same(a: Path, b: Path) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mib", type=int, default=512)
+    parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--trials", type=int, default=400, help="simulated years per way")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
