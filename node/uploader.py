@@ -320,10 +320,15 @@ class Uploader:
                 except ShareError as exc:
                     log.warning("chunk %s…: %s", address.hex()[:12], exc)
                     break
-        log.warning(
-            "chunk %s…: its shares out there are of another sealing and fewer than %d of them"
-            " answer: it stays short",
-            address.hex()[:12],
-            code.k,
-        )
+        if found:
+            log.warning(
+                "chunk %s…: its shares out there are of another sealing and fewer than %d of"
+                " them answer: it stays short",
+                address.hex()[:12],
+                code.k,
+            )
+        else:  # none of its holders answered: nothing to check the new shares against yet
+            log.info(
+                "chunk %s…: no holder of its shares answered; it stays short", address.hex()[:12]
+            )
         return []

@@ -4,6 +4,7 @@ chunk; checked against the holders' stores (the ground truth)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections import defaultdict
@@ -12,10 +13,13 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from chunkstore.envelope import open_chunk, seal_chunk
 from chunkstore.keys import KeyRing
-from chunkstore.shares import Code, encode, parse, share_address
+from chunkstore.shares import Code, encode, items_of, parse, share_address
 from lanvault.state_report import state_report, state_report_json
 from node.fetch_coded import CodedFetch
+from node.owner import Owner
+from node.report import BackupPending
 from node.verify import read_data
 
 from .cluster import SIZES, Cluster, eventually, open_cluster, write_files
@@ -235,3 +239,75 @@ async def test_a_share_its_first_holder_did_not_take_goes_to_the_next_computer(
         await owner.restorer.restore_path(tmp_path / "src", tmp_path / "out")
         for path, data in files.items():
             assert (tmp_path / "out" / path.name).read_bytes() == data
+
+
+async def _short_of_one_share(cluster: Cluster, tmp_path: Path) -> tuple[Owner, bytes]:
+    """Node 1's 2-of-4 backup of one file while node 2, one of only four holders, is dead:
+    three shares of its chunk out there, the version pending."""
+    (tmp_path / "src").mkdir()
+    body = random.Random(10).randbytes(50_000)
+    (tmp_path / "src" / "f").write_bytes(body)
+    owner = cluster.members[1].owner
+    cluster.kill(2)
+    with contextlib.suppress(BackupPending):
+        await owner.backup_path(tmp_path / "src", degree=CODE.as_degree())
+    assert owner.catalog.incomplete_versions()
+    assert len(shares_held(cluster)) == 3 * 2  # the file's chunk and the folder's: 3 of 4 each
+    return owner, body
+
+
+async def _back(cluster: Cluster, owner: Owner) -> None:
+    """Node 2 comes back: the owner's pending versions are completed (it kicks them)."""
+    await cluster.start(2)
+    await cluster.wait_connected()
+    await eventually(lambda: not owner.catalog.incomplete_versions(), 60)
+
+
+async def test_a_chunk_short_of_a_share_is_completed_from_the_same_envelope(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_cluster(tmp_path / "c", 5) as cluster:
+        owner, body = await _short_of_one_share(cluster, tmp_path)
+        await _back(cluster, owner)
+        assert all(len(h) == 1 for h in shares_held(cluster).values())
+        assert len(shares_held(cluster)) == 4 * 2
+        for n in (3, 4):  # any two lost: the completed family decodes
+            cluster.kill(n)
+        await owner.restorer.restore_path(tmp_path / "src" / "f", tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == body
+
+
+async def test_a_missing_share_is_made_from_the_family_out_there_not_another_sealing(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    async with open_cluster(tmp_path / "c", 5) as cluster:
+        owner, body = await _short_of_one_share(cluster, tmp_path)
+        # The envelope kept aside is replaced by one sealed again with a random nonce (as a
+        # copies version's would be): shares made from it would be of another family.
+        unsent = owner.pending.unsent
+        assert unsent is not None
+        [file_version] = [v for v in owner.catalog.incomplete_versions() if v.size]
+        [address] = file_version.chunks
+        plain = open_chunk(owner.keys, address, unsent.get(1, address))
+        unsent.delete_many(1, [address])
+        unsent.put(1, address, seal_chunk(owner.keys, address, plain))
+        out_there = {
+            parse(m.store.get(1, a)).family
+            for m in cluster.members.values()
+            if not m.scope.cancel_called
+            for a in items_of(address, CODE.as_degree())
+            if m.store.has(1, a)
+        }
+        made = encode(unsent.get(1, address), address, CODE, owner.keys.share_key)
+        assert len(out_there) == 1 and parse(made[0]).family not in out_there
+        await _back(cluster, owner)
+        families = {
+            parse(cluster.members[next(iter(h))].store.get(1, s)).family
+            for s, h in shares_held(cluster).items()
+            if s in items_of(address, CODE.as_degree())
+        }
+        assert len(families) == 1  # one family: the one out there, completed from 3 of it
+        for n in (3, 4):
+            cluster.kill(n)
+        await owner.restorer.restore_path(tmp_path / "src" / "f", tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == body
