@@ -177,7 +177,15 @@ class ShareRepairer:
             blob = await in_thread(self.store.get, owner, ref.address, limiter=self.disk_limiter)
         except ChunkNotFoundError:
             return None  # deleted here meanwhile
-        mine = parse(blob)
+        except Exception as exc:  # a bad copy here (the scrub drops it), or the disk: this
+            # chunk is not rebuilt from here now; the pass goes on with the others
+            log.warning("cannot read a share to repair its chunk: %s", exc)
+            return []
+        try:
+            mine = parse(blob)
+        except ShareError as exc:  # not a share after all: nothing to rebuild from here
+            log.warning("a share held here cannot be read back as one: %s", exc)
+            return []
         got = [mine]
         for number, nodes in sorted(family.live.items()):
             if len(got) >= ref.k:

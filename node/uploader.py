@@ -89,11 +89,7 @@ class Uploader:
         grow as copies are acknowledged. Returns the new (address, holder) pairs and the
         chunks that stayed short.
         """
-        addresses = [address for address, _e, _h in items]
-        if await self.io.read(self.catalog.any_tombstoned, addresses):
-            # Deleted content is wanted again: no owed delete may remove the new copies.
-            async with self.deletes_lock:
-                await self.io.call(self.catalog.revive, addresses)
+        await self._revive([address for address, _e, _h in items])
         before = [set(holders) for _a, _e, holders in items]
         plans = await self.node.replication.plan_many_off_loop(
             self.owner_id, degree, [(a, h) for a, _e, h in items]
@@ -180,11 +176,7 @@ class Uploader:
         computer only when the network has too few), one PUTCHUNKS per holder for the whole
         batch, then per-share retries down the placement order. Returns the new (share
         address, holder) pairs and a line per chunk still short."""
-        every = [share_address(a, i) for a, _e in items for i in range(code.n)]
-        if await self.io.read(self.catalog.any_tombstoned, every):
-            # Deleted content is wanted again: no owed delete may remove the new shares.
-            async with self.deletes_lock:
-                await self.io.call(self.catalog.revive, every)
+        await self._revive([share_address(a, i) for a, _e in items for i in range(code.n)])
         todo = []
         for address, envelope in items:
             missing = [i for i in range(code.n) if not live.get(share_address(address, i))]
@@ -265,6 +257,13 @@ class Uploader:
                     f" ({len(self.node.membership.up_ids())} peers up)"
                 )
         return learned, failures
+
+    async def _revive(self, addresses: list[bytes]) -> None:
+        """Deleted content is wanted again: no owed delete may remove the new copies or
+        shares about to be sent."""
+        if await self.io.read(self.catalog.any_tombstoned, addresses):
+            async with self.deletes_lock:
+                await self.io.call(self.catalog.revive, addresses)
 
     async def _place_share(
         self,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from chunkstore.catalog import DEGREE_XATTR
+from chunkstore.shares import Code
 from fs.capture import degree_from_xattrs
 from lanvault.cli import build_parser, main
 from lanvault.commands import kb
@@ -252,3 +253,39 @@ def test_status_says_what_it_observed_of_each_peers_presence(
     assert "up 75.0% of the 3.0 days this node has seen it, away 4 times for 18.0 h in all" in out
     assert "up 100.0% of the 2.0 h this node has seen it, never away" in out
     assert out.count("this node has seen it") == 2  # not for itself, nor after ten minutes
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["backup", "x", "--code", "4-of-2"], "a code needs 2 <= K < N <= 16"),
+        (["backup", "x", "--code", "1-of-3"], "1-of-3 is 3 copies: use a degree of 3"),
+        (["backup", "x", "--code", "2-of-17"], "a code needs 2 <= K < N <= 16"),
+        (["backup", "x", "--code", "two"], "write K-of-N, for example 2-of-4"),
+        (["backup", "x", "--code", "2-of-4", "--degree", "2"], "not allowed with argument"),
+        (["degree", "x", "3-of-3"], "a code needs 2 <= K < N <= 16"),
+    ],
+)
+def test_a_bad_code_is_refused_in_one_line_before_anything_is_done(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main([*argv, "--dir", str(tmp_path / "no-node")])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err, err
+    assert not (tmp_path / "no-node").exists()
+
+
+def test_degree_sets_a_code_that_the_mount_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "Videos"
+    folder.mkdir()
+    state = ["--dir", str(tmp_path / "no-node")]
+    assert main(["degree", str(folder), "2-of-4", *state]) == 0
+    assert "code 2-of-4 for the new versions of its files" in capsys.readouterr().out
+    assert os.getxattr(folder, DEGREE_XATTR) == b"2-of-4"
+    assert degree_from_xattrs(str(tmp_path), "Videos/clip.mp4", 2) == Code(2, 4).as_degree()
+    os.setxattr(folder, DEGREE_XATTR, b"nonsense")  # set by hand: ignored, the default holds
+    assert degree_from_xattrs(str(tmp_path), "Videos/clip.mp4", 2) == 2

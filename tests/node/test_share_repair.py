@@ -10,11 +10,12 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
 from chunkstore.envelope import open_chunk
-from chunkstore.errors import ChunkNotFoundError
+from chunkstore.errors import ChunkNotFoundError, CorruptChunkError
 from chunkstore.keys import KeyRing
 from chunkstore.pipeline import PreparedChunk, prepare_chunk
 from chunkstore.shares import Code, decode, encode, parse, share_address
@@ -166,3 +167,29 @@ async def test_a_share_no_computer_without_one_can_take_is_kept(
             assert holders_of(cluster, share_address(chunk.address, number), range(2, 6)) == {
                 node: blobs[number]
             }
+
+
+async def test_a_share_that_cannot_be_read_here_does_not_stop_the_others_repair(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_cluster(tmp_path / "c", 6) as cluster:
+        rotten, _rotten_blobs = spread(cluster, Code(2, 4), [2, 3, 4, 5])
+        fine, fine_blobs = spread(cluster, Code(2, 4), [2, 3, 4, 5])
+        store = cluster.members[2].store  # the lowest holder: it repairs both
+        real_get = store.get
+
+        def get(owner: int, address: bytes) -> bytes:
+            if address == share_address(rotten.address, 0):
+                raise CorruptChunkError("its checksum does not match")
+            return real_get(owner, address)
+
+        monkeypatch.setattr(store, "get", get)
+        cluster.kill(OWNER)
+        cluster.kill(3)
+        await eventually(
+            lambda: holders_of(cluster, share_address(fine.address, 1), range(2, 7)), 60
+        )
+        assert holders_of(cluster, share_address(fine.address, 1), range(2, 7)) == {
+            6: fine_blobs[1]
+        }
+        assert cluster.members[2].node.repairer.last.shares.failed >= 1  # counted, not raised
