@@ -387,12 +387,13 @@ class Daemon:
             raise OpError(str(exc)) from None
         started = time.monotonic()
         try:
-            report = await self.activities.run(
-                "backup",
-                str(path),
-                emit,
-                lambda progress: self.owner.backup_path(path, degree, progress, exclusions),
-            )
+            with self.safekeeping.backup_running():
+                report = await self.activities.run(
+                    "backup",
+                    str(path),
+                    emit,
+                    lambda progress: self.owner.backup_path(path, degree, progress, exclusions),
+                )
         except Exception as exc:
             error = _user_error(exc, (BackupError, OSError))
             if error is None:

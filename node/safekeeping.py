@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,7 +54,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 KIT_NAME = "recovery-kit"
 CATALOG_NAME = "catalog"
-SETTLE = 2.0  # seconds after a change before the catalog is copied (commits come in bursts)
+SETTLE = 2.0  # seconds of quiet after a change before the catalog is copied (commits come in
+# bursts); while changes keep coming, or while a backup runs (it pauses between files, and it
+# secures a copy naming it when it ends), a copy once the oldest change it lacks is MAX_BEHIND
+# seconds old, or COPY_SHARE times as long as the last copy took if that is longer: each copy
+# re-sends most of the catalog, and one every few seconds cost a backup 3-6 % of the owner's
+# link (issue 17). The copy lags by at most that, as `status` shows.
+MAX_BEHIND = 30.0
+COPY_SHARE = 50.0
 FIRST_COPY_DELAY = 10.0
 KIT_EXCHANGE_TIMEOUT = 60.0  # seconds for a whole kit exchange with one peer (Argon2id included)
 SLOW_COPY = 1.0  # seconds before a backup waiting for its catalog copy says so
@@ -94,6 +101,8 @@ class Safekeeping:
         self._changes = 0  # catalog changes so far ...
         self._copied = 0  # ... and how many of them the newest copy on the peers holds
         self._behind_since: float | None = None  # when the oldest change not copied came
+        self._since_mark: float | None = None  # when the first change a copy under way lacks came
+        self._backups = 0  # backups under way: each secures a copy naming it when it ends
         self.changed = trio.Event()
         self.publish_wanted = trio.Event()
         self.report = SafekeepingReport()
@@ -106,9 +115,24 @@ class Safekeeping:
 
     def catalog_changed(self) -> None:
         self._changes += 1
+        now = trio.current_time()
         if self._behind_since is None:
-            self._behind_since = trio.current_time()
+            self._behind_since = now
+        if self._since_mark is None:
+            self._since_mark = now
         self.changed.set()
+
+    @contextlib.contextmanager
+    def backup_running(self) -> Iterator[None]:
+        """A backup is under way: until it ends (and secures a copy itself), the catalog is
+        copied every MAX_BEHIND seconds, not whenever it pauses between files. When it ends,
+        failed or not, the loop goes back to copying SETTLE seconds after the last change."""
+        self._backups += 1
+        try:
+            yield
+        finally:
+            self._backups -= 1
+            self.changed.set()  # the loop's wait is measured anew
 
     def behind(self) -> float | None:
         """Seconds since the oldest catalog change the peers' copy lacks (None: up to date)."""
@@ -178,25 +202,44 @@ class Safekeeping:
 
     async def _catalog_loop(self) -> None:
         await trio.sleep(FIRST_COPY_DELAY)  # let the links come up and placement know them
+        took = 0.0  # seconds the last copy made took
         while True:
+            started = trio.current_time()
             try:
-                await self.backup_catalog()
+                if await self.backup_catalog():
+                    took = trio.current_time() - started
             except Exception as exc:  # peers down, quota: try again later
                 log.info("catalog copy for the peers waits: %s", exc)
+                await trio.sleep(SETTLE)  # not at once, however far behind the copy is
             with trio.move_on_after(self.interval):
                 await self.changed.wait()
+            await self._settle(max(MAX_BEHIND, COPY_SHARE * took))
+
+    async def _settle(self, limit: float) -> None:
+        """Return once the catalog has not changed for SETTLE seconds (unless a backup is
+        under way), or once the oldest change the peers' copy lacks is ``limit`` seconds old."""
+        while True:
             self.changed = trio.Event()
-            await trio.sleep(SETTLE)
+            wait = limit - (self.behind() or 0.0)
+            if not self._backups:
+                wait = min(SETTLE, wait)
+            if wait <= 0:
+                return
+            with trio.move_on_after(wait) as quiet:
+                await self.changed.wait()
+            if quiet.cancelled_caught:
+                return
 
     async def backup_catalog(self, force: bool = False) -> bool:
         """Put a fresh copy of the catalog on the peers if it changed; True if one was made."""
         async with self._copying:
             mark = self._changes
+            self._since_mark = None
             made = await self._backup_catalog(force)
-            # The copy (or the one before, if nothing changed) holds every change up to mark.
+            # The copy (or the one before, if nothing changed) holds every change up to mark;
+            # the oldest it lacks is the first made since.
             self._copied = max(self._copied, mark)
-            if self._copied == self._changes:
-                self._behind_since = None
+            self._behind_since = None if self._copied == self._changes else self._since_mark
             return made
 
     async def _backup_catalog(self, force: bool) -> bool:

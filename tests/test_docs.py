@@ -207,6 +207,15 @@ def test_the_restore_window_figures_are_the_codes() -> None:
     assert f"other holders first, {LEFTOVER_ROUNDS} more times" in architecture
 
 
+def test_the_catalog_copy_pacing_stated_is_the_codes() -> None:
+    from node.safekeeping import COPY_SHARE, MAX_BEHIND, SETTLE
+
+    architecture = " ".join((DOCS / "architecture.md").read_text().split())
+    words = {2: "two"}
+    assert f"quiet for {words[int(SETTLE)]} seconds" in architecture
+    assert f"lacks is {MAX_BEHIND:g} seconds old (or {COPY_SHARE:g} times as long" in architecture
+
+
 def test_the_architecture_map_names_every_module() -> None:
     """The module map at the top of architecture.md names every module of the four packages
     (by file name, or by name in the chunkstore list), and none that is gone."""
