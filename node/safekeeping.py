@@ -54,12 +54,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 KIT_NAME = "recovery-kit"
 CATALOG_NAME = "catalog"
-SETTLE = 2.0  # seconds of quiet after a change before the catalog is copied (commits come in
-# bursts); while changes keep coming, or while a backup runs (it pauses between files, and it
-# secures a copy naming it when it ends), a copy once the oldest change it lacks is MAX_BEHIND
-# seconds old, or COPY_SHARE times as long as the last copy took if that is longer: each copy
-# re-sends most of the catalog, and one every few seconds cost a backup 3-6 % of the owner's
-# link (issue 17). The copy lags by at most that, as `status` shows.
+SETTLE = 2.0  # seconds after a change before the catalog is copied (commits come in bursts);
+# while a backup runs (it pauses between files, and secures a copy naming it when it ends), a
+# copy once the oldest change it lacks is MAX_BEHIND seconds old, or COPY_SHARE times as long
+# as the last copy took if that is longer: each copy re-sends most of the catalog, and one
+# after every file cost a backup 3-6 % of the owner's link (issue 17). `status` shows the lag.
 MAX_BEHIND = 30.0
 COPY_SHARE = 50.0
 FIRST_COPY_DELAY = 10.0
@@ -125,8 +124,8 @@ class Safekeeping:
     @contextlib.contextmanager
     def backup_running(self) -> Iterator[None]:
         """A backup is under way: until it ends (and secures a copy itself), the catalog is
-        copied every MAX_BEHIND seconds, not whenever it pauses between files. When it ends,
-        failed or not, the loop goes back to copying SETTLE seconds after the last change."""
+        copied every MAX_BEHIND seconds, not SETTLE seconds after each file. When it ends,
+        failed or not, the loop goes back to copying SETTLE seconds after a change."""
         self._backups += 1
         try:
             yield
@@ -216,19 +215,18 @@ class Safekeeping:
             await self._settle(max(MAX_BEHIND, COPY_SHARE * took))
 
     async def _settle(self, limit: float) -> None:
-        """Return once the catalog has not changed for SETTLE seconds (unless a backup is
-        under way), or once the oldest change the peers' copy lacks is ``limit`` seconds old."""
-        while True:
+        """Return SETTLE seconds after the change that woke the loop (commits come in bursts);
+        while a backup runs, once the oldest change the peers' copy lacks is ``limit``
+        seconds old (or the backup ends: it secured its own copy, or failed)."""
+        while self._backups:
             self.changed = trio.Event()
             wait = limit - (self.behind() or 0.0)
-            if not self._backups:
-                wait = min(SETTLE, wait)
             if wait <= 0:
                 return
-            with trio.move_on_after(wait) as quiet:
+            with trio.move_on_after(wait):
                 await self.changed.wait()
-            if quiet.cancelled_caught:
-                return
+        self.changed = trio.Event()
+        await trio.sleep(SETTLE)
 
     async def backup_catalog(self, force: bool = False) -> bool:
         """Put a fresh copy of the catalog on the peers if it changed; True if one was made."""

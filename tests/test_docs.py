@@ -212,7 +212,7 @@ def test_the_catalog_copy_pacing_stated_is_the_codes() -> None:
 
     architecture = " ".join((DOCS / "architecture.md").read_text().split())
     words = {2: "two"}
-    assert f"quiet for {words[int(SETTLE)]} seconds" in architecture
+    assert f"commits are copied {words[int(SETTLE)]} seconds after they come" in architecture
     assert f"lacks is {MAX_BEHIND:g} seconds old (or {COPY_SHARE:g} times as long" in architecture
 
 
