@@ -218,9 +218,15 @@ def main() -> int:
                 cluster.start(1, "--relay" if mode == "on" else "--no-relay")
                 cluster.wait_mesh(120)
                 current = mode
-            rounds = [
-                one_round(cluster, lan, work, degree, args.mib, computers) for _ in range(args.runs)
-            ]
+            rounds: list[Round] = []
+            for _ in range(args.runs):
+                one = one_round(cluster, lan, work, degree, args.mib, computers)
+                log(
+                    f"  round {len(rounds) + 1}: backup {one.backup_mbs:.1f} MB/s, restore"
+                    f" {one.restore_mbs:.1f} MB/s, CPU s "
+                    + " ".join(f"{one.cpu[n]:.1f}" for n in sorted(one.cpu))
+                )
+                rounds.append(one)
             backup = statistics.median(r.backup_mbs for r in rounds)
             restore = statistics.median(r.restore_mbs for r in rounds)
             data = args.mib * 2**20  # what was backed up each round
