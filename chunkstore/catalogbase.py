@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .catalog import FileVersion, pack_xattrs, unpack_xattrs, version_key
+from .sqlrows import insert_rows
 
 _VERSIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -38,11 +39,11 @@ CREATE TABLE IF NOT EXISTS {table} (
 );
 """
 
-_INSERT_VERSION = (
+INTO_VERSIONS = (
     "INSERT INTO versions(path, file_id, size, mode, uid, gid, mtime_ns, ctime_ns, degree,"
     " owner, created_ns, origin, inode, xattrs, link, complete)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+_INSERT_VERSION = INTO_VERSIONS + " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 _SCHEMA = (
     _VERSIONS_TABLE.format(table="versions")
@@ -375,8 +376,9 @@ class CatalogBase:
             return vid
         cur = db.execute(_INSERT_VERSION, cls._version_row(version, created_ns, origin, inode))
         vid = int(cur.lastrowid or 0)
-        db.executemany(
-            "INSERT INTO version_chunks(version_id, no, address) VALUES (?,?,?)",
+        insert_rows(
+            db,
+            "INSERT INTO version_chunks(version_id, no, address)",
             [(vid, no, a) for no, a in enumerate(version.chunks)],
         )
         return vid

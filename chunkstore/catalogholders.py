@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from .catalogbase import CatalogBase, _matching
 from .shares import items_of
+from .sqlrows import insert_rows
 
 
 class CatalogHolders(CatalogBase):
@@ -103,7 +104,7 @@ class CatalogHolders(CatalogBase):
 
     def add_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
         with self._tx() as db:
-            db.executemany("INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(pairs))
+            insert_rows(db, "INSERT OR IGNORE INTO holders(address, node)", pairs)
 
     def drop_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
         """These (address, node) copies were dropped (surplus trimmed)."""
@@ -113,9 +114,8 @@ class CatalogHolders(CatalogBase):
     def set_holders(self, address: bytes, nodes: Iterable[int]) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM holders WHERE address=?", (address,))
-            db.executemany(
-                "INSERT INTO holders(address, node) VALUES (?,?)",
-                [(address, n) for n in set(nodes)],
+            insert_rows(
+                db, "INSERT INTO holders(address, node)", [(address, n) for n in set(nodes)]
             )
 
     def holders(self, address: bytes) -> set[int]:
@@ -211,9 +211,7 @@ class CatalogHolders(CatalogBase):
         with self._tx() as db:
             old = {bytes(r[0]) for r in db.execute("SELECT address FROM catalog_chunks")}
             db.execute("DELETE FROM catalog_chunks")
-            db.executemany(
-                "INSERT INTO catalog_chunks(address) VALUES (?)", [(a,) for a in sorted(wanted)]
-            )
+            insert_rows(db, "INSERT INTO catalog_chunks(address)", [(a,) for a in sorted(wanted)])
             return self._unreferenced(db, old - wanted)
 
     def catalog_chunks(self) -> set[bytes]:

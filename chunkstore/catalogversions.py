@@ -12,10 +12,10 @@ from typing import Any
 
 from .catalog import FileVersion
 from .catalogbase import (
-    _INSERT_VERSION,
     _N,
     _VERSION_COLUMNS,
     ABSENT_ID,
+    INTO_VERSIONS,
     ORIGIN_BACKUP,
     BackupRun,
     DeleteReport,
@@ -27,6 +27,7 @@ from .catalogbase import (
 )
 from .catalogholders import CatalogHolders
 from .errors import CatalogFormatError
+from .sqlrows import insert_rows
 
 _FILE_TYPE_BITS = 0o170000  # stat.S_IFMT's mask
 
@@ -55,9 +56,7 @@ class CatalogVersions(CatalogHolders):
         ``pending`` versions (short of their degree) go in too, incomplete."""
         with self._tx() as db:
             created_ns = self._stamp(db, created_ns)
-            db.executemany(
-                "INSERT OR IGNORE INTO holders(address, node) VALUES (?,?)", list(holders)
-            )
+            insert_rows(db, "INSERT OR IGNORE INTO holders(address, node)", holders)
             self._insert_complete(db, versions, created_ns)
             for version in pending:
                 self._insert_version(db, version, created_ns, ORIGIN_BACKUP)
@@ -105,8 +104,9 @@ class CatalogVersions(CatalogHolders):
         if not new:
             return
         # AUTOINCREMENT inside this one write transaction: the rows get consecutive ids.
-        db.executemany(
-            _INSERT_VERSION,
+        insert_rows(
+            db,
+            INTO_VERSIONS,
             [cls._version_row(v, created_ns, ORIGIN_BACKUP, complete=True) for v in new],
         )
         last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
@@ -114,8 +114,9 @@ class CatalogVersions(CatalogHolders):
         ends = db.execute("SELECT path FROM versions WHERE id IN (?, ?) ORDER BY id", (first, last))
         if [str(r[0]) for r in ends] != list(dict.fromkeys([new[0].path, new[-1].path])):
             raise CatalogFormatError("new version rows did not get consecutive ids")
-        db.executemany(
-            "INSERT INTO version_chunks(version_id, no, address) VALUES (?,?,?)",
+        insert_rows(
+            db,
+            "INSERT INTO version_chunks(version_id, no, address)",
             [(first + i, no, a) for i, v in enumerate(new) for no, a in enumerate(v.chunks)],
         )
 

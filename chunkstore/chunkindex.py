@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .errors import ChunkstoreError, DiskFullError, QuotaExceededError
 from .shares import ShareRef, is_share, ref_of
+from .sqlrows import insert_rows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -262,9 +263,10 @@ class ChunkIndex:
             added += size
         if rows:
             with self.transaction():
-                self.db.executemany(
+                insert_rows(
+                    self.db,
                     "INSERT INTO chunks(owner, address, segment, offset, length, digest,"
-                    " degree, stored_at, share) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " degree, stored_at, share)",
                     rows,
                 )
             self.used += added
