@@ -195,14 +195,7 @@ def main() -> int:
             f" {args.holder_rate}; a plain TCP stream gets {ceiling:.1f} MB/s owner -> holder,"
             f" {back:.1f} MB/s holder -> owner (the ceiling)"
         )
-        cluster = ProcessCluster(
-            work / "net",
-            computers,
-            hosts=[f"computer-{c}" for c in range(computers)],
-            gone_after="1h",
-            ips=[lan.ip(c) for c in range(computers)],
-            prefixes=[lan.prefix(c) for c in range(computers)],
-        )
+        cluster = ProcessCluster.on_lan(work / "net", lan, list(range(computers)), "1h")
         for node_id in cluster.nodes:  # the last --quota and --repair-interval win
             cluster.start(node_id, "--quota", "100GB", "--repair-interval", "600")
         cluster.wait_mesh(120)

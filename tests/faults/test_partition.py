@@ -29,14 +29,7 @@ def test_a_partitioned_computer_rejoins_without_harm(run: ScenarioRun, tmp_path:
     sweep_stale()
     lan = Lan(tag=f"{os.getpid() % 1000}", subnet=os.getpid() % 200 + 20)
     lan.create(4)
-    cluster = ProcessCluster(
-        tmp_path / "net",
-        4,
-        hosts=[f"computer-{c}" for c in range(4)],
-        gone_after="8s",
-        ips=[lan.ip(c) for c in range(4)],
-        prefixes=[lan.prefix(c) for c in range(4)],
-    )
+    cluster = ProcessCluster.on_lan(tmp_path / "net", lan, list(range(4)), "8s")
     try:
         for node_id in cluster.nodes:
             cluster.start(node_id)

@@ -62,14 +62,7 @@ def test_ten_nodes_on_five_computers_spread_evenly_and_survive_a_lost_computer(
     for computer in range(COMPUTERS):
         lan.shape(computer, rate)
     where = [index % COMPUTERS for index in range(NODES)]  # nodes 1 and 6 on computer 0, ...
-    cluster = ProcessCluster(
-        tmp_path / "net",
-        NODES,
-        hosts=[f"computer-{c}" for c in where],
-        gone_after="8s",
-        ips=[lan.ip(c) for c in where],
-        prefixes=[lan.prefix(c) for c in where],
-    )
+    cluster = ProcessCluster.on_lan(tmp_path / "net", lan, where, "8s")
     try:
         for node_id in cluster.nodes:
             cluster.start(node_id)

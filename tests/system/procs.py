@@ -11,6 +11,8 @@ from pathlib import Path
 
 from lanvault.localnet import ROOT, LocalNet, free_port
 
+from .netns import Lan
+
 __all__ = ["ROOT", "ProcessCluster", "env", "free_port", "lanvault", "start_lanvault"]
 
 
@@ -86,6 +88,22 @@ class ProcessCluster(LocalNet):
             prefixes=prefixes,
         )
         self.create(seed_peer=seed_peer)
+
+    @classmethod
+    def on_lan(
+        cls, root: Path, lan: Lan, computers: list[int], gone_after: str, seed_peer: bool = True
+    ) -> ProcessCluster:
+        """A node on each of ``computers`` (the LAN's computer of node 1, of node 2, ...: one
+        computer may run several), named for its computer, reached at its address."""
+        return cls(
+            root,
+            len(computers),
+            hosts=[f"computer-{c}" for c in computers],
+            gone_after=gone_after,
+            ips=[lan.ip(c) for c in computers],
+            prefixes=[lan.prefix(c) for c in computers],
+            seed_peer=seed_peer,
+        )
 
     def _node_args(self, node_id: int) -> list[str]:
         args = ["--quota", "2GB", "--gone-after", self.gone_after, "--heartbeat", "0.5"]

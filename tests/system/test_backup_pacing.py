@@ -34,14 +34,7 @@ def test_a_backup_on_a_slow_link_copies_its_catalog_once(tmp_path: Path) -> None
     sweep_stale()
     lan = Lan(tag=f"p{os.getpid() % 1000}", subnet=(os.getpid() + 100) % 200 + 20)
     lan.create(3)
-    cluster = ProcessCluster(
-        tmp_path / "net",
-        3,
-        hosts=[f"computer-{c}" for c in range(3)],
-        gone_after="1h",
-        ips=[lan.ip(c) for c in range(3)],
-        prefixes=[lan.prefix(c) for c in range(3)],
-    )
+    cluster = ProcessCluster.on_lan(tmp_path / "net", lan, list(range(3)), "1h")
     try:
         lan.shape(0, "8mbit")
         cluster.start_all()

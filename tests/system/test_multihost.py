@@ -28,13 +28,11 @@ def lan_cluster(tmp_path: Path) -> Iterator[tuple[Lan, ProcessCluster]]:
     lan.create(3)
     # Computer 0 runs nodes 1 and 2; computers 1 and 2 run nodes 3 and 4.
     computers = [0, 0, 1, 2]
-    cluster = ProcessCluster(
+    cluster = ProcessCluster.on_lan(
         tmp_path / "net",
-        4,
-        hosts=[f"computer-{c}" for c in computers],
+        lan,
+        computers,
         gone_after="8s",
-        ips=[lan.ip(c) for c in computers],
-        prefixes=[lan.prefix(c) for c in computers],
         seed_peer=False,  # they must find each other by LAN discovery
     )
     try:
