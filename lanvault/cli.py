@@ -12,7 +12,6 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -47,7 +46,7 @@ from .commands import (
     cmd_state,
     cmd_status,
 )
-from .docgen import bash_completion, man_page, zsh_completion
+from .docgen import ShowVersion, bash_completion, man_page, zsh_completion
 from .runtime import tune_allocator, tune_switch_interval
 from .simulate_cli import cmd_simulate, simulate_arguments
 from .state import (
@@ -184,7 +183,7 @@ def build_parser() -> Parser:
     common.add_argument("-v", "--verbose", action="store_true", help="more log output")
 
     parser = Parser(prog="lanvault", description="A backup filesystem for a local network.")
-    parser.add_argument("--version", action="version", version=f"lanvault {version()}")
+    parser.add_argument("--version", action=ShowVersion, help="show the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     subparsers.required = True
 
@@ -500,18 +499,6 @@ def build_parser() -> Parser:
         help="with --read-data, read a random PERCENT of the chunks only",
     )
     return parser
-
-
-def version() -> str:
-    """The installed package's version; the source tree's when run from a checkout."""
-    try:
-        return metadata.version("lanvault")
-    except metadata.PackageNotFoundError:
-        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-        for line in pyproject.read_text().splitlines() if pyproject.exists() else []:
-            if line.startswith("version = "):
-                return line.split("=", 1)[1].strip().strip('"')
-        return "unknown"
 
 
 def _percent(text: str) -> float:
