@@ -529,3 +529,31 @@ def test_recording_complete_versions_as_a_batch_is_recording_them_one_by_one(
             batched.delete_paths(gone, [2])
             single.delete_paths(gone, [2])
         assert _rows(batched) == _rows(single)
+
+
+@pytest.mark.parametrize("leftover", ["junk", "junk and a journal", "an older copy"])
+def test_a_copy_replaces_what_an_interrupted_one_left_and_stands_on_its_own(
+    db: CatalogDB, tmp_path: Path, leftover: str
+) -> None:
+    """The copy for the peers is a scratch file: whatever a crash left at its path (a torn
+    file, a journal beside it, an older copy) is replaced, never an error forever after; the
+    copy opens without the catalog's WAL and holds every row."""
+    db.add_version(version("a.txt", "a"), T0)
+    copy = tmp_path / "catalog.sqlite3.peers-copy"
+    if leftover == "an older copy":
+        db.copy_to(copy)
+    else:
+        copy.write_bytes(random.Random(1).randbytes(9000))
+        if "journal" in leftover:
+            Path(f"{copy}-journal").write_bytes(random.Random(2).randbytes(5000))
+    db.add_version(version("b.txt", "b"), T0 + 1)
+    db.copy_to(copy)
+    assert not Path(f"{copy}-journal").exists()
+    check = sqlite3.connect(copy)
+    try:
+        assert check.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        paths = {p for (p,) in check.execute("SELECT path FROM versions")}
+    finally:
+        check.close()
+    assert paths == {f"{ROOT}/a.txt", f"{ROOT}/b.txt"}
