@@ -64,6 +64,8 @@ COPY_SHARE = 50.0
 FIRST_COPY_DELAY = 10.0
 KIT_EXCHANGE_TIMEOUT = 60.0  # seconds for a whole kit exchange with one peer (Argon2id included)
 SLOW_COPY = 1.0  # seconds before a backup waiting for its catalog copy says so
+COPY_BATCH = 15  # catalog chunks sealed and sent together (about 1 MB) ...
+COPY_BATCHES_IN_FLIGHT = 4  # ... and this many such batches at once
 
 
 class CatalogNotSafe(Exception):
@@ -261,24 +263,46 @@ class Safekeeping:
                 for no, a in enumerate(addresses)
                 if len({h for h in known[a] if not owner.node.membership.is_gone(h)}) < degree
             ]
-            for i in range(0, len(wanted), 15):
-                batch = wanted[i : i + 15]
-                envelopes = await in_thread(self._seal, tmp, batch, limiter=owner.node.cpu_limiter)
-                items = [
-                    (
-                        address,
-                        envelope,
-                        {h for h in known[address] if not owner.node.membership.is_gone(h)},
+            window = trio.Semaphore(COPY_BATCHES_IN_FLIGHT)
+            errors: list[Exception] = []
+
+            async def one_batch(batch: list[tuple[int, bytes]]) -> None:
+                nonlocal sent
+                try:
+                    envelopes = await in_thread(
+                        self._seal, tmp, batch, limiter=owner.node.cpu_limiter
                     )
-                    for (_no, address), envelope in zip(batch, envelopes, strict=True)
-                ]
-                report = Progress()
-                learned, failures = await owner.uploader.send(items, degree, report)
-                if learned:
-                    await owner.io.call(catalog.add_holders, learned)
-                if failures:
-                    raise RuntimeError(f"catalog copy: {failures[0]}")
-                sent += report.bytes_sent
+                    items = [
+                        (
+                            address,
+                            envelope,
+                            {h for h in known[address] if not owner.node.membership.is_gone(h)},
+                        )
+                        for (_no, address), envelope in zip(batch, envelopes, strict=True)
+                    ]
+                    report = Progress()
+                    learned, failures = await owner.uploader.send(items, degree, report)
+                    if learned:
+                        await owner.io.call(catalog.add_holders, learned)
+                    sent += report.bytes_sent
+                    if failures:
+                        raise RuntimeError(f"catalog copy: {failures[0]}")
+                except Exception as exc:  # raised below, outside the nursery: no group
+                    errors.append(exc)
+                finally:
+                    window.release()
+
+            # Batches in flight together: each waits on its holders' fsyncs down the chain,
+            # and a copy after a big backup changes a hundred chunks or more.
+            async with trio.open_nursery() as nursery:
+                for i in range(0, len(wanted), COPY_BATCH):
+                    await window.acquire()
+                    if errors:
+                        window.release()
+                        break
+                    nursery.start_soon(one_batch, wanted[i : i + COPY_BATCH])
+            if errors:
+                raise errors[0]
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)  # small: not worth a thread
