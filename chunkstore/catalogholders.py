@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from .catalogbase import CatalogBase, _matching
+from .catalogbase import COPY_SCHEMA, CatalogBase, _matching
 from .shares import items_of
 from .sqlrows import insert_rows
 
@@ -28,7 +28,7 @@ class CatalogHolders(CatalogBase):
             ).fetchone()
             if still is None:
                 still = db.execute(
-                    "SELECT 1 FROM catalog_chunks WHERE address=?", (address,)
+                    f"SELECT 1 FROM {COPY_SCHEMA}.catalog_chunks WHERE address=?", (address,)
                 ).fetchone()
             if still is None:
                 orphaned.append(address)
@@ -67,10 +67,7 @@ class CatalogHolders(CatalogBase):
             for degree in sorted(coded.get(address, ())):
                 items += items_of(address, degree)
         for address in dict.fromkeys(items):
-            held = {
-                int(r[0])
-                for r in db.execute("SELECT node FROM holders WHERE address=?", (address,))
-            }
+            held = {int(r[0]) for r in db.execute(_HOLDERS_OF, (address, address))}
             targets = held | everyone
             nodes |= targets
             db.executemany(
@@ -78,6 +75,7 @@ class CatalogHolders(CatalogBase):
                 [(n, address) for n in targets],
             )
             db.execute("DELETE FROM holders WHERE address=?", (address,))
+            db.execute(f"DELETE FROM {COPY_SCHEMA}.catalog_holders WHERE address=?", (address,))
         return nodes
 
     def live_addresses(self) -> list[tuple[bytes, int]]:
@@ -102,16 +100,37 @@ class CatalogHolders(CatalogBase):
 
     # -- holders and tombstones ----------------------------------------------------------
 
+    # Holders of a chunk are the rows of both tables: ``holders`` for the files' chunks,
+    # ``catalog_holders`` (the copy's database) for the catalog copy's. The two databases
+    # commit one after the other, so a row that says a node no longer holds a chunk is
+    # removed from the copy's database in a commit of its own, first: a crash in between
+    # can only leave the owner believing in fewer copies (and sending one again), never in
+    # a copy that was deleted.
+
     def add_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
         with self._tx() as db:
             insert_rows(db, "INSERT OR IGNORE INTO holders(address, node)", pairs)
 
+    def add_copy_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
+        """Holders that acknowledged chunks of the catalog's copy."""
+        with self._tx() as db:
+            insert_rows(
+                db, f"INSERT OR IGNORE INTO {COPY_SCHEMA}.catalog_holders(address, node)", pairs
+            )
+
     def drop_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
         """These (address, node) copies were dropped (surplus trimmed)."""
+        dropped = list(pairs)
         with self._tx() as db:
-            db.executemany("DELETE FROM holders WHERE address=? AND node=?", list(pairs))
+            db.executemany(
+                f"DELETE FROM {COPY_SCHEMA}.catalog_holders WHERE address=? AND node=?", dropped
+            )
+        with self._tx() as db:
+            db.executemany("DELETE FROM holders WHERE address=? AND node=?", dropped)
 
     def set_holders(self, address: bytes, nodes: Iterable[int]) -> None:
+        with self._tx() as db:
+            db.execute(f"DELETE FROM {COPY_SCHEMA}.catalog_holders WHERE address=?", (address,))
         with self._tx() as db:
             db.execute("DELETE FROM holders WHERE address=?", (address,))
             insert_rows(
@@ -120,10 +139,7 @@ class CatalogHolders(CatalogBase):
 
     def holders(self, address: bytes) -> set[int]:
         with self._reading() as db:
-            return {
-                int(r[0])
-                for r in db.execute("SELECT node FROM holders WHERE address=?", (address,))
-            }
+            return {int(r[0]) for r in db.execute(_HOLDERS_OF, (address, address))}
 
     def holders_many(self, addresses: Iterable[bytes]) -> dict[bytes, set[int]]:
         wanted = list(dict.fromkeys(addresses))
@@ -133,7 +149,10 @@ class CatalogHolders(CatalogBase):
                 batch = wanted[i : i + 500]
                 marks = ",".join("?" * len(batch))
                 for address, node in db.execute(
-                    f"SELECT address, node FROM holders WHERE address IN ({marks})", batch
+                    f"SELECT address, node FROM holders WHERE address IN ({marks}) UNION ALL"
+                    f" SELECT address, node FROM {COPY_SCHEMA}.catalog_holders"
+                    f" WHERE address IN ({marks})",
+                    batch * 2,
                 ):
                     out[bytes(address)].add(int(node))
         return out
@@ -164,7 +183,8 @@ class CatalogHolders(CatalogBase):
                 db,
                 "SELECT c.address FROM version_chunks c JOIN versions v ON v.id = c.version_id"
                 " WHERE v.removed=0 AND c.address IN ({marks})"
-                " UNION SELECT address FROM catalog_chunks WHERE address IN ({marks})",
+                f" UNION SELECT address FROM {COPY_SCHEMA}.catalog_chunks"
+                " WHERE address IN ({marks})",
                 addresses,
                 uses=2,
             )
@@ -208,16 +228,30 @@ class CatalogHolders(CatalogBase):
     def set_catalog_chunks(self, addresses: Iterable[bytes]) -> list[bytes]:
         """Record the chunks of the newest catalog backup; returns those no longer needed."""
         wanted = set(addresses)
+        table = f"{COPY_SCHEMA}.catalog_chunks"
         with self._tx() as db:
-            old = {bytes(r[0]) for r in db.execute("SELECT address FROM catalog_chunks")}
-            db.execute("DELETE FROM catalog_chunks")
-            insert_rows(db, "INSERT INTO catalog_chunks(address)", [(a,) for a in sorted(wanted)])
+            old = {bytes(r[0]) for r in db.execute(f"SELECT address FROM {table}")}
+            db.executemany(f"DELETE FROM {table} WHERE address=?", [(a,) for a in old - wanted])
+            insert_rows(db, f"INSERT INTO {table}(address)", [(a,) for a in wanted - old])
             return self._unreferenced(db, old - wanted)
 
     def catalog_chunks(self) -> set[bytes]:
         with self._reading() as db:
-            return {bytes(r[0]) for r in db.execute("SELECT address FROM catalog_chunks")}
+            return {
+                bytes(r[0]) for r in db.execute(f"SELECT address FROM {COPY_SCHEMA}.catalog_chunks")
+            }
 
     def schedule_deletes(self, addresses: list[bytes], known_nodes: Iterable[int]) -> set[int]:
+        with self._tx() as db:  # the copy's holder rows go first (see add_holders)
+            db.executemany(
+                f"DELETE FROM {COPY_SCHEMA}.catalog_holders WHERE address=?",
+                [(a,) for a in self._unreferenced(db, addresses)],
+            )
         with self._tx() as db:
             return self._schedule_deletes(db, self._unreferenced(db, addresses), known_nodes)
+
+
+_HOLDERS_OF = (
+    "SELECT node FROM holders WHERE address=?"
+    f" UNION SELECT node FROM {COPY_SCHEMA}.catalog_holders WHERE address=?"
+)

@@ -30,6 +30,7 @@ from typing import Any
 
 import trio
 
+from chunkstore.catalogbase import catalog_files
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.errors import ChunkstoreError, WrongPassphraseError
 from chunkstore.keys import KdfParams, KeyRing, derive_wrapping_key, unwrap_with_key
@@ -150,7 +151,7 @@ async def restore_catalog(
     from .daemon import Daemon  # the composition module; imported late (it pulls in a lot)
 
     temporary = state.root / "catalog.recovering.sqlite3"
-    for leftover in _sqlite_files(temporary):
+    for leftover in catalog_files(temporary):
         leftover.unlink(missing_ok=True)
     daemon = Daemon(state, config, catalog_path=temporary)
     download = temporary.with_suffix(".download")
@@ -212,7 +213,7 @@ async def restore_catalog(
     if manifest is not None:
         _install_catalog(download, state.catalog_path, manifest)
     result.update(_counts(state.catalog_path))
-    for leftover in [*_sqlite_files(temporary), download]:
+    for leftover in [*catalog_files(temporary), download]:
         leftover.unlink(missing_ok=True)
     return result
 
@@ -256,7 +257,7 @@ async def _fetch_catalog(
     done = 0
     chunks = list(manifest.chunks)
     found = await daemon.node.replication.query_holders(owner.owner_id, list(dict.fromkeys(chunks)))
-    await in_thread(owner.catalog.add_holders, [(a, h) for a, hs in found.items() for h in hs])
+    await in_thread(owner.catalog.add_copy_holders, [(a, h) for a, hs in found.items() for h in hs])
     fd = await in_thread(
         functools.partial(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     )
@@ -297,8 +298,9 @@ def _install_catalog(download: Path, target: Path, manifest: CatalogManifest) ->
         check.close()
     if not verdict or verdict[0] != "ok":
         raise CommandError(f"the fetched catalog is damaged ({verdict})")
-    # Never let an old journal of a previous catalog meet the new file.
-    for leftover in _sqlite_files(target):
+    # Never let an old journal of a previous catalog, or the record of its copy on the peers,
+    # meet the new file.
+    for leftover in catalog_files(target):
         leftover.unlink(missing_ok=True)
     os.replace(download, target)
     catalog = CatalogDB(target)
@@ -312,10 +314,6 @@ def _install_catalog(download: Path, target: Path, manifest: CatalogManifest) ->
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _sqlite_files(path: Path) -> list[Path]:
-    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
 
 
 def _counts(path: Path) -> dict[str, int]:

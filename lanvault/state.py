@@ -11,6 +11,7 @@ STATE/tls/join-code      the join code (owner-readable only: it lets computers i
 STATE/tls/pins.json      certificate fingerprints pinned per node id
 STATE/store/             the chunk store this node lends
 STATE/catalog.sqlite3    this node's own backups (versions, holders, owed deletes)
+STATE/catalog-copy.sqlite3  the catalog's copy on the peers: its chunks and who holds them
 STATE/outbox/            sealed chunks a mount cut aside, kept until their version is safe
 STATE/unsent/            sealed chunks a backup could not yet bring to their degree (up to 1 GiB)
 STATE/restores/          which temporary file each interrupted restore made (resumed only from it)

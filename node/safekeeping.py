@@ -283,7 +283,7 @@ class Safekeeping:
                     report = Progress()
                     learned, failures = await owner.uploader.send(items, degree, report)
                     if learned:
-                        await owner.io.call(catalog.add_holders, learned)
+                        await owner.io.call(catalog.add_copy_holders, learned)
                     sent += report.bytes_sent
                     if failures:
                         raise RuntimeError(f"catalog copy: {failures[0]}")

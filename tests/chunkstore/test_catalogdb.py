@@ -557,3 +557,53 @@ def test_a_copy_replaces_what_an_interrupted_one_left_and_stands_on_its_own(
     finally:
         check.close()
     assert paths == {f"{ROOT}/a.txt", f"{ROOT}/b.txt"}
+
+
+def test_the_copys_own_record_stays_out_of_the_copy_and_an_old_catalogs_moves_over(
+    tmp_path: Path,
+) -> None:
+    """Catalogs before the copy's database of its own kept the copy's chunks and their
+    holders in the catalog: opened now, both are where the copy's record is, the old table
+    is gone, and a copy of the catalog carries none of it."""
+    path = tmp_path / "catalog.sqlite3"
+    db = CatalogDB(path)
+    db.add_holders([(address("file chunk"), 2)])
+    db.close()
+    old = sqlite3.connect(path)  # as an older lanvault left it
+    old.execute("CREATE TABLE catalog_chunks (address BLOB PRIMARY KEY) WITHOUT ROWID")
+    old.executemany(
+        "INSERT INTO catalog_chunks VALUES (?)", [(address("copy 1"),), (address("copy 2"),)]
+    )
+    old.executemany(
+        "INSERT INTO holders VALUES (?, ?)",
+        [(address("copy 1"), 3), (address("copy 1"), 4), (address("copy 2"), 3)],
+    )
+    old.commit()
+    old.close()
+    db = CatalogDB(path)
+    assert db.catalog_chunks() == {address("copy 1"), address("copy 2")}
+    wanted = [address("copy 1"), address("copy 2"), address("file chunk")]
+    assert db.holders_many(wanted) == {
+        address("copy 1"): {3, 4},
+        address("copy 2"): {3},
+        address("file chunk"): {2},
+    }
+    db.add_copy_holders([(address("copy 2"), 4)])
+    assert db.holders(address("copy 2")) == {3, 4}
+    # The next copy: "copy 1" no longer in it, its holders' rows go with its deletes.
+    assert db.set_catalog_chunks([address("copy 2"), address("copy 3")]) == [address("copy 1")]
+    assert db.schedule_deletes([address("copy 1")], [2, 3, 4]) == {2, 3, 4}
+    assert db.holders(address("copy 1")) == set()
+    db.drop_holders([(address("copy 2"), 3)])
+    assert db.holders(address("copy 2")) == {4}
+    copy = tmp_path / "copy.sqlite3"
+    db.copy_to(copy)
+    db.close()
+    check = sqlite3.connect(copy)
+    try:
+        tables = {r[0] for r in check.execute("SELECT name FROM sqlite_master")}
+        rows = {bytes(r[0]) for r in check.execute("SELECT address FROM holders")}
+    finally:
+        check.close()
+    assert "catalog_chunks" not in tables and "catalog_holders" not in tables
+    assert rows == {address("file chunk")}

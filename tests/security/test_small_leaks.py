@@ -18,7 +18,15 @@ def test_the_catalog_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     db.set_setting("x", 1)  # the WAL and its index exist now
-    for name in ("catalog.sqlite3", "catalog.sqlite3-wal", "catalog.sqlite3-shm"):
+    db.add_copy_holders([(bytes(32), 2)])  # and the copy's record's
+    for name in (
+        "catalog.sqlite3",
+        "catalog.sqlite3-wal",
+        "catalog.sqlite3-shm",
+        "catalog-copy.sqlite3",
+        "catalog-copy.sqlite3-wal",
+        "catalog-copy.sqlite3-shm",
+    ):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
     db.close()
     path.chmod(0o644)  # a catalog made before this rule
