@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +32,24 @@ from .restore_windows import ChunkWriter, WindowedFetch, chunks_in_place
 
 log = logging.getLogger(__name__)
 RESTORE_SMALL = CHUNK_SIZE  # bytes: a file up to this size (one chunk) is small ...
-GROUP_FILES = 128  # ... and restored in groups of up to this many files ...
+GROUP_FILES = 512  # ... and restored in groups of up to this many files ...
 GROUP_BYTES = 8 * 1024 * 1024  # ... or this many bytes,
-GROUPS = 4  # this many groups at once (their fetches, writes and fsyncs overlap)
+GROUPS = 2  # this many groups at once: one is fetched while the other is written (four at
+# once, with 128 files each, spent the owner's time on the GIL and the kernel's locks: 20,000
+# small files restored in 6.5-7.2 s against 5.5-6.2 s; one at a time, 8-9 s)
 
 Entry = tuple[Path, FileVersion, TreeEvent | None]  # where, what, its snapshot entry if any
 
 
 def _already_restored(
-    target: RestoreTarget, dest: Path, size: int, mode: int, mtime_ns: int
+    target: RestoreTarget,
+    dest: Path,
+    size: int,
+    mode: int,
+    mtime_ns: int,
+    parent_of: Callable[[Path], tuple[int, str]] | None = None,
 ) -> bool:
-    st = target.lstat(dest)
+    st = target.lstat(dest, parent_of)
     done = (
         st is not None
         and stat.S_ISREG(st.st_mode)
@@ -353,9 +360,10 @@ def _wanted(version: FileVersion, entry: TreeEvent | None) -> tuple[int, int, Xa
 
 def _already_there(target: RestoreTarget, group: list[Entry]) -> list[bool]:
     out = []
-    for where, version, entry in group:
-        mode, mtime_ns, _xattrs = _wanted(version, entry)
-        out.append(_already_restored(target, where, version.size, mode, mtime_ns))
+    with target.parents() as parent_of:  # each folder opened once for the group
+        for where, version, entry in group:
+            mode, mtime_ns, _xattrs = _wanted(version, entry)
+            out.append(_already_restored(target, where, version.size, mode, mtime_ns, parent_of))
     return out
 
 

@@ -42,6 +42,7 @@ from chunkstore.catalog import Xattrs, is_own_temp, own_temp_name
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 40  # as the kernel's own limit on symlinks in one path
 _FOLDER_MODE = 0o755  # a folder the restore makes; a restored folder gets its own mode last
+PARTS_KEPT = 4096  # paths whose names below the anchor are remembered (a few groups' files)
 
 
 _syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
@@ -155,6 +156,7 @@ class RestoreTarget:
         self._resume_dir = resume_dir
         self._touched: set[tuple[str, ...]] = set()  # folders whose entries changed
         self._files: dict[tuple[str, ...], tuple[int, int]] = {}  # ours: (device, inode)
+        self._parts_of: dict[str, tuple[str, ...]] = {}  # ``_parts``, for the latest paths
         # The resume records there are (an interrupted restore's, and this one's): a file
         # taking its name drops its record, and only these need it (an unlink of a record
         # that is not there cost a restore of small files a sixth of its time).
@@ -201,11 +203,25 @@ class RestoreTarget:
         self.close()
 
     def _parts(self, path: Path) -> list[str]:
+        """The names leading from the anchor to ``path``; ``UnsafeDestination`` for a path
+        outside it or with an unsafe name. Remembered for the latest paths: a restored file
+        asks four times (worked out each time, pathlib's parsing was a fifth of the owner's
+        time in a restore of many small files)."""
+        key = os.fspath(path)
+        found = self._parts_of.get(key)
+        if found is None:
+            found = self._parts_checked(path)  # an unsafe path raises, and is never kept
+            if len(self._parts_of) >= PARTS_KEPT:
+                self._parts_of.clear()
+            self._parts_of[key] = found
+        return list(found)
+
+    def _parts_checked(self, path: Path) -> tuple[str, ...]:
         try:
             rest = Path(os.path.normpath(path)).relative_to(self.anchor)
         except ValueError:
             raise _refuse(str(path), f"outside {self.anchor}") from None
-        parts = [p for p in rest.parts if p not in ("", ".")]
+        parts = tuple(p for p in rest.parts if p not in ("", "."))
         if any(p == ".." or "\0" in p for p in parts):
             raise _refuse(str(path), "an unsafe name")
         return parts
@@ -263,8 +279,15 @@ class RestoreTarget:
             for fd in opened.values():
                 os.close(fd)
 
-    def lstat(self, path: Path) -> os.stat_result | None:
+    def lstat(
+        self, path: Path, parent_of: Callable[[Path], tuple[int, str]] | None = None
+    ) -> os.stat_result | None:
+        """``path``'s own status (None if nothing is there); ``parent_of`` from ``parents``
+        opens each folder once for many paths."""
         try:
+            if parent_of is not None:
+                fd, name = parent_of(path)
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
             with self.parent(path) as (fd, name):
                 return os.stat(name, dir_fd=fd, follow_symlinks=False)
         except (FileNotFoundError, UnsafeDestination):
@@ -365,8 +388,9 @@ class RestoreTarget:
 
     # -- files ---------------------------------------------------------------------------
 
-    def _record_path(self, dest: Path) -> Path:
-        return self._resume_dir / (hashlib.sha256(os.fsencode(dest)).hexdigest()[:32] + ".json")
+    @staticmethod
+    def _record_name(dest: Path) -> str:
+        return hashlib.sha256(os.fsencode(dest)).hexdigest()[:32] + ".json"
 
     def partial_file(
         self,
@@ -381,9 +405,9 @@ class RestoreTarget:
         interrupted restore recorded if it is still that very file, else a new one, owned and
         with ``mode`` before anything is written (and recorded, if ``resumable``: a file of
         one chunk has nothing to resume)."""
-        record = self._record_path(dest)
+        record = self._resume_dir / self._record_name(dest) if resumable else None
         uid = owner[0] if os.geteuid() == 0 else os.geteuid()
-        found = self._recorded(dir_fd, name, record, uid) if resumable else None
+        found = self._recorded(dir_fd, name, record, uid) if record is not None else None
         if found is not None:
             return found[0], found[1], True
         tmp = own_temp_name(name)
@@ -395,7 +419,7 @@ class RestoreTarget:
             # The final permission bits (never more for group and others), and read-write for
             # the owner so that a resume can open it again; setuid and the like come last.
             os.fchmod(fd, (stat.S_IMODE(mode) & 0o777) | 0o600)
-            if resumable:
+            if record is not None:
                 st = os.fstat(fd)
                 self._resume_dir.mkdir(mode=0o700, exist_ok=True)
                 staging = record.with_suffix(".tmp")
@@ -463,7 +487,7 @@ class RestoreTarget:
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         self.adopt(dest, os.fstat(fd))
         self._touch(dest)
-        record = self._record_path(dest)
-        if record.name in self._records:
-            record.unlink(missing_ok=True)
-            self._records.discard(record.name)
+        record = self._record_name(dest)
+        if record in self._records:
+            (self._resume_dir / record).unlink(missing_ok=True)
+            self._records.discard(record)

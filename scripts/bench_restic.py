@@ -34,6 +34,7 @@ from bench_fs import drop_caches, read_file, wait_safe
 from bench_many_files import restic_times, same_tree, timed, write_tree
 from benchlib import ROOT, Mounted, Net, log
 
+from node.restore_files import GROUP_FILES
 from node.restore_target import flush_files
 
 DEGREE = 2
@@ -60,8 +61,8 @@ def durable_floor(src: Path, work: Path) -> tuple[float, float]:
     must to keep its promise, and the way restic does: (durable, not synced).
 
     Durable is the restore's own discipline (``node/restore_files.py``): each file into a new
-    temporary file, 128 at a time flushed together (one ``syncfs`` and an ``fdatasync`` each),
-    then renamed, and the folders synced at the end. restic's restore syncs nothing: what it
+    temporary file, a group of them (``GROUP_FILES``) flushed together (one ``syncfs`` and an
+    ``fdatasync`` each), then renamed, and the folders synced at the end. restic's restore syncs nothing: what it
     wrote may be lost to a power cut after it said it was done."""
     files = sorted(p for p in src.rglob("*") if p.is_file())
     contents = [p.read_bytes() for p in files]
@@ -71,9 +72,10 @@ def durable_floor(src: Path, work: Path) -> tuple[float, float]:
         os.sync()
         start = time.perf_counter()
         folders: dict[Path, int] = {}
-        for first in range(0, len(files), 128):
+        for first in range(0, len(files), GROUP_FILES):
             opened = []
-            batch = zip(files[first : first + 128], contents[first : first + 128], strict=True)
+            last = first + GROUP_FILES
+            batch = zip(files[first:last], contents[first:last], strict=True)
             for path, data in batch:
                 target = out / path.relative_to(src)
                 if target.parent not in folders:
