@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from node import restore_target
 from node.restore_target import RestoreTarget, UnsafeDestination
 from node.restore_windows import all_zeros
 from tests.attackers import MALLORY, plant_in_shared_folder
@@ -163,3 +164,26 @@ def test_all_zeros_tells_a_chunk_of_zeros_from_any_other() -> None:
         data[at] = 1
         assert not all_zeros(bytes(data))
     assert not all_zeros(b"\x01" + bytes(10))
+
+
+def test_the_names_remembered_for_paths_are_those_worked_out_and_unsafe_ones_never_kept(
+    tmp_path: Path,
+) -> None:
+    """``_parts`` remembers the latest paths' names below the target (a small file asks four
+    times): more paths than it keeps, and each answer is what the rule gives; a path outside
+    the target or with ``..`` is refused every time it is asked, before and after."""
+    out = tmp_path / "out"
+    outside = [out / ".." / "escape", tmp_path / "elsewhere" / "x", Path("/etc/passwd")]
+    with target(out, tmp_path) as t:
+        for n in range(restore_target.PARTS_KEPT * 2 + 5):
+            path = out / f"d{n % 7}" / f"f{n}"
+            assert t._parts(path) == [f"d{n % 7}", f"f{n}"]
+            assert t._parts(path) == [f"d{n % 7}", f"f{n}"]  # remembered: the same
+            if n % 1000 == 0:
+                for bad in outside:
+                    with pytest.raises(UnsafeDestination):
+                        t._parts(bad)
+        assert len(t._parts_of) <= restore_target.PARTS_KEPT
+        parts = t._parts(out / "a" / "b")
+        parts.append("changed by a caller")
+        assert t._parts(out / "a" / "b") == ["a", "b"]  # a copy each time
