@@ -14,6 +14,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .catalog import FileVersion, pack_xattrs, unpack_xattrs, version_key
+from .catalogcopy import (
+    COPY_SCHEMA,
+    COPY_TABLES,
+    attach_copy_state,
+    copy_state_path,
+    move_old_copy_state,
+)
 from .sqlrows import insert_rows
 
 _VERSIONS_TABLE = """
@@ -108,37 +115,6 @@ CREATE TABLE IF NOT EXISTS settings (
 ) WITHOUT ROWID;
 """
 )
-
-# What the catalog's copy on the peers is made of, and who holds those chunks: in a database
-# of its own beside the catalog (attached as COPY_SCHEMA), so that the copy does not carry
-# its own bookkeeping. In the catalog, every copy's new chunks became holder rows at random
-# places of a big table, and the next copy re-sent every chunk those rows touched: a single
-# save through a mount made ~110 of a 427-chunk catalog's chunks new, against 8 without.
-COPY_SCHEMA = "copy_state"
-_COPY_TABLES = f"""
-CREATE TABLE IF NOT EXISTS {COPY_SCHEMA}.catalog_chunks (  -- the newest copy's chunks
-    address BLOB PRIMARY KEY
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS {COPY_SCHEMA}.catalog_holders (  -- nodes that acknowledged them
-    address BLOB    NOT NULL,
-    node    INTEGER NOT NULL,
-    PRIMARY KEY (address, node)
-) WITHOUT ROWID;
-"""
-
-
-def copy_state_path(path: Path) -> Path:
-    """The database beside the catalog at ``path`` that describes its copy on the peers."""
-    return path.with_name(f"{path.stem}-copy{path.suffix}")
-
-
-def catalog_files(path: Path) -> list[Path]:
-    """Every file of the catalog at ``path``: its database, the copy's, and their WAL files."""
-    out = []
-    for db in (path, copy_state_path(path)):
-        out += [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
-    return out
-
 
 _LINK_INDEX = "CREATE INDEX IF NOT EXISTS versions_by_link ON versions (link) WHERE link != 0"
 ABSENT_ID = bytes(32)  # the fileId of an absence row: the path is gone (mode 0, no chunks)
@@ -254,7 +230,7 @@ class CatalogBase:
         # addresses into the address index. With SQLite's default 2 MB cache that index is
         # read again and again (28 MiB read to record a 1 MiB change of a 1 GiB file).
         self._db.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-        self._db.executescript(_SCHEMA + _COPY_TABLES)
+        self._db.executescript(_SCHEMA + COPY_TABLES)
         self._migrate()
         self._lock = threading.RLock()
         # Reads go through their own connection: WAL lets them run while a commit (and its
@@ -268,34 +244,8 @@ class CatalogBase:
         conn = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=not shared, timeout=60
         )
-        conn.execute(f"ATTACH DATABASE ? AS {COPY_SCHEMA}", (str(copy_state_path(self.path)),))
+        attach_copy_state(conn, self.path)
         return conn
-
-    def _move_copy_state(self) -> None:
-        """Catalogs before the copy's own database listed its chunks in ``catalog_chunks`` and
-        their holders among the others: copied over (what is already there is kept), then
-        the old table dropped. Each step is its own commit and can be done again."""
-        old = self._db.execute(
-            "SELECT 1 FROM main.sqlite_master WHERE type='table' AND name='catalog_chunks'"
-        ).fetchone()
-        if old is None:
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute(
-                f"INSERT OR IGNORE INTO {COPY_SCHEMA}.catalog_chunks(address)"
-                " SELECT address FROM main.catalog_chunks"
-            )
-            self._db.execute(
-                f"INSERT OR IGNORE INTO {COPY_SCHEMA}.catalog_holders(address, node)"
-                " SELECT h.address, h.node FROM main.holders h"
-                " JOIN main.catalog_chunks c ON c.address = h.address"
-            )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-        self._db.execute("DROP TABLE main.catalog_chunks")
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(versions)")}
@@ -312,7 +262,7 @@ class CatalogBase:
         self._db.execute(_LINK_INDEX)
         self._db.execute("DROP TABLE IF EXISTS leases")  # an earlier design's, unused now
         self._drop_unique_file_id()
-        self._move_copy_state()
+        move_old_copy_state(self._db)
 
     def _drop_unique_file_id(self) -> None:
         """Catalogs before format 2 kept one row per fileId, so a version whose fileId had been

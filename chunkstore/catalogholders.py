@@ -8,7 +8,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from .catalogbase import COPY_SCHEMA, CatalogBase, _matching
+from .catalogbase import CatalogBase, _matching
+from .catalogcopy import COPY_SCHEMA
 from .shares import items_of
 from .sqlrows import insert_rows
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import trio
 
-from chunkstore.catalogbase import catalog_files
+from chunkstore.catalogcopy import catalog_files
 from chunkstore.catalogdb import CatalogDB
 from chunkstore.errors import ChunkstoreError, WrongPassphraseError
 from chunkstore.keys import KdfParams, KeyRing, derive_wrapping_key, unwrap_with_key
