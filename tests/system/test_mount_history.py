@@ -53,18 +53,26 @@ def kill_mount(mount: Mount) -> None:
 
 
 def all_safe(cluster: ProcessCluster, source: Path) -> bool:
-    """Every file in SOURCE has a complete version of exactly its current content."""
+    """Every file in SOURCE has a complete version of exactly its current content: its chunks'
+    addresses, not only its size (a rewrite of the same size looked safe before the mount had
+    cut its version, and two rewrites then made one version: found once commands started
+    faster, in 0.15 s instead of 0.35 s)."""
+    keys = KeyRing.from_master((cluster.nodes[1].state / "keys" / "master.raw").read_bytes())
     files = {f["path"]: f for f in cluster.json(1, "state")["files"]}
     for path in source.rglob("*"):
         if not path.is_file() or path.is_symlink():
             continue
         entry = files.get(str(path))
+        data = path.read_bytes()
         if (
             entry is None
             or not entry["complete"]
-            or entry["size"] != path.stat().st_size
+            or entry["size"] != len(data)
             or any(c["degree"] < 2 for c in entry["chunks"])
         ):
+            return False
+        held = [c["chunk"] for c in sorted(entry["chunks"], key=lambda c: c["no"])]
+        if data and held != [chunk_address(keys, piece).hex() for piece in split_bytes(data)]:
             return False
     return True
 
