@@ -106,7 +106,9 @@ class CatalogHolders(CatalogBase):
     # commit one after the other, so a row that says a node no longer holds a chunk is
     # removed from the copy's database in a commit of its own, first: a crash in between
     # can only leave the owner believing in fewer copies (and sending one again), never in
-    # a copy that was deleted.
+    # a copy that was deleted. The exception is ``_schedule_deletes`` inside a delete or
+    # prune of files: it drops copy rows of the same addresses in the catalog's transaction
+    # (never a chunk the newest copy lists: those are not orphaned; docs/formats.md).
 
     def add_holders(self, pairs: Iterable[tuple[bytes, int]]) -> None:
         with self._tx() as db:
